@@ -1,0 +1,84 @@
+//! Extractors that turn bad input into clear 400/401/413 answers.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// `Json<T>` whose rejections are [`ApiError`]s naming the problem.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(r) => Err(json_error(r)),
+        }
+    }
+}
+
+fn json_error(r: JsonRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(format!(
+            "request body is larger than {MAX_BODY_BYTES} bytes"
+        ));
+    }
+    let msg = match &r {
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected a JSON body with `Content-Type: application/json`".to_owned()
+        }
+        JsonRejection::JsonSyntaxError(_) => {
+            format!("request body is not valid JSON: {}", r.body_text())
+        }
+        _ => format!("invalid request body: {}", r.body_text()),
+    };
+    ApiError::BadRequest(msg)
+}
+
+/// `Query<T>` with clear errors.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(r) => Err(query_error(r)),
+        }
+    }
+}
+
+fn query_error(r: QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid query string: {}", r.body_text()))
+}
+
+/// The bearer token of the `Authorization` header, if any.
+pub struct Bearer(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(v) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Bearer(None));
+        };
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("the Authorization header is not text".into()))?;
+        match v.strip_prefix("Bearer ") {
+            Some(t) if !t.trim().is_empty() => Ok(Bearer(Some(t.trim().to_owned()))),
+            _ => Err(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`".into(),
+            )),
+        }
+    }
+}

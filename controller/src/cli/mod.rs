@@ -1,0 +1,532 @@
+//! The `wardnet-controller` command line: `serve`, the local bootstrap of
+//! the first admin token, and the admin commands that call the REST API.
+
+// A CLI prints its results.
+#![allow(clippy::print_stdout)]
+
+mod client;
+mod table;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use wardnet_common::wire::{
+    AuditEntry, CreateRegion, CreateSite, RegionView, SiteCreated, SiteState, SiteView,
+    StatusSummary, UpdateSite,
+};
+use wardnet_common::{Endpoint, Name, PublicKey, Role};
+
+pub use client::{ApiClient, ClientError};
+use table::Table;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wardnet-controller",
+    version,
+    about = "wardnet controller: regions, sites, overlay addresses and WireGuard configs for a network of sites",
+    long_about = "The wardnet controller allocates overlay addresses to sites and hands each site's agent the \
+WireGuard peers it should run (hub-and-spoke by region). `serve` runs the controller; the other commands \
+administer a running controller through its REST API (set WARDNET_URL and WARDNET_TOKEN)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (REST API, long-poll config distribution, metrics).
+    Serve {
+        /// Config file (TOML); keys can be overridden by WARDNET_* variables.
+        #[arg(
+            long,
+            short,
+            env = "WARDNET_CONFIG",
+            default_value = "/etc/wardnet/controller.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Create an admin API token directly in the store (bootstrap; run on the controller host).
+    #[command(name = "admin-token")]
+    AdminToken {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+    /// Manage regions (groups of sites around their hubs).
+    Regions {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: RegionsCommand,
+    },
+    /// Manage sites (gateways): add, enrolment tokens, revoke, export.
+    Sites {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: SitesCommand,
+    },
+    /// Show the audit log of admin changes, newest first.
+    Audit {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Fleet summary: sites by state and role, agents online, pending configs.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create a token and print it once.
+    Create {
+        #[arg(
+            long,
+            short,
+            env = "WARDNET_CONFIG",
+            default_value = "/etc/wardnet/controller.toml"
+        )]
+        config: PathBuf,
+        /// Who or what the token is for (shown in the audit log by its id).
+        #[arg(long, default_value = "bootstrap")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Controller URL, e.g. https://controller.example:8443
+    #[arg(
+        long,
+        env = "WARDNET_URL",
+        global = true,
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub url: String,
+    /// Admin API token (prefer the WARDNET_TOKEN variable: command lines are visible to other users).
+    #[arg(long, env = "WARDNET_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to verify the controller with, instead of the system roots.
+    #[arg(long, env = "WARDNET_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short, value_enum, global = true, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionsCommand {
+    /// Create a region; its overlay block is allocated automatically.
+    Add {
+        name: Name,
+        /// Spokes of this region also peer directly with each other.
+        #[arg(long)]
+        mesh: bool,
+    },
+    List,
+    Show {
+        name: Name,
+    },
+    /// Delete an empty region.
+    Delete {
+        name: Name,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SitesCommand {
+    /// Add a site. Prints a one-time enrolment token for its agent, or, with
+    /// --public-key, creates an agentless appliance site (see `sites export`).
+    Add {
+        name: Name,
+        #[arg(long)]
+        region: Name,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A LAN prefix behind the gateway (repeatable).
+        #[arg(long = "lan", value_parser = parse_prefix)]
+        lan: Vec<IpNet>,
+        /// Reachable underlay endpoint IP:PORT (required for hubs).
+        #[arg(long)]
+        endpoint: Option<Endpoint>,
+        /// For an agentless appliance: its WireGuard public key.
+        #[arg(long)]
+        public_key: Option<PublicKey>,
+    },
+    List {
+        #[arg(long)]
+        region: Option<Name>,
+        #[arg(long, value_parser = parse_state)]
+        state: Option<SiteState>,
+    },
+    Show {
+        name: Name,
+    },
+    /// Change a site's LAN prefixes or endpoint.
+    Update {
+        name: Name,
+        /// Replace the LAN prefixes (repeatable; --lan none clears them).
+        #[arg(long = "lan")]
+        lan: Vec<String>,
+        #[arg(long, conflicts_with = "clear_endpoint")]
+        endpoint: Option<Endpoint>,
+        #[arg(long)]
+        clear_endpoint: bool,
+    },
+    /// Revoke a site: its credential stops working and every peer drops it.
+    Revoke {
+        name: Name,
+    },
+    /// Delete a site and free its addresses.
+    Delete {
+        name: Name,
+    },
+    /// Issue a new one-time enrolment token (replaced gateway, key rotation).
+    Token {
+        name: Name,
+    },
+    /// Print a wg-quick config for an agentless site.
+    Export {
+        name: Name,
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+fn parse_state(s: &str) -> Result<SiteState, String> {
+    s.parse()
+}
+
+fn parse_prefix(s: &str) -> Result<IpNet, String> {
+    wardnet_common::net::parse_prefix(s)
+}
+
+/// Run an admin command against the API.
+pub async fn run_client(command: Command) -> Result<()> {
+    match command {
+        Command::Regions { api, command } => regions(&api, command).await,
+        Command::Sites { api, command } => sites(&api, command).await,
+        Command::Audit { api, limit } => {
+            let c = ApiClient::new(&api)?;
+            let entries: Vec<AuditEntry> = c.get(&format!("/v1/audit?limit={limit}")).await?;
+            print_out(api.output, &entries, || {
+                let mut t = Table::new(&["ID", "TIME", "ACTOR", "ACTION", "OBJECT", "DETAIL"]);
+                for e in &entries {
+                    t.row(vec![
+                        e.id.to_string(),
+                        table::time(Some(e.at)),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.object.clone(),
+                        e.detail.clone().unwrap_or_default(),
+                    ]);
+                }
+                t
+            })
+        }
+        Command::Status { api } => {
+            let c = ApiClient::new(&api)?;
+            let s: StatusSummary = c.get("/v1/status").await?;
+            print_out(api.output, &s, || {
+                let mut t = Table::new(&["WHAT", "COUNT"]);
+                for (k, v) in [
+                    ("regions", s.regions),
+                    ("sites pending", s.sites_pending),
+                    ("sites active", s.sites_active),
+                    ("sites revoked", s.sites_revoked),
+                    ("hubs", s.hubs),
+                    ("spokes", s.spokes),
+                    ("agents online", s.agents_online),
+                    ("configs pending delivery", s.configs_pending_delivery),
+                    ("long-poll waiters", s.long_poll_waiters),
+                ] {
+                    t.row(vec![k.to_owned(), v.to_string()]);
+                }
+                t
+            })
+        }
+        Command::Serve { .. } | Command::AdminToken { .. } => unreachable!("handled by main"),
+    }
+}
+
+async fn regions(api: &ApiArgs, command: RegionsCommand) -> Result<()> {
+    let c = ApiClient::new(api)?;
+    match command {
+        RegionsCommand::Add { name, mesh } => {
+            let r: RegionView = c.post("/v1/regions", &CreateRegion { name, mesh }).await?;
+            print_regions(api.output, &[r], false)
+        }
+        RegionsCommand::List => {
+            let rs: Vec<RegionView> = c.get("/v1/regions").await?;
+            print_regions(api.output, &rs, true)
+        }
+        RegionsCommand::Show { name } => {
+            let r: RegionView = c.get(&format!("/v1/regions/{name}")).await?;
+            print_regions(api.output, &[r], false)
+        }
+        RegionsCommand::Delete { name } => {
+            c.delete(&format!("/v1/regions/{name}")).await?;
+            println!("region {name} deleted");
+            Ok(())
+        }
+    }
+}
+
+fn print_regions(output: Output, rs: &[RegionView], list: bool) -> Result<()> {
+    let json: &dyn erased::Json = if list { &rs } else { &rs[0] };
+    print_out(output, json, || {
+        let mut t = Table::new(&["REGION", "MESH", "IPV4 BLOCK", "IPV6 BLOCK", "SITES"]);
+        for r in rs {
+            t.row(vec![
+                r.name.to_string(),
+                if r.mesh { "yes" } else { "no" }.into(),
+                r.ipv4_block.to_string(),
+                r.ipv6_block
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.sites.to_string(),
+            ]);
+        }
+        t
+    })
+}
+
+async fn sites(api: &ApiArgs, command: SitesCommand) -> Result<()> {
+    let c = ApiClient::new(api)?;
+    match command {
+        SitesCommand::Add {
+            name,
+            region,
+            role,
+            lan,
+            endpoint,
+            public_key,
+        } => {
+            let req = CreateSite {
+                name,
+                region,
+                role,
+                lan_prefixes: lan.into_iter().collect(),
+                endpoint,
+                public_key,
+            };
+            let created: SiteCreated = c.post("/v1/sites", &req).await?;
+            print_created(api.output, &created)
+        }
+        SitesCommand::List { region, state } => {
+            let mut q = Vec::new();
+            if let Some(r) = region {
+                q.push(format!("region={r}"));
+            }
+            if let Some(s) = state {
+                q.push(format!("state={s}"));
+            }
+            let path = if q.is_empty() {
+                "/v1/sites".to_owned()
+            } else {
+                format!("/v1/sites?{}", q.join("&"))
+            };
+            let sites: Vec<SiteView> = c.get(&path).await?;
+            print_out(api.output, &sites, || table::sites(&sites))
+        }
+        SitesCommand::Show { name } => {
+            let s: SiteView = c.get(&format!("/v1/sites/{name}")).await?;
+            print_out(api.output, &s, || table::site_detail(&s))
+        }
+        SitesCommand::Update {
+            name,
+            lan,
+            endpoint,
+            clear_endpoint,
+        } => {
+            let lan_prefixes = if lan.is_empty() {
+                None
+            } else if lan == ["none"] {
+                Some(BTreeSet::new())
+            } else {
+                Some(
+                    lan.iter()
+                        .map(|s| parse_prefix(s).map_err(anyhow::Error::msg))
+                        .collect::<Result<BTreeSet<_>>>()?,
+                )
+            };
+            let endpoint = if clear_endpoint {
+                Some(None)
+            } else {
+                endpoint.map(Some)
+            };
+            let s: SiteView = c
+                .patch(
+                    &format!("/v1/sites/{name}"),
+                    &UpdateSite {
+                        lan_prefixes,
+                        endpoint,
+                    },
+                )
+                .await?;
+            print_out(api.output, &s, || table::site_detail(&s))
+        }
+        SitesCommand::Revoke { name } => {
+            let s: SiteView = c
+                .post(&format!("/v1/sites/{name}/revoke"), &serde_json::json!({}))
+                .await?;
+            print_out(api.output, &s, || table::site_detail(&s))
+        }
+        SitesCommand::Delete { name } => {
+            c.delete(&format!("/v1/sites/{name}")).await?;
+            println!("site {name} deleted; its addresses are free again");
+            Ok(())
+        }
+        SitesCommand::Token { name } => {
+            let created: SiteCreated = c
+                .post(&format!("/v1/sites/{name}/token"), &serde_json::json!({}))
+                .await?;
+            print_created(api.output, &created)
+        }
+        SitesCommand::Export { name, out } => {
+            let text = c.get_text(&format!("/v1/sites/{name}/wg-quick")).await?;
+            match out {
+                Some(path) => {
+                    write_private(&path, &text)
+                        .with_context(|| format!("failed to write {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_created(output: Output, created: &SiteCreated) -> Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(created)?);
+        return Ok(());
+    }
+    print!("{}", table::site_detail(&created.site));
+    if let Some(token) = &created.token {
+        println!();
+        println!(
+            "Enrolment token (shown once, valid until {}):",
+            table::time(created.token_expires_at)
+        );
+        println!("  {token}");
+        println!("On the site's gateway run:");
+        println!(
+            "  wardnet-agent enroll --controller <URL> --token {token}{}",
+            if created.site.role == Role::Hub {
+                " --endpoint <PUBLIC-IP:PORT>"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+mod erased {
+    /// Object-safe "can be printed as JSON".
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Result<String> {
+            serde_json::to_string_pretty(self)
+        }
+    }
+}
+
+fn print_out(
+    output: Output,
+    value: &dyn erased::Json,
+    table: impl FnOnce() -> Table,
+) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", value.to_json()?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sites_add_parses_repeated_lans_and_rejects_bad_prefixes() {
+        let cli = Cli::try_parse_from([
+            "wardnet-controller",
+            "sites",
+            "add",
+            "gp-1",
+            "--region",
+            "north",
+            "--role",
+            "spoke",
+            "--lan",
+            "10.1.0.0/24",
+            "--lan",
+            "10.1.1.0/24",
+        ])
+        .expect("valid");
+        let Command::Sites {
+            command: SitesCommand::Add { lan, .. },
+            ..
+        } = cli.command
+        else {
+            panic!("parsed as sites add");
+        };
+        assert_eq!(lan.len(), 2);
+        let e = Cli::try_parse_from([
+            "wardnet-controller",
+            "sites",
+            "add",
+            "gp-1",
+            "--region",
+            "north",
+            "--role",
+            "spoke",
+            "--lan",
+            "10.1.0.1/24",
+        ])
+        .expect_err("host bits");
+        assert!(e.to_string().contains("did you mean 10.1.0.0/24"), "{e}");
+    }
+}

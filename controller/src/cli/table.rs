@@ -1,0 +1,162 @@
+//! Human tables for the CLI.
+
+use std::fmt;
+
+use wardnet_common::wire::{SiteView, UnixTime};
+
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|s| (*s).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+    pub fn row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(c.chars().count());
+                }
+            }
+        }
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+                .collect();
+            writeln!(f, "{}", line.join("  ").trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// A Unix time as UTC `YYYY-MM-DD HH:MM:SS`, or `-`.
+pub fn time(t: Option<UnixTime>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn addresses(s: &SiteView) -> String {
+    s.addresses
+        .iter()
+        .map(|a| a.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn sites(sites: &[SiteView]) -> Table {
+    let mut t = Table::new(&[
+        "SITE",
+        "REGION",
+        "ROLE",
+        "STATE",
+        "ADDRESS",
+        "REVISION",
+        "LAST SEEN",
+    ]);
+    for s in sites {
+        t.row(vec![
+            s.name.to_string(),
+            s.region.to_string(),
+            s.role.to_string(),
+            s.state.to_string(),
+            addresses(s),
+            format!("{}/{}", s.applied_revision, s.revision),
+            time(s.last_seen),
+        ]);
+    }
+    t
+}
+
+pub fn site_detail(s: &SiteView) -> Table {
+    let mut t = Table::new(&["FIELD", "VALUE"]);
+    let lan = s
+        .lan_prefixes
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for (k, v) in [
+        ("name", s.name.to_string()),
+        ("region", s.region.to_string()),
+        ("role", s.role.to_string()),
+        ("state", s.state.to_string()),
+        ("agentless", s.agentless.to_string()),
+        ("addresses", addresses(s)),
+        (
+            "lan prefixes",
+            if lan.is_empty() { "-".into() } else { lan },
+        ),
+        (
+            "endpoint",
+            s.endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "public key",
+            s.public_key
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "revision (applied/current)",
+            format!("{}/{}", s.applied_revision, s.revision),
+        ),
+        ("created", time(Some(s.created_at))),
+        ("enrolled", time(s.enrolled_at)),
+        ("last seen", time(s.last_seen)),
+    ] {
+        t.row(vec![k.to_owned(), v]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formats_utc() {
+        assert_eq!(time(Some(0)), "1970-01-01 00:00:00");
+        assert_eq!(time(Some(1_795_000_000)), "2026-11-18 11:06:40");
+        assert_eq!(time(None), "-");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&["A", "BB"]);
+        t.row(vec!["xxx".into(), "y".into()]);
+        assert_eq!(t.to_string(), "A    BB\nxxx  y\n");
+    }
+}

@@ -1,0 +1,456 @@
+//! The controller's TOML config, with `WARDNET_*` environment overrides.
+//!
+//! Every key is documented in `config/controller.toml`. A bad config names
+//! the file, the key and what was expected; `main` exits with code 64.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::{IpNet, Ipv6Net};
+use serde::Deserialize;
+
+use crate::model::NetworkSettings;
+
+/// Exit code for a usage or configuration error (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {file}: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("config file {file}: key `{key}`: {message}")]
+    Key {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    plain_http: bool,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    database: RawDatabase,
+    network: RawNetwork,
+    #[serde(default)]
+    enrolment: RawEnrolment,
+    #[serde(default)]
+    long_poll: RawLongPoll,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    sqlite_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    overlay_ipv4: String,
+    overlay_ipv6: Option<String>,
+    #[serde(default = "default_region_len_v4")]
+    region_prefix_len_v4: u8,
+    #[serde(default = "default_region_len_v6")]
+    region_prefix_len_v6: u8,
+    #[serde(default)]
+    routed_prefixes: Vec<String>,
+    #[serde(default = "default_listen_port")]
+    listen_port: u16,
+    #[serde(default = "default_mtu")]
+    mtu: u16,
+    #[serde(default = "default_keepalive")]
+    persistent_keepalive: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnrolment {
+    #[serde(default = "default_token_lifetime")]
+    token_lifetime_secs: u64,
+}
+
+impl Default for RawEnrolment {
+    fn default() -> Self {
+        Self {
+            token_lifetime_secs: default_token_lifetime(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLongPoll {
+    #[serde(default = "default_long_poll")]
+    timeout_secs: u64,
+}
+
+impl Default for RawLongPoll {
+    fn default() -> Self {
+        Self {
+            timeout_secs: default_long_poll(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8443".into()
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/wardnet-controller".into()
+}
+fn default_region_len_v4() -> u8 {
+    20
+}
+fn default_region_len_v6() -> u8 {
+    64
+}
+fn default_listen_port() -> u16 {
+    51820
+}
+fn default_mtu() -> u16 {
+    1420
+}
+fn default_keepalive() -> u16 {
+    25
+}
+fn default_token_lifetime() -> u64 {
+    24 * 3600
+}
+fn default_long_poll() -> u64 {
+    60
+}
+
+/// How the API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// Only when the config says `plain_http = true` (local use, tests).
+    PlainHttp,
+}
+
+/// The validated controller config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub transport: Transport,
+    pub sqlite_path: PathBuf,
+    pub network: NetworkSettings,
+    pub token_lifetime_secs: u64,
+    pub long_poll_timeout_secs: u64,
+}
+
+/// Environment variables that override config keys, and the key each sets.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("WARDNET_LISTEN", "listen"),
+    ("WARDNET_DATA_DIR", "data_dir"),
+    ("WARDNET_PLAIN_HTTP", "plain_http"),
+    ("WARDNET_TLS_CERT", "tls.cert"),
+    ("WARDNET_TLS_KEY", "tls.key"),
+    ("WARDNET_SQLITE_PATH", "database.sqlite_path"),
+    ("WARDNET_OVERLAY_IPV4", "network.overlay_ipv4"),
+    ("WARDNET_OVERLAY_IPV6", "network.overlay_ipv6"),
+    ("WARDNET_LONG_POLL_TIMEOUT_SECS", "long_poll.timeout_secs"),
+    (
+        "WARDNET_TOKEN_LIFETIME_SECS",
+        "enrolment.token_lifetime_secs",
+    ),
+];
+
+impl Config {
+    /// Read the file, apply `WARDNET_*` overrides from `env`, validate.
+    pub fn load(file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(file, &text, env)
+    }
+
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        for (var, key) in ENV_OVERRIDES {
+            if let Some(v) = env(var) {
+                set_key(&mut value, key, &v);
+            }
+        }
+        let raw: Raw =
+            serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+                ConfigError::Key {
+                    file: file.to_owned(),
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
+            })?;
+        validate(file, raw)
+    }
+}
+
+/// Set a dotted key from an environment string, keeping TOML types: numbers
+/// and booleans stay numbers and booleans so validation sees them as such.
+fn set_key(table: &mut toml::Table, key: &str, raw: &str) {
+    let value = if let Ok(i) = raw.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = raw.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(raw.to_owned())
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut cur = table;
+    for p in parts {
+        let entry = cur
+            .entry(p.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(t) = entry else { return };
+        cur = t;
+    }
+    cur.insert(last.to_owned(), value);
+}
+
+fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
+    let err = |key: &str, message: String| ConfigError::Key {
+        file: file.to_owned(),
+        key: key.to_owned(),
+        message,
+    };
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        err(
+            "listen",
+            format!(
+                "expected IP:PORT such as 127.0.0.1:8443, got {:?}",
+                raw.listen
+            ),
+        )
+    })?;
+    let transport = if raw.plain_http {
+        Transport::PlainHttp
+    } else {
+        match (raw.tls.cert, raw.tls.key) {
+            (Some(cert), Some(key)) => Transport::Tls { cert, key },
+            (None, _) => {
+                return Err(err(
+                    "tls.cert",
+                    "expected a PEM certificate path (TLS is on by default; set `plain_http = true` only for local testing)".into(),
+                ))
+            }
+            (_, None) => return Err(err("tls.key", "expected a PEM private key path".into())),
+        }
+    };
+    let prefix = |key: &str, s: &str| wardnet_common::net::parse_prefix(s).map_err(|m| err(key, m));
+    let overlay_v4 = match prefix("network.overlay_ipv4", &raw.network.overlay_ipv4)? {
+        IpNet::V4(n) => n,
+        IpNet::V6(_) => {
+            return Err(err(
+                "network.overlay_ipv4",
+                "expected an IPv4 prefix".into(),
+            ))
+        }
+    };
+    let overlay_v6: Option<Ipv6Net> = match raw.network.overlay_ipv6.as_deref() {
+        None => None,
+        Some(s) => match prefix("network.overlay_ipv6", s)? {
+            IpNet::V6(n) => Some(n),
+            IpNet::V4(_) => {
+                return Err(err(
+                    "network.overlay_ipv6",
+                    "expected an IPv6 prefix".into(),
+                ))
+            }
+        },
+    };
+    let len4 = raw.network.region_prefix_len_v4;
+    if len4 < overlay_v4.prefix_len() || len4 > 30 {
+        return Err(err(
+            "network.region_prefix_len_v4",
+            format!(
+                "expected a length between {} (the overlay's) and 30, got {len4}",
+                overlay_v4.prefix_len()
+            ),
+        ));
+    }
+    let len6 = raw.network.region_prefix_len_v6;
+    if let Some(v6) = overlay_v6 {
+        if len6 < v6.prefix_len() || len6 > 120 {
+            return Err(err(
+                "network.region_prefix_len_v6",
+                format!(
+                    "expected a length between {} (the overlay's) and 120, got {len6}",
+                    v6.prefix_len()
+                ),
+            ));
+        }
+    }
+    let mut routed = BTreeSet::new();
+    for (i, s) in raw.network.routed_prefixes.iter().enumerate() {
+        let p = prefix(&format!("network.routed_prefixes[{i}]"), s)?;
+        let overlay_clash = wardnet_common::net::overlaps(&p, &IpNet::V4(overlay_v4))
+            || overlay_v6.is_some_and(|v6| wardnet_common::net::overlaps(&p, &IpNet::V6(v6)));
+        if overlay_clash {
+            return Err(err(
+                &format!("network.routed_prefixes[{i}]"),
+                format!("{p} overlaps the overlay prefix; routed prefixes are the site-LAN space outside the overlay"),
+            ));
+        }
+        routed.insert(p);
+    }
+    if raw.network.listen_port == 0 {
+        return Err(err(
+            "network.listen_port",
+            "expected a UDP port from 1 to 65535".into(),
+        ));
+    }
+    if !(1280..=9000).contains(&raw.network.mtu) {
+        return Err(err(
+            "network.mtu",
+            format!("expected 1280 to 9000, got {}", raw.network.mtu),
+        ));
+    }
+    if raw.long_poll.timeout_secs == 0 || raw.long_poll.timeout_secs > 3600 {
+        return Err(err(
+            "long_poll.timeout_secs",
+            "expected 1 to 3600 seconds".into(),
+        ));
+    }
+    if raw.enrolment.token_lifetime_secs == 0 {
+        return Err(err(
+            "enrolment.token_lifetime_secs",
+            "expected a positive number of seconds".into(),
+        ));
+    }
+    let sqlite_path = raw
+        .database
+        .sqlite_path
+        .unwrap_or_else(|| raw.data_dir.join("wardnet.db"));
+    Ok(Config {
+        listen,
+        data_dir: raw.data_dir,
+        transport,
+        sqlite_path,
+        network: NetworkSettings {
+            overlay_v4,
+            overlay_v6,
+            region_prefix_len_v4: len4,
+            region_prefix_len_v6: len6,
+            routed_prefixes: routed,
+            listen_port: raw.network.listen_port,
+            mtu: raw.network.mtu,
+            persistent_keepalive: raw.network.persistent_keepalive,
+        },
+        token_lifetime_secs: raw.enrolment.token_lifetime_secs,
+        long_poll_timeout_secs: raw.long_poll.timeout_secs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        listen = "127.0.0.1:0"
+        plain_http = true
+        data_dir = "/tmp/x"
+        [network]
+        overlay_ipv4 = "100.64.0.0/10"
+        overlay_ipv6 = "fd7a:6e65::/48"
+        routed_prefixes = ["10.0.0.0/8"]
+    "#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/controller.toml");
+        let env =
+            |k: &str| (k == "WARDNET_TLS_CERT" || k == "WARDNET_TLS_KEY").then(|| "/x".to_string());
+        Config::load(&path, env).expect("the shipped example config is valid");
+    }
+
+    #[test]
+    fn good_config_has_defaults() {
+        let c = Config::parse(Path::new("c.toml"), GOOD, no_env).expect("valid");
+        assert_eq!(c.transport, Transport::PlainHttp);
+        assert_eq!(c.sqlite_path, PathBuf::from("/tmp/x/wardnet.db"));
+        assert_eq!(c.network.region_prefix_len_v4, 20);
+        assert_eq!(c.long_poll_timeout_secs, 60);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let bad = GOOD.replace("100.64.0.0/10", "100.64.0.1/10");
+        let e = Config::parse(Path::new("c.toml"), &bad, no_env).expect_err("host bits");
+        let s = e.to_string();
+        assert!(
+            s.contains("c.toml")
+                && s.contains("network.overlay_ipv4")
+                && s.contains("did you mean"),
+            "{s}"
+        );
+
+        let bad = GOOD.replace("[network]", "[network]\nmttu = 1400");
+        let s = Config::parse(Path::new("c.toml"), &bad, no_env)
+            .expect_err("unknown")
+            .to_string();
+        assert!(s.contains("mttu"), "{s}");
+
+        let bad = GOOD.replace("plain_http = true", "");
+        let s = Config::parse(Path::new("c.toml"), &bad, no_env)
+            .expect_err("no tls")
+            .to_string();
+        assert!(s.contains("tls.cert"), "{s}");
+
+        let bad = GOOD.replace("[\"10.0.0.0/8\"]", "[\"100.64.0.0/16\"]");
+        let s = Config::parse(Path::new("c.toml"), &bad, no_env)
+            .expect_err("overlap")
+            .to_string();
+        assert!(s.contains("routed_prefixes[0]"), "{s}");
+    }
+
+    #[test]
+    fn environment_overrides_keys_with_types() {
+        let env = |k: &str| match k {
+            "WARDNET_LISTEN" => Some("127.0.0.1:9999".to_string()),
+            "WARDNET_LONG_POLL_TIMEOUT_SECS" => Some("5".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(Path::new("c.toml"), GOOD, env).expect("valid");
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.long_poll_timeout_secs, 5);
+    }
+}

@@ -1,0 +1,29 @@
+//! wardnet controller: regions, sites, overlay addresses and the per-site
+//! WireGuard configs agents long-poll for.
+
+pub mod affected;
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ipam;
+pub mod metrics;
+pub mod model;
+pub mod render;
+pub mod service;
+pub mod store;
+pub mod wgquick;
+
+/// Unix time now, in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Select rustls' crypto provider (ring) for this process, once. Every TLS
+/// client and server of the controller binary relies on it.
+pub fn init_crypto() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,134 @@
+//! `wardnet-controller`: see `wardnet-controller --help`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use wardnet_controller::cli::{AdminTokenCommand, Cli, Command};
+use wardnet_controller::config::{Config, Transport, EXIT_USAGE};
+use wardnet_controller::service::{Actor, Controller, ServiceSettings, SystemClock};
+use wardnet_controller::store::{SqliteStore, Store};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<wardnet_controller::config::ConfigError>()
+                .is_some()
+            {
+                ExitCode::from(EXIT_USAGE as u8)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WARDNET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(&config).await,
+        Command::AdminToken {
+            command:
+                AdminTokenCommand::Create {
+                    config,
+                    description,
+                },
+        } => {
+            let config = Config::load(&config, |k| std::env::var(k).ok())?;
+            let controller = open(&config).await?;
+            let (id, secret) = controller
+                .create_admin_token(&Actor::local(), &description)
+                .await
+                .context("failed to store the admin token")?;
+            #[allow(clippy::print_stdout)]
+            {
+                eprintln!("created admin token {id} ({description}); it is shown once:");
+                println!("{secret}");
+            }
+            Ok(())
+        }
+        other => wardnet_controller::cli::run_client(other).await,
+    }
+}
+
+async fn open(config: &Config) -> Result<Arc<Controller>> {
+    let store = SqliteStore::open(&config.sqlite_path)
+        .with_context(|| format!("failed to open the store {}", config.sqlite_path.display()))?;
+    let settings = ServiceSettings {
+        network: config.network.clone(),
+        token_lifetime_secs: config.token_lifetime_secs,
+        long_poll_timeout: std::time::Duration::from_secs(config.long_poll_timeout_secs),
+    };
+    Controller::start(
+        Arc::new(store) as Arc<dyn Store>,
+        settings,
+        Arc::new(SystemClock),
+    )
+    .await
+    .context("failed to load the store")
+}
+
+async fn serve(path: &std::path::Path) -> Result<()> {
+    let config = Config::load(path, |k| std::env::var(k).ok())?;
+    let controller = open(&config).await?;
+    let tls = match &config.transport {
+        Transport::Tls { cert, key } => {
+            wardnet_controller::init_crypto();
+            let c = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "failed to load TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            wardnet_controller::api::Tls::Rustls(c)
+        }
+        Transport::PlainHttp => {
+            tracing::warn!("serving plain HTTP (plain_http = true): tokens and credentials cross the network in clear");
+            wardnet_controller::api::Tls::None
+        }
+    };
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("failed to listen on {}", config.listen))?;
+    tracing::info!(listen = %config.listen, store = %config.sqlite_path.display(), "controller serving");
+    wardnet_controller::api::serve(listener, controller, tls, shutdown_signal())
+        .await
+        .context("the API server failed")?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+}

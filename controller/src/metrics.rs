@@ -1,0 +1,128 @@
+//! Controller metrics (Prometheus text format on `/metrics`).
+//!
+//! Gauges that describe the model (sites by region, role and state; agents
+//! online; configs waiting for delivery) are computed at scrape time from
+//! the in-memory model, so they can never drift from it.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::service::Controller;
+
+pub struct Metrics {
+    registry: Registry,
+    pub enrolments: IntCounterVec,
+    pub http_requests: HistogramVec,
+    sites: IntGaugeVec,
+    waiters: IntGauge,
+    agents_online: IntGauge,
+    pending_delivery: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let enrolments = IntCounterVec::new(
+            Opts::new(
+                "wardnet_controller_enrolments_total",
+                "Enrolment attempts by result.",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition is valid");
+        let http_requests = HistogramVec::new(
+            HistogramOpts::new(
+                "wardnet_controller_http_request_duration_seconds",
+                "HTTP request durations by method, route and status (long-polls included).",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+            ]),
+            &["method", "route", "status"],
+        )
+        .expect("static metric definition is valid");
+        let sites = IntGaugeVec::new(
+            Opts::new(
+                "wardnet_controller_sites",
+                "Sites by region, role and state.",
+            ),
+            &["region", "role", "state"],
+        )
+        .expect("static metric definition is valid");
+        let waiters = IntGauge::new(
+            "wardnet_controller_long_poll_waiters",
+            "Agent config requests currently held open.",
+        )
+        .expect("static metric definition is valid");
+        let agents_online = IntGauge::new(
+            "wardnet_controller_agents_online",
+            "Agents that synced within two long-poll periods.",
+        )
+        .expect("static metric definition is valid");
+        let pending_delivery = IntGauge::new(
+            "wardnet_controller_config_revisions_pending_delivery",
+            "Active agent sites whose applied revision is behind their current revision.",
+        )
+        .expect("static metric definition is valid");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "wardnet_controller_build_info",
+                "Build information; always 1.",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition is valid");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(enrolments.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
+            Box::new(sites.clone()),
+            Box::new(waiters.clone()),
+            Box::new(agents_online.clone()),
+            Box::new(pending_delivery.clone()),
+            Box::new(build),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            enrolments,
+            http_requests,
+            sites,
+            waiters,
+            agents_online,
+            pending_delivery,
+        }
+    }
+}
+
+/// Render `/metrics` for a controller.
+pub fn render(c: &Controller) -> String {
+    let m = &c.metrics;
+    m.sites.reset();
+    c.with_model(|model| {
+        for s in model.sites.values() {
+            m.sites
+                .with_label_values(&[s.region.as_str(), s.role.as_str(), s.state.as_str()])
+                .inc();
+        }
+    });
+    let status = c.status();
+    m.waiters.set(c.long_poll_waiters());
+    m.agents_online.set(status.agents_online as i64);
+    m.pending_delivery
+        .set(status.configs_pending_delivery as i64);
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&m.registry.gather(), &mut buf)
+        .expect("encoding gathered metrics into memory cannot fail");
+    String::from_utf8(buf).expect("the Prometheus text format is UTF-8")
+}

@@ -1,0 +1,574 @@
+//! Admin operations: regions, sites, tokens, exports, audit, status.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+use wardnet_common::net::overlaps;
+use wardnet_common::token::{hash_secret, Secret, ADMIN_PREFIX, ENROLMENT_PREFIX};
+use wardnet_common::wire::{
+    AuditEntry, CreateRegion, CreateSite, RegionView, SiteConfig, SiteCreated, SiteState, SiteView,
+    StatusSummary, UpdateSite,
+};
+use wardnet_common::{Name, Role};
+
+use super::{Controller, Mutation};
+use crate::error::ApiError;
+use crate::ipam;
+use crate::model::{Model, Region, Site};
+use crate::store::{AdminToken, NewAudit, Write};
+
+/// Who made a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn local() -> Self {
+        Actor("local".into())
+    }
+}
+
+fn audit(at: i64, actor: &Actor, action: &str, object: &str, detail: Option<String>) -> NewAudit {
+    NewAudit {
+        at,
+        actor: actor.0.clone(),
+        action: action.into(),
+        object: object.into(),
+        detail,
+    }
+}
+
+fn region_view(m: &Model, r: &Region) -> RegionView {
+    RegionView {
+        name: r.name.clone(),
+        mesh: r.mesh,
+        ipv4_block: IpNet::V4(r.ipv4_block),
+        ipv6_block: r.ipv6_block.map(IpNet::V6),
+        sites: m.by_region.get(&r.name).map_or(0, |s| s.len() as u64),
+        created_at: r.created_at,
+    }
+}
+
+pub(crate) fn site_view(s: &Site) -> SiteView {
+    SiteView {
+        name: s.name.clone(),
+        region: s.region.clone(),
+        role: s.role,
+        state: s.state,
+        agentless: s.agentless,
+        lan_prefixes: s.lan_prefixes.clone(),
+        endpoint: s.endpoint,
+        public_key: s.public_key,
+        addresses: s.addresses(),
+        revision: s.revision,
+        applied_revision: s.applied_revision,
+        created_at: s.created_at,
+        enrolled_at: s.enrolled_at,
+        last_seen: s.last_seen,
+        health: s.health.clone(),
+    }
+}
+
+fn not_found_site(name: &Name) -> ApiError {
+    ApiError::NotFound(format!(
+        "no site named {name}; `sites list` shows the sites"
+    ))
+}
+
+fn not_found_region(name: &Name) -> ApiError {
+    ApiError::NotFound(format!(
+        "no region named {name}; create it first with `wardnet-controller regions add {name}`"
+    ))
+}
+
+impl Controller {
+    // ----- regions -------------------------------------------------------
+
+    pub async fn create_region(
+        &self,
+        actor: &Actor,
+        req: CreateRegion,
+    ) -> Result<RegionView, ApiError> {
+        let net = self.settings.network.clone();
+        self.change(|m, now| {
+            if m.regions.contains_key(&req.name) {
+                return Err(ApiError::Conflict(format!(
+                    "a region named {} already exists",
+                    req.name
+                )));
+            }
+            let (v4, v6) = ipam::allocate_region_blocks(&net, m.regions.values())
+                .map_err(|e| ApiError::Conflict(e.to_string()))?;
+            let region = Region {
+                name: req.name.clone(),
+                mesh: req.mesh,
+                ipv4_block: v4,
+                ipv6_block: v6,
+                created_at: now,
+            };
+            m.upsert_region(region.clone());
+            let view = region_view(m, &region);
+            let mut mu = Mutation::new(view);
+            mu.writes.push(Write::InsertRegion(region));
+            mu.audit = Some(audit(
+                now,
+                actor,
+                "region.create",
+                req.name.as_str(),
+                Some(format!(
+                    "block {v4}{}, mesh {}",
+                    v6.map(|b| format!(" {b}")).unwrap_or_default(),
+                    req.mesh
+                )),
+            ));
+            Ok(mu)
+        })
+        .await
+    }
+
+    pub fn list_regions(&self) -> Vec<RegionView> {
+        self.with_model(|m| m.regions.values().map(|r| region_view(m, r)).collect())
+    }
+
+    pub fn region(&self, name: &Name) -> Result<RegionView, ApiError> {
+        self.with_model(|m| m.regions.get(name).map(|r| region_view(m, r)))
+            .ok_or_else(|| not_found_region(name))
+    }
+
+    pub async fn delete_region(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
+        self.change(|m, now| {
+            if !m.regions.contains_key(name) {
+                return Err(not_found_region(name));
+            }
+            let n = m.by_region.get(name).map_or(0, |s| s.len());
+            if n > 0 {
+                return Err(ApiError::Conflict(format!(
+                    "region {name} still has {n} sites; delete them first"
+                )));
+            }
+            m.remove_region(name);
+            let mut mu = Mutation::new(());
+            mu.writes.push(Write::DeleteRegion(name.clone()));
+            mu.audit = Some(audit(now, actor, "region.delete", name.as_str(), None));
+            Ok(mu)
+        })
+        .await
+    }
+
+    // ----- sites ---------------------------------------------------------
+
+    pub async fn add_site(&self, actor: &Actor, req: CreateSite) -> Result<SiteCreated, ApiError> {
+        let net = self.settings.network.clone();
+        let lifetime = self.settings.token_lifetime_secs as i64;
+        self.change(|m, now| {
+            if m.sites.contains_key(&req.name) {
+                return Err(ApiError::Conflict(format!("a site named {} already exists", req.name)));
+            }
+            let region = m.regions.get(&req.region).ok_or_else(|| not_found_region(&req.region))?.clone();
+            check_lan_prefixes(m, &net, &req.name, &req.lan_prefixes)?;
+            if req.role == Role::Hub && req.endpoint.is_none() {
+                return Err(ApiError::BadRequest(format!(
+                    "hub {} needs a reachable underlay endpoint: pass `endpoint` (IP:PORT) so its spokes can reach it",
+                    req.name
+                )));
+            }
+            if let Some(k) = req.public_key {
+                check_key_unused(m, &req.name, &k)?;
+            }
+            let (used4, used6) = ipam::used_addresses(m, &req.region);
+            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6)
+                .map_err(|e| ApiError::Conflict(e.to_string()))?;
+            let agentless = req.public_key.is_some();
+            let site = Site {
+                name: req.name.clone(),
+                region: req.region.clone(),
+                role: req.role,
+                state: if agentless { SiteState::Active } else { SiteState::Pending },
+                agentless,
+                lan_prefixes: req.lan_prefixes.clone(),
+                endpoint: req.endpoint,
+                public_key: req.public_key,
+                ipv4,
+                ipv6,
+                revision: 0,
+                config_hash: None,
+                applied_revision: 0,
+                created_at: now,
+                enrolled_at: agentless.then_some(now),
+                last_seen: None,
+                health: None,
+                credential_hash: None,
+            };
+            m.upsert_site(site.clone());
+            let mut out = SiteCreated {
+                site: site_view(&site),
+                token: None,
+                token_expires_at: None,
+            };
+            let mut mu = Mutation::new(());
+            mu.writes.push(Write::InsertSite(site.clone()));
+            if !agentless {
+                let token = Secret::generate(ENROLMENT_PREFIX);
+                mu.writes.push(Write::InsertEnrolToken {
+                    site: site.name.clone(),
+                    hash: token.hash(),
+                    created_at: now,
+                    expires_at: now + lifetime,
+                });
+                out.token = Some(token.expose().to_owned());
+                out.token_expires_at = Some(now + lifetime);
+            }
+            mu.sites.push((None, Some(site)));
+            mu.audit = Some(audit(
+                now,
+                actor,
+                "site.create",
+                req.name.as_str(),
+                Some(format!(
+                    "region {}, role {}, address {ipv4}{}",
+                    req.region,
+                    req.role,
+                    if agentless { ", agentless" } else { "" }
+                )),
+            ));
+            Ok(Mutation {
+                writes: mu.writes,
+                sites: mu.sites,
+                audit: mu.audit,
+                output: out,
+            })
+        })
+        .await
+        .map(|mut created| {
+            // The revision was settled by the pipeline after the closure ran.
+            if let Ok(v) = self.site(&created.site.name) {
+                created.site = v;
+            }
+            created
+        })
+    }
+
+    pub fn list_sites(&self, region: Option<&Name>, state: Option<SiteState>) -> Vec<SiteView> {
+        self.with_model(|m| {
+            m.sites
+                .values()
+                .filter(|s| region.is_none_or(|r| &s.region == r))
+                .filter(|s| state.is_none_or(|st| s.state == st))
+                .map(site_view)
+                .collect()
+        })
+    }
+
+    pub fn site(&self, name: &Name) -> Result<SiteView, ApiError> {
+        self.with_model(|m| m.sites.get(name).map(site_view))
+            .ok_or_else(|| not_found_site(name))
+    }
+
+    pub async fn update_site(
+        &self,
+        actor: &Actor,
+        name: &Name,
+        req: UpdateSite,
+    ) -> Result<SiteView, ApiError> {
+        let net = self.settings.network.clone();
+        self.change(|m, now| {
+            let before = m
+                .sites
+                .get(name)
+                .ok_or_else(|| not_found_site(name))?
+                .clone();
+            let mut after = before.clone();
+            let mut detail = Vec::new();
+            if let Some(lan) = &req.lan_prefixes {
+                check_lan_prefixes(m, &net, name, lan)?;
+                after.lan_prefixes = lan.clone();
+                detail.push(format!("lan_prefixes {lan:?}"));
+            }
+            if let Some(ep) = req.endpoint {
+                if after.role == Role::Hub && ep.is_none() {
+                    return Err(ApiError::BadRequest(format!(
+                        "hub {name} needs an endpoint; it cannot be cleared"
+                    )));
+                }
+                after.endpoint = ep;
+                detail.push(format!(
+                    "endpoint {}",
+                    ep.map(|e| e.to_string()).unwrap_or_else(|| "none".into())
+                ));
+            }
+            m.upsert_site(after.clone());
+            let mut mu = Mutation::new(site_view(&after));
+            mu.writes.push(Write::UpdateSite(after.clone()));
+            mu.sites.push((Some(before), Some(after)));
+            mu.audit = Some(audit(
+                now,
+                actor,
+                "site.update",
+                name.as_str(),
+                Some(detail.join(", ")),
+            ));
+            Ok(mu)
+        })
+        .await?;
+        self.site(name)
+    }
+
+    pub async fn revoke_site(&self, actor: &Actor, name: &Name) -> Result<SiteView, ApiError> {
+        self.change(|m, now| {
+            let before = m
+                .sites
+                .get(name)
+                .ok_or_else(|| not_found_site(name))?
+                .clone();
+            if before.state == SiteState::Revoked {
+                return Err(ApiError::Conflict(format!(
+                    "site {name} is already revoked"
+                )));
+            }
+            let mut after = before.clone();
+            after.state = SiteState::Revoked;
+            after.credential_hash = None;
+            m.upsert_site(after.clone());
+            let mut mu = Mutation::new(());
+            mu.writes.push(Write::UpdateSite(after.clone()));
+            mu.writes
+                .push(Write::DeleteEnrolTokens { site: name.clone() });
+            mu.sites.push((Some(before), Some(after)));
+            mu.audit = Some(audit(now, actor, "site.revoke", name.as_str(), None));
+            Ok(mu)
+        })
+        .await?;
+        // The revoked site's own long-poll must end now: its credential is gone.
+        self.wake(name);
+        self.site(name)
+    }
+
+    pub async fn delete_site(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
+        self.change(|m, now| {
+            let before = m.remove_site(name).ok_or_else(|| not_found_site(name))?;
+            let mut mu = Mutation::new(());
+            mu.writes.push(Write::DeleteSite(name.clone()));
+            mu.sites.push((Some(before), None));
+            mu.audit = Some(audit(now, actor, "site.delete", name.as_str(), None));
+            Ok(mu)
+        })
+        .await
+    }
+
+    /// A new one-time token for a site (a replaced gateway, key rotation).
+    /// The site keeps running on its current key until the new agent enrols.
+    pub async fn issue_token(&self, actor: &Actor, name: &Name) -> Result<SiteCreated, ApiError> {
+        let lifetime = self.settings.token_lifetime_secs as i64;
+        self.change(|m, now| {
+            let site = m.sites.get(name).ok_or_else(|| not_found_site(name))?;
+            if site.state == SiteState::Revoked {
+                return Err(ApiError::Conflict(format!(
+                    "site {name} is revoked; delete it and add it again to re-enrol"
+                )));
+            }
+            if site.agentless {
+                return Err(ApiError::Conflict(format!(
+                    "site {name} is agentless (configured by `sites export`); it does not enrol"
+                )));
+            }
+            let token = Secret::generate(ENROLMENT_PREFIX);
+            let mut mu = Mutation::new(SiteCreated {
+                site: site_view(site),
+                token: Some(token.expose().to_owned()),
+                token_expires_at: Some(now + lifetime),
+            });
+            mu.writes
+                .push(Write::DeleteEnrolTokens { site: name.clone() });
+            mu.writes.push(Write::InsertEnrolToken {
+                site: name.clone(),
+                hash: token.hash(),
+                created_at: now,
+                expires_at: now + lifetime,
+            });
+            mu.audit = Some(audit(now, actor, "site.token", name.as_str(), None));
+            Ok(mu)
+        })
+        .await
+    }
+
+    /// The config the controller renders for a site now.
+    pub fn site_config(&self, name: &Name) -> Result<SiteConfig, ApiError> {
+        self.with_model(|m| {
+            let site = m.sites.get(name).ok_or_else(|| not_found_site(name))?;
+            crate::render::render(m, &self.settings.network, name).ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "site {name} is {}; only active sites have a config",
+                    site.state
+                ))
+            })
+        })
+    }
+
+    pub fn wg_quick(&self, name: &Name) -> Result<String, ApiError> {
+        self.site_config(name).map(|c| crate::wgquick::wg_quick(&c))
+    }
+
+    pub async fn audit_log(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<AuditEntry>, ApiError> {
+        Ok(self.store.audit(limit.clamp(1, 1000), before).await?)
+    }
+
+    pub fn status(&self) -> StatusSummary {
+        let online_after = self.now() - self.online_window_secs();
+        let mut s = StatusSummary {
+            regions: 0,
+            sites_pending: 0,
+            sites_active: 0,
+            sites_revoked: 0,
+            hubs: 0,
+            spokes: 0,
+            agents_online: 0,
+            configs_pending_delivery: 0,
+            long_poll_waiters: self.long_poll_waiters().max(0) as u64,
+        };
+        self.with_model(|m| {
+            s.regions = m.regions.len() as u64;
+            for site in m.sites.values() {
+                match site.state {
+                    SiteState::Pending => s.sites_pending += 1,
+                    SiteState::Active => s.sites_active += 1,
+                    SiteState::Revoked => s.sites_revoked += 1,
+                }
+                match site.role {
+                    Role::Hub => s.hubs += 1,
+                    Role::Spoke => s.spokes += 1,
+                }
+                if site.last_seen.is_some_and(|t| t >= online_after) {
+                    s.agents_online += 1;
+                }
+                if site.is_active() && !site.agentless && site.applied_revision < site.revision {
+                    s.configs_pending_delivery += 1;
+                }
+            }
+        });
+        s
+    }
+
+    /// An agent counts as online when it synced within two long-poll periods.
+    pub fn online_window_secs(&self) -> i64 {
+        2 * self.settings.long_poll_timeout.as_secs() as i64 + 10
+    }
+
+    // ----- admin tokens --------------------------------------------------
+
+    /// Create an admin API token (the bootstrap command and `tokens add`).
+    /// Returns the token id and the secret, shown once.
+    pub async fn create_admin_token(
+        &self,
+        actor: &Actor,
+        description: &str,
+    ) -> Result<(String, String), ApiError> {
+        let secret = Secret::generate(ADMIN_PREFIX);
+        let id = format!("tok-{}", &secret.hash()[..8]);
+        let now = self.now();
+        self.store
+            .commit(vec![
+                Write::InsertAdminToken {
+                    id: id.clone(),
+                    hash: secret.hash(),
+                    description: description.to_owned(),
+                    created_at: now,
+                },
+                Write::Audit(audit(
+                    now,
+                    actor,
+                    "token.create",
+                    &id,
+                    Some(description.to_owned()),
+                )),
+            ])
+            .await?;
+        Ok((id, secret.expose().to_owned()))
+    }
+
+    pub async fn authenticate_admin(&self, bearer: Option<&str>) -> Result<AdminToken, ApiError> {
+        let token = bearer.ok_or_else(|| {
+            ApiError::Unauthorized(
+                "missing admin token: send `Authorization: Bearer <token>` (create one with `wardnet-controller admin-token create`)"
+                    .into(),
+            )
+        })?;
+        match self.store.admin_token(&hash_secret(token)).await {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(ApiError::Unauthorized("admin token not recognised".into())),
+            Err(e) => Err(ApiError::Internal(anyhow::Error::new(e))),
+        }
+    }
+}
+
+/// A site's LAN prefixes may not overlap the overlay, a region block, or
+/// another site's LAN prefixes (nor each other).
+fn check_lan_prefixes(
+    m: &Model,
+    net: &crate::model::NetworkSettings,
+    site: &Name,
+    lan: &BTreeSet<IpNet>,
+) -> Result<(), ApiError> {
+    let list: Vec<&IpNet> = lan.iter().collect();
+    for (i, p) in list.iter().enumerate() {
+        if p.trunc() != **p {
+            return Err(ApiError::BadRequest(format!(
+                "lan_prefixes: {p} has host bits set; did you mean {}?",
+                p.trunc()
+            )));
+        }
+        for q in &list[i + 1..] {
+            if overlaps(p, q) {
+                return Err(ApiError::Conflict(format!(
+                    "lan_prefixes: {p} overlaps {q} of the same site"
+                )));
+            }
+        }
+        if overlaps(p, &IpNet::V4(net.overlay_v4))
+            || net.overlay_v6.is_some_and(|v6| overlaps(p, &IpNet::V6(v6)))
+        {
+            return Err(ApiError::Conflict(format!(
+                "lan_prefixes: {p} overlaps the overlay prefix; a site LAN must lie outside it"
+            )));
+        }
+        for r in m.regions.values() {
+            if overlaps(p, &IpNet::V4(r.ipv4_block))
+                || r.ipv6_block.is_some_and(|b| overlaps(p, &IpNet::V6(b)))
+            {
+                return Err(ApiError::Conflict(format!(
+                    "lan_prefixes: {p} overlaps region {}'s overlay block",
+                    r.name
+                )));
+            }
+        }
+        for other in m.sites.values().filter(|s| &s.name != site) {
+            if let Some(q) = other.lan_prefixes.iter().find(|q| overlaps(p, q)) {
+                return Err(ApiError::Conflict(format!(
+                    "lan_prefixes: {p} overlaps {q}, a LAN prefix of site {}",
+                    other.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_key_unused(
+    m: &Model,
+    site: &Name,
+    key: &wardnet_common::PublicKey,
+) -> Result<(), ApiError> {
+    match m
+        .sites
+        .values()
+        .find(|s| s.public_key.as_ref() == Some(key) && &s.name != site)
+    {
+        Some(other) => Err(ApiError::Conflict(format!(
+            "public key {key} is already used by site {}; every site needs its own key",
+            other.name
+        ))),
+        None => Ok(()),
+    }
+}

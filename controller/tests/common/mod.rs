@@ -1,0 +1,231 @@
+//! An in-process controller on port 0 with a temporary SQLite store.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use wardnet_controller::model::NetworkSettings;
+use wardnet_controller::service::{Actor, Clock, Controller, ServiceSettings};
+use wardnet_controller::store::{SqliteStore, Store};
+
+pub struct ManualClock(pub AtomicI64);
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub struct TestController {
+    pub url: String,
+    pub admin: String,
+    pub clock: Arc<ManualClock>,
+    pub db: PathBuf,
+    pub controller: Arc<Controller>,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn settings() -> ServiceSettings {
+    ServiceSettings {
+        network: NetworkSettings {
+            overlay_v4: "100.64.0.0/10".parse().expect("prefix"),
+            overlay_v6: Some("fd7a:6e65::/48".parse().expect("prefix")),
+            region_prefix_len_v4: 20,
+            region_prefix_len_v6: 64,
+            routed_prefixes: BTreeSet::from(["10.0.0.0/8".parse().expect("prefix")]),
+            listen_port: 51820,
+            mtu: 1420,
+            persistent_keepalive: 25,
+        },
+        token_lifetime_secs: 3600,
+        long_poll_timeout: Duration::from_secs(30),
+    }
+}
+
+impl TestController {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("wardnet.db");
+        let mut t = Self::start_on(
+            db,
+            Arc::new(ManualClock(AtomicI64::new(1_800_000_000))),
+            None,
+        )
+        .await;
+        t._dir = Some(dir);
+        t
+    }
+
+    /// Start on an existing database (restart tests), reusing an admin token.
+    pub async fn start_on(db: PathBuf, clock: Arc<ManualClock>, admin: Option<String>) -> Self {
+        wardnet_controller::init_crypto();
+        let store = SqliteStore::open(&db).expect("open store");
+        let controller =
+            Controller::start(Arc::new(store) as Arc<dyn Store>, settings(), clock.clone())
+                .await
+                .expect("start controller");
+        let admin = match admin {
+            Some(a) => a,
+            None => {
+                controller
+                    .create_admin_token(&Actor::local(), "tests")
+                    .await
+                    .expect("admin token")
+                    .1
+            }
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel();
+        let c = controller.clone();
+        let task = tokio::spawn(async move {
+            wardnet_controller::api::serve(
+                listener,
+                c,
+                wardnet_controller::api::Tls::None,
+                async {
+                    let _ = rx.await;
+                },
+            )
+            .await
+            .expect("serve");
+        });
+        Self {
+            url,
+            admin,
+            clock,
+            db,
+            controller,
+            http: reqwest::Client::new(),
+            stop: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Stop serving and wait until the server is gone; keeps the database.
+    pub async fn stop(&mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self._dir.take()
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::POST,
+            path,
+            Some(&self.admin.clone()),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, Some(&self.admin.clone()), None)
+            .await
+    }
+
+    pub async fn region(&self, name: &str, mesh: bool) {
+        let (s, v) = self
+            .admin_post("/v1/regions", json!({"name": name, "mesh": mesh}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    /// Add a site and return its enrolment token (None for agentless).
+    pub async fn site(&self, body: Value) -> Option<String> {
+        let (s, v) = self.admin_post("/v1/sites", body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().map(str::to_owned)
+    }
+
+    /// Enrol with a fresh key; returns (status, body).
+    pub async fn enroll(&self, token: &str, endpoint: Option<&str>) -> (StatusCode, Value) {
+        let key = wardnet_common::PrivateKey::generate().public_key();
+        let mut body = json!({"token": token, "public_key": key.to_string()});
+        if let Some(e) = endpoint {
+            body["endpoint"] = json!(e);
+        }
+        self.call(reqwest::Method::POST, "/v1/enroll", None, Some(body))
+            .await
+    }
+
+    /// Enrol and return the agent credential.
+    pub async fn enrolled(&self, token: &str, endpoint: Option<&str>) -> String {
+        let (s, v) = self.enroll(token, endpoint).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["credential"].as_str().expect("credential").to_owned()
+    }
+
+    pub async fn agent_config(
+        &self,
+        credential: &str,
+        revision: u64,
+        wait: u64,
+    ) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/agent/config?revision={revision}&wait={wait}"),
+            Some(credential),
+            None,
+        )
+        .await
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn peer_names(config: &Value) -> Vec<String> {
+    config["peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

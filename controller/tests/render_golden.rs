@@ -1,0 +1,517 @@
+//! Golden tests for per-site rendering: a small literal network, and the
+//! configs written out by hand from the topology rules (DESIGN.md,
+//! "Topology model"; controller/src/render.rs).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use serde_json::json;
+use wardnet_common::wire::{Role, SiteConfig, SiteState};
+use wardnet_common::{Name, PublicKey};
+use wardnet_controller::model::{Model, NetworkSettings, Region, Site};
+use wardnet_controller::render::{config_hash, render};
+
+const K_HUB_NORTH: &str = "o1PltapkilkcuAtfM6MUN1JnXUwnG4UuP0ZuE/hgg0o=";
+const K_HUB_SOUTH: &str = "hlfg+LViqRWy5VtknOiHv1RiNp39RADb9kWL2IGZreY=";
+const K_GP_A: &str = "oeQkLTydfRzR96qfry8fyuFBtvwWisGUODfhzVMZOhk=";
+const K_GP_B: &str = "qqa6evTKjA2J++/jZ4lDCXaXZ/nabjvKNfD3RsHlzl8=";
+const K_GP_C: &str = "KpPYQDfxd4EP+wEua+T0G8BbjM9rvaIXy1zvOONViLo=";
+const K_GP_D: &str = "hGWF0d59+nUnZd8gIQtEfkz+42maOLMTOxU5r12N90I=";
+const K_GP_REVOKED: &str = "lgz3ZjpT9hR0kOX9APx5TeZs3MfLqI9U0tFxjasLFws=";
+const K_HUB_NORTH_2: &str = "ZljO96QV1Z3NGapjBurDuDfiGuFOeNxKvbWSvSabttw=";
+
+fn name(s: &str) -> Name {
+    s.parse().expect("name")
+}
+
+fn net() -> NetworkSettings {
+    NetworkSettings {
+        overlay_v4: "100.64.0.0/10".parse().expect("overlay"),
+        overlay_v6: Some("fd7a:6e65::/48".parse().expect("overlay v6")),
+        region_prefix_len_v4: 20,
+        region_prefix_len_v6: 64,
+        routed_prefixes: ["10.0.0.0/8".parse().expect("prefix")].into(),
+        listen_port: 51820,
+        mtu: 1420,
+        persistent_keepalive: 25,
+    }
+}
+
+fn region(n: &str, mesh: bool, v4: &str, v6: &str) -> Region {
+    Region {
+        name: name(n),
+        mesh,
+        ipv4_block: v4.parse().expect("block"),
+        ipv6_block: Some(v6.parse().expect("block v6")),
+        created_at: 1_700_000_000,
+    }
+}
+
+struct S<'a> {
+    name: &'a str,
+    region: &'a str,
+    role: Role,
+    state: SiteState,
+    key: Option<&'a str>,
+    v4: &'a str,
+    v6: &'a str,
+    lans: &'a [&'a str],
+    endpoint: Option<&'a str>,
+}
+
+fn site(s: S<'_>) -> Site {
+    Site {
+        name: name(s.name),
+        region: name(s.region),
+        role: s.role,
+        state: s.state,
+        agentless: false,
+        lan_prefixes: s.lans.iter().map(|l| l.parse().expect("lan")).collect(),
+        endpoint: s.endpoint.map(|e| e.parse().expect("endpoint")),
+        public_key: s.key.map(|k| k.parse().expect("key")),
+        ipv4: s.v4.parse().expect("ipv4"),
+        ipv6: Some(s.v6.parse().expect("ipv6")),
+        revision: 3,
+        config_hash: None,
+        applied_revision: 0,
+        created_at: 1_700_000_000,
+        enrolled_at: None,
+        last_seen: None,
+        health: None,
+        credential_hash: None,
+    }
+}
+
+fn active<'a>(
+    n: &'a str,
+    region: &'a str,
+    role: Role,
+    key: &'a str,
+    v4: &'a str,
+    v6: &'a str,
+) -> S<'a> {
+    S {
+        name: n,
+        region,
+        role,
+        state: SiteState::Active,
+        key: Some(key),
+        v4,
+        v6,
+        lans: &[],
+        endpoint: None,
+    }
+}
+
+fn model() -> Model {
+    use Role::{Hub, Spoke};
+    let regions = vec![
+        region("north", false, "100.64.0.0/20", "fd7a:6e65::/64"),
+        region("south", true, "100.64.16.0/20", "fd7a:6e65:0:1::/64"),
+    ];
+    let sites = vec![
+        site(S {
+            lans: &["10.1.0.0/24"],
+            endpoint: Some("198.51.100.1:51820"),
+            ..active(
+                "hub-north",
+                "north",
+                Hub,
+                K_HUB_NORTH,
+                "100.64.0.1",
+                "fd7a:6e65::1",
+            )
+        }),
+        site(S {
+            lans: &["10.1.1.0/24"],
+            ..active("gp-a", "north", Spoke, K_GP_A, "100.64.0.2", "fd7a:6e65::2")
+        }),
+        site(active(
+            "gp-b",
+            "north",
+            Spoke,
+            K_GP_B,
+            "100.64.0.3",
+            "fd7a:6e65::3",
+        )),
+        site(S {
+            state: SiteState::Pending,
+            key: None,
+            lans: &["10.1.9.0/24"],
+            ..active(
+                "gp-pending",
+                "north",
+                Spoke,
+                K_GP_A,
+                "100.64.0.4",
+                "fd7a:6e65::4",
+            )
+        }),
+        site(S {
+            endpoint: Some("203.0.113.1:51820"),
+            ..active(
+                "hub-south",
+                "south",
+                Hub,
+                K_HUB_SOUTH,
+                "100.64.16.1",
+                "fd7a:6e65:0:1::1",
+            )
+        }),
+        site(S {
+            lans: &["10.2.1.0/24"],
+            ..active(
+                "gp-c",
+                "south",
+                Spoke,
+                K_GP_C,
+                "100.64.16.2",
+                "fd7a:6e65:0:1::2",
+            )
+        }),
+        site(S {
+            lans: &["10.2.2.0/24"],
+            endpoint: Some("203.0.113.20:51820"),
+            ..active(
+                "gp-d",
+                "south",
+                Spoke,
+                K_GP_D,
+                "100.64.16.3",
+                "fd7a:6e65:0:1::3",
+            )
+        }),
+        site(S {
+            state: SiteState::Revoked,
+            lans: &["10.2.9.0/24"],
+            endpoint: Some("203.0.113.30:51820"),
+            ..active(
+                "gp-revoked",
+                "south",
+                Spoke,
+                K_GP_REVOKED,
+                "100.64.16.4",
+                "fd7a:6e65:0:1::4",
+            )
+        }),
+    ];
+    Model::from_parts(regions, sites)
+}
+
+fn rendered(m: &Model, site: &str) -> SiteConfig {
+    render(m, &net(), &name(site)).expect("active site renders")
+}
+
+fn expected(v: serde_json::Value) -> SiteConfig {
+    serde_json::from_value(v).expect("expected config is valid wire JSON")
+}
+
+#[test]
+fn hub_north_golden() {
+    let want = expected(json!({
+        "revision": 3, "site": "hub-north", "region": "north", "role": "hub",
+        "interface": {"addresses": ["100.64.0.1/32", "fd7a:6e65::1/128"], "listen_port": 51820, "mtu": 1420},
+        "peers": [
+            {"name": "gp-a", "region": "north", "role": "spoke", "public_key": K_GP_A,
+             "allowed_ips": ["100.64.0.2/32", "fd7a:6e65::2/128", "10.1.1.0/24"]},
+            {"name": "gp-b", "region": "north", "role": "spoke", "public_key": K_GP_B,
+             "allowed_ips": ["100.64.0.3/32", "fd7a:6e65::3/128"]},
+            {"name": "hub-south", "region": "south", "role": "hub", "public_key": K_HUB_SOUTH,
+             "endpoint": "203.0.113.1:51820",
+             "allowed_ips": ["100.64.16.0/20", "fd7a:6e65:0:1::/64", "10.2.1.0/24", "10.2.2.0/24"],
+             "persistent_keepalive": 25}
+        ],
+        "routes": ["100.64.0.2/32", "100.64.0.3/32", "fd7a:6e65::2/128", "fd7a:6e65::3/128", "10.1.1.0/24",
+                   "100.64.16.0/20", "fd7a:6e65:0:1::/64", "10.2.1.0/24", "10.2.2.0/24"]
+    }));
+    assert_eq!(rendered(&model(), "hub-north"), want);
+}
+
+#[test]
+fn hub_south_golden() {
+    let want = expected(json!({
+        "revision": 3, "site": "hub-south", "region": "south", "role": "hub",
+        "interface": {"addresses": ["100.64.16.1/32", "fd7a:6e65:0:1::1/128"], "listen_port": 51820, "mtu": 1420},
+        "peers": [
+            {"name": "gp-c", "region": "south", "role": "spoke", "public_key": K_GP_C,
+             "allowed_ips": ["100.64.16.2/32", "fd7a:6e65:0:1::2/128", "10.2.1.0/24"]},
+            {"name": "gp-d", "region": "south", "role": "spoke", "public_key": K_GP_D,
+             "endpoint": "203.0.113.20:51820",
+             "allowed_ips": ["100.64.16.3/32", "fd7a:6e65:0:1::3/128", "10.2.2.0/24"]},
+            {"name": "hub-north", "region": "north", "role": "hub", "public_key": K_HUB_NORTH,
+             "endpoint": "198.51.100.1:51820",
+             "allowed_ips": ["100.64.0.0/20", "fd7a:6e65::/64", "10.1.0.0/24", "10.1.1.0/24"],
+             "persistent_keepalive": 25}
+        ],
+        "routes": ["100.64.16.2/32", "fd7a:6e65:0:1::2/128", "10.2.1.0/24",
+                   "100.64.16.3/32", "fd7a:6e65:0:1::3/128", "10.2.2.0/24",
+                   "100.64.0.0/20", "fd7a:6e65::/64", "10.1.0.0/24", "10.1.1.0/24"]
+    }));
+    assert_eq!(rendered(&model(), "hub-south"), want);
+}
+
+#[test]
+fn spoke_gp_a_golden() {
+    let want = expected(json!({
+        "revision": 3, "site": "gp-a", "region": "north", "role": "spoke",
+        "interface": {"addresses": ["100.64.0.2/32", "fd7a:6e65::2/128"], "listen_port": 51820, "mtu": 1420},
+        "peers": [
+            {"name": "hub-north", "region": "north", "role": "hub", "public_key": K_HUB_NORTH,
+             "endpoint": "198.51.100.1:51820",
+             "allowed_ips": ["100.64.0.0/10", "fd7a:6e65::/48", "10.0.0.0/8",
+                             "100.64.0.1/32", "fd7a:6e65::1/128", "10.1.0.0/24"],
+             "persistent_keepalive": 25}
+        ],
+        // 10.0.0.0/8 contains gp-a's own LAN 10.1.1.0/24 and stays: the LAN's
+        // connected route is more specific.
+        "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"]
+    }));
+    assert_eq!(rendered(&model(), "gp-a"), want);
+}
+
+#[test]
+fn mesh_spoke_gp_c_golden() {
+    let want = expected(json!({
+        "revision": 3, "site": "gp-c", "region": "south", "role": "spoke",
+        "interface": {"addresses": ["100.64.16.2/32", "fd7a:6e65:0:1::2/128"], "listen_port": 51820, "mtu": 1420},
+        "peers": [
+            {"name": "gp-d", "region": "south", "role": "spoke", "public_key": K_GP_D,
+             "endpoint": "203.0.113.20:51820",
+             "allowed_ips": ["100.64.16.3/32", "fd7a:6e65:0:1::3/128", "10.2.2.0/24"],
+             "persistent_keepalive": 25},
+            {"name": "hub-south", "region": "south", "role": "hub", "public_key": K_HUB_SOUTH,
+             "endpoint": "203.0.113.1:51820",
+             "allowed_ips": ["100.64.0.0/10", "fd7a:6e65::/48", "10.0.0.0/8",
+                             "100.64.16.1/32", "fd7a:6e65:0:1::1/128"],
+             "persistent_keepalive": 25}
+        ],
+        "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"]
+    }));
+    assert_eq!(rendered(&model(), "gp-c"), want);
+}
+
+#[test]
+fn pending_revoked_and_unknown_sites_render_nothing() {
+    let m = model();
+    for n in ["gp-pending", "gp-revoked", "nowhere"] {
+        assert_eq!(render(&m, &net(), &name(n)), None, "{n}");
+    }
+}
+
+#[test]
+fn inactive_sites_appear_in_no_config() {
+    let m = model();
+    let hidden: BTreeSet<IpNet> = [
+        "10.1.9.0/24",
+        "10.2.9.0/24",
+        "100.64.0.4/32",
+        "100.64.16.4/32",
+    ]
+    .iter()
+    .map(|p| p.parse().expect("prefix"))
+    .collect();
+    for n in m.sites.keys() {
+        let Some(cfg) = render(&m, &net(), n) else {
+            continue;
+        };
+        for p in &cfg.peers {
+            assert!(
+                !p.name.as_str().starts_with("gp-pending") && p.name.as_str() != "gp-revoked",
+                "{n}: {p:?}"
+            );
+            assert!(p.allowed_ips.is_disjoint(&hidden), "{n}: {p:?}");
+        }
+        assert!(cfg.routes.is_disjoint(&hidden), "{n}: {:?}", cfg.routes);
+    }
+}
+
+#[test]
+fn listen_port_follows_the_sites_own_endpoint() {
+    let mut m = model();
+    let mut hub = m.sites[&name("hub-north")].clone();
+    hub.endpoint = Some("198.51.100.1:51999".parse().expect("endpoint"));
+    m.upsert_site(hub);
+    assert_eq!(rendered(&m, "hub-north").interface.listen_port, 51999);
+    assert_eq!(rendered(&m, "gp-b").interface.listen_port, 51820);
+}
+
+#[test]
+fn config_hash_ignores_revision_but_sees_an_endpoint_change() {
+    let m = model();
+    let cfg = rendered(&m, "gp-a");
+    let mut bumped = cfg.clone();
+    bumped.revision += 10;
+    assert_eq!(config_hash(&cfg), config_hash(&bumped));
+    assert_eq!(config_hash(&cfg).len(), 64);
+    assert!(config_hash(&cfg).bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let mut m2 = m.clone();
+    let mut hub = m2.sites[&name("hub-north")].clone();
+    hub.endpoint = Some("198.51.100.99:51820".parse().expect("endpoint"));
+    m2.upsert_site(hub);
+    assert_ne!(config_hash(&cfg), config_hash(&rendered(&m2, "gp-a")));
+    // A change elsewhere in the network leaves gp-a's hash alone.
+    let mut gp_d = m2.sites[&name("gp-d")].clone();
+    gp_d.endpoint = None;
+    let mut m3 = m2.clone();
+    m3.upsert_site(gp_d);
+    assert_eq!(
+        config_hash(&rendered(&m2, "gp-a")),
+        config_hash(&rendered(&m3, "gp-a"))
+    );
+}
+
+/// North with a second hub: `hub-north-2` sorts after `hub-north`, so
+/// `hub-north` stays primary.
+fn model_with_secondary_hub() -> Model {
+    let mut m = model();
+    m.upsert_site(site(S {
+        lans: &["10.1.2.0/24"],
+        endpoint: Some("198.51.100.2:51820"),
+        ..active(
+            "hub-north-2",
+            "north",
+            Role::Hub,
+            K_HUB_NORTH_2,
+            "100.64.0.5",
+            "fd7a:6e65::5",
+        )
+    }));
+    m
+}
+
+fn allowed(cfg: &SiteConfig, peer: &str) -> Option<BTreeSet<String>> {
+    cfg.peers
+        .iter()
+        .find(|p| p.name.as_str() == peer)
+        .map(|p| p.allowed_ips.iter().map(|a| a.to_string()).collect())
+}
+
+fn strings(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn secondary_hub_is_a_plain_peer_and_stays_out_of_the_hub_mesh() {
+    let m = model_with_secondary_hub();
+
+    let gp_a = rendered(&m, "gp-a");
+    assert_eq!(
+        gp_a.peers
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>(),
+        ["hub-north", "hub-north-2"]
+    );
+    assert_eq!(
+        allowed(&gp_a, "hub-north-2"),
+        Some(strings(&[
+            "100.64.0.5/32",
+            "fd7a:6e65::5/128",
+            "10.1.2.0/24"
+        ]))
+    );
+    let p2 = &gp_a.peers[1];
+    assert_eq!(p2.persistent_keepalive, Some(25));
+    assert_eq!(
+        p2.endpoint.map(|e| e.to_string()).as_deref(),
+        Some("198.51.100.2:51820")
+    );
+
+    // The secondary hub reaches the rest of the network through the primary.
+    let h2 = rendered(&m, "hub-north-2");
+    assert_eq!(
+        h2.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["gp-a", "gp-b", "hub-north"]
+    );
+    assert_eq!(
+        allowed(&h2, "hub-north"),
+        Some(strings(&[
+            "100.64.0.0/10",
+            "fd7a:6e65::/48",
+            "10.0.0.0/8",
+            "100.64.0.1/32",
+            "fd7a:6e65::1/128",
+            "10.1.0.0/24"
+        ]))
+    );
+    assert_eq!(h2.peers[2].persistent_keepalive, Some(25));
+    assert_eq!(h2.peers[0].persistent_keepalive, None);
+
+    // The primary sees it as a plain site of its region; other regions carry
+    // its LAN on the primary.
+    let h1 = rendered(&m, "hub-north");
+    assert_eq!(
+        allowed(&h1, "hub-north-2"),
+        Some(strings(&[
+            "100.64.0.5/32",
+            "fd7a:6e65::5/128",
+            "10.1.2.0/24"
+        ]))
+    );
+    let south = rendered(&m, "hub-south");
+    assert!(allowed(&south, "hub-north-2").is_none());
+    assert_eq!(
+        allowed(&south, "hub-north"),
+        Some(strings(&[
+            "100.64.0.0/20",
+            "fd7a:6e65::/64",
+            "10.1.0.0/24",
+            "10.1.1.0/24",
+            "10.1.2.0/24"
+        ]))
+    );
+}
+
+#[test]
+fn primary_hub_is_the_smallest_active_name() {
+    let mut m = model_with_secondary_hub();
+    let mut h1 = m.sites[&name("hub-north")].clone();
+    h1.state = SiteState::Revoked;
+    m.upsert_site(h1);
+    let gp_a = rendered(&m, "gp-a");
+    assert_eq!(gp_a.peers.len(), 1);
+    assert_eq!(gp_a.peers[0].name.as_str(), "hub-north-2");
+    assert!(gp_a.peers[0]
+        .allowed_ips
+        .contains(&"100.64.0.0/10".parse().expect("prefix")));
+    let south = rendered(&m, "hub-south");
+    assert!(allowed(&south, "hub-north").is_none());
+    assert!(allowed(&south, "hub-north-2").is_some());
+}
+
+/// What every rendered network must satisfy for WireGuard to work: peerings
+/// are mutual with the right keys, no AllowedIP is on two peers of one
+/// config, and nothing is routed to the site's own addresses.
+fn assert_consistent(m: &Model) {
+    let configs: BTreeMap<Name, SiteConfig> = m
+        .sites
+        .keys()
+        .filter_map(|n| render(m, &net(), n).map(|c| (n.clone(), c)))
+        .collect();
+    for (n, cfg) in &configs {
+        let mut seen = BTreeSet::new();
+        for p in &cfg.peers {
+            let other = configs
+                .get(&p.name)
+                .unwrap_or_else(|| panic!("{n} peers with inactive {}", p.name));
+            let key: Option<PublicKey> = m.sites[&p.name].public_key;
+            assert_eq!(Some(p.public_key), key, "{n} -> {}", p.name);
+            assert!(
+                other.peers.iter().any(|q| &q.name == n),
+                "{n} peers with {} but not back",
+                p.name
+            );
+            for a in &p.allowed_ips {
+                assert!(seen.insert(*a), "{n}: {a} is on two peers");
+            }
+        }
+        assert!(cfg.routes.is_disjoint(&cfg.interface.addresses), "{n}");
+    }
+}
+
+#[test]
+fn rendered_networks_are_consistent() {
+    assert_consistent(&model());
+    assert_consistent(&model_with_secondary_hub());
+}
