@@ -1,0 +1,465 @@
+//! `wardnet-agent run`: one event loop that owns the applied state. The
+//! controller client, the data plane, the `wg` control socket and the local
+//! HTTP endpoint are tasks around it; they talk to it through channels.
+//!
+//! Start-up never waits on the controller when a cached config exists: the
+//! tunnels come up from the cache and the sync task catches up in the
+//! background.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use wardnet_common::wire::{AgentReport, HealthSummary, SiteConfig};
+use wardnet_common::Role;
+
+use crate::backoff::Backoff;
+use crate::client::{ClientError, ControllerClient};
+use crate::config::Config;
+use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
+use crate::netlink::Netlink;
+use crate::reconcile::{self, Applied};
+use crate::snapshot::DeviceSnapshot;
+use crate::state::{Enrolment, StateDir};
+use crate::status::{peer_statuses, AgentStatus};
+use crate::uapi::SnapshotSource;
+
+impl SnapshotSource for DataPlaneHandle {
+    fn snapshot(&self) -> impl Future<Output = Option<DeviceSnapshot>> + Send {
+        let h = self.clone();
+        async move { DataPlaneHandle::snapshot(&h).await.ok() }
+    }
+}
+
+/// What the tasks around the loop tell it.
+enum Event {
+    /// A new config from the controller.
+    Config(SiteConfig),
+    /// The controller answered (true) or could not be reached (false).
+    Sync {
+        ok: bool,
+        error: Option<String>,
+    },
+    Status(oneshot::Sender<AgentStatus>),
+}
+
+/// Shared with the HTTP endpoint.
+#[derive(Clone)]
+pub struct Shared {
+    pub ready: Arc<AtomicBool>,
+    events: mpsc::Sender<Event>,
+}
+
+impl Shared {
+    pub async fn status(&self) -> Option<AgentStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+struct Agent {
+    config: Config,
+    enrolment: Enrolment,
+    state: StateDir,
+    dp: DataPlaneHandle,
+    netlink: Netlink,
+    ifindex: u32,
+    applied: Applied,
+    running: SiteConfig,
+    source: &'static str,
+    reachable: bool,
+    controller_error: Option<String>,
+    last_sync: Option<i64>,
+    /// The revision the data plane runs; the sync task reports it.
+    applied_tx: watch::Sender<u64>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Run the agent until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let state = StateDir::new(&config.state_dir);
+    let enrolment = state.enrolment()?;
+    let key = state.key()?;
+    let url = config
+        .controller_url
+        .clone()
+        .unwrap_or_else(|| enrolment.controller_url.clone());
+    let ca = config.ca_cert.clone().or_else(|| enrolment.ca_cert.clone());
+    let client = ControllerClient::new(
+        &url,
+        ca.as_deref(),
+        config.allow_plain_http || enrolment.allow_plain_http,
+    )
+    .context("failed to set up the controller client")?;
+    tokio::pin!(shutdown);
+
+    let (events_tx, mut events) = mpsc::channel::<Event>(16);
+    let (applied_tx, applied_rx) = watch::channel(0u64);
+
+    // The first config: the cache at once, else the controller.
+    let (first, source) = match state.cached_config()? {
+        Some(c) if c.site == enrolment.site => {
+            tracing::info!(
+                revision = c.revision,
+                "bringing the tunnels up from the cached config"
+            );
+            (c, "cache")
+        }
+        _ => {
+            tracing::info!(controller = %url, "no cached config; waiting for the first config from the controller");
+            let first = tokio::select! {
+                c = first_config(&client, &enrolment.credential) => c?,
+                () = &mut shutdown => return Ok(()),
+            };
+            (first, "controller")
+        }
+    };
+
+    let dp = DataPlane::start(DataPlaneConfig {
+        interface: config.interface.clone(),
+        mtu: first.interface.mtu,
+        private_key: key.clone(),
+        listen_port: first.interface.listen_port,
+    })
+    .await
+    .with_context(|| format!("failed to start the data plane on {}", config.interface))?;
+    let netlink = Netlink::new().context("failed to open a netlink socket")?;
+    let ifindex = netlink
+        .link_index(&config.interface)
+        .await
+        .with_context(|| format!("interface {} vanished", config.interface))?;
+    netlink
+        .set_link_up(ifindex)
+        .await
+        .context("failed to bring the interface up")?;
+    // A hub forwards spoke-to-spoke traffic back out of the interface it came
+    // in on; ICMP redirects would only tell spokes about a next hop that does
+    // not exist on a point-to-point tunnel.
+    let redirects = format!(
+        "/proc/sys/net/ipv4/conf/{}/send_redirects",
+        config.interface
+    );
+    if let Err(e) = std::fs::write(&redirects, "0") {
+        tracing::debug!(error = %e, path = %redirects, "could not turn off ICMP redirects");
+    }
+
+    if enrolment.role == Role::Hub {
+        check_forwarding(config.enable_ip_forwarding, &first);
+    }
+
+    let shared = Shared {
+        ready: Arc::new(AtomicBool::new(false)),
+        events: events_tx.clone(),
+    };
+    let stop = CancellationToken::new();
+
+    let uapi_task = {
+        let path = config.uapi_dir.join(format!("{}.sock", config.interface));
+        let handle = dp.handle();
+        let stop = stop.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::uapi::serve(path, key, handle, stop.cancelled_owned()).await {
+                tracing::error!(error = ?e, "the WireGuard control socket failed; `wg show` will not work");
+            }
+        })
+    };
+    let http_task = {
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let listen = config.metrics_listen;
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(listen, shared, stop.cancelled_owned()).await {
+                tracing::error!(error = ?e, %listen, "the agent's HTTP endpoint failed");
+            }
+        })
+    };
+    let mut agent = Agent {
+        config,
+        enrolment,
+        state,
+        dp: dp.handle(),
+        netlink,
+        ifindex,
+        applied: Applied::default(),
+        running: first.clone(),
+        source,
+        reachable: source == "controller",
+        controller_error: None,
+        last_sync: (source == "controller").then(unix_now),
+        applied_tx,
+    };
+    let mut sync_task = None;
+    let result = async {
+        agent.apply(first).await?;
+        shared.ready.store(true, Ordering::SeqCst);
+        // Only now: the sync task asks from the revision that runs.
+        sync_task = Some(tokio::spawn(sync_loop(
+            client.clone(),
+            agent.enrolment.credential.clone(),
+            agent.config.long_poll_secs,
+            events_tx,
+            applied_rx,
+            agent.dp.clone(),
+        )));
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                ev = events.recv() => match ev {
+                    Some(Event::Config(c)) => {
+                        if let Err(e) = agent.apply(c).await {
+                            tracing::error!(error = ?e, "failed to apply the new config; keeping what runs and retrying with the next one");
+                        } else {
+                            agent.source = "controller";
+                        }
+                    }
+                    Some(Event::Sync { ok, error }) => {
+                        agent.reachable = ok;
+                        agent.controller_error = error;
+                        if ok {
+                            agent.last_sync = Some(unix_now());
+                        }
+                    }
+                    Some(Event::Status(tx)) => {
+                        let _ = tx.send(agent.status().await);
+                    }
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+    .await;
+
+    tracing::info!("shutting down: closing the control socket, the tunnels and the interface");
+    shared.ready.store(false, Ordering::SeqCst);
+    stop.cancel();
+    if let Some(t) = sync_task {
+        t.abort();
+    }
+    let _ = uapi_task.await;
+    let _ = http_task.await;
+    // Routes and addresses go with the interface when the TUN closes.
+    if let Err(e) = dp.shutdown().await {
+        tracing::warn!(error = ?e, "the data plane did not stop cleanly");
+    }
+    result
+}
+
+impl Agent {
+    /// Apply a config by difference: peers through the reconciler (unchanged
+    /// peers untouched), addresses and routes against what the kernel has.
+    async fn apply(&mut self, desired: SiteConfig) -> Result<()> {
+        if desired.site != self.enrolment.site {
+            anyhow::bail!(
+                "the controller sent the config of site {} but this gateway is {}",
+                desired.site,
+                self.enrolment.site
+            );
+        }
+        let plan = reconcile::plan(&desired, &self.applied);
+        if let Some(mtu) = plan.mtu.filter(|_| self.applied.mtu.is_some()) {
+            self.dp
+                .set_mtu(mtu)
+                .await
+                .context("failed to set the MTU")?;
+        }
+        if let Some(port) = plan
+            .listen_port
+            .filter(|_| self.applied.listen_port.is_some())
+        {
+            self.dp
+                .set_listen_port(port)
+                .await
+                .context("failed to move the listen port")?;
+        }
+        let peer_ops = plan.peer_ops.len();
+        self.dp
+            .apply(plan.peer_ops.clone())
+            .await
+            .context("the data plane stopped")?;
+        let changed = self
+            .netlink
+            .apply(self.ifindex, &desired.interface.addresses, &desired.routes)
+            .await
+            .context("failed to set addresses and routes")?;
+        self.applied = self.applied.after(&plan);
+        if let Err(e) = self.state.save_config(&desired) {
+            tracing::warn!(error = ?e, "could not cache the applied config; a restart without the controller would lack it");
+        }
+        tracing::info!(
+            revision = desired.revision,
+            peers = desired.peers.len(),
+            peer_ops,
+            addresses_added = changed.added_addresses.len(),
+            routes_added = changed.added_routes.len(),
+            routes_removed = changed.removed_routes.len(),
+            "config applied"
+        );
+        self.applied_tx.send_replace(desired.revision);
+        self.running = desired;
+        Ok(())
+    }
+
+    async fn status(&self) -> AgentStatus {
+        let snap = self.dp.snapshot().await.unwrap_or_default();
+        AgentStatus {
+            site: self.enrolment.site.clone(),
+            region: self.enrolment.region.clone(),
+            role: self.enrolment.role,
+            interface: self.config.interface.clone(),
+            listen_port: snap.listen_port,
+            applied_revision: self.running.revision,
+            config_source: self.source.to_owned(),
+            controller_url: self
+                .config
+                .controller_url
+                .clone()
+                .unwrap_or_else(|| self.enrolment.controller_url.clone()),
+            controller_reachable: self.reachable,
+            controller_error: self.controller_error.clone(),
+            last_sync: self.last_sync,
+            peers: peer_statuses(&snap, SystemTime::now()),
+        }
+    }
+}
+
+fn check_forwarding(enable: bool, cfg: &SiteConfig) {
+    let uses_v6 = cfg
+        .interface
+        .addresses
+        .iter()
+        .any(|a| matches!(a, ipnet::IpNet::V6(_)));
+    match crate::forwarding::ip_forwarding() {
+        Ok((v4, v6)) => {
+            if let Some(help) = crate::forwarding::hub_forwarding_help(v4, v6, uses_v6) {
+                if enable {
+                    match crate::forwarding::enable_ip_forwarding() {
+                        Ok(()) => {
+                            tracing::info!("enabled IP forwarding (enable_ip_forwarding = true)")
+                        }
+                        Err(e) => tracing::error!(error = ?e, "{help}"),
+                    }
+                } else {
+                    tracing::error!("{help}");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = ?e, "cannot read the IP forwarding setting"),
+    }
+}
+
+/// Fetch the first config, retrying with backoff (no cache to fall back on).
+async fn first_config(client: &ControllerClient, credential: &str) -> Result<SiteConfig> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        match client.config(credential, 0, Duration::from_secs(0)).await {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => tracing::warn!("the controller has no config for this site yet"),
+            Err(e) if !e.is_transient() => {
+                return Err(e).context("the controller refused this agent")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot fetch the first config; retrying"),
+        }
+        tokio::time::sleep(backoff.next_delay(rand::random())).await;
+    }
+}
+
+/// The sync task: long-poll, hand configs to the loop, report what was
+/// applied (with a health summary), back off on failure.
+async fn sync_loop(
+    client: ControllerClient,
+    credential: String,
+    long_poll_secs: u64,
+    events: mpsc::Sender<Event>,
+    mut applied: watch::Receiver<u64>,
+    dp: DataPlaneHandle,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut reported = None;
+    loop {
+        let known = *applied.borrow_and_update();
+        if reported != Some(known) {
+            let report = AgentReport {
+                applied_revision: known,
+                health: health(&dp).await,
+            };
+            match client.report(&credential, &report).await {
+                Ok(()) => reported = Some(known),
+                Err(e) => tracing::debug!(error = %e, "report failed"),
+            }
+        }
+        match client
+            .config(&credential, known, Duration::from_secs(long_poll_secs))
+            .await
+        {
+            Ok(Some(cfg)) => {
+                backoff.reset();
+                let _ = events
+                    .send(Event::Sync {
+                        ok: true,
+                        error: None,
+                    })
+                    .await;
+                let rev = cfg.revision;
+                if events.send(Event::Config(cfg)).await.is_err() {
+                    return;
+                }
+                // Wait until the loop has applied it (or moved on).
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    while *applied.borrow_and_update() < rev {
+                        if applied.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+            }
+            Ok(None) => {
+                backoff.reset();
+                let _ = events
+                    .send(Event::Sync {
+                        ok: true,
+                        error: None,
+                    })
+                    .await;
+                // Heartbeat: refresh last-seen and health once per long-poll.
+                reported = None;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay(rand::random());
+                tracing::warn!(error = %e, retry_in = ?delay, "controller sync failed; the tunnels keep running");
+                let _ = events
+                    .send(Event::Sync {
+                        ok: false,
+                        error: Some(e.to_string()),
+                    })
+                    .await;
+                if matches!(e, ClientError::Refused { status, .. } if status == reqwest::StatusCode::UNAUTHORIZED)
+                {
+                    tracing::error!("this site's credential was refused: it was revoked or re-enrolled; the tunnels stay as they are until the agent is stopped");
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn health(dp: &DataPlaneHandle) -> Option<HealthSummary> {
+    let snap = dp.snapshot().await.ok()?;
+    let peers = peer_statuses(&snap, SystemTime::now());
+    Some(HealthSummary {
+        peers_up: peers.iter().filter(|p| p.up).count() as u32,
+        peers_total: peers.len() as u32,
+        ..HealthSummary::default()
+    })
+}

@@ -1,0 +1,401 @@
+//! The data plane's sans-IO core: the peer table, cryptokey routing and the
+//! WireGuard state machines (`boringtun::noise::Tunn`). It never touches a
+//! socket or a device: packets come in as slices with `now`, and what must go
+//! out is handed to a [`Transmit`] sink. The I/O shell (`mod.rs`) moves bytes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use ipnet::IpNet;
+use wardnet_common::{Endpoint, Name, PeerConfig, PrivateKey, PublicKey};
+
+use super::lpm::AllowedIps;
+use crate::reconcile::PeerOp;
+use crate::snapshot::{DeviceCounters, DeviceSnapshot, PeerSnapshot};
+
+/// Largest datagram or IP packet we handle, plus room for WireGuard overhead.
+pub(crate) const BUF_SIZE: usize = 65_535 + 64;
+
+/// Handshake messages accepted per second before cookies are demanded. Each
+/// initiation is checked twice against the shared limiter (once before the
+/// anonymous parse, once inside `Tunn::decapsulate`), hence twice boringtun's
+/// device default of 100.
+const HANDSHAKE_RATE_LIMIT: u64 = 200;
+
+/// WireGuard message types, first byte of every message.
+const MSG_HANDSHAKE_RESPONSE: u8 = 2;
+const MSG_DATA: u8 = 4;
+
+/// Where the core's output goes.
+pub(crate) trait Transmit {
+    fn send_udp(&mut self, to: SocketAddr, packet: &[u8]);
+    fn write_tun(&mut self, packet: &[u8]);
+}
+
+struct Peer {
+    name: Name,
+    public_key: PublicKey,
+    /// The endpoint from the controller's config, to tell a real config
+    /// change from a re-sync of the same value.
+    configured_endpoint: Option<Endpoint>,
+    /// Where we send: configured, or the source of the last authenticated packet.
+    endpoint: Option<SocketAddr>,
+    allowed_ips: BTreeSet<IpNet>,
+    /// Our own persistent keepalive (Tunn cannot change its own in place).
+    keepalive: Option<u16>,
+    tunn: Tunn,
+    last_sent: Option<Instant>,
+    last_handshake: Option<SystemTime>,
+    rx_bytes: u64,
+    tx_bytes: u64,
+}
+
+pub(crate) struct Core {
+    private: x25519_dalek::StaticSecret,
+    public: x25519_dalek::PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    /// Keyed by local index (the top 24 bits of every receiver index boringtun
+    /// hands out for this peer).
+    peers: HashMap<u32, Peer>,
+    by_key: HashMap<PublicKey, u32>,
+    allowed: AllowedIps,
+    next_index: u32,
+    counters: DeviceCounters,
+    buf: Box<[u8]>,
+}
+
+/// Local indexes are 24 bits: boringtun shifts them left by 8 for the session.
+const INDEX_MASK: u32 = 0x00ff_ffff;
+
+impl Core {
+    pub(crate) fn new(private_key: &PrivateKey) -> Self {
+        let private = private_key.to_dalek();
+        let public = x25519_dalek::PublicKey::from(&private);
+        Self {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            private,
+            public,
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            allowed: AllowedIps::default(),
+            next_index: rand::random::<u32>() & INDEX_MASK,
+            counters: DeviceCounters::default(),
+            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+        }
+    }
+
+    pub(crate) fn apply(&mut self, op: PeerOp) {
+        match op {
+            PeerOp::RemovePeer(key) => self.remove_peer(&key),
+            PeerOp::UpdatePeer(c) | PeerOp::AddPeer(c) => {
+                if self.by_key.contains_key(&c.public_key) {
+                    self.update_peer(c);
+                } else {
+                    self.add_peer(c);
+                }
+            }
+        }
+    }
+
+    fn alloc_index(&mut self) -> u32 {
+        loop {
+            let i = self.next_index & INDEX_MASK;
+            self.next_index = self.next_index.wrapping_add(1);
+            if !self.peers.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    fn add_peer(&mut self, c: PeerConfig) {
+        let index = self.alloc_index();
+        let tunn = Tunn::new(
+            self.private.clone(),
+            c.public_key.to_dalek(),
+            None,
+            None,
+            index,
+            Some(self.rate_limiter.clone()),
+        );
+        for net in &c.allowed_ips {
+            self.allowed.insert(*net, index);
+        }
+        self.by_key.insert(c.public_key, index);
+        self.peers.insert(
+            index,
+            Peer {
+                name: c.name,
+                public_key: c.public_key,
+                configured_endpoint: c.endpoint,
+                endpoint: c.endpoint.map(|e| e.addr()),
+                allowed_ips: c.allowed_ips,
+                keepalive: c.persistent_keepalive.filter(|k| *k > 0),
+                tunn,
+                last_sent: None,
+                last_handshake: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+            },
+        );
+    }
+
+    /// In place: the Tunn (session, timers, counters) is kept.
+    fn update_peer(&mut self, c: PeerConfig) {
+        let Some(&index) = self.by_key.get(&c.public_key) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        for gone in peer.allowed_ips.difference(&c.allowed_ips) {
+            self.allowed.remove_if(*gone, index);
+        }
+        for net in &c.allowed_ips {
+            self.allowed.insert(*net, index);
+        }
+        if peer.configured_endpoint != c.endpoint {
+            peer.configured_endpoint = c.endpoint;
+            if let Some(e) = c.endpoint {
+                peer.endpoint = Some(e.addr());
+            }
+        }
+        peer.name = c.name;
+        peer.allowed_ips = c.allowed_ips;
+        peer.keepalive = c.persistent_keepalive.filter(|k| *k > 0);
+    }
+
+    fn remove_peer(&mut self, key: &PublicKey) {
+        let Some(index) = self.by_key.remove(key) else {
+            return;
+        };
+        if let Some(peer) = self.peers.remove(&index) {
+            for net in &peer.allowed_ips {
+                self.allowed.remove_if(*net, index);
+            }
+        }
+    }
+
+    /// An IP packet read from the TUN device.
+    pub(crate) fn handle_tun_packet(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        tx: &mut impl Transmit,
+    ) {
+        let Some(dst) = Tunn::dst_address(packet) else {
+            self.counters.drops.no_route += 1;
+            return;
+        };
+        let Some(index) = self.allowed.lookup(dst) else {
+            self.counters.drops.no_route += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            self.counters.drops.no_route += 1;
+            return;
+        };
+        match peer.tunn.encapsulate(packet, &mut self.buf) {
+            TunnResult::WriteToNetwork(out) if !send_to_peer(peer, out, now, tx) => {
+                self.counters.drops.no_endpoint += 1;
+            }
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.name, error = ?e, "encapsulate failed")
+            }
+            _ => {}
+        }
+    }
+
+    /// A UDP datagram received from `from` on the listen socket.
+    pub(crate) fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        tx: &mut impl Transmit,
+    ) {
+        let index = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => {
+                self.counters.drops.malformed += 1;
+                return;
+            }
+            Ok(Packet::HandshakeInit(ref init)) => {
+                // Cheap MAC and rate checks before the expensive DH.
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), datagram, &mut self.buf)
+                {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        tx.send_udp(from, cookie);
+                        return;
+                    }
+                    Err(_) => {
+                        self.counters.drops.decrypt += 1;
+                        return;
+                    }
+                }
+                let Ok(half) = parse_handshake_anon(&self.private, &self.public, init) else {
+                    self.counters.drops.decrypt += 1;
+                    return;
+                };
+                match self
+                    .by_key
+                    .get(&PublicKey::from_bytes(half.peer_static_public))
+                {
+                    Some(&i) => i,
+                    None => {
+                        self.counters.drops.unknown_peer += 1;
+                        return;
+                    }
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => p.receiver_idx >> 8,
+            Ok(Packet::PacketCookieReply(p)) => p.receiver_idx >> 8,
+            Ok(Packet::PacketData(p)) => p.receiver_idx >> 8,
+        };
+        let Some(peer) = self.peers.get_mut(&index) else {
+            self.counters.drops.unknown_peer += 1;
+            return;
+        };
+        let kind = datagram.first().copied();
+        let mut result = peer
+            .tunn
+            .decapsulate(Some(from.ip()), datagram, &mut self.buf);
+        let mut first = true;
+        loop {
+            match result {
+                TunnResult::Done => {
+                    // An empty data message is an authenticated keepalive.
+                    if first && kind == Some(MSG_DATA) {
+                        authenticated(peer, from, datagram.len());
+                    }
+                }
+                TunnResult::Err(e) => {
+                    if first && matches!(kind, Some(1 | MSG_HANDSHAKE_RESPONSE)) {
+                        self.counters.handshakes_failed += 1;
+                    } else if first {
+                        self.counters.drops.decrypt += 1;
+                    }
+                    tracing::trace!(peer = %peer.name, error = ?e, "dropped datagram");
+                }
+                TunnResult::WriteToNetwork(out) => {
+                    if first {
+                        // A handshake response answering an initiation (we are
+                        // the responder), or a keepalive answering a response
+                        // (we are the initiator): either way a new session.
+                        // Anything else here is a cookie reply under load.
+                        let established = matches!(
+                            (kind, out.first()),
+                            (Some(1), Some(&MSG_HANDSHAKE_RESPONSE))
+                                | (Some(MSG_HANDSHAKE_RESPONSE), Some(&MSG_DATA))
+                        );
+                        if established {
+                            self.counters.handshakes_completed += 1;
+                            peer.last_handshake = Some(SystemTime::now());
+                            authenticated(peer, from, datagram.len());
+                        } else {
+                            // Cookie reply: answer the sender, do not roam.
+                            tx.send_udp(from, out);
+                            return;
+                        }
+                    }
+                    send_to_peer(peer, out, now, tx);
+                    // Drain the packets queued while the handshake ran.
+                    first = false;
+                    result = peer.tunn.decapsulate(None, &[], &mut self.buf);
+                    continue;
+                }
+                TunnResult::WriteToTunnelV4(packet, src) => {
+                    authenticated(peer, from, datagram.len());
+                    if self.allowed.lookup(IpAddr::V4(src)) == Some(index) {
+                        tx.write_tun(packet);
+                    } else {
+                        self.counters.drops.source_not_allowed += 1;
+                    }
+                }
+                TunnResult::WriteToTunnelV6(packet, src) => {
+                    authenticated(peer, from, datagram.len());
+                    if self.allowed.lookup(IpAddr::V6(src)) == Some(index) {
+                        tx.write_tun(packet);
+                    } else {
+                        self.counters.drops.source_not_allowed += 1;
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    /// The regular timer tick (every ~250 ms): WireGuard timers and our
+    /// persistent keepalive.
+    pub(crate) fn tick(&mut self, now: Instant, tx: &mut impl Transmit) {
+        self.rate_limiter.reset_count();
+        for peer in self.peers.values_mut() {
+            match peer.tunn.update_timers(&mut self.buf) {
+                TunnResult::WriteToNetwork(out) => {
+                    send_to_peer(peer, out, now, tx);
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                TunnResult::Err(e) => tracing::debug!(peer = %peer.name, error = ?e, "timer error"),
+                _ => {}
+            }
+            let Some(every) = peer.keepalive else {
+                continue;
+            };
+            let due = peer.last_sent.is_none_or(|t| {
+                now.saturating_duration_since(t) >= Duration::from_secs(u64::from(every))
+            });
+            if due && peer.endpoint.is_some() {
+                if let TunnResult::WriteToNetwork(out) = peer.tunn.encapsulate(&[], &mut self.buf) {
+                    send_to_peer(peer, out, now, tx);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self, listen_port: u16) -> DeviceSnapshot {
+        let mut peers: Vec<PeerSnapshot> = self
+            .peers
+            .values()
+            .map(|p| PeerSnapshot {
+                name: p.name.clone(),
+                public_key: p.public_key,
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                persistent_keepalive: p.keepalive,
+                last_handshake: p.last_handshake,
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        DeviceSnapshot {
+            listen_port,
+            peers,
+            counters: self.counters,
+        }
+    }
+}
+
+/// Bookkeeping after a datagram from `from` authenticated as this peer.
+fn authenticated(peer: &mut Peer, from: SocketAddr, len: usize) {
+    peer.endpoint = Some(from);
+    peer.rx_bytes += len as u64;
+}
+
+/// Sends to the peer's current endpoint; false when it has none.
+fn send_to_peer(peer: &mut Peer, packet: &[u8], now: Instant, tx: &mut impl Transmit) -> bool {
+    let Some(to) = peer.endpoint else {
+        return false;
+    };
+    tx.send_udp(to, packet);
+    peer.tx_bytes += packet.len() as u64;
+    peer.last_sent = Some(now);
+    true
+}

@@ -1,0 +1,292 @@
+//! The core driven in memory: two (or three) cores exchange datagrams
+//! through a test harness, no root, no sockets.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ipnet::IpNet;
+use wardnet_common::{PeerConfig, PrivateKey, PublicKey, Role};
+
+use super::core::{Core, Transmit};
+use crate::reconcile::PeerOp;
+
+#[derive(Default)]
+struct Sink {
+    udp: Vec<(SocketAddr, Vec<u8>)>,
+    tun: Vec<Vec<u8>>,
+}
+
+impl Transmit for Sink {
+    fn send_udp(&mut self, to: SocketAddr, packet: &[u8]) {
+        self.udp.push((to, packet.to_vec()));
+    }
+    fn write_tun(&mut self, packet: &[u8]) {
+        self.tun.push(packet.to_vec());
+    }
+}
+
+struct Node {
+    core: Core,
+    key: PrivateKey,
+    addr: SocketAddr,
+    tun: Vec<Vec<u8>>,
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("test socket address")
+}
+fn net(s: &str) -> IpNet {
+    s.parse().expect("test prefix")
+}
+
+fn node(addr: &str) -> Node {
+    let key = PrivateKey::generate();
+    Node {
+        core: Core::new(&key),
+        key,
+        addr: sa(addr),
+        tun: Vec::new(),
+    }
+}
+
+fn peer_config(of: &Node, endpoint: Option<SocketAddr>, allowed: &[&str]) -> PeerConfig {
+    PeerConfig {
+        name: format!("site-{}", of.addr.port()).parse().expect("name"),
+        region: "north".parse().expect("name"),
+        role: Role::Spoke,
+        public_key: of.key.public_key(),
+        endpoint: endpoint.map(|e| wardnet_common::Endpoint::new(e).expect("endpoint")),
+        allowed_ips: allowed.iter().map(|a| net(a)).collect::<BTreeSet<_>>(),
+        persistent_keepalive: None,
+    }
+}
+
+fn ipv4_packet(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&u16::try_from(total).expect("small packet").to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+/// Delivers datagrams between nodes until nothing is in flight.
+fn pump(nodes: &mut [&mut Node], mut queue: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>) {
+    let mut hops = 0;
+    while let Some((from, to, packet)) = queue.pop_front() {
+        hops += 1;
+        assert!(hops < 100, "packet storm");
+        let Some(n) = nodes.iter_mut().find(|n| n.addr == to) else {
+            continue;
+        };
+        let mut sink = Sink::default();
+        n.core
+            .handle_datagram(from, &packet, Instant::now(), &mut sink);
+        n.tun.extend(sink.tun);
+        let here = n.addr;
+        queue.extend(sink.udp.into_iter().map(|(t, p)| (here, t, p)));
+    }
+}
+
+fn send_from_tun(n: &mut Node, packet: &[u8]) -> VecDeque<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let mut sink = Sink::default();
+    n.core.handle_tun_packet(packet, Instant::now(), &mut sink);
+    let here = n.addr;
+    sink.udp.into_iter().map(|(t, p)| (here, t, p)).collect()
+}
+
+fn pair() -> (Node, Node) {
+    let mut a = node("198.51.100.1:51820");
+    let mut b = node("198.51.100.2:51820");
+    let to_b = peer_config(&b, Some(b.addr), &["100.64.0.2/32"]);
+    let to_a = peer_config(&a, None, &["100.64.0.1/32"]);
+    a.core.apply(PeerOp::AddPeer(to_b));
+    b.core.apply(PeerOp::AddPeer(to_a));
+    (a, b)
+}
+
+fn peer_of(n: &Node, key: PublicKey) -> crate::snapshot::PeerSnapshot {
+    n.core
+        .snapshot(n.addr.port())
+        .peers
+        .into_iter()
+        .find(|p| p.public_key == key)
+        .expect("peer present")
+}
+
+#[test]
+fn handshake_then_traffic_both_ways_and_roaming() {
+    let (mut a, mut b) = pair();
+    let ping = ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], b"hello");
+    let out = send_from_tun(&mut a, &ping);
+    assert_eq!(out.len(), 1, "a handshake initiation");
+    assert_eq!(out[0].2[0], 1);
+    pump(&mut [&mut a, &mut b], out);
+    // The packet queued during the handshake arrives.
+    assert_eq!(b.tun, vec![ping.clone()]);
+    // B learned A's endpoint from the authenticated initiation.
+    assert_eq!(peer_of(&b, a.key.public_key()).endpoint, Some(a.addr));
+    let sa_ = a.core.snapshot(0);
+    assert_eq!(sa_.counters.handshakes_completed, 1);
+    assert_eq!(b.core.snapshot(0).counters.handshakes_completed, 1);
+    let hs = peer_of(&a, b.key.public_key()).last_handshake;
+    assert!(hs.is_some());
+
+    // Reply B -> A.
+    let pong = ipv4_packet([100, 64, 0, 2], [100, 64, 0, 1], b"world");
+    let out = send_from_tun(&mut b, &pong);
+    assert_eq!(out[0].2[0], 4, "data on the existing session");
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(a.tun, vec![pong.clone()]);
+    let pb = peer_of(&a, b.key.public_key());
+    assert!(pb.rx_bytes > 0 && pb.tx_bytes > 0);
+
+    // B roams: A answers to the new source.
+    let out: VecDeque<_> = send_from_tun(&mut b, &pong)
+        .into_iter()
+        .map(|(_, t, p)| (sa("203.0.113.2:40000"), t, p))
+        .collect();
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(
+        peer_of(&a, b.key.public_key()).endpoint,
+        Some(sa("203.0.113.2:40000"))
+    );
+    // A re-sync of the same configured endpoint does not undo roaming...
+    let same = peer_config(&b, Some(b.addr), &["100.64.0.2/32"]);
+    a.core.apply(PeerOp::UpdatePeer(same));
+    assert_eq!(
+        peer_of(&a, b.key.public_key()).endpoint,
+        Some(sa("203.0.113.2:40000"))
+    );
+    // ...a changed one does.
+    let moved = peer_config(&b, Some(sa("203.0.113.9:51820")), &["100.64.0.2/32"]);
+    a.core.apply(PeerOp::UpdatePeer(moved));
+    assert_eq!(
+        peer_of(&a, b.key.public_key()).endpoint,
+        Some(sa("203.0.113.9:51820"))
+    );
+}
+
+#[test]
+fn update_in_place_keeps_the_session_and_counters() {
+    let (mut a, mut b) = pair();
+    let ping = ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], b"x");
+    let out = send_from_tun(&mut a, &ping);
+    pump(&mut [&mut a, &mut b], out);
+    let before = peer_of(&a, b.key.public_key());
+
+    let mut c = peer_config(&b, Some(b.addr), &["100.64.0.2/32", "10.9.0.0/16"]);
+    c.persistent_keepalive = Some(25);
+    a.core.apply(PeerOp::UpdatePeer(c));
+    let after = peer_of(&a, b.key.public_key());
+    assert_eq!(after.last_handshake, before.last_handshake);
+    assert_eq!(after.tx_bytes, before.tx_bytes);
+    assert_eq!(after.persistent_keepalive, Some(25));
+    assert!(after.allowed_ips.contains(&net("10.9.0.0/16")));
+
+    // The new prefix routes to B at once, on the same session (data, not a handshake).
+    let lan = ipv4_packet([100, 64, 0, 1], [10, 9, 1, 1], b"lan");
+    let out = send_from_tun(&mut a, &lan);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].2[0], 4);
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(b.tun.last(), Some(&lan));
+    assert_eq!(a.core.snapshot(0).counters.handshakes_completed, 1);
+}
+
+#[test]
+fn bad_input_is_dropped_and_counted_never_panics() {
+    let (mut a, mut b) = pair();
+    let ping = ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], b"x");
+    let out = send_from_tun(&mut a, &ping);
+    pump(&mut [&mut a, &mut b], out);
+
+    let from = sa("198.51.100.66:1234");
+    let mut sink = Sink::default();
+    let now = Instant::now();
+    // Garbage and truncated messages of every type.
+    for len in [0usize, 1, 3, 4, 31, 32, 64, 91, 92, 147, 148, 149, 1500] {
+        for ty in [0u8, 1, 2, 3, 4, 0xff] {
+            let mut p = vec![0xa5u8; len];
+            if let Some(x) = p.first_mut() {
+                *x = ty;
+            }
+            if len >= 4 {
+                p[1..4].fill(0);
+            }
+            a.core.handle_datagram(from, &p, now, &mut sink);
+        }
+    }
+    // Random bytes.
+    for i in 0..200 {
+        let p: Vec<u8> = (0..(i * 7 % 300)).map(|_| rand::random::<u8>()).collect();
+        a.core.handle_datagram(from, &p, now, &mut sink);
+    }
+    assert!(sink.tun.is_empty());
+    let c = a.core.snapshot(0).counters;
+    assert!(c.drops.malformed > 0, "{c:?}");
+    assert!(c.drops.unknown_peer + c.drops.decrypt > 0, "{c:?}");
+
+    // A peer we do not know initiates: dropped as unknown.
+    let mut stranger = node("198.51.100.9:51820");
+    stranger.core.apply(PeerOp::AddPeer(peer_config(
+        &a,
+        Some(a.addr),
+        &["100.64.0.1/32"],
+    )));
+    let out = send_from_tun(
+        &mut stranger,
+        &ipv4_packet([100, 64, 0, 9], [100, 64, 0, 1], b"hi"),
+    );
+    let before = a.core.snapshot(0).counters.drops.unknown_peer;
+    pump(&mut [&mut a, &mut stranger], out);
+    assert_eq!(a.core.snapshot(0).counters.drops.unknown_peer, before + 1);
+
+    // No route.
+    let out = send_from_tun(&mut a, &ipv4_packet([100, 64, 0, 1], [8, 8, 8, 8], b"x"));
+    assert!(out.is_empty());
+    assert_eq!(a.core.snapshot(0).counters.drops.no_route, 1);
+
+    // B sends from an inner source outside its AllowedIPs on A.
+    let spoof = ipv4_packet([100, 64, 9, 9], [100, 64, 0, 1], b"spoof");
+    let out = send_from_tun(&mut b, &spoof);
+    let tun_before = a.tun.len();
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(a.tun.len(), tun_before);
+    assert_eq!(a.core.snapshot(0).counters.drops.source_not_allowed, 1);
+
+    // The session still works after all that.
+    let pong = ipv4_packet([100, 64, 0, 2], [100, 64, 0, 1], b"ok");
+    let out = send_from_tun(&mut b, &pong);
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(a.tun.last(), Some(&pong));
+}
+
+#[test]
+fn removed_peer_is_forgotten_and_keepalive_starts_a_handshake() {
+    let (mut a, mut b) = pair();
+    let ping = ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], b"x");
+    let out = send_from_tun(&mut a, &ping);
+    pump(&mut [&mut a, &mut b], out);
+    a.core.apply(PeerOp::RemovePeer(b.key.public_key()));
+    assert!(a.core.snapshot(0).peers.is_empty());
+    assert!(send_from_tun(&mut a, &ping).is_empty());
+    let out = send_from_tun(&mut b, &ipv4_packet([100, 64, 0, 2], [100, 64, 0, 1], b"x"));
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(a.core.snapshot(0).counters.drops.unknown_peer, 1);
+
+    // Persistent keepalive on a fresh peer initiates at the first tick.
+    let mut c = peer_config(&b, Some(b.addr), &["100.64.0.2/32"]);
+    c.persistent_keepalive = Some(25);
+    a.core.apply(PeerOp::AddPeer(c));
+    let mut sink = Sink::default();
+    a.core.tick(Instant::now(), &mut sink);
+    assert_eq!(sink.udp.len(), 1);
+    assert_eq!(sink.udp[0].0, b.addr);
+    assert_eq!(sink.udp[0].1[0], 1, "handshake initiation");
+}

@@ -1,0 +1,418 @@
+//! The agent's userspace WireGuard data plane: one TUN device, one UDP
+//! socket (IPv4 and IPv6 underlay), one `boringtun::noise::Tunn` per peer.
+//!
+//! Shape (STYLE.md): the decisions live in the sans-IO [`core`]; this file is
+//! the thin shell. ONE tokio task owns the device, the socket and the core; it
+//! selects over TUN reads, UDP reads, commands and a timer tick, so a packet
+//! never hops through a channel. Everyone else holds a cloneable
+//! [`DataPlaneHandle`] and talks to the loop with [`Command`]s.
+//!
+//! Addresses and routes on the interface are not set here (netlink module).
+
+mod core;
+#[cfg(test)]
+mod core_tests;
+mod lpm;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tun_rs::AsyncDevice;
+use wardnet_common::PrivateKey;
+
+use self::core::{Core, Transmit, BUF_SIZE};
+use crate::reconcile::PeerOp;
+use crate::snapshot::DeviceSnapshot;
+
+/// Timer granularity; WireGuard's timers are specified in seconds.
+const TICK: Duration = Duration::from_millis(250);
+/// Packets handled per readiness event before yielding to the other sources.
+const BATCH: usize = 64;
+/// Underlay socket buffers; the kernel caps them at net.core.[rw]mem_max.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// How to start a data plane.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    /// TUN interface name (at most 15 bytes, unique per host).
+    pub interface: String,
+    pub mtu: u16,
+    pub private_key: PrivateKey,
+    /// UDP listen port; 0 picks a free one (see the snapshot's `listen_port`).
+    pub listen_port: u16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("failed to create TUN device {interface:?}")]
+    Tun {
+        interface: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to bind the WireGuard UDP socket on port {port}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to set MTU {mtu} on the TUN device")]
+    SetMtu {
+        mtu: u16,
+        #[source]
+        source: io::Error,
+    },
+    #[error("I/O error in the data plane loop")]
+    Io(#[source] io::Error),
+    #[error("the data plane has stopped")]
+    Stopped,
+}
+
+/// What other tasks can ask of the loop.
+enum Command {
+    Apply(Vec<PeerOp>, oneshot::Sender<()>),
+    Snapshot(oneshot::Sender<DeviceSnapshot>),
+    SetMtu(u16, oneshot::Sender<Result<(), DataPlaneError>>),
+    SetListenPort(u16, oneshot::Sender<Result<(), DataPlaneError>>),
+    Shutdown,
+}
+
+/// A cloneable way to talk to a running data plane.
+#[derive(Clone)]
+pub struct DataPlaneHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// The running data plane; `shutdown`/`wait` give back the loop's result.
+pub struct DataPlane {
+    handle: DataPlaneHandle,
+    task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
+}
+
+impl DataPlane {
+    /// Creates the TUN device (layer 3, no packet-info header, MTU set, up)
+    /// and binds the UDP socket in the calling thread's network namespace,
+    /// then spawns the event loop on the current tokio runtime.
+    pub async fn start(config: DataPlaneConfig) -> Result<DataPlane, DataPlaneError> {
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(&config.interface)
+            .mtu(config.mtu)
+            .layer(tun_rs::Layer::L3)
+            .packet_information(false)
+            .enable(true)
+            .build_async()
+            .map_err(|source| DataPlaneError::Tun {
+                interface: config.interface.clone(),
+                source,
+            })?;
+        let socket = bind_udp(config.listen_port)?;
+        let (tx, rx) = mpsc::channel(64);
+        let shell = Shell::new(tun, socket, Core::new(&config.private_key));
+        let task = tokio::spawn(shell.run(rx));
+        Ok(DataPlane {
+            handle: DataPlaneHandle { commands: tx },
+            task,
+        })
+    }
+
+    pub fn handle(&self) -> DataPlaneHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the loop (closing the device and socket) and returns its result.
+    pub async fn shutdown(self) -> Result<(), DataPlaneError> {
+        // If the loop is already gone the send fails; its result is below.
+        let _ = self.handle.commands.send(Command::Shutdown).await;
+        self.wait().await
+    }
+
+    /// Waits for the loop to end (after a shutdown or a fatal I/O error).
+    pub async fn wait(self) -> Result<(), DataPlaneError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(DataPlaneError::Stopped),
+        }
+    }
+}
+
+impl DataPlaneHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, DataPlaneError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| DataPlaneError::Stopped)?;
+        rx.await.map_err(|_| DataPlaneError::Stopped)
+    }
+
+    /// Applies peer operations in order (a reconcile `Plan`'s `peer_ops`).
+    /// Lenient by design: adding a known key updates it in place, updating an
+    /// unknown key adds it, removing an unknown key does nothing.
+    pub async fn apply(&self, ops: Vec<PeerOp>) -> Result<(), DataPlaneError> {
+        self.ask(|tx| Command::Apply(ops, tx)).await
+    }
+
+    pub async fn snapshot(&self) -> Result<DeviceSnapshot, DataPlaneError> {
+        self.ask(Command::Snapshot).await
+    }
+
+    pub async fn set_mtu(&self, mtu: u16) -> Result<(), DataPlaneError> {
+        self.ask(|tx| Command::SetMtu(mtu, tx)).await?
+    }
+
+    /// Rebinds the UDP socket; peers and sessions are kept.
+    pub async fn set_listen_port(&self, port: u16) -> Result<(), DataPlaneError> {
+        self.ask(|tx| Command::SetListenPort(port, tx)).await?
+    }
+
+    /// Asks the loop to stop; `DataPlane::shutdown` also waits for it.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+    }
+}
+
+/// Dual-stack `[::]:port` with IPV6_V6ONLY off; IPv4-only if the host has
+/// no IPv6.
+fn bind_udp(port: u16) -> Result<UdpSocket, DataPlaneError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| DataPlaneError::Bind { port, source };
+    let make = |domain: Domain, addr: SocketAddr| -> io::Result<Socket> {
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if domain == Domain::IPV6 {
+            s.set_only_v6(false)?;
+        }
+        // Best effort: larger buffers absorb bursts; capped by the kernel.
+        let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        Ok(s)
+    };
+    let v6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+    let socket = match make(Domain::IPV6, v6) {
+        Ok(s) => s,
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            make(Domain::IPV4, SocketAddr::from(([0, 0, 0, 0], port))).map_err(err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
+    UdpSocket::from_std(socket.into()).map_err(err)
+}
+
+/// The I/O shell: owns the device, the socket and the core.
+struct Shell {
+    io: Io,
+    core: Core,
+    udp_buf: Box<[u8]>,
+    tun_buf: Box<[u8]>,
+}
+
+/// The sink the core writes into. Sends are non-blocking; what the kernel
+/// cannot take right now is queued (copied, the rare case) and flushed by
+/// the loop, which stops reading the TUN meanwhile (backpressure).
+struct Io {
+    socket: UdpSocket,
+    v6_socket: bool,
+    tun: AsyncDevice,
+    pending_udp: VecDeque<(SocketAddr, Vec<u8>)>,
+    pending_tun: VecDeque<Vec<u8>>,
+}
+
+const MAX_PENDING: usize = 1024;
+
+impl Io {
+    fn local_port(&self) -> u16 {
+        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    fn target(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V4(v4) if self.v6_socket => {
+                SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Transmit for Io {
+    fn send_udp(&mut self, to: SocketAddr, packet: &[u8]) {
+        let to = self.target(to);
+        if !self.pending_udp.is_empty() {
+            if self.pending_udp.len() < MAX_PENDING {
+                self.pending_udp.push_back((to, packet.to_vec()));
+            }
+            return;
+        }
+        match self.socket.try_send_to(packet, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending_udp.push_back((to, packet.to_vec()))
+            }
+            Err(e) => tracing::debug!(%to, error = %e, "UDP send failed"),
+        }
+    }
+
+    fn write_tun(&mut self, packet: &[u8]) {
+        if !self.pending_tun.is_empty() {
+            if self.pending_tun.len() < MAX_PENDING {
+                self.pending_tun.push_back(packet.to_vec());
+            }
+            return;
+        }
+        match self.tun.try_send(packet) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending_tun.push_back(packet.to_vec())
+            }
+            Err(e) => tracing::debug!(error = %e, "TUN write failed"),
+        }
+    }
+}
+
+impl Shell {
+    fn new(tun: AsyncDevice, socket: UdpSocket, core: Core) -> Self {
+        let v6_socket = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        Shell {
+            io: Io {
+                socket,
+                v6_socket,
+                tun,
+                pending_udp: VecDeque::new(),
+                pending_tun: VecDeque::new(),
+            },
+            core,
+            udp_buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            tun_buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+        }
+    }
+
+    /// The one event loop. Every exit goes through the end of this function,
+    /// which drops the device and socket.
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) -> Result<(), DataPlaneError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            // Not `biased`: under load the UDP socket is always readable and
+            // would starve TUN reads (the ACKs of a TCP flow), and vice versa.
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break Ok(()),
+                    Some(cmd) => self.command(cmd).await,
+                },
+                _ = tick.tick() => self.core.tick(Instant::now(), &mut self.io),
+                r = self.io.socket.readable() => {
+                    if let Err(e) = r {
+                        break Err(DataPlaneError::Io(e));
+                    }
+                    self.drain_udp();
+                }
+                r = self.io.tun.readable(), if self.io.pending_udp.is_empty() => {
+                    if let Err(e) = r {
+                        break Err(DataPlaneError::Io(e));
+                    }
+                    if let Err(e) = self.drain_tun() {
+                        break Err(DataPlaneError::Io(e));
+                    }
+                }
+            }
+            if let Err(e) = self.flush().await {
+                break Err(DataPlaneError::Io(e));
+            }
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "data plane stopped");
+        }
+        result
+    }
+
+    fn drain_udp(&mut self) {
+        for _ in 0..BATCH {
+            match self.io.socket.try_recv_from(&mut self.udp_buf) {
+                Ok((n, from)) => {
+                    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                    self.core.handle_datagram(
+                        from,
+                        &self.udp_buf[..n],
+                        Instant::now(),
+                        &mut self.io,
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors (port unreachable) surface here; not fatal.
+                Err(e) => tracing::trace!(error = %e, "UDP receive error"),
+            }
+        }
+    }
+
+    fn drain_tun(&mut self) -> io::Result<()> {
+        for _ in 0..BATCH {
+            match self.io.tun.try_recv(&mut self.tun_buf) {
+                Ok(n) => {
+                    self.core
+                        .handle_tun_packet(&self.tun_buf[..n], Instant::now(), &mut self.io)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what the kernel refused earlier, waiting for room.
+    async fn flush(&mut self) -> io::Result<()> {
+        while let Some((to, packet)) = self.io.pending_udp.front() {
+            match self.io.socket.send_to(packet, *to).await {
+                Ok(_) => {}
+                Err(e) => tracing::debug!(%to, error = %e, "UDP send failed"),
+            }
+            self.io.pending_udp.pop_front();
+        }
+        while let Some(packet) = self.io.pending_tun.front() {
+            if let Err(e) = self.io.tun.send(packet).await {
+                tracing::debug!(error = %e, "TUN write failed");
+            }
+            self.io.pending_tun.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Apply(ops, done) => {
+                for op in ops {
+                    self.core.apply(op);
+                }
+                let _ = done.send(());
+            }
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.core.snapshot(self.io.local_port()));
+            }
+            Command::SetMtu(mtu, reply) => {
+                let r = self
+                    .io
+                    .tun
+                    .set_mtu(mtu)
+                    .map_err(|source| DataPlaneError::SetMtu { mtu, source });
+                let _ = reply.send(r);
+            }
+            Command::SetListenPort(port, reply) => {
+                let r = bind_udp(port).map(|socket| {
+                    self.io.v6_socket = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+                    self.io.socket = socket;
+                });
+                let _ = reply.send(r);
+            }
+            Command::Shutdown => {}
+        }
+    }
+}

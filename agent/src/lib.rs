@@ -1,0 +1,24 @@
+//! wardnet agent: brings a site gateway's WireGuard tunnels up in userspace
+//! (boringtun's Noise core driven by our own event loop on a TUN device),
+//! keeps them in step with the controller, and answers `wg show`.
+
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod forwarding;
+pub mod http;
+pub mod netlink;
+pub mod reconcile;
+pub mod snapshot;
+pub mod state;
+pub mod status;
+pub mod uapi;
+
+/// Select rustls' crypto provider (ring) for this process, once.
+pub fn init_crypto() {
+    // Err means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

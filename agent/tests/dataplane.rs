@@ -1,0 +1,496 @@
+//! End-to-end test of the data plane: two network namespaces joined by a
+//! veth pair (underlay 198.51.100.0/24), one `DataPlane` per namespace
+//! (overlay 100.64.0.0/10), real TUN devices, real traffic. Root only.
+//!
+//! Every namespace, and every data plane thread, is owned by a `Lab` whose
+//! `Drop` stops the data planes and deletes the namespaces, also when an
+//! assertion panics.
+
+use std::fs::File;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wardnet_agent::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
+use wardnet_agent::reconcile::PeerOp;
+use wardnet_agent::snapshot::PeerSnapshot;
+use wardnet_common::{PeerConfig, PrivateKey, PublicKey, Role};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// True when the test may run; panics in CI when it cannot.
+fn have_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("needs root (network namespaces, TUN); a skip is a failure in CI");
+    }
+    eprintln!("SKIPPED: needs root (network namespaces, TUN)");
+    false
+}
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .expect("spawn command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn unique() -> u32 {
+    std::process::id() % 10_000 * 100 + COUNTER.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).expect("open netns");
+        // SAFETY: fd is an open namespace file; setns only affects this thread.
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+struct RunningPlane {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Owns everything the test creates on the host.
+struct Lab {
+    namespaces: Vec<String>,
+    planes: Vec<RunningPlane>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            namespaces: Vec::new(),
+            planes: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Two namespaces joined by a veth pair, 198.51.100.1 and .2.
+    fn two_hosts(&mut self) -> (String, String) {
+        let n = unique();
+        let (a, b) = (format!("wnt-dp-a-{n}"), format!("wnt-dp-b-{n}"));
+        for ns in [&a, &b] {
+            run(&["ip", "netns", "add", ns]);
+            self.namespaces.push(ns.clone());
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let (va, vb) = (format!("wva{n}"), format!("wvb{n}"));
+        run(&[
+            "ip", "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
+        ]);
+        for (ns, dev, ip) in [(&a, &va, "198.51.100.1/24"), (&b, &vb, "198.51.100.2/24")] {
+            run(&["ip", "-n", ns, "addr", "add", ip, "dev", dev]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        (a, b)
+    }
+
+    /// Starts a data plane inside `ns` on its own thread and runtime.
+    fn start_plane(&mut self, ns: &str, config: DataPlaneConfig) -> DataPlaneHandle {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = in_netns(ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let plane = DataPlane::start(config).await.expect("start data plane");
+                handle_tx.send(plane.handle()).expect("send handle");
+                let _ = stop_rx.await;
+                plane.shutdown().await.expect("clean shutdown");
+            });
+        });
+        self.planes.push(RunningPlane {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        });
+        handle_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("data plane started")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // SIGTERM first so wireguard-go removes its control socket.
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: pid is our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            for _ in 0..20 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in &mut self.planes {
+            if let Some(stop) = p.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(t) = p.thread.take() {
+                let _ = t.join();
+            }
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn peer(
+    name: &str,
+    key: PublicKey,
+    endpoint: Option<&str>,
+    allowed: &[&str],
+    keepalive: Option<u16>,
+) -> PeerConfig {
+    PeerConfig {
+        name: name.parse().expect("name"),
+        region: "north".parse().expect("name"),
+        role: Role::Spoke,
+        public_key: key,
+        endpoint: endpoint.map(|e| e.parse().expect("endpoint")),
+        allowed_ips: allowed.iter().map(|a| a.parse().expect("prefix")).collect(),
+        persistent_keepalive: keepalive,
+    }
+}
+
+fn ping(ns: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-c", "3", "-i", "0.2", "-w", "10", "-q", to,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("spawn ping")
+        .success()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn peer_snapshot(h: &DataPlaneHandle, key: PublicKey) -> PeerSnapshot {
+    block_on(h.snapshot())
+        .expect("snapshot")
+        .peers
+        .into_iter()
+        .find(|p| p.public_key == key)
+        .expect("peer in snapshot")
+}
+
+fn overlay(ns: &str, tun: &str, addr: &str, route: &str) {
+    run(&["ip", "-n", ns, "addr", "add", addr, "dev", tun]);
+    run(&["ip", "-n", ns, "route", "add", route, "dev", tun]);
+}
+
+#[test]
+fn two_namespaces_talk_through_the_data_plane() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (ns_a, ns_b) = lab.two_hosts();
+    let n = unique();
+    let (tun_a, tun_b) = (format!("wnt{n}a"), format!("wnt{n}b"));
+    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
+    let a = lab.start_plane(
+        &ns_a,
+        DataPlaneConfig {
+            interface: tun_a.clone(),
+            mtu: 1420,
+            private_key: key_a,
+            listen_port: 51820,
+        },
+    );
+    let b = lab.start_plane(
+        &ns_b,
+        DataPlaneConfig {
+            interface: tun_b.clone(),
+            mtu: 1420,
+            private_key: key_b,
+            listen_port: 51820,
+        },
+    );
+    overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
+    overlay(&ns_b, &tun_b, "100.64.0.2/32", "100.64.0.1/32");
+    block_on(a.apply(vec![PeerOp::AddPeer(peer(
+        "site-b",
+        pub_b,
+        Some("198.51.100.2:51820"),
+        &["100.64.0.2/32"],
+        None,
+    ))]))
+    .expect("apply");
+    block_on(b.apply(vec![PeerOp::AddPeer(peer(
+        "site-a",
+        pub_a,
+        None,
+        &["100.64.0.1/32"],
+        None,
+    ))]))
+    .expect("apply");
+
+    // 1. Ping across the overlay (the first packet triggers the handshake).
+    assert!(ping(&ns_a, "100.64.0.2"), "ping A -> B over the overlay");
+    assert!(
+        ping(&ns_b, "100.64.0.1"),
+        "ping B -> A (B learned A's endpoint)"
+    );
+
+    // 2. A UDP payload round trip through the tunnel.
+    let echo = in_netns(&ns_b, || {
+        let s = UdpSocket::bind("100.64.0.2:7777").expect("bind echo");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        let (n, from) = s.recv_from(&mut buf).expect("echo receive");
+        s.send_to(&buf[..n], from).expect("echo send");
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = in_netns(&ns_a, || {
+        let s = UdpSocket::bind("100.64.0.1:0").expect("bind client");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let payload: Vec<u8> = (0..1200u32).map(|i| (i % 251) as u8).collect();
+        s.send_to(
+            &payload,
+            "100.64.0.2:7777".parse::<SocketAddr>().expect("addr"),
+        )
+        .expect("send");
+        let mut buf = [0u8; 2048];
+        let (n, _) = s.recv_from(&mut buf).expect("reply");
+        (payload, buf[..n].to_vec())
+    })
+    .join()
+    .expect("client thread");
+    echo.join().expect("echo thread");
+    assert_eq!(reply.0, reply.1, "payload came back intact");
+
+    // 3. The snapshot shows the handshake and counters that grow.
+    let s1 = peer_snapshot(&a, pub_b);
+    assert!(s1.last_handshake.is_some(), "{s1:?}");
+    assert!(s1.rx_bytes > 0 && s1.tx_bytes > 0, "{s1:?}");
+    assert_eq!(
+        s1.endpoint,
+        Some("198.51.100.2:51820".parse().expect("addr"))
+    );
+    assert_eq!(
+        peer_snapshot(&b, pub_a).endpoint,
+        Some("198.51.100.1:51820".parse().expect("addr"))
+    );
+    assert!(ping(&ns_a, "100.64.0.2"));
+    let s2 = peer_snapshot(&a, pub_b);
+    assert!(
+        s2.rx_bytes > s1.rx_bytes && s2.tx_bytes > s1.tx_bytes,
+        "{s1:?} -> {s2:?}"
+    );
+    let device = block_on(a.snapshot()).expect("snapshot");
+    assert_eq!(device.listen_port, 51820);
+    let handshakes = device.counters.handshakes_completed;
+    assert!(handshakes >= 1);
+
+    // 4. UpdatePeer in place: new AllowedIPs and keepalive, same session.
+    block_on(a.apply(vec![PeerOp::UpdatePeer(peer(
+        "site-b",
+        pub_b,
+        Some("198.51.100.2:51820"),
+        &["100.64.0.2/32", "100.64.1.0/24"],
+        Some(5),
+    ))]))
+    .expect("update");
+    let s3 = peer_snapshot(&a, pub_b);
+    assert_eq!(s3.last_handshake, s2.last_handshake, "session kept");
+    assert_eq!(s3.persistent_keepalive, Some(5));
+    assert!(s3.tx_bytes >= s2.tx_bytes, "counters kept");
+    assert!(ping(&ns_a, "100.64.0.2"), "traffic flows after the update");
+    let s4 = peer_snapshot(&a, pub_b);
+    assert_eq!(s4.last_handshake, s2.last_handshake, "no new handshake");
+    assert_eq!(
+        block_on(a.snapshot())
+            .expect("snapshot")
+            .counters
+            .handshakes_completed,
+        handshakes
+    );
+
+    // 5. Garbage to the listen port breaks nothing.
+    in_netns(&ns_b, || {
+        let s = UdpSocket::bind("198.51.100.2:0").expect("bind");
+        for i in 0..500usize {
+            let len = [0, 1, 4, 32, 92, 148, 200, 1400][i % 8];
+            let mut p: Vec<u8> = (0..len).map(|_| rand::random::<u8>()).collect();
+            if let Some(t) = p.first_mut() {
+                *t = (i % 5) as u8;
+            }
+            if len >= 4 {
+                p[1..4].fill(0);
+            }
+            let _ = s.send_to(&p, "198.51.100.1:51820");
+        }
+    })
+    .join()
+    .expect("garbage thread");
+    assert!(ping(&ns_a, "100.64.0.2"), "still working after garbage");
+    let c = block_on(a.snapshot()).expect("snapshot").counters;
+    assert!(c.drops.malformed > 0, "{c:?}");
+    assert!(
+        c.drops.malformed + c.drops.unknown_peer + c.drops.decrypt >= 400,
+        "{c:?}"
+    );
+
+    // 6. Throughput (reported, not asserted): iperf3 over the overlay.
+    if Command::new("iperf3").arg("--version").output().is_ok() {
+        let server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns_b,
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                "100.64.0.2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 server");
+        lab.children.push(server);
+        std::thread::sleep(Duration::from_millis(500));
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns_a,
+                "iperf3",
+                "-c",
+                "100.64.0.2",
+                "-t",
+                "3",
+                "-f",
+                "m",
+            ])
+            .output()
+            .expect("iperf3 client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text
+            .lines()
+            .filter(|l| l.contains("sender") || l.contains("receiver"))
+        {
+            eprintln!("iperf3: {line}");
+        }
+    }
+}
+
+#[test]
+fn interoperates_with_wireguard_go() {
+    if !have_root() {
+        return;
+    }
+    if Command::new("wireguard-go")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: wireguard-go not installed");
+        return;
+    }
+    let mut lab = Lab::new();
+    let (ns_a, ns_b) = lab.two_hosts();
+    let n = unique();
+    let (tun_a, wg_b) = (format!("wnt{n}a"), format!("wnt{n}g"));
+    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
+    let a = lab.start_plane(
+        &ns_a,
+        DataPlaneConfig {
+            interface: tun_a.clone(),
+            mtu: 1420,
+            private_key: key_a,
+            listen_port: 51820,
+        },
+    );
+    overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
+    block_on(a.apply(vec![PeerOp::AddPeer(peer(
+        "site-b",
+        pub_b,
+        Some("198.51.100.2:51820"),
+        &["100.64.0.2/32"],
+        None,
+    ))]))
+    .expect("apply");
+
+    // wireguard-go in B, in the foreground so the lab owns (and kills) it.
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns_b, "wireguard-go", "-f", &wg_b])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn wireguard-go");
+    lab.children.push(child);
+    let sock = format!("/var/run/wireguard/{wg_b}.sock");
+    for _ in 0..50 {
+        if std::path::Path::new(&sock).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let key_file = tempfile::NamedTempFile::new().expect("temp key file");
+    std::fs::write(key_file.path(), key_b.to_base64()).expect("write key");
+    let key_path = key_file.path().to_str().expect("utf-8 path").to_owned();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns_b,
+        "wg",
+        "set",
+        &wg_b,
+        "listen-port",
+        "51820",
+        "private-key",
+        &key_path,
+        "peer",
+        &pub_a.to_string(),
+        "allowed-ips",
+        "100.64.0.1/32",
+        "endpoint",
+        "198.51.100.1:51820",
+    ]);
+    run(&["ip", "-n", &ns_b, "link", "set", &wg_b, "up"]);
+    overlay(&ns_b, &wg_b, "100.64.0.2/32", "100.64.0.1/32");
+
+    assert!(ping(&ns_a, "100.64.0.2"), "wardnet -> wireguard-go");
+    assert!(ping(&ns_b, "100.64.0.1"), "wireguard-go -> wardnet");
+    let s = peer_snapshot(&a, pub_b);
+    assert!(s.last_handshake.is_some() && s.rx_bytes > 0, "{s:?}");
+}
