@@ -86,7 +86,9 @@ pub struct PrivateKey(x25519_dalek::StaticSecret);
 impl PrivateKey {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Self {
-        Self(x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng))
+        Self(x25519_dalek::StaticSecret::random_from_rng(
+            rand_core::OsRng,
+        ))
     }
     pub fn public_key(&self) -> PublicKey {
         PublicKey(x25519_dalek::PublicKey::from(&self.0).to_bytes())

@@ -14,7 +14,9 @@ pub struct Endpoint(SocketAddr);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EndpointError {
-    #[error("invalid endpoint {0:?}: expected IP:PORT, e.g. 198.51.100.7:51820 or [2001:db8::7]:51820")]
+    #[error(
+        "invalid endpoint {0:?}: expected IP:PORT, e.g. 198.51.100.7:51820 or [2001:db8::7]:51820"
+    )]
     Syntax(String),
     #[error("invalid endpoint {0:?}: port 0 cannot be reached")]
     PortZero(String),
@@ -68,9 +70,9 @@ impl<'de> Deserialize<'de> for Endpoint {
 /// Parse a prefix and insist it is canonical (no host bits set), so
 /// `10.1.2.3/24` is an error that says to write `10.1.2.0/24`.
 pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("invalid prefix {s:?}: expected ADDRESS/LENGTH, e.g. 100.64.0.0/10"))?;
+    let net: IpNet = s.parse().map_err(|_| {
+        format!("invalid prefix {s:?}: expected ADDRESS/LENGTH, e.g. 100.64.0.0/10")
+    })?;
     if net.trunc() != net {
         return Err(format!(
             "invalid prefix {s:?}: host bits are set; did you mean {}?",
@@ -83,8 +85,12 @@ pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
 /// The host prefix (/32 or /128) of an address.
 pub fn host_prefix(addr: IpAddr) -> IpNet {
     match addr {
-        IpAddr::V4(a) => IpNet::V4(ipnet::Ipv4Net::new(a, 32).expect("32 is a valid IPv4 prefix length")),
-        IpAddr::V6(a) => IpNet::V6(ipnet::Ipv6Net::new(a, 128).expect("128 is a valid IPv6 prefix length")),
+        IpAddr::V4(a) => {
+            IpNet::V4(ipnet::Ipv4Net::new(a, 32).expect("32 is a valid IPv4 prefix length"))
+        }
+        IpAddr::V6(a) => {
+            IpNet::V6(ipnet::Ipv6Net::new(a, 128).expect("128 is a valid IPv6 prefix length"))
+        }
     }
 }
 
@@ -101,8 +107,14 @@ mod tests {
     fn endpoints_parse_v4_and_v6_and_refuse_port_zero() {
         assert!("198.51.100.7:51820".parse::<Endpoint>().is_ok());
         assert!("[2001:db8::7]:51820".parse::<Endpoint>().is_ok());
-        assert!(matches!("198.51.100.7:0".parse::<Endpoint>(), Err(EndpointError::PortZero(_))));
-        assert!(matches!("hub.example:51820".parse::<Endpoint>(), Err(EndpointError::Syntax(_))));
+        assert!(matches!(
+            "198.51.100.7:0".parse::<Endpoint>(),
+            Err(EndpointError::PortZero(_))
+        ));
+        assert!(matches!(
+            "hub.example:51820".parse::<Endpoint>(),
+            Err(EndpointError::Syntax(_))
+        ));
     }
 
     #[test]

@@ -46,7 +46,9 @@ impl FromStr for Role {
         match s {
             "hub" => Ok(Role::Hub),
             "spoke" => Ok(Role::Spoke),
-            other => Err(format!("invalid role {other:?}: expected \"hub\" or \"spoke\"")),
+            other => Err(format!(
+                "invalid role {other:?}: expected \"hub\" or \"spoke\""
+            )),
         }
     }
 }
@@ -250,21 +252,30 @@ pub struct UpdateSite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lan_prefixes: Option<BTreeSet<IpNet>>,
     /// `Some(None)` clears the endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
     pub endpoint: Option<Option<Endpoint>>,
 }
 
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             Some(inner) => inner.serialize(s),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)
     }
 }
@@ -368,7 +379,10 @@ mod tests {
         let c: SiteConfig = serde_json::from_str(&json).expect("valid config");
         assert_eq!(c.revision, 7);
         assert_eq!(c.peers[0].public_key.to_string(), KEY);
-        assert_eq!(c.peers[0].endpoint.map(|e| e.to_string()).as_deref(), Some("198.51.100.1:51820"));
+        assert_eq!(
+            c.peers[0].endpoint.map(|e| e.to_string()).as_deref(),
+            Some("198.51.100.1:51820")
+        );
         assert_eq!(c.routes.len(), 2);
     }
 
@@ -377,8 +391,10 @@ mod tests {
         let e = serde_json::from_str::<CreateRegion>(r#"{"name":"north","meshh":true}"#)
             .expect_err("unknown field");
         assert!(e.to_string().contains("meshh"), "{e}");
-        let e = serde_json::from_str::<CreateSite>(r#"{"name":"Bad Name","region":"n","role":"spoke"}"#)
-            .expect_err("bad name");
+        let e = serde_json::from_str::<CreateSite>(
+            r#"{"name":"Bad Name","region":"n","role":"spoke"}"#,
+        )
+        .expect_err("bad name");
         assert!(e.to_string().contains("invalid name"), "{e}");
     }
 
@@ -388,14 +404,16 @@ mod tests {
         assert_eq!(u.endpoint, None);
         let u: UpdateSite = serde_json::from_str(r#"{"endpoint":null}"#).expect("null");
         assert_eq!(u.endpoint, Some(None));
-        let u: UpdateSite = serde_json::from_str(r#"{"endpoint":"203.0.113.9:51820"}"#).expect("set");
+        let u: UpdateSite =
+            serde_json::from_str(r#"{"endpoint":"203.0.113.9:51820"}"#).expect("set");
         assert!(matches!(u.endpoint, Some(Some(_))));
     }
 
     #[test]
     fn enroll_request_literal() {
         let r: EnrollRequest =
-            serde_json::from_str(&format!(r#"{{"token":"wne_x","public_key":"{KEY}"}}"#)).expect("valid");
+            serde_json::from_str(&format!(r#"{{"token":"wne_x","public_key":"{KEY}"}}"#))
+                .expect("valid");
         assert_eq!(r.endpoint, None);
     }
 }
