@@ -34,9 +34,12 @@ use anyhow::{bail, Context as _};
 
 pub use ipnet::IpNet;
 
+pub mod fleet;
+pub mod traffic;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn next_id() -> u32 {
+pub(crate) fn next_id() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -299,8 +302,12 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Ask nicely first, as systemd would, so daemons remove what they
+        // made (sockets, interfaces); then make sure.
+        if self.stop(Duration::from_secs(3)).is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         } else {

@@ -1,0 +1,527 @@
+//! A whole wardnet network on one machine: a controller in a "wan"
+//! namespace with an underlay bridge, and sites as gateway namespaces (each
+//! optionally with a LAN host namespace behind it) running real agents.
+//! Everything is torn down on drop, also when a test panics.
+//!
+//! Addresses (this machine's rules): underlay 198.51.100.0/24 (203.0.113.0/24
+//! for moved endpoints), overlay 100.64.0.0/16 and fd7a:6e65::/48, site LANs
+//! 100.100.K.0/24 (the routed supernet 100.100.0.0/16).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{run, unique_ifname, Child, Netns};
+
+const CONTROLLER_IP: &str = "198.51.100.254";
+const CONTROLLER_PORT: u16 = 8080;
+
+/// Where the wardnet binaries are: `WARDNET_BIN_DIR`, else next to the
+/// running test or demo executable (target/<profile>/ or its deps/).
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub controller: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Bins {
+    pub fn find() -> Result<Self> {
+        let mut dirs = Vec::new();
+        if let Some(d) = std::env::var_os("WARDNET_BIN_DIR") {
+            dirs.push(PathBuf::from(d));
+        }
+        let exe = std::env::current_exe().context("cannot find the running executable")?;
+        if let Some(d) = exe.parent() {
+            dirs.push(d.to_owned());
+            if let Some(p) = d.parent() {
+                dirs.push(p.to_owned());
+            }
+        }
+        for d in &dirs {
+            let (c, a) = (d.join("wardnet-controller"), d.join("wardnet-agent"));
+            if c.is_file() && a.is_file() {
+                return Ok(Self {
+                    controller: c,
+                    agent: a,
+                });
+            }
+        }
+        bail!("wardnet-controller and wardnet-agent not found in {dirs:?}; build them first (cargo build --workspace)")
+    }
+}
+
+/// Options for a new site.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SiteOpts {
+    /// Give the site a LAN host namespace behind its gateway.
+    pub lan: bool,
+    /// Declare the site's underlay endpoint (hubs always do).
+    pub endpoint: bool,
+}
+
+pub struct Lan {
+    pub ns: Netns,
+    pub prefix: ipnet::Ipv4Net,
+    /// The LAN host's address.
+    pub host: Ipv4Addr,
+}
+
+pub struct Site {
+    // Field order is drop order: the agent stops before its namespaces go.
+    pub agent: Option<Child>,
+    pub lan: Option<Lan>,
+    pub gw: Netns,
+    pub name: String,
+    pub hub: bool,
+    pub underlay: Ipv4Addr,
+    /// The gateway's underlay interface.
+    pub eth: String,
+    /// The WireGuard interface.
+    pub iface: String,
+    pub config: PathBuf,
+    pub overlay: Option<Ipv4Addr>,
+}
+
+pub struct Fleet {
+    sites: BTreeMap<String, Site>,
+    controller: Option<Child>,
+    pub wan: Netns,
+    pub url: String,
+    pub token: String,
+    pub bins: Bins,
+    dir: PathBuf,
+    controller_config: PathBuf,
+    next_host: u8,
+    next_lan: u8,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Agents and site namespaces first, then the controller, then the wan.
+        let ifaces: Vec<String> = self.sites.values().map(|s| s.iface.clone()).collect();
+        self.sites.clear();
+        // A killed process cannot remove its control socket; these names are
+        // unique to this fleet, so whatever is left is ours.
+        for i in ifaces {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{i}.sock"));
+        }
+        self.controller.take();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Retry `f` until it returns Ok(Some(_)) or `timeout` passes.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match f() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e),
+        }
+        if Instant::now() > deadline {
+            match last {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Fleet {
+    /// Start a controller (embedded SQLite, plain HTTP inside the test
+    /// network) in a fresh wan namespace.
+    pub fn start() -> Result<Self> {
+        let bins = Bins::find()?;
+        let dir = std::env::temp_dir().join(format!(
+            "wardnet-fleet-{}-{}",
+            std::process::id(),
+            crate::next_id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let wan = Netns::new("wan")?;
+        wan.lo_up()?;
+        wan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        wan.ip(&["addr", "add", &format!("{CONTROLLER_IP}/24"), "dev", "br0"])?;
+        wan.ip(&["addr", "add", "203.0.113.254/24", "dev", "br0"])?;
+        wan.ip(&["link", "set", "br0", "up"])?;
+        let controller_config = dir.join("controller.toml");
+        std::fs::write(
+            &controller_config,
+            format!(
+                r#"listen = "{CONTROLLER_IP}:{CONTROLLER_PORT}"
+plain_http = true
+data_dir = "{}"
+[network]
+overlay_ipv4 = "100.64.0.0/16"
+overlay_ipv6 = "fd7a:6e65::/48"
+routed_prefixes = ["100.100.0.0/16"]
+persistent_keepalive = 25
+[long_poll]
+timeout_secs = 20
+"#,
+                dir.join("controller").display()
+            ),
+        )?;
+        let out = run(wan
+            .command(&bins.controller)
+            .args(["admin-token", "create", "--config"])
+            .arg(&controller_config)
+            .env("WARDNET_LOG", "warn"))?;
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mut fleet = Self {
+            sites: BTreeMap::new(),
+            controller: None,
+            wan,
+            url: format!("http://{CONTROLLER_IP}:{CONTROLLER_PORT}"),
+            token,
+            bins,
+            dir,
+            controller_config,
+            next_host: 1,
+            next_lan: 1,
+        };
+        fleet.start_controller()?;
+        Ok(fleet)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn start_controller(&mut self) -> Result<()> {
+        let mut cmd = self.wan.command(&self.bins.controller);
+        cmd.args(["serve", "--config"]).arg(&self.controller_config);
+        self.controller = Some(Child::spawn(&mut cmd)?);
+        wait_for(Duration::from_secs(15), "the controller to answer", || {
+            Ok(self.cli(&["status"]).ok().map(|_| ()))
+        })
+    }
+
+    /// Stop the controller (SIGTERM); the sites keep running.
+    pub fn stop_controller(&mut self) -> Result<()> {
+        if let Some(mut c) = self.controller.take() {
+            c.stop(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// Run the admin CLI against the controller.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = run(self
+            .wan
+            .command(&self.bins.controller)
+            .args(args)
+            .env("WARDNET_URL", &self.url)
+            .env("WARDNET_TOKEN", &self.token))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Result<Value> {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        let text = self.cli(&a)?;
+        serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))
+    }
+
+    pub fn region(&self, name: &str, mesh: bool) -> Result<()> {
+        let mut args = vec!["regions", "add", name];
+        if mesh {
+            args.push("--mesh");
+        }
+        self.cli(&args).map(drop)
+    }
+
+    pub fn site(&self, name: &str) -> &Site {
+        self.sites
+            .get(name)
+            .unwrap_or_else(|| panic!("no site {name} in this fleet"))
+    }
+
+    pub fn site_mut(&mut self, name: &str) -> &mut Site {
+        self.sites
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no site {name} in this fleet"))
+    }
+
+    /// Build a gateway namespace (and LAN) on the underlay bridge.
+    fn gateway(&mut self, name: &str, hub: bool, lan: bool) -> Result<Site> {
+        let gw = Netns::new("gw")?;
+        gw.lo_up()?;
+        gw.enable_forwarding()?;
+        let host = self.next_host;
+        self.next_host += 1;
+        let underlay = Ipv4Addr::new(198, 51, 100, host);
+        let eth = unique_ifname("eth");
+        let port = unique_ifname("br");
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &eth,
+            "netns",
+            gw.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            self.wan.name(),
+        ]))?;
+        self.wan
+            .ip(&["link", "set", &port, "master", "br0", "up"])?;
+        gw.ip(&["addr", "add", &format!("{underlay}/24"), "dev", &eth])?;
+        gw.ip(&["link", "set", &eth, "up"])?;
+        // Moved endpoints live in 203.0.113.0/24 on the same segment.
+        gw.ip(&["route", "add", "203.0.113.0/24", "dev", &eth])?;
+        let lan = if lan {
+            let k = self.next_lan;
+            self.next_lan += 1;
+            let ns = Netns::new("lan")?;
+            ns.lo_up()?;
+            let prefix: ipnet::Ipv4Net = format!("100.100.{k}.0/24").parse()?;
+            let gw_addr = Ipv4Addr::new(100, 100, k, 1);
+            let host = Ipv4Addr::new(100, 100, k, 2);
+            crate::veth(
+                &gw,
+                &ns,
+                format!("{gw_addr}/24").parse()?,
+                format!("{host}/24").parse()?,
+            )?;
+            ns.ip(&["route", "add", "default", "via", &gw_addr.to_string()])?;
+            Some(Lan { ns, prefix, host })
+        } else {
+            None
+        };
+        Ok(Site {
+            agent: None,
+            lan,
+            gw,
+            name: name.to_owned(),
+            hub,
+            underlay,
+            eth,
+            iface: unique_ifname("wn"),
+            config: self.dir.join(format!("{name}.toml")),
+            overlay: None,
+        })
+    }
+
+    /// Add a site with an agent: gateway namespace, `sites add`, `enroll`,
+    /// `run`; returns once the agent has applied its first config.
+    pub fn add_site(&mut self, name: &str, region: &str, hub: bool, opts: SiteOpts) -> Result<()> {
+        let site = self.gateway(name, hub, opts.lan)?;
+        let mut args = vec![
+            "sites".to_owned(),
+            "add".into(),
+            name.into(),
+            "--region".into(),
+            region.into(),
+            "--role".into(),
+            if hub { "hub" } else { "spoke" }.into(),
+        ];
+        if let Some(lan) = &site.lan {
+            args.extend(["--lan".into(), lan.prefix.to_string()]);
+        }
+        let endpoint = format!("{}:51820", site.underlay);
+        if hub || opts.endpoint {
+            args.extend(["--endpoint".into(), endpoint.clone()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let created = self.cli_json(&argv)?;
+        let token = created["token"]
+            .as_str()
+            .context("no enrolment token")?
+            .to_owned();
+        let overlay = created["site"]["addresses"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .find(|a| !a.contains(':'))
+            })
+            .and_then(|a| a.split('/').next())
+            .context("no IPv4 overlay address")?
+            .parse()?;
+        std::fs::write(
+            &site.config,
+            format!(
+                r#"state_dir = "{}"
+interface = "{}"
+metrics_listen = "127.0.0.1:9586"
+[controller]
+allow_plain_http = true
+"#,
+                self.dir.join(format!("state-{name}")).display(),
+                site.iface
+            ),
+        )?;
+        let mut cmd = site.gw.command(&self.bins.agent);
+        cmd.arg("--config")
+            .arg(&site.config)
+            .args(["enroll", "--controller", &self.url, "--allow-plain-http"])
+            .env("WARDNET_ENROL_TOKEN", &token);
+        if hub || opts.endpoint {
+            cmd.args(["--endpoint", &endpoint]);
+        }
+        run(&mut cmd)?;
+        let mut site = site;
+        site.overlay = Some(overlay);
+        self.sites.insert(name.to_owned(), site);
+        self.start_agent(name)
+    }
+
+    /// An agentless appliance site (wireguard-go configured from `sites
+    /// export`): returns the gateway's name; the caller brings it up.
+    pub fn add_agentless_site(&mut self, name: &str, region: &str, public_key: &str) -> Result<()> {
+        let mut site = self.gateway(name, false, false)?;
+        let created = self.cli_json(&[
+            "sites",
+            "add",
+            name,
+            "--region",
+            region,
+            "--role",
+            "spoke",
+            "--public-key",
+            public_key,
+        ])?;
+        site.overlay = created["site"]["addresses"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .find(|a| !a.contains(':'))
+            })
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok());
+        self.sites.insert(name.to_owned(), site);
+        Ok(())
+    }
+
+    /// Start (or restart) a site's agent and wait until it runs a config.
+    pub fn start_agent(&mut self, name: &str) -> Result<()> {
+        let agent = self.bins.agent.clone();
+        let site = self.site_mut(name);
+        let mut cmd = site.gw.command(&agent);
+        cmd.arg("--config")
+            .arg(&site.config)
+            .arg("run")
+            .env("WARDNET_LOG", "info");
+        site.agent = Some(Child::spawn(&mut cmd)?);
+        wait_for(
+            Duration::from_secs(20),
+            &format!("agent {name} to apply a config"),
+            || {
+                let s = self.agent_status(name)?;
+                Ok((s["applied_revision"].as_u64().unwrap_or(0) > 0).then_some(()))
+            },
+        )
+    }
+
+    /// Stop a site's agent (SIGTERM, as systemd would).
+    pub fn stop_agent(&mut self, name: &str) -> Result<()> {
+        if let Some(mut a) = self.site_mut(name).agent.take() {
+            let status = a.stop(Duration::from_secs(10))?;
+            if !status.success() {
+                bail!("agent {name} exited with {status} on SIGTERM:\n{}", a.log());
+            }
+        }
+        Ok(())
+    }
+
+    /// `wardnet-agent status --json` inside the site.
+    pub fn agent_status(&self, name: &str) -> Result<Value> {
+        let site = self.site(name);
+        let out = run(site
+            .gw
+            .command(&self.bins.agent)
+            .arg("--config")
+            .arg(&site.config)
+            .args(["status", "--json"]))?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `wg show <iface> dump` inside the site, parsed to one row per peer:
+    /// (public key, endpoint, allowed ips, latest handshake, rx, tx).
+    pub fn wg_dump(&self, name: &str) -> Result<Vec<WgPeer>> {
+        let site = self.site(name);
+        let text = site.gw.exec(&["wg", "show", &site.iface, "dump"])?;
+        Ok(text
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (f.len() >= 8).then(|| WgPeer {
+                    public_key: f[0].to_owned(),
+                    endpoint: f[2].to_owned(),
+                    allowed_ips: f[3].to_owned(),
+                    latest_handshake: f[4].parse().unwrap_or(0),
+                    rx: f[5].parse().unwrap_or(0),
+                    tx: f[6].parse().unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    /// A site's public key, from the controller.
+    pub fn public_key(&self, name: &str) -> Result<String> {
+        let v = self.cli_json(&["sites", "show", name])?;
+        Ok(v["public_key"]
+            .as_str()
+            .context("no public key")?
+            .to_owned())
+    }
+
+    pub fn overlay(&self, name: &str) -> Ipv4Addr {
+        self.site(name)
+            .overlay
+            .unwrap_or_else(|| panic!("site {name} has no overlay address"))
+    }
+
+    pub fn lan(&self, name: &str) -> &Lan {
+        self.site(name)
+            .lan
+            .as_ref()
+            .unwrap_or_else(|| panic!("site {name} has no LAN"))
+    }
+
+    /// Ping from a namespace; true when at least one reply came back.
+    pub fn ping(ns: &Netns, to: Ipv4Addr, count: u32) -> bool {
+        ns.exec(&[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            &to.to_string(),
+        ])
+        .is_ok()
+    }
+}
+
+/// One peer row of `wg show <iface> dump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgPeer {
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ips: String,
+    pub latest_handshake: u64,
+    pub rx: u64,
+    pub tx: u64,
+}

@@ -1,0 +1,461 @@
+//! End-to-end: a real controller and real agents (TUN devices, boringtun
+//! data plane) in network namespaces, with real traffic.
+//!
+//! Needs root. Without it each test says it was skipped; with CI=true a skip
+//! is a failure. Every test builds its own fleet and tears it down on drop,
+//! also when it fails.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use wardnet_e2e::fleet::{wait_for, Fleet, SiteOpts};
+use wardnet_e2e::traffic::{udp_round_trip, Echo, Stream};
+use wardnet_e2e::{netns_list, require_root};
+
+const LAN: SiteOpts = SiteOpts {
+    lan: true,
+    endpoint: false,
+};
+const LAN_EP: SiteOpts = SiteOpts {
+    lan: true,
+    endpoint: true,
+};
+
+/// north: hub-n, gp-a, gp-b (hub-and-spoke); all with LANs.
+fn north() -> Result<Fleet> {
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    f.add_site("gp-a", "north", false, LAN)?;
+    f.add_site("gp-b", "north", false, LAN)?;
+    Ok(f)
+}
+
+fn peer_rx(f: &Fleet, site: &str, peer: &str) -> Result<u64> {
+    let key = f.public_key(peer)?;
+    Ok(f.wg_dump(site)?
+        .into_iter()
+        .find(|p| p.public_key == key)
+        .map_or(0, |p| p.rx))
+}
+
+#[test]
+fn spoke_lan_reaches_another_spokes_lan_through_the_hub() -> Result<()> {
+    if !require_root("spoke_lan_reaches_another_spokes_lan_through_the_hub") {
+        return Ok(());
+    }
+    let f = north()?;
+    let b_host = f.lan("gp-b").host;
+    let echo = Echo::start(&f.lan("gp-b").ns, SocketAddr::from((b_host, 7000)))?;
+    let hub_rx_before = peer_rx(&f, "hub-n", "gp-a")?;
+    let payload: Vec<u8> = (0..1200u32).map(|i| (i * 7 % 251) as u8).collect();
+    let back = udp_round_trip(
+        &f.lan("gp-a").ns,
+        echo.addr,
+        payload.clone(),
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(back, payload, "the echoed payload is intact");
+    // 50 more exchanges, all through the hub: its counters for gp-a move.
+    for i in 0..50u8 {
+        let p = vec![i; 1000];
+        assert_eq!(
+            udp_round_trip(
+                &f.lan("gp-a").ns,
+                echo.addr,
+                p.clone(),
+                Duration::from_secs(5)
+            )?,
+            p
+        );
+    }
+    let hub_rx_after = peer_rx(&f, "hub-n", "gp-a")?;
+    assert!(
+        hub_rx_after >= hub_rx_before + 50 * 1000,
+        "the traffic crossed the hub: rx from gp-a {hub_rx_before} -> {hub_rx_after}"
+    );
+    // And the overlay addresses answer pings, both ways.
+    assert!(Fleet::ping(&f.site("gp-a").gw, f.overlay("gp-b"), 3));
+    assert!(Fleet::ping(&f.site("gp-b").gw, f.overlay("gp-a"), 3));
+    Ok(())
+}
+
+#[test]
+fn mesh_region_spokes_talk_directly() -> Result<()> {
+    if !require_root("mesh_region_spokes_talk_directly") {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("south", true)?;
+    f.add_site("hub-s", "south", true, SiteOpts::default())?;
+    f.add_site("gp-c", "south", false, LAN_EP)?;
+    f.add_site("gp-d", "south", false, LAN_EP)?;
+    // gp-c's config lists gp-d as a direct peer.
+    let peers: Vec<String> = f.agent_status("gp-c")?["peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        peers,
+        ["gp-d", "hub-s"],
+        "a mesh spoke peers with its region's spokes and hub"
+    );
+    let d_host = f.lan("gp-d").host;
+    let echo = Echo::start(&f.lan("gp-d").ns, SocketAddr::from((d_host, 7000)))?;
+    // Warm up the direct session, then measure.
+    udp_round_trip(
+        &f.lan("gp-c").ns,
+        echo.addr,
+        vec![1; 100],
+        Duration::from_secs(10),
+    )?;
+    let hub_before = peer_rx(&f, "hub-s", "gp-c")?;
+    let direct_before = peer_rx(&f, "gp-d", "gp-c")?;
+    for i in 0..100u8 {
+        let p = vec![i; 1000];
+        assert_eq!(
+            udp_round_trip(
+                &f.lan("gp-c").ns,
+                echo.addr,
+                p.clone(),
+                Duration::from_secs(5)
+            )?,
+            p
+        );
+    }
+    let hub_moved = peer_rx(&f, "hub-s", "gp-c")? - hub_before;
+    let direct_moved = peer_rx(&f, "gp-d", "gp-c")? - direct_before;
+    assert!(
+        direct_moved >= 100 * 1000,
+        "gp-d received the traffic directly from gp-c: {direct_moved} bytes"
+    );
+    assert!(
+        hub_moved < 10_000,
+        "the hub saw at most keepalives from gp-c, not the 100 kB: {hub_moved} bytes"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_revoked_spoke_is_dropped_by_the_hub_within_5_seconds() -> Result<()> {
+    if !require_root("a_revoked_spoke_is_dropped_by_the_hub_within_5_seconds") {
+        return Ok(());
+    }
+    let f = north()?;
+    let hub_ip = f.overlay("hub-n");
+    assert!(
+        Fleet::ping(&f.site("gp-a").gw, hub_ip, 3),
+        "gp-a reaches the hub before revocation"
+    );
+    let key = f.public_key("gp-a")?;
+    let t0 = Instant::now();
+    f.cli(&["sites", "revoke", "gp-a"])?;
+    wait_for(Duration::from_secs(5), "the hub to drop gp-a", || {
+        Ok((!f.wg_dump("hub-n")?.iter().any(|p| p.public_key == key)).then_some(()))
+    })?;
+    let took = t0.elapsed();
+    assert!(
+        !Fleet::ping(&f.site("gp-a").gw, hub_ip, 3),
+        "gp-a's traffic stops"
+    );
+    assert!(
+        Fleet::ping(&f.site("gp-b").gw, hub_ip, 3),
+        "gp-b is unaffected"
+    );
+    eprintln!("hub dropped the revoked spoke after {took:?}");
+    Ok(())
+}
+
+#[test]
+fn moving_a_spokes_endpoint_loses_nothing_on_other_streams() -> Result<()> {
+    if !require_root("moving_a_spokes_endpoint_loses_nothing_on_other_streams") {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    f.add_site("gp-a", "north", false, LAN_EP)?;
+    f.add_site("gp-b", "north", false, LAN)?;
+    // Warm both paths.
+    assert!(Fleet::ping(&f.site("gp-a").gw, f.overlay("hub-n"), 2));
+    let b_host = f.lan("gp-b").host;
+    udp_round_trip(
+        &f.site("hub-n").gw,
+        SocketAddr::from((f.overlay("hub-n"), 9)),
+        vec![0],
+        Duration::from_millis(1),
+    )
+    .ok();
+    let stream = Stream::start(
+        &f.site("hub-n").gw,
+        &f.lan("gp-b").ns,
+        SocketAddr::from((b_host, 7100)),
+        Duration::from_millis(10),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    // gp-a moves to a new underlay address; the controller is told.
+    let a = f.site("gp-a");
+    let new = "203.0.113.77";
+    a.gw.ip(&["addr", "add", &format!("{new}/24"), "dev", &a.eth])?;
+    a.gw.ip(&["addr", "del", &format!("{}/24", a.underlay), "dev", &a.eth])?;
+    a.gw.ip(&["route", "replace", "198.51.100.0/24", "dev", &a.eth])?;
+    let hub = f.site("hub-n");
+    hub.gw
+        .ip(&["route", "replace", "203.0.113.0/24", "dev", &hub.eth])?;
+    f.cli(&[
+        "sites",
+        "update",
+        "gp-a",
+        "--endpoint",
+        &format!("{new}:51820"),
+    ])?;
+    // The moved spoke's traffic resumes.
+    wait_for(
+        Duration::from_secs(10),
+        "gp-a to answer at its new endpoint",
+        || Ok(Fleet::ping(&f.site("hub-n").gw, f.overlay("gp-a"), 1).then_some(())),
+    )?;
+    let key = f.public_key("gp-a")?;
+    let row = f
+        .wg_dump("hub-n")?
+        .into_iter()
+        .find(|p| p.public_key == key)
+        .expect("gp-a at the hub");
+    assert_eq!(
+        row.endpoint,
+        format!("{new}:51820"),
+        "the hub uses the new endpoint"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let report = stream.finish(Duration::from_millis(500));
+    assert!(report.sent > 200, "{report:?}");
+    assert_eq!(
+        report.lost(),
+        0,
+        "the hub -> gp-b stream lost packets during the move: {report:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn without_the_controller_traffic_flows_and_agents_restart_from_cache() -> Result<()> {
+    if !require_root("without_the_controller_traffic_flows_and_agents_restart_from_cache") {
+        return Ok(());
+    }
+    let mut f = north()?;
+    let a_host = f.lan("gp-a").host;
+    // Warm the path, then stop the controller.
+    let echo = Echo::start(&f.lan("gp-a").ns, SocketAddr::from((a_host, 7000)))?;
+    udp_round_trip(
+        &f.lan("gp-b").ns,
+        echo.addr,
+        vec![1; 10],
+        Duration::from_secs(10),
+    )?;
+    drop(echo);
+    f.stop_controller()?;
+    let stream = Stream::start(
+        &f.lan("gp-b").ns,
+        &f.lan("gp-a").ns,
+        SocketAddr::from((a_host, 7200)),
+        Duration::from_millis(20),
+    )?;
+    std::thread::sleep(Duration::from_secs(60));
+    let report = stream.finish(Duration::from_millis(500));
+    assert!(report.sent >= 2500, "{report:?}");
+    assert_eq!(
+        report.lost(),
+        0,
+        "traffic between sites lost packets with the controller down: {report:?}"
+    );
+    assert_eq!(f.agent_status("gp-a")?["controller_reachable"], false);
+
+    // Restart gp-a's agent while the controller is still down.
+    f.stop_agent("gp-a")?;
+    f.start_agent("gp-a")?;
+    let st = f.agent_status("gp-a")?;
+    assert_eq!(st["config_source"], "cache", "{st}");
+    let echo = Echo::start(&f.lan("gp-a").ns, SocketAddr::from((a_host, 7000)))?;
+    let back = udp_round_trip(
+        &f.lan("gp-b").ns,
+        echo.addr,
+        b"from the cache".to_vec(),
+        Duration::from_secs(15),
+    )?;
+    assert_eq!(back, b"from the cache");
+    Ok(())
+}
+
+#[test]
+fn wg_show_lists_the_peers_with_true_values() -> Result<()> {
+    if !require_root("wg_show_lists_the_peers_with_true_values") {
+        return Ok(());
+    }
+    let f = north()?;
+    assert!(Fleet::ping(&f.site("gp-a").gw, f.overlay("hub-n"), 2));
+    assert!(Fleet::ping(&f.site("gp-b").gw, f.overlay("hub-n"), 2));
+    let hub = f.site("hub-n");
+    let human = hub.gw.exec(&["wg", "show", &hub.iface])?;
+    let (ka, kb) = (f.public_key("gp-a")?, f.public_key("gp-b")?);
+    for k in [&ka, &kb] {
+        assert!(human.contains(&format!("peer: {k}")), "{human}");
+    }
+    assert!(
+        human.contains("latest handshake:") && human.contains("transfer:"),
+        "{human}"
+    );
+    assert!(
+        human.contains(&format!("{}/32", f.lan("gp-a").prefix.addr()))
+            || human.contains(&f.lan("gp-a").prefix.to_string()),
+        "{human}"
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs();
+    let before = f.wg_dump("hub-n")?;
+    assert_eq!(before.len(), 2);
+    for p in &before {
+        assert!(
+            p.latest_handshake > 0
+                && now + 2 >= p.latest_handshake
+                && now - p.latest_handshake < 180,
+            "handshake is a recent Unix time: {p:?}"
+        );
+        assert!(p.endpoint.starts_with("198.51.100."), "{p:?}");
+    }
+    assert!(Fleet::ping(&f.site("gp-a").gw, f.overlay("hub-n"), 5));
+    let after = f.wg_dump("hub-n")?;
+    let grew = |k: &str| {
+        let b = before.iter().find(|p| p.public_key == k).expect("peer");
+        let a = after.iter().find(|p| p.public_key == k).expect("peer");
+        a.rx > b.rx && a.tx > b.tx
+    };
+    assert!(
+        grew(&ka),
+        "byte counters grow with traffic: {before:?} -> {after:?}"
+    );
+    // The controller is the source of truth: `wg set` is refused.
+    let set = hub
+        .gw
+        .exec(&["wg", "set", &hub.iface, "listen-port", "1234"]);
+    assert!(set.is_err(), "wg set must be refused");
+    Ok(())
+}
+
+#[test]
+fn an_agentless_wireguard_go_site_reaches_a_spoke_lan() -> Result<()> {
+    if !require_root("an_agentless_wireguard_go_site_reaches_a_spoke_lan") {
+        return Ok(());
+    }
+    let mut f = north()?;
+    // The appliance makes its own key; the admin registers the public half.
+    let private = String::from_utf8(
+        wardnet_e2e::run(std::process::Command::new("wg").arg("genkey"))?.stdout,
+    )?;
+    let public = {
+        use std::io::Write;
+        let mut child = std::process::Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(private.as_bytes())?;
+        String::from_utf8(child.wait_with_output()?.stdout)?
+            .trim()
+            .to_owned()
+    };
+    f.add_agentless_site("appliance", "north", &public)?;
+    let conf = f.cli(&["sites", "export", "appliance"])?;
+    assert!(
+        conf.contains("[Interface]") && conf.contains("[Peer]"),
+        "{conf}"
+    );
+    let conf = conf
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("# PrivateKey") {
+                format!("PrivateKey = {}", private.trim())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let site = f.site("appliance");
+    let path = f.dir().join(format!("{}.conf", site.iface));
+    std::fs::write(&path, conf)?;
+    let up = site
+        .gw
+        .command("wg-quick")
+        .args(["up"])
+        .arg(&path)
+        .env("WG_QUICK_USERSPACE_IMPLEMENTATION", "wireguard-go")
+        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+        .output()?;
+    assert!(
+        up.status.success(),
+        "wg-quick up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let lan_host = f.lan("gp-a").host;
+    let reached = wait_for(
+        Duration::from_secs(15),
+        "the appliance to reach gp-a's LAN",
+        || Ok(Fleet::ping(&f.site("appliance").gw, lan_host, 1).then_some(())),
+    );
+    // wireguard-go runs in the namespace; its drop kills it. Take the
+    // interface down first so its control socket is removed.
+    let _ = f
+        .site("appliance")
+        .gw
+        .command("wg-quick")
+        .arg("down")
+        .arg(&path)
+        .output();
+    reached?;
+    Ok(())
+}
+
+#[test]
+fn a_failing_test_leaves_nothing_behind() -> Result<()> {
+    if !require_root("a_failing_test_leaves_nothing_behind") {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut f = Fleet::start().expect("fleet");
+        f.region("north", false).expect("region");
+        f.add_site("hub-n", "north", true, SiteOpts::default())
+            .expect("hub");
+        names.push(f.wan.name().to_owned());
+        names.push(f.site("hub-n").gw.name().to_owned());
+        names.push(f.site("hub-n").iface.clone());
+        panic!("a test failing half way");
+    }));
+    assert!(result.is_err());
+    let left = netns_list()?;
+    for n in &names[..2] {
+        assert!(!left.contains(n), "namespace {n} was left behind: {left:?}");
+    }
+    let sock = format!("/var/run/wireguard/{}.sock", names[2]);
+    assert!(
+        !std::path::Path::new(&sock).exists(),
+        "{sock} was left behind"
+    );
+    let procs = wardnet_e2e::run(std::process::Command::new("ps").args(["-eo", "args"]))?;
+    let procs = String::from_utf8_lossy(&procs.stdout);
+    assert!(
+        !procs.lines().any(|l| l.contains(&names[2])),
+        "an agent of the failed test still runs"
+    );
+    Ok(())
+}
