@@ -45,6 +45,15 @@ pub fn ip_forwarding() -> Result<(bool, bool), ForwardingError> {
 /// This is a runtime change; it does not persist across reboots.
 pub fn enable_ip_forwarding() -> Result<(), ForwardingError> {
     std::fs::write(V4, b"1\n").map_err(|source| ForwardingError::Write { path: V4, source })?;
+    // A hub forwards spoke-to-spoke traffic back out of the tunnel it came in
+    // on; Linux would answer each such packet with an ICMP redirect (sent when
+    // `all` OR the interface allows it) naming a next hop that does not exist
+    // on a point-to-point tunnel.
+    const REDIRECTS: &str = "/proc/sys/net/ipv4/conf/all/send_redirects";
+    std::fs::write(REDIRECTS, b"0\n").map_err(|source| ForwardingError::Write {
+        path: REDIRECTS,
+        source,
+    })?;
     if Path::new(V6).exists() {
         std::fs::write(V6, b"1\n").map_err(|source| ForwardingError::Write { path: V6, source })?;
     }

@@ -195,6 +195,9 @@ impl Netns {
             "-w",
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
+            // Routers that forward back out of a tunnel should not send
+            // ICMP redirects (see wardnet_agent::forwarding).
+            "net.ipv4.conf.all.send_redirects=0",
         ])
         .map(drop)
     }
