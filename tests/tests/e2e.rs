@@ -275,8 +275,18 @@ fn without_the_controller_traffic_flows_and_agents_restart_from_cache() -> Resul
     );
     assert_eq!(f.agent_status("gp-a")?["controller_reachable"], false);
 
-    // Restart gp-a's agent while the controller is still down.
+    // Restart gp-a's agent while the controller is still down. SIGTERM
+    // takes the interface (and with it its addresses and routes) away.
     f.stop_agent("gp-a")?;
+    let a = f.site("gp-a");
+    assert!(
+        a.gw.ip(&["link", "show", &a.iface]).is_err(),
+        "the interface is gone after SIGTERM"
+    );
+    assert!(
+        !a.gw.ip(&["route"])?.contains("100.100.0.0/16"),
+        "its routes are gone"
+    );
     f.start_agent("gp-a")?;
     let st = f.agent_status("gp-a")?;
     assert_eq!(st["config_source"], "cache", "{st}");
@@ -457,5 +467,60 @@ fn a_failing_test_leaves_nothing_behind() -> Result<()> {
         !procs.lines().any(|l| l.contains(&names[2])),
         "an agent of the failed test still runs"
     );
+    Ok(())
+}
+
+#[test]
+fn enrolment_errors_say_what_to_do() -> Result<()> {
+    if !require_root("enrolment_errors_say_what_to_do") {
+        return Ok(());
+    }
+    let f = Fleet::start()?;
+    f.region("north", false)?;
+    let created = f.cli_json(&[
+        "sites", "add", "gp-x", "--region", "north", "--role", "spoke",
+    ])?;
+    let token = created["token"].as_str().expect("token").to_owned();
+    let state = f.dir().join("state-x");
+    let config = f.dir().join("x.toml");
+    std::fs::write(&config, format!("state_dir = \"{}\"\n", state.display()))?;
+    let enroll = |url: &str, token: &str, extra: &[&str]| -> (bool, String) {
+        let out = f
+            .wan
+            .command(&f.bins.agent)
+            .arg("--config")
+            .arg(&config)
+            .args(["enroll", "--controller", url, "--token", token])
+            .args(extra)
+            .output()
+            .expect("run enroll");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = enroll(&f.url, "wne_nonsense", &["--allow-plain-http"]);
+    assert!(!ok && err.contains("not recognised"), "{err}");
+    let (ok, err) = enroll("http://198.51.100.254:1", &token, &["--allow-plain-http"]);
+    assert!(!ok && err.contains("cannot reach the controller"), "{err}");
+    let (ok, err) = enroll(&f.url, &token, &[]);
+    assert!(
+        !ok && err.contains("allow_plain_http"),
+        "plain HTTP must be explicit: {err}"
+    );
+    let (ok, err) = enroll(&f.url, &token, &["--allow-plain-http"]);
+    assert!(ok, "{err}");
+    let (ok, err) = enroll(&f.url, &token, &["--allow-plain-http"]);
+    assert!(
+        !ok && err.contains("already enrolled") && err.contains("--force"),
+        "{err}"
+    );
+    let (ok, err) = enroll(&f.url, &token, &["--allow-plain-http", "--force"]);
+    assert!(!ok && err.contains("already used"), "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["private.key", "enrolment.json"] {
+        let mode = std::fs::metadata(state.join(file))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
     Ok(())
 }
