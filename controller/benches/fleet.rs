@@ -58,16 +58,29 @@ impl Drop for Controller {
     }
 }
 
-fn raise_fd_limit() {
-    let lim = libc::rlimit {
-        rlim_cur: 200_000,
-        rlim_max: 200_000,
+/// Raise the open-file limit (inherited by the controller) as far as the
+/// hard limit allows; returns the soft limit in force.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit with a valid pointer to an initialised struct.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    if rc != 0 {
-        eprintln!("warning: could not raise the open-file limit; many waiters may fail");
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an initialised struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let want = libc::rlimit {
+            rlim_cur: 200_000,
+            rlim_max: 200_000,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return 200_000;
+        }
+        // Not allowed to raise the hard limit: take all of it.
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
+    lim.rlim_cur
 }
 
 fn start_controller() -> Controller {
@@ -157,7 +170,13 @@ async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Va
 #[tokio::main]
 async fn main() {
     let a = args();
-    raise_fd_limit();
+    let nofile = raise_fd_limit();
+    if (nofile as usize) < a.waiters + 1000 {
+        println!(
+            "warning: open-file limit is {nofile} (hard limit); {} waiters need more than that in both processes: expect failures",
+            a.waiters
+        );
+    }
     wardnet_controller::init_crypto();
     let c = start_controller();
     let http = reqwest::Client::builder()
@@ -171,6 +190,20 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // One (source address, destination) pair has only the ephemeral port
+    // range (about 28,000 ports) for connections: spread the waiting agents
+    // over several loopback source addresses, 20,000 each.
+    let per_client = 20_000;
+    let waiter_clients: Vec<reqwest::Client> = (0..a.waiters.div_ceil(per_client).max(1))
+        .map(|k| {
+            reqwest::Client::builder()
+                .local_address(std::net::IpAddr::from([127, 0, 0, 1 + k as u8]))
+                .pool_max_idle_per_host(usize::MAX)
+                .timeout(Duration::from_secs(600))
+                .build()
+                .unwrap()
+        })
+        .collect();
     let total = a.sites.max(a.waiters);
     let per_region = 4000;
     let regions = total.div_ceil(per_region);
@@ -263,8 +296,9 @@ async fn main() {
     let waiters = a.waiters.min(creds.len());
     let mut revs = Vec::with_capacity(waiters);
     let mut tasks = Vec::new();
-    for cred in &creds[..waiters] {
-        let (http, url, sem, cred) = (http.clone(), c.url.clone(), sem.clone(), cred.clone());
+    for (i, cred) in creds[..waiters].iter().enumerate() {
+        let http = waiter_clients[i / per_client].clone();
+        let (url, sem, cred) = (c.url.clone(), sem.clone(), cred.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
             let v: Value = http
@@ -287,7 +321,8 @@ async fn main() {
     // polls again with its new revision, as a real agent does.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     for (i, cred) in creds.iter().take(waiters).enumerate() {
-        let (http, url, tx, cred) = (http.clone(), c.url.clone(), done_tx.clone(), cred.clone());
+        let http = waiter_clients[i / per_client].clone();
+        let (url, tx, cred) = (c.url.clone(), done_tx.clone(), cred.clone());
         let mut rev = revs[i];
         tokio::spawn(async move {
             loop {

@@ -160,14 +160,12 @@ pub fn allocate_site_addresses_skipping(
 
 /// Addresses held by the region's sites, in any state: a revoked site's
 /// addresses are only free once the site is deleted.
-pub fn used_addresses(model: &Model, region: &Name) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>) {
-    let mut v4 = BTreeSet::new();
-    let mut v6 = BTreeSet::new();
-    for s in model.region_sites(region) {
-        v4.insert(s.ipv4);
-        v6.extend(s.ipv6);
-    }
-    (v4, v6)
+pub fn used_addresses<'a>(
+    model: &'a Model,
+    region: &Name,
+) -> (&'a BTreeSet<Ipv4Addr>, &'a BTreeSet<Ipv6Addr>) {
+    // The model keeps this index in step with its sites.
+    model.region_addresses(region)
 }
 
 /// An inclusive address range `[first, last]` of a prefix, in a 128-bit space

@@ -1,7 +1,7 @@
 //! The controller's in-memory model of the network: regions and sites as the
 //! store holds them. Rendering and IPAM are pure functions over it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -90,6 +90,22 @@ pub struct Model {
     pub by_region: BTreeMap<Name, BTreeSet<Name>>,
     /// Names of all hub sites, any state.
     pub hubs: BTreeSet<Name>,
+    /// Region name -> names of its hub sites, any state.
+    region_hub_names: BTreeMap<Name, BTreeSet<Name>>,
+    /// Region name -> LAN prefixes of its *active* sites (with how many
+    /// sites declare each), so a primary hub renders another region's LANs
+    /// without reading that region's sites.
+    region_lans: BTreeMap<Name, BTreeMap<IpNet, u32>>,
+    /// Public key -> sites holding it, any state (the store's UNIQUE
+    /// constraint keeps this to one site; a set keeps the index exact anyway).
+    by_key: HashMap<PublicKey, BTreeSet<Name>>,
+    /// Every site's LAN prefixes, any state, keyed by the truncated prefix:
+    /// site -> the prefix as declared. Ordered, so overlap checks are range
+    /// queries.
+    lans: BTreeMap<IpNet, BTreeMap<Name, IpNet>>,
+    /// Region name -> overlay addresses its sites hold, any state (unique:
+    /// the store's UNIQUE constraints see to it), for IPAM.
+    region_addresses: BTreeMap<Name, (BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>)>,
 }
 
 impl Model {
@@ -124,6 +140,28 @@ impl Model {
             .insert(s.name.clone());
         if s.role == Role::Hub {
             self.hubs.insert(s.name.clone());
+            self.region_hub_names
+                .entry(s.region.clone())
+                .or_default()
+                .insert(s.name.clone());
+        }
+        if s.is_active() {
+            let lans = self.region_lans.entry(s.region.clone()).or_default();
+            for p in &s.lan_prefixes {
+                *lans.entry(*p).or_default() += 1;
+            }
+        }
+        if let Some(k) = s.public_key {
+            self.by_key.entry(k).or_default().insert(s.name.clone());
+        }
+        let (v4, v6) = self.region_addresses.entry(s.region.clone()).or_default();
+        v4.insert(s.ipv4);
+        v6.extend(s.ipv6);
+        for p in &s.lan_prefixes {
+            self.lans
+                .entry(p.trunc())
+                .or_default()
+                .insert(s.name.clone(), *p);
         }
         self.sites.insert(s.name.clone(), s);
         old
@@ -135,7 +173,108 @@ impl Model {
             set.remove(name);
         }
         self.hubs.remove(name);
+        if let Some(set) = self.region_hub_names.get_mut(&old.region) {
+            set.remove(name);
+        }
+        if old.is_active() {
+            if let Some(lans) = self.region_lans.get_mut(&old.region) {
+                for p in &old.lan_prefixes {
+                    if let Some(n) = lans.get_mut(p) {
+                        *n -= 1;
+                        if *n == 0 {
+                            lans.remove(p);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((v4, v6)) = self.region_addresses.get_mut(&old.region) {
+            v4.remove(&old.ipv4);
+            if let Some(a) = &old.ipv6 {
+                v6.remove(a);
+            }
+        }
+        if let Some(k) = &old.public_key {
+            if let Some(set) = self.by_key.get_mut(k) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.by_key.remove(k);
+                }
+            }
+        }
+        for p in &old.lan_prefixes {
+            let key = p.trunc();
+            if let Some(sites) = self.lans.get_mut(&key) {
+                sites.remove(name);
+                if sites.is_empty() {
+                    self.lans.remove(&key);
+                }
+            }
+        }
         Some(old)
+    }
+
+    /// Overlay addresses held by a region's sites, in any state.
+    pub fn region_addresses(&self, region: &Name) -> (&BTreeSet<Ipv4Addr>, &BTreeSet<Ipv6Addr>) {
+        static EMPTY: (BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>) = (BTreeSet::new(), BTreeSet::new());
+        let (v4, v6) = self.region_addresses.get(region).unwrap_or(&EMPTY);
+        (v4, v6)
+    }
+
+    /// LAN prefixes of a region's active sites, in order.
+    pub fn region_lans<'a>(&'a self, region: &Name) -> impl Iterator<Item = &'a IpNet> + 'a {
+        self.region_lans
+            .get(region)
+            .into_iter()
+            .flat_map(|m| m.keys())
+    }
+
+    /// Sites other than `except` that hold public key `key`, in name order.
+    pub fn sites_with_key<'a>(
+        &'a self,
+        key: &PublicKey,
+        except: &'a Name,
+    ) -> impl Iterator<Item = &'a Name> + 'a {
+        self.by_key
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(move |n| *n != except)
+    }
+
+    /// A LAN prefix of a site other than `except` that overlaps `p`, as
+    /// (site, prefix as declared). O(prefix length × log N): a prefix
+    /// overlapping `p` either contains `p` (then it is `p` truncated to its
+    /// own, shorter or equal, length: one lookup per length) or lies inside
+    /// `p` (then its network address is in `p`: one range query).
+    pub fn lan_overlapping<'a>(
+        &'a self,
+        p: &IpNet,
+        except: &Name,
+    ) -> Option<(&'a Name, &'a IpNet)> {
+        let p = p.trunc();
+        let other = |sites: &'a BTreeMap<Name, IpNet>| sites.iter().find(|(n, _)| *n != except);
+        for len in 0..=p.prefix_len() {
+            // Invariant: len is at most p's own prefix length, so valid.
+            let sup = match p {
+                IpNet::V4(v) => Ipv4Net::new(v.network(), len).map(|n| IpNet::V4(n.trunc())),
+                IpNet::V6(v) => Ipv6Net::new(v.network(), len).map(|n| IpNet::V6(n.trunc())),
+            };
+            if let Some(hit) = sup.ok().and_then(|s| self.lans.get(&s)).and_then(other) {
+                return Some(hit);
+            }
+        }
+        // Inside p: network address in [p.network, p.broadcast]; `IpNet`
+        // orders by family, then address, then length.
+        let last = match p {
+            IpNet::V4(v) => Ipv4Net::new(v.broadcast(), 32).map(IpNet::V4),
+            IpNet::V6(v) => Ipv6Net::new(v.broadcast(), 128).map(IpNet::V6),
+        };
+        let last = last.ok()?;
+        self.lans
+            .range(p..=last)
+            .filter_map(|(_, sites)| other(sites))
+            .next()
     }
 
     /// Sites of a region, in name order.
@@ -147,9 +286,125 @@ impl Model {
             .filter_map(|n| self.sites.get(n))
     }
 
-    /// Active hubs of a region, in name order.
+    /// Active hubs of a region, in name order (from the hub index: a
+    /// region's thousands of spokes are not read).
     pub fn region_hubs<'a>(&'a self, region: &Name) -> impl Iterator<Item = &'a Site> + 'a {
-        self.region_sites(region)
+        self.region_hub_names
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.sites.get(n))
             .filter(|s| s.role == Role::Hub && s.is_active())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name(s: &str) -> Name {
+        s.parse().expect("name")
+    }
+
+    fn site(n: &str, region: &str, state: SiteState, key: Option<u8>, lans: &[IpNet]) -> Site {
+        Site {
+            name: name(n),
+            region: name(region),
+            role: Role::Spoke,
+            state,
+            agentless: false,
+            lan_prefixes: lans.iter().copied().collect(),
+            endpoint: None,
+            public_key: key.map(|k| PublicKey::from_bytes([k; 32])),
+            ipv4: Ipv4Addr::new(100, 64, 0, 1),
+            ipv6: None,
+            revision: 0,
+            config_hash: None,
+            applied_revision: 0,
+            created_at: 0,
+            enrolled_at: None,
+            last_seen: None,
+            health: None,
+            credential_hash: None,
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("prefix")
+    }
+
+    #[test]
+    fn region_lans_count_only_active_sites_and_follow_changes() {
+        let mut m = Model::default();
+        let lan = [net("10.1.0.0/24")];
+        m.upsert_site(site("a", "r", SiteState::Pending, None, &lan));
+        assert_eq!(m.region_lans(&name("r")).count(), 0);
+        m.upsert_site(site("a", "r", SiteState::Active, Some(1), &lan));
+        assert_eq!(m.region_lans(&name("r")).collect::<Vec<_>>(), [&lan[0]]);
+        m.upsert_site(site("a", "q", SiteState::Active, Some(1), &lan));
+        assert_eq!(m.region_lans(&name("r")).count(), 0);
+        assert_eq!(m.region_lans(&name("q")).count(), 1);
+        m.upsert_site(site("a", "q", SiteState::Revoked, Some(1), &lan));
+        assert_eq!(m.region_lans(&name("q")).count(), 0);
+        assert!(m
+            .region_addresses(&name("q"))
+            .0
+            .contains(&Ipv4Addr::new(100, 64, 0, 1)));
+        assert!(m.region_addresses(&name("r")).0.is_empty());
+        m.remove_site(&name("a"));
+        assert!(m.lans.is_empty() && m.by_key.is_empty());
+        assert!(m.region_addresses(&name("q")).0.is_empty());
+    }
+
+    #[test]
+    fn key_index_names_other_holders_of_a_key() {
+        let mut m = Model::default();
+        m.upsert_site(site("a", "r", SiteState::Active, Some(7), &[]));
+        let k = PublicKey::from_bytes([7; 32]);
+        assert_eq!(
+            m.sites_with_key(&k, &name("b")).collect::<Vec<_>>(),
+            [&name("a")]
+        );
+        assert_eq!(m.sites_with_key(&k, &name("a")).count(), 0);
+        m.upsert_site(site("a", "r", SiteState::Active, Some(8), &[]));
+        assert_eq!(m.sites_with_key(&k, &name("b")).count(), 0);
+    }
+
+    fn arb_net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(a, l)| IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from(a & 0xff0f_0f0f | 0x0a00_0000), l).expect("len")
+            )),
+            (any::<u128>(), 0u8..=128).prop_map(|(a, l)| IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::from(a & !(0xffff_u128 << 100)), l).expect("len")
+            )),
+        ]
+    }
+
+    proptest! {
+        /// The indexed overlap lookup finds a conflict exactly when a scan
+        /// of every site's LANs does.
+        #[test]
+        fn lan_overlap_lookup_matches_a_scan(
+            lans in proptest::collection::vec(arb_net(), 0..40),
+            probe in arb_net(),
+        ) {
+            let mut m = Model::default();
+            for (i, p) in lans.iter().enumerate() {
+                m.upsert_site(site(&format!("s{}", i % 7), "r", SiteState::Active, None, &[*p]));
+            }
+            let me = name("s0");
+            let scan = m.sites.values().filter(|s| s.name != me).any(|s| {
+                s.lan_prefixes.iter().any(|q| wardnet_common::net::overlaps(&probe, q))
+            });
+            let found = m.lan_overlapping(&probe, &me);
+            prop_assert_eq!(found.is_some(), scan);
+            if let Some((other, q)) = found {
+                prop_assert!(other != &me);
+                prop_assert!(wardnet_common::net::overlaps(&probe, q));
+                prop_assert!(m.sites[other].lan_prefixes.contains(q));
+            }
+        }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Only active sites appear as peers. Rendering one site reads only its
 //! neighbourhood: its region and, for a primary hub, the other regions'
-//! primary hubs and LANs.
+//! primary hubs and LANs (from the model's hub and per-region LAN indexes,
+//! so a hub costs O(its region's sites + number of regions), not O(network)).
 //!
 //! Who peers with whom (every relation is symmetric, or handshakes fail):
 //! - a spoke peers with every active hub of its region; the *primary* hub
@@ -106,12 +107,32 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
 /// because `SiteConfig` serialises its fields in declaration order and holds
 /// only ordered sets and name-sorted peers.
 pub fn config_hash(cfg: &SiteConfig) -> String {
-    let mut cfg = cfg.clone();
+    config_hash_owned(cfg.clone())
+}
+
+/// [`config_hash`] of a config the caller no longer needs: no copy, and the
+/// JSON is streamed into the hasher rather than built in memory (a region's
+/// hub has thousands of peers).
+pub fn config_hash_owned(mut cfg: SiteConfig) -> String {
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
     cfg.revision = 0;
+    let mut w = std::io::BufWriter::with_capacity(16 * 1024, HashWriter(Sha256::new()));
     // Invariant: SiteConfig has no maps with non-string keys and no floats,
-    // so serialising it to JSON cannot fail.
-    let json = serde_json::to_vec(&cfg).expect("SiteConfig always serialises to JSON");
-    hex::encode(Sha256::digest(&json))
+    // and the writer never fails, so serialising it to JSON cannot fail.
+    serde_json::to_writer(&mut w, &cfg).expect("SiteConfig always serialises to JSON");
+    let w = w
+        .into_inner()
+        .unwrap_or_else(|_| unreachable!("flushing into a hasher cannot fail"));
+    hex::encode(w.0.finalize())
 }
 
 /// The overlay prefixes and the configured site-LAN supernets.
@@ -135,9 +156,7 @@ fn own_prefixes(s: &Site) -> BTreeSet<IpNet> {
 fn region_prefixes(model: &Model, region: &Region, primary: &Site) -> BTreeSet<IpNet> {
     let mut p = BTreeSet::from([IpNet::V4(region.ipv4_block)]);
     p.extend(region.ipv6_block.map(IpNet::V6));
-    for s in model.region_sites(&region.name).filter(|s| s.is_active()) {
-        p.extend(s.lan_prefixes.iter().copied());
-    }
+    p.extend(model.region_lans(&region.name).copied());
     for a in primary.addresses() {
         if !p.iter().any(|q| q.contains(&a)) {
             p.insert(a);

@@ -595,7 +595,19 @@ async fn audit_log_records_every_admin_change() {
 #[tokio::test]
 async fn metrics_and_health() {
     let t = TestController::start().await;
-    hub_and_spokes(&t).await;
+    let (hub, _, _) = hub_and_spokes(&t).await;
+    // The hub applies its current config and says so: one apply-latency sample.
+    let (_, cfg) = t.agent_config(&hub, 0, 0).await;
+    let rev = cfg["revision"].as_u64().expect("revision");
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/v1/agent/report",
+            Some(&hub),
+            Some(json!({"applied_revision": rev})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     let r = t
         .http
         .get(format!("{}/healthz", t.url))
@@ -617,6 +629,7 @@ async fn metrics_and_health() {
         r#"wardnet_controller_enrolments_total{result="success"} 3"#,
         "wardnet_controller_long_poll_waiters 0",
         "wardnet_controller_http_request_duration_seconds_bucket",
+        "wardnet_controller_config_apply_duration_seconds_count 1",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }

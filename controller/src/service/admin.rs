@@ -175,7 +175,7 @@ impl Controller {
                 check_key_unused(m, &req.name, &k)?;
             }
             let (used4, used6) = ipam::used_addresses(m, &req.region);
-            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6)
+            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, used4, used6)
                 .map_err(|e| ApiError::Conflict(e.to_string()))?;
             let agentless = req.public_key.is_some();
             let site = Site {
@@ -351,7 +351,9 @@ impl Controller {
             mu.audit = Some(audit(now, actor, "site.delete", name.as_str(), None));
             Ok(mu)
         })
-        .await
+        .await?;
+        self.metrics.apply_latency.forget(name);
+        Ok(())
     }
 
     /// A new one-time token for a site (a replaced gateway, key rotation).
@@ -543,13 +545,10 @@ fn check_lan_prefixes(
                 )));
             }
         }
-        for other in m.sites.values().filter(|s| &s.name != site) {
-            if let Some(q) = other.lan_prefixes.iter().find(|q| overlaps(p, q)) {
-                return Err(ApiError::Conflict(format!(
-                    "lan_prefixes: {p} overlaps {q}, a LAN prefix of site {}",
-                    other.name
-                )));
-            }
+        if let Some((other, q)) = m.lan_overlapping(p, site) {
+            return Err(ApiError::Conflict(format!(
+                "lan_prefixes: {p} overlaps {q}, a LAN prefix of site {other}"
+            )));
         }
     }
     Ok(())
@@ -560,14 +559,9 @@ pub(super) fn check_key_unused(
     site: &Name,
     key: &wardnet_common::PublicKey,
 ) -> Result<(), ApiError> {
-    match m
-        .sites
-        .values()
-        .find(|s| s.public_key.as_ref() == Some(key) && &s.name != site)
-    {
+    match m.sites_with_key(key, site).next() {
         Some(other) => Err(ApiError::Conflict(format!(
-            "public key {key} is already used by site {}; every site needs its own key",
-            other.name
+            "public key {key} is already used by site {other}; every site needs its own key"
         ))),
         None => Ok(()),
     }

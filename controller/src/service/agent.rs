@@ -226,6 +226,11 @@ impl Controller {
             }
         };
         self.store.commit(vec![write]).await?;
+        self.metrics.apply_latency.applied(
+            &who.site,
+            report.applied_revision,
+            std::time::Instant::now(),
+        );
         Ok(())
     }
 

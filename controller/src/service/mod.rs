@@ -4,12 +4,21 @@
 //!
 //! A change runs in three steps:
 //! 1. under the write lock: validate against the model, mutate the model,
-//!    find the sites the change affects (O(neighbourhood), never all sites),
-//!    re-render only those and bump the revision where the rendered config
-//!    changed, queue every write as one batch in the store;
+//!    find the sites the change affects (O(neighbourhood), never all sites)
+//!    and mark them dirty, queue the change's writes as one batch in the
+//!    store;
 //! 2. release the lock, wait until the batch is durable (the store groups
 //!    concurrent batches into one fsync);
-//! 3. wake the long-polls of the sites whose revision moved, and answer.
+//! 3. flush: re-render the dirty sites, bump the revision where the rendered
+//!    config changed, store the bumps, wake the long-polls of the sites whose
+//!    revision moved, and answer.
+//!
+//! Step 3 is shared the way the store shares an fsync: one flush serves
+//! every change that marked sites dirty before it started. Under load (many
+//! spokes of a region enrolling at once) the region's hub, whose config has
+//! thousands of peers, is then rendered and hashed once per flush rather
+//! than once per enrolment. A change still answers only after its sites'
+//! new revisions are durable and their agents woken.
 //!
 //! If a batch fails in the store the model is reloaded from it, so memory
 //! never claims what the database does not hold.
@@ -34,7 +43,7 @@ use crate::affected::affected_by_site_change;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{Model, NetworkSettings, Site};
-use crate::render::{config_hash, render};
+use crate::render::{config_hash_owned, render};
 use crate::store::{NewAudit, Store, StoreError, Write};
 
 /// Where "now" comes from, so token expiry and last-seen are testable.
@@ -66,6 +75,8 @@ pub struct Controller {
     /// Serialises changes to the model (held while computing and queueing a
     /// change, not while it is written to disk).
     write_lock: tokio::sync::Mutex<()>,
+    /// Serialises flushes of dirty sites (see the module docs).
+    flush_log: tokio::sync::Mutex<FlushLog>,
     pub metrics: Metrics,
     waiting: AtomicI64,
     shutdown: CancellationToken,
@@ -81,12 +92,26 @@ struct State {
     /// Enrolment tokens redeemed by this process (a fast refusal for a racing
     /// second redemption; the database is the judge across replicas).
     consumed_tokens: HashSet<String>,
+    /// Sites a change may have touched whose configs are not yet re-rendered.
+    dirty: BTreeSet<Name>,
+    /// Number of the flush that will pick up `dirty` (starts at 1).
+    generation: u64,
+}
+
+/// What flushes have done, for the changes waiting on them.
+#[derive(Default)]
+struct FlushLog {
+    /// The last flush completed.
+    done: u64,
+    /// Flushes whose writes failed (rare; the model was reloaded).
+    failed: BTreeSet<u64>,
 }
 
 impl State {
     fn load(model: Model) -> Self {
         let mut s = State {
             model,
+            generation: 1,
             ..State::default()
         };
         let sites: Vec<Site> = s.model.sites.values().cloned().collect();
@@ -173,6 +198,7 @@ impl Controller {
             clock,
             state: RwLock::new(State::load(model)),
             write_lock: tokio::sync::Mutex::new(()),
+            flush_log: tokio::sync::Mutex::new(FlushLog::default()),
             metrics,
             waiting: AtomicI64::new(0),
             shutdown: CancellationToken::new(),
@@ -213,7 +239,7 @@ impl Controller {
     ) -> Result<T, ApiError> {
         let guard = self.write_lock.lock().await;
         let now = self.clock.now();
-        let (pending, bumped, output) = {
+        let (pending, generation, output) = {
             let mut state = self.state.write();
             let mut m = f(&mut state.model, now)?;
             let mut touched = BTreeSet::new();
@@ -225,49 +251,105 @@ impl Controller {
                     after.as_ref(),
                 ));
             }
-            let mut bumped = Vec::new();
-            for name in touched {
-                if let Some(w) = refresh_revision(&mut state.model, &self.settings.network, &name) {
-                    if let Write::SetRevision { site, revision, .. } = &w {
-                        bumped.push((site.clone(), *revision));
-                    }
-                    m.writes.push(w);
-                }
-            }
+            let generation = (!touched.is_empty()).then_some(state.generation);
+            state.dirty.extend(touched);
             if let Some(a) = m.audit.take() {
                 m.writes.push(Write::Audit(a));
             }
-            (self.store.submit(m.writes), bumped, m.output)
+            (self.store.submit(m.writes), generation, m.output)
         };
         drop(guard);
         match pending.await {
             Ok(()) => {
-                let state = self.state.read();
-                for (site, rev) in bumped {
-                    if let Some(tx) = state.revisions.get(&site) {
-                        tx.send_if_modified(|cur| {
-                            let newer = rev > *cur;
-                            if newer {
-                                *cur = rev;
-                            }
-                            newer
-                        });
-                    }
+                if let Some(generation) = generation {
+                    self.flush(generation).await?;
                 }
                 Ok(output)
             }
             Err(e) => {
-                self.reload_after_failure(&bumped).await;
+                self.reload_after_failure().await;
                 Err(e.into())
             }
         }
     }
 
+    /// Make sure flush number `generation` has run: re-render the dirty
+    /// sites, store the revisions that moved and wake their long-polls. The
+    /// first caller runs it for everyone waiting; the sites marked dirty
+    /// while it runs go to the next flush.
+    async fn flush(&self, generation: u64) -> Result<(), ApiError> {
+        let mut log = self.flush_log.lock().await;
+        if log.done < generation {
+            let (pending, bumped, this) = {
+                let _guard = self.write_lock.lock().await;
+                let mut state = self.state.write();
+                let dirty = std::mem::take(&mut state.dirty);
+                let this = state.generation;
+                state.generation += 1;
+                let mut writes = Vec::new();
+                let mut bumped = Vec::new();
+                for name in dirty {
+                    if let Some(w) =
+                        refresh_revision(&mut state.model, &self.settings.network, &name)
+                    {
+                        if let Write::SetRevision { site, revision, .. } = &w {
+                            bumped.push((site.clone(), *revision));
+                        }
+                        writes.push(w);
+                    }
+                }
+                let pending = (!writes.is_empty()).then(|| self.store.submit(writes));
+                (pending, bumped, this)
+            };
+            let result = match pending {
+                Some(p) => p.await,
+                None => Ok(()),
+            };
+            match result {
+                Ok(()) => {
+                    let state = self.state.read();
+                    let now = std::time::Instant::now();
+                    for (site, rev) in bumped {
+                        self.metrics.apply_latency.changed(&site, rev, now);
+                        if let Some(tx) = state.revisions.get(&site) {
+                            tx.send_if_modified(|cur| {
+                                let newer = rev > *cur;
+                                if newer {
+                                    *cur = rev;
+                                }
+                                newer
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = ?e, "storing new revisions failed; reloading the model");
+                    log.failed.insert(this);
+                    self.reload_after_failure().await;
+                }
+            }
+            log.done = this;
+        }
+        if log.failed.contains(&generation) {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the change is stored, but storing the new config revisions failed; \
+                 the controller reloaded its model and agents will be sent fresh configs"
+            )));
+        }
+        Ok(())
+    }
+
     /// A queued batch failed: the model holds a change the database does
-    /// not. Reload the model, and move the revision of every site the failed
-    /// change touched past anything an agent may have been served.
-    async fn reload_after_failure(&self, bumped: &[(Name, u64)]) {
+    /// not. Reload the model, and bring every site's revision in step with
+    /// it (as at start), never going below a revision an agent may have
+    /// been served.
+    async fn reload_after_failure(&self) {
         let _guard = self.write_lock.lock().await;
+        // The writer takes batches in order: once this empty batch is done,
+        // everything queued before it is settled and `load` sees it.
+        if let Err(e) = self.store.commit(Vec::new()).await {
+            tracing::error!(error = ?e, "cannot drain the database writer after a failed write");
+        }
         let snap = match self.store.load().await {
             Ok(s) => s,
             Err(e) => {
@@ -276,35 +358,50 @@ impl Controller {
             }
         };
         let mut model = Model::from_parts(snap.regions, snap.sites);
-        let mut writes = Vec::new();
-        for (name, served) in bumped {
-            if let Some(site) = model.sites.get_mut(name) {
-                if site.revision < *served {
-                    site.revision = *served;
+        let served: Vec<(Name, u64)> = {
+            let state = self.state.read();
+            state
+                .model
+                .sites
+                .values()
+                .map(|s| (s.name.clone(), s.revision))
+                .collect()
+        };
+        for (name, served) in served {
+            if let Some(site) = model.sites.get_mut(&name) {
+                if site.revision < served {
+                    site.revision = served;
                     site.config_hash = None;
                 }
             }
+        }
+        let mut writes = Vec::new();
+        let names: Vec<Name> = model.sites.keys().cloned().collect();
+        for name in &names {
             if let Some(w) = refresh_revision(&mut model, &self.settings.network, name) {
                 writes.push(w);
+            }
+        }
+        // Durable before any waiter is told about them.
+        if !writes.is_empty() {
+            if let Err(e) = self.store.commit(writes).await {
+                tracing::error!(error = ?e, "cannot store revisions after a failed write");
             }
         }
         {
             let mut state = self.state.write();
             let revisions = std::mem::take(&mut state.revisions);
             let consumed = std::mem::take(&mut state.consumed_tokens);
+            let generation = state.generation;
             *state = State::load(model);
             state.consumed_tokens = consumed;
+            state.generation = generation;
             // Keep the existing channels (waiters hold receivers of them).
             for (name, tx) in revisions {
                 if let Some(site) = state.model.sites.get(&name) {
                     tx.send_replace(site.revision);
                     state.revisions.insert(name, tx);
                 }
-            }
-        }
-        if !writes.is_empty() {
-            if let Err(e) = self.store.commit(writes).await {
-                tracing::error!(error = ?e, "cannot store revisions after a failed write");
             }
         }
     }
@@ -321,7 +418,7 @@ impl Controller {
 /// Render a site, and when its config differs from what was last rendered,
 /// bump its revision and return the write that records it.
 fn refresh_revision(model: &mut Model, net: &NetworkSettings, name: &Name) -> Option<Write> {
-    let hash = render(model, net, name).map(|c| config_hash(&c));
+    let hash = render(model, net, name).map(config_hash_owned);
     let site = model.sites.get_mut(name)?;
     if hash == site.config_hash {
         return None;
