@@ -66,12 +66,58 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write shell completions (bash, zsh, fish) and the man page into DIR
+    /// (used when building packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// Write `<name>.bash`, `_<name>` (zsh), `<name>.fish` and `<name>.1` for
+/// `cmd` into `dir`. Shared shape with the controller's copy.
+pub fn generate_docs(mut cmd: clap::Command, dir: &std::path::Path) -> Result<()> {
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let name = cmd.get_name().to_owned();
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, &name, dir)
+            .with_context(|| format!("failed to write {shell} completions"))?;
+    }
+    let man = dir.join(format!("{name}.1"));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut out)
+        .context("failed to render the man page")?;
+    std::fs::write(&man, out).with_context(|| format!("failed to write {}", man.display()))?;
+    // One page per visible subcommand, `wardnet-agent-enroll.1` as git does.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+    {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        let sub = sub.clone().name(sub_name.clone());
+        let mut out = Vec::new();
+        clap_mangen::Man::new(sub)
+            .render(&mut out)
+            .context("failed to render a man page")?;
+        let path = dir.join(format!("{sub_name}.1"));
+        std::fs::write(&path, out)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
     crate::init_crypto();
+    if let Command::GenerateDocs { dir } = &cli.command {
+        use clap::CommandFactory;
+        return generate_docs(Cli::command(), dir);
+    }
     let explicit = cli.config.as_os_str() != DEFAULT_CONFIG;
     let config = Config::load(&cli.config, explicit, |k| std::env::var(k).ok())?;
+    crate::logging::init(config.log_format);
     match cli.command {
         Command::Enroll {
             controller,
@@ -94,6 +140,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Run => crate::daemon::run(config, shutdown_signal()).await,
         Command::Status { json } => status(&config, json).await,
+        Command::GenerateDocs { .. } => Ok(()),
     }
 }
 
@@ -190,5 +237,23 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn generates_completions_and_man_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        generate_docs(Cli::command(), dir.path()).expect("generate");
+        for f in [
+            "wardnet-agent.bash",
+            "_wardnet-agent",
+            "wardnet-agent.fish",
+            "wardnet-agent.1",
+            "wardnet-agent-enroll.1",
+        ] {
+            let p = dir.path().join(f);
+            let text = std::fs::read_to_string(&p).expect(f);
+            assert!(text.contains("wardnet-agent"), "{f}");
+        }
+        assert!(!dir.path().join("wardnet-agent-generate-docs.1").exists());
     }
 }

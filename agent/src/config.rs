@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -37,9 +38,15 @@ struct Raw {
     #[serde(default = "default_metrics")]
     metrics_listen: String,
     #[serde(default)]
+    metrics_advertise: Option<String>,
+    #[serde(default)]
+    probe_interval_ms: Option<u64>,
+    #[serde(default)]
     enable_ip_forwarding: bool,
     #[serde(default = "default_uapi_dir")]
     uapi_dir: PathBuf,
+    #[serde(default)]
+    log_format: Option<String>,
     #[serde(default)]
     controller: RawController,
 }
@@ -72,6 +79,11 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub interface: String,
     pub metrics_listen: SocketAddr,
+    /// The address the NOC's Prometheus scrapes (reported to the controller
+    /// for its file_sd output); `None`: derived from `metrics_listen`.
+    pub metrics_advertise: Option<SocketAddr>,
+    /// Time between two health probes to one peer.
+    pub probe_interval: Duration,
     pub enable_ip_forwarding: bool,
     /// Where the `wg`-compatible control socket goes.
     pub uapi_dir: PathBuf,
@@ -80,14 +92,19 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub allow_plain_http: bool,
     pub long_poll_secs: u64,
+    /// How logs are written to stderr (`log_format`).
+    pub log_format: crate::logging::LogFormat,
 }
 
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_STATE_DIR", "state_dir"),
     ("WARDNET_INTERFACE", "interface"),
     ("WARDNET_METRICS_LISTEN", "metrics_listen"),
+    ("WARDNET_METRICS_ADVERTISE", "metrics_advertise"),
+    ("WARDNET_PROBE_INTERVAL_MS", "probe_interval_ms"),
     ("WARDNET_ENABLE_IP_FORWARDING", "enable_ip_forwarding"),
     ("WARDNET_UAPI_DIR", "uapi_dir"),
+    ("WARDNET_LOG_FORMAT", "log_format"),
     ("WARDNET_CONTROLLER_URL", "controller.url"),
     ("WARDNET_CA_CERT", "controller.ca_cert"),
     ("WARDNET_ALLOW_PLAIN_HTTP", "controller.allow_plain_http"),
@@ -161,6 +178,25 @@ impl Config {
                 ),
             )
         })?;
+        let metrics_advertise = raw
+            .metrics_advertise
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|_| {
+                    err(
+                        "metrics_advertise",
+                        format!("expected IP:PORT such as 198.51.100.7:9586, got {a:?}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let probe_ms = raw.probe_interval_ms.unwrap_or(5000);
+        if !(100..=3_600_000).contains(&probe_ms) {
+            return Err(err(
+                "probe_interval_ms",
+                format!("expected 100 to 3600000 milliseconds, got {probe_ms}"),
+            ));
+        }
         if let Some(url) = &raw.controller.url {
             check_url(url, raw.controller.allow_plain_http)
                 .map_err(|m| err("controller.url", m))?;
@@ -172,17 +208,41 @@ impl Config {
                 "expected 1 to 3600 seconds".into(),
             ));
         }
+        let log_format = raw
+            .log_format
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|m| err("log_format", m))?
+            .unwrap_or_default();
         Ok(Config {
             state_dir: raw.state_dir,
             interface: raw.interface,
             metrics_listen,
+            metrics_advertise,
+            probe_interval: Duration::from_millis(probe_ms),
             enable_ip_forwarding: raw.enable_ip_forwarding,
             uapi_dir: raw.uapi_dir,
             controller_url: raw.controller.url,
             ca_cert: raw.controller.ca_cert,
             allow_plain_http: raw.controller.allow_plain_http,
             long_poll_secs,
+            log_format,
         })
+    }
+}
+
+impl Config {
+    /// The metrics address reported to the controller: `metrics_advertise`,
+    /// else `metrics_listen` when another host can reach it (not loopback,
+    /// not the unspecified address), else none.
+    pub fn metrics_address(&self) -> Option<String> {
+        self.metrics_advertise
+            .or_else(|| {
+                let ip = self.metrics_listen.ip();
+                (!ip.is_loopback() && !ip.is_unspecified()).then_some(self.metrics_listen)
+            })
+            .map(|a| a.to_string())
     }
 }
 
@@ -243,6 +303,21 @@ mod tests {
     }
 
     #[test]
+    fn log_format_from_file_and_environment() {
+        use crate::logging::LogFormat;
+        let c = Config::parse(Path::new("a.toml"), "", none).expect("defaults");
+        assert_eq!(c.log_format, LogFormat::Auto);
+        let c = Config::parse(Path::new("a.toml"), "log_format = \"json\"", none).expect("json");
+        assert_eq!(c.log_format, LogFormat::Json);
+        let env = |k: &str| (k == "WARDNET_LOG_FORMAT").then(|| "human".to_owned());
+        let c = Config::parse(Path::new("a.toml"), "log_format = \"json\"", env).expect("env");
+        assert_eq!(c.log_format, LogFormat::Human);
+        let e = Config::parse(Path::new("a.toml"), "log_format = \"xml\"", none)
+            .expect_err("bad format");
+        assert!(e.to_string().contains("log_format"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = Config::parse(
             Path::new("a.toml"),
@@ -260,6 +335,35 @@ mod tests {
         assert!(e.to_string().contains("allow_plain_http"), "{e}");
         let e = Config::parse(Path::new("a.toml"), "intrface = \"x\"", none).expect_err("unknown");
         assert!(e.to_string().contains("intrface"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address_and_probe_interval() {
+        let c = Config::parse(Path::new("a.toml"), "", none).expect("defaults");
+        assert_eq!(c.probe_interval, Duration::from_secs(5));
+        // Loopback: nothing another host could scrape.
+        assert_eq!(c.metrics_address(), None);
+        let c = Config::parse(
+            Path::new("a.toml"),
+            "metrics_listen = \"198.51.100.7:9586\"\nprobe_interval_ms = 2000",
+            none,
+        )
+        .expect("ok");
+        assert_eq!(c.metrics_address().as_deref(), Some("198.51.100.7:9586"));
+        assert_eq!(c.probe_interval, Duration::from_secs(2));
+        let c = Config::parse(
+            Path::new("a.toml"),
+            "metrics_listen = \"0.0.0.0:9586\"\nmetrics_advertise = \"203.0.113.9:19586\"",
+            none,
+        )
+        .expect("ok");
+        assert_eq!(c.metrics_address().as_deref(), Some("203.0.113.9:19586"));
+        let e = Config::parse(Path::new("a.toml"), "metrics_advertise = \"nope\"", none)
+            .expect_err("bad");
+        assert!(e.to_string().contains("key `metrics_advertise`"), "{e}");
+        let e =
+            Config::parse(Path::new("a.toml"), "probe_interval_ms = 50", none).expect_err("zero");
+        assert!(e.to_string().contains("key `probe_interval_ms`"), "{e}");
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! tunnels come up from the cache and the sync task catches up in the
 //! background.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,6 +23,11 @@ use crate::backoff::Backoff;
 use crate::client::{ClientError, ControllerClient};
 use crate::config::Config;
 use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
+use crate::health::icmp::EchoReply;
+use crate::health::io::ProbeSocket;
+use crate::health::probe::ReplyOutcome;
+use crate::health::{probe_address, summarize, PeerHealth, ProbeConfig, ProbeTarget, Scheduler};
+use crate::metrics::{Metrics, PeerScrape, Scrape};
 use crate::netlink::Netlink;
 use crate::reconcile::{self, Applied};
 use crate::snapshot::DeviceSnapshot;
@@ -45,6 +52,12 @@ enum Event {
         error: Option<String>,
     },
     Status(oneshot::Sender<AgentStatus>),
+    /// The health summary for the controller.
+    Health(oneshot::Sender<HealthSummary>),
+    /// `/metrics` in the Prometheus text format.
+    Metrics(oneshot::Sender<String>),
+    /// An echo reply to one of our probes, and when it arrived.
+    ProbeReply(EchoReply, Instant),
 }
 
 /// Shared with the HTTP endpoint.
@@ -58,6 +71,12 @@ impl Shared {
     pub async fn status(&self) -> Option<AgentStatus> {
         let (tx, rx) = oneshot::channel();
         self.events.send(Event::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn metrics(&self) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(Event::Metrics(tx)).await.ok()?;
         rx.await.ok()
     }
 }
@@ -77,6 +96,10 @@ struct Agent {
     last_sync: Option<i64>,
     /// The revision the data plane runs; the sync task reports it.
     applied_tx: watch::Sender<u64>,
+    probes: Scheduler,
+    /// `None` when the raw ICMP socket could not be opened (no CAP_NET_RAW).
+    probe_socket: Option<Arc<ProbeSocket>>,
+    metrics: Metrics,
 }
 
 fn unix_now() -> i64 {
@@ -117,9 +140,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         _ => {
             tracing::info!(controller = %url, "no cached config; waiting for the first config from the controller");
+            crate::notify::status(&format!("waiting for the first config from {url}"));
             let first = tokio::select! {
-                c = first_config(&client, &enrolment.credential) => c?,
-                () = &mut shutdown => return Ok(()),
+                c = crate::notify::with_watchdog(first_config(&client, &enrolment.credential)) => c?,
+                () = &mut shutdown => {
+                    crate::notify::stopping();
+                    return Ok(());
+                }
             };
             (first, "controller")
         }
@@ -184,6 +211,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         })
     };
+    // Probes go out as IPv4 packets on the WireGuard interface, so through
+    // the TUN and our data plane; see health::io.
+    let probe_socket = match ProbeSocket::open(&config.interface, rand::random()) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            tracing::error!(error = %e, interface = %config.interface, "cannot open the raw ICMP socket for health probes (needs CAP_NET_RAW); peers are judged by their handshakes alone");
+            None
+        }
+    };
+    let probe_reader = probe_socket.clone().map(|sock| {
+        let events = events_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match sock.recv().await {
+                    Ok(reply) => {
+                        if events
+                            .send(Event::ProbeReply(reply, Instant::now()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading probe replies failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+    });
+    let probe_config = ProbeConfig::with_interval(config.probe_interval);
     let mut agent = Agent {
         config,
         enrolment,
@@ -198,11 +257,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         controller_error: None,
         last_sync: (source == "controller").then(unix_now),
         applied_tx,
+        probes: Scheduler::new(probe_config),
+        probe_socket,
+        metrics: Metrics::new(),
     };
     let mut sync_task = None;
     let result = async {
         agent.apply(first).await?;
         shared.ready.store(true, Ordering::SeqCst);
+        crate::notify::ready(&format!(
+            "tunnels up on {} from the {} config",
+            agent.config.interface, agent.source
+        ));
+        let mut watchdog = crate::notify::Watchdog::from_env();
         // Only now: the sync task asks from the revision that runs.
         sync_task = Some(tokio::spawn(sync_loop(
             client.clone(),
@@ -210,11 +277,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             agent.config.long_poll_secs,
             events_tx,
             applied_rx,
-            agent.dp.clone(),
         )));
         loop {
+            let deadline = agent.probes.next_deadline();
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
+                () = sleep_until(deadline) => agent.probe_tick().await,
+                // Pinged from this loop, so a wedged loop stops the pings.
+                () = watchdog.tick() => crate::notify::watchdog(),
                 ev = events.recv() => match ev {
                     Some(Event::Config(c)) => {
                         if let Err(e) = agent.apply(c).await {
@@ -233,6 +303,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     Some(Event::Status(tx)) => {
                         let _ = tx.send(agent.status().await);
                     }
+                    Some(Event::Health(tx)) => {
+                        let _ = tx.send(agent.health().await);
+                    }
+                    Some(Event::Metrics(tx)) => {
+                        let _ = tx.send(agent.render_metrics().await);
+                    }
+                    Some(Event::ProbeReply(reply, at)) => agent.probe_reply(reply, at),
                     None => return Ok(()),
                 },
             }
@@ -241,9 +318,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     .await;
 
     tracing::info!("shutting down: closing the control socket, the tunnels and the interface");
+    crate::notify::stopping();
     shared.ready.store(false, Ordering::SeqCst);
     stop.cancel();
     if let Some(t) = sync_task {
+        t.abort();
+    }
+    if let Some(t) = probe_reader {
         t.abort();
     }
     let _ = uapi_task.await;
@@ -306,8 +387,124 @@ impl Agent {
             "config applied"
         );
         self.applied_tx.send_replace(desired.revision);
+        self.set_probe_targets(&desired);
         self.running = desired;
         Ok(())
+    }
+
+    /// Probe every peer of the new config at its overlay address, from ours.
+    fn set_probe_targets(&mut self, desired: &SiteConfig) {
+        let probing = self.probe_socket.is_some() && self.probe_source(desired).is_some();
+        let targets: Vec<ProbeTarget> = desired
+            .peers
+            .iter()
+            .map(|p| ProbeTarget {
+                name: p.name.clone(),
+                region: p.region.clone(),
+                role: p.role,
+                address: probing.then(|| probe_address(&p.allowed_ips)).flatten(),
+            })
+            .collect();
+        let key = |c: &SiteConfig| -> BTreeSet<_> {
+            c.peers
+                .iter()
+                .map(|p| (p.name.clone(), p.region.clone(), p.role))
+                .collect()
+        };
+        self.metrics
+            .retain_peers(&key(desired), &key(&self.running));
+        self.probes.set_peers(targets, Instant::now());
+    }
+
+    fn probe_source(&self, cfg: &SiteConfig) -> Option<Ipv4Addr> {
+        cfg.interface.addresses.iter().find_map(|a| match a {
+            ipnet::IpNet::V4(v4) => Some(v4.addr()),
+            ipnet::IpNet::V6(_) => None,
+        })
+    }
+
+    async fn probe_tick(&mut self) {
+        let due = self.probes.on_tick(Instant::now());
+        let (Some(sock), Some(src)) = (&self.probe_socket, self.probe_source(&self.running)) else {
+            return;
+        };
+        for p in due {
+            // A send error (no route yet, interface going down) is a lost
+            // probe: the scheduler counts it when it times out.
+            if let Err(e) = sock.send(src, p.address, p.seq).await {
+                tracing::debug!(error = %e, peer = %p.peer, "probe not sent");
+            }
+        }
+    }
+
+    fn probe_reply(&mut self, reply: EchoReply, at: Instant) {
+        let Some(peer) = self.probes.peer_for(reply.src).cloned() else {
+            return;
+        };
+        if let ReplyOutcome::Answered { rtt } = self.probes.on_reply(&peer, reply.seq, at) {
+            if let Some(t) = self.probes.target(&peer) {
+                self.metrics.observe_rtt(&t.name, &t.region, t.role, rtt);
+            }
+        }
+    }
+
+    async fn health(&self) -> HealthSummary {
+        let snap = self.dp.snapshot().await.unwrap_or_default();
+        let peers: Vec<PeerHealth> = self
+            .peer_statuses(&snap)
+            .into_iter()
+            .map(|p| PeerHealth {
+                name: p.name,
+                up: p.up,
+                rtt: p.rtt_seconds.map(Duration::from_secs_f64),
+                loss_ratio: p.loss_ratio,
+            })
+            .collect();
+        summarize(&peers, self.config.metrics_address())
+    }
+
+    fn peer_statuses(&self, snap: &DeviceSnapshot) -> Vec<crate::status::PeerStatus> {
+        let now = Instant::now();
+        peer_statuses(snap, SystemTime::now(), |n| self.probes.view_of(n, now))
+    }
+
+    async fn render_metrics(&self) -> String {
+        let snap = self.dp.snapshot().await.unwrap_or_default();
+        let up: std::collections::BTreeMap<_, _> = self
+            .peer_statuses(&snap)
+            .into_iter()
+            .map(|s| (s.name, s.up))
+            .collect();
+        let configured: std::collections::BTreeMap<_, _> =
+            self.running.peers.iter().map(|c| (&c.name, c)).collect();
+        let now = Instant::now();
+        let peers = snap
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let cfg = configured.get(&p.name)?;
+                let up = up.get(&p.name).copied().unwrap_or(false);
+                let v = self.probes.view_of(&p.name, now);
+                Some(PeerScrape {
+                    name: p.name.clone(),
+                    region: cfg.region.clone(),
+                    role: cfg.role,
+                    up,
+                    last_handshake: p.last_handshake,
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                    probes_sent: v.as_ref().map_or(0, |v| v.sent_total),
+                    probes_lost: v.as_ref().map_or(0, |v| v.lost_total),
+                })
+            })
+            .collect();
+        self.metrics.render(Scrape {
+            applied_revision: self.running.revision,
+            controller_reachable: self.reachable,
+            last_sync: self.last_sync,
+            counters: snap.counters,
+            peers,
+        })
     }
 
     async fn status(&self) -> AgentStatus {
@@ -328,7 +525,7 @@ impl Agent {
             controller_reachable: self.reachable,
             controller_error: self.controller_error.clone(),
             last_sync: self.last_sync,
-            peers: peer_statuses(&snap, SystemTime::now()),
+            peers: self.peer_statuses(&snap),
         }
     }
 }
@@ -382,7 +579,6 @@ async fn sync_loop(
     long_poll_secs: u64,
     events: mpsc::Sender<Event>,
     mut applied: watch::Receiver<u64>,
-    dp: DataPlaneHandle,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut reported = None;
@@ -391,7 +587,7 @@ async fn sync_loop(
         if reported != Some(known) {
             let report = AgentReport {
                 applied_revision: known,
-                health: health(&dp).await,
+                health: health(&events).await,
             };
             match client.report(&credential, &report).await {
                 Ok(()) => reported = Some(known),
@@ -454,12 +650,16 @@ async fn sync_loop(
     }
 }
 
-async fn health(dp: &DataPlaneHandle) -> Option<HealthSummary> {
-    let snap = dp.snapshot().await.ok()?;
-    let peers = peer_statuses(&snap, SystemTime::now());
-    Some(HealthSummary {
-        peers_up: peers.iter().filter(|p| p.up).count() as u32,
-        peers_total: peers.len() as u32,
-        ..HealthSummary::default()
-    })
+async fn health(events: &mpsc::Sender<Event>) -> Option<HealthSummary> {
+    let (tx, rx) = oneshot::channel();
+    events.send(Event::Health(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+/// Sleep until `deadline`; never with none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }

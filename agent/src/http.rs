@@ -1,6 +1,7 @@
 //! The agent's local HTTP endpoint: `/healthz` (the process is alive),
 //! `/readyz` (a config is applied and the data plane runs) and
-//! `/v1/status` (what `wardnet-agent status` prints).
+//! `/v1/status` (what `wardnet-agent status` prints) and `/metrics`
+//! (Prometheus text format).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -45,13 +47,28 @@ async fn status(State(s): State<Shared>) -> Response {
     }
 }
 
+async fn metrics(State(s): State<Shared>) -> Response {
+    match s.metrics().await {
+        Some(text) => (
+            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is shutting down\n",
+        )
+            .into_response(),
+    }
+}
+
 pub async fn serve(
     listen: SocketAddr,
     shared: Shared,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "agent HTTP endpoint (/healthz, /readyz, /v1/status)");
+    tracing::info!(%listen, "agent HTTP endpoint (/healthz, /readyz, /v1/status, /metrics)");
     axum::serve(listener, router(shared))
         .with_graceful_shutdown(shutdown)
         .await

@@ -6,13 +6,8 @@ use clap::Parser;
 use wardnet_agent::cli::{run, Cli};
 
 fn main() -> ExitCode {
+    // Logging starts in `run`, once the config (log_format) is read.
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDNET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

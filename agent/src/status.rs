@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use wardnet_common::{Name, Role};
 
+use crate::health::{is_up, ProbeView};
 use crate::snapshot::DeviceSnapshot;
 
 /// The agent's view of itself, as JSON on `GET /v1/status`.
@@ -44,20 +45,36 @@ pub struct PeerStatus {
     pub handshake_age_seconds: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Smoothed round-trip time of the probes through the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_seconds: Option<f64>,
+    /// Probes lost over the recent window (0 to 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_ratio: Option<f64>,
+    /// Whether the peer is probed (false: no overlay address to probe, or
+    /// the probe socket could not be opened; up rests on the handshake).
+    #[serde(default)]
+    pub probed: bool,
     pub up: bool,
 }
 
-/// WireGuard renews a session every 120 s (REKEY_AFTER_TIME) and gives up
-/// on one after 180 s (REJECT_AFTER_TIME): a handshake younger than that
-/// means a live session.
-pub const HANDSHAKE_FRESH: Duration = Duration::from_secs(180);
-
-pub fn peer_statuses(snap: &DeviceSnapshot, now: SystemTime) -> Vec<PeerStatus> {
+/// The peers of a snapshot with their probe health (`probe` finds a
+/// peer's probe view by name); up follows [`crate::health::is_up`].
+pub fn peer_statuses(
+    snap: &DeviceSnapshot,
+    now: SystemTime,
+    probe: impl Fn(&Name) -> Option<ProbeView>,
+) -> Vec<PeerStatus> {
     let mut peers: Vec<PeerStatus> = snap
         .peers
         .iter()
         .map(|p| {
-            let age = p.last_handshake.and_then(|t| now.duration_since(t).ok());
+            // A handshake stamped in the future (clock step) counts as now.
+            let age = p
+                .last_handshake
+                .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO));
+            let v = probe(&p.name);
+            let probe_ok = v.as_ref().and_then(|v| v.probe_ok);
             PeerStatus {
                 name: p.name.clone(),
                 public_key: p.public_key.to_string(),
@@ -65,7 +82,10 @@ pub fn peer_statuses(snap: &DeviceSnapshot, now: SystemTime) -> Vec<PeerStatus> 
                 handshake_age_seconds: age.map(|a| a.as_secs()),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
-                up: age.is_some_and(|a| a < HANDSHAKE_FRESH),
+                rtt_seconds: v.as_ref().and_then(|v| v.srtt).map(|d| d.as_secs_f64()),
+                loss_ratio: v.as_ref().and_then(|v| v.loss_ratio),
+                probed: probe_ok.is_some(),
+                up: is_up(age, probe_ok),
             }
         })
         .collect();
@@ -86,6 +106,25 @@ pub fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Human form of a round-trip time (`not probed` when the peer is not).
+pub fn rtt(secs: Option<f64>, probed: bool) -> String {
+    match secs {
+        _ if !probed => "not probed".into(),
+        None => "-".into(),
+        Some(s) if s < 0.01 => format!("{:.2} ms", s * 1000.0),
+        Some(s) => format!("{:.1} ms", s * 1000.0),
+    }
+}
+
+/// Human form of a loss ratio.
+pub fn loss(ratio: Option<f64>, probed: bool) -> String {
+    match ratio {
+        _ if !probed => "-".into(),
+        None => "-".into(),
+        Some(r) => format!("{:.0}%", r * 100.0),
     }
 }
 
@@ -128,6 +167,8 @@ pub fn render(s: &AgentStatus) -> String {
         "STATE".into(),
         "ENDPOINT".into(),
         "HANDSHAKE".into(),
+        "RTT".into(),
+        "LOSS".into(),
         "RECEIVED".into(),
         "SENT".into(),
     ]];
@@ -139,11 +180,13 @@ pub fn render(s: &AgentStatus) -> String {
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "-".into()),
             age(p.handshake_age_seconds),
+            rtt(p.rtt_seconds, p.probed),
+            loss(p.loss_ratio, p.probed),
             bytes(p.rx_bytes),
             bytes(p.tx_bytes),
         ]);
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 8];
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.len());
@@ -175,5 +218,58 @@ mod tests {
         assert_eq!(age(None), "never");
         assert_eq!(age(Some(5)), "5s ago");
         assert_eq!(age(Some(600)), "10m ago");
+        assert_eq!(rtt(Some(0.0234), true), "23.4 ms");
+        assert_eq!(rtt(Some(0.0005), true), "0.50 ms");
+        assert_eq!(rtt(None, false), "not probed");
+        assert_eq!(loss(Some(0.2), true), "20%");
+    }
+
+    fn snap() -> DeviceSnapshot {
+        let key = wardnet_common::PublicKey::from_bytes([7; 32]);
+        DeviceSnapshot {
+            listen_port: 51820,
+            peers: vec![crate::snapshot::PeerSnapshot {
+                name: "hub".parse().expect("name"),
+                public_key: key,
+                endpoint: None,
+                allowed_ips: Default::default(),
+                persistent_keepalive: None,
+                last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1000)),
+                rx_bytes: 10,
+                tx_bytes: 20,
+            }],
+            counters: Default::default(),
+        }
+    }
+
+    #[test]
+    fn up_needs_a_fresh_handshake_and_probe_success() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1030);
+        let view = |ok: Option<bool>| {
+            move |n: &Name| {
+                Some(ProbeView {
+                    name: n.clone(),
+                    region: "north".parse().expect("name"),
+                    role: Role::Hub,
+                    address: None,
+                    sent_total: 4,
+                    lost_total: 1,
+                    last_rtt: Some(Duration::from_millis(20)),
+                    srtt: Some(Duration::from_millis(20)),
+                    loss_ratio: Some(0.25),
+                    probe_ok: ok,
+                })
+            }
+        };
+        let p = &peer_statuses(&snap(), now, view(Some(true)))[0];
+        assert!(p.up && p.probed);
+        assert_eq!(p.handshake_age_seconds, Some(30));
+        assert_eq!(p.rtt_seconds, Some(0.02));
+        assert_eq!(p.loss_ratio, Some(0.25));
+        assert!(!peer_statuses(&snap(), now, view(Some(false)))[0].up);
+        let p = &peer_statuses(&snap(), now, |_| None)[0];
+        assert!(p.up && !p.probed, "unprobed: the handshake decides");
+        let late = SystemTime::UNIX_EPOCH + Duration::from_secs(1180);
+        assert!(!peer_statuses(&snap(), late, view(Some(true)))[0].up);
     }
 }

@@ -5,7 +5,7 @@
 //! the bottom parse literal JSON: a change to the wire is a visible change to
 //! those tests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -357,6 +357,46 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+// ---------------------------------------------------------------------------
+// Fleet health.
+// ---------------------------------------------------------------------------
+
+/// `GET /v1/health`: every site's liveness and last health summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetHealth {
+    /// A site is online when its agent was last seen within this many seconds
+    /// (two long-poll periods and a margin).
+    pub online_window_seconds: u64,
+    pub sites: Vec<SiteHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteHealth {
+    pub name: Name,
+    pub region: Name,
+    pub role: Role,
+    pub state: SiteState,
+    pub agentless: bool,
+    pub online: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<UnixTime>,
+    pub revision: u64,
+    pub applied_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSummary>,
+}
+
+/// `GET /v1/prometheus/targets`: one Prometheus file_sd target group
+/// (`[{"targets": ["host:port"], "labels": {...}}]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSdGroup {
+    pub targets: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +455,29 @@ mod tests {
             serde_json::from_str(&format!(r#"{{"token":"wne_x","public_key":"{KEY}"}}"#))
                 .expect("valid");
         assert_eq!(r.endpoint, None);
+    }
+
+    #[test]
+    fn file_sd_literal() {
+        let json = r#"[{"targets": ["198.51.100.7:9586"],
+                        "labels": {"site": "gp-a", "region": "north", "role": "spoke"}}]"#;
+        let g: Vec<FileSdGroup> = serde_json::from_str(json).expect("file_sd");
+        assert_eq!(g[0].targets, ["198.51.100.7:9586"]);
+        assert_eq!(g[0].labels.get("site").map(String::as_str), Some("gp-a"));
+    }
+
+    #[test]
+    fn fleet_health_literal() {
+        let json = r#"{"online_window_seconds": 130, "sites": [
+            {"name": "gp-a", "region": "north", "role": "spoke", "state": "active",
+             "agentless": false, "online": true, "last_seen": 1795000000,
+             "revision": 4, "applied_revision": 3,
+             "health": {"peers_up": 1, "peers_total": 2, "worst_rtt_seconds": 0.012,
+                        "worst_loss_ratio": 0.25, "worst_peer": "hub-north",
+                        "metrics_address": "198.51.100.7:9586"}}]}"#;
+        let f: FleetHealth = serde_json::from_str(json).expect("fleet health");
+        let h = f.sites[0].health.as_ref().expect("health");
+        assert_eq!((h.peers_up, h.peers_total), (1, 2));
+        assert_eq!(h.worst_peer.as_ref().map(|n| n.as_str()), Some("hub-north"));
     }
 }

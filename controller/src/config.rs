@@ -43,6 +43,8 @@ struct Raw {
     #[serde(default)]
     plain_http: bool,
     #[serde(default)]
+    log_format: Option<String>,
+    #[serde(default)]
     tls: RawTls,
     #[serde(default)]
     database: RawDatabase,
@@ -164,6 +166,8 @@ pub struct Config {
     pub network: NetworkSettings,
     pub token_lifetime_secs: u64,
     pub long_poll_timeout_secs: u64,
+    /// How logs are written to stderr (`log_format`).
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// Environment variables that override config keys, and the key each sets.
@@ -171,6 +175,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_LISTEN", "listen"),
     ("WARDNET_DATA_DIR", "data_dir"),
     ("WARDNET_PLAIN_HTTP", "plain_http"),
+    ("WARDNET_LOG_FORMAT", "log_format"),
     ("WARDNET_TLS_CERT", "tls.cert"),
     ("WARDNET_TLS_KEY", "tls.key"),
     ("WARDNET_SQLITE_PATH", "database.sqlite_path"),
@@ -356,7 +361,15 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         .database
         .sqlite_path
         .unwrap_or_else(|| raw.data_dir.join("wardnet.db"));
+    let log_format = raw
+        .log_format
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|m| err("log_format", m))?
+        .unwrap_or_default();
     Ok(Config {
+        log_format,
         listen,
         data_dir: raw.data_dir,
         transport,
@@ -392,6 +405,19 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn log_format_from_file_and_environment() {
+        use crate::logging::LogFormat;
+        let c = Config::parse(Path::new("c.toml"), GOOD, no_env).expect("good");
+        assert_eq!(c.log_format, LogFormat::Auto);
+        let env = |k: &str| (k == "WARDNET_LOG_FORMAT").then(|| "json".to_owned());
+        let c = Config::parse(Path::new("c.toml"), GOOD, env).expect("env");
+        assert_eq!(c.log_format, LogFormat::Json);
+        let bad = format!("log_format = \"xml\"\n{GOOD}");
+        let e = Config::parse(Path::new("c.toml"), &bad, no_env).expect_err("bad");
+        assert!(e.to_string().contains("log_format"), "{e}");
     }
 
     #[test]

@@ -3,12 +3,16 @@
 
 pub mod affected;
 pub mod api;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod ipam;
+pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod render;
 pub mod service;
 pub mod store;

@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use wardnet_controller::cli::{AdminTokenCommand, Cli, Command};
+use wardnet_controller::cli::{AdminTokenCommand, CaCommand, Cli, Command};
 use wardnet_controller::config::{Config, Transport, EXIT_USAGE};
+use wardnet_controller::logging::{self, LogFormat};
+use wardnet_controller::notify;
 use wardnet_controller::service::{Actor, Controller, ServiceSettings, SystemClock};
 use wardnet_controller::store::{SqliteStore, Store};
 
 fn main() -> ExitCode {
+    // Logging starts in `run`: `serve` reads log_format from its config.
     let cli = Cli::parse();
-    init_tracing();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -35,18 +37,56 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WARDNET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// The log format from `WARDNET_LOG_FORMAT` alone (commands without a config).
+fn env_log_format() -> LogFormat {
+    std::env::var("WARDNET_LOG_FORMAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Serve { .. }) {
+        logging::init(env_log_format());
+    }
     match cli.command {
         Command::Serve { config } => serve(&config).await,
+        Command::GenerateDocs { dir } => {
+            use clap::CommandFactory;
+            wardnet_controller::cli::generate_docs(Cli::command(), &dir)
+        }
+        Command::Ca {
+            command:
+                CaCommand::Init {
+                    dir,
+                    hosts,
+                    days,
+                    force,
+                },
+        } => {
+            let files = wardnet_controller::ca::init(&dir, &hosts, days, force)?;
+            #[allow(clippy::print_stdout)]
+            {
+                eprintln!(
+                    "created a private CA and a server certificate for {} (valid {days} days):",
+                    hosts.join(", ")
+                );
+                eprintln!(
+                    "  server certificate (chain): {}",
+                    files.server_cert.display()
+                );
+                eprintln!(
+                    "  server key (0600):          {}",
+                    files.server_key.display()
+                );
+                eprintln!("  CA key (0600, keep safe):   {}", files.ca_key.display());
+                eprintln!(
+                    "give agents the CA certificate: wardnet-agent enroll ... --ca-cert ca.crt"
+                );
+                println!("{}", files.ca_cert.display());
+            }
+            Ok(())
+        }
         Command::AdminToken {
             command:
                 AdminTokenCommand::Create {
@@ -90,6 +130,7 @@ async fn open(config: &Config) -> Result<Arc<Controller>> {
 
 async fn serve(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path, |k| std::env::var(k).ok())?;
+    logging::init(config.log_format);
     let controller = open(&config).await?;
     let tls = match &config.transport {
         Transport::Tls { cert, key } => {
@@ -113,9 +154,25 @@ async fn serve(path: &std::path::Path) -> Result<()> {
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, store = %config.sqlite_path.display(), "controller serving");
-    wardnet_controller::api::serve(listener, controller, tls, shutdown_signal())
+    // The store is loaded and the socket listens: connections queue in the
+    // backlog until the server accepts them, so this is "really serving".
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    notify::ready(&format!("serving on {bound}"));
+    let watchdog = tokio::spawn(async {
+        let mut dog = notify::Watchdog::from_env();
+        loop {
+            dog.tick().await;
+            notify::watchdog();
+        }
+    });
+    let result = wardnet_controller::api::serve(listener, controller, tls, shutdown_signal())
         .await
-        .context("the API server failed")?;
+        .context("the API server failed");
+    watchdog.abort();
+    notify::stopping();
+    result?;
     tracing::info!("controller stopped");
     Ok(())
 }
@@ -130,5 +187,6 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
+    notify::stopping();
     tracing::info!("shutting down");
 }

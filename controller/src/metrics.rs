@@ -15,6 +15,8 @@ pub struct Metrics {
     registry: Registry,
     pub enrolments: IntCounterVec,
     pub http_requests: HistogramVec,
+    /// Time from a config change to the agent reporting it applied.
+    pub apply_latency: crate::health::ApplyLatency,
     sites: IntGaugeVec,
     waiters: IntGauge,
     agents_online: IntGauge,
@@ -47,6 +49,16 @@ impl Metrics {
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
             ]),
             &["method", "route", "status"],
+        )
+        .expect("static metric definition is valid");
+        let apply_latency = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "wardnet_controller_config_apply_duration_seconds",
+                "Time from a site's config change being stored to its agent reporting it applied (once per catch-up).",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ]),
         )
         .expect("static metric definition is valid");
         let sites = IntGaugeVec::new(
@@ -84,6 +96,7 @@ impl Metrics {
         for c in [
             Box::new(enrolments.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_requests.clone()),
+            Box::new(apply_latency.clone()),
             Box::new(sites.clone()),
             Box::new(waiters.clone()),
             Box::new(agents_online.clone()),
@@ -96,6 +109,7 @@ impl Metrics {
             registry,
             enrolments,
             http_requests,
+            apply_latency: crate::health::ApplyLatency::new(apply_latency),
             sites,
             waiters,
             agents_online,

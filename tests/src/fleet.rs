@@ -98,6 +98,12 @@ pub struct Fleet {
     controller_config: PathBuf,
     next_host: u8,
     next_lan: u8,
+    /// Agents of sites added from now on serve /metrics on their underlay
+    /// address (port 9586), reachable from the wan namespace, instead of
+    /// their loopback.
+    pub metrics_on_underlay: bool,
+    /// Extra top-level agent config lines for sites added from now on.
+    pub agent_config_extra: String,
 }
 
 impl Drop for Fleet {
@@ -191,6 +197,8 @@ timeout_secs = 20
             controller_config,
             next_host: 1,
             next_lan: 1,
+            metrics_on_underlay: false,
+            agent_config_extra: String::new(),
         };
         fleet.start_controller()?;
         Ok(fleet)
@@ -359,12 +367,19 @@ timeout_secs = 20
             format!(
                 r#"state_dir = "{}"
 interface = "{}"
-metrics_listen = "127.0.0.1:9586"
+metrics_listen = "{}:9586"
+{}
 [controller]
 allow_plain_http = true
 "#,
                 self.dir.join(format!("state-{name}")).display(),
-                site.iface
+                site.iface,
+                if self.metrics_on_underlay {
+                    site.underlay
+                } else {
+                    Ipv4Addr::LOCALHOST
+                },
+                self.agent_config_extra,
             ),
         )?;
         let mut cmd = site.gw.command(&self.bins.agent);

@@ -3,6 +3,7 @@
 
 mod extract;
 mod handlers;
+mod health;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sites/{name}/wg-quick"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/status"),
+    ("GET", "/v1/health"),
+    ("GET", "/v1/prometheus/targets"),
 ];
 
 pub fn router(controller: Arc<Controller>) -> Router {
@@ -69,6 +72,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/sites/{name}/wg-quick", get(h::wg_quick))
         .route("/v1/audit", get(h::audit))
         .route("/v1/status", get(h::status))
+        .route("/v1/health", get(health::fleet))
+        .route("/v1/prometheus/targets", get(health::targets))
         .fallback(h::not_found)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use wardnet_common::wire::{
-    AuditEntry, CreateRegion, CreateSite, RegionView, SiteCreated, SiteState, SiteView,
-    StatusSummary, UpdateSite,
+    AuditEntry, CreateRegion, CreateSite, FileSdGroup, FleetHealth, RegionView, SiteCreated,
+    SiteState, SiteView, StatusSummary, UpdateSite,
 };
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
@@ -49,6 +49,18 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// A private CA for a pilot without a PKI (run on the controller host).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Write shell completions (bash, zsh, fish) and man pages into DIR
+    /// (used when building packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
     /// Create an admin API token directly in the store (bootstrap; run on the controller host).
     #[command(name = "admin-token")]
     AdminToken {
@@ -77,10 +89,87 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Prometheus integration.
+    Prometheus {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: PrometheusCommand,
+    },
     /// Fleet summary: sites by state and role, agents online, pending configs.
     Status {
         #[command(flatten)]
         api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a private CA (ca.crt, ca.key) and a server certificate signed
+    /// by it (controller.crt with the chain, controller.key) in DIR. Keys are
+    /// written 0600. Give agents ca.crt (`wardnet-agent enroll --ca-cert`);
+    /// keep ca.key offline or at least root-only.
+    Init {
+        /// Directory for the four files (created if missing).
+        #[arg(long, default_value = "/etc/wardnet/tls")]
+        dir: PathBuf,
+        /// DNS name or IP address agents use in the controller URL
+        /// (repeat for several; the certificate is valid for each).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Validity of the server certificate in days (the CA: twice that).
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// Replace existing files (a new CA: every agent needs the new ca.crt).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Write `<name>.bash`, `_<name>` (zsh), `<name>.fish`, `<name>.1` and one
+/// `<name>-<sub>.1` per visible subcommand into `dir`. Same shape as the
+/// agent's copy.
+pub fn generate_docs(mut cmd: clap::Command, dir: &std::path::Path) -> Result<()> {
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let name = cmd.get_name().to_owned();
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, &name, dir)
+            .with_context(|| format!("failed to write {shell} completions"))?;
+    }
+    let pages = std::iter::once((name.clone(), cmd.clone())).chain(
+        cmd.get_subcommands()
+            .filter(|c| !c.is_hide_set() && c.get_name() != "help")
+            .map(|c| {
+                let n = format!("{name}-{}", c.get_name());
+                (n.clone(), c.clone().name(n))
+            }),
+    );
+    for (page, c) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c)
+            .render(&mut out)
+            .context("failed to render a man page")?;
+        let path = dir.join(format!("{page}.1"));
+        std::fs::write(&path, out)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrometheusCommand {
+    /// Print every agent's metrics endpoint as a Prometheus file_sd target
+    /// list (JSON), labelled site, site_region and site_role. Agents report their
+    /// address (agent keys `metrics_listen` / `metrics_advertise`); agents
+    /// without one are left out. Run it from cron into the file a
+    /// `file_sd_configs` entry watches, or point `http_sd_configs` at
+    /// `GET /v1/prometheus/targets` instead.
+    Targets {
+        /// Write to this file (atomically: a temporary file, then rename)
+        /// instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -225,6 +314,7 @@ pub async fn run_client(command: Command) -> Result<()> {
     match command {
         Command::Regions { api, command } => regions(&api, command).await,
         Command::Sites { api, command } => sites(&api, command).await,
+        Command::Prometheus { api, command } => prometheus(&api, command).await,
         Command::Audit { api, limit } => {
             let c = ApiClient::new(&api)?;
             let entries: Vec<AuditEntry> = c.get(&format!("/v1/audit?limit={limit}")).await?;
@@ -264,7 +354,10 @@ pub async fn run_client(command: Command) -> Result<()> {
                 t
             })
         }
-        Command::Serve { .. } | Command::AdminToken { .. } => unreachable!("handled by main"),
+        Command::Serve { .. }
+        | Command::AdminToken { .. }
+        | Command::Ca { .. }
+        | Command::GenerateDocs { .. } => unreachable!("handled by main"),
     }
 }
 
@@ -346,11 +439,17 @@ async fn sites(api: &ApiArgs, command: SitesCommand) -> Result<()> {
                 format!("/v1/sites?{}", q.join("&"))
             };
             let sites: Vec<SiteView> = c.get(&path).await?;
-            print_out(api.output, &sites, || table::sites(&sites))
+            let fleet: FleetHealth = c.get("/v1/health").await?;
+            print_out(api.output, &sites, || table::sites(&sites, &fleet))
         }
         SitesCommand::Show { name } => {
             let s: SiteView = c.get(&format!("/v1/sites/{name}")).await?;
-            print_out(api.output, &s, || table::site_detail(&s))
+            let fleet: FleetHealth = c.get("/v1/health").await?;
+            print_out(api.output, &s, || {
+                let mut t = table::site_detail(&s);
+                table::site_health_rows(&mut t, &s, &fleet);
+                t
+            })
         }
         SitesCommand::Update {
             name,
@@ -467,6 +566,30 @@ mod erased {
     }
 }
 
+async fn prometheus(api: &ApiArgs, command: PrometheusCommand) -> Result<()> {
+    let c = ApiClient::new(api)?;
+    match command {
+        PrometheusCommand::Targets { out } => {
+            let groups: Vec<FileSdGroup> = c.get("/v1/prometheus/targets").await?;
+            let mut json = serde_json::to_string_pretty(&groups)?;
+            json.push('\n');
+            match out {
+                None => print!("{json}"),
+                Some(path) => {
+                    // Prometheus re-reads file_sd files on change: never let
+                    // it see half a file.
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, &json)
+                        .with_context(|| format!("failed to write {}", tmp.display()))?;
+                    std::fs::rename(&tmp, &path)
+                        .with_context(|| format!("failed to replace {}", path.display()))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 fn print_out(
     output: Output,
     value: &dyn erased::Json,
@@ -487,6 +610,27 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn generates_completions_and_man_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        generate_docs(Cli::command(), dir.path()).expect("generate");
+        for f in [
+            "wardnet-controller.bash",
+            "_wardnet-controller",
+            "wardnet-controller.fish",
+            "wardnet-controller.1",
+            "wardnet-controller-ca.1",
+            "wardnet-controller-sites.1",
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(f)).expect(f);
+            assert!(text.contains("wardnet-controller"), "{f}");
+        }
+        assert!(!dir
+            .path()
+            .join("wardnet-controller-generate-docs.1")
+            .exists());
     }
 
     #[test]

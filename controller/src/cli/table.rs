@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use wardnet_common::wire::{SiteView, UnixTime};
+use wardnet_common::wire::{FleetHealth, HealthSummary, SiteHealth, SiteView, UnixTime};
 
 pub struct Table {
     header: Vec<String>,
@@ -74,28 +74,119 @@ fn addresses(s: &SiteView) -> String {
         .join(",")
 }
 
-pub fn sites(sites: &[SiteView]) -> Table {
+fn health_of<'a>(fleet: &'a FleetHealth, s: &SiteView) -> Option<&'a SiteHealth> {
+    fleet.sites.iter().find(|h| h.name == s.name)
+}
+
+/// `online`, `offline`, or `-` for a site without an agent (agentless, or
+/// not enrolled yet).
+fn liveness(s: &SiteView, h: Option<&SiteHealth>) -> String {
+    if s.agentless || s.enrolled_at.is_none() {
+        return "-".into();
+    }
+    match h {
+        Some(h) if h.online => "online".into(),
+        _ => "offline".into(),
+    }
+}
+
+/// The worst link of a health summary: `gp-a down`, `gp-a 12.3ms 20%`.
+pub fn worst_link(h: Option<&HealthSummary>) -> String {
+    let Some(h) = h else { return "-".into() };
+    let Some(peer) = &h.worst_peer else {
+        return "-".into();
+    };
+    if h.peers_up < h.peers_total {
+        // The summary names a down peer first.
+        return format!("{peer} down");
+    }
+    let mut out = peer.to_string();
+    if let Some(rtt) = h.worst_rtt_seconds {
+        out.push_str(&format!(" {:.1}ms", rtt * 1000.0));
+    }
+    if let Some(loss) = h.worst_loss_ratio {
+        out.push_str(&format!(" {:.0}%", loss * 100.0));
+    }
+    out
+}
+
+fn peers(h: Option<&HealthSummary>) -> String {
+    h.map_or_else(
+        || "-".into(),
+        |h| format!("{}/{}", h.peers_up, h.peers_total),
+    )
+}
+
+pub fn sites(sites: &[SiteView], fleet: &FleetHealth) -> Table {
     let mut t = Table::new(&[
         "SITE",
         "REGION",
         "ROLE",
         "STATE",
         "ADDRESS",
+        "AGENT",
         "REVISION",
+        "PEERS UP",
+        "WORST LINK",
         "LAST SEEN",
     ]);
     for s in sites {
+        let h = health_of(fleet, s);
+        let behind = if s.applied_revision < s.revision && !s.agentless {
+            " (behind)"
+        } else {
+            ""
+        };
         t.row(vec![
             s.name.to_string(),
             s.region.to_string(),
             s.role.to_string(),
             s.state.to_string(),
             addresses(s),
-            format!("{}/{}", s.applied_revision, s.revision),
+            liveness(s, h),
+            format!("{}/{}{behind}", s.applied_revision, s.revision),
+            peers(s.health.as_ref()),
+            worst_link(s.health.as_ref()),
             time(s.last_seen),
         ]);
     }
     t
+}
+
+/// The health rows `sites show` adds to the detail table.
+pub fn site_health_rows(t: &mut Table, s: &SiteView, fleet: &FleetHealth) {
+    let h = s.health.as_ref();
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for (k, v) in [
+        (
+            "agent",
+            format!(
+                "{} (online = seen within the last {} s)",
+                liveness(s, health_of(fleet, s)),
+                fleet.online_window_seconds
+            ),
+        ),
+        ("peers up", peers(h)),
+        ("worst link", worst_link(h)),
+        (
+            "worst rtt",
+            opt(h
+                .and_then(|h| h.worst_rtt_seconds)
+                .map(|r| format!("{:.1} ms", r * 1000.0))),
+        ),
+        (
+            "worst loss",
+            opt(h
+                .and_then(|h| h.worst_loss_ratio)
+                .map(|l| format!("{:.1}%", l * 100.0))),
+        ),
+        (
+            "metrics endpoint",
+            opt(h.and_then(|h| h.metrics_address.clone())),
+        ),
+    ] {
+        t.row(vec![k.to_owned(), v]);
+    }
 }
 
 pub fn site_detail(s: &SiteView) -> Table {
@@ -151,6 +242,23 @@ mod tests {
         assert_eq!(time(Some(0)), "1970-01-01 00:00:00");
         assert_eq!(time(Some(1_795_000_000)), "2026-11-18 11:06:40");
         assert_eq!(time(None), "-");
+    }
+
+    #[test]
+    fn worst_link_forms() {
+        let mut h = HealthSummary {
+            peers_up: 2,
+            peers_total: 2,
+            worst_rtt_seconds: Some(0.0123),
+            worst_loss_ratio: Some(0.2),
+            worst_peer: Some("gp-a".parse().expect("name")),
+            metrics_address: None,
+        };
+        assert_eq!(worst_link(Some(&h)), "gp-a 12.3ms 20%");
+        h.peers_up = 1;
+        assert_eq!(worst_link(Some(&h)), "gp-a down");
+        assert_eq!(worst_link(None), "-");
+        assert_eq!(peers(Some(&h)), "1/2");
     }
 
     #[test]

@@ -1,0 +1,336 @@
+//! The probe scheduler: a pure state machine (no I/O, time is an argument)
+//! that decides when to send an ICMP echo to each peer, matches replies,
+//! declares late probes lost, and keeps what the up/down rule, `status`,
+//! `/metrics` and the controller summary read.
+//!
+//! The I/O shell (`health::io`) only moves bytes: it sends what
+//! [`Scheduler::on_tick`] returns and feeds replies to [`Scheduler::on_reply`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use wardnet_common::{Name, Role};
+
+/// WireGuard gives up on a session 180 s after its handshake
+/// (REJECT_AFTER_TIME); a younger handshake means a live session.
+pub const REJECT_AFTER: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Time between two probes to one peer.
+    pub interval: Duration,
+    /// A probe not answered within this is lost (a later reply is ignored).
+    pub timeout: Duration,
+    /// A peer is down when no probe succeeded within this many intervals.
+    pub down_after_intervals: u32,
+    /// How many resolved probes (answered or lost) the loss ratio covers.
+    pub loss_window: usize,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            // Two intervals: a stopped peer is reported down within two
+            // probe intervals (issue 4), at the price of a down blip when two
+            // probes in a row are lost on a very lossy link (the loss ratio
+            // shows the truth).
+            down_after_intervals: 2,
+            // 5 minutes at the default interval.
+            loss_window: 60,
+        }
+    }
+}
+
+impl ProbeConfig {
+    /// The default, with another interval (timeout follows the interval).
+    pub fn with_interval(interval: Duration) -> Self {
+        ProbeConfig {
+            interval,
+            timeout: interval,
+            ..ProbeConfig::default()
+        }
+    }
+}
+
+/// A peer to probe, from the running config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub name: Name,
+    pub region: Name,
+    pub role: Role,
+    /// The peer's overlay address; `None`: no address to probe (the peer's
+    /// health then rests on its handshake alone).
+    pub address: Option<Ipv4Addr>,
+}
+
+/// What the I/O shell must send now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeToSend {
+    pub peer: Name,
+    pub address: Ipv4Addr,
+    pub seq: u16,
+}
+
+/// What happened to a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// Answered in time: the round-trip time.
+    Answered { rtt: Duration },
+    /// Not a probe we wait for (late, duplicate, unknown peer or sequence).
+    Ignored,
+}
+
+#[derive(Debug)]
+struct PeerProbe {
+    target: ProbeTarget,
+    /// When the peer joined the schedule (grace period for the up rule).
+    since: Instant,
+    next_due: Instant,
+    next_seq: u16,
+    /// Sequence -> time sent, for probes not yet answered nor lost.
+    outstanding: BTreeMap<u16, Instant>,
+    /// Outcomes of the last `loss_window` resolved probes (true: answered).
+    window: VecDeque<bool>,
+    last_success: Option<Instant>,
+    last_rtt: Option<Duration>,
+    /// Smoothed RTT (RFC 6298 style, alpha 1/8).
+    srtt: Option<Duration>,
+    sent_total: u64,
+    lost_total: u64,
+}
+
+/// Per-peer probe view at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeView {
+    pub name: Name,
+    pub region: Name,
+    pub role: Role,
+    pub address: Option<Ipv4Addr>,
+    pub sent_total: u64,
+    pub lost_total: u64,
+    pub last_rtt: Option<Duration>,
+    pub srtt: Option<Duration>,
+    /// Lost / resolved over the sliding window; `None` before any resolved probe.
+    pub loss_ratio: Option<f64>,
+    /// `None`: not probed (no address). `Some(false)`: no success within
+    /// `down_after_intervals` intervals (after a grace period as long, from
+    /// when the peer was added).
+    pub probe_ok: Option<bool>,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    config: ProbeConfig,
+    peers: BTreeMap<Name, PeerProbe>,
+    /// Probe address -> peer, to match replies (a hub has many peers).
+    by_address: HashMap<Ipv4Addr, Name>,
+}
+
+impl Scheduler {
+    pub fn new(config: ProbeConfig) -> Self {
+        Scheduler {
+            config,
+            peers: BTreeMap::new(),
+            by_address: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> ProbeConfig {
+        self.config
+    }
+
+    /// Replace the set of peers. Peers whose name and address are unchanged
+    /// keep their schedule, counters and window; others start afresh. New
+    /// peers are spread over one interval so a hub does not send a burst.
+    pub fn set_peers(&mut self, targets: Vec<ProbeTarget>, now: Instant) {
+        let n = targets.len().max(1) as u32;
+        let mut old = std::mem::take(&mut self.peers);
+        for (i, t) in targets.into_iter().enumerate() {
+            let kept = old
+                .remove(&t.name)
+                .filter(|p| p.target.address == t.address);
+            let p = match kept {
+                Some(mut p) => {
+                    p.target = t;
+                    p
+                }
+                None => PeerProbe {
+                    since: now,
+                    next_due: now + self.config.interval * (i as u32) / n,
+                    next_seq: 0,
+                    outstanding: BTreeMap::new(),
+                    window: VecDeque::new(),
+                    last_success: None,
+                    last_rtt: None,
+                    srtt: None,
+                    sent_total: 0,
+                    lost_total: 0,
+                    target: t,
+                },
+            };
+            self.peers.insert(p.target.name.clone(), p);
+        }
+        self.by_address = self
+            .peers
+            .values()
+            .filter_map(|p| Some((p.target.address?, p.target.name.clone())))
+            .collect();
+    }
+
+    /// Declare late probes lost, and return the probes due now.
+    pub fn on_tick(&mut self, now: Instant) -> Vec<ProbeToSend> {
+        let cfg = self.config;
+        let mut out = Vec::new();
+        for p in self.peers.values_mut() {
+            let expired: Vec<u16> = p
+                .outstanding
+                .iter()
+                .filter(|(_, &sent)| now.saturating_duration_since(sent) >= cfg.timeout)
+                .map(|(&s, _)| s)
+                .collect();
+            for seq in expired {
+                p.outstanding.remove(&seq);
+                p.lost_total += 1;
+                push_outcome(&mut p.window, false, cfg.loss_window);
+            }
+            let Some(address) = p.target.address else {
+                continue;
+            };
+            if now < p.next_due {
+                continue;
+            }
+            let seq = p.next_seq;
+            p.next_seq = p.next_seq.wrapping_add(1);
+            // A wrapped sequence still outstanding (only with absurd
+            // timeouts) counts as lost rather than matching a wrong reply.
+            if p.outstanding.insert(seq, now).is_some() {
+                p.lost_total += 1;
+                push_outcome(&mut p.window, false, cfg.loss_window);
+            }
+            p.sent_total += 1;
+            // Keep the cadence, but never send a burst to catch up after a stall.
+            p.next_due += cfg.interval;
+            if p.next_due <= now {
+                p.next_due = now + cfg.interval;
+            }
+            out.push(ProbeToSend {
+                peer: p.target.name.clone(),
+                address,
+                seq,
+            });
+        }
+        out
+    }
+
+    /// An echo reply from `peer` with `seq` arrived at `now`.
+    pub fn on_reply(&mut self, peer: &Name, seq: u16, now: Instant) -> ReplyOutcome {
+        let cfg = self.config;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return ReplyOutcome::Ignored;
+        };
+        let Some(sent) = p.outstanding.remove(&seq) else {
+            return ReplyOutcome::Ignored;
+        };
+        let rtt = now.saturating_duration_since(sent);
+        if rtt >= cfg.timeout {
+            // Not yet expired by a tick, but late all the same.
+            p.lost_total += 1;
+            push_outcome(&mut p.window, false, cfg.loss_window);
+            return ReplyOutcome::Ignored;
+        }
+        push_outcome(&mut p.window, true, cfg.loss_window);
+        p.last_success = Some(now);
+        p.last_rtt = Some(rtt);
+        p.srtt = Some(match p.srtt {
+            None => rtt,
+            Some(s) => (s * 7 + rtt) / 8,
+        });
+        ReplyOutcome::Answered { rtt }
+    }
+
+    pub fn target(&self, peer: &Name) -> Option<&ProbeTarget> {
+        self.peers.get(peer).map(|p| &p.target)
+    }
+
+    /// Which peer an echo reply from `src` belongs to.
+    pub fn peer_for(&self, src: Ipv4Addr) -> Option<&Name> {
+        self.by_address.get(&src)
+    }
+
+    /// When the shell should call `on_tick` next (earliest due probe or
+    /// expiry); `None` with nothing to probe.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .flat_map(|p| {
+                let due = p.target.address.map(|_| p.next_due);
+                let exp = p.outstanding.values().map(|&s| s + self.config.timeout);
+                due.into_iter().chain(exp)
+            })
+            .min()
+    }
+
+    pub fn views(&self, now: Instant) -> Vec<ProbeView> {
+        self.peers.values().map(|p| self.view(p, now)).collect()
+    }
+
+    pub fn view_of(&self, peer: &Name, now: Instant) -> Option<ProbeView> {
+        self.peers.get(peer).map(|p| self.view(p, now))
+    }
+
+    fn view(&self, p: &PeerProbe, now: Instant) -> ProbeView {
+        let resolved = p.window.len();
+        let lost = p.window.iter().filter(|ok| !**ok).count();
+        let limit = self.config.interval * self.config.down_after_intervals;
+        let probe_ok = p.target.address.map(|_| match p.last_success {
+            Some(t) => now.saturating_duration_since(t) <= limit,
+            // Grace after the peer joined: it has not had its chances yet.
+            None => now.saturating_duration_since(p.since) <= limit,
+        });
+        ProbeView {
+            name: p.target.name.clone(),
+            region: p.target.region.clone(),
+            role: p.target.role,
+            address: p.target.address,
+            sent_total: p.sent_total,
+            lost_total: p.lost_total,
+            last_rtt: p.last_rtt,
+            srtt: p.srtt,
+            loss_ratio: (resolved > 0).then(|| lost as f64 / resolved as f64),
+            probe_ok,
+        }
+    }
+}
+
+fn push_outcome(window: &mut VecDeque<bool>, ok: bool, cap: usize) {
+    window.push_back(ok);
+    while window.len() > cap.max(1) {
+        window.pop_front();
+    }
+}
+
+/// The up/down rule: a handshake within WireGuard's reject window, and (for
+/// a probed peer) a probe answered within the last intervals.
+pub fn is_up(handshake_age: Option<Duration>, probe_ok: Option<bool>) -> bool {
+    handshake_age.is_some_and(|a| a < REJECT_AFTER) && probe_ok.unwrap_or(true)
+}
+
+/// The probe address of a peer: its own overlay address, which the
+/// controller puts in the peer's AllowedIPs as an IPv4 host prefix. A peer
+/// whose AllowedIPs are only wider blocks (another region's hub, reached
+/// through its region block) has none.
+pub fn probe_address<'a>(
+    allowed_ips: impl IntoIterator<Item = &'a ipnet::IpNet>,
+) -> Option<Ipv4Addr> {
+    allowed_ips.into_iter().find_map(|n| match n {
+        ipnet::IpNet::V4(v4) if v4.prefix_len() == 32 => Some(v4.addr()),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+#[path = "probe_tests.rs"]
+mod tests;

@@ -1,0 +1,441 @@
+//! The agent's `/metrics` (Prometheus text format).
+//!
+//! Counters and gauges that the data plane and the probe scheduler already
+//! keep (bytes, handshakes, drops, probes sent and lost) are not copied into
+//! prometheus metric objects: a [`Collector`] builds their families from one
+//! [`Scrape`] taken at scrape time, so they can never drift from their
+//! source, and counters stay counters. Only the RTT histogram lives here,
+//! because a histogram needs every sample.
+//!
+//! Peers are labelled by site name, region and role, never by key.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
+use wardnet_common::{Name, Role};
+
+use crate::snapshot::DeviceCounters;
+
+/// One peer at scrape time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerScrape {
+    pub name: Name,
+    pub region: Name,
+    pub role: Role,
+    pub up: bool,
+    pub last_handshake: Option<SystemTime>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub probes_sent: u64,
+    pub probes_lost: u64,
+}
+
+/// Everything `/metrics` shows except the RTT histogram, taken at once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scrape {
+    pub applied_revision: u64,
+    pub controller_reachable: bool,
+    /// Unix time of the last successful exchange with the controller.
+    pub last_sync: Option<i64>,
+    pub counters: DeviceCounters,
+    pub peers: Vec<PeerScrape>,
+}
+
+const PEER_LABELS: [&str; 3] = ["peer", "region", "role"];
+
+/// Family name, help, type and variable labels of every snapshot family.
+const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "wardnet_peer_up",
+        "1 when the peer had a handshake within WireGuard's reject window (180 s) and answered a probe within the last two probe intervals.",
+        MetricType::GAUGE,
+        &PEER_LABELS,
+    ),
+    (
+        "wardnet_peer_last_handshake_timestamp_seconds",
+        "Unix time of the peer's last completed handshake (absent: never).",
+        MetricType::GAUGE,
+        &PEER_LABELS,
+    ),
+    (
+        "wardnet_peer_receive_bytes_total",
+        "Bytes received from the peer (WireGuard packets, as `wg show` counts them).",
+        MetricType::COUNTER,
+        &PEER_LABELS,
+    ),
+    (
+        "wardnet_peer_transmit_bytes_total",
+        "Bytes sent to the peer (WireGuard packets, as `wg show` counts them).",
+        MetricType::COUNTER,
+        &PEER_LABELS,
+    ),
+    (
+        "wardnet_peer_probes_sent_total",
+        "ICMP echo probes sent to the peer's overlay address through the tunnel.",
+        MetricType::COUNTER,
+        &PEER_LABELS,
+    ),
+    (
+        "wardnet_peer_probes_lost_total",
+        "Probes not answered within the probe timeout.",
+        MetricType::COUNTER,
+        &PEER_LABELS,
+    ),
+    (
+        "wardnet_agent_config_revision",
+        "Revision of the config the data plane runs (0: none yet).",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "wardnet_agent_controller_reachable",
+        "1 when the last exchange with the controller succeeded.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "wardnet_agent_last_sync_timestamp_seconds",
+        "Unix time of the last successful exchange with the controller (absent: none since start).",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "wardnet_agent_packets_dropped_total",
+        "Packets the data plane dropped, by reason.",
+        MetricType::COUNTER,
+        &["reason"],
+    ),
+    (
+        "wardnet_agent_handshakes_total",
+        "WireGuard handshakes by result (completed, or failed: a message from a known peer that did not verify or was stale).",
+        MetricType::COUNTER,
+        &["result"],
+    ),
+    (
+        "wardnet_agent_build_info",
+        "Build information; always 1.",
+        MetricType::GAUGE,
+        &["version"],
+    ),
+];
+
+/// The metrics the agent keeps across scrapes.
+pub struct Metrics {
+    rtt: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let rtt = HistogramVec::new(
+            HistogramOpts::new(
+                "wardnet_peer_probe_rtt_seconds",
+                "Round-trip time of answered probes through the tunnel.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &PEER_LABELS,
+        )
+        .expect("static metric definition is valid");
+        Metrics { rtt }
+    }
+
+    pub fn observe_rtt(&self, peer: &Name, region: &Name, role: Role, rtt: Duration) {
+        self.rtt
+            .with_label_values(&[peer.as_str(), region.as_str(), role.as_str()])
+            .observe(rtt.as_secs_f64());
+    }
+
+    /// Drop the histograms of peers that left the config.
+    pub fn retain_peers(
+        &self,
+        keep: &BTreeSet<(Name, Name, Role)>,
+        had: &BTreeSet<(Name, Name, Role)>,
+    ) {
+        for (n, r, role) in had.difference(keep) {
+            let _ = self
+                .rtt
+                .remove_label_values(&[n.as_str(), r.as_str(), role.as_str()]);
+        }
+    }
+
+    /// The text format of everything.
+    pub fn render(&self, scrape: Scrape) -> String {
+        let registry = Registry::new();
+        registry
+            .register(Box::new(self.rtt.clone()))
+            .expect("one histogram in a fresh registry");
+        registry
+            .register(Box::new(ScrapeCollector::new(scrape)))
+            .expect("family names are unique (FAMILIES and the histogram)");
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut buf)
+            .expect("encoding gathered metrics into memory cannot fail");
+        String::from_utf8(buf).expect("the Prometheus text format is UTF-8")
+    }
+}
+
+/// Builds the snapshot families of one scrape.
+struct ScrapeCollector {
+    descs: Vec<Desc>,
+    scrape: Scrape,
+}
+
+impl ScrapeCollector {
+    fn new(scrape: Scrape) -> Self {
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, help, _, labels)| {
+                Desc::new(
+                    (*name).into(),
+                    (*help).into(),
+                    labels.iter().map(|l| (*l).to_owned()).collect(),
+                    HashMap::new(),
+                )
+                .expect("static metric definition is valid")
+            })
+            .collect();
+        ScrapeCollector { descs, scrape }
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name((*k).into());
+            l.set_value((*v).into());
+            l
+        })
+        .collect()
+}
+
+fn sample(kind: MetricType, label_pairs: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    m.set_label(labels(label_pairs));
+    if kind == MetricType::COUNTER {
+        let mut c = proto::Counter::default();
+        c.set_value(value);
+        m.set_counter(c);
+    } else {
+        let mut g = proto::Gauge::default();
+        g.set_value(value);
+        m.set_gauge(g);
+    }
+    m
+}
+
+fn unix(t: SystemTime) -> Option<f64> {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs_f64())
+}
+
+impl Collector for ScrapeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = &self.scrape;
+        let d = s.counters.drops;
+        let mut out = Vec::new();
+        for (name, help, kind, _) in FAMILIES {
+            let kind = *kind;
+            let mut samples: Vec<proto::Metric> = Vec::new();
+            let mut peer_samples = |value: &dyn Fn(&PeerScrape) -> Option<f64>| {
+                for p in &s.peers {
+                    if let Some(v) = value(p) {
+                        let l = [
+                            ("peer", p.name.as_str()),
+                            ("region", p.region.as_str()),
+                            ("role", p.role.as_str()),
+                        ];
+                        samples.push(sample(kind, &l, v));
+                    }
+                }
+            };
+            match *name {
+                "wardnet_peer_up" => peer_samples(&|p| Some(f64::from(u8::from(p.up)))),
+                "wardnet_peer_last_handshake_timestamp_seconds" => {
+                    peer_samples(&|p| p.last_handshake.and_then(unix))
+                }
+                "wardnet_peer_receive_bytes_total" => peer_samples(&|p| Some(p.rx_bytes as f64)),
+                "wardnet_peer_transmit_bytes_total" => peer_samples(&|p| Some(p.tx_bytes as f64)),
+                "wardnet_peer_probes_sent_total" => peer_samples(&|p| Some(p.probes_sent as f64)),
+                "wardnet_peer_probes_lost_total" => peer_samples(&|p| Some(p.probes_lost as f64)),
+                "wardnet_agent_config_revision" => {
+                    samples.push(sample(kind, &[], s.applied_revision as f64))
+                }
+                "wardnet_agent_controller_reachable" => samples.push(sample(
+                    kind,
+                    &[],
+                    f64::from(u8::from(s.controller_reachable)),
+                )),
+                "wardnet_agent_last_sync_timestamp_seconds" => {
+                    if let Some(t) = s.last_sync {
+                        samples.push(sample(kind, &[], t as f64));
+                    }
+                }
+                "wardnet_agent_packets_dropped_total" => {
+                    for (reason, v) in [
+                        ("no_route", d.no_route),
+                        ("no_endpoint", d.no_endpoint),
+                        ("malformed", d.malformed),
+                        ("decrypt", d.decrypt),
+                        ("unknown_peer", d.unknown_peer),
+                        ("source_not_allowed", d.source_not_allowed),
+                    ] {
+                        samples.push(sample(kind, &[("reason", reason)], v as f64));
+                    }
+                }
+                "wardnet_agent_handshakes_total" => {
+                    for (result, v) in [
+                        ("completed", s.counters.handshakes_completed),
+                        ("failed", s.counters.handshakes_failed),
+                    ] {
+                        samples.push(sample(kind, &[("result", result)], v as f64));
+                    }
+                }
+                "wardnet_agent_build_info" => {
+                    samples.push(sample(kind, &[("version", env!("CARGO_PKG_VERSION"))], 1.0))
+                }
+                _ => {}
+            }
+            if samples.is_empty() {
+                continue;
+            }
+            let mut f = MetricFamily::default();
+            f.set_name((*name).into());
+            f.set_help((*help).into());
+            f.set_field_type(kind);
+            f.set_metric(samples);
+            out.push(f);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::DropCounters;
+
+    fn name(s: &str) -> Name {
+        s.parse().expect("valid name")
+    }
+
+    fn scrape() -> Scrape {
+        Scrape {
+            applied_revision: 7,
+            controller_reachable: true,
+            last_sync: Some(1_700_000_000),
+            counters: DeviceCounters {
+                handshakes_completed: 3,
+                handshakes_failed: 1,
+                drops: DropCounters {
+                    no_route: 5,
+                    decrypt: 2,
+                    ..DropCounters::default()
+                },
+            },
+            peers: vec![
+                PeerScrape {
+                    name: name("hub-north"),
+                    region: name("north"),
+                    role: Role::Hub,
+                    up: true,
+                    last_handshake: Some(
+                        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100),
+                    ),
+                    rx_bytes: 1234,
+                    tx_bytes: 5678,
+                    probes_sent: 10,
+                    probes_lost: 1,
+                },
+                PeerScrape {
+                    name: name("gp-a"),
+                    region: name("north"),
+                    role: Role::Spoke,
+                    up: false,
+                    last_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    probes_sent: 0,
+                    probes_lost: 0,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn text_format() {
+        let m = Metrics::new();
+        m.observe_rtt(
+            &name("hub-north"),
+            &name("north"),
+            Role::Hub,
+            Duration::from_millis(3),
+        );
+        let t = m.render(scrape());
+        for line in [
+            "# TYPE wardnet_peer_receive_bytes_total counter",
+            "wardnet_peer_receive_bytes_total{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1234",
+            "wardnet_peer_transmit_bytes_total{peer=\"hub-north\",region=\"north\",role=\"hub\"} 5678",
+            "wardnet_peer_up{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1",
+            "wardnet_peer_up{peer=\"gp-a\",region=\"north\",role=\"spoke\"} 0",
+            "wardnet_peer_last_handshake_timestamp_seconds{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1700000100",
+            "wardnet_peer_probes_sent_total{peer=\"hub-north\",region=\"north\",role=\"hub\"} 10",
+            "wardnet_peer_probes_lost_total{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1",
+            "# TYPE wardnet_peer_probe_rtt_seconds histogram",
+            "wardnet_peer_probe_rtt_seconds_bucket{peer=\"hub-north\",region=\"north\",role=\"hub\",le=\"0.005\"} 1",
+            "wardnet_peer_probe_rtt_seconds_count{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1",
+            "wardnet_agent_config_revision 7",
+            "wardnet_agent_controller_reachable 1",
+            "wardnet_agent_last_sync_timestamp_seconds 1700000000",
+            "# TYPE wardnet_agent_packets_dropped_total counter",
+            "wardnet_agent_packets_dropped_total{reason=\"no_route\"} 5",
+            "wardnet_agent_packets_dropped_total{reason=\"decrypt\"} 2",
+            "wardnet_agent_packets_dropped_total{reason=\"unknown_peer\"} 0",
+            "wardnet_agent_handshakes_total{result=\"completed\"} 3",
+            "wardnet_agent_handshakes_total{result=\"failed\"} 1",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
+        }
+        assert!(t.contains("wardnet_agent_build_info{version=\""));
+        // A peer that never shook hands has no timestamp rather than 0.
+        assert!(!t.contains("wardnet_peer_last_handshake_timestamp_seconds{peer=\"gp-a\""));
+        // Never a key in a label.
+        assert!(!t.contains("public_key"));
+    }
+
+    #[test]
+    fn removed_peers_lose_their_histogram() {
+        let m = Metrics::new();
+        let hub = (name("hub-north"), name("north"), Role::Hub);
+        m.observe_rtt(&hub.0, &hub.1, hub.2, Duration::from_millis(3));
+        let had: BTreeSet<_> = [hub].into_iter().collect();
+        m.retain_peers(&BTreeSet::new(), &had);
+        assert!(!m
+            .render(Scrape::default())
+            .contains("wardnet_peer_probe_rtt_seconds_count"));
+    }
+
+    #[test]
+    fn empty_agent_still_renders() {
+        let t = Metrics::new().render(Scrape::default());
+        assert!(t.contains("wardnet_agent_config_revision 0"));
+        assert!(!t.contains("wardnet_agent_last_sync_timestamp_seconds "));
+    }
+}

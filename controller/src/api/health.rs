@@ -1,0 +1,34 @@
+//! Fleet health routes: `GET /v1/health` (every site's liveness and last
+//! health summary) and `GET /v1/prometheus/targets` (the agents' metrics
+//! endpoints in Prometheus file_sd / http_sd format).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+
+use super::extract::Bearer;
+use crate::error::ApiError;
+use crate::service::{Actor, Controller};
+
+type Ctl = State<Arc<Controller>>;
+
+async fn admin(c: &Controller, bearer: Bearer) -> Result<Actor, ApiError> {
+    let token = c.authenticate_admin(bearer.0.as_deref()).await?;
+    Ok(Actor(token.id))
+}
+
+pub async fn fleet(State(c): Ctl, b: Bearer) -> Result<Response, ApiError> {
+    admin(&c, b).await?;
+    let (now, window) = (c.now(), c.online_window_secs());
+    let fleet = c.with_model(|m| crate::health::fleet_health(m, now, window));
+    Ok(axum::Json(fleet).into_response())
+}
+
+/// The same JSON serves a file_sd file (`wardnet-controller prometheus
+/// targets > agents.json`) and Prometheus' `http_sd_configs` directly.
+pub async fn targets(State(c): Ctl, b: Bearer) -> Result<Response, ApiError> {
+    admin(&c, b).await?;
+    let groups = c.with_model(|m| crate::health::file_sd(m.sites.values()));
+    Ok(axum::Json(groups).into_response())
+}

@@ -1,0 +1,91 @@
+//! Fleet health over the API: agents' reports make `GET /v1/health` and the
+//! Prometheus target list (`GET /v1/prometheus/targets`).
+
+mod common;
+
+use common::TestController;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn reports_make_health_and_prometheus_targets() {
+    let t = TestController::start().await;
+    t.region("north", false).await;
+    let hub = t
+        .site(
+            json!({"name": "hub-north", "region": "north", "role": "hub",
+                     "endpoint": "198.51.100.1:51820"}),
+        )
+        .await
+        .expect("token");
+    let spoke = t
+        .site(json!({"name": "gp-a", "region": "north", "role": "spoke"}))
+        .await
+        .expect("token");
+    t.site(json!({"name": "gp-b", "region": "north", "role": "spoke"}))
+        .await
+        .expect("token");
+    let hub_cred = t.enrolled(&hub, None).await;
+    let spoke_cred = t.enrolled(&spoke, None).await;
+
+    // The hub reports a reachable metrics address and a down peer; the
+    // spoke reports none (metrics on loopback).
+    let (s, v) = t.agent_config(&hub_cred, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rev = v["revision"].as_u64().expect("revision");
+    let (s, v) = t
+        .call(
+            reqwest::Method::POST,
+            "/v1/agent/report",
+            Some(&hub_cred),
+            Some(json!({"applied_revision": rev, "health": {
+                "peers_up": 0, "peers_total": 1, "worst_peer": "gp-a",
+                "metrics_address": "198.51.100.1:9586"}})),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let (s, v) = t
+        .call(
+            reqwest::Method::POST,
+            "/v1/agent/report",
+            Some(&spoke_cred),
+            Some(json!({"applied_revision": 0, "health": {"peers_up": 0, "peers_total": 1}})),
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+
+    let (s, targets) = t.admin_get("/v1/prometheus/targets").await;
+    assert_eq!(s, StatusCode::OK, "{targets}");
+    assert_eq!(
+        targets,
+        json!([{"targets": ["198.51.100.1:9586"],
+                "labels": {"site": "hub-north", "site_region": "north", "site_role": "hub"}}])
+    );
+
+    let (s, fleet) = t.admin_get("/v1/health").await;
+    assert_eq!(s, StatusCode::OK, "{fleet}");
+    let site = |n: &str| {
+        fleet["sites"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == n))
+            .cloned()
+            .expect("site listed")
+    };
+    assert_eq!(site("hub-north")["online"], true);
+    assert_eq!(site("hub-north")["health"]["worst_peer"], "gp-a");
+    assert_eq!(site("gp-a")["online"], true);
+    // Never enrolled, never seen.
+    assert_eq!(site("gp-b")["online"], false);
+    assert!(fleet["online_window_seconds"].as_u64().expect("window") > 0);
+
+    // Admin only.
+    let (s, _) = t
+        .call(
+            reqwest::Method::GET,
+            "/v1/prometheus/targets",
+            Some(&hub_cred),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
