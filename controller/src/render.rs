@@ -151,17 +151,15 @@ fn own_prefixes(s: &Site) -> BTreeSet<IpNet> {
 }
 
 /// What another region's primary hub carries in the hub mesh: the region's
-/// blocks, the LANs of its active sites, and the hub's own addresses unless
-/// a block already covers them.
+/// blocks, the LANs of its active sites, and the hub's own addresses. The
+/// addresses are redundant inside the block (and dropped from the routes),
+/// but they name the peer's own overlay address, which the agent's link
+/// probes need as their target.
 fn region_prefixes(model: &Model, region: &Region, primary: &Site) -> BTreeSet<IpNet> {
     let mut p = BTreeSet::from([IpNet::V4(region.ipv4_block)]);
     p.extend(region.ipv6_block.map(IpNet::V6));
     p.extend(model.region_lans(&region.name).copied());
-    for a in primary.addresses() {
-        if !p.iter().any(|q| q.contains(&a)) {
-            p.insert(a);
-        }
-    }
+    p.extend(primary.addresses());
     p
 }
 

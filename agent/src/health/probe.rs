@@ -319,9 +319,9 @@ pub fn is_up(handshake_age: Option<Duration>, probe_ok: Option<bool>) -> bool {
 }
 
 /// The probe address of a peer: its own overlay address, which the
-/// controller puts in the peer's AllowedIPs as an IPv4 host prefix. A peer
-/// whose AllowedIPs are only wider blocks (another region's hub, reached
-/// through its region block) has none.
+/// controller puts in every peer's AllowedIPs as an IPv4 host prefix (also
+/// for another region's hub, inside its region block). A peer without one
+/// (an IPv6-only overlay) is judged by its handshake alone.
 pub fn probe_address<'a>(
     allowed_ips: impl IntoIterator<Item = &'a ipnet::IpNet>,
 ) -> Option<Ipv4Addr> {
