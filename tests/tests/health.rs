@@ -269,10 +269,33 @@ fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
     // Stop gp-b: the hub reports it down (two probe intervals after its
     // last answer, by the rule the unit tests pin down).
     f.stop_agent("gp-b")?;
-    wait_for(Duration::from_secs(30), "gp-b down at the hub", || {
-        let down = value(&f, r#"wardnet_peer_up{site="hub-n",peer="gp-b"} == 0"#)?;
-        Ok(down.map(drop))
-    })?;
+    // gp-b is gone from here on: its last answer was before this instant.
+    // The hub's own view must turn within two probe intervals; allowed on
+    // top: one scheduler tick, the poll below, and a loaded CI machine.
+    let gone = std::time::Instant::now();
+    let detected = wait_for(
+        Duration::from_secs(30),
+        "the hub's agent to see gp-b down",
+        || {
+            let st = f.agent_status("hub-n")?;
+            Ok((peer(&st, "gp-b")["up"] == false).then(|| gone.elapsed()))
+        },
+    )?;
+    let bound = Duration::from_millis(2 * PROBE_MS) + Duration::from_millis(800);
+    eprintln!("hub saw gp-b down {detected:?} after it stopped (probe interval {PROBE_MS} ms)");
+    assert!(
+        detected <= bound,
+        "down after {detected:?}; two probe intervals are {} ms (+800 ms slack)",
+        2 * PROBE_MS
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "gp-b down at the hub in Prometheus",
+        || {
+            let down = value(&f, r#"wardnet_peer_up{site="hub-n",peer="gp-b"} == 0"#)?;
+            Ok(down.map(drop))
+        },
+    )?;
     assert_eq!(
         value(&f, r#"wardnet_peer_up{site="hub-n",peer="gp-a"}"#)?,
         Some(1.0),
