@@ -11,10 +11,8 @@ pub mod dataplane;
 pub mod forwarding;
 pub mod health;
 pub mod http;
-pub mod logging;
 pub mod metrics;
 pub mod netlink;
-pub mod notify;
 pub mod reconcile;
 pub mod snapshot;
 pub mod state;
@@ -26,3 +24,5 @@ pub fn init_crypto() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+pub use wardnet_service::{logging, notify};

@@ -9,10 +9,8 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod ipam;
-pub mod logging;
 pub mod metrics;
 pub mod model;
-pub mod notify;
 pub mod render;
 pub mod service;
 pub mod store;
@@ -31,3 +29,5 @@ pub fn init_crypto() {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+pub use wardnet_service::{logging, notify};

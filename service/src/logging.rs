@@ -7,7 +7,7 @@
 //! - `human`: timestamps, colours when stderr is a terminal;
 //! - `json`: one JSON object per line, for log shippers.
 //!
-//! The same file lives in `controller/src/logging.rs`; keep them in step.
+//! Shared by the agent and the controller binaries.
 
 use std::fmt;
 use std::io::IsTerminal;

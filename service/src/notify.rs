@@ -4,8 +4,7 @@
 //! socket named by `$NOTIFY_SOCKET` (a path, or an abstract name when it
 //! starts with `@`). Without the variable (not under systemd, or not
 //! `Type=notify`) every call is a no-op, so the daemon code calls these
-//! unconditionally. The same file lives in `agent/src/notify.rs`; keep
-//! them in step (a crate for ~100 lines was not worth it).
+//! unconditionally. Shared by the agent and the controller binaries.
 
 use std::io;
 use std::os::unix::net::UnixDatagram;

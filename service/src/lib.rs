@@ -1,0 +1,6 @@
+//! Running a wardnet daemon as a service: systemd notification
+//! (`notify`) and the log formats for a terminal, the journal and JSON
+//! (`logging`). Shared by `wardnet-agent` and `wardnet-controller`.
+
+pub mod logging;
+pub mod notify;
