@@ -141,7 +141,7 @@ impl Config {
         })?;
         for (var, key) in ENV_OVERRIDES {
             if let Some(v) = env(var) {
-                set_key(&mut table, key, &v);
+                wardnet_service::config::set_key(&mut table, key, &v);
             }
         }
         let raw: Raw =
@@ -262,27 +262,6 @@ pub fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
     } else {
         Err(format!("{url} is not a URL: expected https://HOST:PORT"))
     }
-}
-
-fn set_key(table: &mut toml::Table, key: &str, raw: &str) {
-    let value = if let Ok(b) = raw.parse::<bool>() {
-        toml::Value::Boolean(b)
-    } else if let Ok(i) = raw.parse::<i64>() {
-        toml::Value::Integer(i)
-    } else {
-        toml::Value::String(raw.to_owned())
-    };
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let Some(last) = parts.pop() else { return };
-    let mut cur = table;
-    for p in parts {
-        let entry = cur
-            .entry(p.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(t) = entry else { return };
-        cur = t;
-    }
-    cur.insert(last.to_owned(), value);
 }
 
 #[cfg(test)]

@@ -209,7 +209,7 @@ impl Config {
         })?;
         for (var, key) in ENV_OVERRIDES {
             if let Some(v) = env(var) {
-                set_key(&mut value, key, &v);
+                wardnet_service::config::set_key(&mut value, key, &v);
             }
         }
         let raw: Raw =
@@ -222,29 +222,6 @@ impl Config {
             })?;
         validate(file, raw)
     }
-}
-
-/// Set a dotted key from an environment string, keeping TOML types: numbers
-/// and booleans stay numbers and booleans so validation sees them as such.
-fn set_key(table: &mut toml::Table, key: &str, raw: &str) {
-    let value = if let Ok(i) = raw.parse::<i64>() {
-        toml::Value::Integer(i)
-    } else if let Ok(b) = raw.parse::<bool>() {
-        toml::Value::Boolean(b)
-    } else {
-        toml::Value::String(raw.to_owned())
-    };
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let Some(last) = parts.pop() else { return };
-    let mut cur = table;
-    for p in parts {
-        let entry = cur
-            .entry(p.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(t) = entry else { return };
-        cur = t;
-    }
-    cur.insert(last.to_owned(), value);
 }
 
 fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {

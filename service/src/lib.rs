@@ -2,5 +2,6 @@
 //! (`notify`) and the log formats for a terminal, the journal and JSON
 //! (`logging`). Shared by `wardnet-agent` and `wardnet-controller`.
 
+pub mod config;
 pub mod logging;
 pub mod notify;
