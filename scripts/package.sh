@@ -6,6 +6,8 @@
 #   scripts/package.sh                 # build target/debian/*.deb
 #   scripts/package.sh --install-test  # build, install, check, purge (root)
 #   WARDNET_PACKAGE_PROFILE=dev scripts/package.sh ...  # quick, unoptimised
+#   scripts/package.sh --no-build ...  # package the binaries already built
+#                                      # for that profile (the tests do)
 #
 # Needs: cargo-deb (`cargo install cargo-deb --locked`), dpkg-dev.
 set -euo pipefail
@@ -13,11 +15,13 @@ cd "$(dirname "$0")/.."
 
 install_test=false
 keep=false
+build=true
 for arg in "$@"; do
     case "$arg" in
     --install-test) install_test=true ;;
     --keep) keep=true ;;
-    *) echo "usage: $0 [--install-test [--keep]]" >&2; exit 64 ;;
+    --no-build) build=false ;;
+    *) echo "usage: $0 [--no-build] [--install-test [--keep]]" >&2; exit 64 ;;
     esac
 done
 
@@ -32,7 +36,16 @@ case "$profile" in
 dev) bindir="$target/debug" ;;
 *) bindir="$target/$profile" ;;
 esac
-cargo build --profile "$profile" --locked -p wardnet-agent -p wardnet-controller
+if $build; then
+    cargo build --profile "$profile" --locked -p wardnet-agent -p wardnet-controller
+else
+    for b in wardnet-agent wardnet-controller; do
+        if [ ! -x "$bindir/$b" ]; then
+            echo "error: --no-build: $bindir/$b is missing; build it first (cargo build --profile $profile)" >&2
+            exit 1
+        fi
+    done
+fi
 
 # Completions and man pages from the clap definitions (hidden subcommand).
 # cargo-deb maps the assets' target/release/ prefix to the profile's dir.

@@ -20,6 +20,7 @@ use crate::{run, unique_ifname, Child, Netns};
 
 const CONTROLLER_IP: &str = "198.51.100.254";
 const CONTROLLER_PORT: u16 = 8080;
+const CONTROLLER_TLS_PORT: u16 = 8443;
 
 /// Where the wardnet binaries are: `WARDNET_BIN_DIR`, else next to the
 /// running test or demo executable (target/<profile>/ or its deps/).
@@ -104,6 +105,8 @@ pub struct Fleet {
     pub metrics_on_underlay: bool,
     /// Extra top-level agent config lines for sites added from now on.
     pub agent_config_extra: String,
+    /// The private CA the controller's certificate chains to (TLS fleets).
+    ca_cert: Option<PathBuf>,
 }
 
 impl Drop for Fleet {
@@ -149,6 +152,17 @@ impl Fleet {
     /// Start a controller (embedded SQLite, plain HTTP inside the test
     /// network) in a fresh wan namespace.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Start a controller serving TLS on port 8443 with a private CA made
+    /// by `wardnet-controller ca init`, valid for its underlay address and
+    /// `hosts`; agents enrol with `--ca-cert`, as on a real pilot.
+    pub fn start_tls(hosts: &[&str]) -> Result<Self> {
+        Self::start_with(Some(hosts))
+    }
+
+    fn start_with(tls_hosts: Option<&[&str]>) -> Result<Self> {
         let bins = Bins::find()?;
         let dir = std::env::temp_dir().join(format!(
             "wardnet-fleet-{}-{}",
@@ -162,13 +176,41 @@ impl Fleet {
         wan.ip(&["addr", "add", &format!("{CONTROLLER_IP}/24"), "dev", "br0"])?;
         wan.ip(&["addr", "add", "203.0.113.254/24", "dev", "br0"])?;
         wan.ip(&["link", "set", "br0", "up"])?;
+        let (serving, url, ca_cert) = match tls_hosts {
+            None => (
+                format!("listen = \"{CONTROLLER_IP}:{CONTROLLER_PORT}\"\nplain_http = true\n"),
+                format!("http://{CONTROLLER_IP}:{CONTROLLER_PORT}"),
+                None,
+            ),
+            Some(hosts) => {
+                let tls = dir.join("tls");
+                let mut cmd = Command::new(&bins.controller);
+                cmd.args(["ca", "init", "--dir"])
+                    .arg(&tls)
+                    .args(["--host", CONTROLLER_IP]);
+                for h in hosts {
+                    cmd.args(["--host", h]);
+                }
+                run(&mut cmd)?;
+                (
+                    format!(
+                        "listen = \"{CONTROLLER_IP}:{CONTROLLER_TLS_PORT}\"\n\
+                         [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                        tls.join("controller.crt").display(),
+                        tls.join("controller.key").display()
+                    ),
+                    format!("https://{CONTROLLER_IP}:{CONTROLLER_TLS_PORT}"),
+                    Some(tls.join("ca.crt")),
+                )
+            }
+        };
         let controller_config = dir.join("controller.toml");
+        // data_dir is a top-level key: it goes before any [table].
         std::fs::write(
             &controller_config,
             format!(
-                r#"listen = "{CONTROLLER_IP}:{CONTROLLER_PORT}"
-plain_http = true
-data_dir = "{}"
+                r#"data_dir = "{}"
+{serving}
 [network]
 overlay_ipv4 = "100.64.0.0/16"
 overlay_ipv6 = "fd7a:6e65::/48"
@@ -190,7 +232,7 @@ timeout_secs = 20
             sites: BTreeMap::new(),
             controller: None,
             wan,
-            url: format!("http://{CONTROLLER_IP}:{CONTROLLER_PORT}"),
+            url,
             token,
             bins,
             dir,
@@ -199,9 +241,20 @@ timeout_secs = 20
             next_lan: 1,
             metrics_on_underlay: false,
             agent_config_extra: String::new(),
+            ca_cert,
         };
         fleet.start_controller()?;
         Ok(fleet)
+    }
+
+    /// The CA certificate agents verify the controller with (TLS fleets).
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// The controller's underlay address.
+    pub fn controller_ip(&self) -> Ipv4Addr {
+        CONTROLLER_IP.parse().expect("a valid constant")
     }
 
     pub fn dir(&self) -> &Path {
@@ -227,12 +280,14 @@ timeout_secs = 20
 
     /// Run the admin CLI against the controller.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = run(self
-            .wan
-            .command(&self.bins.controller)
-            .args(args)
+        let mut cmd = self.wan.command(&self.bins.controller);
+        cmd.args(args)
             .env("WARDNET_URL", &self.url)
-            .env("WARDNET_TOKEN", &self.token))?;
+            .env("WARDNET_TOKEN", &self.token);
+        if let Some(ca) = &self.ca_cert {
+            cmd.env("WARDNET_CA_CERT", ca);
+        }
+        let out = run(&mut cmd)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -329,7 +384,57 @@ timeout_secs = 20
     /// Add a site with an agent: gateway namespace, `sites add`, `enroll`,
     /// `run`; returns once the agent has applied its first config.
     pub fn add_site(&mut self, name: &str, region: &str, hub: bool, opts: SiteOpts) -> Result<()> {
-        let site = self.gateway(name, hub, opts.lan)?;
+        let token = self.prepare_site(name, region, hub, opts)?;
+        let site = self.site(name);
+        let endpoint = format!("{}:51820", site.underlay);
+        std::fs::write(
+            &site.config,
+            format!(
+                r#"state_dir = "{}"
+interface = "{}"
+metrics_listen = "{}:9586"
+{}
+[controller]
+allow_plain_http = {}
+"#,
+                self.dir.join(format!("state-{name}")).display(),
+                site.iface,
+                if self.metrics_on_underlay {
+                    site.underlay
+                } else {
+                    Ipv4Addr::LOCALHOST
+                },
+                self.agent_config_extra,
+                self.ca_cert.is_none(),
+            ),
+        )?;
+        let mut cmd = site.gw.command(&self.bins.agent);
+        cmd.arg("--config")
+            .arg(&site.config)
+            .args(["enroll", "--controller", &self.url])
+            .env("WARDNET_ENROL_TOKEN", &token);
+        match &self.ca_cert {
+            Some(ca) => cmd.arg("--ca-cert").arg(ca),
+            None => cmd.arg("--allow-plain-http"),
+        };
+        if hub || opts.endpoint {
+            cmd.args(["--endpoint", &endpoint]);
+        }
+        run(&mut cmd)?;
+        self.start_agent(name)
+    }
+
+    /// The NOC's half of adding a site: its gateway namespace (and LAN) on
+    /// the underlay, and `sites add`. Returns the enrolment token; the site
+    /// has no agent until someone enrols one.
+    pub fn prepare_site(
+        &mut self,
+        name: &str,
+        region: &str,
+        hub: bool,
+        opts: SiteOpts,
+    ) -> Result<String> {
+        let mut site = self.gateway(name, hub, opts.lan)?;
         let mut args = vec![
             "sites".to_owned(),
             "add".into(),
@@ -342,9 +447,8 @@ timeout_secs = 20
         if let Some(lan) = &site.lan {
             args.extend(["--lan".into(), lan.prefix.to_string()]);
         }
-        let endpoint = format!("{}:51820", site.underlay);
         if hub || opts.endpoint {
-            args.extend(["--endpoint".into(), endpoint.clone()]);
+            args.extend(["--endpoint".into(), format!("{}:51820", site.underlay)]);
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let created = self.cli_json(&argv)?;
@@ -362,39 +466,9 @@ timeout_secs = 20
             .and_then(|a| a.split('/').next())
             .context("no IPv4 overlay address")?
             .parse()?;
-        std::fs::write(
-            &site.config,
-            format!(
-                r#"state_dir = "{}"
-interface = "{}"
-metrics_listen = "{}:9586"
-{}
-[controller]
-allow_plain_http = true
-"#,
-                self.dir.join(format!("state-{name}")).display(),
-                site.iface,
-                if self.metrics_on_underlay {
-                    site.underlay
-                } else {
-                    Ipv4Addr::LOCALHOST
-                },
-                self.agent_config_extra,
-            ),
-        )?;
-        let mut cmd = site.gw.command(&self.bins.agent);
-        cmd.arg("--config")
-            .arg(&site.config)
-            .args(["enroll", "--controller", &self.url, "--allow-plain-http"])
-            .env("WARDNET_ENROL_TOKEN", &token);
-        if hub || opts.endpoint {
-            cmd.args(["--endpoint", &endpoint]);
-        }
-        run(&mut cmd)?;
-        let mut site = site;
         site.overlay = Some(overlay);
         self.sites.insert(name.to_owned(), site);
-        self.start_agent(name)
+        Ok(token)
     }
 
     /// An agentless appliance site (wireguard-go configured from `sites

@@ -34,6 +34,7 @@ use anyhow::{bail, Context as _};
 
 pub use ipnet::IpNet;
 
+pub mod container;
 pub mod fleet;
 pub mod traffic;
 
@@ -72,6 +73,21 @@ pub fn require_root(test: &str) -> bool {
         }
         Err(msg) => panic!("{msg}"),
     }
+}
+
+/// For tests that need more than root (a tool, an opt-in): true when
+/// `ready` is Ok. Otherwise prints `SKIPPED <test>: <why>` and returns
+/// false, except when `CI=true`, where it panics: a skip in CI is a failure.
+pub fn require(test: &str, ready: Result<(), String>) -> bool {
+    let Err(why) = ready else {
+        return true;
+    };
+    let msg = format!("SKIPPED {test}: {why}");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}; CI=true, and a skip in CI is a failure");
+    }
+    eprintln!("{msg}");
+    false
 }
 
 /// A test-unique interface name of at most 15 bytes: `prefix` (at most 6

@@ -570,7 +570,7 @@ fn restarting_an_agent_interrupts_its_sites_traffic_only_briefly() -> Result<()>
         std::thread::sleep(Duration::from_secs(1));
         let report = stream.finish(Duration::from_millis(500));
         let gap = report.longest_outage();
-        println!(
+        eprintln!(
             "restart {round}: stop+start {} ms, longest outage {} ms ({} of {} packets lost at {} ms)",
             restart.as_millis(),
             gap.as_millis(),
@@ -586,7 +586,7 @@ fn restarting_an_agent_interrupts_its_sites_traffic_only_briefly() -> Result<()>
         gaps.push(gap);
     }
     gaps.sort();
-    println!(
+    eprintln!(
         "agent restart outage over {} restarts: median {} ms, max {} ms",
         gaps.len(),
         gaps[gaps.len() / 2].as_millis(),
