@@ -15,15 +15,17 @@
 //! the guide, systemd-nspawn (Debian: systemd-container). Without them they
 //! say they were skipped; with CI=true a skip is a failure.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use wardnet_e2e::container::{self, Container};
 use wardnet_e2e::fleet::{wait_for, Bins, Fleet, SiteOpts};
+use wardnet_e2e::traffic::Stream;
 use wardnet_e2e::{require, require_root};
 
 /// The install test changes the root filesystem the guide's container
@@ -260,5 +262,61 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         props.contains("Type=notify") && props.contains("NRestarts=0"),
         "{props}"
     );
+
+    // The guide's "Restarts, upgrades": `systemctl restart` and a package
+    // upgrade (reinstalling the .deb runs the postinst's try-restart) during
+    // a steady stream from the hub to the site's LAN.
+    let lan_host = f.lan("gp-new").host;
+    for (round, (what, cmd)) in [
+        (
+            "systemctl restart",
+            "systemctl restart wardnet-agent".to_owned(),
+        ),
+        (
+            "package upgrade",
+            format!("dpkg -i ./{deb_name} </dev/null >/dev/null 2>&1"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pid_before = gw.sh_ok("systemctl show -p MainPID --value wardnet-agent")?;
+        let stream = Stream::start(
+            &f.site("hub-n").gw,
+            &f.lan("gp-new").ns,
+            SocketAddr::from((lan_host, 7400 + round as u16)),
+            Duration::from_millis(10),
+        )?;
+        std::thread::sleep(Duration::from_secs(1));
+        let t0 = Instant::now();
+        gw.sh_ok(&cmd)?;
+        let took = t0.elapsed();
+        wait_for(Duration::from_secs(15), "the stream to flow again", || {
+            let before = stream.received();
+            std::thread::sleep(Duration::from_millis(200));
+            Ok((stream.received() > before).then_some(()))
+        })?;
+        std::thread::sleep(Duration::from_secs(1));
+        let report = stream.finish(Duration::from_millis(500));
+        let pid_after = gw.sh_ok("systemctl show -p MainPID --value wardnet-agent")?;
+        assert_ne!(pid_before, pid_after, "{what} restarted the agent");
+        eprintln!(
+            "under systemd, {what}: command returned after {} ms, longest outage {} ms \
+             ({} of {} packets lost at 10 ms)",
+            took.as_millis(),
+            report.longest_outage().as_millis(),
+            report.lost(),
+            report.sent
+        );
+        assert!(
+            report.longest_outage() < Duration::from_secs(5),
+            "{what} interrupted the site for {:?}: {report:?}",
+            report.longest_outage()
+        );
+        assert_eq!(
+            gw.sh_ok("systemctl is-active wardnet-agent")?.trim(),
+            "active"
+        );
+    }
     Ok(())
 }
