@@ -98,20 +98,73 @@ fn packages_install_and_land_where_the_units_expect() -> Result<()> {
     Ok(())
 }
 
-/// The first ```sh block after the heading that starts with `heading`.
-fn commands_under(guide: &str, heading: &str) -> Result<Vec<String>> {
+/// The ```sh blocks of the section whose heading starts with `heading`,
+/// each as its command lines.
+fn blocks_under(guide: &str, heading: &str) -> Result<Vec<Vec<String>>> {
     let at = guide
         .find(&format!("\n{heading}"))
-        .with_context(|| format!("docs/site-admin.md has no heading {heading:?}"))?;
-    let rest = &guide[at..];
-    let start = rest.find("```sh\n").context("no ```sh block")? + "```sh\n".len();
-    let end = rest[start..].find("```").context("unterminated block")?;
-    Ok(rest[start..start + end]
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect())
+        .with_context(|| format!("the guide has no heading {heading:?}"))?
+        + 1;
+    let section = &guide[at..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some(start) = rest.find("```sh\n") {
+        let body = &rest[start + "```sh\n".len()..];
+        let end = body.find("```").context("unterminated block")?;
+        blocks.push(
+            body[..end]
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect(),
+        );
+        rest = &body[end + 3..];
+    }
+    if blocks.is_empty() {
+        bail!("no ```sh block under {heading:?}");
+    }
+    Ok(blocks)
+}
+
+fn commands_under(guide: &str, heading: &str) -> Result<Vec<String>> {
+    Ok(blocks_under(guide, heading)?.swap_remove(0))
+}
+
+/// The .debs of this run, built once: (agent, controller).
+fn debs() -> Result<&'static (PathBuf, PathBuf)> {
+    static DEBS: std::sync::OnceLock<Result<(PathBuf, PathBuf), String>> =
+        std::sync::OnceLock::new();
+    let built = DEBS.get_or_init(|| {
+        let out = package_sh(&[]).map_err(|e| format!("{e:#}"))?;
+        let find = |name: &str| {
+            out.lines()
+                .filter_map(|l| l.strip_prefix("built "))
+                .find(|p| p.contains(name))
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("no {name} .deb in:\n{out}"))
+        };
+        Ok((find("wardnet-agent_")?, find("wardnet-controller_")?))
+    });
+    built.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn file_name(p: &Path) -> Result<&str> {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .context("a .deb file name")
+}
+
+/// The ready-check every container test does first.
+fn container_ready() -> Result<(), String> {
+    cargo_deb().and_then(|()| {
+        if container::available() {
+            Ok(())
+        } else {
+            Err("systemd-nspawn is missing (apt-get install systemd-container)".into())
+        }
+    })
 }
 
 #[test]
@@ -120,14 +173,7 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
     if !require_root(test) {
         return Ok(());
     }
-    let ready = cargo_deb().and_then(|()| {
-        if container::available() {
-            Ok(())
-        } else {
-            Err("systemd-nspawn is missing (apt-get install systemd-container)".into())
-        }
-    });
-    if !require(test, ready) {
+    if !require(test, container_ready()) {
         return Ok(());
     }
     let _system = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,17 +187,8 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         "the guide promises at most three commands after the install: {steps:?}"
     );
 
-    let built = package_sh(&[])?;
-    let agent_deb: PathBuf = built
-        .lines()
-        .filter_map(|l| l.strip_prefix("built "))
-        .find(|p| p.contains("wardnet-agent_"))
-        .context("no agent .deb built")?
-        .into();
-    let deb_name = agent_deb
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("deb file name")?;
+    let (agent_deb, _) = debs()?;
+    let deb_name = file_name(agent_deb)?;
     assert_eq!(
         install[0],
         format!("apt install ./{deb_name}"),
@@ -182,7 +219,7 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         "echo '{} controller.example' >> /etc/hosts",
         f.controller_ip()
     ))?;
-    gw.copy_in(&agent_deb, &format!("/root/{deb_name}"))?;
+    gw.copy_in(agent_deb, &format!("/root/{deb_name}"))?;
 
     let installed = gw.sh_ok(&format!("{} </dev/null 2>&1", install[0]))?;
     assert!(
@@ -319,4 +356,154 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         );
     }
     Ok(())
+}
+
+/// docs/noc.md on a fresh server booted with real systemd: install, TLS
+/// with `ca init`, start, first admin token, regions and sites, revocation,
+/// a restart that keeps everything, and the online backup. Its commands run
+/// word for word, except the site LANs (this machine's tests may only use
+/// 100.64.0.0/10 inside the overlay, so the guide's 10.1.x.0/24 examples
+/// become 100.100.x.0/24) and the token typed at `read -rs`.
+#[test]
+fn the_noc_guide_runs_the_packaged_controller_under_systemd() -> Result<()> {
+    let test = "the_noc_guide_runs_the_packaged_controller_under_systemd";
+    if !require_root(test) || !require(test, container_ready()) {
+        return Ok(());
+    }
+    let _system = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    let guide = std::fs::read_to_string(repo().join("docs/noc.md"))?;
+    let (_, controller_deb) = debs()?;
+    let deb_name = file_name(controller_deb)?;
+    let install = commands_under(&guide, "## 1. Install")?;
+    assert_eq!(install, [format!("apt install ./{deb_name}")]);
+
+    // The NOC's server: 198.51.100.10, the address the guide's `ca init`
+    // names, on a network of its own.
+    let ns = wardnet_e2e::Netns::new("noc")?;
+    ns.lo_up()?;
+    ns.ip(&["addr", "add", "198.51.100.10/32", "dev", "lo"])?;
+    let dir = tempfile::tempdir()?;
+    let server = Container::boot(&ns, &dir.path().join("root")).context("boot the NOC's server")?;
+    server.sh_ok("echo '198.51.100.10 controller.example' >> /etc/hosts")?;
+    server.copy_in(controller_deb, &format!("/root/{deb_name}"))?;
+    let run = |cmd: &str| -> Result<String> {
+        let cmd = cmd.replace("10.1.", "100.100.");
+        let out = server.sh_ok(&format!("{cmd} </dev/null"));
+        if out.is_err() {
+            let journal = server
+                .sh("journalctl -u wardnet-controller --no-pager | tail -n 40")
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            eprintln!("journal of wardnet-controller:\n{journal}");
+        }
+        out
+    };
+
+    // 1. Install; it does not start the controller.
+    run(&install[0])?;
+    assert_eq!(
+        String::from_utf8_lossy(&server.sh("systemctl is-active wardnet-controller")?.stdout)
+            .trim(),
+        "inactive"
+    );
+    // "Edit /etc/wardnet/controller.toml": the overlay and the site-LAN
+    // supernet, both inside this machine's test range.
+    run(concat!(
+        r#"sed -i -e 's|^overlay_ipv4 = .*|overlay_ipv4 = "100.64.0.0/16"|' "#,
+        r#"-e 's|^routed_prefixes = .*|routed_prefixes = ["100.100.0.0/16"]|' "#,
+        "/etc/wardnet/controller.toml"
+    ))?;
+
+    // 2. TLS, 3. start and the first admin token.
+    for cmd in commands_under(&guide, "## 2. TLS")? {
+        run(&cmd)?;
+    }
+    let start = blocks_under(&guide, "## 3. Start")?;
+    assert_eq!(start.len(), 2, "{start:?}");
+    let mut token = String::new();
+    for cmd in &start[0] {
+        token = run(cmd)?;
+    }
+    let token = token.trim().to_owned();
+    assert!(
+        token.starts_with("wnt_"),
+        "admin-token create printed {token:?}"
+    );
+    // The admin's shell: the guide's exports, the token pasted at `read`.
+    let session = start[1].join("\n");
+    let status = server.sh(&format!(
+        "printf '%s\\n' '{token}' | bash -c {}",
+        shell_quote(&session)
+    ))?;
+    assert!(
+        status.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&status.stdout),
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let admin = |cmd: &str| -> Result<String> {
+        run(&format!(
+            "WARDNET_URL=https://controller.example:8443 WARDNET_CA_CERT=/etc/wardnet/tls/ca.crt \
+             WARDNET_TOKEN={token} {cmd}"
+        ))
+    };
+
+    // 4. Regions and sites, 5. revocation.
+    for cmd in commands_under(&guide, "## 4. Regions and sites")? {
+        admin(&cmd)?;
+    }
+    for cmd in commands_under(&guide, "## 5. Revocation")? {
+        admin(&cmd)?;
+    }
+    let sites: Value =
+        serde_json::from_str(&admin("wardnet-controller sites list --output json")?)?;
+    let text = sites.to_string();
+    assert!(
+        text.contains("hub-north") && text.contains("gp-leeds-17"),
+        "{text}"
+    );
+
+    // A restart keeps everything (the store is in the StateDirectory).
+    let pid_before = run("systemctl show -p MainPID --value wardnet-controller")?;
+    run("systemctl restart wardnet-controller")?;
+    assert_ne!(
+        pid_before,
+        run("systemctl show -p MainPID --value wardnet-controller")?
+    );
+    let after: Value =
+        serde_json::from_str(&admin("wardnet-controller sites list --output json")?)?;
+    assert_eq!(sites, after, "the sites survive a restart");
+    let audit = admin("wardnet-controller audit")?;
+    assert!(audit.contains("gp-leeds-17"), "{audit}");
+
+    // 6. The online backup, as the service user, while it runs.
+    for cmd in commands_under(&guide, "## 6. Backups")? {
+        run(&cmd)?;
+    }
+    let check = run(
+        "for f in /var/lib/wardnet-controller/backup-*.db; do sqlite3 \"$f\" 'PRAGMA integrity_check'; done",
+    )?;
+    assert_eq!(check.trim(), "ok");
+
+    // The unit as the guide describes it: unprivileged, notify, watchdog.
+    let props = run(
+        "systemctl show wardnet-controller -p Type -p User -p NRestarts -p WatchdogUSec -p ActiveState",
+    )?;
+    for want in [
+        "Type=notify",
+        "User=wardnet",
+        "NRestarts=0",
+        "WatchdogUSec=30s",
+        "ActiveState=active",
+    ] {
+        assert!(props.contains(want), "{want} missing in:\n{props}");
+    }
+    let key_mode = run("stat -c %a /etc/wardnet/tls/controller.key")?;
+    assert_eq!(key_mode.trim(), "600");
+    Ok(())
+}
+
+/// `s` as one single-quoted shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
