@@ -33,6 +33,7 @@ const BOOT: &str = r#"set -eu
 base=$1 netns=$2 machine=$3
 # nspawn keeps its bookkeeping under /run/systemd/nspawn: keep that (and
 # everything below) inside this private mount namespace.
+mkdir -p /run/systemd
 mount -t tmpfs wardnet-test /run/systemd
 mount -t tmpfs wardnet-test "$base"
 mkdir "$base/upper" "$base/work" "$base/root"
