@@ -111,6 +111,13 @@ check "service user wardnet exists" getent passwd wardnet
 check "agent subcommand man page" test -f /usr/share/man/man1/wardnet-agent-enroll.1
 check "controller ca man page" test -f /usr/share/man/man1/wardnet-controller-ca.1
 check "the agent is not started by the install" sh -c '! pgrep -x wardnet-agent'
+# Files the guides and the postinst message point to.
+check "site-admin guide (postinst names it)" test -f /usr/share/doc/wardnet-agent/site-admin.md
+check "hub forwarding drop-in (site-admin guide)" test -f /usr/share/doc/wardnet-agent/examples/hub-forwarding.conf
+check "NOC guide" test -f /usr/share/doc/wardnet-controller/noc.md
+for f in prometheus.yml wardnet-alerts.yml grafana-dashboard.json; do
+    check "Prometheus example $f (NOC guide)" test -f "/usr/share/doc/wardnet-controller/prometheus/$f"
+done
 if command -v systemd-analyze >/dev/null 2>&1; then
     check "systemd-analyze verify (installed units)" systemd-analyze verify --man=no \
         /usr/lib/systemd/system/wardnet-agent.service /usr/lib/systemd/system/wardnet-controller.service

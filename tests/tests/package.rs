@@ -232,6 +232,14 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         "inactive",
         "installing does not start an unenrolled agent"
     );
+    // The guide's troubleshooting: before enrolment `systemctl start` does
+    // nothing, and `status` shows the failed start condition.
+    gw.sh_ok("systemctl start wardnet-agent")?;
+    let unenrolled = gw.sh_ok("systemctl show -p ConditionResult -p ActiveState wardnet-agent")?;
+    assert!(
+        unenrolled.contains("ConditionResult=no") && unenrolled.contains("ActiveState=inactive"),
+        "{unenrolled}"
+    );
     gw.copy_in(f.ca_cert().context("a TLS fleet")?, "/etc/wardnet/ca.crt")?;
 
     // The guide's three commands, word for word but for the token.
