@@ -138,7 +138,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Run => crate::daemon::run(config, shutdown_signal()).await,
+        Command::Run => {
+            let path = cli.config.clone();
+            let reload = move || {
+                Config::load(&path, explicit, |k| std::env::var(k).ok())
+                    .map_err(anyhow::Error::from)
+            };
+            crate::daemon::run(config, reload, shutdown_signal()).await
+        }
         Command::Status { json } => status(&config, json).await,
         Command::GenerateDocs { .. } => Ok(()),
     }

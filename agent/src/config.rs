@@ -246,6 +246,48 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A reload (SIGHUP, `systemctl reload`) applies `new` while the agent
+    /// runs, except the keys that shape what was set up at start (the
+    /// interface, its sockets and files, the log writer). Returns `new` with
+    /// those keys kept as they run, and the names of the ones that differ:
+    /// they take effect at the next restart.
+    pub fn reloaded(&self, mut new: Config) -> (Config, Vec<&'static str>) {
+        let mut pending = Vec::new();
+        if new.state_dir != self.state_dir {
+            pending.push("state_dir");
+            new.state_dir.clone_from(&self.state_dir);
+        }
+        if new.interface != self.interface {
+            pending.push("interface");
+            new.interface.clone_from(&self.interface);
+        }
+        if new.metrics_listen != self.metrics_listen {
+            pending.push("metrics_listen");
+            new.metrics_listen = self.metrics_listen;
+        }
+        if new.uapi_dir != self.uapi_dir {
+            pending.push("uapi_dir");
+            new.uapi_dir.clone_from(&self.uapi_dir);
+        }
+        if new.log_format != self.log_format {
+            pending.push("log_format");
+            new.log_format = self.log_format;
+        }
+        (new, pending)
+    }
+
+    /// The keys that make up the controller client.
+    pub fn controller_settings(&self) -> (Option<&str>, Option<&Path>, bool, u64) {
+        (
+            self.controller_url.as_deref(),
+            self.ca_cert.as_deref(),
+            self.allow_plain_http,
+            self.long_poll_secs,
+        )
+    }
+}
+
 /// A controller URL must be https unless plain HTTP is explicitly allowed.
 pub fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
     if url.starts_with("https://") {
@@ -279,6 +321,31 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/wardnet"));
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.toml");
         Config::load(&example, true, none).expect("the shipped example is valid");
+    }
+
+    #[test]
+    fn a_reload_applies_live_keys_and_defers_the_rest() {
+        let old = Config::parse(Path::new("a.toml"), "", none).expect("defaults");
+        let text = r#"
+interface = "wn1"
+metrics_listen = "127.0.0.1:9999"
+probe_interval_ms = 1000
+enable_ip_forwarding = true
+[controller]
+url = "https://controller.example:9443"
+"#;
+        let new = Config::parse(Path::new("a.toml"), text, none).expect("valid");
+        let (merged, pending) = old.reloaded(new);
+        assert_eq!(pending, ["interface", "metrics_listen"]);
+        assert_eq!(merged.interface, "wardnet0", "kept until a restart");
+        assert_eq!(merged.metrics_listen, old.metrics_listen);
+        assert_eq!(merged.probe_interval, Duration::from_millis(1000));
+        assert!(merged.enable_ip_forwarding);
+        assert_ne!(merged.controller_settings(), old.controller_settings());
+
+        let (same, pending) = old.reloaded(old.clone());
+        assert!(pending.is_empty());
+        assert_eq!(same.controller_settings(), old.controller_settings());
     }
 
     #[test]

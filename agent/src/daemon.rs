@@ -5,6 +5,12 @@
 //! Start-up never waits on the controller when a cached config exists: the
 //! tunnels come up from the cache and the sync task catches up in the
 //! background.
+//!
+//! SIGHUP (`systemctl reload`) re-reads the config file: the probe
+//! interval, forwarding, the advertised metrics address and the controller
+//! settings change at once (a new controller client re-syncs at once); keys
+//! that shape the interface, its sockets or the log writer wait for a
+//! restart, and the log says so. A file that does not parse changes nothing.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -108,11 +114,9 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Run the agent until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let state = StateDir::new(&config.state_dir);
-    let enrolment = state.enrolment()?;
-    let key = state.key()?;
+/// The controller client for `config`, falling back to what enrolment
+/// recorded; and the URL it talks to.
+fn controller_client(config: &Config, enrolment: &Enrolment) -> Result<(ControllerClient, String)> {
     let url = config
         .controller_url
         .clone()
@@ -124,6 +128,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.allow_plain_http || enrolment.allow_plain_http,
     )
     .context("failed to set up the controller client")?;
+    Ok((client, url))
+}
+
+/// Run the agent until `shutdown` resolves. `reload` reads the config file
+/// anew (on SIGHUP).
+pub async fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    // Before anything else: SIGHUP's default action would end the agent.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("failed to install the SIGHUP handler")?;
+    let state = StateDir::new(&config.state_dir);
+    let enrolment = state.enrolment()?;
+    let key = state.key()?;
+    let (client, url) = controller_client(&config, &enrolment)?;
     tokio::pin!(shutdown);
 
     let (events_tx, mut events) = mpsc::channel::<Event>(16);
@@ -275,7 +296,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             client.clone(),
             agent.enrolment.credential.clone(),
             agent.config.long_poll_secs,
-            events_tx,
+            events_tx.clone(),
             applied_rx,
         )));
         loop {
@@ -285,6 +306,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 () = sleep_until(deadline) => agent.probe_tick().await,
                 // Pinged from this loop, so a wedged loop stops the pings.
                 () = watchdog.tick() => crate::notify::watchdog(),
+                Some(()) = hangups.recv() => {
+                    if let Some(client) = agent.reload(&reload) {
+                        // The new client re-syncs at once, from what runs.
+                        if let Some(t) = sync_task.take() {
+                            t.abort();
+                        }
+                        sync_task = Some(tokio::spawn(sync_loop(
+                            client,
+                            agent.enrolment.credential.clone(),
+                            agent.config.long_poll_secs,
+                            events_tx.clone(),
+                            agent.applied_tx.subscribe(),
+                        )));
+                    }
+                }
                 ev = events.recv() => match ev {
                     Some(Event::Config(c)) => {
                         if let Err(e) = agent.apply(c).await {
@@ -337,6 +373,68 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 impl Agent {
+    /// Re-read the config file (SIGHUP). Returns a new controller client
+    /// when its settings changed; a file that does not load changes nothing.
+    fn reload(&mut self, load: &impl Fn() -> Result<Config>) -> Option<ControllerClient> {
+        crate::notify::reloading();
+        let client = match load() {
+            Err(e) => {
+                tracing::error!(error = ?e, "reload: the config is not valid; keeping the one that runs");
+                None
+            }
+            Ok(new) => {
+                let (mut new, pending) = self.config.reloaded(new);
+                for key in pending {
+                    tracing::warn!(
+                        key,
+                        "reload: `{key}` changed; it takes effect at the next restart (systemctl restart wardnet-agent)"
+                    );
+                }
+                let mut client = None;
+                if new.controller_settings() != self.config.controller_settings() {
+                    match controller_client(&new, &self.enrolment) {
+                        Ok((c, url)) => {
+                            tracing::info!(controller = %url, "reload: new controller settings; syncing now");
+                            client = Some(c);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = ?e, "reload: keeping the controller settings that run");
+                            new.controller_url.clone_from(&self.config.controller_url);
+                            new.ca_cert.clone_from(&self.config.ca_cert);
+                            new.allow_plain_http = self.config.allow_plain_http;
+                            new.long_poll_secs = self.config.long_poll_secs;
+                        }
+                    }
+                }
+                let probes_changed = new.probe_interval != self.config.probe_interval;
+                let forwarding_changed =
+                    new.enable_ip_forwarding != self.config.enable_ip_forwarding;
+                self.config = new;
+                if probes_changed {
+                    // Peers start afresh at the new pace (windows reset).
+                    self.probes =
+                        Scheduler::new(ProbeConfig::with_interval(self.config.probe_interval));
+                    let running = self.running.clone();
+                    self.set_probe_targets(&running);
+                }
+                if forwarding_changed && self.enrolment.role == Role::Hub {
+                    check_forwarding(self.config.enable_ip_forwarding, &self.running);
+                }
+                tracing::info!(
+                    probe_interval_ms = self.config.probe_interval.as_millis() as u64,
+                    enable_ip_forwarding = self.config.enable_ip_forwarding,
+                    "reloaded the config"
+                );
+                client
+            }
+        };
+        crate::notify::ready(&format!(
+            "tunnels up on {} (config reloaded)",
+            self.config.interface
+        ));
+        client
+    }
+
     /// Apply a config by difference: peers through the reconciler (unchanged
     /// peers untouched), addresses and routes against what the kernel has.
     async fn apply(&mut self, desired: SiteConfig) -> Result<()> {
@@ -590,7 +688,17 @@ async fn sync_loop(
                 health: health(&events).await,
             };
             match client.report(&credential, &report).await {
-                Ok(()) => reported = Some(known),
+                Ok(()) => {
+                    reported = Some(known);
+                    // The controller answered: reachable now, not only
+                    // when the long-poll below returns.
+                    let _ = events
+                        .send(Event::Sync {
+                            ok: true,
+                            error: None,
+                        })
+                        .await;
+                }
                 Err(e) => tracing::debug!(error = %e, "report failed"),
             }
         }

@@ -55,6 +55,12 @@ pub fn watchdog() {
     send("WATCHDOG=1");
 }
 
+/// The service is reloading its configuration (`RELOADING=1`); `ready`
+/// ends the reload.
+pub fn reloading() {
+    send("RELOADING=1\nSTATUS=reloading the configuration");
+}
+
 /// The service is shutting down (`STOPPING=1`).
 pub fn stopping() {
     send("STOPPING=1");

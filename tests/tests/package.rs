@@ -308,6 +308,82 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         "{props}"
     );
 
+    // The guide's "Changing agent.toml": `systemctl reload` applies the
+    // controller settings at once, in the same process, tunnels untouched;
+    // a broken file or a restart-only key changes nothing and says so.
+    let pid = gw.sh_ok("systemctl show -p MainPID --value wardnet-agent")?;
+    let journal_has = |what: &str| -> Result<bool> {
+        Ok(gw
+            .sh_ok("journalctl -u wardnet-agent --no-pager -o cat")?
+            .contains(what))
+    };
+    let status_json = || -> Result<Value> {
+        Ok(serde_json::from_str(
+            &gw.sh_ok("wardnet-agent status --json")?,
+        )?)
+    };
+    gw.sh_ok(
+        r#"sed -i 's|^# url = .*|url = "https://controller.example:9"|' /etc/wardnet/agent.toml"#,
+    )?;
+    gw.sh_ok("systemctl reload wardnet-agent")?;
+    wait_for(
+        Duration::from_secs(15),
+        "the reloaded controller URL to be used (and fail)",
+        || {
+            let st = status_json()?;
+            Ok((st["controller_url"] == "https://controller.example:9"
+                && st["controller_reachable"] == false)
+                .then_some(()))
+        },
+    )?;
+    assert!(
+        Fleet::ping(&f.lan("gp-new").ns, f.overlay("hub-n"), 1),
+        "the tunnels run on while the controller is unreachable"
+    );
+    gw.sh_ok(r#"sed -i 's|^url = "https://controller.example:9"|# url = "https://controller.example:8443"|' /etc/wardnet/agent.toml"#)?;
+    gw.sh_ok("systemctl reload wardnet-agent")?;
+    wait_for(
+        Duration::from_secs(15),
+        "the enrolment's controller URL to be used again",
+        || {
+            let st = status_json()?;
+            Ok((st["controller_url"] == "https://controller.example:8443"
+                && st["controller_reachable"] == true)
+                .then_some(()))
+        },
+    )?;
+    gw.sh_ok("cp /etc/wardnet/agent.toml /root/agent.toml.good && echo 'probe_interval_ms = \"often\"' >> /etc/wardnet/agent.toml")?;
+    gw.sh_ok("systemctl reload wardnet-agent")?;
+    wait_for(
+        Duration::from_secs(10),
+        "the reload error in the journal",
+        || Ok(journal_has("reload: the config is not valid")?.then_some(())),
+    )?;
+    assert!(journal_has("probe_interval_ms")?, "the error names the key");
+    gw.sh_ok("cp /root/agent.toml.good /etc/wardnet/agent.toml && sed -i 's|^interface = .*|interface = \"wardnet7\"|' /etc/wardnet/agent.toml")?;
+    gw.sh_ok("systemctl reload wardnet-agent")?;
+    wait_for(
+        Duration::from_secs(10),
+        "the restart-only key in the journal",
+        || {
+            Ok(
+                journal_has("`interface` changed; it takes effect at the next restart")?
+                    .then_some(()),
+            )
+        },
+    )?;
+    gw.sh_ok("cp /root/agent.toml.good /etc/wardnet/agent.toml && systemctl reload wardnet-agent")?;
+    assert_eq!(
+        pid,
+        gw.sh_ok("systemctl show -p MainPID --value wardnet-agent")?,
+        "reloads keep the process"
+    );
+    assert_eq!(
+        gw.sh_ok("systemctl is-active wardnet-agent")?.trim(),
+        "active"
+    );
+    assert!(gw.sh_ok("wg show interfaces")?.contains("wardnet0"));
+
     // The guide's "Restarts, upgrades": `systemctl restart` and a package
     // upgrade (reinstalling the .deb runs the postinst's try-restart) during
     // a steady stream from the hub to the site's LAN.

@@ -52,7 +52,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A scratch root with systemd's units, ours, and stand-in binaries.
+/// A scratch root with systemd's units, ours, and stand-in binaries for the
+/// units' Exec lines.
 fn scratch_root() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().expect("tempdir");
@@ -68,10 +69,13 @@ fn scratch_root() -> tempfile::TempDir {
     for u in UNITS {
         std::fs::copy(repo().join("systemd").join(u), units.join(u)).expect("copy unit");
     }
-    let bin = r.join("usr/bin");
-    std::fs::create_dir_all(&bin).expect("mkdir");
-    for b in ["wardnet-agent", "wardnet-controller"] {
-        let p = bin.join(b);
+    for b in [
+        "usr/bin/wardnet-agent",
+        "usr/bin/wardnet-controller",
+        "bin/kill",
+    ] {
+        let p = r.join(b);
+        std::fs::create_dir_all(p.parent().expect("a parent")).expect("mkdir");
         std::fs::write(&p, "#!/bin/sh\nexit 0\n").expect("write stub");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
