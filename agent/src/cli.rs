@@ -58,7 +58,9 @@ pub enum Command {
         #[arg(long)]
         allow_plain_http: bool,
     },
-    /// Run the agent (what the systemd unit starts).
+    /// Run the agent (what the systemd unit starts). SIGTERM stops it and
+    /// removes the interface; SIGHUP re-reads the config file without
+    /// touching the tunnels (`systemctl reload wardnet-agent`).
     Run,
     /// Show the peers, their health and the sync state of the running agent.
     Status {
