@@ -224,6 +224,16 @@ impl Stream {
         self.received.load(Ordering::Relaxed)
     }
 
+    /// Wait until packets arrive again (some within 200 ms), at most
+    /// `timeout`.
+    pub fn wait_flowing(&self, timeout: Duration) -> Result<()> {
+        crate::fleet::wait_for(timeout, "the stream to flow again", || {
+            let before = self.received();
+            std::thread::sleep(Duration::from_millis(200));
+            Ok((self.received() > before).then_some(()))
+        })
+    }
+
     /// Stop sending, give the last packets `drain` to arrive, and report.
     pub fn finish(mut self, drain: Duration) -> StreamReport {
         self.stop_send.store(true, Ordering::Relaxed);

@@ -32,6 +32,21 @@ fn north() -> Result<Fleet> {
     Ok(f)
 }
 
+/// [`north`], with the gp-b LAN -> gp-a LAN path through the hub warmed
+/// by one UDP round trip (handshakes done), and gp-a's LAN host.
+fn north_warm() -> Result<(Fleet, std::net::Ipv4Addr)> {
+    let f = north()?;
+    let a_host = f.lan("gp-a").host;
+    let echo = Echo::start(&f.lan("gp-a").ns, SocketAddr::from((a_host, 7000)))?;
+    udp_round_trip(
+        &f.lan("gp-b").ns,
+        echo.addr,
+        vec![1; 10],
+        Duration::from_secs(10),
+    )?;
+    Ok((f, a_host))
+}
+
 fn peer_rx(f: &Fleet, site: &str, peer: &str) -> Result<u64> {
     let key = f.public_key(peer)?;
     Ok(f.wg_dump(site)?
@@ -247,17 +262,8 @@ fn without_the_controller_traffic_flows_and_agents_restart_from_cache() -> Resul
     if !require_root("without_the_controller_traffic_flows_and_agents_restart_from_cache") {
         return Ok(());
     }
-    let mut f = north()?;
-    let a_host = f.lan("gp-a").host;
     // Warm the path, then stop the controller.
-    let echo = Echo::start(&f.lan("gp-a").ns, SocketAddr::from((a_host, 7000)))?;
-    udp_round_trip(
-        &f.lan("gp-b").ns,
-        echo.addr,
-        vec![1; 10],
-        Duration::from_secs(10),
-    )?;
-    drop(echo);
+    let (mut f, a_host) = north_warm()?;
     f.stop_controller()?;
     let stream = Stream::start(
         &f.lan("gp-b").ns,
@@ -535,16 +541,7 @@ fn restarting_an_agent_interrupts_its_sites_traffic_only_briefly() -> Result<()>
     if !require_root("restarting_an_agent_interrupts_its_sites_traffic_only_briefly") {
         return Ok(());
     }
-    let mut f = north()?;
-    let a_host = f.lan("gp-a").host;
-    let echo = Echo::start(&f.lan("gp-a").ns, SocketAddr::from((a_host, 7000)))?;
-    udp_round_trip(
-        &f.lan("gp-b").ns,
-        echo.addr,
-        vec![1; 10],
-        Duration::from_secs(10),
-    )?;
-    drop(echo);
+    let (mut f, a_host) = north_warm()?;
     let interval = Duration::from_millis(10);
     let mut gaps = Vec::new();
     for round in 0..3 {
@@ -562,11 +559,7 @@ fn restarting_an_agent_interrupts_its_sites_traffic_only_briefly() -> Result<()>
         let st = f.agent_status("gp-a")?;
         assert_eq!(st["config_source"], "cache", "{st}");
         // Let the stream run on until it flows again, then a little more.
-        wait_for(Duration::from_secs(15), "the stream to flow again", || {
-            let before = stream.received();
-            std::thread::sleep(Duration::from_millis(200));
-            Ok((stream.received() > before).then_some(()))
-        })?;
+        stream.wait_flowing(Duration::from_secs(15))?;
         std::thread::sleep(Duration::from_secs(1));
         let report = stream.finish(Duration::from_millis(500));
         let gap = report.longest_outage();

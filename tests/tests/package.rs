@@ -412,11 +412,7 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         let t0 = Instant::now();
         gw.sh_ok(&cmd)?;
         let took = t0.elapsed();
-        wait_for(Duration::from_secs(15), "the stream to flow again", || {
-            let before = stream.received();
-            std::thread::sleep(Duration::from_millis(200));
-            Ok((stream.received() > before).then_some(()))
-        })?;
+        stream.wait_flowing(Duration::from_secs(15))?;
         std::thread::sleep(Duration::from_secs(1));
         let report = stream.finish(Duration::from_millis(500));
         let pid_after = gw.sh_ok("systemctl show -p MainPID --value wardnet-agent")?;
