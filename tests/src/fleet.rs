@@ -270,6 +270,11 @@ timeout_secs = 20
         })
     }
 
+    /// Where the controller's output goes (kept if the test panics).
+    pub fn controller_log(&self) -> Option<PathBuf> {
+        self.controller.as_ref().map(|c| c.log_path().to_owned())
+    }
+
     /// Stop the controller (SIGTERM); the sites keep running.
     pub fn stop_controller(&mut self) -> Result<()> {
         if let Some(mut c) = self.controller.take() {

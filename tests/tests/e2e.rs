@@ -447,6 +447,7 @@ fn a_failing_test_leaves_nothing_behind() -> Result<()> {
         return Ok(());
     }
     let mut names = Vec::new();
+    let mut logs = Vec::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut f = Fleet::start().expect("fleet");
         f.region("north", false).expect("region");
@@ -455,9 +456,23 @@ fn a_failing_test_leaves_nothing_behind() -> Result<()> {
         names.push(f.wan.name().to_owned());
         names.push(f.site("hub-n").gw.name().to_owned());
         names.push(f.site("hub-n").iface.clone());
+        logs.extend(f.controller_log());
+        logs.extend(
+            f.site("hub-n")
+                .agent
+                .as_ref()
+                .map(|a| a.log_path().to_owned()),
+        );
         panic!("a test failing half way");
     }));
     assert!(result.is_err());
+    // Their logs are kept for the post-mortem of a real failure; this one
+    // was deliberate.
+    assert_eq!(logs.len(), 2);
+    for log in &logs {
+        assert!(log.exists(), "{} kept", log.display());
+        std::fs::remove_file(log)?;
+    }
     let left = netns_list()?;
     for n in &names[..2] {
         assert!(!left.contains(n), "namespace {n} was left behind: {left:?}");
