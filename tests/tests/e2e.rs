@@ -423,11 +423,34 @@ fn an_agentless_wireguard_go_site_reaches_a_spoke_lan() -> Result<()> {
         String::from_utf8_lossy(&up.stderr)
     );
     let lan_host = f.lan("gp-a").host;
+    // wireguard-go retries a handshake the hub dropped (before its config
+    // named the appliance) every 5 s; a loaded CI machine once needed more
+    // than 15 s in all, so allow 30.
     let reached = wait_for(
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         "the appliance to reach gp-a's LAN",
         || Ok(Fleet::ping(&f.site("appliance").gw, lan_host, 1).then_some(())),
     );
+    if reached.is_err() {
+        // What each side saw, for the post-mortem.
+        let appliance = f.site("appliance").gw.exec(&["wg", "show", "all", "dump"]);
+        eprintln!("appliance `wg show all dump`: {appliance:?}");
+        eprintln!("hub peers: {:?}", f.wg_dump("hub-n"));
+        eprintln!("gp-a peers: {:?}", f.wg_dump("gp-a"));
+        eprintln!(
+            "appliance routes: {:?}",
+            f.site("appliance").gw.ip(&["route"])
+        );
+        for site in ["hub-n", "gp-a"] {
+            let log = f
+                .site(site)
+                .agent
+                .as_ref()
+                .map(|a| a.log())
+                .unwrap_or_default();
+            eprintln!("--- agent {site} log:\n{log}");
+        }
+    }
     // wireguard-go runs in the namespace; its drop kills it. Take the
     // interface down first so its control socket is removed.
     let _ = f
