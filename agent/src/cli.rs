@@ -146,7 +146,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Config::load(&path, explicit, |k| std::env::var(k).ok())
                     .map_err(anyhow::Error::from)
             };
-            crate::daemon::run(config, reload, shutdown_signal()).await
+            // Before anything is up: a stop right after READY=1 must be
+            // a clean shutdown.
+            let stop = wardnet_service::shutdown::on_signal()
+                .context("failed to install the SIGTERM handler")?;
+            let shutdown = async move {
+                stop.await;
+                tracing::info!("signal received; stopping");
+            };
+            crate::daemon::run(config, reload, shutdown).await
         }
         Command::Status { json } => status(&config, json).await,
         Command::GenerateDocs { .. } => Ok(()),
@@ -224,18 +232,6 @@ async fn status(config: &Config, json: bool) -> Result<()> {
         print!("{}", crate::status::render(&st));
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    tracing::info!("signal received; stopping");
 }
 
 #[cfg(test)]

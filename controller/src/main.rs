@@ -131,6 +131,14 @@ async fn open(config: &Config) -> Result<Arc<Controller>> {
 async fn serve(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path, |k| std::env::var(k).ok())?;
     logging::init(config.log_format);
+    // Before READY=1: a stop that follows at once must be a clean shutdown.
+    let stop =
+        wardnet_service::shutdown::on_signal().context("failed to install the SIGTERM handler")?;
+    let shutdown = async move {
+        stop.await;
+        notify::stopping();
+        tracing::info!("shutting down");
+    };
     let controller = open(&config).await?;
     let tls = match &config.transport {
         Transport::Tls { cert, key } => {
@@ -167,7 +175,7 @@ async fn serve(path: &std::path::Path) -> Result<()> {
             notify::watchdog();
         }
     });
-    let result = wardnet_controller::api::serve(listener, controller, tls, shutdown_signal())
+    let result = wardnet_controller::api::serve(listener, controller, tls, shutdown)
         .await
         .context("the API server failed");
     watchdog.abort();
@@ -175,18 +183,4 @@ async fn serve(path: &std::path::Path) -> Result<()> {
     result?;
     tracing::info!("controller stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    notify::stopping();
-    tracing::info!("shutting down");
 }

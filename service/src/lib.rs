@@ -1,7 +1,9 @@
 //! Running a wardnet daemon as a service: systemd notification
-//! (`notify`) and the log formats for a terminal, the journal and JSON
-//! (`logging`). Shared by `wardnet-agent` and `wardnet-controller`.
+//! (`notify`), the log formats for a terminal, the journal and JSON
+//! (`logging`), config overrides (`config`) and the stop signals
+//! (`shutdown`). Shared by `wardnet-agent` and `wardnet-controller`.
 
 pub mod config;
 pub mod logging;
 pub mod notify;
+pub mod shutdown;
