@@ -77,39 +77,7 @@ pub enum Command {
     },
 }
 
-/// Write `<name>.bash`, `_<name>` (zsh), `<name>.fish` and `<name>.1` for
-/// `cmd` into `dir`. Shared shape with the controller's copy.
-pub fn generate_docs(mut cmd: clap::Command, dir: &std::path::Path) -> Result<()> {
-    use clap_complete::Shell;
-    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
-    let name = cmd.get_name().to_owned();
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd, &name, dir)
-            .with_context(|| format!("failed to write {shell} completions"))?;
-    }
-    let man = dir.join(format!("{name}.1"));
-    let mut out = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .render(&mut out)
-        .context("failed to render the man page")?;
-    std::fs::write(&man, out).with_context(|| format!("failed to write {}", man.display()))?;
-    // One page per visible subcommand, `wardnet-agent-enroll.1` as git does.
-    for sub in cmd
-        .get_subcommands()
-        .filter(|c| !c.is_hide_set() && c.get_name() != "help")
-    {
-        let sub_name = format!("{name}-{}", sub.get_name());
-        let sub = sub.clone().name(sub_name.clone());
-        let mut out = Vec::new();
-        clap_mangen::Man::new(sub)
-            .render(&mut out)
-            .context("failed to render a man page")?;
-        let path = dir.join(format!("{sub_name}.1"));
-        std::fs::write(&path, out)
-            .with_context(|| format!("failed to write {}", path.display()))?;
-    }
-    Ok(())
-}
+pub use wardnet_service::docs::generate_docs;
 
 pub async fn run(cli: Cli) -> Result<()> {
     crate::init_crypto();
