@@ -12,7 +12,7 @@ pub const EXIT_USAGE: i32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {file}: {source}")]
+    #[error("cannot read config file {file}")]
     Read {
         file: PathBuf,
         #[source]
@@ -26,6 +26,27 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("environment variable {var} (it sets key `{key}`): {message}")]
+    Env {
+        var: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Blame the environment variable that set the key, if one did.
+    fn blame_env(self, applied: &[(&'static str, &'static str)]) -> Self {
+        match self {
+            ConfigError::Key { key, message, file } => {
+                match wardnet_service::config::env_var_for(applied, &key) {
+                    Some(var) => ConfigError::Env { var, key, message },
+                    None => ConfigError::Key { file, key, message },
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,19 +160,24 @@ impl Config {
             file: file.to_owned(),
             message: e.to_string(),
         })?;
-        for (var, key) in ENV_OVERRIDES {
-            if let Some(v) = env(var) {
-                wardnet_service::config::set_key(&mut table, key, &v);
-            }
-        }
+        let applied = wardnet_service::config::apply_env(&mut table, ENV_OVERRIDES, env);
         let raw: Raw =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let (key, message) = wardnet_service::config::error_key(
+                    &e.path().to_string(),
+                    &e.inner().to_string(),
+                );
                 ConfigError::Key {
                     file: file.to_owned(),
-                    key: e.path().to_string(),
-                    message: e.inner().to_string(),
+                    key,
+                    message,
                 }
+                .blame_env(&applied)
             })?;
+        Self::validate(file, raw).map_err(|e| e.blame_env(&applied))
+    }
+
+    fn validate(file: &Path, raw: Raw) -> Result<Self, ConfigError> {
         let err = |key: &str, message: String| ConfigError::Key {
             file: file.to_owned(),
             key: key.to_owned(),

@@ -17,7 +17,7 @@ pub const EXIT_USAGE: i32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {file}: {source}")]
+    #[error("cannot read config file {file}")]
     Read {
         file: PathBuf,
         #[source]
@@ -31,6 +31,29 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("{message}")]
+    Tls { message: String },
+    #[error("environment variable {var} (it sets key `{key}`): {message}")]
+    Env {
+        var: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Blame the environment variable that set the key, if one did.
+    fn blame_env(self, applied: &[(&'static str, &'static str)]) -> Self {
+        match self {
+            ConfigError::Key { key, message, file } => {
+                match wardnet_service::config::env_var_for(applied, &key) {
+                    Some(var) => ConfigError::Env { var, key, message },
+                    None => ConfigError::Key { file, key, message },
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +76,39 @@ struct Raw {
     enrolment: RawEnrolment,
     #[serde(default)]
     long_poll: RawLongPoll,
+    #[serde(default)]
+    http: RawHttp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default = "default_header_read")]
+    header_read_timeout_secs: u64,
+    #[serde(default = "default_idle")]
+    idle_timeout_secs: u64,
+    #[serde(default = "default_tls_handshake")]
+    tls_handshake_timeout_secs: u64,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: default_header_read(),
+            idle_timeout_secs: default_idle(),
+            tls_handshake_timeout_secs: default_tls_handshake(),
+        }
+    }
+}
+
+fn default_header_read() -> u64 {
+    crate::api::Limits::default().header_read.as_secs()
+}
+fn default_idle() -> u64 {
+    crate::api::Limits::default().idle.as_secs()
+}
+fn default_tls_handshake() -> u64 {
+    crate::api::Limits::default().tls_handshake.as_secs()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -168,6 +224,8 @@ pub struct Config {
     pub long_poll_timeout_secs: u64,
     /// How logs are written to stderr (`log_format`).
     pub log_format: crate::logging::LogFormat,
+    /// Time limits on idle and slow clients (`[http]`).
+    pub limits: crate::api::Limits,
 }
 
 /// Environment variables that override config keys, and the key each sets.
@@ -183,12 +241,45 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_OVERLAY_IPV6", "network.overlay_ipv6"),
     ("WARDNET_LONG_POLL_TIMEOUT_SECS", "long_poll.timeout_secs"),
     (
+        "WARDNET_HTTP_HEADER_READ_TIMEOUT_SECS",
+        "http.header_read_timeout_secs",
+    ),
+    ("WARDNET_HTTP_IDLE_TIMEOUT_SECS", "http.idle_timeout_secs"),
+    (
+        "WARDNET_HTTP_TLS_HANDSHAKE_TIMEOUT_SECS",
+        "http.tls_handshake_timeout_secs",
+    ),
+    (
         "WARDNET_TOKEN_LIFETIME_SECS",
         "enrolment.token_lifetime_secs",
     ),
 ];
 
 impl Config {
+    /// The error for a certificate or key that cannot be used, saying where
+    /// the path came from and how to make a pair.
+    pub fn tls_error(&self, file: &Path, e: &crate::api::TlsFileError) -> ConfigError {
+        use std::error::Error as _;
+        let mut message = e.to_string();
+        if let Some(source) = e.source() {
+            message.push_str(&format!(": {source}"));
+        }
+        let dir = match &self.transport {
+            Transport::Tls { cert, .. } => cert
+                .parent()
+                .map_or_else(|| ".".to_owned(), |d| d.display().to_string()),
+            Transport::PlainHttp => ".".to_owned(),
+        };
+        ConfigError::Tls {
+            message: format!(
+                "{message}\n  (keys tls.cert and tls.key of {file}, or WARDNET_TLS_CERT and WARDNET_TLS_KEY)\n  \
+                 to make a private CA and a certificate there: wardnet-controller ca init --dir {dir} --host <name agents use>\n  \
+                 for a local test without TLS: set plain_http = true",
+                file = file.display()
+            ),
+        }
+    }
+
     /// Read the file, apply `WARDNET_*` overrides from `env`, validate.
     pub fn load(file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
@@ -207,20 +298,21 @@ impl Config {
             file: file.to_owned(),
             message: e.to_string(),
         })?;
-        for (var, key) in ENV_OVERRIDES {
-            if let Some(v) = env(var) {
-                wardnet_service::config::set_key(&mut value, key, &v);
-            }
-        }
+        let applied = wardnet_service::config::apply_env(&mut value, ENV_OVERRIDES, env);
         let raw: Raw =
             serde_path_to_error::deserialize(toml::Value::Table(value)).map_err(|e| {
+                let (key, message) = wardnet_service::config::error_key(
+                    &e.path().to_string(),
+                    &e.inner().to_string(),
+                );
                 ConfigError::Key {
                     file: file.to_owned(),
-                    key: e.path().to_string(),
-                    message: e.inner().to_string(),
+                    key,
+                    message,
                 }
+                .blame_env(&applied)
             })?;
-        validate(file, raw)
+        validate(file, raw).map_err(|e| e.blame_env(&applied))
     }
 }
 
@@ -328,6 +420,21 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
             "expected 1 to 3600 seconds".into(),
         ));
     }
+    for (key, v) in [
+        (
+            "http.header_read_timeout_secs",
+            raw.http.header_read_timeout_secs,
+        ),
+        ("http.idle_timeout_secs", raw.http.idle_timeout_secs),
+        (
+            "http.tls_handshake_timeout_secs",
+            raw.http.tls_handshake_timeout_secs,
+        ),
+    ] {
+        if v == 0 || v > 3600 {
+            return Err(err(key, format!("expected 1 to 3600 seconds, got {v}")));
+        }
+    }
     if raw.enrolment.token_lifetime_secs == 0 {
         return Err(err(
             "enrolment.token_lifetime_secs",
@@ -363,6 +470,11 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         },
         token_lifetime_secs: raw.enrolment.token_lifetime_secs,
         long_poll_timeout_secs: raw.long_poll.timeout_secs,
+        limits: crate::api::Limits {
+            tls_handshake: std::time::Duration::from_secs(raw.http.tls_handshake_timeout_secs),
+            header_read: std::time::Duration::from_secs(raw.http.header_read_timeout_secs),
+            idle: std::time::Duration::from_secs(raw.http.idle_timeout_secs),
+        },
     })
 }
 

@@ -139,26 +139,19 @@ async fn serve(path: &std::path::Path) -> Result<()> {
         notify::stopping();
         tracing::info!("shutting down");
     };
-    let controller = open(&config).await?;
+    // The certificate first: a controller that cannot serve must not create
+    // its data directory and database on the way to failing.
     let tls = match &config.transport {
-        Transport::Tls { cert, key } => {
-            wardnet_controller::init_crypto();
-            let c = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "failed to load TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            wardnet_controller::api::Tls::Rustls(c)
-        }
+        Transport::Tls { cert, key } => wardnet_controller::api::Tls::Rustls(
+            wardnet_controller::api::tls_config(cert, key)
+                .map_err(|e| config.tls_error(path, &e))?,
+        ),
         Transport::PlainHttp => {
             tracing::warn!("serving plain HTTP (plain_http = true): tokens and credentials cross the network in clear");
             wardnet_controller::api::Tls::None
         }
     };
+    let controller = open(&config).await?;
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, store = %config.sqlite_path.display(), "controller serving");
@@ -175,7 +168,7 @@ async fn serve(path: &std::path::Path) -> Result<()> {
             notify::watchdog();
         }
     });
-    let result = wardnet_controller::api::serve(listener, controller, tls, shutdown)
+    let result = wardnet_controller::api::serve(listener, controller, tls, config.limits, shutdown)
         .await
         .context("the API server failed");
     watchdog.abort();

@@ -39,9 +39,7 @@ async fn the_api_serves_tls_and_clients_verify_the_certificate() {
         .create_admin_token(&Actor::local(), "tls")
         .await
         .expect("token");
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-        .await
-        .expect("tls config");
+    let tls = wardnet_controller::api::tls_config(&cert, &key).expect("tls config");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("https://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -49,6 +47,7 @@ async fn the_api_serves_tls_and_clients_verify_the_certificate() {
         listener,
         controller,
         wardnet_controller::api::Tls::Rustls(tls),
+        wardnet_controller::api::Limits::default(),
         async {
             let _ = stopped.await;
         },

@@ -43,8 +43,7 @@ async fn serve(
     )
     .await
     .expect("controller");
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
+    let tls = wardnet_controller::api::tls_config(cert, key)
         .expect("the files from `ca init` load as the server's TLS config");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("https://{}", listener.local_addr().expect("addr"));
@@ -53,6 +52,7 @@ async fn serve(
         listener,
         controller,
         wardnet_controller::api::Tls::Rustls(tls),
+        wardnet_controller::api::Limits::default(),
         async {
             let _ = stopped.await;
         },

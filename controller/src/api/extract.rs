@@ -74,8 +74,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
         let v = v
             .to_str()
             .map_err(|_| ApiError::Unauthorized("the Authorization header is not text".into()))?;
-        match v.strip_prefix("Bearer ") {
-            Some(t) if !t.trim().is_empty() => Ok(Bearer(Some(t.trim().to_owned()))),
+        // The scheme is case-insensitive (RFC 7235 section 2.1).
+        let token = v
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        match token {
+            Some(t) if !t.is_empty() => Ok(Bearer(Some(t.to_owned()))),
             _ => Err(ApiError::Unauthorized(
                 "the Authorization header must be `Bearer <token>`".into(),
             )),

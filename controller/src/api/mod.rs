@@ -4,10 +4,12 @@
 mod extract;
 mod handlers;
 mod health;
+mod server;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -18,6 +20,7 @@ use axum::Router;
 use crate::service::Controller;
 
 pub use extract::MAX_BODY_BYTES;
+pub use server::Limits;
 
 /// Every route the API serves, as (method, path). The OpenAPI document and
 /// the router are both checked against this list by tests.
@@ -102,9 +105,66 @@ async fn observe(State(c): State<Arc<Controller>>, req: Request, next: Next) -> 
 
 /// How the listener is wrapped.
 pub enum Tls {
-    Rustls(axum_server::tls_rustls::RustlsConfig),
+    Rustls(Arc<rustls::ServerConfig>),
     /// Plain HTTP (only when the config says so).
     None,
+}
+
+/// Why the API's certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFileError {
+    #[error("cannot read {what} {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path}: {message}")]
+    Invalid {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+/// Load a PEM certificate chain and private key into a server config that
+/// offers HTTP/2 and HTTP/1.1.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
+    crate::init_crypto();
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| TlsFileError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let invalid = |what, path: &Path, message: String| TlsFileError::Invalid {
+        what,
+        path: path.to_owned(),
+        message,
+    };
+    let cert_pem = read("TLS certificate", cert)?;
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("TLS certificate", cert, format!("not PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "TLS certificate",
+            cert,
+            "holds no PEM CERTIFICATE block".into(),
+        ));
+    }
+    let key_pem = read("TLS key", key)?;
+    let private = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| invalid("TLS key", key, format!("not PEM: {e}")))?
+        .ok_or_else(|| invalid("TLS key", key, "holds no PEM PRIVATE KEY block".into()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| invalid("TLS key", key, format!("does not fit the certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Serve the API on a bound listener until `shutdown` resolves, then stop
@@ -113,32 +173,52 @@ pub async fn serve(
     listener: std::net::TcpListener,
     controller: Arc<Controller>,
     tls: Tls,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let app = router(controller.clone());
-    match tls {
-        Tls::None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    shutdown.await;
-                    controller.begin_shutdown();
-                })
-                .await
+    let acceptor = match tls {
+        Tls::Rustls(config) => Some(tokio_rustls::TlsAcceptor::from(config)),
+        Tls::None => None,
+    };
+    server::run(listener, app, acceptor, limits, async move {
+        shutdown.await;
+        controller.begin_shutdown();
+    })
+    .await
+}
+
+/// Lets one log line through per period and counts the ones it held back,
+/// so a flood (an attack, a descriptor shortage) is visible without
+/// flooding the journal.
+pub(crate) struct RateLimitedLog {
+    every: Duration,
+    state: parking_lot::Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimitedLog {
+    pub(crate) const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            state: parking_lot::Mutex::new((None, 0)),
         }
-        Tls::Rustls(config) => {
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                controller.begin_shutdown();
-                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener, config)?
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be logged.
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        match s.0 {
+            Some(last) if now.duration_since(last) < self.every => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                s.0 = Some(now);
+                Some(std::mem::take(&mut s.1))
+            }
         }
     }
 }

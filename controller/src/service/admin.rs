@@ -545,6 +545,15 @@ fn check_lan_prefixes(
                 )));
             }
         }
+        if !net.routed_prefixes.iter().any(|r| r.contains(*p)) {
+            let routed: Vec<String> = net.routed_prefixes.iter().map(|r| r.to_string()).collect();
+            return Err(ApiError::BadRequest(format!(
+                "lan_prefixes: {p} is outside network.routed_prefixes ({}) of the controller's config; \
+                 spokes route only those prefixes to their hub, so sites in other regions could not reach it. \
+                 Use a prefix inside them, or add a supernet of {p} to routed_prefixes and restart the controller",
+                if routed.is_empty() { "none configured".to_owned() } else { routed.join(", ") }
+            )));
+        }
         if let Some((other, q)) = m.lan_overlapping(p, site) {
             return Err(ApiError::Conflict(format!(
                 "lan_prefixes: {p} overlaps {q}, a LAN prefix of site {other}"

@@ -37,7 +37,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database task failed")]
     Join(#[from] tokio::task::JoinError),
-    #[error("cannot create the data directory {path}")]
+    #[error("cannot create or open {path}")]
     Io {
         path: std::path::PathBuf,
         #[source]

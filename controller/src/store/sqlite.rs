@@ -84,12 +84,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open (creating the file and its directory on first start) and migrate.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
+        create_private(path)?;
         let mut conn = open_conn(path)?;
         migrate(&mut conn)?;
         let reader = open_conn(path)?;
@@ -119,6 +114,41 @@ impl SqliteStore {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || f(&reader.lock())).await?
     }
+}
+
+/// Create the database's directory (0700) and file (0600) if they are
+/// missing, whatever the umask, and take group and world access away from an
+/// existing file: it holds token and credential hashes. SQLite gives its WAL
+/// and shared-memory files the database file's mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |source| StoreError::Io { path: p, source }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io(dir))?;
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    let mode = file.metadata().map_err(io(path))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .map_err(io(path))?;
+    }
+    Ok(())
 }
 
 fn open_conn(path: &Path) -> Result<Connection, StoreError> {

@@ -92,6 +92,7 @@ impl TestController {
                 listener,
                 c,
                 wardnet_controller::api::Tls::None,
+                wardnet_controller::api::Limits::default(),
                 async {
                     let _ = rx.await;
                 },

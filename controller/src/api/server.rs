@@ -1,0 +1,235 @@
+//! The accept loop and per-connection handling of the API.
+//!
+//! Written out instead of `axum::serve` because a controller that tens of
+//! thousands of agents long-poll must bound what an idle or slow client can
+//! hold:
+//! - a TLS handshake gets [`Limits::tls_handshake`];
+//! - request headers must arrive within [`Limits::header_read`] (hyper's
+//!   header timer, which starts when the connection opens), so a client that
+//!   sends a few bytes at a time is closed;
+//! - a connection with no request in flight for [`Limits::idle`] is closed.
+//!   A request in flight (an agent's long-poll) keeps its connection, however
+//!   long it waits;
+//! - running out of file descriptors makes the loop pause briefly and log
+//!   (rate-limited) instead of spinning.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use super::RateLimitedLog;
+
+/// Time limits on what a client may hold without doing anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A TLS handshake must finish within this.
+    pub tls_handshake: Duration,
+    /// A request's headers must arrive within this.
+    pub header_read: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tls_handshake: Duration::from_secs(10),
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// How long in-flight requests get to finish after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Accept connections until `shutdown` resolves, then stop accepting, ask
+/// every connection to finish its request and close, and wait for them (at
+/// most [`DRAIN`]).
+pub(super) async fn run(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    let accept_errors = RateLimitedLog::new(Duration::from_secs(10));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(suppressed) = accept_errors.allow() {
+                    tracing::error!(
+                        error = %e,
+                        suppressed,
+                        "cannot accept a connection; if it says \"Too many open files\", \
+                         raise LimitNOFILE in the unit (each waiting agent holds one)"
+                    );
+                }
+                // EMFILE and friends: the backlog keeps the connection; try
+                // again once something has closed.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let stop = stop_rx.clone();
+        tracker.spawn(async move {
+            match tls {
+                None => connection(stream, peer, app, limits, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.tls_handshake, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => connection(s, peer, app, limits, stop).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracker.close();
+    if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
+        tracing::warn!("closing connections whose requests did not finish in time");
+    }
+    Ok(())
+}
+
+/// When a connection last finished a request, and how many it has in flight.
+struct Activity {
+    start: Instant,
+    last_done_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_done_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// When the connection becomes idle-closable, or `None` while a request
+    /// is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
+        Some(self.start + last + idle)
+    }
+}
+
+/// Counts a request in flight while it lives.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let ms = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_done_ms.fetch_max(ms, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let guard = InFlight::begin(&activity);
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req).await;
+                drop(guard);
+                Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
+            }
+        })
+    };
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn: Pin<&mut _> = pin!(conn);
+    let mut closing = false;
+    loop {
+        // Sleep until the idle deadline; while a request is in flight,
+        // look again after a full idle period.
+        let wake = activity
+            .idle_deadline(limits.idle)
+            .unwrap_or_else(|| Instant::now() + limits.idle);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(wake.into()), if !closing => {
+                if activity
+                    .idle_deadline(limits.idle)
+                    .is_some_and(|d| d <= Instant::now())
+                {
+                    tracing::trace!(%peer, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = stop.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
