@@ -87,7 +87,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
     let explicit = cli.config.as_os_str() != DEFAULT_CONFIG;
     let config = Config::load(&cli.config, explicit, |k| std::env::var(k).ok())?;
-    crate::logging::init(config.log_format);
+    match cli.command {
+        Command::Run => crate::logging::init(config.log_format),
+        _ => crate::logging::init_cli(),
+    }
     match cli.command {
         Command::Enroll {
             controller,

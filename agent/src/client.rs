@@ -15,12 +15,8 @@ pub enum ClientError {
     Setup(String),
     #[error("cannot reach the controller at {url}: {detail}. Check the URL, the network path and that the controller runs")]
     Unreachable { url: String, detail: String },
-    #[error("TLS failure talking to {url}: {detail}. {hint}")]
-    Tls {
-        url: String,
-        detail: String,
-        hint: String,
-    },
+    #[error("cannot talk to the controller at {url}: {hint}")]
+    Tls { url: String, hint: String },
     /// The controller refused; `message` is its explanation.
     #[error("the controller refused: {message} (HTTP {status})")]
     Refused { status: StatusCode, message: String },
@@ -94,25 +90,15 @@ impl ControllerClient {
             src = s.source();
         }
         let detail = chain.join(": ");
-        let lower = detail.to_lowercase();
-        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-            let hint = match &self.ca_cert {
-                Some(ca) => format!(
-                    "The controller's certificate does not chain to the configured CA {}; check that the CA file is the one that signed the controller's certificate and that the URL's host name is in it",
-                    ca.display()
-                ),
-                None => "The controller's certificate is not trusted by the system roots; pass --ca-cert FILE (or set controller.ca_cert) with the CA that signed it".into(),
-            };
-            ClientError::Tls {
+        if let Some(hint) = wardnet_service::tls::explain(&e, &self.base, self.ca_cert.as_deref()) {
+            return ClientError::Tls {
                 url: self.base.clone(),
-                detail,
                 hint,
-            }
-        } else {
-            ClientError::Unreachable {
-                url: self.base.clone(),
-                detail,
-            }
+            };
+        }
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            detail,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod keys;
 pub mod name;
 pub mod net;
+pub mod time;
 pub mod token;
 pub mod wire;
 

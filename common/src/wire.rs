@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Endpoint, Name, PublicKey};
 
-/// Unix time in seconds.
+/// Unix time in seconds; on the wire an RFC 3339 string in UTC
+/// (see [`crate::time`]).
 pub type UnixTime = i64;
 
 /// A site's role in its region.
@@ -225,6 +226,7 @@ pub struct RegionView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_block: Option<IpNet>,
     pub sites: u64,
+    #[serde(with = "crate::time::rfc3339")]
     pub created_at: UnixTime,
 }
 
@@ -298,10 +300,19 @@ pub struct SiteView {
     pub revision: u64,
     /// The revision the agent last reported applied.
     pub applied_revision: u64,
+    #[serde(with = "crate::time::rfc3339")]
     pub created_at: UnixTime,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339_opt"
+    )]
     pub enrolled_at: Option<UnixTime>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339_opt"
+    )]
     pub last_seen: Option<UnixTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSummary>,
@@ -315,7 +326,11 @@ pub struct SiteCreated {
     /// One-time enrolment token (absent for agentless sites).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339_opt"
+    )]
     pub token_expires_at: Option<UnixTime>,
 }
 
@@ -323,6 +338,7 @@ pub struct SiteCreated {
 #[serde(deny_unknown_fields)]
 pub struct AuditEntry {
     pub id: i64,
+    #[serde(with = "crate::time::rfc3339")]
     pub at: UnixTime,
     /// Id of the admin token that made the change (`local` for the bootstrap command).
     pub actor: String,
@@ -380,7 +396,11 @@ pub struct SiteHealth {
     pub state: SiteState,
     pub agentless: bool,
     pub online: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::rfc3339_opt"
+    )]
     pub last_seen: Option<UnixTime>,
     pub revision: u64,
     pub applied_revision: u64,
@@ -470,7 +490,7 @@ mod tests {
     fn fleet_health_literal() {
         let json = r#"{"online_window_seconds": 130, "sites": [
             {"name": "gp-a", "region": "north", "role": "spoke", "state": "active",
-             "agentless": false, "online": true, "last_seen": 1795000000,
+             "agentless": false, "online": true, "last_seen": "2026-11-18T11:06:40Z",
              "revision": 4, "applied_revision": 3,
              "health": {"peers_up": 1, "peers_total": 2, "worst_rtt_seconds": 0.012,
                         "worst_loss_ratio": 0.25, "worst_peer": "hub-north",

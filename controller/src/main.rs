@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use wardnet_controller::cli::{AdminTokenCommand, CaCommand, Cli, Command};
 use wardnet_controller::config::{Config, Transport, EXIT_USAGE};
-use wardnet_controller::logging::{self, LogFormat};
+use wardnet_controller::logging;
 use wardnet_controller::notify;
 use wardnet_controller::service::{Actor, Controller, ServiceSettings, SystemClock};
 use wardnet_controller::store::{SqliteStore, Store};
@@ -37,17 +37,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// The log format from `WARDNET_LOG_FORMAT` alone (commands without a config).
-fn env_log_format() -> LogFormat {
-    std::env::var("WARDNET_LOG_FORMAT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default()
-}
-
 async fn run(cli: Cli) -> Result<()> {
     if !matches!(cli.command, Command::Serve { .. }) {
-        logging::init(env_log_format());
+        logging::init_cli();
     }
     match cli.command {
         Command::Serve { config } => serve(&config).await,

@@ -420,7 +420,8 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             None,
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Credentials are checked before the query or body.
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // Conflicts.
     let (s, _) = t.admin_post("/v1/regions", json!({"name": "north"})).await;
@@ -689,4 +690,91 @@ async fn every_listed_route_is_served() {
             );
         }
     }
+}
+
+/// Credentials are checked before anything else: a request without a valid
+/// token gets 401 whatever its body (not 400 for the body, not 413 for its
+/// size), and the scheme word is case-insensitive (RFC 7235).
+#[tokio::test]
+async fn authentication_comes_first_and_the_scheme_is_case_insensitive() {
+    let t = TestController::start().await;
+    let big = "x".repeat(wardnet_controller::api::MAX_BODY_BYTES + 10);
+    for (method, path) in [
+        (Method::POST, "/v1/sites"),
+        (Method::PATCH, "/v1/sites/gp-a"),
+        (Method::POST, "/v1/regions"),
+        (Method::POST, "/v1/agent/report"),
+    ] {
+        for body in ["not json", "{\"name\": 7}", big.as_str()] {
+            for auth in [None, Some("Bearer wnt_wrong")] {
+                let mut req = t
+                    .http
+                    .request(method.clone(), format!("{}{path}", t.url))
+                    .header("content-type", "application/json")
+                    .body(body.to_owned());
+                if let Some(a) = auth {
+                    req = req.header("authorization", a);
+                }
+                let r = req.send().await.expect("request");
+                assert_eq!(
+                    r.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} auth {auth:?} body of {} bytes",
+                    body.len()
+                );
+            }
+        }
+    }
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let r = t
+            .http
+            .get(format!("{}/v1/regions", t.url))
+            .header("authorization", format!("{scheme} {}", t.admin))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "scheme {scheme}");
+    }
+}
+
+/// A LAN outside `network.routed_prefixes` would be reachable from its own
+/// region but not from spokes elsewhere (they route only those prefixes to
+/// their hub): it is refused, naming the setting, and nothing is stored.
+#[tokio::test]
+async fn a_lan_outside_the_routed_prefixes_is_refused_naming_them() {
+    let t = TestController::start().await;
+    t.region("north", false).await;
+    let (s, v) = t
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "gp-x", "region": "north", "role": "spoke", "lan_prefixes": ["172.16.7.0/24"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("routed_prefixes") && msg.contains("10.0.0.0/8"),
+        "{msg}"
+    );
+    let (s, _) = t.admin_get("/v1/sites/gp-x").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing was stored");
+
+    let (s, v) = t
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "gp-y", "region": "north", "role": "spoke", "lan_prefixes": ["10.7.0.0/24"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = t
+        .call(
+            Method::PATCH,
+            "/v1/sites/gp-y",
+            Some(&t.admin.clone()),
+            Some(json!({"lan_prefixes": ["10.7.0.0/24", "192.168.9.0/24"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, v) = t.admin_get("/v1/sites/gp-y").await;
+    assert_eq!(v["lan_prefixes"], json!(["10.7.0.0/24"]), "unchanged");
 }

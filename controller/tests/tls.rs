@@ -74,3 +74,67 @@ async fn the_api_serves_tls_and_clients_verify_the_certificate() {
     let _ = stop.send(());
     server.await.expect("join").expect("serve");
 }
+
+/// The two mistakes a NOC makes most with TLS get errors that name them: a
+/// URL whose host the certificate does not name (not blamed on the CA), and
+/// https:// to a plain-HTTP port (not "InvalidContentType").
+#[tokio::test]
+async fn tls_mistakes_are_named() {
+    wardnet_controller::init_crypto();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["controller.example".to_owned()]).expect("cert");
+    let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let store = SqliteStore::open(&dir.path().join("w.db")).expect("store");
+    let controller = Controller::start(
+        Arc::new(store) as Arc<dyn Store>,
+        common::settings(),
+        Arc::new(wardnet_controller::service::SystemClock),
+    )
+    .await
+    .expect("controller");
+    let tls = wardnet_controller::api::tls_config(&cert, &key).expect("tls config");
+    let tls_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let plain_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let tls_url = format!("https://{}", tls_listener.local_addr().expect("addr"));
+    let plain_as_https = format!("https://{}", plain_listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for (listener, tls) in [
+        (tls_listener, wardnet_controller::api::Tls::Rustls(tls)),
+        (plain_listener, wardnet_controller::api::Tls::None),
+    ] {
+        let mut stopped = stopped.clone();
+        tokio::spawn(wardnet_controller::api::serve(
+            listener,
+            controller.clone(),
+            tls,
+            wardnet_controller::api::Limits::default(),
+            async move {
+                let _ = stopped.changed().await;
+            },
+        ));
+    }
+
+    let client =
+        ApiClient::with_token(&tls_url, Some("wnt_x".into()), Some(&cert)).expect("client");
+    let err = client
+        .get::<wardnet_common::wire::StatusSummary>("/v1/status")
+        .await
+        .expect_err("the certificate does not name 127.0.0.1");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("not valid for \"127.0.0.1\""), "{msg}");
+    assert!(!msg.contains("not signed by"), "{msg}");
+
+    let client =
+        ApiClient::with_token(&plain_as_https, Some("wnt_x".into()), None).expect("client");
+    let err = client
+        .get::<wardnet_common::wire::StatusSummary>("/v1/status")
+        .await
+        .expect_err("https:// to a plain-HTTP port");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("plain-HTTP port"), "{msg}");
+    assert!(!msg.contains("InvalidContentType"), "{msg}");
+    let _ = stop.send(true);
+}

@@ -75,6 +75,21 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// Logging for one-shot commands (enrol, status, the admin CLI): warnings
+/// and errors only, without timestamps, and nothing from the TLS and HTTP
+/// libraries, whose failures the command explains itself.
+pub fn init_cli() {
+    let filter = EnvFilter::try_from_env("WARDNET_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,rustls=off,reqwest=off,hyper=off,hyper_util=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 /// The syslog priority journald reads from a `<N>` line prefix.
 pub fn syslog_priority(level: &Level) -> u8 {
     match *level {

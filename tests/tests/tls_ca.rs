@@ -95,7 +95,7 @@ async fn agent_accepts_the_ca_init_certificate_and_refuses_another_ca() {
     assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
-        msg.contains("does not chain to the configured CA")
+        msg.contains("is not signed by the CA certificate")
             && msg.contains(&other.ca_cert.display().to_string()),
         "{msg}"
     );

@@ -1,12 +1,18 @@
 //! Extractors that turn bad input into clear 400/401/413 answers.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::RateLimitedLog;
 use crate::error::ApiError;
+use crate::service::{Actor, AgentIdentity, Controller};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -86,4 +92,63 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             )),
         }
     }
+}
+
+/// An authenticated admin. As an extractor it runs before the body is read,
+/// so a request without valid credentials is answered 401 whatever its body.
+pub struct Admin(pub Actor);
+
+impl FromRequestParts<Arc<Controller>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Controller>) -> Result<Self, ApiError> {
+        let result = match Bearer::from_request_parts(parts, c).await {
+            Ok(b) => c.authenticate_admin(b.0.as_deref()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(token) => Ok(Admin(Actor(token.id))),
+            Err(e) => Err(refused(parts, "admin", e)),
+        }
+    }
+}
+
+/// An authenticated agent (its site), checked before the body is read.
+pub struct Agent(pub AgentIdentity);
+
+impl FromRequestParts<Arc<Controller>> for Agent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Controller>) -> Result<Self, ApiError> {
+        let result = Bearer::from_request_parts(parts, c)
+            .await
+            .and_then(|b| c.authenticate_agent(b.0.as_deref()));
+        result.map(Agent).map_err(|e| refused(parts, "agent", e))
+    }
+}
+
+/// Refused credentials are logged, at most one line per period with a count
+/// of the rest, so an operator sees an attack without the journal drowning.
+/// Never the secret itself.
+static REFUSED: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(10));
+
+fn refused(parts: &Parts, who: &str, e: ApiError) -> ApiError {
+    if matches!(e, ApiError::Unauthorized(_)) {
+        if let Some(more) = REFUSED.allow() {
+            let peer = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+            tracing::warn!(
+                %peer,
+                credential = who,
+                method = %parts.method,
+                path = %parts.uri.path(),
+                reason = %e,
+                refused_since_last_line = more,
+                "refused a request's credentials"
+            );
+        }
+    }
+    e
 }

@@ -12,17 +12,12 @@ use wardnet_common::wire::{
 };
 use wardnet_common::Name;
 
-use super::extract::{Bearer, Json, Query};
+use super::extract::{Admin, Agent, Json, Query};
 use crate::error::ApiError;
-use crate::service::{Actor, Controller};
+use crate::service::Controller;
 
 type Ctl = State<Arc<Controller>>;
 type ApiResult<T> = Result<T, ApiError>;
-
-async fn admin(c: &Controller, bearer: Bearer) -> ApiResult<Actor> {
-    let token = c.authenticate_admin(bearer.0.as_deref()).await?;
-    Ok(Actor(token.id))
-}
 
 fn name(kind: &str, raw: &str) -> ApiResult<Name> {
     raw.parse()
@@ -65,10 +60,9 @@ pub async fn enroll(State(c): Ctl, Json(req): Json<EnrollRequest>) -> ApiResult<
 
 pub async fn agent_config(
     State(c): Ctl,
-    bearer: Bearer,
+    Agent(who): Agent,
     Query(q): Query<ConfigQuery>,
 ) -> ApiResult<Response> {
-    let who = c.authenticate_agent(bearer.0.as_deref())?;
     let wait = q.wait.map(Duration::from_secs);
     match c.agent_config(&who, q.revision, wait).await? {
         Some(cfg) => Ok(axum::Json(cfg).into_response()),
@@ -78,42 +72,37 @@ pub async fn agent_config(
 
 pub async fn agent_report(
     State(c): Ctl,
-    bearer: Bearer,
+    Agent(who): Agent,
     Json(r): Json<AgentReport>,
 ) -> ApiResult<StatusCode> {
-    let who = c.authenticate_agent(bearer.0.as_deref())?;
     c.agent_report(&who, r).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 // ----- regions -------------------------------------------------------------
 
-pub async fn list_regions(State(c): Ctl, b: Bearer) -> ApiResult<Response> {
-    admin(&c, b).await?;
+pub async fn list_regions(State(c): Ctl, _: Admin) -> ApiResult<Response> {
     Ok(axum::Json(c.list_regions()).into_response())
 }
 
 pub async fn create_region(
     State(c): Ctl,
-    b: Bearer,
+    Admin(actor): Admin,
     Json(req): Json<CreateRegion>,
 ) -> ApiResult<Response> {
-    let actor = admin(&c, b).await?;
     let r = c.create_region(&actor, req).await?;
     Ok((StatusCode::CREATED, axum::Json(r)).into_response())
 }
 
-pub async fn show_region(State(c): Ctl, b: Bearer, Path(n): Path<String>) -> ApiResult<Response> {
-    admin(&c, b).await?;
+pub async fn show_region(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
     Ok(axum::Json(c.region(&name("region", &n)?)?).into_response())
 }
 
 pub async fn delete_region(
     State(c): Ctl,
-    b: Bearer,
+    Admin(actor): Admin,
     Path(n): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let actor = admin(&c, b).await?;
     c.delete_region(&actor, &name("region", &n)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -129,62 +118,65 @@ pub struct SiteFilter {
 
 pub async fn list_sites(
     State(c): Ctl,
-    b: Bearer,
+    _: Admin,
     Query(f): Query<SiteFilter>,
 ) -> ApiResult<Response> {
-    admin(&c, b).await?;
     Ok(axum::Json(c.list_sites(f.region.as_ref(), f.state)).into_response())
 }
 
 pub async fn create_site(
     State(c): Ctl,
-    b: Bearer,
+    Admin(actor): Admin,
     Json(req): Json<CreateSite>,
 ) -> ApiResult<Response> {
-    let actor = admin(&c, b).await?;
     let created = c.add_site(&actor, req).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-pub async fn show_site(State(c): Ctl, b: Bearer, Path(n): Path<String>) -> ApiResult<Response> {
-    admin(&c, b).await?;
+pub async fn show_site(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
     Ok(axum::Json(c.site(&name("site", &n)?)?).into_response())
 }
 
 pub async fn update_site(
     State(c): Ctl,
-    b: Bearer,
+    Admin(actor): Admin,
     Path(n): Path<String>,
     Json(req): Json<UpdateSite>,
 ) -> ApiResult<Response> {
-    let actor = admin(&c, b).await?;
     Ok(axum::Json(c.update_site(&actor, &name("site", &n)?, req).await?).into_response())
 }
 
-pub async fn delete_site(State(c): Ctl, b: Bearer, Path(n): Path<String>) -> ApiResult<StatusCode> {
-    let actor = admin(&c, b).await?;
+pub async fn delete_site(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<StatusCode> {
     c.delete_site(&actor, &name("site", &n)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn revoke_site(State(c): Ctl, b: Bearer, Path(n): Path<String>) -> ApiResult<Response> {
-    let actor = admin(&c, b).await?;
+pub async fn revoke_site(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
     Ok(axum::Json(c.revoke_site(&actor, &name("site", &n)?).await?).into_response())
 }
 
-pub async fn issue_token(State(c): Ctl, b: Bearer, Path(n): Path<String>) -> ApiResult<Response> {
-    let actor = admin(&c, b).await?;
+pub async fn issue_token(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
     let created = c.issue_token(&actor, &name("site", &n)?).await?;
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-pub async fn site_config(State(c): Ctl, b: Bearer, Path(n): Path<String>) -> ApiResult<Response> {
-    admin(&c, b).await?;
+pub async fn site_config(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
     Ok(axum::Json(c.site_config(&name("site", &n)?)?).into_response())
 }
 
-pub async fn wg_quick(State(c): Ctl, b: Bearer, Path(n): Path<String>) -> ApiResult<Response> {
-    admin(&c, b).await?;
+pub async fn wg_quick(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
     let text = c.wg_quick(&name("site", &n)?)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
@@ -196,12 +188,10 @@ pub struct AuditQuery {
     before: Option<i64>,
 }
 
-pub async fn audit(State(c): Ctl, b: Bearer, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
-    admin(&c, b).await?;
+pub async fn audit(State(c): Ctl, _: Admin, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
     Ok(axum::Json(c.audit_log(q.limit.unwrap_or(100), q.before).await?).into_response())
 }
 
-pub async fn status(State(c): Ctl, b: Bearer) -> ApiResult<Response> {
-    admin(&c, b).await?;
+pub async fn status(State(c): Ctl, _: Admin) -> ApiResult<Response> {
     Ok(axum::Json(c.status()).into_response())
 }

@@ -7,19 +7,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
-use super::extract::Bearer;
+use super::extract::Admin;
 use crate::error::ApiError;
-use crate::service::{Actor, Controller};
+use crate::service::Controller;
 
 type Ctl = State<Arc<Controller>>;
 
-async fn admin(c: &Controller, bearer: Bearer) -> Result<Actor, ApiError> {
-    let token = c.authenticate_admin(bearer.0.as_deref()).await?;
-    Ok(Actor(token.id))
-}
-
-pub async fn fleet(State(c): Ctl, b: Bearer) -> Result<Response, ApiError> {
-    admin(&c, b).await?;
+pub async fn fleet(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
     let (now, window) = (c.now(), c.online_window_secs());
     let fleet = c.with_model(|m| crate::health::fleet_health(m, now, window));
     Ok(axum::Json(fleet).into_response())
@@ -27,8 +21,7 @@ pub async fn fleet(State(c): Ctl, b: Bearer) -> Result<Response, ApiError> {
 
 /// The same JSON serves a file_sd file (`wardnet-controller prometheus
 /// targets > agents.json`) and Prometheus' `http_sd_configs` directly.
-pub async fn targets(State(c): Ctl, b: Bearer) -> Result<Response, ApiError> {
-    admin(&c, b).await?;
+pub async fn targets(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
     let groups = c.with_model(|m| crate::health::file_sd(m.sites.values()));
     Ok(axum::Json(groups).into_response())
 }

@@ -25,6 +25,8 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("cannot talk to the controller at {url}: {message}")]
+    Tls { url: String, message: String },
     #[error("missing admin token: set WARDNET_TOKEN (create one with `wardnet-controller admin-token create` on the controller host)")]
     NoToken,
 }
@@ -33,6 +35,7 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ApiClient {
@@ -61,6 +64,7 @@ impl ApiClient {
             http: b.build().context("failed to set up the HTTP client")?,
             base: url.trim_end_matches('/').to_owned(),
             token,
+            ca_cert: ca_cert.map(ToOwned::to_owned),
         })
     }
 
@@ -78,13 +82,18 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+        let resp = req.send().await.map_err(|source| {
+            match wardnet_service::tls::explain(&source, &self.base, self.ca_cert.as_deref()) {
+                Some(message) => ClientError::Tls {
+                    url: self.base.clone(),
+                    message,
+                },
+                None => ClientError::Unreachable {
+                    url: self.base.clone(),
+                    source,
+                },
+            }
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -43,27 +43,9 @@ impl fmt::Display for Table {
     }
 }
 
-/// A Unix time as UTC `YYYY-MM-DD HH:MM:SS`, or `-`.
+/// A Unix time as RFC 3339 UTC, or `-`.
 pub fn time(t: Option<UnixTime>) -> String {
-    let Some(t) = t else { return "-".into() };
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    t.map_or_else(|| "-".into(), wardnet_common::time::format_rfc3339)
 }
 
 fn addresses(s: &SiteView) -> String {
@@ -239,8 +221,8 @@ mod tests {
 
     #[test]
     fn time_formats_utc() {
-        assert_eq!(time(Some(0)), "1970-01-01 00:00:00");
-        assert_eq!(time(Some(1_795_000_000)), "2026-11-18 11:06:40");
+        assert_eq!(time(Some(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(time(Some(1_795_000_000)), "2026-11-18T11:06:40Z");
         assert_eq!(time(None), "-");
     }
 
