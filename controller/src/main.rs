@@ -87,6 +87,14 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             let config = Config::load(&config, |k| std::env::var(k).ok())?;
+            match wardnet_service::limits::raise_nofile() {
+                Ok(n) if n < 65_536 => tracing::warn!(
+                    limit = n,
+                    "the open-file limit is low: each waiting agent holds one; raise LimitNOFILE"
+                ),
+                Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+            }
             let controller = open(&config).await?;
             let (id, secret) = controller
                 .create_admin_token(&Actor::local(), &description)
@@ -144,7 +152,7 @@ async fn serve(path: &std::path::Path) -> Result<()> {
         }
     };
     let controller = open(&config).await?;
-    let listener = std::net::TcpListener::bind(config.listen)
+    let listener = wardnet_controller::api::listen(config.listen)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, store = %config.sqlite_path.display(), "controller serving");
     // The store is loaded and the socket listens: connections queue in the

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod docs;
+pub mod limits;
 pub mod logging;
 pub mod notify;
 pub mod shutdown;

@@ -167,6 +167,23 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
     Ok(Arc::new(config))
 }
 
+/// Connections the kernel queues for `accept` (capped by
+/// net.core.somaxconn). After a controller restart every agent reconnects at
+/// once; with the usual 128 most of that wave would be dropped and retried
+/// seconds later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Bind the API's listening socket with [`LISTEN_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 /// Serve the API on a bound listener until `shutdown` resolves, then stop
 /// accepting, end every long-poll at once and finish in-flight requests.
 pub async fn serve(

@@ -4,9 +4,10 @@
 //! thousands of agents long-poll must bound what an idle or slow client can
 //! hold:
 //! - a TLS handshake gets [`Limits::tls_handshake`];
-//! - request headers must arrive within [`Limits::header_read`] (hyper's
-//!   header timer, which starts when the connection opens), so a client that
-//!   sends a few bytes at a time is closed;
+//! - request headers must arrive within [`Limits::header_read`], so a client
+//!   that sends a few bytes at a time is closed (hyper's header timer, which
+//!   starts at a request's first byte), and so is one that opens a
+//!   connection and sends nothing (our own watchdog);
 //! - a connection with no request in flight for [`Limits::idle`] is closed.
 //!   A request in flight (an agent's long-poll) keeps its connection, however
 //!   long it waits;
@@ -17,7 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,12 @@ struct Activity {
     start: Instant,
     last_done_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Whether any request has begun. hyper's header timer starts only at a
+    /// request's first byte, so a connection that never sends one is closed
+    /// by this watchdog after the header timeout instead.
+    started: AtomicBool,
+    /// Wakes the watchdog when a request ends, so it can move its deadline.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -136,15 +143,21 @@ impl Activity {
             start: Instant::now(),
             last_done_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
     /// When the connection becomes idle-closable, or `None` while a request
     /// is in flight.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+    fn idle_deadline(&self, limits: &Limits) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
+        if !self.started.load(Ordering::Acquire) {
+            return Some(self.start + limits.header_read);
+        }
+        let idle = limits.idle;
         let last = Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
         Some(self.start + last + idle)
     }
@@ -156,6 +169,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn begin(a: &Arc<Activity>) -> Self {
         a.in_flight.fetch_add(1, Ordering::AcqRel);
+        a.started.store(true, Ordering::Release);
         Self(a.clone())
     }
 }
@@ -165,6 +179,7 @@ impl Drop for InFlight {
         let ms = self.0.start.elapsed().as_millis() as u64;
         self.0.last_done_ms.fetch_max(ms, Ordering::AcqRel);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -207,7 +222,7 @@ async fn connection<IO>(
         // Sleep until the idle deadline; while a request is in flight,
         // look again after a full idle period.
         let wake = activity
-            .idle_deadline(limits.idle)
+            .idle_deadline(&limits)
             .unwrap_or_else(|| Instant::now() + limits.idle);
         tokio::select! {
             r = conn.as_mut() => {
@@ -216,9 +231,10 @@ async fn connection<IO>(
                 }
                 return;
             }
+            () = activity.changed.notified(), if !closing => {}
             () = tokio::time::sleep_until(wake.into()), if !closing => {
                 if activity
-                    .idle_deadline(limits.idle)
+                    .idle_deadline(&limits)
                     .is_some_and(|d| d <= Instant::now())
                 {
                     tracing::trace!(%peer, "closing an idle connection");
