@@ -42,9 +42,21 @@ pub enum Command {
         /// Controller URL, e.g. https://controller.example:8443
         #[arg(long)]
         controller: String,
-        /// The one-time enrolment token from `wardnet-controller sites add` (or set WARDNET_ENROL_TOKEN).
-        #[arg(long, env = "WARDNET_ENROL_TOKEN", hide_env_values = true)]
-        token: String,
+        /// The one-time enrolment token from `wardnet-controller sites add`.
+        /// Prefer --token-file or the WARDNET_ENROL_TOKEN variable: a command
+        /// line is visible to every local user (`ps`).
+        #[arg(
+            long,
+            env = "WARDNET_ENROL_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "token_file",
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the token from this file, or from standard input with `-`
+        /// (paste it, then press Enter).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// CA certificate (PEM) that signed the controller's certificate.
         #[arg(long)]
         ca_cert: Option<PathBuf>,
@@ -57,6 +69,8 @@ pub enum Command {
         /// Accept a plain http:// controller URL (local tests only).
         #[arg(long)]
         allow_plain_http: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Run the agent (what the systemd unit starts). SIGTERM stops it and
     /// removes the interface; SIGHUP re-reads the config file without
@@ -64,9 +78,19 @@ pub enum Command {
     Run,
     /// Show the peers, their health and the sync state of the running agent.
     Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
+        #[command(flatten)]
+        output: OutputArg,
+        /// The same as `-o json` (kept for scripts written against 0.1).
+        #[arg(long, hide = true)]
         json: bool,
+    },
+    /// Print a shell completion script, e.g.
+    /// `wardnet-agent completion bash > /etc/bash_completion.d/wardnet-agent`
+    /// (the package installs them already).
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: wardnet_service::docs::Shell,
     },
     /// Write shell completions (bash, zsh, fish) and the man page into DIR
     /// (used when building packages).
@@ -79,11 +103,57 @@ pub enum Command {
 
 pub use wardnet_service::docs::generate_docs;
 
+/// `-o table|json`, as on every wardnet command that prints a result.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OutputArg {
+    /// Output format: a table for people, JSON for scripts.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned text for people.
+    Table,
+    /// Pretty-printed JSON for scripts.
+    Json,
+}
+
+/// The enrolment token from --token / WARDNET_ENROL_TOKEN, or from a file or
+/// standard input (`--token-file -`).
+fn read_token(token: Option<String>, file: Option<PathBuf>) -> Result<String> {
+    let raw = match (token, file) {
+        (Some(t), _) => t,
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("failed to read the token from standard input")?;
+            line
+        }
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read the token file {}", path.display()))?,
+        (None, None) => anyhow::bail!(
+            "no enrolment token: pass --token-file FILE (or - for standard input), or set WARDNET_ENROL_TOKEN"
+        ),
+    };
+    let token = raw.trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!("the enrolment token is empty");
+    }
+    Ok(token)
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     crate::init_crypto();
     if let Command::GenerateDocs { dir } = &cli.command {
         use clap::CommandFactory;
         return generate_docs(Cli::command(), dir);
+    }
+    if let Command::Completion { shell } = &cli.command {
+        use clap::CommandFactory;
+        wardnet_service::docs::print_completion(Cli::command(), *shell);
+        return Ok(());
     }
     let explicit = cli.config.as_os_str() != DEFAULT_CONFIG;
     let config = Config::load(&cli.config, explicit, |k| std::env::var(k).ok())?;
@@ -95,11 +165,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Enroll {
             controller,
             token,
+            token_file,
             ca_cert,
             endpoint,
             force,
             allow_plain_http,
+            output,
         } => {
+            let token = read_token(token, token_file)?;
             enroll(
                 &config,
                 &controller,
@@ -108,6 +181,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 endpoint,
                 force,
                 allow_plain_http,
+                output.output,
             )
             .await
         }
@@ -127,8 +201,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             crate::daemon::run(config, reload, shutdown).await
         }
-        Command::Status { json } => status(&config, json).await,
-        Command::GenerateDocs { .. } => Ok(()),
+        Command::Status { output, json } => {
+            let output = if json { Output::Json } else { output.output };
+            status(&config, output).await
+        }
+        Command::GenerateDocs { .. } | Command::Completion { .. } => Ok(()),
     }
 }
 
@@ -140,6 +217,7 @@ async fn enroll(
     endpoint: Option<Endpoint>,
     force: bool,
     allow_plain_http: bool,
+    output: Output,
 ) -> Result<()> {
     let state = StateDir::new(&config.state_dir);
     state.check_fresh(force)?;
@@ -169,6 +247,18 @@ async fn enroll(
         allow_plain_http,
     })?;
     let addrs: Vec<String> = resp.addresses.iter().map(|a| a.to_string()).collect();
+    if output == Output::Json {
+        let v = serde_json::json!({
+            "site": resp.site,
+            "region": resp.region,
+            "role": resp.role,
+            "addresses": addrs,
+            "public_key": key.public_key(),
+            "state_dir": state.path(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
     println!(
         "enrolled as site {} ({}, region {})",
         resp.site, resp.role, resp.region
@@ -182,7 +272,7 @@ async fn enroll(
     Ok(())
 }
 
-async fn status(config: &Config, json: bool) -> Result<()> {
+async fn status(config: &Config, output: Output) -> Result<()> {
     let url = format!("http://{}/v1/status", config.metrics_listen);
     let resp = reqwest::Client::new()
         .get(&url)
@@ -197,7 +287,7 @@ async fn status(config: &Config, json: bool) -> Result<()> {
         .json()
         .await
         .context("unexpected status answer from the agent")?;
-    if json {
+    if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
         print!("{}", crate::status::render(&st));
@@ -231,5 +321,66 @@ mod tests {
             assert!(text.contains("wardnet-agent"), "{f}");
         }
         assert!(!dir.path().join("wardnet-agent-generate-docs.1").exists());
+        let dangling =
+            wardnet_service::docs::dangling_references(dir.path(), "wardnet-agent").expect("read");
+        assert!(dangling.is_empty(), "{dangling:?}");
+        let enroll =
+            std::fs::read_to_string(dir.path().join("wardnet-agent-enroll.1")).expect("enroll");
+        assert!(
+            enroll.contains("token\\-file"),
+            "enroll documents --token-file"
+        );
+    }
+
+    #[test]
+    fn status_and_enroll_take_output_json() {
+        for args in [
+            &["wardnet-agent", "status", "-o", "json"][..],
+            &["wardnet-agent", "status", "--output", "table"],
+            &[
+                "wardnet-agent",
+                "enroll",
+                "--controller",
+                "https://c",
+                "--token-file",
+                "-",
+                "-o",
+                "json",
+            ],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        assert!(Cli::try_parse_from(["wardnet-agent", "status", "-o", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn the_token_can_come_from_standard_input_or_a_file_but_is_required() {
+        let e = Cli::try_parse_from(["wardnet-agent", "enroll", "--controller", "https://c"]);
+        // Without WARDNET_ENROL_TOKEN in the environment the token is missing.
+        if std::env::var_os("WARDNET_ENROL_TOKEN").is_none() {
+            assert!(e.is_err());
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("token");
+        std::fs::write(&f, "wne_abc\n").expect("write");
+        assert_eq!(read_token(None, Some(f)).expect("file"), "wne_abc");
+        assert!(read_token(Some("  ".into()), None).is_err());
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            assert!(sub.get_about().is_some(), "{}", sub.get_name());
+            for a in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                assert!(
+                    a.get_help().is_some(),
+                    "`{}` argument {} has no help",
+                    sub.get_name(),
+                    a.get_id()
+                );
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ pub enum StateError {
     },
     #[error("{path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("this gateway is not enrolled: {path} does not exist. Run `wardnet-agent enroll --controller URL --token TOKEN` first")]
+    #[error("this gateway is not enrolled: {path} does not exist. Run `wardnet-agent enroll --controller URL --token-file -` (paste the token from the NOC) first")]
     NotEnrolled { path: PathBuf },
     #[error("this gateway is already enrolled as site {site} ({path}); pass --force to replace its key and identity")]
     AlreadyEnrolled { site: Name, path: PathBuf },

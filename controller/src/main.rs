@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use wardnet_controller::cli::{AdminTokenCommand, CaCommand, Cli, Command};
+use wardnet_controller::cli::{AdminTokenCommand, CaCommand, Cli, Command, Output};
 use wardnet_controller::config::{Config, Transport, EXIT_USAGE};
 use wardnet_controller::logging;
 use wardnet_controller::notify;
@@ -43,6 +43,11 @@ async fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Serve { config } => serve(&config).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            wardnet_service::docs::print_completion(Cli::command(), shell);
+            Ok(())
+        }
         Command::GenerateDocs { dir } => {
             use clap::CommandFactory;
             wardnet_controller::cli::generate_docs(Cli::command(), &dir)
@@ -54,11 +59,22 @@ async fn run(cli: Cli) -> Result<()> {
                     hosts,
                     days,
                     force,
+                    output,
                 },
         } => {
             let files = wardnet_controller::ca::init(&dir, &hosts, days, force)?;
             #[allow(clippy::print_stdout)]
-            {
+            if output.output == Output::Json {
+                let v = serde_json::json!({
+                    "hosts": hosts,
+                    "days": days,
+                    "ca_cert": files.ca_cert,
+                    "ca_key": files.ca_key,
+                    "server_cert": files.server_cert,
+                    "server_key": files.server_key,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
                 eprintln!(
                     "created a private CA and a server certificate for {} (valid {days} days):",
                     hosts.join(", ")
@@ -84,6 +100,7 @@ async fn run(cli: Cli) -> Result<()> {
                 AdminTokenCommand::Create {
                     config,
                     description,
+                    output,
                 },
         } => {
             let config = Config::load(&config, |k| std::env::var(k).ok())?;
@@ -101,7 +118,10 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .context("failed to store the admin token")?;
             #[allow(clippy::print_stdout)]
-            {
+            if output.output == Output::Json {
+                let v = serde_json::json!({"id": id, "description": description, "token": secret});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
                 eprintln!("created admin token {id} ({description}); it is shown once:");
                 println!("{secret}");
             }

@@ -535,7 +535,7 @@ allow_plain_http = {}
         Ok(())
     }
 
-    /// `wardnet-agent status --json` inside the site.
+    /// `wardnet-agent status -o json` inside the site.
     pub fn agent_status(&self, name: &str) -> Result<Value> {
         let site = self.site(name);
         let out = run(site
@@ -543,7 +543,7 @@ allow_plain_http = {}
             .command(&self.bins.agent)
             .arg("--config")
             .arg(&site.config)
-            .args(["status", "--json"]))?;
+            .args(["status", "-o", "json"]))?;
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 

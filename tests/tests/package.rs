@@ -21,7 +21,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use wardnet_e2e::container::{self, Container};
 use wardnet_e2e::fleet::{wait_for, Bins, Fleet, SiteOpts};
@@ -242,10 +242,18 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
     );
     gw.copy_in(f.ca_cert().context("a TLS fleet")?, "/etc/wardnet/ca.crt")?;
 
-    // The guide's three commands, word for word but for the token.
+    // The guide's three commands, word for word; the token is pasted at the
+    // prompt (standard input), never put on a command line.
     for step in &steps {
-        let cmd = step.replace("wne_...", &token);
-        let out = gw.sh(&format!("{cmd} </dev/null"))?;
+        ensure!(
+            !step.contains("wne_"),
+            "the guide puts the enrolment token on a command line (visible in ps): {step}"
+        );
+        let out = if step.contains("--token-file -") {
+            gw.sh(&format!("printf '%s\\n' '{token}' | {step}"))?
+        } else {
+            gw.sh(&format!("{step} </dev/null"))?
+        };
         eprintln!(
             "# {step}\n{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -272,7 +280,7 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         Duration::from_secs(30),
         "every peer up in `wardnet-agent status`",
         || {
-            let st: Value = serde_json::from_str(&gw.sh_ok("wardnet-agent status --json")?)?;
+            let st: Value = serde_json::from_str(&gw.sh_ok("wardnet-agent status -o json")?)?;
             let peers = st["peers"].as_array().cloned().unwrap_or_default();
             let all_up = !peers.is_empty() && peers.iter().all(|p| p["up"] == true);
             Ok(all_up.then_some(st))
@@ -319,7 +327,7 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
     };
     let status_json = || -> Result<Value> {
         Ok(serde_json::from_str(
-            &gw.sh_ok("wardnet-agent status --json")?,
+            &gw.sh_ok("wardnet-agent status -o json")?,
         )?)
     };
     gw.sh_ok(

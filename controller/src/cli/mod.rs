@@ -54,6 +54,14 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Print a shell completion script, e.g.
+    /// `wardnet-controller completion bash > /etc/bash_completion.d/wardnet-controller`
+    /// (the packages install them already).
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: wardnet_service::docs::Shell,
+    },
     /// Write shell completions (bash, zsh, fish) and man pages into DIR
     /// (used when building packages).
     #[command(hide = true)]
@@ -123,6 +131,8 @@ pub enum CaCommand {
         /// Replace existing files (a new CA: every agent needs the new ca.crt).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -130,15 +140,14 @@ pub use wardnet_service::docs::generate_docs;
 
 #[derive(Debug, Subcommand)]
 pub enum PrometheusCommand {
-    /// Print every agent's metrics endpoint as a Prometheus file_sd target
-    /// list (JSON), labelled site, site_region and site_role. Agents report their
-    /// address (agent keys `metrics_listen` / `metrics_advertise`); agents
-    /// without one are left out. Run it from cron into the file a
-    /// `file_sd_configs` entry watches, or point `http_sd_configs` at
-    /// `GET /v1/prometheus/targets` instead.
+    /// List every agent's metrics endpoint (its overlay address unless the
+    /// agent advertises another), labelled site, site_region and site_role.
+    /// `-o json` prints a Prometheus file_sd target list; `--out FILE`
+    /// writes one for a `file_sd_configs` entry (run it from cron), or point
+    /// `http_sd_configs` at `GET /v1/prometheus/targets` instead.
     Targets {
-        /// Write to this file (atomically: a temporary file, then rename)
-        /// instead of standard output.
+        /// Write the file_sd JSON to this file (atomically: a temporary
+        /// file, then rename) instead of printing.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -148,6 +157,7 @@ pub enum PrometheusCommand {
 pub enum AdminTokenCommand {
     /// Create a token and print it once.
     Create {
+        /// The controller's config file (the token goes into its store).
         #[arg(
             long,
             short,
@@ -158,7 +168,17 @@ pub enum AdminTokenCommand {
         /// Who or what the token is for (shown in the audit log by its id).
         #[arg(long, default_value = "bootstrap")]
         description: String,
+        #[command(flatten)]
+        output: OutputArg,
     },
+}
+
+/// `-o table|json`, the same on every command that prints a result.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArg {
+    /// Output format: a table for people, JSON for scripts.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -177,14 +197,16 @@ pub struct ApiArgs {
     /// CA certificate (PEM) to verify the controller with, instead of the system roots.
     #[arg(long, env = "WARDNET_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
-    /// Output format.
+    /// Output format: a table for people, JSON for scripts.
     #[arg(long, short, value_enum, global = true, default_value_t = Output::Table)]
     pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Aligned columns for people.
     Table,
+    /// Pretty-printed JSON for scripts (the API's own objects).
     Json,
 }
 
@@ -192,17 +214,23 @@ pub enum Output {
 pub enum RegionsCommand {
     /// Create a region; its overlay block is allocated automatically.
     Add {
+        /// Region name: lower-case letters, digits and dashes (e.g. north).
         name: Name,
-        /// Spokes of this region also peer directly with each other.
+        /// Spokes of this region also peer directly with each other
+        /// (their own tunnels, not through the hub).
         #[arg(long)]
         mesh: bool,
     },
+    /// List every region with its overlay blocks and number of sites.
     List,
+    /// Show one region.
     Show {
+        /// Region name.
         name: Name,
     },
-    /// Delete an empty region.
+    /// Delete an empty region (delete its sites first).
     Delete {
+        /// Region name.
         name: Name,
     },
 }
@@ -212,12 +240,17 @@ pub enum SitesCommand {
     /// Add a site. Prints a one-time enrolment token for its agent, or, with
     /// --public-key, creates an agentless appliance site (see `sites export`).
     Add {
+        /// Site name: lower-case letters, digits and dashes (e.g. gp-leeds-17).
         name: Name,
+        /// The region the site belongs to (`regions list`).
         #[arg(long)]
         region: Name,
-        #[arg(long, value_parser = parse_role)]
+        /// `hub`: the region's aggregation point, reachable at --endpoint;
+        /// `spoke`: a site behind it.
+        #[arg(long, value_parser = role_parser())]
         role: Role,
-        /// A LAN prefix behind the gateway (repeatable).
+        /// A LAN prefix behind the gateway (repeatable); it must lie
+        /// inside the controller's network.routed_prefixes.
         #[arg(long = "lan", value_parser = parse_prefix)]
         lan: Vec<IpNet>,
         /// Reachable underlay endpoint IP:PORT (required for hubs).
@@ -227,40 +260,53 @@ pub enum SitesCommand {
         #[arg(long)]
         public_key: Option<PublicKey>,
     },
+    /// List sites with their addresses, state and link health.
     List {
+        /// Only the sites of this region.
         #[arg(long)]
         region: Option<Name>,
-        #[arg(long, value_parser = parse_state)]
+        /// Only sites in this state (pending: not enrolled yet).
+        #[arg(long, value_parser = state_parser())]
         state: Option<SiteState>,
     },
+    /// Show one site: addresses, keys, revisions and link health.
     Show {
+        /// Site name.
         name: Name,
     },
     /// Change a site's LAN prefixes or endpoint.
     Update {
+        /// Site name.
         name: Name,
         /// Replace the LAN prefixes (repeatable; --lan none clears them).
         #[arg(long = "lan")]
         lan: Vec<String>,
+        /// New reachable underlay endpoint IP:PORT.
         #[arg(long, conflicts_with = "clear_endpoint")]
         endpoint: Option<Endpoint>,
+        /// Remove the endpoint (spokes only: a hub needs one).
         #[arg(long)]
         clear_endpoint: bool,
     },
     /// Revoke a site: its credential stops working and every peer drops it.
     Revoke {
+        /// Site name.
         name: Name,
     },
     /// Delete a site and free its addresses.
     Delete {
+        /// Site name.
         name: Name,
     },
     /// Issue a new one-time enrolment token (replaced gateway, key rotation).
     Token {
+        /// Site name.
         name: Name,
     },
-    /// Print a wg-quick config for an agentless site.
+    /// Print a wg-quick config for an agentless site (with -o json: the
+    /// site name and the config text).
     Export {
+        /// Site name (an agentless site, added with --public-key).
         name: Name,
         /// Write to this file (mode 0600) instead of standard output.
         #[arg(long)]
@@ -268,12 +314,15 @@ pub enum SitesCommand {
     },
 }
 
-fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse()
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["hub", "spoke"]).try_map(|s| s.parse::<Role>())
 }
 
-fn parse_state(s: &str) -> Result<SiteState, String> {
-    s.parse()
+fn state_parser() -> impl clap::builder::TypedValueParser<Value = SiteState> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["pending", "active", "revoked"])
+        .try_map(|s| s.parse::<SiteState>())
 }
 
 fn parse_prefix(s: &str) -> Result<IpNet, String> {
@@ -328,6 +377,7 @@ pub async fn run_client(command: Command) -> Result<()> {
         Command::Serve { .. }
         | Command::AdminToken { .. }
         | Command::Ca { .. }
+        | Command::Completion { .. }
         | Command::GenerateDocs { .. } => unreachable!("handled by main"),
     }
 }
@@ -349,8 +399,11 @@ async fn regions(api: &ApiArgs, command: RegionsCommand) -> Result<()> {
         }
         RegionsCommand::Delete { name } => {
             c.delete(&format!("/v1/regions/{name}")).await?;
-            println!("region {name} deleted");
-            Ok(())
+            let done = Deleted {
+                kind: "region",
+                name,
+            };
+            print_out(api.output, &done, || done.table())
         }
     }
 }
@@ -463,8 +516,8 @@ async fn sites(api: &ApiArgs, command: SitesCommand) -> Result<()> {
         }
         SitesCommand::Delete { name } => {
             c.delete(&format!("/v1/sites/{name}")).await?;
-            println!("site {name} deleted; its addresses are free again");
-            Ok(())
+            let done = Deleted { kind: "site", name };
+            print_out(api.output, &done, || done.table())
         }
         SitesCommand::Token { name } => {
             let created: SiteCreated = c
@@ -474,17 +527,52 @@ async fn sites(api: &ApiArgs, command: SitesCommand) -> Result<()> {
         }
         SitesCommand::Export { name, out } => {
             let text = c.get_text(&format!("/v1/sites/{name}/wg-quick")).await?;
-            match out {
-                Some(path) => {
-                    write_private(&path, &text)
-                        .with_context(|| format!("failed to write {}", path.display()))?;
-                    println!("wrote {}", path.display());
+            if let Some(path) = &out {
+                write_private(path, &text)
+                    .with_context(|| format!("failed to write {}", path.display()))?;
+            }
+            match (api.output, &out) {
+                (Output::Json, _) => {
+                    let v = Exported {
+                        site: name,
+                        format: "wg-quick",
+                        written_to: out.clone(),
+                        config: out.is_none().then_some(text),
+                    };
+                    println!("{}", serde_json::to_string_pretty(&v)?);
                 }
-                None => print!("{text}"),
+                (Output::Table, Some(path)) => println!("wrote {}", path.display()),
+                (Output::Table, None) => print!("{text}"),
             }
             Ok(())
         }
     }
+}
+
+/// What `regions delete` and `sites delete` print with `-o json`.
+#[derive(serde::Serialize)]
+struct Deleted {
+    kind: &'static str,
+    name: Name,
+}
+
+impl Deleted {
+    fn table(&self) -> Table {
+        let mut t = Table::new(&["DELETED", "NAME"]);
+        t.row(vec![self.kind.to_owned(), self.name.to_string()]);
+        t
+    }
+}
+
+/// What `sites export -o json` prints: the config text unless it went to a file.
+#[derive(serde::Serialize)]
+struct Exported {
+    site: Name,
+    format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    written_to: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<String>,
 }
 
 fn print_created(output: Output, created: &SiteCreated) -> Result<()> {
@@ -500,9 +588,9 @@ fn print_created(output: Output, created: &SiteCreated) -> Result<()> {
             table::time(created.token_expires_at)
         );
         println!("  {token}");
-        println!("On the site's gateway run:");
+        println!("On the site's gateway run this, then paste the token and press Enter:");
         println!(
-            "  wardnet-agent enroll --controller <URL> --token {token}{}",
+            "  wardnet-agent enroll --controller <URL> --ca-cert /etc/wardnet/ca.crt --token-file -{}",
             if created.site.role == Role::Hub {
                 " --endpoint <PUBLIC-IP:PORT>"
             } else {
@@ -545,7 +633,7 @@ async fn prometheus(api: &ApiArgs, command: PrometheusCommand) -> Result<()> {
             let mut json = serde_json::to_string_pretty(&groups)?;
             json.push('\n');
             match out {
-                None => print!("{json}"),
+                None => print_out(api.output, &groups, || table::targets(&groups))?,
                 Some(path) => {
                     // Prometheus re-reads file_sd files on change: never let
                     // it see half a file.
