@@ -60,6 +60,8 @@ struct Raw {
     metrics_listen: String,
     #[serde(default)]
     metrics_advertise: Option<String>,
+    #[serde(default = "default_metrics_overlay_port")]
+    metrics_overlay_port: u16,
     #[serde(default)]
     probe_interval_ms: Option<u64>,
     #[serde(default)]
@@ -91,6 +93,9 @@ fn default_interface() -> String {
 fn default_metrics() -> String {
     "127.0.0.1:9586".into()
 }
+fn default_metrics_overlay_port() -> u16 {
+    9586
+}
 fn default_uapi_dir() -> PathBuf {
     "/var/run/wireguard".into()
 }
@@ -101,8 +106,10 @@ pub struct Config {
     pub interface: String,
     pub metrics_listen: SocketAddr,
     /// The address the NOC's Prometheus scrapes (reported to the controller
-    /// for its file_sd output); `None`: derived from `metrics_listen`.
+    /// for its file_sd output); `None`: the overlay endpoint, if served.
     pub metrics_advertise: Option<SocketAddr>,
+    /// Port of the metrics endpoint on the site's overlay address (0: none).
+    pub metrics_overlay_port: u16,
     /// Time between two health probes to one peer.
     pub probe_interval: Duration,
     pub enable_ip_forwarding: bool,
@@ -122,6 +129,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_INTERFACE", "interface"),
     ("WARDNET_METRICS_LISTEN", "metrics_listen"),
     ("WARDNET_METRICS_ADVERTISE", "metrics_advertise"),
+    ("WARDNET_METRICS_OVERLAY_PORT", "metrics_overlay_port"),
     ("WARDNET_PROBE_INTERVAL_MS", "probe_interval_ms"),
     ("WARDNET_ENABLE_IP_FORWARDING", "enable_ip_forwarding"),
     ("WARDNET_UAPI_DIR", "uapi_dir"),
@@ -246,6 +254,7 @@ impl Config {
             interface: raw.interface,
             metrics_listen,
             metrics_advertise,
+            metrics_overlay_port: raw.metrics_overlay_port,
             probe_interval: Duration::from_millis(probe_ms),
             enable_ip_forwarding: raw.enable_ip_forwarding,
             uapi_dir: raw.uapi_dir,
@@ -260,15 +269,23 @@ impl Config {
 
 impl Config {
     /// The metrics address reported to the controller: `metrics_advertise`,
-    /// else `metrics_listen` when another host can reach it (not loopback,
-    /// not the unspecified address), else none.
-    pub fn metrics_address(&self) -> Option<String> {
+    /// else the overlay endpoint (`overlay`:`metrics_overlay_port`, scraped
+    /// through the tunnels), else `metrics_listen` when another host can
+    /// reach it (not loopback, not the unspecified address), else none.
+    pub fn metrics_address(&self, overlay: Option<std::net::Ipv4Addr>) -> Option<String> {
         self.metrics_advertise
+            .or_else(|| self.metrics_overlay(overlay))
             .or_else(|| {
                 let ip = self.metrics_listen.ip();
                 (!ip.is_loopback() && !ip.is_unspecified()).then_some(self.metrics_listen)
             })
             .map(|a| a.to_string())
+    }
+
+    /// Where the overlay metrics endpoint listens, if it is on.
+    pub fn metrics_overlay(&self, overlay: Option<std::net::Ipv4Addr>) -> Option<SocketAddr> {
+        let ip = overlay.filter(|_| self.metrics_overlay_port != 0)?;
+        Some(SocketAddr::from((ip, self.metrics_overlay_port)))
     }
 }
 
@@ -291,6 +308,10 @@ impl Config {
         if new.metrics_listen != self.metrics_listen {
             pending.push("metrics_listen");
             new.metrics_listen = self.metrics_listen;
+        }
+        if new.metrics_overlay_port != self.metrics_overlay_port {
+            pending.push("metrics_overlay_port");
+            new.metrics_overlay_port = self.metrics_overlay_port;
         }
         if new.uapi_dir != self.uapi_dir {
             pending.push("uapi_dir");
@@ -411,17 +432,26 @@ url = "https://controller.example:9443"
 
     #[test]
     fn metrics_address_and_probe_interval() {
+        let overlay = Some(std::net::Ipv4Addr::new(100, 64, 0, 5));
         let c = Config::parse(Path::new("a.toml"), "", none).expect("defaults");
         assert_eq!(c.probe_interval, Duration::from_secs(5));
-        // Loopback: nothing another host could scrape.
-        assert_eq!(c.metrics_address(), None);
+        // By default the overlay endpoint, scraped through the tunnels.
+        assert_eq!(
+            c.metrics_address(overlay).as_deref(),
+            Some("100.64.0.5:9586")
+        );
+        // Not known yet: nothing another host could scrape (loopback).
+        assert_eq!(c.metrics_address(None), None);
         let c = Config::parse(
             Path::new("a.toml"),
-            "metrics_listen = \"198.51.100.7:9586\"\nprobe_interval_ms = 2000",
+            "metrics_overlay_port = 0\nmetrics_listen = \"198.51.100.7:9586\"\nprobe_interval_ms = 2000",
             none,
         )
         .expect("ok");
-        assert_eq!(c.metrics_address().as_deref(), Some("198.51.100.7:9586"));
+        assert_eq!(
+            c.metrics_address(overlay).as_deref(),
+            Some("198.51.100.7:9586")
+        );
         assert_eq!(c.probe_interval, Duration::from_secs(2));
         let c = Config::parse(
             Path::new("a.toml"),
@@ -429,7 +459,10 @@ url = "https://controller.example:9443"
             none,
         )
         .expect("ok");
-        assert_eq!(c.metrics_address().as_deref(), Some("203.0.113.9:19586"));
+        assert_eq!(
+            c.metrics_address(overlay).as_deref(),
+            Some("203.0.113.9:19586")
+        );
         let e = Config::parse(Path::new("a.toml"), "metrics_advertise = \"nope\"", none)
             .expect_err("bad");
         assert!(e.to_string().contains("key `metrics_advertise`"), "{e}");

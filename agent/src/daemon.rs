@@ -106,6 +106,8 @@ struct Agent {
     /// `None` when the raw ICMP socket could not be opened (no CAP_NET_RAW).
     probe_socket: Option<Arc<ProbeSocket>>,
     metrics: Metrics,
+    /// Tells the sync task to report at once (a new metrics address).
+    report_now: Arc<tokio::sync::Notify>,
 }
 
 fn unix_now() -> i64 {
@@ -281,10 +283,34 @@ pub async fn run(
         probes: Scheduler::new(probe_config),
         probe_socket,
         metrics: Metrics::new(),
+        report_now: Arc::new(tokio::sync::Notify::new()),
     };
+    let mut overlay_http = None;
     let mut sync_task = None;
     let result = async {
         agent.apply(first).await?;
+        // The overlay address is on the interface now: serve the metrics
+        // there, for the NOC's Prometheus to scrape through the tunnels.
+        if let Some(listen) = agent.config.metrics_overlay(agent.overlay_v4()) {
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => {
+                    tracing::info!(%listen, "metrics endpoint on the overlay address (/metrics, /healthz, /readyz)");
+                    let shared = shared.clone();
+                    let stop = stop.clone();
+                    overlay_http = Some(tokio::spawn(async move {
+                        if let Err(e) =
+                            crate::http::serve_overlay(listener, shared, stop.cancelled_owned()).await
+                        {
+                            tracing::error!(error = ?e, %listen, "the overlay metrics endpoint failed");
+                        }
+                    }));
+                }
+                Err(e) => tracing::error!(
+                    error = %e, %listen,
+                    "cannot serve metrics on the overlay address; Prometheus will not reach this agent (set metrics_overlay_port = 0 to turn it off)"
+                ),
+            }
+        }
         shared.ready.store(true, Ordering::SeqCst);
         crate::notify::ready(&format!(
             "tunnels up on {} from the {} config",
@@ -298,6 +324,7 @@ pub async fn run(
             agent.config.long_poll_secs,
             events_tx.clone(),
             applied_rx,
+            agent.report_now.clone(),
         )));
         loop {
             let deadline = agent.probes.next_deadline();
@@ -318,6 +345,7 @@ pub async fn run(
                             agent.config.long_poll_secs,
                             events_tx.clone(),
                             agent.applied_tx.subscribe(),
+                            agent.report_now.clone(),
                         )));
                     }
                 }
@@ -365,6 +393,9 @@ pub async fn run(
     }
     let _ = uapi_task.await;
     let _ = http_task.await;
+    if let Some(t) = overlay_http {
+        let _ = t.await;
+    }
     // Routes and addresses go with the interface when the TUN closes.
     if let Err(e) = dp.shutdown().await {
         tracing::warn!(error = ?e, "the data plane did not stop cleanly");
@@ -373,6 +404,14 @@ pub async fn run(
 }
 
 impl Agent {
+    /// The site's overlay IPv4 address (from its enrolment).
+    fn overlay_v4(&self) -> Option<std::net::Ipv4Addr> {
+        self.enrolment.addresses.iter().find_map(|a| match a {
+            ipnet::IpNet::V4(n) => Some(n.addr()),
+            ipnet::IpNet::V6(_) => None,
+        })
+    }
+
     /// Re-read the config file (SIGHUP). Returns a new controller client
     /// when its settings changed; a file that does not load changes nothing.
     fn reload(&mut self, load: &impl Fn() -> Result<Config>) -> Option<ControllerClient> {
@@ -407,6 +446,9 @@ impl Agent {
                     }
                 }
                 let probes_changed = new.probe_interval != self.config.probe_interval;
+                let overlay = self.overlay_v4();
+                let advertise_changed =
+                    new.metrics_address(overlay) != self.config.metrics_address(overlay);
                 let forwarding_changed =
                     new.enable_ip_forwarding != self.config.enable_ip_forwarding;
                 self.config = new;
@@ -416,6 +458,10 @@ impl Agent {
                         Scheduler::new(ProbeConfig::with_interval(self.config.probe_interval));
                     let running = self.running.clone();
                     self.set_probe_targets(&running);
+                }
+                if advertise_changed {
+                    // The NOC's target list follows now, not at the next sync.
+                    self.report_now.notify_one();
                 }
                 if forwarding_changed && self.enrolment.role == Role::Hub {
                     check_forwarding(self.config.enable_ip_forwarding, &self.running);
@@ -558,7 +604,7 @@ impl Agent {
                 loss_ratio: p.loss_ratio,
             })
             .collect();
-        summarize(&peers, self.config.metrics_address())
+        summarize(&peers, self.config.metrics_address(self.overlay_v4()))
     }
 
     fn peer_statuses(&self, snap: &DeviceSnapshot) -> Vec<crate::status::PeerStatus> {
@@ -677,6 +723,7 @@ async fn sync_loop(
     long_poll_secs: u64,
     events: mpsc::Sender<Event>,
     mut applied: watch::Receiver<u64>,
+    report_now: Arc<tokio::sync::Notify>,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut reported = None;
@@ -689,6 +736,7 @@ async fn sync_loop(
             };
             match client.report(&credential, &report).await {
                 Ok(()) => {
+                    tracing::debug!(revision = known, "reported");
                     reported = Some(known);
                     // The controller answered: reachable now, not only
                     // when the long-poll below returns.
@@ -699,13 +747,21 @@ async fn sync_loop(
                         })
                         .await;
                 }
-                Err(e) => tracing::debug!(error = %e, "report failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "report failed; retrying after the next long-poll")
+                }
             }
         }
-        match client
-            .config(&credential, known, Duration::from_secs(long_poll_secs))
-            .await
-        {
+        let polled = tokio::select! {
+            r = client.config(&credential, known, Duration::from_secs(long_poll_secs)) => r,
+            () = report_now.notified() => {
+                tracing::debug!("reporting now (the metrics address changed)");
+                // Report at the top of the loop, then wait again.
+                reported = None;
+                continue;
+            }
+        };
+        match polled {
             Ok(Some(cfg)) => {
                 backoff.reset();
                 let _ = events

@@ -1,7 +1,10 @@
-//! The agent's local HTTP endpoint: `/healthz` (the process is alive),
-//! `/readyz` (a config is applied and the data plane runs) and
-//! `/v1/status` (what `wardnet-agent status` prints) and `/metrics`
-//! (Prometheus text format).
+//! The agent's HTTP endpoints: `/healthz` (the process is alive),
+//! `/readyz` (a config is applied and the data plane runs), `/v1/status`
+//! (what `wardnet-agent status` prints; local endpoint only) and `/metrics`
+//! (Prometheus text format). The local one listens on `metrics_listen`
+//! (loopback by default); the overlay one on the site's overlay address, so
+//! the NOC's Prometheus scrapes through the encrypted tunnels and nothing
+//! new listens on the underlay.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,11 +18,23 @@ use axum::{Json, Router};
 
 use crate::daemon::Shared;
 
+/// The local endpoint (`metrics_listen`): everything, the status included.
 pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// The overlay endpoint (the site's overlay address, `metrics_overlay_port`):
+/// what Prometheus scrapes through the tunnels. Not the status, which names
+/// the controller and its errors.
+pub fn overlay_router(shared: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(shared)
 }
@@ -70,6 +85,17 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "agent HTTP endpoint (/healthz, /readyz, /v1/status, /metrics)");
     axum::serve(listener, router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serve [`overlay_router`] on a listener already bound to the overlay address.
+pub async fn serve_overlay(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, overlay_router(shared))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -173,6 +173,11 @@ impl Fleet {
         let wan = Netns::new("wan")?;
         wan.lo_up()?;
         wan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        // A bridge takes the lowest MAC of its ports unless it has one of
+        // its own: every site added later would change the controller's MAC
+        // under the gateways' ARP caches, and their packets to it would
+        // vanish until the entries expired (tens of seconds).
+        wan.ip(&["link", "set", "br0", "address", "02:00:5e:00:00:fe"])?;
         wan.ip(&["addr", "add", &format!("{CONTROLLER_IP}/24"), "dev", "br0"])?;
         wan.ip(&["addr", "add", "203.0.113.254/24", "dev", "br0"])?;
         wan.ip(&["link", "set", "br0", "up"])?;
@@ -399,6 +404,7 @@ timeout_secs = 20
 interface = "{}"
 metrics_listen = "{}:9586"
 {}
+{}
 [controller]
 allow_plain_http = {}
 "#,
@@ -408,6 +414,12 @@ allow_plain_http = {}
                     site.underlay
                 } else {
                     Ipv4Addr::LOCALHOST
+                },
+                if self.metrics_on_underlay {
+                    // Only the underlay endpoint, and that is what is advertised.
+                    "metrics_overlay_port = 0"
+                } else {
+                    ""
                 },
                 self.agent_config_extra,
                 self.ca_cert.is_none(),
@@ -509,10 +521,10 @@ allow_plain_http = {}
         let agent = self.bins.agent.clone();
         let site = self.site_mut(name);
         let mut cmd = site.gw.command(&agent);
-        cmd.arg("--config")
-            .arg(&site.config)
-            .arg("run")
-            .env("WARDNET_LOG", "info");
+        cmd.arg("--config").arg(&site.config).arg("run").env(
+            "WARDNET_LOG",
+            std::env::var("WARDNET_E2E_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+        );
         site.agent = Some(Child::spawn(&mut cmd)?);
         wait_for(
             Duration::from_secs(20),

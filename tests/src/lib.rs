@@ -35,7 +35,9 @@ use anyhow::{bail, Context as _};
 pub use ipnet::IpNet;
 
 pub mod container;
+pub mod demo;
 pub mod fleet;
+pub mod prometheus;
 pub mod traffic;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -8,13 +8,13 @@
 //! Everything runs inside the test's namespaces; Prometheus listens on the
 //! wan namespace's loopback.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use wardnet_e2e::fleet::{wait_for, Fleet, SiteOpts};
-use wardnet_e2e::{require_root, Child};
+use wardnet_e2e::prometheus::Prometheus;
+use wardnet_e2e::require_root;
 
 const PROBE_MS: u64 = 200;
 
@@ -32,24 +32,16 @@ fn fleet(probe_ms: u64, spokes: &[&str]) -> Result<Fleet> {
     Ok(f)
 }
 
-struct Prometheus {
-    _child: Child,
-}
-
-impl Prometheus {
-    /// Start Prometheus in the wan namespace on its loopback, scraping the
-    /// controller and the agents listed in `targets` (file_sd), every second,
-    /// with the shipped alerting rules loaded.
-    fn start(f: &Fleet, targets: &std::path::Path) -> Result<Self> {
-        let rules = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/prometheus/wardnet-alerts.yml"
-        );
-        let config = f.dir().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"global:
+/// Start Prometheus in the wan namespace on its loopback, scraping the
+/// controller and the agents listed in `targets` (file_sd), every second,
+/// with the shipped alerting rules loaded.
+fn start_prometheus(f: &Fleet, targets: &std::path::Path) -> Result<Prometheus> {
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/prometheus/wardnet-alerts.yml"
+    );
+    let config = format!(
+        r#"global:
   scrape_interval: 1s
   evaluation_interval: 1s
 rule_files: ["{rules}"]
@@ -62,63 +54,9 @@ scrape_configs:
       - files: ["{}"]
         refresh_interval: 1s
 "#,
-                targets.display()
-            ),
-        )?;
-        let data = f.dir().join("prometheus-data");
-        let child = f.wan.spawn(&[
-            "prometheus",
-            &format!("--config.file={}", config.display()),
-            &format!("--storage.tsdb.path={}", data.display()),
-            "--web.listen-address=127.0.0.1:9090",
-            "--log.level=warn",
-        ])?;
-        wait_for(Duration::from_secs(30), "Prometheus to be ready", || {
-            Ok(f.wan
-                .exec(&["curl", "-sf", "http://127.0.0.1:9090/-/ready"])
-                .ok()
-                .map(drop))
-        })?;
-        Ok(Prometheus { _child: child })
-    }
-}
-
-/// An instant query: each result's labels and value.
-fn query(f: &Fleet, q: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>> {
-    let text = f.wan.exec(&[
-        "curl",
-        "-sf",
-        "--get",
-        "--data-urlencode",
-        &format!("query={q}"),
-        "http://127.0.0.1:9090/api/v1/query",
-    ])?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
-    if v["status"] != "success" {
-        bail!("query {q} failed: {text}");
-    }
-    let mut out = Vec::new();
-    for r in v["data"]["result"].as_array().context("no result")? {
-        let labels = r["metric"]
-            .as_object()
-            .context("no labels")?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-            .collect();
-        let value: f64 = r["value"][1]
-            .as_str()
-            .context("no value")?
-            .parse()
-            .context("bad value")?;
-        out.push((labels, value));
-    }
-    Ok(out)
-}
-
-/// The single value of `q`, if there is exactly one series.
-fn value(f: &Fleet, q: &str) -> Result<Option<f64>> {
-    let r = query(f, q)?;
-    Ok((r.len() == 1).then(|| r[0].1))
+        targets.display()
+    );
+    Prometheus::start(&f.wan, f.dir(), &config)
 }
 
 /// `promtool check metrics` on what `url` serves, run in the wan namespace.
@@ -146,7 +84,8 @@ fn underlay(f: &Fleet, site: &str) -> String {
 
 #[test]
 fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
-    if !require_root("prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down") {
+    let name = "prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down";
+    if !require_root(name) || !wardnet_e2e::require(name, wardnet_e2e::prometheus::installed()) {
         return Ok(());
     }
     let mut f = fleet(PROBE_MS, &["gp-a", "gp-b"])?;
@@ -154,7 +93,7 @@ fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
     // Every agent reported its metrics address: the controller lists all three.
     let targets = f.dir().join("agents.json");
     wait_for(Duration::from_secs(30), "three agent targets", || {
-        let v: Value = serde_json::from_str(&f.cli(&["prometheus", "targets"])?)?;
+        let v = f.cli_json(&["prometheus", "targets"])?;
         Ok((v.as_array().map_or(0, Vec::len) == 3).then_some(()))
     })?;
     let path = targets.to_str().context("path")?.to_owned();
@@ -176,52 +115,39 @@ fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
         promtool_check(&f, &format!("http://{}/metrics", underlay(&f, s)))?;
     }
 
-    let _prom = Prometheus::start(&f, &targets)?;
+    let prom = start_prometheus(&f, &targets)?;
 
     // Every target up.
     wait_for(Duration::from_secs(60), "four targets up", || {
-        let up = query(&f, "up")?;
+        let up = prom.query("up")?;
         Ok((up.len() == 4 && up.iter().all(|(_, v)| *v == 1.0)).then_some(()))
     })?;
 
     // The expected peers up, seen from both sides, with RTT observed.
     wait_for(Duration::from_secs(60), "peers up", || {
-        let hub = query(&f, r#"wardnet_peer_up{site="hub-n"} == 1"#)?;
+        let hub = prom.query(r#"wardnet_peer_up{site="hub-n"} == 1"#)?;
         let mut peers: Vec<String> = hub.iter().map(|(l, _)| l["peer"].clone()).collect();
         peers.sort();
-        let a = value(
-            &f,
-            r#"wardnet_peer_up{site="gp-a",peer="hub-n",role="hub"}"#,
-        )?;
-        let b = value(&f, r#"wardnet_peer_up{site="gp-b",peer="hub-n"}"#)?;
+        let a = prom.value(r#"wardnet_peer_up{site="gp-a",peer="hub-n",role="hub"}"#)?;
+        let b = prom.value(r#"wardnet_peer_up{site="gp-b",peer="hub-n"}"#)?;
         Ok((peers == ["gp-a", "gp-b"] && a == Some(1.0) && b == Some(1.0)).then_some(()))
     })?;
     wait_for(Duration::from_secs(30), "RTT samples", || {
-        let n = value(
-            &f,
-            r#"wardnet_peer_probe_rtt_seconds_count{site="gp-a",peer="hub-n"}"#,
-        )?;
+        let n = prom.value(r#"wardnet_peer_probe_rtt_seconds_count{site="gp-a",peer="hub-n"}"#)?;
         Ok(n.filter(|n| *n > 0.0).map(drop))
     })?;
-    let sent = value(
-        &f,
-        r#"wardnet_peer_probes_sent_total{site="hub-n",peer="gp-a"}"#,
-    )?;
+    let sent = prom.value(r#"wardnet_peer_probes_sent_total{site="hub-n",peer="gp-a"}"#)?;
     assert!(sent.is_some_and(|s| s > 0.0), "{sent:?}");
-    let handshake = value(
-        &f,
-        r#"wardnet_peer_last_handshake_timestamp_seconds{site="gp-a",peer="hub-n"}"#,
-    )?;
+    let handshake =
+        prom.value(r#"wardnet_peer_last_handshake_timestamp_seconds{site="gp-a",peer="hub-n"}"#)?;
     assert!(handshake.is_some_and(|t| t > 1.7e9), "{handshake:?}");
     assert_eq!(
-        value(&f, r#"wardnet_agent_controller_reachable{site="gp-a"}"#)?,
+        prom.value(r#"wardnet_agent_controller_reachable{site="gp-a"}"#)?,
         Some(1.0)
     );
-    assert!(value(
-        &f,
-        r#"wardnet_agent_handshakes_total{site="gp-a",result="completed"} > 0"#
-    )?
-    .is_some());
+    assert!(prom
+        .value(r#"wardnet_agent_handshakes_total{site="gp-a",result="completed"} > 0"#)?
+        .is_some());
 
     // `status` shows the same health.
     let st = f.agent_status("hub-n")?;
@@ -292,12 +218,12 @@ fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
         Duration::from_secs(30),
         "gp-b down at the hub in Prometheus",
         || {
-            let down = value(&f, r#"wardnet_peer_up{site="hub-n",peer="gp-b"} == 0"#)?;
+            let down = prom.value(r#"wardnet_peer_up{site="hub-n",peer="gp-b"} == 0"#)?;
             Ok(down.map(drop))
         },
     )?;
     assert_eq!(
-        value(&f, r#"wardnet_peer_up{site="hub-n",peer="gp-a"}"#)?,
+        prom.value(r#"wardnet_peer_up{site="hub-n",peer="gp-a"}"#)?,
         Some(1.0),
         "gp-a stays up"
     );
@@ -306,7 +232,7 @@ fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
     assert_eq!(peer(&st, "gp-b")["up"], false, "{st}");
     // gp-b's target is down in Prometheus too.
     wait_for(Duration::from_secs(30), "gp-b's target down", || {
-        Ok(value(&f, r#"up{site="gp-b"} == 0"#)?.map(drop))
+        Ok(prom.value(r#"up{site="gp-b"} == 0"#)?.map(drop))
     })?;
     Ok(())
 }

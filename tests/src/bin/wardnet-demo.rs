@@ -1,10 +1,12 @@
 //! `wardnet-demo`: a working wardnet overlay on this machine, in network
 //! namespaces, until Ctrl-C. Run through `scripts/demo.sh` (as root).
 //!
-//! Topology: region `north` (hub-and-spoke) with hub-north and gp-a; region
-//! `south` (mesh) with hub-south, gp-b and gp-c. Every spoke has a LAN host
-//! behind its gateway. gp-a's LAN reaches gp-b's through hub-north and
-//! hub-south (hub mesh); gp-b reaches gp-c directly (mesh region).
+//! Topology (see `wardnet_e2e::demo`): region `north` (hub-and-spoke) with
+//! hub-north, gp-a and the NOC's site; region `south` (mesh) with hub-south,
+//! gp-b and gp-c. Every GP site has a LAN host behind its gateway. gp-a's LAN
+//! reaches gp-b's through hub-north and hub-south (hub mesh); gp-b reaches
+//! gp-c directly (mesh region). Prometheus, in the NOC's site, scrapes every
+//! agent through the overlay.
 
 #![allow(clippy::print_stdout)]
 
@@ -13,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use wardnet_e2e::fleet::{Fleet, SiteOpts};
+use wardnet_e2e::demo;
+use wardnet_e2e::fleet::Fleet;
 use wardnet_e2e::traffic::{udp_round_trip, Echo};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -45,47 +48,31 @@ fn main() -> Result<()> {
 }
 
 fn run() -> Result<()> {
-    step("starting the controller (embedded SQLite store) in namespace wan, 198.51.100.254:8080");
-    let mut f = Fleet::start()?;
-    println!(
-        "    store: {}",
-        f.dir().join("controller/wardnet.db").display()
-    );
-    step("creating regions: north (hub-and-spoke) and south (mesh)");
-    f.region("north", false)?;
-    f.region("south", true)?;
-    print!("{}", f.cli(&["regions", "list"])?);
-    let lan = SiteOpts {
-        lan: true,
-        endpoint: false,
-    };
-    let lan_ep = SiteOpts {
-        lan: true,
-        endpoint: true,
-    };
-    for (name, region, hub, opts) in [
-        ("hub-north", "north", true, SiteOpts::default()),
-        ("hub-south", "south", true, SiteOpts::default()),
-        ("gp-a", "north", false, lan),
-        ("gp-b", "south", false, lan_ep),
-        ("gp-c", "south", false, lan_ep),
-    ] {
-        step(&format!(
-            "site {name}: `wardnet-controller sites add` (one-time token), then `wardnet-agent enroll` and `wardnet-agent run` in its namespace"
-        ));
-        f.add_site(name, region, hub, opts)?;
-        let s = f.site(name);
-        println!(
-            "    gateway {} underlay {} overlay {}{}",
-            s.gw.name(),
-            s.underlay,
-            f.overlay(name),
-            s.lan
-                .as_ref()
-                .map(|l| format!(" LAN {} (host {})", l.prefix, l.host))
-                .unwrap_or_default()
-        );
-    }
+    let f = demo::build(&mut |what, f: &Fleet| match what {
+        "controller" => {
+            step("started the controller (embedded SQLite store) in namespace wan, 198.51.100.254:8080");
+            println!(
+                "    store: {}",
+                f.dir().join("controller/wardnet.db").display()
+            );
+            step("creating regions: north (hub-and-spoke) and south (mesh)");
+        }
+        "regions" => print!("{}", f.cli(&["regions", "list"]).unwrap_or_default()),
+        name => {
+            let s = f.site(name);
+            println!(
+                "    site {name}: `wardnet-controller sites add` (one-time token), `wardnet-agent enroll`, `wardnet-agent run`\n    \
+                 gateway {} underlay {} overlay {}{}",
+                s.gw.name(),
+                s.underlay,
+                f.overlay(name),
+                s.lan
+                    .as_ref()
+                    .map(|l| format!(" LAN {} (host {})", l.prefix, l.host))
+                    .unwrap_or_default()
+            );
+        }
+    })?;
 
     step("traffic: gp-a's LAN host -> gp-b's LAN host (north -> hub-north -> hub-south -> gp-b)");
     let b = f.lan("gp-b").host;
@@ -141,6 +128,32 @@ fn run() -> Result<()> {
     let hs = f.site("hub-south");
     print!("{}", hs.gw.exec(&["wg", "show", &hs.iface])?);
 
+    step("monitoring: the controller lists every agent for Prometheus (`wardnet-controller prometheus targets`)");
+    print!("{}", f.cli(&["prometheus", "targets"])?);
+    let noc = f.site(demo::NOC).gw.name().to_owned();
+    let prom = match wardnet_e2e::prometheus::installed() {
+        Ok(()) => {
+            step(&format!(
+                "starting Prometheus in the NOC site ({noc}): it scrapes the controller and, through the overlay, every agent"
+            ));
+            let p = demo::start_prometheus(&f)?;
+            for t in p.targets()? {
+                println!("    {:<18} {:<22} {}", t.job, t.instance, t.health);
+            }
+            let up = p.query("wardnet_peer_up")?;
+            println!(
+                "    wardnet_peer_up: {} series, {} of them up",
+                up.len(),
+                up.iter().filter(|(_, v)| *v == 1.0).count()
+            );
+            Some(p)
+        }
+        Err(why) => {
+            println!("    ({why}; then run the demo again)");
+            None
+        }
+    };
+
     println!("\nThe overlay is up. Try, in another terminal:");
     println!(
         "  ip netns exec {} ping {}",
@@ -155,10 +168,17 @@ fn run() -> Result<()> {
         f.token,
         f.bins.controller.display()
     );
+    if prom.is_some() {
+        println!(
+            "  ip netns exec {noc} curl -s 'http://{}/api/v1/query?query=wardnet_peer_up'",
+            wardnet_e2e::prometheus::LISTEN
+        );
+    }
     println!("Press Ctrl-C to remove everything.");
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
     }
+    drop(prom);
     drop(echo_b);
     Ok(())
 }
