@@ -178,6 +178,32 @@ fn peer(
     }
 }
 
+/// Wait (at most 10 s) until something in `ns` listens on TCP `port`.
+fn wait_listening(ns: &str, port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "ss",
+                "-Htln",
+                &format!("sport = :{port}"),
+            ])
+            .output()
+            .expect("ss");
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on port {port} in {ns} after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn ping(ns: &str, to: &str) -> bool {
     Command::new("ip")
         .args([
@@ -212,6 +238,10 @@ fn overlay(ns: &str, tun: &str, addr: &str, route: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn two_namespaces_talk_through_the_data_plane() {
     if !have_root() {
         return;
@@ -267,15 +297,19 @@ fn two_namespaces_talk_through_the_data_plane() {
     );
 
     // 2. A UDP payload round trip through the tunnel.
-    let echo = in_netns(&ns_b, || {
+    let (bound_tx, bound) = std::sync::mpsc::channel();
+    let echo = in_netns(&ns_b, move || {
         let s = UdpSocket::bind("100.64.0.2:7777").expect("bind echo");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
+        let _ = bound_tx.send(());
         let mut buf = [0u8; 2048];
         let (n, from) = s.recv_from(&mut buf).expect("echo receive");
         s.send_to(&buf[..n], from).expect("echo send");
     });
-    std::thread::sleep(Duration::from_millis(200));
+    bound
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the echo server bound its socket");
     let reply = in_netns(&ns_a, || {
         let s = UdpSocket::bind("100.64.0.1:0").expect("bind client");
         s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -385,7 +419,7 @@ fn two_namespaces_talk_through_the_data_plane() {
             .spawn()
             .expect("iperf3 server");
         lab.children.push(server);
-        std::thread::sleep(Duration::from_millis(500));
+        wait_listening(&ns_b, 5201);
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -412,6 +446,10 @@ fn two_namespaces_talk_through_the_data_plane() {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn interoperates_with_wireguard_go() {
     if !have_root() {
         return;
@@ -458,11 +496,13 @@ fn interoperates_with_wireguard_go() {
         .expect("spawn wireguard-go");
     lab.children.push(child);
     let sock = format!("/var/run/wireguard/{wg_b}.sock");
-    for _ in 0..50 {
-        if std::path::Path::new(&sock).exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&sock).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wireguard-go did not create its control socket {sock} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
     let key_file = tempfile::NamedTempFile::new().expect("temp key file");
     std::fs::write(key_file.path(), key_b.to_base64()).expect("write key");

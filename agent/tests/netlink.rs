@@ -108,6 +108,10 @@ fn set(xs: &[&str]) -> BTreeSet<IpNet> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn links_addresses_and_routes() {
     if !is_root() {
         return;
@@ -180,6 +184,10 @@ fn links_addresses_and_routes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn apply_changes_only_the_difference() {
     if !is_root() {
         return;
@@ -256,6 +264,10 @@ fn apply_changes_only_the_difference() {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn forwarding_sysctls_follow_the_thread_namespace() {
     if !is_root() {
         return;

@@ -179,6 +179,10 @@ fn wg(args: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 async fn real_wg_show_reads_the_agent() {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {

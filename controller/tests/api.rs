@@ -205,8 +205,15 @@ async fn revoking_a_spoke_wakes_the_hubs_long_poll_without_it() {
             )
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(t.controller.long_poll_waiters(), 1);
+    // Poll, with a deadline, until the long-poll is waiting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.controller.long_poll_waiters() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the hub's long-poll never started waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (s, v) = t.admin_post("/v1/sites/gp-a/revoke", json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "revoked");

@@ -16,6 +16,10 @@ use wardnet_e2e::fleet::wait_for;
 use wardnet_e2e::{require, require_root};
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn the_demo_fleet_is_monitored_through_the_overlay_by_default() -> Result<()> {
     let name = "the_demo_fleet_is_monitored_through_the_overlay_by_default";
     if !require_root(name) || !require(name, wardnet_e2e::prometheus::installed()) {

@@ -56,6 +56,10 @@ fn peer_rx(f: &Fleet, site: &str, peer: &str) -> Result<u64> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn spoke_lan_reaches_another_spokes_lan_through_the_hub() -> Result<()> {
     if !require_root("spoke_lan_reaches_another_spokes_lan_through_the_hub") {
         return Ok(());
@@ -97,6 +101,10 @@ fn spoke_lan_reaches_another_spokes_lan_through_the_hub() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn mesh_region_spokes_talk_directly() -> Result<()> {
     if !require_root("mesh_region_spokes_talk_directly") {
         return Ok(());
@@ -157,6 +165,10 @@ fn mesh_region_spokes_talk_directly() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn a_revoked_spoke_is_dropped_by_the_hub_within_5_seconds() -> Result<()> {
     if !require_root("a_revoked_spoke_is_dropped_by_the_hub_within_5_seconds") {
         return Ok(());
@@ -187,6 +199,10 @@ fn a_revoked_spoke_is_dropped_by_the_hub_within_5_seconds() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn moving_a_spokes_endpoint_loses_nothing_on_other_streams() -> Result<()> {
     if !require_root("moving_a_spokes_endpoint_loses_nothing_on_other_streams") {
         return Ok(());
@@ -258,6 +274,10 @@ fn moving_a_spokes_endpoint_loses_nothing_on_other_streams() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn without_the_controller_traffic_flows_and_agents_restart_from_cache() -> Result<()> {
     if !require_root("without_the_controller_traffic_flows_and_agents_restart_from_cache") {
         return Ok(());
@@ -308,6 +328,10 @@ fn without_the_controller_traffic_flows_and_agents_restart_from_cache() -> Resul
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn wg_show_lists_the_peers_with_true_values() -> Result<()> {
     if !require_root("wg_show_lists_the_peers_with_true_values") {
         return Ok(());
@@ -364,6 +388,10 @@ fn wg_show_lists_the_peers_with_true_values() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn an_agentless_wireguard_go_site_reaches_a_spoke_lan() -> Result<()> {
     if !require_root("an_agentless_wireguard_go_site_reaches_a_spoke_lan") {
         return Ok(());
@@ -465,6 +493,10 @@ fn an_agentless_wireguard_go_site_reaches_a_spoke_lan() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn a_failing_test_leaves_nothing_behind() -> Result<()> {
     if !require_root("a_failing_test_leaves_nothing_behind") {
         return Ok(());
@@ -515,6 +547,10 @@ fn a_failing_test_leaves_nothing_behind() -> Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn enrolment_errors_say_what_to_do() -> Result<()> {
     if !require_root("enrolment_errors_say_what_to_do") {
         return Ok(());
@@ -575,6 +611,10 @@ fn enrolment_errors_say_what_to_do() -> Result<()> {
 /// identity persist, and the restarted agent's keepalive re-handshakes with
 /// the hub at once. The figure goes in docs/benchmarks.md.
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn restarting_an_agent_interrupts_its_sites_traffic_only_briefly() -> Result<()> {
     if !require_root("restarting_an_agent_interrupts_its_sites_traffic_only_briefly") {
         return Ok(());

@@ -23,6 +23,10 @@ fn alive(pid: i32) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn namespace_is_created_and_deleted_on_drop() {
     if !require_root("namespace_is_created_and_deleted_on_drop") {
         return;
@@ -42,6 +46,10 @@ fn namespace_is_created_and_deleted_on_drop() {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn exec_errors_carry_stderr() {
     if !require_root("exec_errors_carry_stderr") {
         return;
@@ -59,6 +67,10 @@ fn exec_errors_carry_stderr() {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn cleanup_runs_when_a_test_panics() {
     if !require_root("cleanup_runs_when_a_test_panics") {
         return;
@@ -109,6 +121,10 @@ fn cleanup_runs_when_a_test_panics() {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn child_is_killed_on_drop_and_stop_reports_status() {
     if !require_root("child_is_killed_on_drop_and_stop_reports_status") {
         return;
@@ -129,6 +145,10 @@ fn child_is_killed_on_drop_and_stop_reports_status() {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn veth_pair_pings_across_v4_and_v6() {
     if !require_root("veth_pair_pings_across_v4_and_v6") {
         return;

@@ -83,6 +83,10 @@ fn underlay(f: &Fleet, site: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
     let name = "prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down";
     if !require_root(name) || !wardnet_e2e::require(name, wardnet_e2e::prometheus::installed()) {
@@ -247,6 +251,10 @@ fn counter(text: &str, name: &str, peer: &str) -> Option<f64> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn loss_is_measured_truthfully() -> Result<()> {
     if !require_root("loss_is_measured_truthfully") {
         return Ok(());

@@ -76,6 +76,10 @@ fn package_sh(args: &[&str]) -> Result<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(wardnet_root_tests, wardnet_package_tests)),
+    ignore = "installs packages into this system: run as root with WARDNET_PACKAGE_TEST=1"
+)]
 fn packages_install_and_land_where_the_units_expect() -> Result<()> {
     let test = "packages_install_and_land_where_the_units_expect";
     if !require_root(test) {
@@ -168,6 +172,10 @@ fn container_ready() -> Result<(), String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()> {
     let test = "the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel";
     if !require_root(test) {
@@ -453,6 +461,10 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
 /// 100.64.0.0/10 inside the overlay, so the guide's 10.1.x.0/24 examples
 /// become 100.100.x.0/24) and the token typed at `read -rs`.
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn the_noc_guide_runs_the_packaged_controller_under_systemd() -> Result<()> {
     let test = "the_noc_guide_runs_the_packaged_controller_under_systemd";
     if !require_root(test) || !require(test, container_ready()) {

@@ -39,6 +39,10 @@ fn wait_for_message(sock: &UnixDatagram, want: &str, timeout: Duration) -> Resul
 }
 
 #[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn agent_notifies_ready_watchdog_and_stopping() -> Result<()> {
     if !require_root("agent_notifies_ready_watchdog_and_stopping") {
         return Ok(());
