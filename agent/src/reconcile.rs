@@ -3,7 +3,7 @@
 //! the plan (peer ops to the data plane, addresses and routes via netlink)
 //! and then records `applied.after(&plan)`.
 //!
-//! Rule (DESIGN.md): what did not change gets no operation at all, so its
+//! Rule (docs/design.md): what did not change gets no operation at all, so its
 //! session and counters survive; a peer whose key stays is updated in place.
 
 use std::collections::{BTreeMap, BTreeSet};

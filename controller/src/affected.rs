@@ -1,5 +1,5 @@
 //! Which sites' rendered configs a change can touch, so the controller
-//! re-renders a neighbourhood, never the whole network (DESIGN.md: a spoke
+//! re-renders a neighbourhood, never the whole network (docs/design.md: a spoke
 //! change costs O(1) configs).
 //!
 //! The answer may over-approximate; the caller re-renders these sites and

@@ -1,5 +1,5 @@
 //! Per-site config rendering: a pure function from the model to the
-//! WireGuard peers and routes one site should run (DESIGN.md, "Topology
+//! WireGuard peers and routes one site should run (docs/design.md, "Topology
 //! model").
 //!
 //! Only active sites appear as peers. Rendering one site reads only its

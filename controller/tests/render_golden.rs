@@ -1,5 +1,5 @@
 //! Golden tests for per-site rendering: a small literal network, and the
-//! configs written out by hand from the topology rules (DESIGN.md,
+//! configs written out by hand from the topology rules (docs/design.md,
 //! "Topology model"; controller/src/render.rs).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,7 +1,7 @@
 //! Helpers for wardnet end-to-end tests: network namespaces that clean up
 //! after themselves, veth pairs between them, and guarded child processes.
 //!
-//! Rules these helpers keep (the machine is shared; see DESIGN.md):
+//! Rules these helpers keep (the machine is shared; see docs/design.md):
 //! - nothing in the root namespace is touched: veth ends are created directly
 //!   inside their namespaces (`ip link add A netns N1 type veth peer name B
 //!   netns N2`), sysctls are set with `ip netns exec`;

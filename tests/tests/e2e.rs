@@ -605,7 +605,7 @@ fn enrolment_errors_say_what_to_do() -> Result<()> {
     Ok(())
 }
 
-/// Issue 5: `systemctl restart` (SIGTERM, then a fresh process) during a
+/// `systemctl restart` (SIGTERM, then a fresh process) during a
 /// steady stream between two sites' LANs. The site loses its tunnels only
 /// for the restart itself: the cached config comes up at once, the key and
 /// identity persist, and the restarted agent's keepalive re-handshakes with

@@ -34,9 +34,9 @@ impl Default for ProbeConfig {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(5),
             // Two intervals: a stopped peer is reported down within two
-            // probe intervals (issue 4), at the price of a down blip when two
-            // probes in a row are lost on a very lossy link (the loss ratio
-            // shows the truth).
+            // probe intervals (the alerting rules assume it), at the price
+            // of a down blip when two probes in a row are lost on a very
+            // lossy link (the loss ratio shows the truth).
             down_after_intervals: 2,
             // 5 minutes at the default interval.
             loss_window: 60,
