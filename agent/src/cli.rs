@@ -38,40 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate this site's key and enrol with a one-time token.
-    Enroll {
-        /// Controller URL, e.g. https://controller.example:8443
-        #[arg(long)]
-        controller: String,
-        /// The one-time enrolment token from `wardnet-controller sites add`.
-        /// Prefer --token-file or the WARDNET_ENROL_TOKEN variable: a command
-        /// line is visible to every local user (`ps`).
-        #[arg(
-            long,
-            env = "WARDNET_ENROL_TOKEN",
-            hide_env_values = true,
-            required_unless_present = "token_file",
-            conflicts_with = "token_file"
-        )]
-        token: Option<String>,
-        /// Read the token from this file, or from standard input with `-`
-        /// (paste it, then press Enter).
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// CA certificate (PEM) that signed the controller's certificate.
-        #[arg(long)]
-        ca_cert: Option<PathBuf>,
-        /// This gateway's reachable underlay endpoint IP:PORT (hubs need one).
-        #[arg(long)]
-        endpoint: Option<Endpoint>,
-        /// Replace an existing enrolment (new key, new identity).
-        #[arg(long)]
-        force: bool,
-        /// Accept a plain http:// controller URL (local tests only).
-        #[arg(long)]
-        allow_plain_http: bool,
-        #[command(flatten)]
-        output: OutputArg,
-    },
+    Enroll(EnrollArgs),
     /// Run the agent (what the systemd unit starts). SIGTERM stops it and
     /// removes the interface; SIGHUP re-reads the config file without
     /// touching the tunnels (`systemctl reload wardnet-agent`).
@@ -102,6 +69,43 @@ pub enum Command {
 }
 
 pub use wardnet_service::docs::generate_docs;
+
+/// `wardnet-agent enroll`.
+#[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// Controller URL, e.g. https://controller.example:8443
+    #[arg(long)]
+    controller: String,
+    /// The one-time enrolment token from `wardnet-controller sites add`.
+    /// Prefer --token-file or the WARDNET_ENROL_TOKEN variable: a command
+    /// line is visible to every local user (`ps`).
+    #[arg(
+        long,
+        env = "WARDNET_ENROL_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// Read the token from this file, or from standard input with `-`
+    /// (paste it, then press Enter).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the controller's certificate.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// This gateway's reachable underlay endpoint IP:PORT (hubs need one).
+    #[arg(long)]
+    endpoint: Option<Endpoint>,
+    /// Replace an existing enrolment (new key, new identity).
+    #[arg(long)]
+    force: bool,
+    /// Accept a plain http:// controller URL (local tests only).
+    #[arg(long)]
+    allow_plain_http: bool,
+    #[command(flatten)]
+    output: OutputArg,
+}
 
 /// `-o table|json`, as on every wardnet command that prints a result.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -162,29 +166,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         _ => crate::logging::init_cli(),
     }
     match cli.command {
-        Command::Enroll {
-            controller,
-            token,
-            token_file,
-            ca_cert,
-            endpoint,
-            force,
-            allow_plain_http,
-            output,
-        } => {
-            let token = read_token(token, token_file)?;
-            enroll(
-                &config,
-                &controller,
-                &token,
-                ca_cert,
-                endpoint,
-                force,
-                allow_plain_http,
-                output.output,
-            )
-            .await
-        }
+        Command::Enroll(args) => enroll(&config, args).await,
         Command::Run => {
             let path = cli.config.clone();
             let reload = move || {
@@ -209,16 +191,20 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn enroll(
-    config: &Config,
-    url: &str,
-    token: &str,
-    ca_cert: Option<PathBuf>,
-    endpoint: Option<Endpoint>,
-    force: bool,
-    allow_plain_http: bool,
-    output: Output,
-) -> Result<()> {
+async fn enroll(config: &Config, args: EnrollArgs) -> Result<()> {
+    let EnrollArgs {
+        controller: url,
+        token,
+        token_file,
+        ca_cert,
+        endpoint,
+        force,
+        allow_plain_http,
+        output,
+    } = args;
+    let token = read_token(token, token_file)?;
+    let output = output.output;
+    let url = url.as_str();
     let state = StateDir::new(&config.state_dir);
     state.check_fresh(force)?;
     let allow_plain_http = allow_plain_http || config.allow_plain_http;

@@ -364,7 +364,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let (s, v) =
         raw(r#"{"name":"gp-a","region":"north","role":"spoke","lan_prefixes":["10.0.0.1/24"]}"#)
             .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         v["message"]
             .as_str()
@@ -439,7 +439,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             json!({"name": "hub-x", "region": "north", "role": "hub"}),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "a hub without an endpoint: {v}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "a hub without an endpoint: {v}");
 
     let (_, v) = t.admin_get("/v1/sites").await;
     assert_eq!(
@@ -757,7 +757,7 @@ async fn a_lan_outside_the_routed_prefixes_is_refused_naming_them() {
             json!({"name": "gp-x", "region": "north", "role": "spoke", "lan_prefixes": ["172.16.7.0/24"]}),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let msg = v["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("routed_prefixes") && msg.contains("10.0.0.0/8"),
@@ -781,7 +781,7 @@ async fn a_lan_outside_the_routed_prefixes_is_refused_naming_them() {
             Some(json!({"lan_prefixes": ["10.7.0.0/24", "192.168.9.0/24"]})),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     let (_, v) = t.admin_get("/v1/sites/gp-y").await;
     assert_eq!(v["lan_prefixes"], json!(["10.7.0.0/24"]), "unchanged");
 }

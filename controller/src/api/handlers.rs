@@ -189,7 +189,13 @@ pub struct AuditQuery {
 }
 
 pub async fn audit(State(c): Ctl, _: Admin, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
-    Ok(axum::Json(c.audit_log(q.limit.unwrap_or(100), q.before).await?).into_response())
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to 1000, got {limit}"
+        )));
+    }
+    Ok(axum::Json(c.audit_log(limit, q.before).await?).into_response())
 }
 
 pub async fn status(State(c): Ctl, _: Admin) -> ApiResult<Response> {

@@ -215,6 +215,23 @@ pub fn site_detail(s: &SiteView) -> Table {
     t
 }
 
+/// `prometheus targets` for people: one row per agent.
+pub fn targets(groups: &[wardnet_common::wire::FileSdGroup]) -> Table {
+    let mut t = Table::new(&["TARGET", "SITE", "REGION", "ROLE"]);
+    for g in groups {
+        let label = |k: &str| g.labels.get(k).cloned().unwrap_or_else(|| "-".into());
+        for target in &g.targets {
+            t.row(vec![
+                target.clone(),
+                label("site"),
+                label("site_region"),
+                label("site_role"),
+            ]);
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,19 +268,3 @@ mod tests {
     }
 }
 
-/// `prometheus targets` for people: one row per agent.
-pub fn targets(groups: &[wardnet_common::wire::FileSdGroup]) -> Table {
-    let mut t = Table::new(&["TARGET", "SITE", "REGION", "ROLE"]);
-    for g in groups {
-        let label = |k: &str| g.labels.get(k).cloned().unwrap_or_else(|| "-".into());
-        for target in &g.targets {
-            t.row(vec![
-                target.clone(),
-                label("site"),
-                label("site_region"),
-                label("site_role"),
-            ]);
-        }
-    }
-    t
-}

@@ -166,7 +166,7 @@ impl Controller {
             let region = m.regions.get(&req.region).ok_or_else(|| not_found_region(&req.region))?.clone();
             check_lan_prefixes(m, &net, &req.name, &req.lan_prefixes)?;
             if req.role == Role::Hub && req.endpoint.is_none() {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ApiError::Unprocessable(format!(
                     "hub {} needs a reachable underlay endpoint: pass `endpoint` (IP:PORT) so its spokes can reach it",
                     req.name
                 )));
@@ -285,7 +285,7 @@ impl Controller {
             }
             if let Some(ep) = req.endpoint {
                 if after.role == Role::Hub && ep.is_none() {
-                    return Err(ApiError::BadRequest(format!(
+                    return Err(ApiError::Unprocessable(format!(
                         "hub {name} needs an endpoint; it cannot be cleared"
                     )));
                 }
@@ -516,7 +516,7 @@ fn check_lan_prefixes(
     let list: Vec<&IpNet> = lan.iter().collect();
     for (i, p) in list.iter().enumerate() {
         if p.trunc() != **p {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Unprocessable(format!(
                 "lan_prefixes: {p} has host bits set; did you mean {}?",
                 p.trunc()
             )));
@@ -547,7 +547,7 @@ fn check_lan_prefixes(
         }
         if !net.routed_prefixes.iter().any(|r| r.contains(*p)) {
             let routed: Vec<String> = net.routed_prefixes.iter().map(|r| r.to_string()).collect();
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::Unprocessable(format!(
                 "lan_prefixes: {p} is outside network.routed_prefixes ({}) of the controller's config; \
                  spokes route only those prefixes to their hub, so sites in other regions could not reach it. \
                  Use a prefix inside them, or add a supernet of {p} to routed_prefixes and restart the controller",

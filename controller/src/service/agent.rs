@@ -28,7 +28,7 @@ impl Controller {
             Err(ApiError::Unauthorized(_)) => "unknown_token",
             Err(ApiError::Conflict(m)) if m.contains("already used") => "token_reused",
             Err(ApiError::Conflict(_)) => "conflict",
-            Err(ApiError::BadRequest(_)) => "bad_request",
+            Err(ApiError::BadRequest(_) | ApiError::Unprocessable(_)) => "bad_request",
             Err(_) => "error",
         };
         self.metrics.enrolments.with_label_values(&[label]).inc();
@@ -70,7 +70,7 @@ impl Controller {
                 check_key_unused(m, &site_name, &req.public_key)?;
                 let endpoint = req.endpoint.or(before.endpoint);
                 if before.role == Role::Hub && endpoint.is_none() {
-                    return Err(ApiError::BadRequest(format!(
+                    return Err(ApiError::Unprocessable(format!(
                         "site {site_name} is a hub and needs a reachable endpoint: enrol with --endpoint IP:PORT"
                     )));
                 }
@@ -210,7 +210,7 @@ impl Controller {
                 ApiError::Unauthorized(format!("site {} no longer exists", who.site))
             })?;
             if report.applied_revision > site.revision {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ApiError::Unprocessable(format!(
                     "applied_revision {} is newer than the site's revision {}",
                     report.applied_revision, site.revision
                 )));
