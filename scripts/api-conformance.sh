@@ -47,17 +47,30 @@ export WARDNET_URL=$url WARDNET_TOKEN=$token
 "$controller" sites add hub-north --region north --role hub --endpoint 198.51.100.1:51820 -o json >/dev/null
 "$controller" sites add gp-a --region north --role spoke --lan 10.1.0.0/24 -o json >/dev/null
 
+# An enrolled site, so the agent routes are exercised with a real credential.
+enrol_token=$("$controller" sites add gp-b --region north --role spoke -o json |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+key=$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')
+credential=$(curl -sf -X POST -H 'Content-Type: application/json' \
+  -d "{\"token\": \"$enrol_token\", \"public_key\": \"$key\"}" "$url/v1/enroll" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["credential"])')
+
+run() {
+  schemathesis run docs/openapi.yaml \
+    --url "$url" \
+    --checks all \
+    --max-examples 40 \
+    --workers 2 \
+    --seed 1 \
+    --suppress-health-check all \
+    --no-color \
+    "$@"
+}
 status=0
-schemathesis run docs/openapi.yaml \
-  --url "$url" \
-  --header "Authorization: Bearer $token" \
-  --checks all \
-  --max-examples 40 \
-  --workers 2 \
-  --seed 1 \
-  --suppress-health-check all \
-  --no-color \
-  || status=$?
+echo "== admin routes (admin token)"
+run --header "Authorization: Bearer $token" --exclude-path-regex '^/v1/agent/' || status=$?
+echo "== agent routes (gp-b's credential)"
+run --header "Authorization: Bearer $credential" --include-path-regex '^/v1/agent/' || status=$?
 if [ "$status" != 0 ]; then
   echo "controller log:" >&2
   tail -n 50 "$work/controller.log" >&2
