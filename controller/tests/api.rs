@@ -439,7 +439,11 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
             json!({"name": "hub-x", "region": "north", "role": "hub"}),
         )
         .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "a hub without an endpoint: {v}");
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a hub without an endpoint: {v}"
+    );
 
     let (_, v) = t.admin_get("/v1/sites").await;
     assert_eq!(

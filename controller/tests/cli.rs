@@ -330,3 +330,130 @@ fn every_argument_has_help_and_choices_are_listed() {
         .collect();
     assert_eq!(values, ["hub", "spoke"]);
 }
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("controller.toml");
+    std::fs::write(&p, body).expect("write config");
+    p
+}
+
+/// `serve` with the README's config on a machine without a certificate:
+/// a usage error (64) that points to `ca init`, before anything is created.
+#[test]
+fn a_missing_certificate_is_a_usage_error_that_points_to_ca_init() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[tls]\ncert = \"{0}/none.crt\"\nkey = \"{0}/none.key\"\n\
+             [network]\noverlay_ipv4 = \"100.64.0.0/10\"\n",
+            data.display()
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("ca init"), "{err}");
+    assert!(err.contains("none.crt"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(!data.exists(), "nothing is created on the way to failing");
+}
+
+#[test]
+fn config_errors_name_the_variable_or_the_missing_section() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "plain_http = true\n");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("key `network`"), "{err}");
+
+    let config = write_config(
+        dir.path(),
+        "plain_http = true\n[network]\noverlay_ipv4 = \"100.64.0.0/10\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("WARDNET_LISTEN", "not-an-address")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("environment variable WARDNET_LISTEN"), "{err}");
+    assert!(
+        !err.contains("config file"),
+        "the file is not to blame: {err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
+
+/// Refused credentials are logged at the default level, without the secret.
+#[test]
+fn refused_credentials_are_logged_without_the_secret() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\nplain_http = true\ndata_dir = \"{}\"\nlog_format = \"human\"\n\
+             [network]\noverlay_ipv4 = \"100.64.0.0/10\"\n",
+            dir.path().join("data").display()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("WARDNET_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let secret = "wnt_this-is-not-a-token";
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Write as _;
+            let _ = write!(
+                s,
+                "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n"
+            );
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("refused a request's credentials"), "{log}");
+    assert!(log.contains("/v1/status"), "{log}");
+    assert!(!log.contains(secret), "the secret is never logged: {log}");
+}

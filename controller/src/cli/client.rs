@@ -19,7 +19,7 @@ pub enum ClientError {
         kind: String,
         message: String,
     },
-    #[error("cannot reach the controller at {url}: {source}. Check --url/WARDNET_URL, that the controller runs, and (for https) --ca-cert")]
+    #[error("cannot reach the controller at {url} (check --url/WARDNET_URL and that the controller runs)")]
     Unreachable {
         url: String,
         #[source]

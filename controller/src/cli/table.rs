@@ -267,4 +267,3 @@ mod tests {
         assert_eq!(t.to_string(), "A    BB\nxxx  y\n");
     }
 }
-
