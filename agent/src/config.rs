@@ -7,47 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Exit code for a usage or configuration error (sysexits EX_USAGE).
-pub const EXIT_USAGE: i32 = 64;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {file}")]
-    Read {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {file}: {message}")]
-    Syntax { file: PathBuf, message: String },
-    #[error("config file {file}: key `{key}`: {message}")]
-    Key {
-        file: PathBuf,
-        key: String,
-        message: String,
-    },
-    #[error("environment variable {var} (it sets key `{key}`): {message}")]
-    Env {
-        var: &'static str,
-        key: String,
-        message: String,
-    },
-}
-
-impl ConfigError {
-    /// Blame the environment variable that set the key, if one did.
-    fn blame_env(self, applied: &[(&'static str, &'static str)]) -> Self {
-        match self {
-            ConfigError::Key { key, message, file } => {
-                match wardnet_service::config::env_var_for(applied, &key) {
-                    Some(var) => ConfigError::Env { var, key, message },
-                    None => ConfigError::Key { file, key, message },
-                }
-            }
-            other => other,
-        }
-    }
-}
+pub use wardnet_service::config::{ConfigError, EXIT_USAGE};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -331,6 +331,20 @@ fn every_argument_has_help_and_choices_are_listed() {
     assert_eq!(values, ["hub", "spoke"]);
 }
 
+/// `serve --config config` that must fail: its exit code and standard error.
+fn serve_fails(config: &std::path::Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     let p = dir.join("controller.toml");
     std::fs::write(&p, body).expect("write config");
@@ -351,13 +365,8 @@ fn a_missing_certificate_is_a_usage_error_that_points_to_ca_init() {
             data.display()
         ),
     );
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = serve_fails(&config, &[]);
+    assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("ca init"), "{err}");
     assert!(err.contains("none.crt"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
@@ -368,40 +377,24 @@ fn a_missing_certificate_is_a_usage_error_that_points_to_ca_init() {
 fn config_errors_name_the_variable_or_the_missing_section() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), "plain_http = true\n");
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = serve_fails(&config, &[]);
+    assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("key `network`"), "{err}");
 
     let config = write_config(
         dir.path(),
         "plain_http = true\n[network]\noverlay_ipv4 = \"100.64.0.0/10\"\n",
     );
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("WARDNET_LISTEN", "not-an-address")
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = serve_fails(&config, &[("WARDNET_LISTEN", "not-an-address")]);
+    assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("environment variable WARDNET_LISTEN"), "{err}");
     assert!(
         !err.contains("config file"),
         "the file is not to blame: {err}"
     );
 
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(dir.path().join("missing.toml"))
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = serve_fails(&dir.path().join("missing.toml"), &[]);
+    assert_eq!(code, Some(64), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 

@@ -10,10 +10,30 @@ use wardnet_controller::cli::ApiClient;
 use wardnet_controller::service::{Actor, Controller};
 use wardnet_controller::store::{SqliteStore, Store};
 
+async fn controller(dir: &std::path::Path) -> Arc<Controller> {
+    let store = SqliteStore::open(&dir.join("w.db")).expect("store");
+    Controller::start(
+        Arc::new(store) as Arc<dyn Store>,
+        common::settings(),
+        Arc::new(wardnet_controller::service::SystemClock),
+    )
+    .await
+    .expect("controller")
+}
+
 fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("cert");
+    self_signed_for(dir, name, &["127.0.0.1", "localhost"])
+}
+
+fn self_signed_for(
+    dir: &std::path::Path,
+    name: &str,
+    hosts: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(
+        hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+    )
+    .expect("cert");
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&cert, ck.cert.pem()).expect("write cert");
@@ -27,14 +47,7 @@ async fn the_api_serves_tls_and_clients_verify_the_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert, key) = self_signed(dir.path(), "controller");
     let (other_ca, _) = self_signed(dir.path(), "other");
-    let store = SqliteStore::open(&dir.path().join("w.db")).expect("store");
-    let controller = Controller::start(
-        Arc::new(store) as Arc<dyn Store>,
-        common::settings(),
-        Arc::new(wardnet_controller::service::SystemClock),
-    )
-    .await
-    .expect("controller");
+    let controller = controller(dir.path()).await;
     let (_, token) = controller
         .create_admin_token(&Actor::local(), "tls")
         .await
@@ -82,19 +95,8 @@ async fn the_api_serves_tls_and_clients_verify_the_certificate() {
 async fn tls_mistakes_are_named() {
     wardnet_controller::init_crypto();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["controller.example".to_owned()]).expect("cert");
-    let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
-    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
-    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
-    let store = SqliteStore::open(&dir.path().join("w.db")).expect("store");
-    let controller = Controller::start(
-        Arc::new(store) as Arc<dyn Store>,
-        common::settings(),
-        Arc::new(wardnet_controller::service::SystemClock),
-    )
-    .await
-    .expect("controller");
+    let (cert, key) = self_signed_for(dir.path(), "c", &["controller.example"]);
+    let controller = controller(dir.path()).await;
     let tls = wardnet_controller::api::tls_config(&cert, &key).expect("tls config");
     let tls_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let plain_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

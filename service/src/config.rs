@@ -1,6 +1,55 @@
 //! What both daemons' TOML configs share: `WARDNET_*` environment overrides
 //! and naming the key (or variable) a config error is about.
 
+use std::path::PathBuf;
+
+/// Exit code for a usage or configuration error (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+/// A config that cannot be used, naming the file and key, or the
+/// environment variable, and what was expected. Both daemons exit with
+/// [`EXIT_USAGE`] on one.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {file}: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("config file {file}: key `{key}`: {message}")]
+    Key {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var} (it sets key `{key}`): {message}")]
+    Env {
+        var: &'static str,
+        key: String,
+        message: String,
+    },
+    /// A file the config names cannot be used (the message says which and
+    /// how to fix it).
+    #[error("{message}")]
+    File { message: String },
+}
+
+impl ConfigError {
+    /// Blame the environment variable that set the key, if one did.
+    pub fn blame_env(self, applied: &[(&'static str, &'static str)]) -> Self {
+        match self {
+            ConfigError::Key { key, message, file } => match env_var_for(applied, &key) {
+                Some(var) => ConfigError::Env { var, key, message },
+                None => ConfigError::Key { file, key, message },
+            },
+            other => other,
+        }
+    }
+}
+
 /// Set every `(variable, key)` of `overrides` that `env` has into `table`;
 /// return the ones set, so an error about one of those keys can name the
 /// variable instead of blaming the file.
