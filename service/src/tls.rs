@@ -53,7 +53,9 @@ pub fn explain(e: &(dyn Error + 'static), url: &str, ca: Option<&Path>) -> Optio
              the certificate names, or make a certificate for this one \
              (`wardnet-controller ca init --host {host}`)"
         ),
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+        // BadSignature: a CA with the same name as the real issuer (two
+        // `ca init`s) signed something else.
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
             let fix = match ca {
                 Some(_) => "check that it is the CA that signed the controller's certificate (ca.crt from `ca init`)",
                 None => "pass the CA that signed it with --ca-cert (or set it in the config)",
@@ -90,6 +92,19 @@ mod tests {
         let m = explain(&e, "https://controller.example:8443/v1", None).expect("tls");
         assert!(m.contains("\"controller.example\""), "{m}");
         assert!(m.contains("ca init --host controller.example"), "{m}");
+    }
+
+    #[test]
+    fn another_ca_of_the_same_name_is_named_as_the_wrong_ca() {
+        for e in [
+            rustls::CertificateError::UnknownIssuer,
+            rustls::CertificateError::BadSignature,
+        ] {
+            let e = rustls::Error::InvalidCertificate(e);
+            let m = explain(&e, "https://c:8443", Some(Path::new("/etc/wardnet/ca.crt")))
+                .expect("tls");
+            assert!(m.contains("not signed by the CA certificate /etc/wardnet/ca.crt"), "{m}");
+        }
     }
 
     #[test]
