@@ -101,9 +101,12 @@ mod tests {
             rustls::CertificateError::BadSignature,
         ] {
             let e = rustls::Error::InvalidCertificate(e);
-            let m = explain(&e, "https://c:8443", Some(Path::new("/etc/wardnet/ca.crt")))
-                .expect("tls");
-            assert!(m.contains("not signed by the CA certificate /etc/wardnet/ca.crt"), "{m}");
+            let m =
+                explain(&e, "https://c:8443", Some(Path::new("/etc/wardnet/ca.crt"))).expect("tls");
+            assert!(
+                m.contains("not signed by the CA certificate /etc/wardnet/ca.crt"),
+                "{m}"
+            );
         }
     }
 
