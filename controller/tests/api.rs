@@ -620,6 +620,29 @@ async fn metrics_and_health() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    // A metrics address becomes a Prometheus target: only IP:PORT.
+    for bad in [
+        "not an address",
+        "198.51.100.7",
+        "198.51.100.7:0",
+        "http://x/metrics",
+    ] {
+        let (s, v) = t
+            .call(
+                Method::POST,
+                "/v1/agent/report",
+                Some(&hub),
+                Some(json!({"applied_revision": rev, "health": {"peers_up": 1, "peers_total": 1, "metrics_address": bad}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("metrics_address")),
+            "{v}"
+        );
+    }
     let r = t
         .http
         .get(format!("{}/healthz", t.url))

@@ -203,6 +203,15 @@ impl Controller {
         report: AgentReport,
     ) -> Result<(), ApiError> {
         self.still_valid(who)?;
+        // It becomes a Prometheus target for the whole NOC: only IP:PORT.
+        if let Some(addr) = report
+            .health
+            .as_ref()
+            .and_then(|h| h.metrics_address.as_deref())
+        {
+            addr.parse::<wardnet_common::Endpoint>()
+                .map_err(|e| ApiError::Unprocessable(format!("health.metrics_address: {e}")))?;
+        }
         let now = self.now();
         let write = {
             let mut state = self.state.write();
