@@ -747,9 +747,8 @@ async fn sync_loop(
                         })
                         .await;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "report failed; retrying after the next long-poll")
-                }
+                // The long-poll below fails the same way and warns, with backoff.
+                Err(e) => tracing::debug!(error = %e, "report failed"),
             }
         }
         let polled = tokio::select! {
