@@ -2,6 +2,7 @@
 //! newtypes and the `/v1` wire protocol. No I/O and no async runtime here, so
 //! everything in this crate is testable as plain functions.
 
+pub mod delta;
 pub mod keys;
 pub mod name;
 pub mod net;

@@ -166,8 +166,8 @@ pub struct EnrollResponse {
     pub credential: String,
 }
 
-/// `GET /v1/agent/config?revision=N&wait=SECONDS`: answers at once with the
-/// config when the site's revision is newer than `revision`, else holds the
+/// `GET /v1/agent/config?revision=N&wait=SECONDS&deltas=true`: answers at
+/// once when the site's revision is newer than `revision`, else holds the
 /// request until it is or `wait` passes (then 204 No Content).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +176,11 @@ pub struct ConfigQuery {
     pub revision: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<u64>,
+    /// Answer with a [`crate::delta::ConfigUpdate`] (steps since `revision`,
+    /// or the full config) instead of a bare [`SiteConfig`]. Agents from
+    /// before deltas leave it out and get full configs.
+    #[serde(default)]
+    pub deltas: bool,
 }
 
 /// `POST /v1/agent/report`: what the agent has applied, and a health summary.

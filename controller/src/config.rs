@@ -121,12 +121,15 @@ impl Default for RawEnrolment {
 struct RawLongPoll {
     #[serde(default = "default_long_poll")]
     timeout_secs: u64,
+    #[serde(default = "default_report_persist")]
+    report_persist_secs: u64,
 }
 
 impl Default for RawLongPoll {
     fn default() -> Self {
         Self {
             timeout_secs: default_long_poll(),
+            report_persist_secs: default_report_persist(),
         }
     }
 }
@@ -158,6 +161,9 @@ fn default_token_lifetime() -> u64 {
 fn default_long_poll() -> u64 {
     60
 }
+fn default_report_persist() -> u64 {
+    30
+}
 
 /// How the API is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +186,9 @@ pub struct Config {
     pub network: NetworkSettings,
     pub token_lifetime_secs: u64,
     pub long_poll_timeout_secs: u64,
+    /// How often agents' reports are written to the database (a crash
+    /// loses at most this many seconds of last-seen and health).
+    pub report_persist_secs: u64,
     /// How logs are written to stderr (`log_format`).
     pub log_format: crate::logging::LogFormat,
     /// Time limits on idle and slow clients (`[http]`).
@@ -198,6 +207,10 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_OVERLAY_IPV4", "network.overlay_ipv4"),
     ("WARDNET_OVERLAY_IPV6", "network.overlay_ipv6"),
     ("WARDNET_LONG_POLL_TIMEOUT_SECS", "long_poll.timeout_secs"),
+    (
+        "WARDNET_LONG_POLL_REPORT_PERSIST_SECS",
+        "long_poll.report_persist_secs",
+    ),
     (
         "WARDNET_HTTP_HEADER_READ_TIMEOUT_SECS",
         "http.header_read_timeout_secs",
@@ -378,6 +391,12 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
             "expected 1 to 3600 seconds".into(),
         ));
     }
+    if raw.long_poll.report_persist_secs == 0 || raw.long_poll.report_persist_secs > 3600 {
+        return Err(err(
+            "long_poll.report_persist_secs",
+            "expected 1 to 3600 seconds".into(),
+        ));
+    }
     for (key, v) in [
         (
             "http.header_read_timeout_secs",
@@ -428,6 +447,7 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         },
         token_lifetime_secs: raw.enrolment.token_lifetime_secs,
         long_poll_timeout_secs: raw.long_poll.timeout_secs,
+        report_persist_secs: raw.long_poll.report_persist_secs,
         limits: crate::api::Limits {
             tls_handshake: std::time::Duration::from_secs(raw.http.tls_handshake_timeout_secs),
             header_read: std::time::Duration::from_secs(raw.http.header_read_timeout_secs),

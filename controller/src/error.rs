@@ -27,6 +27,13 @@ pub enum ApiError {
     /// outside the routed prefixes, a hub without an endpoint).
     #[error("{0}")]
     Unprocessable(String),
+    /// A conditional write lost a race (the database's answer; e.g. an
+    /// enrolment token redeemed by a concurrent request).
+    #[error("{0}")]
+    Precondition(String),
+    /// The database failed; nothing of the change was stored or published.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -41,6 +48,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Precondition(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,6 +63,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "unprocessable",
+            ApiError::Precondition(_) => "conflict",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -63,6 +74,14 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { what } => ApiError::Conflict(format!("already taken: {what}")),
+            StoreError::Precondition(m) => ApiError::Precondition(m),
+            e @ (StoreError::Unavailable(_) | StoreError::Commit(_)) => {
+                tracing::error!(error = %e, "the database failed; the change is not stored");
+                ApiError::Unavailable(format!(
+                    "the database failed ({e}); nothing was changed. Retry; if it keeps failing, \
+                     check the controller's log and its database's disk"
+                ))
+            }
             other => ApiError::Internal(anyhow::Error::new(other)),
         }
     }

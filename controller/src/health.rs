@@ -12,34 +12,45 @@ use wardnet_common::wire::{FileSdGroup, FleetHealth, SiteHealth, SiteState, Unix
 use wardnet_common::Name;
 
 use crate::model::{Model, Site};
+use crate::service::heartbeat::Report;
+
+/// The reports of every site, by name (see `Controller::reports`).
+pub type Reports = HashMap<Name, Report>;
+
+fn report_for<'a>(reports: &'a Reports, s: &Site) -> &'a Report {
+    static NONE: std::sync::OnceLock<Report> = std::sync::OnceLock::new();
+    reports
+        .get(&s.name)
+        .unwrap_or_else(|| NONE.get_or_init(Report::default))
+}
 
 /// An agent is online when it was last seen within `window` seconds.
 pub fn online(last_seen: Option<UnixTime>, now: UnixTime, window: i64) -> bool {
     last_seen.is_some_and(|t| t >= now - window)
 }
 
-pub fn site_health(s: &Site, now: UnixTime, window: i64) -> SiteHealth {
+pub fn site_health(s: &Site, r: &Report, now: UnixTime, window: i64) -> SiteHealth {
     SiteHealth {
         name: s.name.clone(),
         region: s.region.clone(),
         role: s.role,
         state: s.state,
         agentless: s.agentless,
-        online: online(s.last_seen, now, window),
-        last_seen: s.last_seen,
+        online: online(r.last_seen, now, window),
+        last_seen: r.last_seen,
         revision: s.revision,
-        applied_revision: s.applied_revision,
-        health: s.health.clone(),
+        applied_revision: r.applied_revision,
+        health: r.health.clone(),
     }
 }
 
-pub fn fleet_health(model: &Model, now: UnixTime, window: i64) -> FleetHealth {
+pub fn fleet_health(model: &Model, reports: &Reports, now: UnixTime, window: i64) -> FleetHealth {
     FleetHealth {
         online_window_seconds: window.max(0) as u64,
         sites: model
             .sites
             .values()
-            .map(|s| site_health(s, now, window))
+            .map(|s| site_health(s, report_for(reports, s), now, window))
             .collect(),
     }
 }
@@ -47,12 +58,19 @@ pub fn fleet_health(model: &Model, now: UnixTime, window: i64) -> FleetHealth {
 /// Prometheus file_sd groups: one per active agent site that reported a
 /// metrics address, labelled site, site_region and site_role. Sites without an
 /// address (metrics on loopback and no `metrics_advertise`) are left out.
-pub fn file_sd<'a>(sites: impl IntoIterator<Item = &'a Site>) -> Vec<FileSdGroup> {
+pub fn file_sd<'a>(
+    sites: impl IntoIterator<Item = &'a Site>,
+    reports: &Reports,
+) -> Vec<FileSdGroup> {
     let mut groups: Vec<FileSdGroup> = sites
         .into_iter()
         .filter(|s| s.state == SiteState::Active && !s.agentless)
         .filter_map(|s| {
-            let addr = s.health.as_ref()?.metrics_address.clone()?;
+            let addr = report_for(reports, s)
+                .health
+                .as_ref()?
+                .metrics_address
+                .clone()?;
             let labels = BTreeMap::from([
                 ("site".to_owned(), s.name.to_string()),
                 // Not `region`/`role`: the agent's peer metrics carry those

@@ -7,6 +7,8 @@
 //! the `skip` set and asks again.
 
 use std::collections::BTreeSet;
+
+use imbl::OrdSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -99,8 +101,8 @@ pub fn allocate_region_blocks<'a>(
 /// (revoked sites keep theirs until deleted; see [`used_addresses`]).
 pub fn allocate_site_addresses(
     region: &Region,
-    used_v4: &BTreeSet<Ipv4Addr>,
-    used_v6: &BTreeSet<Ipv6Addr>,
+    used_v4: &OrdSet<Ipv4Addr>,
+    used_v6: &OrdSet<Ipv6Addr>,
 ) -> Result<(Ipv4Addr, Option<Ipv6Addr>), IpamError> {
     allocate_site_addresses_skipping(region, used_v4, used_v6, &BTreeSet::new(), &BTreeSet::new())
 }
@@ -110,8 +112,8 @@ pub fn allocate_site_addresses(
 /// wants passed over without having to copy the used sets.
 pub fn allocate_site_addresses_skipping(
     region: &Region,
-    used_v4: &BTreeSet<Ipv4Addr>,
-    used_v6: &BTreeSet<Ipv6Addr>,
+    used_v4: &OrdSet<Ipv4Addr>,
+    used_v6: &OrdSet<Ipv6Addr>,
     skip_v4: &BTreeSet<Ipv4Addr>,
     skip_v6: &BTreeSet<Ipv6Addr>,
 ) -> Result<(Ipv4Addr, Option<Ipv6Addr>), IpamError> {
@@ -160,10 +162,7 @@ pub fn allocate_site_addresses_skipping(
 
 /// Addresses held by the region's sites, in any state: a revoked site's
 /// addresses are only free once the site is deleted.
-pub fn used_addresses<'a>(
-    model: &'a Model,
-    region: &Name,
-) -> (&'a BTreeSet<Ipv4Addr>, &'a BTreeSet<Ipv6Addr>) {
+pub fn used_addresses(model: &Model, region: &Name) -> (OrdSet<Ipv4Addr>, OrdSet<Ipv6Addr>) {
     // The model keeps this index in step with its sites.
     model.region_addresses(region)
 }
@@ -363,31 +362,32 @@ mod tests {
     #[test]
     fn site_addresses_skip_network_used_and_skipped() {
         let r = region("north", "100.64.0.0/29", Some("fd7a:6e65::/64"));
-        let none4 = BTreeSet::new();
-        let none6 = BTreeSet::new();
+        let none4 = OrdSet::new();
+        let none6 = OrdSet::new();
+        let skip6 = BTreeSet::new();
         let (v4, v6) = allocate_site_addresses(&r, &none4, &none6).expect("free");
         assert_eq!(v4, a4("100.64.0.1"));
         assert_eq!(v6, Some("fd7a:6e65::1".parse().expect("v6")));
 
-        let used: BTreeSet<_> = [a4("100.64.0.1"), a4("100.64.0.3")].into();
+        let used: OrdSet<_> = [a4("100.64.0.1"), a4("100.64.0.3")].into_iter().collect();
         let skip: BTreeSet<_> = [a4("100.64.0.2")].into();
         let (v4, _) =
-            allocate_site_addresses_skipping(&r, &used, &none6, &skip, &none6).expect("free");
+            allocate_site_addresses_skipping(&r, &used, &none6, &skip, &skip6).expect("free");
         assert_eq!(v4, a4("100.64.0.4"));
     }
 
     #[test]
     fn exhausted_region_says_what_to_do() {
         let r = region("north", "100.64.0.0/30", None);
-        let used: BTreeSet<_> = [a4("100.64.0.1"), a4("100.64.0.2")].into();
-        let e = allocate_site_addresses(&r, &used, &BTreeSet::new()).expect_err("full");
+        let used: OrdSet<_> = [a4("100.64.0.1"), a4("100.64.0.2")].into_iter().collect();
+        let e = allocate_site_addresses(&r, &used, &OrdSet::new()).expect_err("full");
         assert_eq!(
             e.to_string(),
             "region north's block 100.64.0.0/30 has no free address; delete revoked sites or create another region"
         );
         // /31 and /32 blocks have no address that is neither network nor broadcast.
         let r = region("tiny", "100.64.0.0/31", None);
-        let e = allocate_site_addresses(&r, &BTreeSet::new(), &BTreeSet::new());
+        let e = allocate_site_addresses(&r, &OrdSet::new(), &OrdSet::new());
         assert!(matches!(e, Err(IpamError::RegionExhausted { .. })));
     }
 
@@ -397,8 +397,8 @@ mod tests {
         // (docs/benchmarks.md); here only the answer is checked.
         let r = region("big", "100.64.0.0/20", Some("fd7a:6e65::/64"));
         let base = u32::from(a4("100.64.0.1"));
-        let used4: BTreeSet<Ipv4Addr> = (0..4000).map(|i| Ipv4Addr::from(base + i)).collect();
-        let used6: BTreeSet<Ipv6Addr> = (1..=4000u128)
+        let used4: OrdSet<Ipv4Addr> = (0..4000).map(|i| Ipv4Addr::from(base + i)).collect();
+        let used6: OrdSet<Ipv6Addr> = (1..=4000u128)
             .map(|i| Ipv6Addr::from(u128::from("fd7a:6e65::".parse::<Ipv6Addr>().expect("v6")) + i))
             .collect();
         let (v4, v6) = allocate_site_addresses(&r, &used4, &used6).expect("free");

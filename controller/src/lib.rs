@@ -1,11 +1,11 @@
 //! wardnet controller: regions, sites, overlay addresses and the per-site
 //! WireGuard configs agents long-poll for.
 
-pub mod affected;
 pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod configs;
 pub mod error;
 pub mod health;
 pub mod ipam;

@@ -138,6 +138,7 @@ async fn open(config: &Config) -> Result<Arc<Controller>> {
         network: config.network.clone(),
         token_lifetime_secs: config.token_lifetime_secs,
         long_poll_timeout: std::time::Duration::from_secs(config.long_poll_timeout_secs),
+        report_persist_interval: std::time::Duration::from_secs(config.report_persist_secs),
     };
     Controller::start(
         Arc::new(store) as Arc<dyn Store>,
@@ -188,9 +189,12 @@ async fn serve(path: &std::path::Path) -> Result<()> {
             notify::watchdog();
         }
     });
-    let result = wardnet_controller::api::serve(listener, controller, tls, config.limits, shutdown)
-        .await
-        .context("the API server failed");
+    let result =
+        wardnet_controller::api::serve(listener, controller.clone(), tls, config.limits, shutdown)
+            .await
+            .context("the API server failed");
+    // Agents' last reports, so a clean restart loses none of them.
+    controller.persist_reports().await;
     watchdog.abort();
     notify::stopping();
     result?;

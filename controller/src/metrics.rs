@@ -21,6 +21,10 @@ pub struct Metrics {
     waiters: IntGauge,
     agents_online: IntGauge,
     pending_delivery: IntGauge,
+    /// Changes committed together in one transaction.
+    pub change_groups: prometheus::Histogram,
+    /// Failed database transactions by error kind.
+    pub store_failures: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -84,6 +88,22 @@ impl Metrics {
             "Active agent sites whose applied revision is behind their current revision.",
         )
         .expect("static metric definition is valid");
+        let change_groups = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "wardnet_controller_change_group_size",
+                "Changes (enrolments, admin changes) committed together in one database transaction.",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        )
+        .expect("static metric definition is valid");
+        let store_failures = IntCounterVec::new(
+            Opts::new(
+                "wardnet_controller_store_failures_total",
+                "Database transactions that failed, by kind (conflict, precondition, unavailable, commit, other).",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition is valid");
         let build = IntGaugeVec::new(
             Opts::new(
                 "wardnet_controller_build_info",
@@ -101,6 +121,8 @@ impl Metrics {
             Box::new(waiters.clone()),
             Box::new(agents_online.clone()),
             Box::new(pending_delivery.clone()),
+            Box::new(change_groups.clone()),
+            Box::new(store_failures.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -114,6 +136,8 @@ impl Metrics {
             waiters,
             agents_online,
             pending_delivery,
+            change_groups,
+            store_failures,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The controller's in-memory model of the network: regions and sites as the
 //! store holds them. Rendering and IPAM are pure functions over it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use imbl::{OrdMap, OrdSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use wardnet_common::wire::{HealthSummary, SiteState, UnixTime};
@@ -51,9 +53,12 @@ pub struct Site {
     pub public_key: Option<PublicKey>,
     pub ipv4: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
-    /// Revision of the site's rendered config and the hash it was taken at.
+    /// Revision of the site's config, and the fingerprint of the rendering
+    /// (render version and network settings) it was taken with.
     pub revision: u64,
-    pub config_hash: Option<String>,
+    pub render_fingerprint: Option<String>,
+    /// What the agent last reported, as loaded at start; the live values
+    /// are soft state (`service::heartbeat`), persisted in batches.
     pub applied_revision: u64,
     pub created_at: UnixTime,
     pub enrolled_at: Option<UnixTime>,
@@ -82,12 +87,16 @@ impl Site {
 
 /// Regions and sites, keyed by name, with the indexes rendering needs so
 /// that rendering one site touches only its neighbourhood.
+///
+/// Everything that grows with the sites is a persistent map (`imbl`), so a
+/// clone is O(1) and shares structure: the writer changes a clone, and the
+/// published snapshot readers hold stays as it was.
 #[derive(Debug, Clone, Default)]
 pub struct Model {
     pub regions: BTreeMap<Name, Region>,
-    pub sites: BTreeMap<Name, Site>,
+    pub sites: OrdMap<Name, Site>,
     /// Region name -> names of its sites.
-    pub by_region: BTreeMap<Name, BTreeSet<Name>>,
+    pub by_region: BTreeMap<Name, OrdSet<Name>>,
     /// Names of all hub sites, any state.
     pub hubs: BTreeSet<Name>,
     /// Region name -> names of its hub sites, any state.
@@ -95,17 +104,21 @@ pub struct Model {
     /// Region name -> LAN prefixes of its *active* sites (with how many
     /// sites declare each), so a primary hub renders another region's LANs
     /// without reading that region's sites.
-    region_lans: BTreeMap<Name, BTreeMap<IpNet, u32>>,
+    region_lans: BTreeMap<Name, OrdMap<IpNet, u32>>,
     /// Public key -> sites holding it, any state (the store's UNIQUE
     /// constraint keeps this to one site; a set keeps the index exact anyway).
-    by_key: HashMap<PublicKey, BTreeSet<Name>>,
+    by_key: imbl::HashMap<PublicKey, BTreeSet<Name>>,
     /// Every site's LAN prefixes, any state, keyed by the truncated prefix:
     /// site -> the prefix as declared. Ordered, so overlap checks are range
     /// queries.
-    lans: BTreeMap<IpNet, BTreeMap<Name, IpNet>>,
+    lans: OrdMap<IpNet, BTreeMap<Name, IpNet>>,
     /// Region name -> overlay addresses its sites hold, any state (unique:
     /// the store's UNIQUE constraints see to it), for IPAM.
-    region_addresses: BTreeMap<Name, (BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>)>,
+    region_addresses: BTreeMap<Name, (OrdSet<Ipv4Addr>, OrdSet<Ipv6Addr>)>,
+    /// Hashes of enrolment tokens redeemed since start: a second redemption
+    /// is refused here without a database round trip (the database's
+    /// conditional update stays the judge).
+    pub consumed_tokens: imbl::HashSet<String>,
 }
 
 impl Model {
@@ -215,10 +228,20 @@ impl Model {
     }
 
     /// Overlay addresses held by a region's sites, in any state.
-    pub fn region_addresses(&self, region: &Name) -> (&BTreeSet<Ipv4Addr>, &BTreeSet<Ipv6Addr>) {
-        static EMPTY: (BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>) = (BTreeSet::new(), BTreeSet::new());
-        let (v4, v6) = self.region_addresses.get(region).unwrap_or(&EMPTY);
-        (v4, v6)
+    pub fn region_addresses(&self, region: &Name) -> (OrdSet<Ipv4Addr>, OrdSet<Ipv6Addr>) {
+        self.region_addresses
+            .get(region)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many active sites of `region` declare LAN prefix `p`.
+    pub fn region_lan_count(&self, region: &Name, p: &IpNet) -> u32 {
+        self.region_lans
+            .get(region)
+            .and_then(|m| m.get(p))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// LAN prefixes of a region's active sites, in order.
@@ -320,7 +343,7 @@ mod tests {
             ipv4: Ipv4Addr::new(100, 64, 0, 1),
             ipv6: None,
             revision: 0,
-            config_hash: None,
+            render_fingerprint: None,
             applied_revision: 0,
             created_at: 0,
             enrolled_at: None,

@@ -136,7 +136,7 @@ pub fn config_hash_owned(mut cfg: SiteConfig) -> String {
 }
 
 /// The overlay prefixes and the configured site-LAN supernets.
-fn routed_prefixes(net: &NetworkSettings) -> BTreeSet<IpNet> {
+pub(crate) fn routed_prefixes(net: &NetworkSettings) -> BTreeSet<IpNet> {
     let mut r = net.routed_prefixes.clone();
     r.insert(IpNet::V4(net.overlay_v4));
     r.extend(net.overlay_v6.map(IpNet::V6));
@@ -144,7 +144,7 @@ fn routed_prefixes(net: &NetworkSettings) -> BTreeSet<IpNet> {
 }
 
 /// A site's own overlay host prefixes and LANs.
-fn own_prefixes(s: &Site) -> BTreeSet<IpNet> {
+pub(crate) fn own_prefixes(s: &Site) -> BTreeSet<IpNet> {
     let mut p = s.addresses();
     p.extend(s.lan_prefixes.iter().copied());
     p
@@ -155,7 +155,7 @@ fn own_prefixes(s: &Site) -> BTreeSet<IpNet> {
 /// addresses are redundant inside the block (and dropped from the routes),
 /// but they name the peer's own overlay address, which the agent's link
 /// probes need as their target.
-fn region_prefixes(model: &Model, region: &Region, primary: &Site) -> BTreeSet<IpNet> {
+pub(crate) fn region_prefixes(model: &Model, region: &Region, primary: &Site) -> BTreeSet<IpNet> {
     let mut p = BTreeSet::from([IpNet::V4(region.ipv4_block)]);
     p.extend(region.ipv6_block.map(IpNet::V6));
     p.extend(model.region_lans(&region.name).copied());

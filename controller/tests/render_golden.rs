@@ -72,7 +72,7 @@ fn site(s: S<'_>) -> Site {
         ipv4: s.v4.parse().expect("ipv4"),
         ipv6: Some(s.v6.parse().expect("ipv6")),
         revision: 3,
-        config_hash: None,
+        render_fingerprint: None,
         applied_revision: 0,
         created_at: 1_700_000_000,
         enrolled_at: None,

@@ -24,6 +24,7 @@ fn settings() -> ServiceSettings {
         },
         token_lifetime_secs: 3600,
         long_poll_timeout: Duration::from_secs(5),
+        report_persist_interval: std::time::Duration::from_secs(30),
     }
 }
 

@@ -64,8 +64,12 @@ pub async fn agent_config(
     Query(q): Query<ConfigQuery>,
 ) -> ApiResult<Response> {
     let wait = q.wait.map(Duration::from_secs);
-    match c.agent_config(&who, q.revision, wait).await? {
-        Some(cfg) => Ok(axum::Json(cfg).into_response()),
+    match c.agent_config(&who, q.revision, wait, q.deltas).await? {
+        Some(bytes) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }

@@ -15,13 +15,15 @@ type Ctl = State<Arc<Controller>>;
 
 pub async fn fleet(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
     let (now, window) = (c.now(), c.online_window_secs());
-    let fleet = c.with_model(|m| crate::health::fleet_health(m, now, window));
+    let reports = c.reports();
+    let fleet = c.with_model(|m| crate::health::fleet_health(m, &reports, now, window));
     Ok(axum::Json(fleet).into_response())
 }
 
 /// The same JSON serves a file_sd file (`wardnet-controller prometheus
 /// targets > agents.json`) and Prometheus' `http_sd_configs` directly.
 pub async fn targets(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
-    let groups = c.with_model(|m| crate::health::file_sd(m.sites.values()));
+    let reports = c.reports();
+    let groups = c.with_model(|m| crate::health::file_sd(m.sites.values(), &reports));
     Ok(axum::Json(groups).into_response())
 }

@@ -11,6 +11,7 @@ use wardnet_common::wire::{
 };
 use wardnet_common::{Name, Role};
 
+use super::heartbeat::Report;
 use super::{Controller, Mutation};
 use crate::error::ApiError;
 use crate::ipam;
@@ -48,7 +49,7 @@ fn region_view(m: &Model, r: &Region) -> RegionView {
     }
 }
 
-pub(crate) fn site_view(s: &Site) -> SiteView {
+pub(crate) fn site_view(s: &Site, r: &Report) -> SiteView {
     SiteView {
         name: s.name.clone(),
         region: s.region.clone(),
@@ -60,11 +61,11 @@ pub(crate) fn site_view(s: &Site) -> SiteView {
         public_key: s.public_key,
         addresses: s.addresses(),
         revision: s.revision,
-        applied_revision: s.applied_revision,
+        applied_revision: r.applied_revision,
         created_at: s.created_at,
         enrolled_at: s.enrolled_at,
-        last_seen: s.last_seen,
-        health: s.health.clone(),
+        last_seen: r.last_seen,
+        health: r.health.clone(),
     }
 }
 
@@ -89,7 +90,8 @@ impl Controller {
         req: CreateRegion,
     ) -> Result<RegionView, ApiError> {
         let net = self.settings.network.clone();
-        self.change(|m, now| {
+        let actor = actor.clone();
+        self.change(move |m, now| {
             if m.regions.contains_key(&req.name) {
                 return Err(ApiError::Conflict(format!(
                     "a region named {} already exists",
@@ -111,7 +113,7 @@ impl Controller {
             mu.writes.push(Write::InsertRegion(region));
             mu.audit = Some(audit(
                 now,
-                actor,
+                &actor,
                 "region.create",
                 req.name.as_str(),
                 Some(format!(
@@ -135,20 +137,21 @@ impl Controller {
     }
 
     pub async fn delete_region(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
-        self.change(|m, now| {
-            if !m.regions.contains_key(name) {
-                return Err(not_found_region(name));
+        let (actor, name) = (actor.clone(), name.clone());
+        self.change(move |m, now| {
+            if !m.regions.contains_key(&name) {
+                return Err(not_found_region(&name));
             }
-            let n = m.by_region.get(name).map_or(0, |s| s.len());
+            let n = m.by_region.get(&name).map_or(0, |s| s.len());
             if n > 0 {
                 return Err(ApiError::Conflict(format!(
                     "region {name} still has {n} sites; delete them first"
                 )));
             }
-            m.remove_region(name);
+            m.remove_region(&name);
             let mut mu = Mutation::new(());
             mu.writes.push(Write::DeleteRegion(name.clone()));
-            mu.audit = Some(audit(now, actor, "region.delete", name.as_str(), None));
+            mu.audit = Some(audit(now, &actor, "region.delete", name.as_str(), None));
             Ok(mu)
         })
         .await
@@ -159,7 +162,8 @@ impl Controller {
     pub async fn add_site(&self, actor: &Actor, req: CreateSite) -> Result<SiteCreated, ApiError> {
         let net = self.settings.network.clone();
         let lifetime = self.settings.token_lifetime_secs as i64;
-        self.change(|m, now| {
+        let actor = actor.clone();
+        self.change(move |m, now| {
             if m.sites.contains_key(&req.name) {
                 return Err(ApiError::Conflict(format!("a site named {} already exists", req.name)));
             }
@@ -175,7 +179,7 @@ impl Controller {
                 check_key_unused(m, &req.name, &k)?;
             }
             let (used4, used6) = ipam::used_addresses(m, &req.region);
-            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, used4, used6)
+            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6)
                 .map_err(|e| ApiError::Conflict(e.to_string()))?;
             let agentless = req.public_key.is_some();
             let site = Site {
@@ -190,7 +194,7 @@ impl Controller {
                 ipv4,
                 ipv6,
                 revision: 0,
-                config_hash: None,
+                render_fingerprint: None,
                 applied_revision: 0,
                 created_at: now,
                 enrolled_at: agentless.then_some(now),
@@ -200,7 +204,7 @@ impl Controller {
             };
             m.upsert_site(site.clone());
             let mut out = SiteCreated {
-                site: site_view(&site),
+                site: site_view(&site, &Report::default()),
                 token: None,
                 token_expires_at: None,
             };
@@ -220,7 +224,7 @@ impl Controller {
             mu.sites.push((None, Some(site)));
             mu.audit = Some(audit(
                 now,
-                actor,
+                &actor,
                 "site.create",
                 req.name.as_str(),
                 Some(format!(
@@ -248,18 +252,20 @@ impl Controller {
     }
 
     pub fn list_sites(&self, region: Option<&Name>, state: Option<SiteState>) -> Vec<SiteView> {
+        let reports = self.reports();
         self.with_model(|m| {
             m.sites
                 .values()
                 .filter(|s| region.is_none_or(|r| &s.region == r))
                 .filter(|s| state.is_none_or(|st| s.state == st))
-                .map(site_view)
+                .map(|s| site_view(s, reports.get(&s.name).unwrap_or(&Report::default())))
                 .collect()
         })
     }
 
     pub fn site(&self, name: &Name) -> Result<SiteView, ApiError> {
-        self.with_model(|m| m.sites.get(name).map(site_view))
+        let report = self.report_of(name);
+        self.with_model(|m| m.sites.get(name).map(|s| site_view(s, &report)))
             .ok_or_else(|| not_found_site(name))
     }
 
@@ -270,7 +276,10 @@ impl Controller {
         req: UpdateSite,
     ) -> Result<SiteView, ApiError> {
         let net = self.settings.network.clone();
-        self.change(|m, now| {
+        let (actor, owned_name) = (actor.clone(), name.clone());
+        let name = owned_name.clone();
+        self.change(move |m, now| {
+            let name = &name;
             let before = m
                 .sites
                 .get(name)
@@ -296,12 +305,12 @@ impl Controller {
                 ));
             }
             m.upsert_site(after.clone());
-            let mut mu = Mutation::new(site_view(&after));
+            let mut mu = Mutation::new(());
             mu.writes.push(Write::UpdateSite(after.clone()));
             mu.sites.push((Some(before), Some(after)));
             mu.audit = Some(audit(
                 now,
-                actor,
+                &actor,
                 "site.update",
                 name.as_str(),
                 Some(detail.join(", ")),
@@ -309,11 +318,13 @@ impl Controller {
             Ok(mu)
         })
         .await?;
-        self.site(name)
+        self.site(&owned_name)
     }
 
     pub async fn revoke_site(&self, actor: &Actor, name: &Name) -> Result<SiteView, ApiError> {
-        self.change(|m, now| {
+        let (actor, owned) = (actor.clone(), name.clone());
+        self.change(move |m, now| {
+            let name = &owned;
             let before = m
                 .sites
                 .get(name)
@@ -333,25 +344,28 @@ impl Controller {
             mu.writes
                 .push(Write::DeleteEnrolTokens { site: name.clone() });
             mu.sites.push((Some(before), Some(after)));
-            mu.audit = Some(audit(now, actor, "site.revoke", name.as_str(), None));
+            mu.audit = Some(audit(now, &actor, "site.revoke", name.as_str(), None));
             Ok(mu)
         })
         .await?;
-        // The revoked site's own long-poll must end now: its credential is gone.
-        self.wake(name);
+        // The revoked site's own long-poll ended when the change was
+        // published (its credential is gone).
         self.site(name)
     }
 
     pub async fn delete_site(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
-        self.change(|m, now| {
+        let (actor, owned) = (actor.clone(), name.clone());
+        self.change(move |m, now| {
+            let name = &owned;
             let before = m.remove_site(name).ok_or_else(|| not_found_site(name))?;
             let mut mu = Mutation::new(());
             mu.writes.push(Write::DeleteSite(name.clone()));
             mu.sites.push((Some(before), None));
-            mu.audit = Some(audit(now, actor, "site.delete", name.as_str(), None));
+            mu.audit = Some(audit(now, &actor, "site.delete", name.as_str(), None));
             Ok(mu)
         })
         .await?;
+        self.heartbeats.forget(name);
         self.metrics.apply_latency.forget(name);
         Ok(())
     }
@@ -360,7 +374,10 @@ impl Controller {
     /// The site keeps running on its current key until the new agent enrols.
     pub async fn issue_token(&self, actor: &Actor, name: &Name) -> Result<SiteCreated, ApiError> {
         let lifetime = self.settings.token_lifetime_secs as i64;
-        self.change(|m, now| {
+        let (actor, owned) = (actor.clone(), name.clone());
+        let report = self.report_of(name);
+        self.change(move |m, now| {
+            let name = &owned;
             let site = m.sites.get(name).ok_or_else(|| not_found_site(name))?;
             if site.state == SiteState::Revoked {
                 return Err(ApiError::Conflict(format!(
@@ -374,7 +391,7 @@ impl Controller {
             }
             let token = Secret::generate(ENROLMENT_PREFIX);
             let mut mu = Mutation::new(SiteCreated {
-                site: site_view(site),
+                site: site_view(site, &report),
                 token: Some(token.expose().to_owned()),
                 token_expires_at: Some(now + lifetime),
             });
@@ -386,7 +403,7 @@ impl Controller {
                 created_at: now,
                 expires_at: now + lifetime,
             });
-            mu.audit = Some(audit(now, actor, "site.token", name.as_str(), None));
+            mu.audit = Some(audit(now, &actor, "site.token", name.as_str(), None));
             Ok(mu)
         })
         .await
@@ -394,15 +411,22 @@ impl Controller {
 
     /// The config the controller renders for a site now.
     pub fn site_config(&self, name: &Name) -> Result<SiteConfig, ApiError> {
-        self.with_model(|m| {
-            let site = m.sites.get(name).ok_or_else(|| not_found_site(name))?;
-            crate::render::render(m, &self.settings.network, name).ok_or_else(|| {
+        let world = self.snapshot();
+        let site = world
+            .model
+            .sites
+            .get(name)
+            .ok_or_else(|| not_found_site(name))?;
+        world
+            .configs
+            .get(name)
+            .map(|r| r.to_config())
+            .ok_or_else(|| {
                 ApiError::Conflict(format!(
                     "site {name} is {}; only active sites have a config",
                     site.state
                 ))
             })
-        })
     }
 
     pub fn wg_quick(&self, name: &Name) -> Result<String, ApiError> {
@@ -430,6 +454,7 @@ impl Controller {
             configs_pending_delivery: 0,
             long_poll_waiters: self.long_poll_waiters().max(0) as u64,
         };
+        let reports = self.reports();
         self.with_model(|m| {
             s.regions = m.regions.len() as u64;
             for site in m.sites.values() {
@@ -442,10 +467,14 @@ impl Controller {
                     Role::Hub => s.hubs += 1,
                     Role::Spoke => s.spokes += 1,
                 }
-                if site.last_seen.is_some_and(|t| t >= online_after) {
+                let r = reports.get(&site.name);
+                if r.and_then(|r| r.last_seen)
+                    .is_some_and(|t| t >= online_after)
+                {
                     s.agents_online += 1;
                 }
-                if site.is_active() && !site.agentless && site.applied_revision < site.revision {
+                let applied = r.map_or(0, |r| r.applied_revision);
+                if site.is_active() && !site.agentless && applied < site.revision {
                     s.configs_pending_delivery += 1;
                 }
             }
@@ -500,7 +529,7 @@ impl Controller {
         match self.store.admin_token(&hash_secret(token)).await {
             Ok(Some(t)) => Ok(t),
             Ok(None) => Err(ApiError::Unauthorized("admin token not recognised".into())),
-            Err(e) => Err(ApiError::Internal(anyhow::Error::new(e))),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -2,12 +2,15 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::sync::watch;
 use wardnet_common::token::{hash_secret, Secret, AGENT_PREFIX};
-use wardnet_common::wire::{AgentReport, EnrollRequest, EnrollResponse, SiteConfig, SiteState};
+use wardnet_common::wire::{AgentReport, EnrollRequest, EnrollResponse, SiteState, UnixTime};
 use wardnet_common::{Name, Role};
 
 use super::admin::check_key_unused;
-use super::{Controller, Mutation, WaitGuard};
+use super::heartbeat::Report;
+use super::{Controller, Mutation, WaitGuard, World};
 use crate::error::ApiError;
 use crate::store::{NewAudit, StoreError, Write};
 
@@ -19,46 +22,99 @@ pub struct AgentIdentity {
     credential_hash: String,
 }
 
+/// Why an enrolment was refused, as variants (metric labels come from
+/// these, never from message text).
+enum EnrolFailure {
+    UnknownToken,
+    Expired { site: Name, at: UnixTime },
+    Used { site: Name, at: UnixTime },
+    Other(ApiError),
+}
+
+impl EnrolFailure {
+    fn label(&self) -> &'static str {
+        match self {
+            EnrolFailure::UnknownToken => "unknown_token",
+            EnrolFailure::Expired { .. } => "expired_token",
+            EnrolFailure::Used { .. } => "token_reused",
+            EnrolFailure::Other(ApiError::Conflict(_)) => "conflict",
+            EnrolFailure::Other(ApiError::BadRequest(_) | ApiError::Unprocessable(_)) => {
+                "bad_request"
+            }
+            EnrolFailure::Other(ApiError::Unavailable(_)) => "unavailable",
+            EnrolFailure::Other(_) => "error",
+        }
+    }
+
+    fn into_api(self) -> ApiError {
+        match self {
+            EnrolFailure::UnknownToken => ApiError::Unauthorized(
+                "enrolment token not recognised: check it was copied whole, or ask the NOC for a new one \
+                 (`wardnet-controller sites token SITE`)"
+                    .into(),
+            ),
+            EnrolFailure::Expired { site, at } => ApiError::Unauthorized(format!(
+                "enrolment token for site {site} expired at {} ; ask the NOC for a new one \
+                 (`wardnet-controller sites token {site}`)",
+                wardnet_common::time::format_rfc3339(at)
+            )),
+            EnrolFailure::Used { site, at } => used_error(&site, at),
+            EnrolFailure::Other(e) => e,
+        }
+    }
+}
+
+impl From<ApiError> for EnrolFailure {
+    fn from(e: ApiError) -> Self {
+        EnrolFailure::Other(e)
+    }
+}
+
+impl From<StoreError> for EnrolFailure {
+    fn from(e: StoreError) -> Self {
+        EnrolFailure::Other(e.into())
+    }
+}
+
 impl Controller {
     pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, ApiError> {
         let result = self.enroll_inner(req).await;
         let label = match &result {
             Ok(_) => "success",
-            Err(ApiError::Unauthorized(m)) if m.contains("expired") => "expired_token",
-            Err(ApiError::Unauthorized(_)) => "unknown_token",
-            Err(ApiError::Conflict(m)) if m.contains("already used") => "token_reused",
-            Err(ApiError::Conflict(_)) => "conflict",
-            Err(ApiError::BadRequest(_) | ApiError::Unprocessable(_)) => "bad_request",
-            Err(_) => "error",
+            Err(f) => f.label(),
         };
         self.metrics.enrolments.with_label_values(&[label]).inc();
-        result
+        result.map_err(EnrolFailure::into_api)
     }
 
-    async fn enroll_inner(&self, req: EnrollRequest) -> Result<EnrollResponse, ApiError> {
+    async fn enroll_inner(&self, req: EnrollRequest) -> Result<EnrollResponse, EnrolFailure> {
         let hash = hash_secret(req.token.trim());
-        let token = self.store.enrol_token(&hash).await?.ok_or_else(|| {
-            ApiError::Unauthorized(
-                "enrolment token not recognised: check it was copied whole, or ask the NOC for a new one \
-                 (`wardnet-controller sites token SITE`)"
-                    .into(),
-            )
-        })?;
+        let token = self
+            .store
+            .enrol_token(&hash)
+            .await?
+            .ok_or(EnrolFailure::UnknownToken)?;
         let now = self.now();
         if let Some(used) = token.used_at {
-            return Err(used_error(&token.site, used));
+            return Err(EnrolFailure::Used {
+                site: token.site,
+                at: used,
+            });
         }
         if token.expires_at <= now {
-            return Err(ApiError::Unauthorized(format!(
-                "enrolment token for site {} expired at {} (Unix time); ask the NOC for a new one \
-                 (`wardnet-controller sites token {}`)",
-                token.site, token.expires_at, token.site
-            )));
+            return Err(EnrolFailure::Expired {
+                site: token.site,
+                at: token.expires_at,
+            });
         }
         let credential = Secret::generate(AGENT_PREFIX);
         let site_name = token.site.clone();
         let result = self
-            .change(|m, now| {
+            .change(move |m, now| {
+                if m.consumed_tokens.contains(&hash) {
+                    // Redeemed by a request committed before this one.
+                    return Err(ApiError::Precondition("enrolment token already used".into()));
+                }
                 let before = m
                     .sites
                     .get(&site_name)
@@ -81,6 +137,7 @@ impl Controller {
                 after.enrolled_at = Some(now);
                 after.credential_hash = Some(credential.hash());
                 m.upsert_site(after.clone());
+                m.consumed_tokens.insert(hash.clone());
                 let response = EnrollResponse {
                     site: after.name.clone(),
                     region: after.region.clone(),
@@ -107,14 +164,13 @@ impl Controller {
             })
             .await;
         match result {
-            Err(ApiError::Internal(e))
-                if e.downcast_ref::<StoreError>()
-                    .is_some_and(|s| matches!(s, StoreError::Precondition(_))) =>
-            {
-                // Another redemption (here or on another replica) won the race.
-                Err(used_error(&token.site, now))
-            }
-            other => other,
+            // Another redemption (here or on another replica) won the race.
+            Err(ApiError::Precondition(_)) => Err(EnrolFailure::Used {
+                site: token.site,
+                at: now,
+            }),
+            Err(e) => Err(EnrolFailure::Other(e)),
+            Ok(r) => Ok(r),
         }
     }
 
@@ -126,8 +182,7 @@ impl Controller {
             )
         })?;
         let hash = hash_secret(cred);
-        let state = self.state.read();
-        match state.credentials.get(&hash) {
+        match self.published.load().credentials.get(&hash) {
             Some(site) => Ok(AgentIdentity {
                 site: site.clone(),
                 credential_hash: hash,
@@ -140,9 +195,8 @@ impl Controller {
         }
     }
 
-    fn still_valid(&self, who: &AgentIdentity) -> Result<(), ApiError> {
-        let state = self.state.read();
-        match state.credentials.get(&who.credential_hash) {
+    fn still_valid(&self, world: &World, who: &AgentIdentity) -> Result<(), ApiError> {
+        match world.credentials.get(&who.credential_hash) {
             Some(site) if site == &who.site => Ok(()),
             _ => Err(ApiError::Unauthorized(format!(
                 "the credential of site {} is no longer valid (revoked, deleted or re-enrolled)",
@@ -151,58 +205,81 @@ impl Controller {
         }
     }
 
-    /// The long-poll: the site's config at once when its revision is newer
-    /// than `known`, else wait up to `wait` for a change (None: no change).
+    /// The long-poll. When the site's revision is newer than `known`, the
+    /// answer at once: with `deltas`, the steps since `known` (or the full
+    /// config when the agent is new or too far behind), else the full
+    /// config. Otherwise wait up to `wait` (jittered, so agents started
+    /// together do not stay in step) for a change; `None`: no change.
+    /// Answers are bytes prepared once per revision.
     pub async fn agent_config(
         &self,
         who: &AgentIdentity,
         known: u64,
         wait: Option<Duration>,
-    ) -> Result<Option<SiteConfig>, ApiError> {
+        deltas: bool,
+    ) -> Result<Option<Bytes>, ApiError> {
         let wait = wait
             .unwrap_or(self.settings.long_poll_timeout)
             .min(self.settings.long_poll_timeout);
-        let mut rx = self
-            .revision_rx(&who.site)
-            .ok_or_else(|| ApiError::Unauthorized(format!("site {} no longer exists", who.site)))?;
+        let wait = wait.mul_f64(rand::random::<f64>().mul_add(0.2, 0.8));
         let deadline = tokio::time::Instant::now() + wait;
         let _guard = WaitGuard::new(&self.waiting);
-        loop {
-            self.still_valid(who)?;
-            let current = *rx.borrow_and_update();
-            if current > known {
-                return self.with_model(|m| {
-                    crate::render::render(m, &self.settings.network, &who.site)
-                        .map(Some)
-                        .ok_or_else(|| {
-                            ApiError::Forbidden(format!(
-                                "site {} has no config (not active)",
-                                who.site
-                            ))
-                        })
+        let mut rx: Option<watch::Receiver<u64>> = None;
+        let answer = loop {
+            let world = self.published.load();
+            self.still_valid(&world, who)?;
+            let Some(render) = world.configs.get(&who.site) else {
+                return Err(ApiError::Forbidden(format!(
+                    "site {} has no config (not active)",
+                    who.site
+                )));
+            };
+            if render.revision > known {
+                break Some(if deltas {
+                    render.update_bytes(known)
+                } else {
+                    render.full_bytes()
                 });
             }
+            let current = render.revision;
+            drop(world);
+            let r = match &mut rx {
+                Some(r) => r,
+                None => {
+                    // Subscribe, then look again: a revision published in
+                    // between is seen either way.
+                    rx = Some(self.watch(&who.site, current));
+                    continue;
+                }
+            };
             tokio::select! {
-                changed = rx.changed() => {
+                changed = r.changed() => {
                     if changed.is_err() {
                         // The sender is gone: the site was deleted.
-                        self.still_valid(who)?;
-                        return Err(ApiError::Unauthorized(format!("site {} no longer exists", who.site)));
+                        let world = self.published.load();
+                        self.still_valid(&world, who)?;
+                        break None;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
-                _ = self.shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep_until(deadline) => break None,
+                _ = self.shutdown.cancelled() => break None,
             }
+        };
+        if rx.take().is_some() {
+            self.unwatch(&who.site);
         }
+        Ok(answer)
     }
 
-    /// Record what the agent applied, when it was seen, and its health.
+    /// Record what the agent applied, when it was seen, and its health: soft
+    /// state, persisted in batches (see [`super::heartbeat`]).
     pub async fn agent_report(
         &self,
         who: &AgentIdentity,
         report: AgentReport,
     ) -> Result<(), ApiError> {
-        self.still_valid(who)?;
+        let world = self.published.load();
+        self.still_valid(&world, who)?;
         // It becomes a Prometheus target for the whole NOC: only IP:PORT.
         if let Some(addr) = report
             .health
@@ -212,29 +289,24 @@ impl Controller {
             addr.parse::<wardnet_common::Endpoint>()
                 .map_err(|e| ApiError::Unprocessable(format!("health.metrics_address: {e}")))?;
         }
-        let now = self.now();
-        let write = {
-            let mut state = self.state.write();
-            let site = state.model.sites.get_mut(&who.site).ok_or_else(|| {
+        let site =
+            world.model.sites.get(&who.site).ok_or_else(|| {
                 ApiError::Unauthorized(format!("site {} no longer exists", who.site))
             })?;
-            if report.applied_revision > site.revision {
-                return Err(ApiError::Unprocessable(format!(
-                    "applied_revision {} is newer than the site's revision {}",
-                    report.applied_revision, site.revision
-                )));
-            }
-            site.applied_revision = report.applied_revision;
-            site.last_seen = Some(now);
-            site.health = report.health.clone();
-            Write::Report {
-                site: who.site.clone(),
+        if report.applied_revision > site.revision {
+            return Err(ApiError::Unprocessable(format!(
+                "applied_revision {} is newer than the site's revision {}",
+                report.applied_revision, site.revision
+            )));
+        }
+        self.heartbeats.record(
+            &who.site,
+            Report {
                 applied_revision: report.applied_revision,
-                last_seen: now,
+                last_seen: Some(self.now()),
                 health: report.health,
-            }
-        };
-        self.store.commit(vec![write]).await?;
+            },
+        );
         self.metrics.apply_latency.applied(
             &who.site,
             report.applied_revision,
@@ -243,12 +315,14 @@ impl Controller {
         Ok(())
     }
 
-    /// Wake a site's long-polls without a new revision (after revocation,
-    /// so the agent learns at once that its credential is gone).
-    pub(crate) fn wake(&self, site: &Name) {
-        if let Some(tx) = self.state.read().revisions.get(site) {
-            tx.send_modify(|_| {});
-        }
+    /// The last report of a site (soft state).
+    pub fn report_of(&self, site: &Name) -> Report {
+        self.heartbeats.get(site)
+    }
+
+    /// Every site's last report.
+    pub fn reports(&self) -> std::collections::HashMap<Name, Report> {
+        self.heartbeats.all()
     }
 }
 

@@ -1,49 +1,47 @@
-//! The controller's service layer: validation, the in-memory model, the
-//! change pipeline and the long-poll waiters. HTTP handlers are thin calls
-//! into this.
+//! The controller's service layer: validation, the model, the change
+//! pipeline and the long-poll waiters. HTTP handlers are thin calls into
+//! this.
 //!
-//! A change runs in three steps:
-//! 1. under the write lock: validate against the model, mutate the model,
-//!    find the sites the change affects (O(neighbourhood), never all sites)
-//!    and mark them dirty, queue the change's writes as one batch in the
-//!    store;
-//! 2. release the lock, wait until the batch is durable (the store groups
-//!    concurrent batches into one fsync);
-//! 3. flush: re-render the dirty sites, bump the revision where the rendered
-//!    config changed, store the bumps, wake the long-polls of the sites whose
-//!    revision moved, and answer.
+//! Durable first, one writer (docs/design.md, "Controller v2"):
+//! - every change is a job sent to one writer task, which owns the working
+//!   [`World`] (model, credential index, per-site configs);
+//! - the writer takes every job waiting, applies each to a copy of the
+//!   published world (O(1): persistent maps), brings the touched configs in
+//!   step incrementally ([`crate::configs`]), and commits the group's writes
+//!   *and the revision bumps they cause* in one transaction;
+//! - only then is the new world published (one atomic pointer swap) and are
+//!   the long-polls of the sites whose revision moved woken. Readers (admin
+//!   calls, long-polls, metrics) only ever see committed state.
+//! - A failed commit drops the copy: the published world is untouched and
+//!   nothing needs reloading. A group that failed is retried job by job, so
+//!   one job's conflict does not fail the others.
 //!
-//! Step 3 is shared the way the store shares an fsync: one flush serves
-//! every change that marked sites dirty before it started. Under load (many
-//! spokes of a region enrolling at once) the region's hub, whose config has
-//! thousands of peers, is then rendered and hashed once per flush rather
-//! than once per enrolment. A change still answers only after its sites'
-//! new revisions are durable and their agents woken.
-//!
-//! If a batch fails in the store the model is reloaded from it, so memory
-//! never claims what the database does not hold.
+//! Soft state (what agents report: last seen, applied revision, health) is
+//! kept apart, in memory, and persisted in periodic batches
+//! ([`heartbeat`]).
 
 mod admin;
 pub use admin::Actor;
 pub use agent::AgentIdentity;
 mod agent;
+pub mod heartbeat;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::RwLock;
-use tokio::sync::watch;
+use arc_swap::ArcSwap;
+use imbl::OrdMap;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use wardnet_common::wire::UnixTime;
 use wardnet_common::Name;
 
-use crate::affected::affected_by_site_change;
+use crate::configs::{self, SiteRender, Touches};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{Model, NetworkSettings, Site};
-use crate::render::{config_hash_owned, render};
 use crate::store::{NewAudit, Store, StoreError, Write};
 
 /// Where "now" comes from, so token expiry and last-seen are testable.
@@ -65,85 +63,50 @@ pub struct ServiceSettings {
     pub network: NetworkSettings,
     pub token_lifetime_secs: u64,
     pub long_poll_timeout: Duration,
+    /// How often agents' reports (last seen, applied revision, health) are
+    /// written to the database; a crash loses at most this much of them.
+    pub report_persist_interval: Duration,
+}
+
+/// Jobs the writer takes at most in one group (one transaction).
+const MAX_GROUP: usize = 512;
+
+/// Everything readers see, as of one committed group.
+#[derive(Clone, Default)]
+pub struct World {
+    pub model: Model,
+    /// Agent credential hash -> site.
+    credentials: imbl::HashMap<String, Name>,
+    /// Active sites' configs.
+    pub configs: OrdMap<Name, SiteRender>,
+}
+
+impl World {
+    fn index_site(&mut self, before: Option<&Site>, after: Option<&Site>) {
+        if let Some(h) = before.and_then(|b| b.credential_hash.as_ref()) {
+            self.credentials.remove(h);
+        }
+        if let Some(a) = after {
+            if let Some(h) = &a.credential_hash {
+                self.credentials.insert(h.clone(), a.name.clone());
+            }
+        }
+    }
 }
 
 pub struct Controller {
     store: Arc<dyn Store>,
     settings: ServiceSettings,
     clock: Arc<dyn Clock>,
-    state: RwLock<State>,
-    /// Serialises changes to the model (held while computing and queueing a
-    /// change, not while it is written to disk).
-    write_lock: tokio::sync::Mutex<()>,
-    /// Serialises flushes of dirty sites (see the module docs).
-    flush_log: tokio::sync::Mutex<FlushLog>,
+    fingerprint: String,
+    published: ArcSwap<World>,
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
+    /// Per site with waiting long-polls: its revision, sent when it moves.
+    watchers: parking_lot::Mutex<HashMap<Name, watch::Sender<u64>>>,
+    heartbeats: heartbeat::Heartbeats,
     pub metrics: Metrics,
     waiting: AtomicI64,
     shutdown: CancellationToken,
-}
-
-#[derive(Default)]
-struct State {
-    model: Model,
-    /// Agent credential hash -> site.
-    credentials: HashMap<String, Name>,
-    /// Per site: the last revision known durable; long-polls wait on it.
-    revisions: HashMap<Name, watch::Sender<u64>>,
-    /// Enrolment tokens redeemed by this process (a fast refusal for a racing
-    /// second redemption; the database is the judge across replicas).
-    consumed_tokens: HashSet<String>,
-    /// Sites a change may have touched whose configs are not yet re-rendered.
-    dirty: BTreeSet<Name>,
-    /// Number of the flush that will pick up `dirty` (starts at 1).
-    generation: u64,
-}
-
-/// What flushes have done, for the changes waiting on them.
-#[derive(Default)]
-struct FlushLog {
-    /// The last flush completed.
-    done: u64,
-    /// Flushes whose writes failed (rare; the model was reloaded).
-    failed: BTreeSet<u64>,
-}
-
-impl State {
-    fn load(model: Model) -> Self {
-        let mut s = State {
-            model,
-            generation: 1,
-            ..State::default()
-        };
-        let sites: Vec<Site> = s.model.sites.values().cloned().collect();
-        for site in &sites {
-            s.index_site(None, Some(site));
-        }
-        s
-    }
-
-    /// Keep the credential index and the revision channels in step with a
-    /// site change.
-    fn index_site(&mut self, before: Option<&Site>, after: Option<&Site>) {
-        if let Some(h) = before.and_then(|b| b.credential_hash.as_ref()) {
-            self.credentials.remove(h);
-        }
-        match after {
-            Some(a) => {
-                if let Some(h) = &a.credential_hash {
-                    self.credentials.insert(h.clone(), a.name.clone());
-                }
-                self.revisions
-                    .entry(a.name.clone())
-                    .or_insert_with(|| watch::channel(a.revision).0);
-            }
-            None => {
-                if let Some(b) = before {
-                    // Dropping the sender wakes every waiter of the deleted site.
-                    self.revisions.remove(&b.name);
-                }
-            }
-        }
-    }
 }
 
 /// What a change closure hands back to the pipeline.
@@ -166,43 +129,116 @@ impl<T> Mutation<T> {
     }
 }
 
+/// A change waiting for the writer. `apply` may run more than once (a
+/// group that failed is retried job by job); `finish` answers the caller.
+trait Job: Send {
+    fn apply(&mut self, m: &mut Model, now: UnixTime) -> Result<Effects, ApiError>;
+    fn finish(self: Box<Self>, result: Result<(), ApiError>);
+}
+
+struct Effects {
+    writes: Vec<Write>,
+    sites: Vec<(Option<Site>, Option<Site>)>,
+}
+
+struct TypedJob<T, F> {
+    f: F,
+    output: Option<T>,
+    reply: oneshot::Sender<Result<T, ApiError>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send,
+    F: FnMut(&mut Model, UnixTime) -> Result<Mutation<T>, ApiError> + Send,
+{
+    fn apply(&mut self, m: &mut Model, now: UnixTime) -> Result<Effects, ApiError> {
+        let mut mu = (self.f)(m, now)?;
+        if let Some(a) = mu.audit.take() {
+            mu.writes.push(Write::Audit(a));
+        }
+        self.output = Some(mu.output);
+        Ok(Effects {
+            writes: mu.writes,
+            sites: mu.sites,
+        })
+    }
+
+    fn finish(self: Box<Self>, result: Result<(), ApiError>) {
+        let TypedJob { output, reply, .. } = *self;
+        let answer = result.and_then(|()| {
+            output.ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("a change finished without output"))
+            })
+        });
+        // The caller may have gone away (client disconnected); the change stands.
+        let _ = reply.send(answer);
+    }
+}
+
 impl Controller {
-    /// Load the model from the store and bring every site's revision in step
-    /// with the current settings (a changed MTU, say, gives every site a new
-    /// config once, at start).
+    /// Load the model from the store, render every site's config, and give
+    /// a new revision to every site rendered with other settings or an
+    /// older wardnet (a changed MTU reaches every agent once, at start).
     pub async fn start(
         store: Arc<dyn Store>,
         settings: ServiceSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
         let snap = store.load().await?;
-        let mut model = Model::from_parts(snap.regions, snap.sites);
-        let mut writes = Vec::new();
-        let names: Vec<Name> = model.sites.keys().cloned().collect();
-        for name in names {
-            if let Some(w) = refresh_revision(&mut model, &settings.network, &name) {
-                writes.push(w);
-            }
+        let fingerprint = configs::fingerprint(&settings.network);
+        let mut world = World {
+            model: Model::from_parts(snap.regions, snap.sites),
+            ..World::default()
+        };
+        let sites: Vec<Site> = world.model.sites.values().cloned().collect();
+        for s in &sites {
+            world.index_site(None, Some(s));
         }
-        if !writes.is_empty() {
+        let heartbeats = heartbeat::Heartbeats::load(&sites);
+        let stale: Vec<Name> = sites
+            .iter()
+            .filter(|s| s.is_active() && s.render_fingerprint.as_deref() != Some(&fingerprint))
+            .map(|s| s.name.clone())
+            .collect();
+        if !stale.is_empty() {
+            // A new revision, and (no steps kept across a restart) a full
+            // config, for each.
+            let mut writes = Vec::new();
+            for name in &stale {
+                if let Some(site) = world.model.sites.get_mut(name) {
+                    site.revision += 1;
+                    site.render_fingerprint = Some(fingerprint.clone());
+                    writes.push(Write::SetRevision {
+                        site: name.clone(),
+                        revision: site.revision,
+                        fingerprint: Some(fingerprint.clone()),
+                    });
+                }
+            }
             tracing::info!(
-                sites = writes.len(),
-                "configs changed with the settings; revisions bumped"
+                sites = stale.len(),
+                "configs rendered with other settings or an older wardnet; revisions bumped"
             );
             store.commit(writes).await?;
         }
-        let metrics = Metrics::new();
+        world.configs = configs::render_all(&world.model, &settings.network);
+        let (tx, rx) = mpsc::unbounded_channel();
         let controller = Arc::new(Self {
             store,
-            settings,
+            fingerprint,
             clock,
-            state: RwLock::new(State::load(model)),
-            write_lock: tokio::sync::Mutex::new(()),
-            flush_log: tokio::sync::Mutex::new(FlushLog::default()),
-            metrics,
+            published: ArcSwap::from_pointee(world),
+            jobs: tx,
+            watchers: parking_lot::Mutex::new(HashMap::new()),
+            heartbeats,
+            metrics: Metrics::new(),
             waiting: AtomicI64::new(0),
             shutdown: CancellationToken::new(),
+            settings,
         });
+        tokio::spawn(writer(Arc::downgrade(&controller), rx));
+        tokio::spawn(heartbeat::persist_loop(Arc::downgrade(&controller)));
         Ok(controller)
     }
 
@@ -227,211 +263,179 @@ impl Controller {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// The published world: committed state only.
+    pub fn snapshot(&self) -> Arc<World> {
+        self.published.load_full()
+    }
+
     /// Read the model.
     pub(crate) fn with_model<T>(&self, f: impl FnOnce(&Model) -> T) -> T {
-        f(&self.state.read().model)
+        f(&self.published.load().model)
     }
 
-    /// Run one change through the pipeline (see the module docs).
-    pub(crate) async fn change<T>(
-        &self,
-        f: impl FnOnce(&mut Model, UnixTime) -> Result<Mutation<T>, ApiError>,
-    ) -> Result<T, ApiError> {
-        let guard = self.write_lock.lock().await;
-        let now = self.clock.now();
-        let (pending, generation, output) = {
-            let mut state = self.state.write();
-            let mut m = f(&mut state.model, now)?;
-            let mut touched = BTreeSet::new();
-            for (before, after) in &m.sites {
-                state.index_site(before.as_ref(), after.as_ref());
-                touched.extend(affected_by_site_change(
-                    &state.model,
-                    before.as_ref(),
-                    after.as_ref(),
-                ));
-            }
-            let generation = (!touched.is_empty()).then_some(state.generation);
-            state.dirty.extend(touched);
-            if let Some(a) = m.audit.take() {
-                m.writes.push(Write::Audit(a));
-            }
-            (self.store.submit(m.writes), generation, m.output)
+    /// Run one change through the writer (see the module docs) and answer
+    /// once it is durable and published.
+    pub(crate) async fn change<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut Model, UnixTime) -> Result<Mutation<T>, ApiError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = TypedJob {
+            f,
+            output: None,
+            reply,
         };
-        drop(guard);
-        match pending.await {
-            Ok(()) => {
-                if let Some(generation) = generation {
-                    self.flush(generation).await?;
-                }
-                Ok(output)
-            }
-            Err(e) => {
-                self.reload_after_failure().await;
-                Err(e.into())
-            }
-        }
+        self.jobs
+            .send(Box::new(job))
+            .map_err(|_| ApiError::Unavailable("the controller is shutting down".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("the controller is shutting down".into()))?
     }
 
-    /// Make sure flush number `generation` has run: re-render the dirty
-    /// sites, store the revisions that moved and wake their long-polls. The
-    /// first caller runs it for everyone waiting; the sites marked dirty
-    /// while it runs go to the next flush.
-    async fn flush(&self, generation: u64) -> Result<(), ApiError> {
-        let mut log = self.flush_log.lock().await;
-        if log.done < generation {
-            let (pending, bumped, this) = {
-                let _guard = self.write_lock.lock().await;
-                let mut state = self.state.write();
-                let dirty = std::mem::take(&mut state.dirty);
-                let this = state.generation;
-                state.generation += 1;
-                let mut writes = Vec::new();
-                let mut bumped = Vec::new();
-                for name in dirty {
-                    if let Some(w) =
-                        refresh_revision(&mut state.model, &self.settings.network, &name)
-                    {
-                        if let Write::SetRevision { site, revision, .. } = &w {
-                            bumped.push((site.clone(), *revision));
-                        }
-                        writes.push(w);
-                    }
-                }
-                let pending = (!writes.is_empty()).then(|| self.store.submit(writes));
-                (pending, bumped, this)
-            };
-            let result = match pending {
-                Some(p) => p.await,
-                None => Ok(()),
-            };
-            match result {
-                Ok(()) => {
-                    let state = self.state.read();
-                    let now = std::time::Instant::now();
-                    for (site, rev) in bumped {
-                        self.metrics.apply_latency.changed(&site, rev, now);
-                        if let Some(tx) = state.revisions.get(&site) {
-                            tx.send_if_modified(|cur| {
-                                let newer = rev > *cur;
-                                if newer {
-                                    *cur = rev;
-                                }
-                                newer
-                            });
+    /// Apply a group of jobs to a copy of the published world, commit, and
+    /// publish. Jobs refused by validation are answered at once and leave
+    /// the group. On a store failure the jobs stay in `jobs` (unanswered)
+    /// and nothing is published.
+    async fn run_group(&self, jobs: &mut Vec<Box<dyn Job>>) -> Result<(), StoreError> {
+        let mut world = World::clone(&self.published.load());
+        let now = self.clock.now();
+        let mut writes = Vec::new();
+        let mut touches = Touches::default();
+        let mut woken = BTreeSet::new();
+        let mut kept = Vec::with_capacity(jobs.len());
+        for mut job in jobs.drain(..) {
+            let saved = world.model.clone();
+            match job.apply(&mut world.model, now) {
+                Ok(effects) => {
+                    for (before, after) in &effects.sites {
+                        world.index_site(before.as_ref(), after.as_ref());
+                        touches.site_changed(&world.model, before.as_ref(), after.as_ref());
+                        let cred =
+                            |s: &Option<Site>| s.as_ref().and_then(|s| s.credential_hash.clone());
+                        if cred(before) != cred(after) {
+                            woken.extend(before.as_ref().map(|s| s.name.clone()));
                         }
                     }
+                    writes.extend(effects.writes);
+                    kept.push(job);
                 }
                 Err(e) => {
-                    tracing::error!(error = ?e, "storing new revisions failed; reloading the model");
-                    log.failed.insert(this);
-                    self.reload_after_failure().await;
+                    world.model = saved;
+                    job.finish(Err(e));
                 }
             }
-            log.done = this;
         }
-        if log.failed.contains(&generation) {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the change is stored, but storing the new config revisions failed; \
-                 the controller reloaded its model and agents will be sent fresh configs"
-            )));
+        *jobs = kept;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let bumps = configs::apply(
+            &mut world.model,
+            &mut world.configs,
+            &self.settings.network,
+            touches,
+        );
+        for b in &bumps {
+            if let Some(s) = world.model.sites.get_mut(&b.site) {
+                s.render_fingerprint = Some(self.fingerprint.clone());
+            }
+            writes.push(Write::SetRevision {
+                site: b.site.clone(),
+                revision: b.revision,
+                fingerprint: Some(self.fingerprint.clone()),
+            });
+        }
+        self.store.commit(writes).await?;
+
+        // Durable: publish, then wake.
+        self.published.store(Arc::new(world));
+        let published = std::time::Instant::now();
+        {
+            let mut watchers = self.watchers.lock();
+            for b in &bumps {
+                self.metrics
+                    .apply_latency
+                    .changed(&b.site, b.revision, published);
+                if let Some(tx) = watchers.get(&b.site) {
+                    tx.send_replace(b.revision);
+                }
+            }
+            let snapshot = self.published.load();
+            for name in woken {
+                if snapshot.model.sites.contains_key(&name) {
+                    if let Some(tx) = watchers.get(&name) {
+                        tx.send_modify(|_| {});
+                    }
+                } else {
+                    // Dropping the sender ends the deleted site's long-polls.
+                    watchers.remove(&name);
+                }
+            }
+        }
+        for job in jobs.drain(..) {
+            job.finish(Ok(()));
         }
         Ok(())
     }
 
-    /// A queued batch failed: the model holds a change the database does
-    /// not. Reload the model, and bring every site's revision in step with
-    /// it (as at start), never going below a revision an agent may have
-    /// been served.
-    async fn reload_after_failure(&self) {
-        let _guard = self.write_lock.lock().await;
-        // The writer takes batches in order: once this empty batch is done,
-        // everything queued before it is settled and `load` sees it.
-        if let Err(e) = self.store.commit(Vec::new()).await {
-            tracing::error!(error = ?e, "cannot drain the database writer after a failed write");
-        }
-        let snap = match self.store.load().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = ?e, "cannot reload the model after a failed write");
-                return;
-            }
-        };
-        let mut model = Model::from_parts(snap.regions, snap.sites);
-        let served: Vec<(Name, u64)> = {
-            let state = self.state.read();
-            state
-                .model
-                .sites
-                .values()
-                .map(|s| (s.name.clone(), s.revision))
-                .collect()
-        };
-        for (name, served) in served {
-            if let Some(site) = model.sites.get_mut(&name) {
-                if site.revision < served {
-                    site.revision = served;
-                    site.config_hash = None;
-                }
-            }
-        }
-        let mut writes = Vec::new();
-        let names: Vec<Name> = model.sites.keys().cloned().collect();
-        for name in &names {
-            if let Some(w) = refresh_revision(&mut model, &self.settings.network, name) {
-                writes.push(w);
-            }
-        }
-        // Durable before any waiter is told about them.
-        if !writes.is_empty() {
-            if let Err(e) = self.store.commit(writes).await {
-                tracing::error!(error = ?e, "cannot store revisions after a failed write");
-            }
-        }
-        {
-            let mut state = self.state.write();
-            let revisions = std::mem::take(&mut state.revisions);
-            let consumed = std::mem::take(&mut state.consumed_tokens);
-            let generation = state.generation;
-            *state = State::load(model);
-            state.consumed_tokens = consumed;
-            state.generation = generation;
-            // Keep the existing channels (waiters hold receivers of them).
-            for (name, tx) in revisions {
-                if let Some(site) = state.model.sites.get(&name) {
-                    tx.send_replace(site.revision);
-                    state.revisions.insert(name, tx);
-                }
-            }
-        }
+    /// A receiver that sees every revision the site gets from now on.
+    fn watch(&self, site: &Name, current: u64) -> watch::Receiver<u64> {
+        let mut w = self.watchers.lock();
+        w.entry(site.clone())
+            .or_insert_with(|| watch::channel(current).0)
+            .subscribe()
     }
 
-    fn revision_rx(&self, site: &Name) -> Option<watch::Receiver<u64>> {
-        self.state
-            .read()
-            .revisions
-            .get(site)
-            .map(|tx| tx.subscribe())
+    /// Forget the watcher of a site nobody waits for any more.
+    fn unwatch(&self, site: &Name) {
+        let mut w = self.watchers.lock();
+        if w.get(site).is_some_and(|tx| tx.receiver_count() == 0) {
+            w.remove(site);
+        }
     }
 }
 
-/// Render a site, and when its config differs from what was last rendered,
-/// bump its revision and return the write that records it.
-fn refresh_revision(model: &mut Model, net: &NetworkSettings, name: &Name) -> Option<Write> {
-    let hash = render(model, net, name).map(config_hash_owned);
-    let site = model.sites.get_mut(name)?;
-    if hash == site.config_hash {
-        return None;
+/// The writer task: takes every job waiting, runs them as one group, and
+/// retries a failed group job by job. Ends when the controller is dropped.
+async fn writer(controller: Weak<Controller>, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(c) = controller.upgrade() else {
+            return;
+        };
+        let group = jobs.len();
+        if let Err(e) = c.run_group(&mut jobs).await {
+            c.metrics
+                .store_failures
+                .with_label_values(&[e.kind()])
+                .inc();
+            if group > 1 {
+                tracing::warn!(error = %e, jobs = jobs.len(), "a group of changes failed in the database; retrying them one by one");
+                for job in jobs.drain(..) {
+                    let mut one = vec![job];
+                    if let Err(e) = c.run_group(&mut one).await {
+                        c.metrics
+                            .store_failures
+                            .with_label_values(&[e.kind()])
+                            .inc();
+                        if let Some(job) = one.pop() {
+                            job.finish(Err(e.into()));
+                        }
+                    }
+                }
+            } else if let Some(job) = jobs.pop() {
+                job.finish(Err(e.into()));
+            }
+        }
+        c.metrics.change_groups.observe(group as f64);
     }
-    if hash.is_some() {
-        site.revision += 1;
-    }
-    site.config_hash = hash.clone();
-    Some(Write::SetRevision {
-        site: name.clone(),
-        revision: site.revision,
-        config_hash: hash,
-    })
 }
 
 /// Counts a waiting long-poll for as long as it lives.

@@ -33,7 +33,7 @@ fn site(name: &str, region: &str, ip: &str) -> Site {
         ipv4: ip.parse().expect("valid address"),
         ipv6: None,
         revision: 0,
-        config_hash: None,
+        render_fingerprint: None,
         applied_revision: 0,
         created_at: 2,
         enrolled_at: None,
@@ -238,7 +238,7 @@ async fn reports_do_not_clobber_and_are_not_clobbered(s: &dyn Store) {
         Write::SetRevision {
             site: "a".parse().expect("name"),
             revision: 4,
-            config_hash: Some("x".into()),
+            fingerprint: Some("x".into()),
         },
     ])
     .await

@@ -7,6 +7,7 @@
 //! back as [`StoreError::Conflict`] naming the constraint, so callers can
 //! retry (address allocation) or report the clash (409).
 
+pub mod faulty;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -27,6 +28,15 @@ pub enum StoreError {
     /// token was already used by a racing request).
     #[error("precondition failed: {0}")]
     Precondition(String),
+    /// The database cannot be used now (cannot begin a transaction, locked,
+    /// its writer stopped). Nothing of the batch is stored.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A write or the commit failed for a reason other than a constraint
+    /// (I/O error, disk full). The transaction is rolled back: nothing of the
+    /// batch is stored.
+    #[error("the database failed to commit: {0}")]
+    Commit(String),
     #[error(
         "the database is from a newer wardnet (schema version {found}, this build knows {known})"
     )]
@@ -45,6 +55,19 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// A stable label for metrics, from the variant (never the message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::Precondition(_) => "precondition",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Commit(_) => "commit",
+            _ => "other",
+        }
+    }
+}
+
 /// One change inside a transaction.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -57,12 +80,12 @@ pub enum Write {
     /// report (applied revision, last seen, health): those only `Report` writes.
     UpdateSite(Site),
     DeleteSite(Name),
-    /// A site's rendered config changed.
+    /// A site's config changed: its new revision, and the fingerprint of
+    /// the rendering it was taken with (see `configs::fingerprint`).
     SetRevision {
         site: Name,
         revision: u64,
-        /// None when the site has no config (pending, revoked).
-        config_hash: Option<String>,
+        fingerprint: Option<String>,
     },
     InsertEnrolToken {
         site: Name,
@@ -97,6 +120,10 @@ pub enum Write {
         created_at: UnixTime,
     },
     Audit(NewAudit),
+    /// Fails its batch with [`StoreError::Commit`] after the writes before it
+    /// ran: fault injection for tests ([`faulty::FaultyStore`]), which checks
+    /// that a store rolls back everything of a failed batch.
+    Fail(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

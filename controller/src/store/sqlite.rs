@@ -20,7 +20,8 @@ use super::{AdminToken, EnrolToken, NewAudit, Pending, Snapshot, Store, StoreErr
 use crate::model::{Region, Site};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE regions (
     name        TEXT PRIMARY KEY,
     mesh        INTEGER NOT NULL,
@@ -40,7 +41,7 @@ CREATE TABLE sites (
     ipv4             TEXT NOT NULL UNIQUE,
     ipv6             TEXT UNIQUE,
     revision         INTEGER NOT NULL,
-    config_hash      TEXT,
+    render_fingerprint      TEXT,
     applied_revision INTEGER NOT NULL DEFAULT 0,
     created_at       INTEGER NOT NULL,
     enrolled_at      INTEGER,
@@ -71,7 +72,14 @@ CREATE TABLE audit (
     object  TEXT NOT NULL,
     detail  TEXT
 );
-"#];
+"#,
+    // Configs are kept incrementally and no longer hashed whole: a site's
+    // revision records what it was rendered with instead (old values differ
+    // from every fingerprint, so each site gets one new revision).
+    r#"
+ALTER TABLE sites RENAME COLUMN render_fingerprint TO render_fingerprint;
+"#,
+];
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -211,47 +219,56 @@ fn commit_group(
     conn: &mut Connection,
     batch: &[(Vec<Write>, Reply)],
 ) -> Vec<Result<(), StoreError>> {
-    let failed_all = |msg: String| {
-        batch
-            .iter()
-            .map(|_| {
-                Err(StoreError::Precondition(format!(
-                    "database commit failed: {msg}"
-                )))
-            })
-            .collect()
-    };
     let mut tx = match conn.transaction() {
         Ok(t) => t,
-        Err(e) => return failed_all(e.to_string()),
+        Err(e) => {
+            let msg = format!("cannot begin a transaction: {e}");
+            return batch
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(msg.clone())))
+                .collect();
+        }
     };
     let mut results = Vec::with_capacity(batch.len());
     for (writes, _) in batch {
         let r = (|| {
             // Dropping an uncommitted savepoint rolls back just this batch.
-            let sp = tx.savepoint()?;
+            let sp = tx.savepoint().map_err(classify)?;
             for w in writes {
                 apply(&sp, w)?;
             }
-            sp.commit()?;
+            sp.commit().map_err(classify)?;
             Ok::<(), StoreError>(())
         })();
         results.push(r);
     }
     if let Err(e) = tx.commit() {
         tracing::error!(error = %e, "database commit failed; no change of this group is stored");
-        return failed_all(e.to_string());
+        let msg = e.to_string();
+        return batch
+            .iter()
+            .map(|_| Err(StoreError::Commit(msg.clone())))
+            .collect();
     }
     results
 }
 
-/// Turn constraint violations into `Conflict { what }`.
+/// Turn a failed write into a typed error: constraint violations into
+/// `Conflict { what }`, a busy or locked database into `Unavailable`, and
+/// anything else (I/O, disk full) into `Commit`.
 fn classify(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, Some(msg)) = &e {
-        if f.code == ErrorCode::ConstraintViolation {
-            // "UNIQUE constraint failed: sites.ipv4"
-            let what = msg.rsplit(": ").next().unwrap_or(msg).to_owned();
-            return StoreError::Conflict { what };
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        match f.code {
+            ErrorCode::ConstraintViolation => {
+                // "UNIQUE constraint failed: sites.ipv4"
+                let msg = msg.as_deref().unwrap_or("constraint");
+                let what = msg.rsplit(": ").next().unwrap_or(msg).to_owned();
+                return StoreError::Conflict { what };
+            }
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                return StoreError::Unavailable(e.to_string())
+            }
+            _ => return StoreError::Commit(e.to_string()),
         }
     }
     StoreError::Sqlite(e)
@@ -282,7 +299,7 @@ fn apply(tx: &rusqlite::Savepoint<'_>, w: &Write) -> Result<(), StoreError> {
         Write::InsertSite(s) => {
             run(
                 "INSERT INTO sites (name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6,
-                    revision, config_hash, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash)
+                    revision, render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 &site_params(s).iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
             )?;
@@ -290,7 +307,7 @@ fn apply(tx: &rusqlite::Savepoint<'_>, w: &Write) -> Result<(), StoreError> {
         Write::UpdateSite(s) => {
             let n = run(
                 "UPDATE sites SET region = ?2, role = ?3, state = ?4, agentless = ?5, lan_prefixes = ?6, endpoint = ?7,
-                    public_key = ?8, ipv4 = ?9, ipv6 = ?10, revision = ?11, config_hash = ?12,
+                    public_key = ?8, ipv4 = ?9, ipv6 = ?10, revision = ?11, render_fingerprint = ?12,
                     created_at = ?14, enrolled_at = ?15, credential_hash = ?18
                  WHERE name = ?1",
                 &site_params(s).iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
@@ -308,13 +325,14 @@ fn apply(tx: &rusqlite::Savepoint<'_>, w: &Write) -> Result<(), StoreError> {
         Write::SetRevision {
             site,
             revision,
-            config_hash,
+            fingerprint,
         } => {
             run(
-                "UPDATE sites SET revision = ?2, config_hash = ?3 WHERE name = ?1",
-                &[&site.as_str(), &(*revision as i64), config_hash],
+                "UPDATE sites SET revision = ?2, render_fingerprint = ?3 WHERE name = ?1",
+                &[&site.as_str(), &(*revision as i64), fingerprint],
             )?;
         }
+        Write::Fail(reason) => return Err(StoreError::Commit(reason.clone())),
         Write::InsertEnrolToken {
             site,
             hash,
@@ -400,7 +418,7 @@ fn site_params(s: &Site) -> Vec<Box<dyn rusqlite::ToSql>> {
         Box::new(s.ipv4.to_string()),
         Box::new(s.ipv6.map(|a| a.to_string())),
         Box::new(s.revision as i64),
-        Box::new(s.config_hash.clone()),
+        Box::new(s.render_fingerprint.clone()),
         Box::new(s.applied_revision as i64),
         Box::new(s.created_at),
         Box::new(s.enrolled_at),
@@ -443,7 +461,7 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
     let mut sites = Vec::new();
     let mut stmt = conn.prepare(
         "SELECT name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6, revision,
-                config_hash, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash
+                render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash
          FROM sites ORDER BY name",
     )?;
     let mut rows = stmt.query([])?;
@@ -463,7 +481,7 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
             ipv4: parse("ipv4", &r.get::<_, String>(8)?)?,
             ipv6: parse_opt("ipv6", r.get(9)?)?,
             revision: r.get::<_, i64>(10)? as u64,
-            config_hash: r.get(11)?,
+            render_fingerprint: r.get(11)?,
             applied_revision: r.get::<_, i64>(12)? as u64,
             created_at: r.get(13)?,
             enrolled_at: r.get(14)?,
@@ -488,7 +506,7 @@ impl Store for SqliteStore {
         let (tx, rx) = oneshot::channel();
         let sent = self.writer.send((writes, tx)).is_ok();
         Box::pin(async move {
-            let stopped = || StoreError::Precondition("the database writer has stopped".into());
+            let stopped = || StoreError::Unavailable("the database writer has stopped".into());
             if !sent {
                 return Err(stopped());
             }

@@ -48,6 +48,7 @@ pub fn settings() -> ServiceSettings {
         },
         token_lifetime_secs: 3600,
         long_poll_timeout: Duration::from_secs(30),
+        report_persist_interval: std::time::Duration::from_secs(30),
     }
 }
 

@@ -1,0 +1,844 @@
+//! Per-site configs kept incrementally (docs/design.md, "Controller v2").
+//!
+//! Each active site has a [`SiteRender`]: its peer entries keyed by name,
+//! the minimal cover of their allowed IPs as routes, and the steps of its
+//! last revisions, each serialised once. A change does not re-render whole
+//! configs: it names the entries it may have touched ([`Touches`]), and
+//! only those are rendered again from the model and compared. A spoke's
+//! enrolment costs its hub one entry, and every other primary hub one
+//! allowed-IPs change per LAN prefix; only a hub change (its region may get
+//! a new primary) re-renders a region's configs.
+//!
+//! [`crate::render::render`] stays the specification: after any sequence of
+//! changes, every site's render here equals a full render of the model (a
+//! property test checks it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use imbl::{OrdMap, OrdSet};
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use wardnet_common::delta::{AllowedIpsChange, ConfigDelta};
+use wardnet_common::wire::{InterfaceConfig, PeerConfig, Role, SiteConfig};
+use wardnet_common::{Endpoint, Name, PublicKey};
+
+use crate::model::{Model, NetworkSettings, Site};
+use crate::render::{own_prefixes, region_prefixes, render, routed_prefixes};
+
+/// Steps kept per site; an agent further behind gets the full config.
+const MAX_STEPS: usize = 64;
+/// Bytes of steps kept per site (a hub's steps can be large after a region
+/// change); beyond this the oldest steps go.
+const MAX_STEP_BYTES: usize = 256 * 1024;
+
+/// Bump when rendering changes what it produces for the same model, so
+/// every site gets a new revision once after an upgrade.
+const RENDER_VERSION: u32 = 2;
+
+/// What a site's stored revision was rendered with: the render version and
+/// the network settings. A site whose stored fingerprint differs gets a new
+/// revision at start (a changed MTU reaches every agent once).
+pub fn fingerprint(net: &NetworkSettings) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("{RENDER_VERSION}:{net:?}"));
+    hex::encode(&h.finalize()[..16])
+}
+
+/// A peer entry as the controller keeps it: like [`PeerConfig`], with
+/// allowed IPs in a persistent set so a hub-mesh entry carrying a region's
+/// thousands of LANs changes in O(log n).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub name: Name,
+    pub region: Name,
+    pub role: Role,
+    pub public_key: PublicKey,
+    pub endpoint: Option<Endpoint>,
+    pub allowed_ips: OrdSet<IpNet>,
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl PeerEntry {
+    fn from_wire(p: PeerConfig) -> Self {
+        PeerEntry {
+            name: p.name,
+            region: p.region,
+            role: p.role,
+            public_key: p.public_key,
+            endpoint: p.endpoint,
+            allowed_ips: p.allowed_ips.into_iter().collect(),
+            persistent_keepalive: p.persistent_keepalive,
+        }
+    }
+
+    pub fn to_wire(&self) -> PeerConfig {
+        PeerConfig {
+            name: self.name.clone(),
+            region: self.region.clone(),
+            role: self.role,
+            public_key: self.public_key,
+            endpoint: self.endpoint,
+            allowed_ips: self.allowed_ips.iter().copied().collect(),
+            persistent_keepalive: self.persistent_keepalive,
+        }
+    }
+
+    /// Equal in everything but the allowed IPs.
+    fn same_but_allowed(&self, o: &PeerEntry) -> bool {
+        self.name == o.name
+            && self.region == o.region
+            && self.role == o.role
+            && self.public_key == o.public_key
+            && self.endpoint == o.endpoint
+            && self.persistent_keepalive == o.persistent_keepalive
+    }
+}
+
+/// Routes added and removed by a change, netted out.
+#[derive(Debug, Default)]
+struct RouteDiff {
+    added: BTreeSet<IpNet>,
+    removed: BTreeSet<IpNet>,
+}
+
+impl RouteDiff {
+    fn add(&mut self, p: IpNet) {
+        if !self.removed.remove(&p) {
+            self.added.insert(p);
+        }
+    }
+    fn remove(&mut self, p: IpNet) {
+        if !self.added.remove(&p) {
+            self.removed.insert(p);
+        }
+    }
+}
+
+/// The minimal cover of a counted set of prefixes, kept as prefixes come
+/// and go: the same answer as [`crate::render::routes_for`] in O(log n) per
+/// prefix (prefixes either nest or are disjoint, and in `IpNet` order a
+/// supernet sorts before everything inside it).
+#[derive(Debug, Clone, Default)]
+pub struct RouteCover {
+    candidates: OrdMap<IpNet, u32>,
+    routes: OrdSet<IpNet>,
+}
+
+impl RouteCover {
+    /// The route containing `p` (routes are disjoint, so it is the greatest
+    /// route at or before `p`).
+    fn covering(&self, p: &IpNet) -> Option<IpNet> {
+        self.routes.get_prev(p).copied().filter(|r| r.contains(p))
+    }
+
+    fn add(&mut self, p: IpNet, diff: &mut RouteDiff) {
+        let n = self.candidates.entry(p).or_insert(0);
+        *n += 1;
+        if *n > 1 || self.covering(&p).is_some() {
+            return;
+        }
+        let inside: Vec<IpNet> = self.routes.range(p..=last_inside(&p)).copied().collect();
+        for r in inside {
+            self.routes.remove(&r);
+            diff.remove(r);
+        }
+        self.routes.insert(p);
+        diff.add(p);
+    }
+
+    fn remove(&mut self, p: IpNet, diff: &mut RouteDiff) {
+        match self.candidates.get_mut(&p) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                self.candidates.remove(&p);
+            }
+            None => return,
+        }
+        if self.routes.remove(&p).is_none() {
+            return;
+        }
+        diff.remove(p);
+        // Nothing contained p (it was a route), so what lies inside it is
+        // now covered only by what lies inside it.
+        let mut last: Option<IpNet> = None;
+        let inside: Vec<IpNet> = self
+            .candidates
+            .range(p..=last_inside(&p))
+            .map(|(k, _)| *k)
+            .collect();
+        for q in inside {
+            if last.is_some_and(|l| l.contains(&q)) {
+                continue;
+            }
+            self.routes.insert(q);
+            diff.add(q);
+            last = Some(q);
+        }
+    }
+}
+
+/// The largest prefix in `IpNet` order that lies inside `p`.
+fn last_inside(p: &IpNet) -> IpNet {
+    match p {
+        IpNet::V4(v) => IpNet::V4(ipnet::Ipv4Net::new(v.broadcast(), 32).unwrap_or(*v)),
+        IpNet::V6(v) => IpNet::V6(ipnet::Ipv6Net::new(v.broadcast(), 128).unwrap_or(*v)),
+    }
+}
+
+/// One revision's change, serialised once.
+#[derive(Debug)]
+struct Step {
+    from: u64,
+    bytes: Bytes,
+}
+
+/// A site's config as the controller keeps it between changes.
+#[derive(Debug, Clone)]
+pub struct SiteRender {
+    pub revision: u64,
+    site: Name,
+    region: Name,
+    role: Role,
+    interface: InterfaceConfig,
+    own_lans: BTreeSet<IpNet>,
+    peers: OrdMap<Name, Arc<PeerEntry>>,
+    routes: RouteCover,
+    /// The last revisions' steps, oldest first; they chain to `revision`.
+    steps: imbl::Vector<Arc<Step>>,
+    step_bytes: usize,
+    /// The full config of this revision as JSON, built on first request.
+    full: Arc<OnceLock<Bytes>>,
+}
+
+impl SiteRender {
+    /// A render from a full config (at start, or when a site becomes active).
+    fn from_config(cfg: SiteConfig, own_lans: &BTreeSet<IpNet>) -> Self {
+        let mut r = SiteRender {
+            revision: cfg.revision,
+            site: cfg.site,
+            region: cfg.region,
+            role: cfg.role,
+            own_lans: own_lans.clone(),
+            interface: cfg.interface,
+            peers: OrdMap::new(),
+            routes: RouteCover::default(),
+            steps: imbl::Vector::new(),
+            step_bytes: 0,
+            full: Arc::new(OnceLock::new()),
+        };
+        let mut ignore = RouteDiff::default();
+        for p in cfg.peers {
+            let e = PeerEntry::from_wire(p);
+            for a in &e.allowed_ips {
+                r.add_candidate(*a, &mut ignore);
+            }
+            r.peers.insert(e.name.clone(), Arc::new(e));
+        }
+        r
+    }
+
+    fn is_route_candidate(&self, p: &IpNet) -> bool {
+        !self.interface.addresses.iter().any(|a| a.trunc() == *p)
+            && !self.own_lans.iter().any(|lan| lan.contains(p))
+    }
+
+    fn add_candidate(&mut self, p: IpNet, diff: &mut RouteDiff) {
+        let p = p.trunc();
+        if self.is_route_candidate(&p) {
+            self.routes.add(p, diff);
+        }
+    }
+
+    fn remove_candidate(&mut self, p: IpNet, diff: &mut RouteDiff) {
+        let p = p.trunc();
+        if self.is_route_candidate(&p) {
+            self.routes.remove(p, diff);
+        }
+    }
+
+    /// Replace, add or remove one peer entry, recording the change.
+    fn set_entry(&mut self, name: &Name, new: Option<PeerEntry>, d: &mut Draft) {
+        let old = self.peers.get(name).cloned();
+        match (old, new) {
+            (None, None) => {}
+            (Some(o), Some(n)) if *o == n => {}
+            (Some(o), Some(n)) if o.same_but_allowed(&n) => {
+                let added: BTreeSet<IpNet> = n
+                    .allowed_ips
+                    .clone()
+                    .relative_complement(o.allowed_ips.clone())
+                    .into_iter()
+                    .collect();
+                let removed: BTreeSet<IpNet> = o
+                    .allowed_ips
+                    .clone()
+                    .relative_complement(n.allowed_ips.clone())
+                    .into_iter()
+                    .collect();
+                self.change_allowed(name, added, removed, d);
+            }
+            (old, Some(n)) => {
+                if let Some(o) = &old {
+                    for a in o.allowed_ips.iter() {
+                        self.remove_candidate(*a, &mut d.routes);
+                    }
+                }
+                for a in n.allowed_ips.iter() {
+                    self.add_candidate(*a, &mut d.routes);
+                }
+                d.removed.remove(name);
+                d.allowed.remove(name);
+                d.set.insert(name.clone());
+                self.peers.insert(name.clone(), Arc::new(n));
+            }
+            (Some(o), None) => {
+                for a in o.allowed_ips.iter() {
+                    self.remove_candidate(*a, &mut d.routes);
+                }
+                self.peers.remove(name);
+                d.set.remove(name);
+                d.allowed.remove(name);
+                d.removed.insert(name.clone());
+            }
+        }
+    }
+
+    /// Add and remove allowed IPs of an existing entry.
+    fn change_allowed(
+        &mut self,
+        name: &Name,
+        added: BTreeSet<IpNet>,
+        removed: BTreeSet<IpNet>,
+        d: &mut Draft,
+    ) {
+        let Some(entry) = self.peers.get(name) else {
+            return;
+        };
+        let mut e = PeerEntry::clone(entry);
+        let added: Vec<IpNet> = added
+            .into_iter()
+            .filter(|p| e.allowed_ips.insert(*p).is_none())
+            .collect();
+        let removed: Vec<IpNet> = removed
+            .into_iter()
+            .filter(|p| e.allowed_ips.remove(p).is_some())
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        self.peers.insert(name.clone(), Arc::new(e));
+        for p in &removed {
+            self.remove_candidate(*p, &mut d.routes);
+        }
+        for p in &added {
+            self.add_candidate(*p, &mut d.routes);
+        }
+        if d.set.contains(name) {
+            return; // the whole entry goes out anyway
+        }
+        let c = d.allowed.entry(name.clone()).or_default();
+        for p in removed {
+            if !c.0.remove(&p) {
+                c.1.insert(p);
+            }
+        }
+        for p in added {
+            if !c.1.remove(&p) {
+                c.0.insert(p);
+            }
+        }
+    }
+
+    /// The config this render stands for.
+    pub fn to_config(&self) -> SiteConfig {
+        SiteConfig {
+            revision: self.revision,
+            site: self.site.clone(),
+            region: self.region.clone(),
+            role: self.role,
+            interface: self.interface.clone(),
+            peers: self.peers.values().map(|e| e.to_wire()).collect(),
+            routes: self.routes.routes.iter().copied().collect(),
+        }
+    }
+
+    /// The full config as JSON, serialised once per revision.
+    pub fn full_bytes(&self) -> Bytes {
+        self.full
+            .get_or_init(|| {
+                // Invariant: SiteConfig holds no maps with non-string keys and
+                // no floats, so it always serialises.
+                Bytes::from(serde_json::to_vec(&self.to_config()).expect("SiteConfig serialises"))
+            })
+            .clone()
+    }
+
+    /// The answer for an agent at revision `known` (below `self.revision`):
+    /// the steps since `known` when they are all kept, else the full config.
+    pub fn update_bytes(&self, known: u64) -> Bytes {
+        let start = (known > 0)
+            .then(|| self.steps.iter().position(|s| s.from == known))
+            .flatten();
+        let mut out = Vec::new();
+        match start {
+            Some(i) => {
+                out.extend_from_slice(br#"{"kind":"deltas","steps":["#);
+                for (n, s) in self.steps.iter().skip(i).enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&s.bytes);
+                }
+                out.extend_from_slice(b"]}");
+            }
+            None => {
+                out.extend_from_slice(br#"{"kind":"full","config":"#);
+                out.extend_from_slice(&self.full_bytes());
+                out.push(b'}');
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Close a draft into a new revision: the step is serialised now, once.
+    fn commit_step(&mut self, delta: ConfigDelta) {
+        self.revision = delta.revision;
+        // Invariant: as for SiteConfig, a delta always serialises.
+        let bytes = Bytes::from(serde_json::to_vec(&delta).expect("ConfigDelta serialises"));
+        self.step_bytes += bytes.len();
+        self.steps.push_back(Arc::new(Step {
+            from: delta.from_revision,
+            bytes,
+        }));
+        while self.steps.len() > MAX_STEPS || self.step_bytes > MAX_STEP_BYTES {
+            match self.steps.pop_front() {
+                Some(s) => self.step_bytes -= s.bytes.len(),
+                None => break,
+            }
+        }
+        self.full = Arc::new(OnceLock::new());
+    }
+}
+
+/// A site's changes being collected for its next revision.
+#[derive(Debug, Default)]
+struct Draft {
+    interface: Option<InterfaceConfig>,
+    set: BTreeSet<Name>,
+    removed: BTreeSet<Name>,
+    /// Per peer: (added, removed) allowed IPs.
+    allowed: BTreeMap<Name, (BTreeSet<IpNet>, BTreeSet<IpNet>)>,
+    routes: RouteDiff,
+}
+
+impl Draft {
+    fn into_delta(self, r: &SiteRender, from: u64, to: u64) -> ConfigDelta {
+        ConfigDelta {
+            from_revision: from,
+            revision: to,
+            interface: self.interface,
+            peers_removed: self.removed,
+            peers_set: self
+                .set
+                .iter()
+                .filter_map(|n| r.peers.get(n).map(|e| e.to_wire()))
+                .collect(),
+            allowed_ips: self
+                .allowed
+                .into_iter()
+                .filter(|(_, (a, rm))| !a.is_empty() || !rm.is_empty())
+                .map(|(name, (added, removed))| AllowedIpsChange {
+                    name,
+                    added,
+                    removed,
+                })
+                .collect(),
+            routes_added: self.routes.added,
+            routes_removed: self.routes.removed,
+        }
+    }
+}
+
+/// What a change may have touched in one site's config.
+#[derive(Debug, Default, Clone)]
+pub struct Touch {
+    /// Render the whole config again (the site itself changed, or its
+    /// region's primary hub moved).
+    full: bool,
+    /// Render these peer entries again.
+    entries: BTreeSet<Name>,
+    /// Region -> LAN prefixes whose presence in that region's hub-mesh
+    /// entry may have changed.
+    mesh: BTreeMap<Name, BTreeSet<IpNet>>,
+}
+
+/// The sites a group of changes touched, and how.
+#[derive(Debug, Default)]
+pub struct Touches(BTreeMap<Name, Touch>);
+
+impl Touches {
+    fn full(&mut self, site: &Name) {
+        self.0.entry(site.clone()).or_default().full = true;
+    }
+    fn entries<'a>(&mut self, site: &Name, names: impl IntoIterator<Item = &'a Name>) {
+        let t = self.0.entry(site.clone()).or_default();
+        t.entries.extend(names.into_iter().cloned());
+    }
+    fn mesh(&mut self, site: &Name, region: &Name, lans: &BTreeSet<IpNet>) {
+        let t = self.0.entry(site.clone()).or_default();
+        t.mesh
+            .entry(region.clone())
+            .or_default()
+            .extend(lans.iter().copied());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Record what a site's change from `before` to `after` may touch;
+    /// `model` is the model after the change. May over-approximate (an
+    /// entry rendered again and found equal costs nothing but the render),
+    /// never under-approximate.
+    pub fn site_changed(&mut self, model: &Model, before: Option<&Site>, after: Option<&Site>) {
+        let Some(x) = after.or(before).map(|s| s.name.clone()) else {
+            return;
+        };
+        if model.sites.contains_key(&x) {
+            self.full(&x);
+        }
+        let mut regions_done = BTreeSet::new();
+        for s in before.into_iter().chain(after) {
+            let r = &s.region;
+            match s.role {
+                Role::Hub => {
+                    if !regions_done.insert(r.clone()) {
+                        continue;
+                    }
+                    let now = model.region_hubs(r).next().map(|h| h.name.clone());
+                    let was = primary_before(model, r, &x, before);
+                    let moved = now != was;
+                    for t in model
+                        .region_sites(r)
+                        .filter(|t| t.is_active() && t.name != x)
+                    {
+                        if moved {
+                            self.full(&t.name);
+                        } else {
+                            self.entries(&t.name, [&x]);
+                        }
+                    }
+                    let names: Vec<&Name> = [Some(&x), now.as_ref(), was.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    for p in primaries(model).filter(|p| &p.region != r) {
+                        self.entries(&p.name, names.iter().copied());
+                    }
+                }
+                Role::Spoke => {
+                    let hubs: Vec<Name> = model.region_hubs(r).map(|h| h.name.clone()).collect();
+                    for h in &hubs {
+                        self.entries(h, [&x]);
+                    }
+                    if model.regions.get(r).is_some_and(|reg| reg.mesh) {
+                        let spokes: Vec<Name> = model
+                            .region_sites(r)
+                            .filter(|t| t.role == Role::Spoke && t.is_active() && t.name != x)
+                            .map(|t| t.name.clone())
+                            .collect();
+                        for t in &spokes {
+                            self.entries(t, [&x]);
+                        }
+                    }
+                    let lans = carried_lans(before, after);
+                    if !lans.is_empty() {
+                        let others: Vec<Name> = primaries(model)
+                            .filter(|p| &p.region != r)
+                            .map(|p| p.name.clone())
+                            .collect();
+                        for p in &others {
+                            self.mesh(p, r, &lans);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Active primary hubs (the smallest-named active hub of each region).
+fn primaries(model: &Model) -> impl Iterator<Item = &Site> + '_ {
+    model
+        .hubs
+        .iter()
+        .filter_map(|n| model.sites.get(n))
+        .filter(|h| {
+            h.is_active()
+                && model
+                    .region_hubs(&h.region)
+                    .next()
+                    .is_some_and(|p| p.name == h.name)
+        })
+}
+
+/// The primary hub of `region` before site `x` changed from `before`.
+fn primary_before(model: &Model, region: &Name, x: &Name, before: Option<&Site>) -> Option<Name> {
+    let others = model
+        .region_hubs(region)
+        .filter(|h| &h.name != x)
+        .map(|h| h.name.clone());
+    let was_hub = before
+        .filter(|b| &b.region == region && b.role == Role::Hub && b.is_active())
+        .map(|b| b.name.clone());
+    others.chain(was_hub).min()
+}
+
+/// LAN prefixes other regions' primary hubs may carry differently after a
+/// spoke changed from `before` to `after`.
+fn carried_lans(before: Option<&Site>, after: Option<&Site>) -> BTreeSet<IpNet> {
+    let carried = |s: Option<&Site>| {
+        s.filter(|s| s.is_active())
+            .map(|s| s.lan_prefixes.clone())
+            .unwrap_or_default()
+    };
+    let (b, a) = (carried(before), carried(after));
+    if b == a {
+        return BTreeSet::new();
+    }
+    b.symmetric_difference(&a).copied().collect()
+}
+
+/// One peer entry of `site`'s config, as [`render`] renders it; `None` when
+/// `peer` is not a peer of `site`.
+pub fn entry(model: &Model, net: &NetworkSettings, site: &Name, peer: &Name) -> Option<PeerEntry> {
+    let me = model.sites.get(site).filter(|s| s.is_active())?;
+    let t = model.sites.get(peer).filter(|s| s.is_active())?;
+    if me.name == t.name {
+        return None;
+    }
+    let region = model.regions.get(&me.region)?;
+    let primary = model.region_hubs(&me.region).next().map(|p| &p.name);
+    let keepalive = (net.persistent_keepalive != 0).then_some(net.persistent_keepalive);
+    let (allowed, ka) = match me.role {
+        Role::Spoke if t.region == me.region => match t.role {
+            Role::Hub => {
+                let mut a = own_prefixes(t);
+                if primary == Some(&t.name) {
+                    a.extend(routed_prefixes(net));
+                }
+                (a, keepalive)
+            }
+            Role::Spoke if region.mesh => (own_prefixes(t), keepalive),
+            Role::Spoke => return None,
+        },
+        Role::Spoke => return None,
+        Role::Hub if t.region == me.region => {
+            let i_am_primary = primary == Some(&me.name);
+            let mut a = own_prefixes(t);
+            if !i_am_primary && primary == Some(&t.name) {
+                a.extend(routed_prefixes(net));
+            }
+            (a, if t.role == Role::Hub { keepalive } else { None })
+        }
+        Role::Hub => {
+            if primary != Some(&me.name) {
+                return None;
+            }
+            let other = model.regions.get(&t.region)?;
+            if model.region_hubs(&t.region).next().map(|p| &p.name) != Some(&t.name) {
+                return None;
+            }
+            (region_prefixes(model, other, t), keepalive)
+        }
+    };
+    Some(PeerEntry {
+        name: t.name.clone(),
+        region: t.region.clone(),
+        role: t.role,
+        public_key: t.public_key?,
+        endpoint: t.endpoint,
+        allowed_ips: allowed.into_iter().collect(),
+        persistent_keepalive: ka,
+    })
+}
+
+/// Whether a hub-mesh entry for `primary` (of `region`) carries `p`.
+fn mesh_carries(model: &Model, region: &Name, primary: &Site, p: &IpNet) -> bool {
+    let Some(r) = model.regions.get(region) else {
+        return false;
+    };
+    IpNet::V4(r.ipv4_block) == *p
+        || r.ipv6_block.map(IpNet::V6) == Some(*p)
+        || model.region_lan_count(region, p) > 0
+        || primary.addresses().contains(p)
+}
+
+/// A site whose revision moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bump {
+    pub site: Name,
+    pub revision: u64,
+}
+
+/// Bring the renders of the touched sites in step with `model`, bumping
+/// the revision (in the model too) of every site whose config changed.
+pub fn apply(
+    model: &mut Model,
+    configs: &mut OrdMap<Name, SiteRender>,
+    net: &NetworkSettings,
+    touches: Touches,
+) -> Vec<Bump> {
+    let mut bumps = Vec::new();
+    for (name, touch) in touches.0 {
+        let Some(site) = model.sites.get(&name) else {
+            configs.remove(&name);
+            continue;
+        };
+        let from = site.revision;
+        let old = configs.get(&name).cloned();
+        let next = match (old, touch.full) {
+            (Some(mut r), false) => {
+                let mut d = Draft::default();
+                for peer in &touch.entries {
+                    let e = entry(model, net, &name, peer);
+                    r.set_entry(peer, e, &mut d);
+                }
+                for (region, lans) in &touch.mesh {
+                    let Some(primary) = model.region_hubs(region).next() else {
+                        continue;
+                    };
+                    if !r.peers.contains_key(&primary.name) {
+                        continue;
+                    }
+                    let (add, rm): (Vec<IpNet>, Vec<IpNet>) = lans
+                        .iter()
+                        .partition(|p| mesh_carries(model, region, primary, p));
+                    let pname = primary.name.clone();
+                    r.change_allowed(
+                        &pname,
+                        add.into_iter().collect(),
+                        rm.into_iter().collect(),
+                        &mut d,
+                    );
+                }
+                Some((r, Some(d)))
+            }
+            (None, false) => None,
+            (old, true) => match render(model, net, &name) {
+                None => None,
+                Some(cfg) => Some(rebuild(old, cfg, site)),
+            },
+        };
+        match next {
+            None => {
+                configs.remove(&name);
+            }
+            Some((mut r, draft)) => {
+                let to = from + 1;
+                let changed = match draft {
+                    // A site that just became active: no step to chain from.
+                    None => true,
+                    Some(d) => {
+                        let delta = d.into_delta(&r, from, to);
+                        if delta.is_empty() {
+                            false
+                        } else {
+                            r.commit_step(delta);
+                            true
+                        }
+                    }
+                };
+                if changed {
+                    r.revision = to;
+                    r.full = Arc::new(OnceLock::new());
+                    if let Some(s) = model.sites.get_mut(&name) {
+                        s.revision = to;
+                    }
+                    bumps.push(Bump {
+                        site: name.clone(),
+                        revision: to,
+                    });
+                }
+                configs.insert(name, r);
+            }
+        }
+    }
+    bumps
+}
+
+/// A full render compared with the previous one. The draft is `None` when
+/// there is nothing to chain from (no previous render, or the site's
+/// identity changed), and the agent is then sent the full config.
+fn rebuild(old: Option<SiteRender>, cfg: SiteConfig, site: &Site) -> (SiteRender, Option<Draft>) {
+    let mut fresh = SiteRender::from_config(cfg, &site.lan_prefixes);
+    let Some(old) =
+        old.filter(|o| o.site == fresh.site && o.region == fresh.region && o.role == fresh.role)
+    else {
+        return (fresh, None);
+    };
+    let mut d = Draft::default();
+    if old.interface != fresh.interface {
+        d.interface = Some(fresh.interface.clone());
+    }
+    for (name, e) in fresh.peers.iter() {
+        match old.peers.get(name) {
+            Some(o) if o == e => {}
+            Some(o) if o.same_but_allowed(e) => {
+                let added: BTreeSet<IpNet> = e
+                    .allowed_ips
+                    .clone()
+                    .relative_complement(o.allowed_ips.clone())
+                    .into_iter()
+                    .collect();
+                let removed: BTreeSet<IpNet> = o
+                    .allowed_ips
+                    .clone()
+                    .relative_complement(e.allowed_ips.clone())
+                    .into_iter()
+                    .collect();
+                d.allowed.insert(name.clone(), (added, removed));
+            }
+            _ => {
+                d.set.insert(name.clone());
+            }
+        }
+    }
+    for name in old.peers.keys() {
+        if !fresh.peers.contains_key(name) {
+            d.removed.insert(name.clone());
+        }
+    }
+    for r in fresh.routes.routes.iter() {
+        if !old.routes.routes.contains(r) {
+            d.routes.added.insert(*r);
+        }
+    }
+    for r in old.routes.routes.iter() {
+        if !fresh.routes.routes.contains(r) {
+            d.routes.removed.insert(*r);
+        }
+    }
+    fresh.steps = old.steps;
+    fresh.step_bytes = old.step_bytes;
+    (fresh, Some(d))
+}
+
+/// Renders for every active site of a freshly loaded model.
+pub fn render_all(model: &Model, net: &NetworkSettings) -> OrdMap<Name, SiteRender> {
+    let mut out = OrdMap::new();
+    for site in model.sites.values() {
+        if let Some(cfg) = render(model, net, &site.name) {
+            out.insert(
+                site.name.clone(),
+                SiteRender::from_config(cfg, &site.lan_prefixes),
+            );
+        }
+    }
+    out
+}

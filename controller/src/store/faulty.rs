@@ -1,0 +1,92 @@
+//! A store wrapper that fails on demand, for tests of what the controller
+//! does when its database fails: BEGIN (nothing runs), a write (the writes
+//! before it run inside the transaction, then it fails: the store must roll
+//! them back), or COMMIT (everything ran, nothing may be stored).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use wardnet_common::wire::AuditEntry;
+
+use super::{AdminToken, EnrolToken, Pending, Snapshot, Store, StoreError, Write};
+
+/// Where the next batches fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    None = 0,
+    Begin = 1,
+    /// A write in the middle of each batch fails (after the ones before it ran).
+    Write = 2,
+    Commit = 3,
+}
+
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    fault: AtomicU8,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            fault: AtomicU8::new(Fault::None as u8),
+        }
+    }
+
+    /// Fail every batch from now on this way (`Fault::None` heals it).
+    pub fn set(&self, f: Fault) {
+        self.fault.store(f as u8, Ordering::SeqCst);
+    }
+
+    fn fault(&self) -> Fault {
+        match self.fault.load(Ordering::SeqCst) {
+            1 => Fault::Begin,
+            2 => Fault::Write,
+            3 => Fault::Commit,
+            _ => Fault::None,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load().await
+    }
+
+    fn submit(&self, mut writes: Vec<Write>) -> Pending {
+        match self.fault() {
+            Fault::None => self.inner.submit(writes),
+            Fault::Begin => Box::pin(async {
+                Err(StoreError::Unavailable(
+                    "injected: cannot begin a transaction".into(),
+                ))
+            }),
+            Fault::Write => {
+                let mid = writes.len() / 2;
+                writes.insert(mid, Write::Fail("injected: a write failed".into()));
+                self.inner.submit(writes)
+            }
+            Fault::Commit => {
+                // Everything runs and is rolled back: a failing last write
+                // after all of them is what a failed COMMIT leaves behind.
+                writes.push(Write::Fail("injected: COMMIT failed".into()));
+                self.inner.submit(writes)
+            }
+        }
+    }
+
+    async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {
+        self.inner.enrol_token(hash).await
+    }
+
+    async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError> {
+        self.inner.admin_token(hash).await
+    }
+
+    async fn audit(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit(limit, before).await
+    }
+}
