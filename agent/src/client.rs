@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use wardnet_common::wire::{AgentReport, EnrollRequest, EnrollResponse, ErrorBody, SiteConfig};
+use wardnet_common::delta::ConfigUpdate;
+use wardnet_common::wire::{AgentReport, EnrollRequest, EnrollResponse, ErrorBody};
 
 use crate::config::check_url;
 
@@ -135,18 +136,19 @@ impl ControllerClient {
         })
     }
 
-    /// Long-poll for a config newer than `revision`; None when nothing
-    /// changed within `wait`.
+    /// Long-poll for a change after `revision`: the steps since it, or the
+    /// full config when the agent is new (revision 0) or too far behind.
+    /// None when nothing changed within `wait`.
     pub async fn config(
         &self,
         credential: &str,
         revision: u64,
         wait: Duration,
-    ) -> Result<Option<SiteConfig>, ClientError> {
+    ) -> Result<Option<ConfigUpdate>, ClientError> {
         let resp = self
             .http
             .get(format!(
-                "{}/v1/agent/config?revision={revision}&wait={}",
+                "{}/v1/agent/config?revision={revision}&wait={}&deltas=true",
                 self.base,
                 wait.as_secs()
             ))

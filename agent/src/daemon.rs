@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use wardnet_common::delta::ConfigUpdate;
 use wardnet_common::wire::{AgentReport, HealthSummary, SiteConfig};
 use wardnet_common::Role;
 
@@ -325,6 +326,7 @@ pub async fn run(
             events_tx.clone(),
             applied_rx,
             agent.report_now.clone(),
+            agent.running.clone(),
         )));
         loop {
             let deadline = agent.probes.next_deadline();
@@ -346,6 +348,7 @@ pub async fn run(
                             events_tx.clone(),
                             agent.applied_tx.subscribe(),
                             agent.report_now.clone(),
+                            agent.running.clone(),
                         )));
                     }
                 }
@@ -704,7 +707,12 @@ async fn first_config(client: &ControllerClient, credential: &str) -> Result<Sit
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         match client.config(credential, 0, Duration::from_secs(0)).await {
-            Ok(Some(c)) => return Ok(c),
+            Ok(Some(ConfigUpdate::Full { config })) => return Ok(config),
+            Ok(Some(ConfigUpdate::Deltas { .. })) => {
+                tracing::warn!(
+                    "the controller sent steps to an agent without a config; asking again"
+                )
+            }
             Ok(None) => tracing::warn!("the controller has no config for this site yet"),
             Err(e) if !e.is_transient() => {
                 return Err(e).context("the controller refused this agent")
@@ -715,8 +723,14 @@ async fn first_config(client: &ControllerClient, credential: &str) -> Result<Sit
     }
 }
 
-/// The sync task: long-poll, hand configs to the loop, report what was
-/// applied (with a health summary), back off on failure.
+/// The sync task: long-poll, turn the answers (steps since the config that
+/// runs, or a full config) into the config to run and hand it to the loop,
+/// report what was applied (with a health summary), back off on failure.
+///
+/// `base` is the config that runs; steps are applied to a copy of it. When
+/// the steps do not chain to it (or the loop runs another revision than the
+/// last config handed over), the task asks for the full config instead, so
+/// the agent never ends on a config the controller did not render.
 async fn sync_loop(
     client: ControllerClient,
     credential: String,
@@ -724,11 +738,16 @@ async fn sync_loop(
     events: mpsc::Sender<Event>,
     mut applied: watch::Receiver<u64>,
     report_now: Arc<tokio::sync::Notify>,
+    base: SiteConfig,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let mut reported = None;
+    let mut current = Some(base);
     loop {
         let known = *applied.borrow_and_update();
+        if current.as_ref().is_some_and(|c| c.revision != known) {
+            current = None;
+        }
         if reported != Some(known) {
             let report = AgentReport {
                 applied_revision: known,
@@ -751,8 +770,11 @@ async fn sync_loop(
                 Err(e) => tracing::debug!(error = %e, "report failed"),
             }
         }
+        // Without a base for steps, ask for the full config (revision 0
+        // answers at once with it).
+        let ask = if current.is_some() { known } else { 0 };
         let polled = tokio::select! {
-            r = client.config(&credential, known, Duration::from_secs(long_poll_secs)) => r,
+            r = client.config(&credential, ask, Duration::from_secs(long_poll_secs)) => r,
             () = report_now.notified() => {
                 tracing::debug!("reporting now (the metrics address changed)");
                 // Report at the top of the loop, then wait again.
@@ -760,6 +782,34 @@ async fn sync_loop(
                 continue;
             }
         };
+        let polled = match polled {
+            Ok(Some(ConfigUpdate::Full { config })) => Ok(Some(config)),
+            Ok(Some(ConfigUpdate::Deltas { steps })) => {
+                let Some(mut next) = current.clone() else {
+                    continue;
+                };
+                match next.apply_deltas(&steps) {
+                    Ok(()) => {
+                        tracing::debug!(
+                            from = known,
+                            to = next.revision,
+                            steps = steps.len(),
+                            "config steps applied"
+                        );
+                        Ok(Some(next))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "config steps do not apply to the running config; asking for the full config");
+                        current = None;
+                        continue;
+                    }
+                }
+            }
+            other => other.map(|_| None),
+        };
+        if let Ok(Some(c)) = &polled {
+            current = Some(c.clone());
+        }
         match polled {
             Ok(Some(cfg)) => {
                 backoff.reset();

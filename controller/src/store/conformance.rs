@@ -251,6 +251,58 @@ async fn reports_do_not_clobber_and_are_not_clobbered(s: &dyn Store) {
     assert_eq!(got.lan_prefixes.len(), 1);
 }
 
+/// Wrapped in a fault injector, a store fails each way on demand with the
+/// typed error callers map to 503, keeps nothing of the failed batch (not
+/// even the writes that ran before the failing one), and works again once
+/// healed.
+async fn injected_faults_store_nothing_and_heal(inner: Arc<dyn Store>) {
+    use super::faulty::{Fault, FaultyStore};
+    let s = FaultyStore::new(inner);
+    s.commit(vec![Write::InsertRegion(region("north", "100.64.0.0/20"))])
+        .await
+        .expect("healthy");
+    for (i, fault) in [Fault::Begin, Fault::Write, Fault::Commit]
+        .into_iter()
+        .enumerate()
+    {
+        s.set(fault);
+        let name = format!("gp-{i}");
+        let batch = vec![
+            Write::InsertSite(site(&name, "north", &format!("100.64.0.{}", i + 10))),
+            Write::InsertEnrolToken {
+                site: name.parse().expect("name"),
+                hash: format!("h{i}"),
+                created_at: 1,
+                expires_at: 100,
+            },
+            Write::Audit(NewAudit {
+                at: 1,
+                actor: "t".into(),
+                action: "site.create".into(),
+                object: name.clone(),
+                detail: None,
+            }),
+        ];
+        let err = s.commit(batch.clone()).await.expect_err("injected");
+        assert!(
+            matches!(err, StoreError::Unavailable(_) | StoreError::Commit(_)),
+            "{fault:?}: {err:?}"
+        );
+        assert!(matches!(err.kind(), "unavailable" | "commit"));
+        let snap = s.load().await.expect("load");
+        assert!(snap.sites.is_empty(), "{fault:?} left a site behind");
+        assert_eq!(s.enrol_token(&format!("h{i}")).await.expect("read"), None);
+        // One audit entry per earlier, healed round; none from this one.
+        assert_eq!(s.audit(10, None).await.expect("audit").len(), i);
+        s.set(Fault::None);
+        s.commit(batch).await.expect("healed");
+        s.commit(vec![Write::DeleteSite(name.parse().expect("name"))])
+            .await
+            .expect("healed");
+        assert_eq!(s.audit(10, None).await.expect("audit").len(), i + 1);
+    }
+}
+
 fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SqliteStore::open(&dir.path().join("sub/wardnet.db")).expect("open");
@@ -273,6 +325,12 @@ async fn sqlite_failed_batch_leaves_nothing() {
 async fn sqlite_concurrent_batches_fail_independently() {
     let (_d, s) = sqlite();
     concurrent_batches_fail_independently(s).await;
+}
+
+#[tokio::test]
+async fn sqlite_injected_faults_store_nothing_and_heal() {
+    let (_d, s) = sqlite();
+    injected_faults_store_nothing_and_heal(s).await;
 }
 
 #[tokio::test]

@@ -68,12 +68,22 @@ impl TestController {
 
     /// Start on an existing database (restart tests), reusing an admin token.
     pub async fn start_on(db: PathBuf, clock: Arc<ManualClock>, admin: Option<String>) -> Self {
-        wardnet_controller::init_crypto();
         let store = SqliteStore::open(&db).expect("open store");
-        let controller =
-            Controller::start(Arc::new(store) as Arc<dyn Store>, settings(), clock.clone())
-                .await
-                .expect("start controller");
+        Self::start_with(Arc::new(store), settings(), db, clock, admin).await
+    }
+
+    /// Start on a given store (a fault-injecting wrapper, say) and settings.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        settings: ServiceSettings,
+        db: PathBuf,
+        clock: Arc<ManualClock>,
+        admin: Option<String>,
+    ) -> Self {
+        wardnet_controller::init_crypto();
+        let controller = Controller::start(store, settings, clock.clone())
+            .await
+            .expect("start controller");
         let admin = match admin {
             Some(a) => a,
             None => {
@@ -195,6 +205,22 @@ impl TestController {
         let (s, v) = self.enroll(token, endpoint).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["credential"].as_str().expect("credential").to_owned()
+    }
+
+    /// The long-poll as agents run it, with deltas.
+    pub async fn agent_update(
+        &self,
+        credential: &str,
+        revision: u64,
+        wait: u64,
+    ) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/agent/config?revision={revision}&wait={wait}&deltas=true"),
+            Some(credential),
+            None,
+        )
+        .await
     }
 
     pub async fn agent_config(
