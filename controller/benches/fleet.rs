@@ -9,12 +9,14 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+mod support;
+
 use std::io::Write as _;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::{percentile, post, raise_fd_limit, rss_mib, start_controller};
 use tokio::sync::Semaphore;
 
 struct Args {
@@ -44,129 +46,6 @@ fn args() -> Args {
     a
 }
 
-struct Controller {
-    child: Child,
-    url: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Raise the open-file limit (inherited by the controller) as far as the
-/// hard limit allows; returns the soft limit in force.
-fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to an initialised struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        let want = libc::rlimit {
-            rlim_cur: 200_000,
-            rlim_max: 200_000,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-            return 200_000;
-        }
-        // Not allowed to raise the hard limit: take all of it.
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-    }
-    lim.rlim_cur
-}
-
-fn start_controller() -> Controller {
-    let bin = env!("CARGO_BIN_EXE_wardnet-controller");
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-plain_http = true
-data_dir = "{}"
-[network]
-overlay_ipv4 = "100.64.0.0/10"
-overlay_ipv6 = "fd7a:6e65::/48"
-routed_prefixes = ["10.0.0.0/8"]
-[long_poll]
-timeout_secs = 300
-"#,
-            dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(bin)
-        .args(["admin-token", "create", "--config"])
-        .arg(&config)
-        .env("WARDNET_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("WARDNET_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    Controller {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        token,
-        _dir: dir,
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
-    let r = http
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{url}: {status} {v}");
-    v
-}
-
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -178,7 +57,7 @@ async fn main() {
         );
     }
     wardnet_controller::init_crypto();
-    let c = start_controller();
+    let c = start_controller("", "[long_poll]\ntimeout_secs = 300", false);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(600))

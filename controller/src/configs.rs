@@ -576,7 +576,7 @@ fn primaries(model: &Model) -> impl Iterator<Item = &Site> + '_ {
     model
         .hubs
         .iter()
-        .filter_map(|n| model.sites.get(n))
+        .filter_map(|n| model.sites.get(n).map(|s| &**s))
         .filter(|h| {
             h.is_active()
                 && model
@@ -689,7 +689,7 @@ pub struct Bump {
 /// the revision (in the model too) of every site whose config changed.
 pub fn apply(
     model: &mut Model,
-    configs: &mut OrdMap<Name, SiteRender>,
+    configs: &mut OrdMap<Name, Arc<SiteRender>>,
     net: &NetworkSettings,
     touches: Touches,
 ) -> Vec<Bump> {
@@ -700,9 +700,14 @@ pub fn apply(
             continue;
         };
         let from = site.revision;
-        let old = configs.get(&name).cloned();
-        let next = match (old, touch.full) {
-            (Some(mut r), false) => {
+        // A render of another revision belongs to an earlier site of the
+        // same name (deleted and created again): start afresh.
+        let old = configs
+            .get(&name)
+            .filter(|r| r.revision == from)
+            .map(|r| SiteRender::clone(r));
+        let next = match old {
+            Some(mut r) if !touch.full => {
                 let mut d = Draft::default();
                 for peer in &touch.entries {
                     let e = entry(model, net, &name, peer);
@@ -728,8 +733,7 @@ pub fn apply(
                 }
                 Some((r, Some(d)))
             }
-            (None, false) => None,
-            (old, true) => match render(model, net, &name) {
+            old => match render(model, net, &name) {
                 None => None,
                 Some(cfg) => Some(rebuild(old, cfg, site)),
             },
@@ -757,14 +761,14 @@ pub fn apply(
                     r.revision = to;
                     r.full = Arc::new(OnceLock::new());
                     if let Some(s) = model.sites.get_mut(&name) {
-                        s.revision = to;
+                        Arc::make_mut(s).revision = to;
                     }
                     bumps.push(Bump {
                         site: name.clone(),
                         revision: to,
                     });
                 }
-                configs.insert(name, r);
+                configs.insert(name, Arc::new(r));
             }
         }
     }
@@ -829,13 +833,13 @@ fn rebuild(old: Option<SiteRender>, cfg: SiteConfig, site: &Site) -> (SiteRender
 }
 
 /// Renders for every active site of a freshly loaded model.
-pub fn render_all(model: &Model, net: &NetworkSettings) -> OrdMap<Name, SiteRender> {
+pub fn render_all(model: &Model, net: &NetworkSettings) -> OrdMap<Name, Arc<SiteRender>> {
     let mut out = OrdMap::new();
     for site in model.sites.values() {
         if let Some(cfg) = render(model, net, &site.name) {
             out.insert(
                 site.name.clone(),
-                SiteRender::from_config(cfg, &site.lan_prefixes),
+                Arc::new(SiteRender::from_config(cfg, &site.lan_prefixes)),
             );
         }
     }
@@ -978,7 +982,7 @@ mod tests {
         };
         match *op {
             Op::Up { r, i, lan } => {
-                let before = m.sites.get(&site_name(r, i)).cloned();
+                let before = m.sites.get(&site_name(r, i)).map(|s| Site::clone(s));
                 let after = match &before {
                     None if lan_free(m, r, i, lan) => new_site(r, i, lan, (i + r) % 3 != 0),
                     Some(b) if b.state == SiteState::Pending => {
@@ -993,7 +997,7 @@ mod tests {
                 Some((before, Some(after)))
             }
             Op::Revoke { r, i } => {
-                let before = m.sites.get(&site_name(r, i)).cloned()?;
+                let before = m.sites.get(&site_name(r, i)).map(|s| Site::clone(s))?;
                 let mut after = before.clone();
                 after.state = SiteState::Revoked;
                 m.upsert_site(after.clone());
@@ -1004,7 +1008,7 @@ mod tests {
                 Some((Some(before), None))
             }
             Op::Lan { r, i, lan } => {
-                let before = m.sites.get(&site_name(r, i)).cloned()?;
+                let before = m.sites.get(&site_name(r, i)).map(|s| Site::clone(s))?;
                 if !lan_free(m, r, i, lan) {
                     return None;
                 }
@@ -1017,7 +1021,7 @@ mod tests {
                 Some((Some(before), Some(after)))
             }
             Op::Endpoint { r, i, port } => {
-                let before = m.sites.get(&site_name(r, i)).cloned()?;
+                let before = m.sites.get(&site_name(r, i)).map(|s| Site::clone(s))?;
                 let mut after = before.clone();
                 after.endpoint = Some(
                     format!("203.0.113.{}:{port}", r * 16 + i)
@@ -1063,7 +1067,7 @@ mod tests {
                 apply(&mut model, &mut configs, &net, touches);
                 for site in model.sites.values() {
                     let want = render(&model, &net, &site.name);
-                    let got = configs.get(&site.name).map(SiteRender::to_config);
+                    let got = configs.get(&site.name).map(|r| r.to_config());
                     prop_assert_eq!(&got, &want, "site {}", site.name);
                     if let Some(old) = revisions.get(&site.name) {
                         prop_assert!(site.revision >= *old);

@@ -94,7 +94,8 @@ impl Site {
 #[derive(Debug, Clone, Default)]
 pub struct Model {
     pub regions: BTreeMap<Name, Region>,
-    pub sites: OrdMap<Name, Site>,
+    /// Shared: copying a map node copies pointers, not sites.
+    pub sites: OrdMap<Name, std::sync::Arc<Site>>,
     /// Region name -> names of its sites.
     pub by_region: BTreeMap<Name, OrdSet<Name>>,
     /// Names of all hub sites, any state.
@@ -176,12 +177,12 @@ impl Model {
                 .or_default()
                 .insert(s.name.clone(), *p);
         }
-        self.sites.insert(s.name.clone(), s);
+        self.sites.insert(s.name.clone(), std::sync::Arc::new(s));
         old
     }
 
     pub fn remove_site(&mut self, name: &Name) -> Option<Site> {
-        let old = self.sites.remove(name)?;
+        let old = std::sync::Arc::unwrap_or_clone(self.sites.remove(name)?);
         if let Some(set) = self.by_region.get_mut(&old.region) {
             set.remove(name);
         }
@@ -306,7 +307,7 @@ impl Model {
             .get(region)
             .into_iter()
             .flatten()
-            .filter_map(|n| self.sites.get(n))
+            .filter_map(|n| self.sites.get(n).map(|s| &**s))
     }
 
     /// Active hubs of a region, in name order (from the hub index: a
@@ -316,7 +317,7 @@ impl Model {
             .get(region)
             .into_iter()
             .flatten()
-            .filter_map(|n| self.sites.get(n))
+            .filter_map(|n| self.sites.get(n).map(|s| &**s))
             .filter(|s| s.role == Role::Hub && s.is_active())
     }
 }

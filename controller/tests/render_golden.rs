@@ -330,7 +330,7 @@ fn inactive_sites_appear_in_no_config() {
 #[test]
 fn listen_port_follows_the_sites_own_endpoint() {
     let mut m = model();
-    let mut hub = m.sites[&name("hub-north")].clone();
+    let mut hub = Site::clone(&m.sites[&name("hub-north")]);
     hub.endpoint = Some("198.51.100.1:51999".parse().expect("endpoint"));
     m.upsert_site(hub);
     assert_eq!(rendered(&m, "hub-north").interface.listen_port, 51999);
@@ -348,12 +348,12 @@ fn config_hash_ignores_revision_but_sees_an_endpoint_change() {
     assert!(config_hash(&cfg).bytes().all(|b| b.is_ascii_hexdigit()));
 
     let mut m2 = m.clone();
-    let mut hub = m2.sites[&name("hub-north")].clone();
+    let mut hub = Site::clone(&m2.sites[&name("hub-north")]);
     hub.endpoint = Some("198.51.100.99:51820".parse().expect("endpoint"));
     m2.upsert_site(hub);
     assert_ne!(config_hash(&cfg), config_hash(&rendered(&m2, "gp-a")));
     // A change elsewhere in the network leaves gp-a's hash alone.
-    let mut gp_d = m2.sites[&name("gp-d")].clone();
+    let mut gp_d = Site::clone(&m2.sites[&name("gp-d")]);
     gp_d.endpoint = None;
     let mut m3 = m2.clone();
     m3.upsert_site(gp_d);
@@ -470,7 +470,7 @@ fn secondary_hub_is_a_plain_peer_and_stays_out_of_the_hub_mesh() {
 #[test]
 fn primary_hub_is_the_smallest_active_name() {
     let mut m = model_with_secondary_hub();
-    let mut h1 = m.sites[&name("hub-north")].clone();
+    let mut h1 = Site::clone(&m.sites[&name("hub-north")]);
     h1.state = SiteState::Revoked;
     m.upsert_site(h1);
     let gp_a = rendered(&m, "gp-a");

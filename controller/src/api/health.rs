@@ -24,6 +24,6 @@ pub async fn fleet(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
 /// targets > agents.json`) and Prometheus' `http_sd_configs` directly.
 pub async fn targets(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
     let reports = c.reports();
-    let groups = c.with_model(|m| crate::health::file_sd(m.sites.values(), &reports));
+    let groups = c.with_model(|m| crate::health::file_sd(m.sites.values().map(|s| &**s), &reports));
     Ok(axum::Json(groups).into_response())
 }

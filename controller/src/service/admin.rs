@@ -284,6 +284,7 @@ impl Controller {
                 .sites
                 .get(name)
                 .ok_or_else(|| not_found_site(name))?
+                .as_ref()
                 .clone();
             let mut after = before.clone();
             let mut detail = Vec::new();
@@ -329,6 +330,7 @@ impl Controller {
                 .sites
                 .get(name)
                 .ok_or_else(|| not_found_site(name))?
+                .as_ref()
                 .clone();
             if before.state == SiteState::Revoked {
                 return Err(ApiError::Conflict(format!(

@@ -119,6 +119,7 @@ impl Controller {
                     .sites
                     .get(&site_name)
                     .ok_or_else(|| ApiError::Unauthorized("the site of this token was deleted".into()))?
+                    .as_ref()
                     .clone();
                 if before.state == SiteState::Revoked {
                     return Err(ApiError::Forbidden(format!("site {site_name} is revoked")));

@@ -78,7 +78,7 @@ pub struct World {
     /// Agent credential hash -> site.
     credentials: imbl::HashMap<String, Name>,
     /// Active sites' configs.
-    pub configs: OrdMap<Name, SiteRender>,
+    pub configs: OrdMap<Name, Arc<SiteRender>>,
 }
 
 impl World {
@@ -191,7 +191,7 @@ impl Controller {
             model: Model::from_parts(snap.regions, snap.sites),
             ..World::default()
         };
-        let sites: Vec<Site> = world.model.sites.values().cloned().collect();
+        let sites: Vec<Site> = world.model.sites.values().map(|s| Site::clone(s)).collect();
         for s in &sites {
             world.index_site(None, Some(s));
         }
@@ -207,6 +207,7 @@ impl Controller {
             let mut writes = Vec::new();
             for name in &stale {
                 if let Some(site) = world.model.sites.get_mut(name) {
+                    let site = Arc::make_mut(site);
                     site.revision += 1;
                     site.render_fingerprint = Some(fingerprint.clone());
                     writes.push(Write::SetRevision {
@@ -274,7 +275,9 @@ impl Controller {
     }
 
     /// Run one change through the writer (see the module docs) and answer
-    /// once it is durable and published.
+    /// once it is durable and published. `f` must check everything before
+    /// it changes the model: when it returns an error, the model must be as
+    /// it found it. It may run more than once (a retried group).
     pub(crate) async fn change<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
@@ -305,7 +308,9 @@ impl Controller {
         let mut woken = BTreeSet::new();
         let mut kept = Vec::with_capacity(jobs.len());
         for mut job in jobs.drain(..) {
-            let saved = world.model.clone();
+            // A job validates before it changes the model, so a refused job
+            // leaves it as it was (no copy to restore: copying would make
+            // every later write in the group copy the nodes it touches).
             match job.apply(&mut world.model, now) {
                 Ok(effects) => {
                     for (before, after) in &effects.sites {
@@ -320,10 +325,7 @@ impl Controller {
                     writes.extend(effects.writes);
                     kept.push(job);
                 }
-                Err(e) => {
-                    world.model = saved;
-                    job.finish(Err(e));
-                }
+                Err(e) => job.finish(Err(e)),
             }
         }
         *jobs = kept;
@@ -338,7 +340,7 @@ impl Controller {
         );
         for b in &bumps {
             if let Some(s) = world.model.sites.get_mut(&b.site) {
-                s.render_fingerprint = Some(self.fingerprint.clone());
+                Arc::make_mut(s).render_fingerprint = Some(self.fingerprint.clone());
             }
             writes.push(Write::SetRevision {
                 site: b.site.clone(),

@@ -279,7 +279,12 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn apply(tx: &rusqlite::Savepoint<'_>, w: &Write) -> Result<(), StoreError> {
-    let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| tx.execute(sql, p).map_err(classify);
+    // Cached: the same few statements run thousands of times.
+    let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
+        tx.prepare_cached(sql)
+            .and_then(|mut st| st.execute(p))
+            .map_err(classify)
+    };
     match w {
         Write::InsertRegion(r) => {
             run(

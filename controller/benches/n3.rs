@@ -1,0 +1,510 @@
+//! The N3 benchmark: the controller at the shape of the network it is built
+//! for. 13 regions (/20 each) with one hub each, 51,000 spokes enrolling
+//! with 64 requests in flight in random region order (sites come online in
+//! any region), once without and once with a /24 LAN per spoke; then 18,000
+//! agents long-polling (the hubs, every spoke of regions r0..r3, the rest
+//! drawn at random) and heartbeating as real agents do.
+//!
+//! Prints, per run: durable enrolments/s and their p50/p99; and in the
+//! waiting phase: one spoke's change -> that spoke's and its hub's answers
+//! (p50/p99); one hub's change -> its waiting spokes' answers (p50/p99/max);
+//! how many agents answered that the change did not concern (must be 0);
+//! controller RSS per waiting agent; controller CPU over an idle minute.
+//!
+//!   cargo bench -p wardnet-controller --bench n3 -- [--spokes N] [--waiters W]
+//!       [--concurrency C] [--lans off|on|both] [--tls] [--idle-secs S] [--changes K]
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use serde_json::{json, Value};
+use support::{
+    cpu_secs, loadavg, metric, ms, percentile, post, raise_fd_limit, rss_mib, start_controller,
+    Controller,
+};
+use tokio::sync::{mpsc, Semaphore};
+
+const REGIONS: usize = 13;
+/// Regions whose every spoke waits (a hub change then answers all of them).
+const FULL_REGIONS: usize = 4;
+/// Waiting agents per loopback source address (ephemeral ports).
+const PER_SOURCE: usize = 20_000;
+
+struct Args {
+    spokes: usize,
+    waiters: usize,
+    concurrency: usize,
+    lans: Vec<bool>,
+    tls: bool,
+    idle_secs: u64,
+    changes: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        spokes: 51_000,
+        waiters: 18_000,
+        concurrency: 64,
+        lans: vec![false, true],
+        tls: false,
+        idle_secs: 60,
+        changes: 50,
+    };
+    let v: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < v.len() {
+        let next = || v.get(i + 1).cloned().unwrap_or_default();
+        match v[i].as_str() {
+            "--spokes" => a.spokes = next().parse().expect("--spokes N"),
+            "--waiters" => a.waiters = next().parse().expect("--waiters N"),
+            "--concurrency" => a.concurrency = next().parse().expect("--concurrency N"),
+            "--idle-secs" => a.idle_secs = next().parse().expect("--idle-secs S"),
+            "--changes" => a.changes = next().parse().expect("--changes K"),
+            "--lans" => {
+                a.lans = match next().as_str() {
+                    "off" => vec![false],
+                    "on" => vec![true],
+                    _ => vec![false, true],
+                }
+            }
+            "--tls" => a.tls = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    a
+}
+
+/// One site of the benchmark fleet.
+#[derive(Clone)]
+struct Agent {
+    name: String,
+    region: usize,
+    hub: bool,
+    credential: String,
+}
+
+fn lan(i: usize) -> String {
+    format!("10.{}.{}.0/24", i / 256, i % 256)
+}
+
+async fn enrol(http: &reqwest::Client, url: &str, token: &str) -> (String, Duration) {
+    let key = wardnet_common::PrivateKey::generate().public_key();
+    let t = Instant::now();
+    let r = http
+        .post(format!("{url}/v1/enroll"))
+        .json(&json!({"token": token, "public_key": key.to_string()}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(status, 201, "{v}");
+    (v["credential"].as_str().unwrap().to_owned(), took)
+}
+
+/// Build the fleet; returns every agent, hubs first.
+async fn build(c: &Controller, a: &Args, lans: bool) -> Vec<Agent> {
+    let http = c.client([127, 0, 0, 1].into());
+    let mut agents = Vec::new();
+    for r in 0..REGIONS {
+        post(
+            &http,
+            &format!("{}/v1/regions", c.url),
+            &c.token,
+            json!({"name": format!("r{r}")}),
+        )
+        .await;
+        let v = post(
+            &http,
+            &format!("{}/v1/sites", c.url),
+            &c.token,
+            json!({"name": format!("hub-{r}"), "region": format!("r{r}"), "role": "hub",
+                   "endpoint": format!("198.51.100.{}:51820", r + 1)}),
+        )
+        .await;
+        let (credential, _) = enrol(&http, &c.url, v["token"].as_str().unwrap()).await;
+        agents.push(Agent {
+            name: format!("hub-{r}"),
+            region: r,
+            hub: true,
+            credential,
+        });
+    }
+
+    // Spokes, pending with tokens (not what is measured).
+    let sem = Arc::new(Semaphore::new(a.concurrency));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..a.spokes {
+        let (http, url, token, sem) = (http.clone(), c.url.clone(), c.token.clone(), sem.clone());
+        let region = i % REGIONS;
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let name = format!("gp-{region}-{}", i / REGIONS);
+            let mut body = json!({"name": name, "region": format!("r{region}"), "role": "spoke"});
+            if lans {
+                body["lan_prefixes"] = json!([lan(i)]);
+            }
+            let v = post(&http, &format!("{url}/v1/sites"), &token, body).await;
+            (name, region, v["token"].as_str().unwrap().to_owned())
+        }));
+    }
+    let mut pending = Vec::new();
+    for t in tasks {
+        pending.push(t.await.unwrap());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "  sites added:     {} in {secs:.1} s = {:.0}/s",
+        a.spokes,
+        a.spokes as f64 / secs
+    );
+
+    // Enrolment in random region order, timed.
+    pending.shuffle(&mut rand::thread_rng());
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (name, region, token) in pending {
+        let (http, url, sem) = (http.clone(), c.url.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let (credential, took) = enrol(&http, &url, &token).await;
+            (
+                Agent {
+                    name,
+                    region,
+                    hub: false,
+                    credential,
+                },
+                took,
+            )
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        let (agent, took) = t.await.unwrap();
+        agents.push(agent);
+        lat.push(took);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    lat.sort();
+    println!(
+        "  enrolments:      {} in {secs:.1} s = {:.0} durable enrolments/s; latency p50 {:.1} ms, p99 {:.1} ms (random region order, {} in flight)",
+        a.spokes,
+        a.spokes as f64 / secs,
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        a.concurrency
+    );
+    let groups = metric(&http, &c.url, "wardnet_controller_change_group_size_count").await;
+    let changes = metric(&http, &c.url, "wardnet_controller_change_group_size_sum").await;
+    println!(
+        "  controller RSS:  {:.0} MiB after enrolment; {changes:.0} changes in {groups:.0} commits ({:.1} per commit)",
+        rss_mib(c.pid()),
+        changes / groups.max(1.0)
+    );
+    agents
+}
+
+/// An answer a waiting agent got: who, and when.
+struct Answer {
+    agent: usize,
+    at: Instant,
+}
+
+/// Start one waiting agent: it takes its config, then long-polls as the
+/// agent does (wait 55 s, deltas), reports after every answer and after
+/// every empty long-poll (its heartbeat).
+fn spawn_waiter(
+    http: reqwest::Client,
+    url: String,
+    agent: Agent,
+    idx: usize,
+    tx: mpsc::UnboundedSender<Answer>,
+    heartbeats: Arc<std::sync::atomic::AtomicU64>,
+    ready: Arc<Semaphore>,
+) {
+    tokio::spawn(async move {
+        let mut permit = Some(ready.acquire_owned().await.unwrap());
+        let mut rev = 0u64;
+        let mut first = true;
+        loop {
+            let wait = if first { 0 } else { 55 };
+            let r = http
+                .get(format!(
+                    "{url}/v1/agent/config?revision={rev}&wait={wait}&deltas=true"
+                ))
+                .bearer_auth(&agent.credential)
+                .send()
+                .await;
+            let at = Instant::now();
+            let status = match r {
+                Ok(r) if r.status() == 200 => {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    rev = match v["kind"].as_str() {
+                        Some("full") => v["config"]["revision"].as_u64().unwrap_or(rev),
+                        _ => v["steps"]
+                            .as_array()
+                            .and_then(|s| s.last())
+                            .and_then(|s| s["revision"].as_u64())
+                            .unwrap_or(rev),
+                    };
+                    200
+                }
+                Ok(r) => r.status().as_u16(),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if first {
+                first = false;
+                permit.take();
+            } else if status == 200 && tx.send(Answer { agent: idx, at }).is_err() {
+                return;
+            }
+            if status == 200 || status == 204 {
+                if status == 204 {
+                    heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let _ = http
+                    .post(format!("{url}/v1/agent/report"))
+                    .bearer_auth(&agent.credential)
+                    .json(&json!({"applied_revision": rev,
+                                  "health": {"peers_up": 1, "peers_total": 1}}))
+                    .send()
+                    .await;
+            }
+        }
+    });
+}
+
+async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
+    // Who waits: the hubs, every spoke of the first regions, then others
+    // drawn at random.
+    let mut chosen: Vec<usize> = (0..agents.len())
+        .filter(|&i| agents[i].hub || agents[i].region < FULL_REGIONS)
+        .collect();
+    let mut rest: Vec<usize> = (0..agents.len())
+        .filter(|&i| !agents[i].hub && agents[i].region >= FULL_REGIONS)
+        .collect();
+    rest.shuffle(&mut rand::thread_rng());
+    chosen.extend(
+        rest.into_iter()
+            .take(a.waiters.saturating_sub(chosen.len())),
+    );
+    chosen.truncate(a.waiters);
+    let waiting: HashSet<usize> = chosen.iter().copied().collect();
+    let n = chosen.len();
+
+    let http = c.client([127, 0, 0, 1].into());
+    let rss_before = rss_mib(c.pid());
+    let clients: Vec<reqwest::Client> = (0..n.div_ceil(PER_SOURCE).max(1))
+        .map(|k| c.client([127, 0, 0, 2 + k as u8].into()))
+        .collect();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let heartbeats = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // At most `concurrency` first fetches at once, as after enrolment.
+    let ready = Arc::new(Semaphore::new(a.concurrency));
+    for (k, &i) in chosen.iter().enumerate() {
+        spawn_waiter(
+            clients[k / PER_SOURCE].clone(),
+            c.url.clone(),
+            agents[i].clone(),
+            i,
+            tx.clone(),
+            heartbeats.clone(),
+            ready.clone(),
+        );
+    }
+    let t = Instant::now();
+    loop {
+        let held = metric(&http, &c.url, "wardnet_controller_long_poll_waiters").await as usize;
+        if held >= n {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            println!("  only {held} of {n} long-polls held after 300 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_mib(c.pid());
+    println!(
+        "  waiting agents:  {n} held in {:.1} s; controller RSS {rss:.0} MiB (was {rss_before:.0}) = {:.1} KiB per waiting agent",
+        t.elapsed().as_secs_f64(),
+        (rss - rss_before) * 1024.0 / n as f64
+    );
+    while rx.try_recv().is_ok() {}
+
+    let hub_of = |region: usize| -> usize { region };
+    let mut others = 0usize;
+    // Collect answers until `expected` have all come (or a timeout), and
+    // for a short grace after, counting the ones nobody expected.
+    async fn collect(
+        rx: &mut mpsc::UnboundedReceiver<Answer>,
+        expected: &HashSet<usize>,
+        t0: Instant,
+    ) -> (HashMap<usize, Duration>, usize) {
+        let mut got = HashMap::new();
+        let mut others = 0;
+        let deadline = t0 + Duration::from_secs(30);
+        while got.len() < expected.len() {
+            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(Some(a)) if expected.contains(&a.agent) => {
+                    got.entry(a.agent).or_insert(a.at.duration_since(t0));
+                }
+                Ok(Some(_)) => others += 1,
+                _ => break,
+            }
+        }
+        let grace = Instant::now() + Duration::from_millis(300);
+        while let Ok(Some(a)) = tokio::time::timeout_at(grace.into(), rx.recv()).await {
+            if !expected.contains(&a.agent) {
+                others += 1;
+            }
+        }
+        (got, others)
+    }
+
+    // One spoke changes: it and its hub answer.
+    let mut spoke_lat = Vec::new();
+    let mut hub_lat = Vec::new();
+    let candidates: Vec<usize> = chosen.iter().copied().filter(|&i| !agents[i].hub).collect();
+    for k in 0..a.changes {
+        let i = candidates[(k * 7919) % candidates.len()];
+        let hub = hub_of(agents[i].region);
+        let expected: HashSet<usize> = [i, hub]
+            .into_iter()
+            .filter(|x| waiting.contains(x))
+            .collect();
+        let t0 = Instant::now();
+        let r = http
+            .patch(format!("{}/v1/sites/{}", c.url, agents[i].name))
+            .bearer_auth(&c.token)
+            .json(&json!({"endpoint": format!("203.0.113.{}:{}", k % 250 + 1, 40000 + k)}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        let (got, o) = collect(&mut rx, &expected, t0).await;
+        others += o;
+        if let Some(d) = got.get(&i) {
+            spoke_lat.push(*d);
+        }
+        if let Some(d) = got.get(&hub) {
+            hub_lat.push(*d);
+        }
+    }
+    spoke_lat.sort();
+    hub_lat.sort();
+    println!(
+        "  spoke change:    {} changes; the spoke answered p50 {:.1} ms, p99 {:.1} ms; its hub p50 {:.1} ms, p99 {:.1} ms; other agents answered: {others}",
+        a.changes,
+        ms(percentile(&spoke_lat, 0.5)),
+        ms(percentile(&spoke_lat, 0.99)),
+        ms(percentile(&hub_lat, 0.5)),
+        ms(percentile(&hub_lat, 0.99)),
+    );
+
+    // One hub changes: its waiting spokes and the other hubs (hub mesh)
+    // answer.
+    for r in 0..FULL_REGIONS.min(REGIONS) {
+        let spokes: HashSet<usize> = chosen
+            .iter()
+            .copied()
+            .filter(|&i| !agents[i].hub && agents[i].region == r)
+            .collect();
+        let mut expected = spokes.clone();
+        expected.extend((0..REGIONS).filter(|&h| waiting.contains(&h)));
+        let t0 = Instant::now();
+        let resp = http
+            .patch(format!("{}/v1/sites/hub-{r}", c.url))
+            .bearer_auth(&c.token)
+            .json(&json!({"endpoint": format!("203.0.113.{}:51820", r + 100)}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let (got, o) = collect(&mut rx, &expected, t0).await;
+        let mut lat: Vec<Duration> = got
+            .iter()
+            .filter(|(i, _)| spokes.contains(i))
+            .map(|(_, d)| *d)
+            .collect();
+        lat.sort();
+        println!(
+            "  hub change:      hub-{r} -> {} of {} waiting spokes answered: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; other agents answered: {o}",
+            lat.len(),
+            spokes.len(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            ms(lat.last().copied().unwrap_or_default()),
+        );
+    }
+
+    // An idle minute: nothing changes, every agent heartbeats.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hb0 = heartbeats.load(std::sync::atomic::Ordering::Relaxed);
+    let cpu0 = cpu_secs(c.pid());
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.idle_secs)).await;
+    let cpu = cpu_secs(c.pid()) - cpu0;
+    let secs = t.elapsed().as_secs_f64();
+    let hb = heartbeats.load(std::sync::atomic::Ordering::Relaxed) - hb0;
+    println!(
+        "  idle:            {secs:.0} s with {n} agents, {hb} heartbeats (report + new long-poll): controller CPU {:.2} % of a core",
+        cpu / secs * 100.0
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let nofile = raise_fd_limit();
+    if (nofile as usize) < a.waiters + 1000 {
+        println!(
+            "warning: open-file limit is {nofile}; {} waiters need more than that in both processes",
+            a.waiters
+        );
+    }
+    wardnet_controller::init_crypto();
+    println!(
+        "wardnet N3 benchmark: {REGIONS} regions, {REGIONS} hubs, {} spokes, {} in flight, random region order; {} waiting agents; {}; load {}",
+        a.spokes,
+        a.concurrency,
+        a.waiters,
+        if a.tls { "TLS" } else { "plain HTTP" },
+        loadavg()
+    );
+    for (k, &lans) in a.lans.iter().enumerate() {
+        println!(
+            "run {}: {}",
+            k + 1,
+            if lans {
+                "one /24 LAN per spoke"
+            } else {
+                "no LANs"
+            }
+        );
+        let c = start_controller("", "", a.tls);
+        c.ready().await;
+        let agents = build(&c, &a, lans).await;
+        // The waiting phase once, after the last (heaviest) run.
+        if k + 1 == a.lans.len() && a.waiters > 0 {
+            waiting_phase(&c, &a, &agents).await;
+        }
+        let _ = std::io::stdout().flush();
+    }
+    println!("load after: {}", loadavg());
+}

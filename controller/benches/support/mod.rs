@@ -1,0 +1,248 @@
+//! What the controller benchmarks share: a real `wardnet-controller`
+//! process (release build, embedded SQLite, `synchronous=FULL`) on loopback,
+//! and small measuring helpers.
+#![allow(dead_code, clippy::print_stdout, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Controller {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    /// The CA certificate clients trust, when serving TLS.
+    pub ca: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Controller {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client for this controller (trusting its CA under TLS), sending
+    /// from `source` (one source address has only ~28,000 ephemeral ports
+    /// toward one destination).
+    pub fn client(&self, source: std::net::IpAddr) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .local_address(source)
+            .pool_max_idle_per_host(usize::MAX)
+            .timeout(Duration::from_secs(600));
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).unwrap();
+            b = b.tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()]);
+        }
+        b.build().unwrap()
+    }
+
+    /// Wait until it answers /healthz.
+    pub async fn ready(&self) {
+        let http = self.client([127, 0, 0, 1].into());
+        for _ in 0..300 {
+            if http
+                .get(format!("{}/healthz", self.url))
+                .send()
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the controller did not come up");
+    }
+}
+
+/// Raise the open-file limit (inherited by the controller) as far as the
+/// hard limit allows; returns the soft limit in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an initialised struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let want = libc::rlimit {
+            rlim_cur: 200_000,
+            rlim_max: 200_000,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return 200_000;
+        }
+        // Not allowed to raise the hard limit: take all of it.
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+/// Start the controller binary with the shipped defaults plus `extra`
+/// config lines (TOML, top level first), plain HTTP or TLS.
+pub fn start_controller(extra_top: &str, extra_tables: &str, tls: bool) -> Controller {
+    let bin = env!("CARGO_BIN_EXE_wardnet-controller");
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (transport, ca) = if tls {
+        let tls_dir = dir.path().join("tls");
+        let out = Command::new(bin)
+            .args(["ca", "init", "--host", "127.0.0.1", "-o", "json", "--dir"])
+            .arg(&tls_dir)
+            .env("WARDNET_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = |k: &str| v[k].as_str().unwrap().to_owned();
+        (
+            format!(
+                "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                s("server_cert"),
+                s("server_key")
+            ),
+            Some(PathBuf::from(s("ca_cert"))),
+        )
+    } else {
+        (String::new(), None)
+    };
+    let plain = if tls { "" } else { "plain_http = true\n" };
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:{port}"
+{plain}data_dir = "{}"
+{extra_top}
+[network]
+overlay_ipv4 = "100.64.0.0/10"
+overlay_ipv6 = "fd7a:6e65::/48"
+routed_prefixes = ["10.0.0.0/8"]
+{transport}
+{extra_tables}
+"#,
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["admin-token", "create", "--config"])
+        .arg(&config)
+        .env("WARDNET_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("WARDNET_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let scheme = if tls { "https" } else { "http" };
+    Controller {
+        child,
+        url: format!("{scheme}://127.0.0.1:{port}"),
+        token,
+        ca,
+        _dir: dir,
+    }
+}
+
+pub fn rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU seconds (user + system) a process has used.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15; after ')' they are 12th and 13th.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The machine's load averages, for the record.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
+    let r = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{url}: {status} {v}");
+    v
+}
+
+/// The value of an unlabelled metric in the controller's /metrics.
+pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
