@@ -741,22 +741,30 @@ async fn sync_loop(
     base: SiteConfig,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let mut reported = None;
+    // What was reported last, and when: every long-poll tells the
+    // controller the agent is there, so a report goes only when the applied
+    // revision or the shape of the health changed, or every REPORT_REFRESH.
+    let mut reported: Option<(u64, HealthShape)> = None;
+    let mut reported_at = Instant::now();
     let mut current = Some(base);
     loop {
         let known = *applied.borrow_and_update();
         if current.as_ref().is_some_and(|c| c.revision != known) {
             current = None;
         }
-        if reported != Some(known) {
+        let health = health(&events).await;
+        let shape = HealthShape::of(health.as_ref());
+        let stale = reported_at.elapsed() >= REPORT_REFRESH;
+        if stale || reported.as_ref() != Some(&(known, shape.clone())) {
             let report = AgentReport {
                 applied_revision: known,
-                health: health(&events).await,
+                health,
             };
             match client.report(&credential, &report).await {
                 Ok(()) => {
                     tracing::debug!(revision = known, "reported");
-                    reported = Some(known);
+                    reported = Some((known, shape));
+                    reported_at = Instant::now();
                     // The controller answered: reachable now, not only
                     // when the long-poll below returns.
                     let _ = events
@@ -834,6 +842,8 @@ async fn sync_loop(
                 .await;
             }
             Ok(None) => {
+                // The long-poll itself refreshed last-seen at the controller;
+                // the top of the loop reports if anything else changed.
                 backoff.reset();
                 let _ = events
                     .send(Event::Sync {
@@ -841,8 +851,6 @@ async fn sync_loop(
                         error: None,
                     })
                     .await;
-                // Heartbeat: refresh last-seen and health once per long-poll.
-                reported = None;
             }
             Err(e) => {
                 let delay = backoff.next_delay(rand::random());
@@ -859,6 +867,31 @@ async fn sync_loop(
                 }
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// How often an agent reports even when nothing changed (RTT and loss
+/// figures move all the time; the NOC sees them this fresh at least).
+const REPORT_REFRESH: Duration = Duration::from_secs(300);
+
+/// What of a health summary makes a report worth sending at once: the
+/// counts and names, not the RTT and loss figures, which always move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HealthShape {
+    peers_up: u32,
+    peers_total: u32,
+    worst_peer: Option<wardnet_common::Name>,
+    metrics_address: Option<String>,
+}
+
+impl HealthShape {
+    fn of(h: Option<&HealthSummary>) -> Self {
+        HealthShape {
+            peers_up: h.map_or(0, |h| h.peers_up),
+            peers_total: h.map_or(0, |h| h.peers_total),
+            worst_peer: h.and_then(|h| h.worst_peer.clone()),
+            metrics_address: h.and_then(|h| h.metrics_address.clone()),
         }
     }
 }

@@ -139,10 +139,14 @@ impl RouteCover {
         if *n > 1 || self.covering(&p).is_some() {
             return;
         }
-        let inside: Vec<IpNet> = self.routes.range(p..=last_inside(&p)).copied().collect();
-        for r in inside {
-            self.routes.remove(&r);
-            diff.remove(r);
+        // Usually nothing lies inside a new route: look before collecting.
+        let mut inside = self.routes.range(p..=last_inside(&p)).copied().peekable();
+        if inside.peek().is_some() {
+            let inside: Vec<IpNet> = inside.collect();
+            for r in inside {
+                self.routes.remove(&r);
+                diff.remove(r);
+            }
         }
         self.routes.insert(p);
         diff.add(p);

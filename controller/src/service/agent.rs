@@ -225,6 +225,15 @@ impl Controller {
         let wait = wait.mul_f64(rand::random::<f64>().mul_add(0.2, 0.8));
         let deadline = tokio::time::Instant::now() + wait;
         let _guard = WaitGuard::new(&self.waiting);
+        // A long-poll is the agent's heartbeat: it refreshes last-seen.
+        if self
+            .published
+            .load()
+            .credentials
+            .contains_key(&who.credential_hash)
+        {
+            self.heartbeats.seen(&who.site, self.now());
+        }
         let mut rx: Option<watch::Receiver<u64>> = None;
         let answer = loop {
             let world = self.published.load();

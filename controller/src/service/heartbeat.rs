@@ -60,6 +60,23 @@ impl Heartbeats {
         i.dirty.insert(site.clone());
     }
 
+    /// The agent was seen (its long-poll arrived): last-seen only.
+    pub fn seen(&self, site: &Name, now: UnixTime) {
+        let mut i = self.0.lock();
+        if let Some(r) = i.live.get_mut(site) {
+            r.last_seen = Some(now);
+        } else {
+            i.live.insert(
+                site.clone(),
+                Report {
+                    last_seen: Some(now),
+                    ..Report::default()
+                },
+            );
+        }
+        i.dirty.insert(site.clone());
+    }
+
     pub fn get(&self, site: &Name) -> Report {
         self.0.lock().live.get(site).cloned().unwrap_or_default()
     }

@@ -296,12 +296,12 @@ impl Controller {
             .map_err(|_| ApiError::Unavailable("the controller is shutting down".into()))?
     }
 
-    /// Apply a group of jobs to a copy of the published world, commit, and
-    /// publish. Jobs refused by validation are answered at once and leave
-    /// the group. On a store failure the jobs stay in `jobs` (unanswered)
-    /// and nothing is published.
-    async fn run_group(&self, jobs: &mut Vec<Box<dyn Job>>) -> Result<(), StoreError> {
-        let mut world = World::clone(&self.published.load());
+    /// Apply a group of jobs to a copy of `base`: the new world, and the
+    /// writes (the jobs' and the revision bumps they cause) that make it
+    /// durable. Jobs refused by validation are answered at once and leave
+    /// the group; `None` when none is left.
+    fn prepare(&self, base: &World, jobs: &mut Vec<Box<dyn Job>>) -> Option<Prepared> {
+        let mut world = base.clone();
         let now = self.clock.now();
         let mut writes = Vec::new();
         let mut touches = Touches::default();
@@ -330,7 +330,7 @@ impl Controller {
         }
         *jobs = kept;
         if jobs.is_empty() {
-            return Ok(());
+            return None;
         }
         let bumps = configs::apply(
             &mut world.model,
@@ -348,14 +348,22 @@ impl Controller {
                 fingerprint: Some(self.fingerprint.clone()),
             });
         }
-        self.store.commit(writes).await?;
+        Some(Prepared {
+            world: Arc::new(world),
+            writes,
+            bumps,
+            woken,
+        })
+    }
 
-        // Durable: publish, then wake.
-        self.published.store(Arc::new(world));
+    /// A group is durable: publish its world, wake the long-polls of the
+    /// sites whose revision moved, answer its jobs.
+    fn publish(&self, p: Prepared, jobs: Vec<Box<dyn Job>>) {
+        self.published.store(p.world);
         let published = std::time::Instant::now();
         {
             let mut watchers = self.watchers.lock();
-            for b in &bumps {
+            for b in &p.bumps {
                 self.metrics
                     .apply_latency
                     .changed(&b.site, b.revision, published);
@@ -364,7 +372,7 @@ impl Controller {
                 }
             }
             let snapshot = self.published.load();
-            for name in woken {
+            for name in p.woken {
                 if snapshot.model.sites.contains_key(&name) {
                     if let Some(tx) = watchers.get(&name) {
                         tx.send_modify(|_| {});
@@ -375,10 +383,33 @@ impl Controller {
                 }
             }
         }
-        for job in jobs.drain(..) {
+        self.metrics.change_groups.observe(jobs.len() as f64);
+        for job in jobs {
             job.finish(Ok(()));
         }
-        Ok(())
+    }
+
+    /// Run one job on its own, start to end, in its own chain (a retry
+    /// after a failure).
+    async fn run_alone(&self, job: Box<dyn Job>, chain: u64) {
+        let base = self.published.load_full();
+        let mut jobs = vec![job];
+        let Some(mut p) = self.prepare(&base, &mut jobs) else {
+            return;
+        };
+        let writes = std::mem::take(&mut p.writes);
+        match self.store.submit_chained(writes, chain).await {
+            Ok(()) => self.publish(p, jobs),
+            Err(e) => {
+                self.metrics
+                    .store_failures
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                if let Some(job) = jobs.pop() {
+                    job.finish(Err(e.into()));
+                }
+            }
+        }
     }
 
     /// A receiver that sees every revision the site gets from now on.
@@ -398,45 +429,89 @@ impl Controller {
     }
 }
 
-/// The writer task: takes every job waiting, runs them as one group, and
-/// retries a failed group job by job. Ends when the controller is dropped.
+/// A group applied to a world, waiting to be durable.
+struct Prepared {
+    world: Arc<World>,
+    writes: Vec<Write>,
+    bumps: Vec<configs::Bump>,
+    woken: BTreeSet<Name>,
+}
+
+/// Groups committing at once: while one commits, the next is prepared on
+/// top of it (and queued behind it in the database).
+const DEPTH: usize = 1;
+
+/// The writer task. Takes every job waiting as one group, prepares it on
+/// top of the newest world (published or still committing), queues its
+/// writes, and publishes groups strictly in order as they become durable.
+///
+/// A group's writes are queued in a *chain*: once one fails, the database
+/// refuses every later batch of the chain, so it never holds a group whose
+/// predecessor it lost. The writer then drops the worlds built on the
+/// failed one, and retries those jobs one by one on the published world in
+/// a new chain. Ends when the controller is dropped.
 async fn writer(controller: Weak<Controller>, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        let Some(c) = controller.upgrade() else {
-            return;
-        };
-        let group = jobs.len();
-        if let Err(e) = c.run_group(&mut jobs).await {
-            c.metrics
-                .store_failures
-                .with_label_values(&[e.kind()])
-                .inc();
-            if group > 1 {
-                tracing::warn!(error = %e, jobs = jobs.len(), "a group of changes failed in the database; retrying them one by one");
-                for job in jobs.drain(..) {
-                    let mut one = vec![job];
-                    if let Err(e) = c.run_group(&mut one).await {
-                        c.metrics
-                            .store_failures
-                            .with_label_values(&[e.kind()])
-                            .inc();
-                        if let Some(job) = one.pop() {
-                            job.finish(Err(e.into()));
+    use futures::stream::{FuturesOrdered, StreamExt};
+    let mut chain = 0u64;
+    let mut working: Option<Arc<World>> = None;
+    let mut inflight: std::collections::VecDeque<(Prepared, Vec<Box<dyn Job>>)> =
+        std::collections::VecDeque::new();
+    let mut pending: FuturesOrdered<crate::store::Pending> = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(result) = pending.next(), if !pending.is_empty() => {
+                let Some(c) = controller.upgrade() else { return };
+                let Some((prepared, jobs)) = inflight.pop_front() else { continue };
+                match result {
+                    Ok(()) => c.publish(prepared, jobs),
+                    Err(e) => {
+                        c.metrics.store_failures.with_label_values(&[e.kind()]).inc();
+                        // Everything queued after it fails too (same chain):
+                        // wait for those answers, then retry one by one.
+                        let mut retry = jobs;
+                        while let Some(later) = pending.next().await {
+                            if later.is_ok() {
+                                // The store broke the chain contract; its
+                                // jobs are retried and may answer 409.
+                                tracing::error!("the store committed a batch queued after a failed one");
+                            }
                         }
+                        for (_, jobs) in inflight.drain(..) {
+                            retry.extend(jobs);
+                        }
+                        tracing::warn!(error = %e, jobs = retry.len(), "changes failed in the database; retrying them one by one");
+                        working = None;
+                        for job in retry {
+                            chain += 1;
+                            c.run_alone(job, chain).await;
+                        }
+                        chain += 1;
                     }
                 }
-            } else if let Some(job) = jobs.pop() {
-                job.finish(Err(e.into()));
+                if inflight.is_empty() {
+                    working = None;
+                }
+            }
+            job = rx.recv(), if inflight.len() < DEPTH => {
+                let Some(first) = job else { return };
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let Some(c) = controller.upgrade() else { return };
+                let base = working.clone().unwrap_or_else(|| c.published.load_full());
+                if let Some(mut prepared) = c.prepare(&base, &mut jobs) {
+                    let writes = std::mem::take(&mut prepared.writes);
+                    working = Some(prepared.world.clone());
+                    pending.push_back(c.store.submit_chained(writes, chain));
+                    inflight.push_back((prepared, jobs));
+                }
             }
         }
-        c.metrics.change_groups.observe(group as f64);
     }
 }
 

@@ -25,6 +25,9 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     fault: AtomicU8,
+    /// The chain of the last batch refused here before reaching the inner
+    /// store: its later batches are refused too (the chain contract).
+    poisoned: parking_lot::Mutex<Option<u64>>,
 }
 
 impl FaultyStore {
@@ -32,6 +35,7 @@ impl FaultyStore {
         Self {
             inner,
             fault: AtomicU8::new(Fault::None as u8),
+            poisoned: parking_lot::Mutex::new(None),
         }
     }
 
@@ -50,32 +54,58 @@ impl FaultyStore {
     }
 }
 
+impl FaultyStore {
+    fn submit_in(&self, mut writes: Vec<Write>, chain: Option<u64>) -> Pending {
+        let pass = |w: Vec<Write>| match chain {
+            Some(c) => self.inner.submit_chained(w, c),
+            None => self.inner.submit(w),
+        };
+        if chain.is_some() && *self.poisoned.lock() == chain {
+            return Box::pin(async {
+                Err(StoreError::Unavailable(
+                    "an earlier batch of this chain failed".into(),
+                ))
+            });
+        }
+        match self.fault() {
+            Fault::None => pass(writes),
+            Fault::Begin => {
+                if chain.is_some() {
+                    *self.poisoned.lock() = chain;
+                }
+                Box::pin(async {
+                    Err(StoreError::Unavailable(
+                        "injected: cannot begin a transaction".into(),
+                    ))
+                })
+            }
+            Fault::Write => {
+                let mid = writes.len() / 2;
+                writes.insert(mid, Write::Fail("injected: a write failed".into()));
+                pass(writes)
+            }
+            Fault::Commit => {
+                // Everything runs and is rolled back: a failing last write
+                // after all of them is what a failed COMMIT leaves behind.
+                writes.push(Write::Fail("injected: COMMIT failed".into()));
+                pass(writes)
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Store for FaultyStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         self.inner.load().await
     }
 
-    fn submit(&self, mut writes: Vec<Write>) -> Pending {
-        match self.fault() {
-            Fault::None => self.inner.submit(writes),
-            Fault::Begin => Box::pin(async {
-                Err(StoreError::Unavailable(
-                    "injected: cannot begin a transaction".into(),
-                ))
-            }),
-            Fault::Write => {
-                let mid = writes.len() / 2;
-                writes.insert(mid, Write::Fail("injected: a write failed".into()));
-                self.inner.submit(writes)
-            }
-            Fault::Commit => {
-                // Everything runs and is rolled back: a failing last write
-                // after all of them is what a failed COMMIT leaves behind.
-                writes.push(Write::Fail("injected: COMMIT failed".into()));
-                self.inner.submit(writes)
-            }
-        }
+    fn submit(&self, writes: Vec<Write>) -> Pending {
+        self.submit_in(writes, None)
+    }
+
+    fn submit_chained(&self, writes: Vec<Write>, chain: u64) -> Pending {
+        self.submit_in(writes, Some(chain))
     }
 
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {

@@ -174,6 +174,12 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         self.submit(writes).await
     }
+    /// [`Store::submit`] for a writer that queues batches built on each
+    /// other: once a batch of `chain` fails, every later batch of the same
+    /// chain fails too without running ([`StoreError::Unavailable`]), so the
+    /// database never holds a batch whose predecessor it lost. Another chain
+    /// number starts clean.
+    fn submit_chained(&self, writes: Vec<Write>, chain: u64) -> Pending;
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError>;
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError>;
     /// Audit entries, newest first, with id below `before` when given.
