@@ -466,8 +466,9 @@ async fn a_restart_keeps_sites_tokens_and_revisions() {
         .await
         .expect("token");
     t.enrolled(&used, None).await;
-    let (_, before_sites) = t.admin_get("/v1/sites").await;
+    // The config request is the hub's heartbeat (last seen): list after it.
     let (_, hub_cfg) = t.agent_config(&hub, 0, 0).await;
+    let (_, before_sites) = t.admin_get("/v1/sites").await;
     let (_, audit_before) = t.admin_get("/v1/audit?limit=1000").await;
     let admin = t.admin.clone();
     let clock = t.clock.clone();
