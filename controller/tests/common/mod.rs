@@ -132,6 +132,8 @@ impl TestController {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        // As `serve` does after a clean stop: agents' last reports.
+        self.controller.persist_reports().await;
         self._dir.take()
     }
 
