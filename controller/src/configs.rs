@@ -737,10 +737,7 @@ pub fn apply(
                 }
                 Some((r, Some(d)))
             }
-            old => match render(model, net, &name) {
-                None => None,
-                Some(cfg) => Some(rebuild(old, cfg, site)),
-            },
+            old => render(model, net, &name).map(|cfg| rebuild(old, cfg, site)),
         };
         match next {
             None => {

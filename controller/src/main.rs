@@ -12,11 +12,6 @@ use wardnet_controller::notify;
 use wardnet_controller::service::{Actor, Controller, ServiceSettings, SystemClock};
 use wardnet_controller::store::{SqliteStore, Store};
 
-/// The controller's persistent maps allocate and free small nodes at a high
-/// rate; mimalloc does that at about half glibc's cost (docs/benchmarks.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // Logging starts in `run`: `serve` reads log_format from its config.
     let cli = Cli::parse();

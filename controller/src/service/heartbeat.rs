@@ -1,9 +1,11 @@
-//! Soft state: what agents report with every sync (last seen, applied
-//! revision, health). It changes every minute for every agent, so it is
-//! kept in memory and written to the database in one batch every
-//! `report_persist_interval`, never one fsync per report. A crash loses at
-//! most that interval of reports; nothing an admin or an enrolment was told
-//! is stored is ever in that window (those go through the writer).
+//! Soft state: what agents report (applied revision, health) and when they
+//! were last seen (every long-poll). It changes every minute for every
+//! agent, so it is kept in memory and written to the database in one batch
+//! every `report_persist_interval`, never one fsync per report. A crash
+//! loses at most that interval of reports, and of last-seen times at most
+//! SEEN_PERSIST (5 minutes: a long-poll alone refreshes the stored time only
+//! that often); nothing an admin or an enrolment was told is stored is ever
+//! in that window (those go through the writer).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
@@ -27,10 +29,17 @@ pub struct Report {
 struct Inner {
     live: HashMap<Name, Report>,
     dirty: HashSet<Name>,
+    /// When each site's last-seen was last written: a long-poll alone marks
+    /// it dirty only every SEEN_PERSIST (18,000 agents would otherwise be
+    /// 18,000 row updates a minute for a time stamp).
+    seen_written: HashMap<Name, UnixTime>,
 }
 
+/// How stale a stored last-seen may get while only long-polls arrive.
+const SEEN_PERSIST: UnixTime = 300;
+
 #[derive(Default)]
-pub struct Heartbeats(parking_lot::Mutex<Inner>);
+pub struct Heartbeats(parking_lot::Mutex<Inner>, tokio::sync::Mutex<()>);
 
 impl Heartbeats {
     /// Start from what the database holds.
@@ -48,10 +57,13 @@ impl Heartbeats {
                 )
             })
             .collect();
-        Heartbeats(parking_lot::Mutex::new(Inner {
-            live,
-            dirty: HashSet::new(),
-        }))
+        Heartbeats(
+            parking_lot::Mutex::new(Inner {
+                live,
+                ..Inner::default()
+            }),
+            tokio::sync::Mutex::new(()),
+        )
     }
 
     pub fn record(&self, site: &Name, report: Report) {
@@ -74,7 +86,10 @@ impl Heartbeats {
                 },
             );
         }
-        i.dirty.insert(site.clone());
+        let written = i.seen_written.get(site).copied().unwrap_or(UnixTime::MIN);
+        if now.saturating_sub(written) >= SEEN_PERSIST {
+            i.dirty.insert(site.clone());
+        }
     }
 
     pub fn get(&self, site: &Name) -> Report {
@@ -91,12 +106,18 @@ impl Heartbeats {
         let mut i = self.0.lock();
         i.live.remove(site);
         i.dirty.remove(site);
+        i.seen_written.remove(site);
     }
 
     /// The writes for every report changed since the last persist.
     fn take_dirty(&self) -> (Vec<Name>, Vec<Write>) {
         let mut i = self.0.lock();
         let names: Vec<Name> = i.dirty.drain().collect();
+        for n in &names {
+            if let Some(t) = i.live.get(n).and_then(|r| r.last_seen) {
+                i.seen_written.insert(n.clone(), t);
+            }
+        }
         let writes = names
             .iter()
             .filter_map(|n| {
@@ -126,6 +147,9 @@ impl Controller {
     /// Write every report changed since the last time, in one transaction.
     /// On failure they stay dirty for the next round.
     pub async fn persist_reports(&self) {
+        // One persist at a time: a caller returns only once what was dirty
+        // when it called is written (or has failed and is dirty again).
+        let _one = self.heartbeats.1.lock().await;
         let (names, writes) = self.heartbeats.take_dirty();
         if writes.is_empty() {
             return;
