@@ -237,20 +237,8 @@ async fn main() {
     for round in 0..rounds {
         let start_wait = Instant::now();
         loop {
-            let text = http
-                .get(format!("{}/metrics", c.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let n = text
-                .lines()
-                .find(|l| l.starts_with("wardnet_controller_long_poll_waiters "))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
+            let n = support::metric(&http, &c.url, "wardnet_controller_long_poll_waiters").await
+                as usize;
             if n >= waiters || start_wait.elapsed() > Duration::from_secs(120) {
                 println!("round {round}: {n} long-polls held");
                 break;

@@ -85,6 +85,17 @@ impl PeerEntry {
         }
     }
 
+    /// The allowed IPs `new` has and this entry lacks, and the reverse.
+    fn allowed_diff(&self, new: &PeerEntry) -> (BTreeSet<IpNet>, BTreeSet<IpNet>) {
+        let only = |a: &OrdSet<IpNet>, b: &OrdSet<IpNet>| -> BTreeSet<IpNet> {
+            a.iter().filter(|p| !b.contains(*p)).copied().collect()
+        };
+        (
+            only(&new.allowed_ips, &self.allowed_ips),
+            only(&self.allowed_ips, &new.allowed_ips),
+        )
+    }
+
     /// Equal in everything but the allowed IPs.
     fn same_but_allowed(&self, o: &PeerEntry) -> bool {
         self.name == o.name
@@ -272,18 +283,7 @@ impl SiteRender {
             (None, None) => {}
             (Some(o), Some(n)) if *o == n => {}
             (Some(o), Some(n)) if o.same_but_allowed(&n) => {
-                let added: BTreeSet<IpNet> = n
-                    .allowed_ips
-                    .clone()
-                    .relative_complement(o.allowed_ips.clone())
-                    .into_iter()
-                    .collect();
-                let removed: BTreeSet<IpNet> = o
-                    .allowed_ips
-                    .clone()
-                    .relative_complement(n.allowed_ips.clone())
-                    .into_iter()
-                    .collect();
+                let (added, removed) = o.allowed_diff(&n);
                 self.change_allowed(name, added, removed, d);
             }
             (old, Some(n)) => {
@@ -794,19 +794,7 @@ fn rebuild(old: Option<SiteRender>, cfg: SiteConfig, site: &Site) -> (SiteRender
         match old.peers.get(name) {
             Some(o) if o == e => {}
             Some(o) if o.same_but_allowed(e) => {
-                let added: BTreeSet<IpNet> = e
-                    .allowed_ips
-                    .clone()
-                    .relative_complement(o.allowed_ips.clone())
-                    .into_iter()
-                    .collect();
-                let removed: BTreeSet<IpNet> = o
-                    .allowed_ips
-                    .clone()
-                    .relative_complement(e.allowed_ips.clone())
-                    .into_iter()
-                    .collect();
-                d.allowed.insert(name.clone(), (added, removed));
+                d.allowed.insert(name.clone(), o.allowed_diff(e));
             }
             _ => {
                 d.set.insert(name.clone());

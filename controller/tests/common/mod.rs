@@ -216,24 +216,30 @@ impl TestController {
         revision: u64,
         wait: u64,
     ) -> (StatusCode, Value) {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/v1/agent/config?revision={revision}&wait={wait}&deltas=true"),
-            Some(credential),
-            None,
-        )
-        .await
+        self.long_poll(credential, revision, wait, "&deltas=true")
+            .await
     }
 
+    /// The long-poll as agents from before deltas run it: full configs.
     pub async fn agent_config(
         &self,
         credential: &str,
         revision: u64,
         wait: u64,
     ) -> (StatusCode, Value) {
+        self.long_poll(credential, revision, wait, "").await
+    }
+
+    async fn long_poll(
+        &self,
+        credential: &str,
+        revision: u64,
+        wait: u64,
+        extra: &str,
+    ) -> (StatusCode, Value) {
         self.call(
             reqwest::Method::GET,
-            &format!("/v1/agent/config?revision={revision}&wait={wait}"),
+            &format!("/v1/agent/config?revision={revision}&wait={wait}{extra}"),
             Some(credential),
             None,
         )
