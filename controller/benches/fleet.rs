@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{percentile, post, raise_fd_limit, rss_mib, start_controller};
+use support::{percentile, post, rss_mib, start_controller};
 use tokio::sync::Semaphore;
 
 struct Args {
@@ -49,14 +49,7 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let nofile = raise_fd_limit();
-    if (nofile as usize) < a.waiters + 1000 {
-        println!(
-            "warning: open-file limit is {nofile} (hard limit); {} waiters need more than that in both processes: expect failures",
-            a.waiters
-        );
-    }
-    wardnet_controller::init_crypto();
+    support::prepare(a.waiters);
     let c = start_controller("", "[long_poll]\ntimeout_secs = 300", false);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)

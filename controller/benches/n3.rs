@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 use support::{
-    cpu_secs, loadavg, metric, ms, percentile, post, raise_fd_limit, rss_mib, start_controller,
-    Controller,
+    cpu_secs, loadavg, metric, ms, percentile, post, rss_mib, start_controller, Controller,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -482,14 +481,7 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let nofile = raise_fd_limit();
-    if (nofile as usize) < a.waiters + 1000 {
-        println!(
-            "warning: open-file limit is {nofile}; {} waiters need more than that in both processes",
-            a.waiters
-        );
-    }
-    wardnet_controller::init_crypto();
+    support::prepare(a.waiters);
     println!(
         "wardnet N3 benchmark: {REGIONS} regions, {REGIONS} hubs, {} spokes, {} in flight, random region order; {} waiting agents; {}; load {}",
         a.spokes,

@@ -88,6 +88,19 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Raise the open-file limit for `waiters` waiting agents (a socket each
+/// in both processes), warn when the hard limit is too low, and select the
+/// crypto provider: what every benchmark does first.
+pub fn prepare(waiters: usize) {
+    let nofile = raise_fd_limit();
+    if (nofile as usize) < waiters + 1000 {
+        println!(
+            "warning: open-file limit is {nofile} (hard limit); {waiters} waiters need more than that in both processes: expect failures"
+        );
+    }
+    wardnet_controller::init_crypto();
+}
+
 /// Start the controller binary with the shipped defaults plus `extra`
 /// config lines (TOML, top level first), plain HTTP or TLS.
 pub fn start_controller(extra_top: &str, extra_tables: &str, tls: bool) -> Controller {
