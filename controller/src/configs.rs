@@ -759,8 +759,8 @@ pub fn apply(
                     }
                 };
                 if changed {
+                    // (commit_step, or a fresh render, left `full` empty.)
                     r.revision = to;
-                    r.full = Arc::new(OnceLock::new());
                     if let Some(s) = model.sites.get_mut(&name) {
                         Arc::make_mut(s).revision = to;
                     }

@@ -22,7 +22,6 @@
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use sha2::{Digest, Sha256};
 use wardnet_common::wire::{InterfaceConfig, PeerConfig, Role, SiteConfig};
 use wardnet_common::Name;
 
@@ -100,39 +99,6 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
         peers,
         routes,
     })
-}
-
-/// SHA-256 (hex) of the config's canonical JSON with the revision zeroed, so
-/// the controller can tell whether a re-render changed anything. Canonical
-/// because `SiteConfig` serialises its fields in declaration order and holds
-/// only ordered sets and name-sorted peers.
-pub fn config_hash(cfg: &SiteConfig) -> String {
-    config_hash_owned(cfg.clone())
-}
-
-/// [`config_hash`] of a config the caller no longer needs: no copy, and the
-/// JSON is streamed into the hasher rather than built in memory (a region's
-/// hub has thousands of peers).
-pub fn config_hash_owned(mut cfg: SiteConfig) -> String {
-    struct HashWriter(Sha256);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    cfg.revision = 0;
-    let mut w = std::io::BufWriter::with_capacity(16 * 1024, HashWriter(Sha256::new()));
-    // Invariant: SiteConfig has no maps with non-string keys and no floats,
-    // and the writer never fails, so serialising it to JSON cannot fail.
-    serde_json::to_writer(&mut w, &cfg).expect("SiteConfig always serialises to JSON");
-    let w = w
-        .into_inner()
-        .unwrap_or_else(|_| unreachable!("flushing into a hasher cannot fail"));
-    hex::encode(w.0.finalize())
 }
 
 /// The overlay prefixes and the configured site-LAN supernets.
