@@ -26,7 +26,6 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -96,24 +95,44 @@ pub(super) async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
+        // A waiting agent sends nothing for minutes: keepalive probes find a
+        // peer that vanished without a FIN (power cut, dropped link) and keep
+        // NAT and firewall state on the way alive. The kernel sends them.
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive());
         let app = app.clone();
-        let tls = tls.clone();
         let stop = stop_rx.clone();
-        tracker.spawn(async move {
-            match tls {
-                None => connection(stream, peer, app, limits, stop).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.tls_handshake, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => connection(s, peer, app, limits, stop).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+        // Each protocol is its own task, sized for its own connection state
+        // (thousands of them wait at once; see docs/benchmarks.md).
+        match &tls {
+            None => {
+                tracker.spawn(http1(stream, peer, app, limits, stop));
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let tasks = tracker.clone();
+                tracker.spawn(async move {
+                    let s =
+                        match tokio::time::timeout(limits.tls_handshake, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        tasks.spawn(http2(s, peer, app, limits, stop));
+                    } else {
+                        tasks.spawn(http1(s, peer, app, limits, stop));
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -183,47 +202,124 @@ impl Drop for InFlight {
     }
 }
 
-async fn connection<IO>(
+/// TCP keepalive of accepted connections: first probe after a minute of
+/// silence, then every 15 s; four unanswered probes close the connection
+/// (a vanished agent is found within two minutes).
+fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4)
+}
+
+/// The service of one connection: the router, with the peer address and
+/// the connection's activity count around every request.
+fn service(
+    peer: SocketAddr,
+    app: Router,
+    activity: &Arc<Activity>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, Infallible>> + Send,
+> + Clone {
+    let activity = activity.clone();
+    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let guard = InFlight::begin(&activity);
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
+        }
+    })
+}
+
+async fn http1<IO>(
     io: IO,
     peer: SocketAddr,
     app: Router,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let service = {
-        let activity = activity.clone();
-        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let guard = InFlight::begin(&activity);
-            let app = app.clone();
-            async move {
-                let resp = app.oneshot(req).await;
-                drop(guard);
-                Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
-            }
-        })
-    };
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read);
-    builder
-        .http2()
+        .header_read_timeout(limits.header_read)
+        .serve_connection(TokioIo::new(io), service(peer, app, &activity));
+    drive(conn, activity, peer, limits, stop).await;
+}
+
+async fn http2<IO>(
+    io: IO,
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    let mut conn: Pin<&mut _> = pin!(conn);
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(TokioIo::new(io), service(peer, app, &activity));
+    drive(conn, activity, peer, limits, stop).await;
+}
+
+/// What [`drive`] needs of a connection of either protocol.
+trait Connection: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Connection for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S> Connection for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Serve one connection until it ends, closing it when idle too long or
+/// when the server stops.
+async fn drive(
+    conn: impl Connection,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn = pin!(conn);
     let mut closing = false;
     loop {
-        // Sleep until the idle deadline; while a request is in flight,
-        // look again after a full idle period.
-        let wake = activity
-            .idle_deadline(&limits)
-            .unwrap_or_else(|| Instant::now() + limits.idle);
+        // Sleep until the idle deadline. While a request is in flight there
+        // is none: the request's end wakes this (thousands of long-polls
+        // wait at once, and a timer each would wake them all for nothing).
+        let deadline = activity.idle_deadline(&limits);
+        let wake = deadline.unwrap_or_else(Instant::now);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -232,7 +328,7 @@ async fn connection<IO>(
                 return;
             }
             () = activity.changed.notified(), if !closing => {}
-            () = tokio::time::sleep_until(wake.into()), if !closing => {
+            () = tokio::time::sleep_until(wake.into()), if !closing && deadline.is_some() => {
                 if activity
                     .idle_deadline(&limits)
                     .is_some_and(|d| d <= Instant::now())
