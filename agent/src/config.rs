@@ -195,7 +195,7 @@ impl Config {
             check_url(url, raw.controller.allow_plain_http)
                 .map_err(|m| err("controller.url", m))?;
         }
-        let long_poll_secs = raw.controller.long_poll_secs.unwrap_or(55);
+        let long_poll_secs = raw.controller.long_poll_secs.unwrap_or(290);
         if !(1..=3600).contains(&long_poll_secs) {
             return Err(err(
                 "controller.long_poll_secs",

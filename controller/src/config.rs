@@ -159,7 +159,7 @@ fn default_token_lifetime() -> u64 {
     24 * 3600
 }
 fn default_long_poll() -> u64 {
-    60
+    300
 }
 fn default_report_persist() -> u64 {
     30
@@ -501,7 +501,7 @@ mod tests {
         assert_eq!(c.transport, Transport::PlainHttp);
         assert_eq!(c.sqlite_path, PathBuf::from("/tmp/x/wardnet.db"));
         assert_eq!(c.network.region_prefix_len_v4, 20);
-        assert_eq!(c.long_poll_timeout_secs, 60);
+        assert_eq!(c.long_poll_timeout_secs, 300);
     }
 
     #[test]

@@ -194,7 +194,7 @@ async fn serve(path: &std::path::Path) -> Result<()> {
             .await
             .context("the API server failed");
     // Agents' last reports, so a clean restart loses none of them.
-    controller.persist_reports().await;
+    controller.persist_reports_at_stop().await;
     watchdog.abort();
     notify::stopping();
     result?;

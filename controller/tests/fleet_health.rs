@@ -89,3 +89,81 @@ async fn reports_make_health_and_prometheus_targets() {
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+/// A waiting long-poll is presence: the site stays online however long it
+/// waits, and is seen until the moment its poll ended; then it goes offline
+/// after the online window.
+#[tokio::test]
+async fn a_waiting_long_poll_keeps_its_site_online() {
+    use std::sync::atomic::Ordering;
+    let t = TestController::start().await;
+    t.region("north", false).await;
+    let hub = t
+        .site(
+            json!({"name": "hub-north", "region": "north", "role": "hub",
+                     "endpoint": "198.51.100.1:51820"}),
+        )
+        .await
+        .expect("token");
+    let cred = t.enrolled(&hub, None).await;
+    let (s, v) = t.agent_update(&cred, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rev = v["config"]["revision"].as_u64().expect("revision");
+    let online = |fleet: &serde_json::Value| {
+        let hub = &fleet["sites"][0];
+        (
+            hub["online"].as_bool(),
+            hub["last_seen"].as_str().map(str::to_owned),
+        )
+    };
+    let window = t.controller.online_window_secs();
+    let at = wardnet_common::time::format_rfc3339;
+
+    // The agent waits; the clock moves far past the online window.
+    let waiting = {
+        let (url, http, cred) = (t.url.clone(), t.http.clone(), cred.clone());
+        tokio::spawn(async move {
+            http.get(format!(
+                "{url}/v1/agent/config?revision={rev}&wait=30&deltas=true"
+            ))
+            .bearer_auth(cred)
+            .send()
+            .await
+        })
+    };
+    for _ in 0..100 {
+        if t.controller.status().long_poll_waiters == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let t0 = t.clock.0.load(Ordering::SeqCst);
+    t.clock.0.store(t0 + 10 * window, Ordering::SeqCst);
+    let (_, fleet) = t.admin_get("/v1/health").await;
+    assert_eq!(
+        online(&fleet),
+        (Some(true), Some(at(t0 + 10 * window))),
+        "{fleet}"
+    );
+
+    // The agent goes away mid-wait: seen until then, online for the window.
+    waiting.abort();
+    for _ in 0..100 {
+        if t.controller.status().long_poll_waiters == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        t.controller.status().long_poll_waiters,
+        0,
+        "the closed poll ended"
+    );
+    let left = t0 + 10 * window;
+    t.clock.0.store(left + window, Ordering::SeqCst);
+    let (_, fleet) = t.admin_get("/v1/health").await;
+    assert_eq!(online(&fleet), (Some(true), Some(at(left))), "{fleet}");
+    t.clock.0.store(left + window + 1, Ordering::SeqCst);
+    let (_, fleet) = t.admin_get("/v1/health").await;
+    assert_eq!(online(&fleet), (Some(false), Some(at(left))), "{fleet}");
+}

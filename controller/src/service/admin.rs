@@ -81,6 +81,9 @@ fn not_found_region(name: &Name) -> ApiError {
     ))
 }
 
+/// See [`Controller::online_window_secs`].
+const ONLINE_WINDOW_SECS: i64 = 130;
+
 impl Controller {
     // ----- regions -------------------------------------------------------
 
@@ -484,9 +487,12 @@ impl Controller {
         s
     }
 
-    /// An agent counts as online when it synced within two long-poll periods.
+    /// An agent counts as online while its long-poll waits, and for this
+    /// long after: a live agent polls again at once, and after a
+    /// controller restart or a network blip it is back within its retry
+    /// backoff (at most a minute).
     pub fn online_window_secs(&self) -> i64 {
-        2 * self.settings.long_poll_timeout.as_secs() as i64 + 10
+        ONLINE_WINDOW_SECS
     }
 
     // ----- admin tokens --------------------------------------------------

@@ -1,9 +1,9 @@
 //! What agents call: enrolment, the config long-poll and reports.
 
+use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
 use wardnet_common::token::{hash_secret, Secret, AGENT_PREFIX};
 use wardnet_common::wire::{AgentReport, EnrollRequest, EnrollResponse, SiteState, UnixTime};
 use wardnet_common::{Name, Role};
@@ -225,17 +225,20 @@ impl Controller {
         let wait = wait.mul_f64(rand::random::<f64>().mul_add(0.2, 0.8));
         let deadline = tokio::time::Instant::now() + wait;
         let _guard = WaitGuard::new(&self.waiting);
-        // A long-poll is the agent's heartbeat: it refreshes last-seen.
-        if self
+        // A waiting long-poll is the agent's presence: it is seen now, and
+        // until the request ends.
+        let _present = self
             .published
             .load()
             .credentials
             .contains_key(&who.credential_hash)
-        {
-            self.heartbeats.seen(&who.site, self.now());
-        }
-        let mut rx: Option<watch::Receiver<u64>> = None;
+            .then(|| Presence::new(self, &who.site));
+        let watch = self.watch(&who.site);
         let answer = loop {
+            // Listen before looking: a revision published in between wakes
+            // this at once.
+            let mut changed = pin!(watch.notify().notified());
+            changed.as_mut().enable();
             let world = self.published.load();
             self.still_valid(&world, who)?;
             let Some(render) = world.configs.get(&who.site) else {
@@ -251,33 +254,13 @@ impl Controller {
                     render.full_bytes()
                 });
             }
-            let current = render.revision;
             drop(world);
-            let r = match &mut rx {
-                Some(r) => r,
-                None => {
-                    // Subscribe, then look again: a revision published in
-                    // between is seen either way.
-                    rx = Some(self.watch(&who.site, current));
-                    continue;
-                }
-            };
             tokio::select! {
-                changed = r.changed() => {
-                    if changed.is_err() {
-                        // The sender is gone: the site was deleted.
-                        let world = self.published.load();
-                        self.still_valid(&world, who)?;
-                        break None;
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => break None,
-                _ = self.shutdown.cancelled() => break None,
+                () = changed => {}
+                () = tokio::time::sleep_until(deadline) => break None,
+                () = self.shutdown.cancelled() => break None,
             }
         };
-        if rx.take().is_some() {
-            self.unwatch(&who.site);
-        }
         Ok(answer)
     }
 
@@ -327,12 +310,12 @@ impl Controller {
 
     /// The last report of a site (soft state).
     pub fn report_of(&self, site: &Name) -> Report {
-        self.heartbeats.get(site)
+        self.heartbeats.get(site, self.now())
     }
 
     /// Every site's last report.
     pub fn reports(&self) -> std::collections::HashMap<Name, Report> {
-        self.heartbeats.all()
+        self.heartbeats.all(self.now())
     }
 }
 
@@ -341,4 +324,25 @@ fn used_error(site: &Name, at: i64) -> ApiError {
         "enrolment token for site {site} was already used (at {at}, Unix time); each token enrols one gateway. \
          Ask the NOC for a new one (`wardnet-controller sites token {site}`)"
     ))
+}
+
+/// A site's long-poll is waiting (see [`super::heartbeat`]).
+struct Presence<'a> {
+    controller: &'a Controller,
+    site: &'a Name,
+}
+
+impl<'a> Presence<'a> {
+    fn new(controller: &'a Controller, site: &'a Name) -> Self {
+        controller.heartbeats.arrive(site, controller.now());
+        Self { controller, site }
+    }
+}
+
+impl Drop for Presence<'_> {
+    fn drop(&mut self) {
+        self.controller
+            .heartbeats
+            .leave(self.site, self.controller.now());
+    }
 }

@@ -1,11 +1,16 @@
 //! Soft state: what agents report (applied revision, health) and when they
-//! were last seen (every long-poll). It changes every minute for every
-//! agent, so it is kept in memory and written to the database in one batch
-//! every `report_persist_interval`, never one fsync per report. A crash
-//! loses at most that interval of reports, and of last-seen times at most
-//! SEEN_PERSIST (5 minutes: a long-poll alone refreshes the stored time only
-//! that often); nothing an admin or an enrolment was told is stored is ever
-//! in that window (those go through the writer).
+//! were last seen. It is kept in memory and written to the database in one
+//! batch every `report_persist_interval`, never one fsync per report. A
+//! crash loses at most that interval of reports, and of last-seen times at
+//! most SEEN_PERSIST (5 minutes: a long-poll alone refreshes the stored time
+//! only that often); nothing an admin or an enrolment was told is stored is
+//! ever in that window (those go through the writer).
+//!
+//! Presence: an agent whose long-poll is waiting is connected *now*, so its
+//! last-seen time is now for as long as it waits, and becomes the time it
+//! left when the request ends (answered, or the connection closed: TCP
+//! keepalive finds a peer that vanished silently). A live agent polls again
+//! at once, so long polls cost nothing in how fresh "online" is.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
@@ -33,6 +38,8 @@ struct Inner {
     /// it dirty only every SEEN_PERSIST (18,000 agents would otherwise be
     /// 18,000 row updates a minute for a time stamp).
     seen_written: HashMap<Name, UnixTime>,
+    /// Long-polls waiting per site (normally one).
+    connected: HashMap<Name, u32>,
 }
 
 /// How stale a stored last-seen may get while only long-polls arrive.
@@ -92,13 +99,67 @@ impl Heartbeats {
         }
     }
 
-    pub fn get(&self, site: &Name) -> Report {
-        self.0.lock().live.get(site).cloned().unwrap_or_default()
+    /// A long-poll of `site` begins waiting.
+    pub fn arrive(&self, site: &Name, now: UnixTime) {
+        self.seen(site, now);
+        *self.0.lock().connected.entry(site.clone()).or_default() += 1;
+    }
+
+    /// A long-poll of `site` ended (answered, or its connection closed).
+    pub fn leave(&self, site: &Name, now: UnixTime) {
+        {
+            let mut i = self.0.lock();
+            if let Some(n) = i.connected.get_mut(site) {
+                *n -= 1;
+                if *n == 0 {
+                    i.connected.remove(site);
+                }
+            }
+        }
+        self.seen(site, now);
+    }
+
+    /// A site's last report; last-seen is `now` while it is connected.
+    pub fn get(&self, site: &Name, now: UnixTime) -> Report {
+        let i = self.0.lock();
+        let mut r = i.live.get(site).cloned().unwrap_or_default();
+        if i.connected.contains_key(site) {
+            r.last_seen = Some(now);
+        }
+        r
     }
 
     /// Every site's last report (one lock for a whole listing).
-    pub fn all(&self) -> HashMap<Name, Report> {
-        self.0.lock().live.clone()
+    pub fn all(&self, now: UnixTime) -> HashMap<Name, Report> {
+        let i = self.0.lock();
+        let mut all = i.live.clone();
+        for site in i.connected.keys() {
+            if let Some(r) = all.get_mut(site) {
+                r.last_seen = Some(now);
+            }
+        }
+        all
+    }
+
+    /// Before the last persist at a stop: every last-seen newer than the
+    /// stored one, and every connected site as seen `now`, so a restart
+    /// does not show live sites as offline until they reconnect.
+    fn mark_all_seen(&self, now: UnixTime) {
+        let mut i = self.0.lock();
+        let Inner {
+            live,
+            dirty,
+            seen_written,
+            connected,
+        } = &mut *i;
+        for (site, r) in live.iter_mut() {
+            if connected.contains_key(site) {
+                r.last_seen = Some(now);
+            }
+            if r.last_seen > seen_written.get(site).copied() {
+                dirty.insert(site.clone());
+            }
+        }
     }
 
     /// A deleted or re-created site starts with no report.
@@ -107,6 +168,7 @@ impl Heartbeats {
         i.live.remove(site);
         i.dirty.remove(site);
         i.seen_written.remove(site);
+        i.connected.remove(site);
     }
 
     /// The writes for every report changed since the last persist.
@@ -147,9 +209,22 @@ impl Controller {
     /// Write every report changed since the last time, in one transaction.
     /// On failure they stay dirty for the next round.
     pub async fn persist_reports(&self) {
+        self.persist(false).await;
+    }
+
+    /// The last persist before a stop: also every last-seen time not yet
+    /// stored (see [`Heartbeats::mark_all_seen`]).
+    pub async fn persist_reports_at_stop(&self) {
+        self.persist(true).await;
+    }
+
+    async fn persist(&self, stopping: bool) {
         // One persist at a time: a caller returns only once what was dirty
         // when it called is written (or has failed and is dirty again).
         let _one = self.heartbeats.1.lock().await;
+        if stopping {
+            self.heartbeats.mark_all_seen(self.now());
+        }
         let (names, writes) = self.heartbeats.take_dirty();
         if writes.is_empty() {
             return;
@@ -184,7 +259,7 @@ pub(super) async fn persist_loop(controller: Weak<Controller>) {
         let Some(c) = controller.upgrade() else {
             return;
         };
-        c.persist_reports().await;
+        c.persist(stopping).await;
         if stopping {
             return;
         }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use imbl::OrdMap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use wardnet_common::wire::UnixTime;
 use wardnet_common::Name;
@@ -102,7 +102,8 @@ pub struct Controller {
     published: ArcSwap<World>,
     jobs: mpsc::UnboundedSender<Box<dyn Job>>,
     /// Per site with waiting long-polls: its revision, sent when it moves.
-    watchers: parking_lot::Mutex<HashMap<Name, watch::Sender<u64>>>,
+    /// Wakes the long-polls waiting on a site (present while any waits).
+    watchers: parking_lot::Mutex<HashMap<Name, Arc<Notify>>>,
     heartbeats: heartbeat::Heartbeats,
     pub metrics: Metrics,
     waiting: AtomicI64,
@@ -367,19 +368,19 @@ impl Controller {
                 self.metrics
                     .apply_latency
                     .changed(&b.site, b.revision, published);
-                if let Some(tx) = watchers.get(&b.site) {
-                    tx.send_replace(b.revision);
+                if let Some(n) = watchers.get(&b.site) {
+                    n.notify_waiters();
                 }
             }
             let snapshot = self.published.load();
             for name in p.woken {
                 if snapshot.model.sites.contains_key(&name) {
-                    if let Some(tx) = watchers.get(&name) {
-                        tx.send_modify(|_| {});
+                    if let Some(n) = watchers.get(&name) {
+                        n.notify_waiters();
                     }
-                } else {
-                    // Dropping the sender ends the deleted site's long-polls.
-                    watchers.remove(&name);
+                } else if let Some(n) = watchers.remove(&name) {
+                    // The deleted site's long-polls look again and end.
+                    n.notify_waiters();
                 }
             }
         }
@@ -412,19 +413,45 @@ impl Controller {
         }
     }
 
-    /// A receiver that sees every revision the site gets from now on.
-    fn watch(&self, site: &Name, current: u64) -> watch::Receiver<u64> {
-        let mut w = self.watchers.lock();
-        w.entry(site.clone())
-            .or_insert_with(|| watch::channel(current).0)
-            .subscribe()
+    /// What wakes the long-polls of `site`, shared by all of them; it is
+    /// forgotten when the last one ends ([`Watch`]'s drop).
+    fn watch<'a>(&'a self, site: &'a Name) -> Watch<'a> {
+        let notify = self
+            .watchers
+            .lock()
+            .entry(site.clone())
+            .or_default()
+            .clone();
+        Watch {
+            controller: self,
+            site,
+            notify: Some(notify),
+        }
     }
+}
 
-    /// Forget the watcher of a site nobody waits for any more.
-    fn unwatch(&self, site: &Name) {
-        let mut w = self.watchers.lock();
-        if w.get(site).is_some_and(|tx| tx.receiver_count() == 0) {
-            w.remove(site);
+/// A long-poll's hold on its site's [`Notify`].
+struct Watch<'a> {
+    controller: &'a Controller,
+    site: &'a Name,
+    notify: Option<Arc<Notify>>,
+}
+
+impl Watch<'_> {
+    fn notify(&self) -> &Notify {
+        self.notify
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut w = self.controller.watchers.lock();
+        drop(self.notify.take());
+        // Clones are made under this lock: a count of one is the map's own.
+        if w.get(self.site).is_some_and(|n| Arc::strong_count(n) == 1) {
+            w.remove(self.site);
         }
     }
 }
@@ -437,78 +464,47 @@ struct Prepared {
     woken: BTreeSet<Name>,
 }
 
-/// Groups committing at once: while one commits, the next is prepared on
-/// top of it (and queued behind it in the database).
-const DEPTH: usize = 1;
-
 /// The writer task. Takes every job waiting as one group, prepares it on
-/// top of the newest world (published or still committing), queues its
-/// writes, and publishes groups strictly in order as they become durable.
+/// top of the published world, commits its writes and publishes it once
+/// they are durable. One group at a time: preparing the next group while
+/// one commits was measured slower on two cores (smaller groups, more
+/// work per change; docs/benchmarks.md).
 ///
-/// A group's writes are queued in a *chain*: once one fails, the database
-/// refuses every later batch of the chain, so it never holds a group whose
-/// predecessor it lost. The writer then drops the worlds built on the
-/// failed one, and retries those jobs one by one on the published world in
-/// a new chain. Ends when the controller is dropped.
+/// When a group's commit fails, nothing of it was stored or published; its
+/// jobs are retried one by one on the published world, so one bad change
+/// cannot fail the others. Each batch is its own chain for the store (see
+/// [`Store::submit_chained`]). Ends when the controller is dropped.
 async fn writer(controller: Weak<Controller>, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
-    use futures::stream::{FuturesOrdered, StreamExt};
     let mut chain = 0u64;
-    let mut working: Option<Arc<World>> = None;
-    let mut inflight: std::collections::VecDeque<(Prepared, Vec<Box<dyn Job>>)> =
-        std::collections::VecDeque::new();
-    let mut pending: FuturesOrdered<crate::store::Pending> = FuturesOrdered::new();
-    loop {
-        tokio::select! {
-            biased;
-            Some(result) = pending.next(), if !pending.is_empty() => {
-                let Some(c) = controller.upgrade() else { return };
-                let Some((prepared, jobs)) = inflight.pop_front() else { continue };
-                match result {
-                    Ok(()) => c.publish(prepared, jobs),
-                    Err(e) => {
-                        c.metrics.store_failures.with_label_values(&[e.kind()]).inc();
-                        // Everything queued after it fails too (same chain):
-                        // wait for those answers, then retry one by one.
-                        let mut retry = jobs;
-                        while let Some(later) = pending.next().await {
-                            if later.is_ok() {
-                                // The store broke the chain contract; its
-                                // jobs are retried and may answer 409.
-                                tracing::error!("the store committed a batch queued after a failed one");
-                            }
-                        }
-                        for (_, jobs) in inflight.drain(..) {
-                            retry.extend(jobs);
-                        }
-                        tracing::warn!(error = %e, jobs = retry.len(), "changes failed in the database; retrying them one by one");
-                        working = None;
-                        for job in retry {
-                            chain += 1;
-                            c.run_alone(job, chain).await;
-                        }
-                        chain += 1;
-                    }
-                }
-                if inflight.is_empty() {
-                    working = None;
-                }
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
             }
-            job = rx.recv(), if inflight.len() < DEPTH => {
-                let Some(first) = job else { return };
-                let mut jobs = vec![first];
-                while jobs.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(j) => jobs.push(j),
-                        Err(_) => break,
-                    }
-                }
-                let Some(c) = controller.upgrade() else { return };
-                let base = working.clone().unwrap_or_else(|| c.published.load_full());
-                if let Some(mut prepared) = c.prepare(&base, &mut jobs) {
-                    let writes = std::mem::take(&mut prepared.writes);
-                    working = Some(prepared.world.clone());
-                    pending.push_back(c.store.submit_chained(writes, chain));
-                    inflight.push_back((prepared, jobs));
+        }
+        let Some(c) = controller.upgrade() else {
+            return;
+        };
+        let base = c.published.load_full();
+        let Some(mut prepared) = c.prepare(&base, &mut jobs) else {
+            continue;
+        };
+        let writes = std::mem::take(&mut prepared.writes);
+        chain += 1;
+        match c.store.submit_chained(writes, chain).await {
+            Ok(()) => c.publish(prepared, jobs),
+            Err(e) => {
+                c.metrics
+                    .store_failures
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                tracing::warn!(error = %e, jobs = jobs.len(), "changes failed in the database; retrying them one by one");
+                drop(prepared);
+                for job in jobs {
+                    chain += 1;
+                    c.run_alone(job, chain).await;
                 }
             }
         }
