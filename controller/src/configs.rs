@@ -287,13 +287,24 @@ impl SiteRender {
                 self.change_allowed(name, added, removed, d);
             }
             (old, Some(n)) => {
-                if let Some(o) = &old {
-                    for a in o.allowed_ips.iter() {
-                        self.remove_candidate(*a, &mut d.routes);
+                // Only the prefixes that come or go move the route cover (a
+                // hub-mesh entry that changed its endpoint keeps its region's
+                // thousands of LANs).
+                match &old {
+                    Some(o) => {
+                        let (added, removed) = o.allowed_diff(&n);
+                        for a in removed {
+                            self.remove_candidate(a, &mut d.routes);
+                        }
+                        for a in added {
+                            self.add_candidate(a, &mut d.routes);
+                        }
                     }
-                }
-                for a in n.allowed_ips.iter() {
-                    self.add_candidate(*a, &mut d.routes);
+                    None => {
+                        for a in n.allowed_ips.iter() {
+                            self.add_candidate(*a, &mut d.routes);
+                        }
+                    }
                 }
                 d.removed.remove(name);
                 d.allowed.remove(name);
@@ -474,6 +485,10 @@ pub struct Touch {
     /// Render the whole config again (the site itself changed, or its
     /// region's primary hub moved).
     full: bool,
+    /// Only the site's own interface settings may have changed (its
+    /// endpoint): its peers and routes stay. A hub's endpoint change would
+    /// otherwise render its thousands of peers again.
+    interface: bool,
     /// Render these peer entries again.
     entries: BTreeSet<Name>,
     /// Region -> LAN prefixes whose presence in that region's hub-mesh
@@ -488,6 +503,9 @@ pub struct Touches(BTreeMap<Name, Touch>);
 impl Touches {
     fn full(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().full = true;
+    }
+    fn interface(&mut self, site: &Name) {
+        self.0.entry(site.clone()).or_default().interface = true;
     }
     fn entries<'a>(&mut self, site: &Name, names: impl IntoIterator<Item = &'a Name>) {
         let t = self.0.entry(site.clone()).or_default();
@@ -513,8 +531,22 @@ impl Touches {
         let Some(x) = after.or(before).map(|s| s.name.clone()) else {
             return;
         };
-        // A deleted site is touched too: its render goes.
-        self.full(&x);
+        match (before, after) {
+            // Still active in the same place with the same prefixes: what
+            // its own config holds of itself is the interface.
+            (Some(b), Some(a))
+                if b.is_active()
+                    && a.is_active()
+                    && b.role == a.role
+                    && b.region == a.region
+                    && b.addresses() == a.addresses()
+                    && b.lan_prefixes == a.lan_prefixes =>
+            {
+                self.interface(&x);
+            }
+            // A deleted site is touched too: its render goes.
+            _ => self.full(&x),
+        }
         let mut regions_done = BTreeSet::new();
         for s in before.into_iter().chain(after) {
             let r = &s.region;
@@ -713,6 +745,13 @@ pub fn apply(
         let next = match old {
             Some(mut r) if !touch.full => {
                 let mut d = Draft::default();
+                if touch.interface {
+                    let now = crate::render::interface(site, net);
+                    if now != r.interface {
+                        r.interface = now.clone();
+                        d.interface = Some(now);
+                    }
+                }
                 for peer in &touch.entries {
                     let e = entry(model, net, &name, peer);
                     r.set_entry(peer, e, &mut d);

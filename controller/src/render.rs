@@ -91,14 +91,20 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
         site: me.name.clone(),
         region: me.region.clone(),
         role: me.role,
-        interface: InterfaceConfig {
-            addresses: me.addresses(),
-            listen_port: me.endpoint.map_or(net.listen_port, |e| e.addr().port()),
-            mtu: net.mtu,
-        },
+        interface: interface(me, net),
         peers,
         routes,
     })
+}
+
+/// A site's own interface settings: its addresses, the port of its own
+/// endpoint (or the default), the MTU.
+pub(crate) fn interface(me: &Site, net: &NetworkSettings) -> InterfaceConfig {
+    InterfaceConfig {
+        addresses: me.addresses(),
+        listen_port: me.endpoint.map_or(net.listen_port, |e| e.addr().port()),
+        mtu: net.mtu,
+    }
 }
 
 /// The overlay prefixes and the configured site-LAN supernets.
