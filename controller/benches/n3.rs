@@ -13,6 +13,11 @@
 //!
 //!   cargo bench -p wardnet-controller --bench n3 -- [--spokes N] [--waiters W]
 //!       [--concurrency C] [--lans off|on|both] [--tls] [--idle-secs S] [--changes K]
+//!       [--pause-secs S]
+//!
+//! `--pause-secs` prints the controller's PID and waits that long before the
+//! waiting phase, so a heap profiler can attach (`heaptrack -p PID`) and
+//! see what the waiting agents hold.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -33,6 +38,8 @@ use tokio::sync::{mpsc, Semaphore};
 const REGIONS: usize = 13;
 /// Regions whose every spoke waits (a hub change then answers all of them).
 const FULL_REGIONS: usize = 4;
+/// The agent's long-poll wait (its default `long_poll_secs`).
+const AGENT_WAIT: u64 = 290;
 /// Waiting agents per loopback source address (ephemeral ports).
 const PER_SOURCE: usize = 20_000;
 
@@ -44,6 +51,7 @@ struct Args {
     tls: bool,
     idle_secs: u64,
     changes: usize,
+    pause_secs: u64,
 }
 
 fn args() -> Args {
@@ -55,6 +63,7 @@ fn args() -> Args {
         tls: false,
         idle_secs: 60,
         changes: 50,
+        pause_secs: 0,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -66,6 +75,7 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = next().parse().expect("--concurrency N"),
             "--idle-secs" => a.idle_secs = next().parse().expect("--idle-secs S"),
             "--changes" => a.changes = next().parse().expect("--changes K"),
+            "--pause-secs" => a.pause_secs = next().parse().expect("--pause-secs S"),
             "--lans" => {
                 a.lans = match next().as_str() {
                     "off" => vec![false],
@@ -228,7 +238,7 @@ struct Answer {
 }
 
 /// Start one waiting agent: it takes its config, then long-polls as the
-/// agent does (wait 55 s, deltas; each long-poll is its heartbeat), and
+/// agent does (wait 290 s, deltas; a waiting long-poll is its presence), and
 /// reports after every new config and every 5 minutes.
 fn spawn_waiter(
     http: reqwest::Client,
@@ -243,9 +253,20 @@ fn spawn_waiter(
         let mut permit = Some(ready.acquire_owned().await.unwrap());
         let mut rev = 0u64;
         let mut first = true;
+        let mut phased = false;
         let mut reported = Instant::now();
         loop {
-            let wait = if first { 0 } else { 55 };
+            // A real fleet's agents started at random times: the first
+            // wait is drawn at random, so the idle phase sees polls arrive
+            // at their steady rate, not in one wave.
+            let wait = if first {
+                0
+            } else if !phased {
+                phased = true;
+                rand::random::<u64>() % AGENT_WAIT + 1
+            } else {
+                AGENT_WAIT
+            };
             let r = http
                 .get(format!(
                     "{url}/v1/agent/config?revision={rev}&wait={wait}&deltas=true"
@@ -276,8 +297,14 @@ fn spawn_waiter(
             if first {
                 first = false;
                 permit.take();
-            } else if status == 200 && tx.send(Answer { agent: idx, at }).is_err() {
-                return;
+            } else if status == 200 {
+                if tx.send(Answer { agent: idx, at }).is_err() {
+                    return;
+                }
+                // Back to a random phase, so the idle minute after the
+                // change rounds sees the steady rate of a fleet whose
+                // agents started at random times (not one synchronised wave).
+                phased = false;
             }
             if status == 204 {
                 heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -326,8 +353,15 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
     // At most `concurrency` first fetches at once, as after enrolment.
     let ready = Arc::new(Semaphore::new(a.concurrency));
     for (k, &i) in chosen.iter().enumerate() {
+        // Over TLS the client speaks HTTP/2 and would carry every waiter on
+        // one connection; real agents each hold their own.
+        let client = if a.tls {
+            c.client([127, 0, 0, 2 + (k / PER_SOURCE) as u8].into())
+        } else {
+            clients[k / PER_SOURCE].clone()
+        };
         spawn_waiter(
-            clients[k / PER_SOURCE].clone(),
+            client,
             c.url.clone(),
             agents[i].clone(),
             i,
@@ -436,7 +470,8 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
             .filter(|&i| !agents[i].hub && agents[i].region == r)
             .collect();
         let mut expected = spokes.clone();
-        expected.extend((0..REGIONS).filter(|&h| waiting.contains(&h)));
+        // Not hub r itself: its own endpoint is not in its config.
+        expected.extend((0..REGIONS).filter(|&h| h != r && waiting.contains(&h)));
         let t0 = Instant::now();
         let resp = http
             .patch(format!("{}/v1/sites/hub-{r}", c.url))
@@ -446,6 +481,7 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
             .await
             .unwrap();
         assert!(resp.status().is_success());
+        let acked = t0.elapsed();
         let (got, o) = collect(&mut rx, &expected, t0).await;
         let mut lat: Vec<Duration> = got
             .iter()
@@ -454,7 +490,8 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
             .collect();
         lat.sort();
         println!(
-            "  hub change:      hub-{r} -> {} of {} waiting spokes answered: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; other agents answered: {o}",
+            "  hub change:      hub-{r} (acknowledged in {:.1} ms) -> {} of {} waiting spokes answered: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; other agents answered: {o}",
+            ms(acked),
             lat.len(),
             spokes.len(),
             ms(percentile(&lat, 0.5)),
@@ -505,6 +542,15 @@ async fn main() {
         let agents = build(&c, &a, lans).await;
         // The waiting phase once, after the last (heaviest) run.
         if k + 1 == a.lans.len() && a.waiters > 0 {
+            if a.pause_secs > 0 {
+                println!(
+                    "  pausing {} s before the waiting phase; controller PID {}",
+                    a.pause_secs,
+                    c.pid()
+                );
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(Duration::from_secs(a.pause_secs)).await;
+            }
             waiting_phase(&c, &a, &agents).await;
         }
         let _ = std::io::stdout().flush();

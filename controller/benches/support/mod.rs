@@ -3,6 +3,7 @@
 //! and small measuring helpers.
 #![allow(dead_code, clippy::print_stdout, clippy::unwrap_used)]
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,10 +21,23 @@ pub struct Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if std::env::var_os(WRAP).is_some() {
+            // The wrapper and the controller under it form their own
+            // process group: stop both, gently so a profiler writes out.
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", self.child.id())])
+                .status();
+        } else {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
+
+/// A command line to run the controller under (split at spaces), e.g.
+/// `WARDNET_BENCH_WRAP="heaptrack -o /tmp/ctl"` to see what its heap holds.
+/// The PID the benchmark measures is then the wrapper's.
+const WRAP: &str = "WARDNET_BENCH_WRAP";
 
 impl Controller {
     pub fn pid(&self) -> u32 {
@@ -168,7 +182,17 @@ routed_prefixes = ["10.0.0.0/8"]
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let child = Command::new(bin)
+    let wrap = std::env::var(WRAP).unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(wrap).arg(bin).process_group(0);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let child = cmd
         .args(["serve", "--config"])
         .arg(&config)
         .env("WARDNET_LOG", "warn")
