@@ -7,17 +7,21 @@ use common::TestController;
 use reqwest::StatusCode;
 use serde_json::json;
 
+/// Region north with its hub; the hub's enrolment token.
+async fn hub_north(t: &TestController) -> String {
+    t.region("north", false).await;
+    t.site(
+        json!({"name": "hub-north", "region": "north", "role": "hub",
+                 "endpoint": "198.51.100.1:51820"}),
+    )
+    .await
+    .expect("token")
+}
+
 #[tokio::test]
 async fn reports_make_health_and_prometheus_targets() {
     let t = TestController::start().await;
-    t.region("north", false).await;
-    let hub = t
-        .site(
-            json!({"name": "hub-north", "region": "north", "role": "hub",
-                     "endpoint": "198.51.100.1:51820"}),
-        )
-        .await
-        .expect("token");
+    let hub = hub_north(&t).await;
     let spoke = t
         .site(json!({"name": "gp-a", "region": "north", "role": "spoke"}))
         .await
@@ -97,14 +101,7 @@ async fn reports_make_health_and_prometheus_targets() {
 async fn a_waiting_long_poll_keeps_its_site_online() {
     use std::sync::atomic::Ordering;
     let t = TestController::start().await;
-    t.region("north", false).await;
-    let hub = t
-        .site(
-            json!({"name": "hub-north", "region": "north", "role": "hub",
-                     "endpoint": "198.51.100.1:51820"}),
-        )
-        .await
-        .expect("token");
+    let hub = hub_north(&t).await;
     let cred = t.enrolled(&hub, None).await;
     let (s, v) = t.agent_update(&cred, 0, 0).await;
     assert_eq!(s, StatusCode::OK, "{v}");
