@@ -82,6 +82,10 @@ impl Heartbeats {
     /// The agent was seen (its long-poll arrived): last-seen only.
     pub fn seen(&self, site: &Name, now: UnixTime) {
         let mut i = self.0.lock();
+        Self::seen_locked(&mut i, site, now);
+    }
+
+    fn seen_locked(i: &mut Inner, site: &Name, now: UnixTime) {
         if let Some(r) = i.live.get_mut(site) {
             r.last_seen = Some(now);
         } else {
@@ -101,22 +105,23 @@ impl Heartbeats {
 
     /// A long-poll of `site` begins waiting.
     pub fn arrive(&self, site: &Name, now: UnixTime) {
-        self.seen(site, now);
-        *self.0.lock().connected.entry(site.clone()).or_default() += 1;
+        let mut i = self.0.lock();
+        Self::seen_locked(&mut i, site, now);
+        *i.connected.entry(site.clone()).or_default() += 1;
     }
 
     /// A long-poll of `site` ended (answered, or its connection closed).
+    /// A site deleted meanwhile was forgotten and stays so.
     pub fn leave(&self, site: &Name, now: UnixTime) {
-        {
-            let mut i = self.0.lock();
-            if let Some(n) = i.connected.get_mut(site) {
-                *n -= 1;
-                if *n == 0 {
-                    i.connected.remove(site);
-                }
-            }
+        let mut i = self.0.lock();
+        let Some(n) = i.connected.get_mut(site) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            i.connected.remove(site);
         }
-        self.seen(site, now);
+        Self::seen_locked(&mut i, site, now);
     }
 
     /// A site's last report; last-seen is `now` while it is connected.
@@ -263,5 +268,39 @@ pub(super) async fn persist_loop(controller: Weak<Controller>) {
         if stopping {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        s.parse().expect("name")
+    }
+
+    #[test]
+    fn presence_counts_polls_and_a_forgotten_site_stays_forgotten() {
+        let h = Heartbeats::default();
+        let a = name("gp-a");
+        h.arrive(&a, 100);
+        h.arrive(&a, 110);
+        assert_eq!(h.get(&a, 500).last_seen, Some(500), "connected: seen now");
+        h.leave(&a, 120);
+        assert_eq!(h.get(&a, 500).last_seen, Some(500), "one poll still waits");
+        h.leave(&a, 130);
+        assert_eq!(
+            h.get(&a, 500).last_seen,
+            Some(130),
+            "seen when the last left"
+        );
+        assert_eq!(h.all(500)[&a].last_seen, Some(130));
+
+        // Deleted while its poll waited: the poll's end does not bring it back.
+        h.arrive(&a, 200);
+        h.forget(&a);
+        h.leave(&a, 210);
+        assert_eq!(h.get(&a, 500), Report::default());
+        assert!(h.all(500).is_empty());
     }
 }
