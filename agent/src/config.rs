@@ -38,6 +38,7 @@ struct Raw {
 #[serde(deny_unknown_fields)]
 struct RawController {
     url: Option<String>,
+    urls: Option<Vec<String>>,
     ca_cert: Option<PathBuf>,
     #[serde(default)]
     allow_plain_http: bool,
@@ -75,8 +76,9 @@ pub struct Config {
     pub enable_ip_forwarding: bool,
     /// Where the `wg`-compatible control socket goes.
     pub uapi_dir: PathBuf,
-    /// Overrides the controller URL stored at enrolment.
-    pub controller_url: Option<String>,
+    /// The controllers to use (`controller.url` or `controller.urls`);
+    /// empty: the one recorded at enrolment.
+    pub controller_urls: Vec<String>,
     pub ca_cert: Option<PathBuf>,
     pub allow_plain_http: bool,
     pub long_poll_secs: u64,
@@ -191,10 +193,33 @@ impl Config {
                 format!("expected 100 to 3600000 milliseconds, got {probe_ms}"),
             ));
         }
-        if let Some(url) = &raw.controller.url {
-            check_url(url, raw.controller.allow_plain_http)
-                .map_err(|m| err("controller.url", m))?;
-        }
+        let controller_urls = match (raw.controller.url, raw.controller.urls) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "controller.urls",
+                    "set either controller.url or controller.urls, not both".into(),
+                ))
+            }
+            (Some(url), None) => {
+                check_url(&url, raw.controller.allow_plain_http)
+                    .map_err(|m| err("controller.url", m))?;
+                vec![url]
+            }
+            (None, Some(urls)) => {
+                if urls.is_empty() {
+                    return Err(err(
+                        "controller.urls",
+                        "list at least one controller URL".into(),
+                    ));
+                }
+                for url in &urls {
+                    check_url(url, raw.controller.allow_plain_http)
+                        .map_err(|m| err("controller.urls", m))?;
+                }
+                urls
+            }
+            (None, None) => Vec::new(),
+        };
         let long_poll_secs = raw.controller.long_poll_secs.unwrap_or(290);
         if !(1..=3600).contains(&long_poll_secs) {
             return Err(err(
@@ -218,7 +243,7 @@ impl Config {
             probe_interval: Duration::from_millis(probe_ms),
             enable_ip_forwarding: raw.enable_ip_forwarding,
             uapi_dir: raw.uapi_dir,
-            controller_url: raw.controller.url,
+            controller_urls,
             ca_cert: raw.controller.ca_cert,
             allow_plain_http: raw.controller.allow_plain_http,
             long_poll_secs,
@@ -285,9 +310,9 @@ impl Config {
     }
 
     /// The keys that make up the controller client.
-    pub fn controller_settings(&self) -> (Option<&str>, Option<&Path>, bool, u64) {
+    pub fn controller_settings(&self) -> (&[String], Option<&Path>, bool, u64) {
         (
-            self.controller_url.as_deref(),
+            &self.controller_urls,
             self.ca_cert.as_deref(),
             self.allow_plain_http,
             self.long_poll_secs,
@@ -368,6 +393,36 @@ url = "https://controller.example:9443"
         let e = Config::parse(Path::new("a.toml"), "log_format = \"xml\"", none)
             .expect_err("bad format");
         assert!(e.to_string().contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn one_url_or_a_list_of_controllers() {
+        let parse = |t: &str| Config::parse(Path::new("a.toml"), t, none);
+        let c = parse("[controller]\nurl = \"https://a.example:8443\"").expect("one");
+        assert_eq!(c.controller_urls, ["https://a.example:8443"]);
+        let c =
+            parse("[controller]\nurls = [\"https://a.example:8443\", \"https://b.example:8443\"]")
+                .expect("list");
+        assert_eq!(
+            c.controller_urls,
+            ["https://a.example:8443", "https://b.example:8443"]
+        );
+        assert!(parse("").expect("none").controller_urls.is_empty());
+
+        for (text, says) in [
+            (
+                "[controller]\nurl = \"https://a.example:8443\"\nurls = [\"https://b.example:8443\"]",
+                "not both",
+            ),
+            ("[controller]\nurls = []", "at least one"),
+            (
+                "[controller]\nurls = [\"https://a.example:8443\", \"http://b.example:8443\"]",
+                "http://b.example:8443 is plain HTTP",
+            ),
+        ] {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains("controller.urls") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -109,6 +109,8 @@ struct Agent {
     metrics: Metrics,
     /// Tells the sync task to report at once (a new metrics address).
     report_now: Arc<tokio::sync::Notify>,
+    /// The sync task's client: which controller it uses now.
+    controller: ControllerClient,
 }
 
 fn unix_now() -> i64 {
@@ -117,21 +119,22 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The controller client for `config`, falling back to what enrolment
-/// recorded; and the URL it talks to.
+/// The controller client for `config`, falling back to the controller
+/// enrolment recorded; and the URLs it uses, for logs.
 fn controller_client(config: &Config, enrolment: &Enrolment) -> Result<(ControllerClient, String)> {
-    let url = config
-        .controller_url
-        .clone()
-        .unwrap_or_else(|| enrolment.controller_url.clone());
+    let urls = if config.controller_urls.is_empty() {
+        vec![enrolment.controller_url.clone()]
+    } else {
+        config.controller_urls.clone()
+    };
     let ca = config.ca_cert.clone().or_else(|| enrolment.ca_cert.clone());
-    let client = ControllerClient::new(
-        &url,
+    let client = ControllerClient::with_urls(
+        &urls,
         ca.as_deref(),
         config.allow_plain_http || enrolment.allow_plain_http,
     )
     .context("failed to set up the controller client")?;
-    Ok((client, url))
+    Ok((client, urls.join(", ")))
 }
 
 /// Run the agent until `shutdown` resolves. `reload` reads the config file
@@ -285,6 +288,7 @@ pub async fn run(
         probe_socket,
         metrics: Metrics::new(),
         report_now: Arc::new(tokio::sync::Notify::new()),
+        controller: client.clone(),
     };
     let mut overlay_http = None;
     let mut sync_task = None;
@@ -437,11 +441,12 @@ impl Agent {
                     match controller_client(&new, &self.enrolment) {
                         Ok((c, url)) => {
                             tracing::info!(controller = %url, "reload: new controller settings; syncing now");
+                            self.controller = c.clone();
                             client = Some(c);
                         }
                         Err(e) => {
                             tracing::error!(error = ?e, "reload: keeping the controller settings that run");
-                            new.controller_url.clone_from(&self.config.controller_url);
+                            new.controller_urls.clone_from(&self.config.controller_urls);
                             new.ca_cert.clone_from(&self.config.ca_cert);
                             new.allow_plain_http = self.config.allow_plain_http;
                             new.long_poll_secs = self.config.long_poll_secs;
@@ -664,11 +669,7 @@ impl Agent {
             listen_port: snap.listen_port,
             applied_revision: self.running.revision,
             config_source: self.source.to_owned(),
-            controller_url: self
-                .config
-                .controller_url
-                .clone()
-                .unwrap_or_else(|| self.enrolment.controller_url.clone()),
+            controller_url: self.controller.url(),
             controller_reachable: self.reachable,
             controller_error: self.controller_error.clone(),
             last_sync: self.last_sync,

@@ -665,3 +665,53 @@ fn restarting_an_agent_interrupts_its_sites_traffic_only_briefly() -> Result<()>
     );
     Ok(())
 }
+
+/// An agent given several controllers, the first of which does not answer,
+/// syncs through the next one, says so in its status, and gets the changes
+/// made afterwards.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn an_agent_given_several_controllers_uses_the_one_that_answers() -> Result<()> {
+    if !require_root("an_agent_given_several_controllers_uses_the_one_that_answers") {
+        return Ok(());
+    }
+    let mut f = north()?;
+    f.stop_agent("gp-a")?;
+    // Nothing listens on port 1 of the controller's address.
+    let dead = format!("http://{}:1", f.controller_ip());
+    let config = f.site("gp-a").config.clone();
+    let mut text = std::fs::read_to_string(&config)?;
+    // The file ends in its [controller] table.
+    text.push_str(&format!("urls = [\"{dead}\", \"{}\"]\n", f.url));
+    std::fs::write(&config, text)?;
+    f.start_agent("gp-a")?;
+    let url = f.url.clone();
+    let before = wait_for(
+        Duration::from_secs(15),
+        "gp-a to sync through the second controller",
+        || {
+            let s = f.agent_status("gp-a")?;
+            Ok(
+                (s["controller_url"] == url.as_str() && s["controller_reachable"] == true)
+                    .then(|| s["applied_revision"].as_u64().unwrap_or(0)),
+            )
+        },
+    )?;
+    // A change made now reaches it: the hub moves to another port.
+    let hub = f.site("hub-n").underlay;
+    f.cli(&[
+        "sites",
+        "update",
+        "hub-n",
+        "--endpoint",
+        &format!("{hub}:51821"),
+    ])?;
+    wait_for(Duration::from_secs(10), "gp-a to apply the change", || {
+        let s = f.agent_status("gp-a")?;
+        Ok((s["applied_revision"].as_u64().unwrap_or(0) > before).then_some(()))
+    })?;
+    Ok(())
+}
