@@ -334,6 +334,15 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         v["message"].as_str().expect("m").contains("not valid JSON"),
         "{v}"
     );
+    // serde fills a struct from an array too; the API takes objects only.
+    for body in [r#"["gp-a", "north", "spoke"]"#, "[null, null]", "  42", ""] {
+        let (s, v) = raw(body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(
+            v["message"].as_str().expect("m").contains("JSON object"),
+            "{body}: {v}"
+        );
+    }
     let (s, v) =
         raw(r#"{"name":"gp-a","region":"north","role":"spoke","lan":["10.0.0.0/24"]}"#).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
