@@ -79,12 +79,7 @@ impl Heartbeats {
         i.dirty.insert(site.clone());
     }
 
-    /// The agent was seen (its long-poll arrived): last-seen only.
-    pub fn seen(&self, site: &Name, now: UnixTime) {
-        let mut i = self.0.lock();
-        Self::seen_locked(&mut i, site, now);
-    }
-
+    /// The agent was seen at `now`: last-seen only.
     fn seen_locked(i: &mut Inner, site: &Name, now: UnixTime) {
         if let Some(r) = i.live.get_mut(site) {
             r.last_seen = Some(now);
