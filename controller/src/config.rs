@@ -80,6 +80,9 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     sqlite_path: Option<PathBuf>,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    pool_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,7 +185,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub transport: Transport,
+    /// The SQLite file (used unless `postgres` is set).
     pub sqlite_path: PathBuf,
+    /// `[database] url`: a PostgreSQL database shared by replicas.
+    pub postgres: Option<PostgresConfig>,
     pub network: NetworkSettings,
     pub token_lifetime_secs: u64,
     pub long_poll_timeout_secs: u64,
@@ -195,6 +201,16 @@ pub struct Config {
     pub limits: crate::api::Limits,
 }
 
+/// `[database]` for PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// A `postgres://` URL or libpq key=value string, without a password.
+    pub url: String,
+    /// Where the password is read from, if the server asks for one.
+    pub password_file: Option<PathBuf>,
+    pub pool_size: usize,
+}
+
 /// Environment variables that override config keys, and the key each sets.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_LISTEN", "listen"),
@@ -204,6 +220,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_TLS_CERT", "tls.cert"),
     ("WARDNET_TLS_KEY", "tls.key"),
     ("WARDNET_SQLITE_PATH", "database.sqlite_path"),
+    ("WARDNET_DATABASE_URL", "database.url"),
+    ("WARDNET_DATABASE_PASSWORD_FILE", "database.password_file"),
+    ("WARDNET_DATABASE_POOL_SIZE", "database.pool_size"),
     ("WARDNET_OVERLAY_IPV4", "network.overlay_ipv4"),
     ("WARDNET_OVERLAY_IPV6", "network.overlay_ipv6"),
     ("WARDNET_LONG_POLL_TIMEOUT_SECS", "long_poll.timeout_secs"),
@@ -418,6 +437,56 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
             "expected a positive number of seconds".into(),
         ));
     }
+    let postgres = match raw.database.url {
+        None => {
+            for (key, set) in [
+                ("database.password_file", raw.database.password_file.is_some()),
+                ("database.pool_size", raw.database.pool_size.is_some()),
+            ] {
+                if set {
+                    return Err(err(
+                        key,
+                        "only used with database.url (PostgreSQL); remove it or set database.url".into(),
+                    ));
+                }
+            }
+            None
+        }
+        Some(url) => {
+            if raw.database.sqlite_path.is_some() {
+                return Err(err(
+                    "database.url",
+                    "set either database.url (PostgreSQL) or database.sqlite_path, not both".into(),
+                ));
+            }
+            let parsed: tokio_postgres::Config = url.parse().map_err(|e| {
+                err(
+                    "database.url",
+                    format!("not a PostgreSQL URL or connection string ({e}); e.g. postgres://wardnet@db.example/wardnet"),
+                )
+            })?;
+            if parsed.get_password().is_some() {
+                return Err(err(
+                    "database.url",
+                    "holds a password; put the password in a file named by database.password_file \
+                     (or a systemd credential) and take it out of the URL"
+                        .into(),
+                ));
+            }
+            let pool_size = raw.database.pool_size.unwrap_or(16);
+            if !(2..=256).contains(&pool_size) {
+                return Err(err(
+                    "database.pool_size",
+                    format!("expected 2 to 256 connections, got {pool_size}"),
+                ));
+            }
+            Some(PostgresConfig {
+                url,
+                password_file: raw.database.password_file,
+                pool_size,
+            })
+        }
+    };
     let sqlite_path = raw
         .database
         .sqlite_path
@@ -435,6 +504,7 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
         data_dir: raw.data_dir,
         transport,
         sqlite_path,
+        postgres,
         network: NetworkSettings {
             overlay_v4,
             overlay_v6,

@@ -860,6 +860,14 @@ fn rebuild(old: Option<SiteRender>, cfg: SiteConfig, site: &Site) -> (SiteRender
     (fresh, Some(d))
 }
 
+/// A full render of one site at its revision in `model` (no steps: an
+/// agent behind it is sent the full config), or `None` when it has none.
+pub fn render_one(model: &Model, net: &NetworkSettings, name: &Name) -> Option<Arc<SiteRender>> {
+    let site = model.sites.get(name)?;
+    let cfg = render(model, net, name)?;
+    Some(Arc::new(SiteRender::from_config(cfg, &site.lan_prefixes)))
+}
+
 /// Renders for every active site of a freshly loaded model.
 pub fn render_all(model: &Model, net: &NetworkSettings) -> OrdMap<Name, Arc<SiteRender>> {
     let mut out = OrdMap::new();

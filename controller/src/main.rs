@@ -10,7 +10,9 @@ use wardnet_controller::config::{Config, Transport, EXIT_USAGE};
 use wardnet_controller::logging;
 use wardnet_controller::notify;
 use wardnet_controller::service::{Actor, Controller, ServiceSettings, SystemClock};
-use wardnet_controller::store::{SqliteStore, Store};
+use wardnet_controller::store::{
+    read_password_file, PostgresSettings, PostgresStore, SqliteStore, Store,
+};
 
 fn main() -> ExitCode {
     // Logging starts in `run`: `serve` reads log_format from its config.
@@ -131,9 +133,52 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The store the config names: PostgreSQL (replicas) or the SQLite file.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    let Some(pg) = &config.postgres else {
+        let store = SqliteStore::open(&config.sqlite_path).with_context(|| {
+            format!("failed to open the store {}", config.sqlite_path.display())
+        })?;
+        return Ok(Arc::new(store));
+    };
+    // The password from a file: database.password_file, or the systemd
+    // credential `database-password` (LoadCredential=) when there is one.
+    let credential = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| std::path::PathBuf::from(d).join("database-password"))
+        .filter(|p| p.exists());
+    let password = match pg.password_file.as_ref().or(credential.as_ref()) {
+        Some(file) => Some(read_password_file(file).with_context(|| {
+            format!(
+                "failed to read the database password from {} (database.password_file)",
+                file.display()
+            )
+        })?),
+        None => None,
+    };
+    let settings = PostgresSettings {
+        url: pg.url.clone(),
+        password,
+        pool_size: pg.pool_size,
+    };
+    let store = PostgresStore::open(&settings).await.with_context(|| {
+        format!(
+            "failed to open the PostgreSQL store (database.url = {:?})",
+            pg.url
+        )
+    })?;
+    Ok(Arc::new(store))
+}
+
+/// Where the store is, for logs (never a password: the URL holds none).
+fn store_label(config: &Config) -> String {
+    match &config.postgres {
+        Some(pg) => pg.url.clone(),
+        None => config.sqlite_path.display().to_string(),
+    }
+}
+
 async fn open(config: &Config) -> Result<Arc<Controller>> {
-    let store = SqliteStore::open(&config.sqlite_path)
-        .with_context(|| format!("failed to open the store {}", config.sqlite_path.display()))?;
+    let store = open_store(config).await?;
     let settings = ServiceSettings {
         network: config.network.clone(),
         token_lifetime_secs: config.token_lifetime_secs,
@@ -141,7 +186,7 @@ async fn open(config: &Config) -> Result<Arc<Controller>> {
         report_persist_interval: std::time::Duration::from_secs(config.report_persist_secs),
     };
     Controller::start(
-        Arc::new(store) as Arc<dyn Store>,
+        store,
         settings,
         Arc::new(SystemClock),
     )
@@ -175,7 +220,7 @@ async fn serve(path: &std::path::Path) -> Result<()> {
     let controller = open(&config).await?;
     let listener = wardnet_controller::api::listen(config.listen)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
-    tracing::info!(listen = %config.listen, store = %config.sqlite_path.display(), "controller serving");
+    tracing::info!(listen = %config.listen, store = %store_label(&config), "controller serving");
     // The store is loaded and the socket listens: connections queue in the
     // backlog until the server accepts them, so this is "really serving".
     let bound = listener

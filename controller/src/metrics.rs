@@ -25,6 +25,10 @@ pub struct Metrics {
     pub change_groups: prometheus::Histogram,
     /// Failed database transactions by error kind.
     pub store_failures: IntCounterVec,
+    /// Times this replica applied changes other replicas committed.
+    pub caught_up: prometheus::IntCounter,
+    /// Groups built again because another replica committed first.
+    pub stale_groups: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -104,6 +108,16 @@ impl Metrics {
             &["kind"],
         )
         .expect("static metric definition is valid");
+        let caught_up = prometheus::IntCounter::new(
+            "wardnet_controller_replica_catch_ups_total",
+            "Times this controller applied changes that other replicas committed to the shared database.",
+        )
+        .expect("static metric definition is valid");
+        let stale_groups = prometheus::IntCounter::new(
+            "wardnet_controller_stale_change_groups_total",
+            "Change groups built again because another replica committed first.",
+        )
+        .expect("static metric definition is valid");
         let build = IntGaugeVec::new(
             Opts::new(
                 "wardnet_controller_build_info",
@@ -123,6 +137,8 @@ impl Metrics {
             Box::new(pending_delivery.clone()),
             Box::new(change_groups.clone()),
             Box::new(store_failures.clone()),
+            Box::new(caught_up.clone()),
+            Box::new(stale_groups.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -138,6 +154,8 @@ impl Metrics {
             pending_delivery,
             change_groups,
             store_failures,
+            caught_up,
+            stale_groups,
         }
     }
 }

@@ -16,6 +16,16 @@
 //!   nothing needs reloading. A group that failed is retried job by job, so
 //!   one job's conflict does not fail the others.
 //!
+//! Replicas: several controllers may share one database (PostgreSQL). Each
+//! world is as of one change of the database's change log (`World::seq`).
+//! A group commits only on top of the log's head; when another replica
+//! committed first, the store says so ([`StoreError::Stale`]) and the
+//! writer catches up (reads the rows the missed changes named, applies them
+//! like a group of its own, [`Controller::absorb`]) and prepares the group
+//! again. The writer also catches up whenever the store announces a newer
+//! head ([`Store::heads`]), so a long-poll here wakes for a change committed
+//! through another replica.
+//!
 //! Soft state (what agents report: last seen, applied revision, health) is
 //! kept apart, in memory, and persisted in periodic batches
 //! ([`heartbeat`]).
@@ -33,7 +43,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use imbl::OrdMap;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use wardnet_common::wire::UnixTime;
 use wardnet_common::Name;
@@ -42,7 +52,7 @@ use crate::configs::{self, SiteRender, Touches};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{Model, NetworkSettings, Site};
-use crate::store::{NewAudit, Store, StoreError, Write};
+use crate::store::{CatchUp, Changes, NewAudit, Store, StoreError, Write};
 
 /// Where "now" comes from, so token expiry and last-seen are testable.
 pub trait Clock: Send + Sync + 'static {
@@ -71,9 +81,21 @@ pub struct ServiceSettings {
 /// Jobs the writer takes at most in one group (one transaction).
 const MAX_GROUP: usize = 512;
 
+/// How often a group is built again after other replicas committed first,
+/// before its jobs are answered 503.
+const MAX_STALE_RETRIES: u32 = 50;
+
+/// Change-log entries kept for replicas that catch up (older ones are
+/// pruned; a replica further behind loads everything).
+const LOG_KEEP: u64 = 100_000;
+/// How often the database's upkeep runs ([`Store::maintain`]).
+const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
+
 /// Everything readers see, as of one committed group.
 #[derive(Clone, Default)]
 pub struct World {
+    /// The change of the database's change log this world is as of.
+    pub seq: u64,
     pub model: Model,
     /// Agent credential hash -> site.
     credentials: imbl::HashMap<String, Name>,
@@ -82,6 +104,24 @@ pub struct World {
 }
 
 impl World {
+    /// Record a site's change from `before` to `after` (already applied to
+    /// the model): the credential index, what it touches, and whose
+    /// long-polls must look again (a changed credential ends them).
+    fn site_changed(
+        &mut self,
+        touches: &mut Touches,
+        woken: &mut BTreeSet<Name>,
+        before: Option<&Site>,
+        after: Option<&Site>,
+    ) {
+        self.index_site(before, after);
+        touches.site_changed(&self.model, before, after);
+        let cred = |s: Option<&Site>| s.and_then(|s| s.credential_hash.clone());
+        if cred(before) != cred(after) {
+            woken.extend(before.map(|s| s.name.clone()));
+        }
+    }
+
     fn index_site(&mut self, before: Option<&Site>, after: Option<&Site>) {
         if let Some(h) = before.and_then(|b| b.credential_hash.as_ref()) {
             self.credentials.remove(h);
@@ -108,6 +148,8 @@ pub struct Controller {
     pub metrics: Metrics,
     waiting: AtomicI64,
     shutdown: CancellationToken,
+    /// Other controllers share the database (the store announces heads).
+    replicated: bool,
 }
 
 /// What a change closure hands back to the pipeline.
@@ -186,9 +228,44 @@ impl Controller {
         settings: ServiceSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
-        let snap = store.load().await?;
         let fingerprint = configs::fingerprint(&settings.network);
+        let mut attempts = 0;
+        let (snap, seq) = loop {
+            let mut snap = store.load().await?;
+            let mut writes = Vec::new();
+            for site in snap.sites.iter_mut() {
+                if site.is_active() && site.render_fingerprint.as_deref() != Some(&fingerprint) {
+                    site.revision += 1;
+                    site.render_fingerprint = Some(fingerprint.clone());
+                    writes.push(Write::SetRevision {
+                        site: site.name.clone(),
+                        revision: site.revision,
+                        fingerprint: Some(fingerprint.clone()),
+                    });
+                }
+            }
+            if writes.is_empty() {
+                let seq = snap.seq;
+                break (snap, seq);
+            }
+            // A new revision, and (no steps kept across a restart) a full
+            // config, for each.
+            let n = writes.len();
+            match store.submit_change(snap.seq, writes).await {
+                Ok(seq) => {
+                    tracing::info!(
+                        sites = n,
+                        "configs rendered with other settings or an older wardnet; revisions bumped"
+                    );
+                    break (snap, seq);
+                }
+                // Another replica committed meanwhile: load again.
+                Err(StoreError::Stale { .. }) if attempts < MAX_STALE_RETRIES => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        };
         let mut world = World {
+            seq,
             model: Model::from_parts(snap.regions, snap.sites),
             ..World::default()
         };
@@ -197,34 +274,8 @@ impl Controller {
             world.index_site(None, Some(s));
         }
         let heartbeats = heartbeat::Heartbeats::load(&sites);
-        let stale: Vec<Name> = sites
-            .iter()
-            .filter(|s| s.is_active() && s.render_fingerprint.as_deref() != Some(&fingerprint))
-            .map(|s| s.name.clone())
-            .collect();
-        if !stale.is_empty() {
-            // A new revision, and (no steps kept across a restart) a full
-            // config, for each.
-            let mut writes = Vec::new();
-            for name in &stale {
-                if let Some(site) = world.model.sites.get_mut(name) {
-                    let site = Arc::make_mut(site);
-                    site.revision += 1;
-                    site.render_fingerprint = Some(fingerprint.clone());
-                    writes.push(Write::SetRevision {
-                        site: name.clone(),
-                        revision: site.revision,
-                        fingerprint: Some(fingerprint.clone()),
-                    });
-                }
-            }
-            tracing::info!(
-                sites = stale.len(),
-                "configs rendered with other settings or an older wardnet; revisions bumped"
-            );
-            store.commit(writes).await?;
-        }
         world.configs = configs::render_all(&world.model, &settings.network);
+        let heads = store.heads();
         let (tx, rx) = mpsc::unbounded_channel();
         let controller = Arc::new(Self {
             store,
@@ -237,10 +288,12 @@ impl Controller {
             metrics: Metrics::new(),
             waiting: AtomicI64::new(0),
             shutdown: CancellationToken::new(),
+            replicated: heads.is_some(),
             settings,
         });
-        tokio::spawn(writer(Arc::downgrade(&controller), rx));
+        tokio::spawn(writer(Arc::downgrade(&controller), rx, heads));
         tokio::spawn(heartbeat::persist_loop(Arc::downgrade(&controller)));
+        tokio::spawn(maintain_loop(Arc::downgrade(&controller)));
         Ok(controller)
     }
 
@@ -299,9 +352,14 @@ impl Controller {
 
     /// Apply a group of jobs to a copy of `base`: the new world, and the
     /// writes (the jobs' and the revision bumps they cause) that make it
-    /// durable. Jobs refused by validation are answered at once and leave
-    /// the group; `None` when none is left.
-    fn prepare(&self, base: &World, jobs: &mut Vec<Box<dyn Job>>) -> Option<Prepared> {
+    /// durable. Jobs refused by validation leave the group and are handed
+    /// back with their error; `None` when no job is left.
+    fn prepare(
+        &self,
+        base: &World,
+        jobs: &mut Vec<Box<dyn Job>>,
+        refused: &mut Vec<(Box<dyn Job>, ApiError)>,
+    ) -> Option<Prepared> {
         let mut world = base.clone();
         let now = self.clock.now();
         let mut writes = Vec::new();
@@ -315,18 +373,12 @@ impl Controller {
             match job.apply(&mut world.model, now) {
                 Ok(effects) => {
                     for (before, after) in &effects.sites {
-                        world.index_site(before.as_ref(), after.as_ref());
-                        touches.site_changed(&world.model, before.as_ref(), after.as_ref());
-                        let cred =
-                            |s: &Option<Site>| s.as_ref().and_then(|s| s.credential_hash.clone());
-                        if cred(before) != cred(after) {
-                            woken.extend(before.as_ref().map(|s| s.name.clone()));
-                        }
+                        world.site_changed(&mut touches, &mut woken, before.as_ref(), after.as_ref());
                     }
                     writes.extend(effects.writes);
                     kept.push(job);
                 }
-                Err(e) => job.finish(Err(e)),
+                Err(e) => refused.push((job, e)),
             }
         }
         *jobs = kept;
@@ -350,17 +402,160 @@ impl Controller {
             });
         }
         Some(Prepared {
-            world: Arc::new(world),
+            world,
             writes,
             bumps,
             woken,
+            deleted: Vec::new(),
         })
+    }
+
+    /// Changes other replicas committed, applied to a copy of `base` as if
+    /// they were a group of this one's: the same incremental renders, so
+    /// agents get the same steps from any replica. The database's revisions
+    /// are the truth: a site whose computed revision differs from its row's
+    /// (which only a replica with other network settings would cause) is
+    /// rendered in full at the row's revision, and its agent sent the full
+    /// config.
+    fn absorb(&self, base: &World, changes: Changes) -> Prepared {
+        let mut world = base.clone();
+        let mut touches = Touches::default();
+        let mut woken = BTreeSet::new();
+        let mut deleted = Vec::new();
+        for (name, row) in changes.regions {
+            match row {
+                Some(r) => world.model.upsert_region(r),
+                None => {
+                    world.model.remove_region(&name);
+                }
+            }
+        }
+        let mut stored = Vec::with_capacity(changes.sites.len());
+        for (name, row) in changes.sites {
+            let before = world.model.sites.get(&name).map(|s| Site::clone(s));
+            let after = row.map(|mut s| {
+                stored.push((name.clone(), s.revision));
+                // The revision moves below, as the writer moved it.
+                s.revision = before.as_ref().map_or(s.revision, |b| b.revision);
+                s
+            });
+            match &after {
+                Some(s) => {
+                    world.model.upsert_site(s.clone());
+                }
+                None => {
+                    world.model.remove_site(&name);
+                    deleted.push(name.clone());
+                }
+            }
+            world.site_changed(&mut touches, &mut woken, before.as_ref(), after.as_ref());
+        }
+        let computed = configs::apply(
+            &mut world.model,
+            &mut world.configs,
+            &self.settings.network,
+            touches,
+        );
+        let mut rerendered = 0;
+        let mut bumps = Vec::new();
+        for (name, revision) in stored {
+            let ours = world.model.sites.get(&name).map(|s| s.revision);
+            if ours != Some(revision) {
+                if let Some(s) = world.model.sites.get_mut(&name) {
+                    Arc::make_mut(s).revision = revision;
+                }
+                match configs::render_one(&world.model, &self.settings.network, &name) {
+                    Some(r) => world.configs.insert(name.clone(), r),
+                    None => world.configs.remove(&name),
+                };
+                rerendered += 1;
+            }
+            let was = base.model.sites.get(&name).map(|s| s.revision);
+            if was != Some(revision) {
+                bumps.push(configs::Bump {
+                    site: name,
+                    revision,
+                });
+            }
+        }
+        let unlogged = computed
+            .iter()
+            .filter(|b| !bumps.iter().any(|x| x.site == b.site))
+            .count();
+        if rerendered > 0 || unlogged > 0 {
+            tracing::warn!(
+                rerendered,
+                unlogged,
+                "configs computed from other replicas' changes differ from the database's revisions; \
+                 do all replicas run the same wardnet with the same [network] settings?"
+            );
+        }
+        world.seq = changes.head;
+        Prepared {
+            world,
+            writes: Vec::new(),
+            bumps,
+            woken,
+            deleted,
+        }
+    }
+
+    /// Follow the database: apply the changes other replicas committed
+    /// after the published world, and publish them (waking the long-polls
+    /// of the sites they moved). Only the writer task calls this.
+    async fn catch_up(&self) {
+        let base = self.published.load_full();
+        match self.store.changes_since(base.seq).await {
+            Ok(CatchUp::Changes(c)) => {
+                if c.head > base.seq {
+                    let n = c.sites.len() + c.regions.len();
+                    let p = self.absorb(&base, c);
+                    tracing::debug!(from = base.seq, to = p.world.seq, rows = n, "caught up with other replicas");
+                    self.metrics.caught_up.inc();
+                    self.publish(p, Vec::new());
+                }
+            }
+            Ok(CatchUp::Reload(snap)) => {
+                tracing::info!(from = base.seq, to = snap.seq, "too far behind the change log; loading everything");
+                self.reload(snap);
+            }
+            Err(e) => {
+                self.metrics
+                    .store_failures
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                tracing::warn!(error = %e, "cannot read other replicas' changes; trying again");
+            }
+        }
+    }
+
+    /// Replace the world with a fresh load and wake every long-poll (each
+    /// looks at its site's revision again).
+    fn reload(&self, snap: crate::store::Snapshot) {
+        let mut world = World {
+            seq: snap.seq,
+            model: Model::from_parts(snap.regions, snap.sites),
+            ..World::default()
+        };
+        let sites: Vec<Site> = world.model.sites.values().map(|s| Site::clone(s)).collect();
+        for s in &sites {
+            world.index_site(None, Some(s));
+        }
+        world.configs = configs::render_all(&world.model, &self.settings.network);
+        self.published.store(Arc::new(world));
+        for n in self.watchers.lock().values() {
+            n.notify_waiters();
+        }
     }
 
     /// A group is durable: publish its world, wake the long-polls of the
     /// sites whose revision moved, answer its jobs.
     fn publish(&self, p: Prepared, jobs: Vec<Box<dyn Job>>) {
-        self.published.store(p.world);
+        self.published.store(Arc::new(p.world));
+        for name in &p.deleted {
+            self.heartbeats.forget(name);
+            self.metrics.apply_latency.forget(name);
+        }
         let published = std::time::Instant::now();
         {
             let mut watchers = self.watchers.lock();
@@ -390,24 +585,66 @@ impl Controller {
         }
     }
 
-    /// Run one job on its own, start to end, in its own chain (a retry
-    /// after a failure).
-    async fn run_alone(&self, job: Box<dyn Job>, chain: u64) {
-        let base = self.published.load_full();
-        let mut jobs = vec![job];
-        let Some(mut p) = self.prepare(&base, &mut jobs) else {
-            return;
-        };
-        let writes = std::mem::take(&mut p.writes);
-        match self.store.submit_chained(writes, chain).await {
-            Ok(()) => self.publish(p, jobs),
-            Err(e) => {
-                self.metrics
-                    .store_failures
-                    .with_label_values(&[e.kind()])
-                    .inc();
-                if let Some(job) = jobs.pop() {
-                    job.finish(Err(e.into()));
+    /// Run a group of jobs to the end: prepare it on the published world,
+    /// commit it on top of the log's head, publish it. When other replicas
+    /// committed first, catch up and build it again. When the commit fails
+    /// otherwise, nothing of it was stored or published; the jobs of a
+    /// group are then run again one by one, so one bad change cannot fail
+    /// the others.
+    async fn run_group(&self, mut jobs: Vec<Box<dyn Job>>) {
+        let mut stale = 0;
+        loop {
+            let base = self.published.load_full();
+            let mut refused = Vec::new();
+            let prepared = self.prepare(&base, &mut jobs, &mut refused);
+            if !refused.is_empty() {
+                // A refusal judged on a world behind the database's head
+                // may be wrong (a site created through another replica a
+                // moment ago): judge again once caught up.
+                let behind = self.replicated
+                    && stale < MAX_STALE_RETRIES
+                    && matches!(self.store.head().await, Ok(h) if h > base.seq);
+                if behind {
+                    stale += 1;
+                    self.catch_up().await;
+                    jobs.extend(refused.into_iter().map(|(j, _)| j));
+                    continue;
+                }
+                for (job, e) in refused {
+                    job.finish(Err(e));
+                }
+            }
+            let Some(mut p) = prepared else {
+                return;
+            };
+            let writes = std::mem::take(&mut p.writes);
+            match self.store.submit_change(base.seq, writes).await {
+                Ok(seq) => {
+                    p.world.seq = seq;
+                    self.publish(p, jobs);
+                    return;
+                }
+                Err(StoreError::Stale { .. }) if stale < MAX_STALE_RETRIES => {
+                    stale += 1;
+                    self.metrics.stale_groups.inc();
+                    self.catch_up().await;
+                }
+                Err(e) => {
+                    self.metrics
+                        .store_failures
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    if jobs.len() == 1 {
+                        if let Some(job) = jobs.pop() {
+                            job.finish(Err(e.into()));
+                        }
+                        return;
+                    }
+                    tracing::warn!(error = %e, jobs = jobs.len(), "changes failed in the database; retrying them one by one");
+                    for job in jobs {
+                        Box::pin(self.run_group(vec![job])).await;
+                    }
+                    return;
                 }
             }
         }
@@ -458,25 +695,45 @@ impl Drop for Watch<'_> {
 
 /// A group applied to a world, waiting to be durable.
 struct Prepared {
-    world: Arc<World>,
+    world: World,
     writes: Vec<Write>,
     bumps: Vec<configs::Bump>,
     woken: BTreeSet<Name>,
+    /// Sites the group deleted (their reports are forgotten).
+    deleted: Vec<Name>,
 }
 
-/// The writer task. Takes every job waiting as one group, prepares it on
-/// top of the published world, commits its writes and publishes it once
-/// they are durable. One group at a time: preparing the next group while
-/// one commits was measured slower on two cores (smaller groups, more
-/// work per change; docs/benchmarks.md).
-///
-/// When a group's commit fails, nothing of it was stored or published; its
-/// jobs are retried one by one on the published world, so one bad change
-/// cannot fail the others. Each batch is its own chain for the store (see
-/// [`Store::submit_chained`]). Ends when the controller is dropped.
-async fn writer(controller: Weak<Controller>, mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>) {
-    let mut chain = 0u64;
-    while let Some(first) = rx.recv().await {
+/// The writer task. Takes every job waiting as one group and runs it
+/// ([`Controller::run_group`]); between groups, follows the heads other
+/// replicas announce. One group at a time: preparing the next group while
+/// one commits was measured slower on two cores (smaller groups, more work
+/// per change; docs/benchmarks.md). Ends when the controller is dropped.
+async fn writer(
+    controller: Weak<Controller>,
+    mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>,
+    mut heads: Option<watch::Receiver<u64>>,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            job = rx.recv() => match job {
+                Some(j) => j,
+                None => return,
+            },
+            head = next_head(&mut heads) => {
+                let Some(c) = controller.upgrade() else {
+                    return;
+                };
+                match head {
+                    Some(h) if h > c.published.load().seq => c.catch_up().await,
+                    Some(_) => {}
+                    // The store stopped announcing: catch up only when a
+                    // commit finds the log moved on.
+                    None => heads = None,
+                }
+                continue;
+            }
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -487,26 +744,44 @@ async fn writer(controller: Weak<Controller>, mut rx: mpsc::UnboundedReceiver<Bo
         let Some(c) = controller.upgrade() else {
             return;
         };
-        let base = c.published.load_full();
-        let Some(mut prepared) = c.prepare(&base, &mut jobs) else {
-            continue;
+        c.run_group(jobs).await;
+    }
+}
+
+/// The next head a store announces; never resolves without announcements.
+async fn next_head(heads: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
+    match heads {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The database's upkeep ([`Store::maintain`]), every MAINTAIN_EVERY; with
+/// replicas, whichever takes the lock first does it.
+async fn maintain_loop(controller: Weak<Controller>) {
+    let shutdown = match controller.upgrade() {
+        Some(c) => c.shutdown.clone(),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(MAINTAIN_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(c) = controller.upgrade() else {
+            return;
         };
-        let writes = std::mem::take(&mut prepared.writes);
-        chain += 1;
-        match c.store.submit_chained(writes, chain).await {
-            Ok(()) => c.publish(prepared, jobs),
-            Err(e) => {
-                c.metrics
-                    .store_failures
-                    .with_label_values(&[e.kind()])
-                    .inc();
-                tracing::warn!(error = %e, jobs = jobs.len(), "changes failed in the database; retrying them one by one");
-                drop(prepared);
-                for job in jobs {
-                    chain += 1;
-                    c.run_alone(job, chain).await;
-                }
-            }
+        match c.store.maintain(c.now(), LOG_KEEP).await {
+            Ok(Some(m)) => tracing::debug!(
+                log_entries_pruned = m.log_entries_pruned,
+                tokens_swept = m.tokens_swept,
+                "database upkeep done"
+            ),
+            Ok(None) => tracing::debug!("database upkeep running on another replica"),
+            Err(e) => tracing::warn!(error = %e, "database upkeep failed; trying again later"),
         }
     }
 }

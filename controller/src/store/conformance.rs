@@ -1,5 +1,5 @@
-//! Behaviour every `Store` must have. Run here against SQLite; a PostgreSQL
-//! store runs the same functions.
+//! Behaviour every `Store` must have, run against SQLite and against
+//! PostgreSQL (a throwaway server per test, `wardnet_pgtest`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use wardnet_common::wire::SiteState;
 use wardnet_common::{PrivateKey, Role};
 
 use super::*;
+use wardnet_common::Name;
 use crate::model::{Region, Site};
 
 fn region(name: &str, block: &str) -> Region {
@@ -249,6 +250,162 @@ async fn reports_do_not_clobber_and_are_not_clobbered(s: &dyn Store) {
         (3, Some(99), 4)
     );
     assert_eq!(got.lan_prefixes.len(), 1);
+    // An older report (an agent that moved to another replica, whose old
+    // replica persists late) does not move the newer one back.
+    s.commit(vec![Write::Report {
+        site: "a".parse().expect("name"),
+        applied_revision: 2,
+        last_seen: 50,
+        health: None,
+    }])
+    .await
+    .expect("late report");
+    let got = &s.load().await.expect("load").sites[0];
+    assert_eq!((got.applied_revision, got.last_seen), (3, Some(99)));
+}
+
+fn names<T>(v: &[(Name, Option<T>)]) -> Vec<String> {
+    v.iter().map(|(n, _)| n.to_string()).collect()
+}
+
+/// The change log: a change commits only on top of the head it was built
+/// on, every batch that changes regions or sites moves the head by one,
+/// and `changes_since` gives the rows those changes named, deleted ones as
+/// `None`.
+async fn the_change_log_orders_changes(s: &dyn Store) {
+    assert_eq!(s.head().await.expect("head"), 0);
+    assert_eq!(s.load().await.expect("load").seq, 0);
+    let seq = s
+        .submit_change(0, vec![Write::InsertRegion(region("north", "100.64.0.0/20"))])
+        .await
+        .expect("first change");
+    assert_eq!(seq, 1);
+    let e = s
+        .submit_change(0, vec![Write::InsertRegion(region("south", "100.64.16.0/20"))])
+        .await
+        .expect_err("built on an old head");
+    assert!(
+        matches!(e, StoreError::Stale { base: 0, head: 1 }),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), "stale");
+    assert_eq!(s.load().await.expect("load").regions.len(), 1, "the stale change left nothing");
+    // A plain batch that changes a site is logged too.
+    s.commit(vec![
+        Write::InsertSite(site("a", "north", "100.64.0.1")),
+        Write::InsertSite(site("b", "north", "100.64.0.2")),
+    ])
+    .await
+    .expect("sites");
+    // One that changes neither is not.
+    s.commit(vec![Write::InsertAdminToken {
+        id: "t".into(),
+        hash: "h".into(),
+        description: "d".into(),
+        created_at: 1,
+    }])
+    .await
+    .expect("token");
+    assert_eq!(s.head().await.expect("head"), 2);
+    let CatchUp::Changes(c) = s.changes_since(0).await.expect("changes") else {
+        panic!("the log reaches back to 0");
+    };
+    assert_eq!(c.head, 2);
+    assert_eq!(names(&c.regions), ["north"]);
+    assert_eq!(names(&c.sites), ["a", "b"]);
+    assert!(c.sites.iter().all(|(_, row)| row.is_some()));
+    // Another change of site a, then its deletion: as of the head, gone.
+    let mut a = site("a", "north", "100.64.0.1");
+    a.lan_prefixes.insert("10.1.0.0/24".parse().expect("prefix"));
+    assert_eq!(s.submit_change(2, vec![Write::UpdateSite(a)]).await.expect("update"), 3);
+    assert_eq!(
+        s.submit_change(3, vec![Write::DeleteSite("a".parse().expect("name"))])
+            .await
+            .expect("delete"),
+        4
+    );
+    let CatchUp::Changes(c) = s.changes_since(2).await.expect("changes") else {
+        panic!("the log reaches back to 2");
+    };
+    assert_eq!((c.head, names(&c.sites)), (4, vec!["a".to_owned()]));
+    assert!(c.sites[0].1.is_none(), "deleted");
+    assert!(c.regions.is_empty());
+    let CatchUp::Changes(c) = s.changes_since(4).await.expect("changes") else {
+        panic!("at the head");
+    };
+    assert_eq!(c.head, 4);
+    assert!(c.sites.is_empty() && c.regions.is_empty());
+}
+
+/// Many changes built on the same head at once (replicas racing): exactly
+/// one commits, the others are stale and store nothing.
+async fn racing_changes_commit_one(stores: &[Arc<dyn Store>]) {
+    let head = stores[0].head().await.expect("head");
+    let mut pending = Vec::new();
+    for i in 0..20u8 {
+        let s = &stores[usize::from(i) % stores.len()];
+        pending.push(s.submit_change(
+            head,
+            vec![Write::InsertRegion(region(
+                &format!("r{i}"),
+                &format!("100.{}.0.0/16", 64 + i),
+            ))],
+        ));
+    }
+    let results = futures::future::join_all(pending).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| matches!(e, StoreError::Stale { .. })));
+    assert_eq!(stores[0].load().await.expect("load").regions.len(), 1);
+    assert_eq!(stores[0].head().await.expect("head"), head + 1);
+}
+
+/// Upkeep prunes the log to its last entries; a reader behind them is told
+/// to load everything, one at the kept part gets changes. Long-expired
+/// enrolment tokens go.
+async fn upkeep_prunes_the_log_and_sweeps_tokens(s: &dyn Store) {
+    s.commit(vec![Write::InsertRegion(region("north", "100.64.0.0/20"))])
+        .await
+        .expect("region");
+    for i in 1..=4u8 {
+        s.commit(vec![
+            Write::InsertSite(site(&format!("s{i}"), "north", &format!("100.64.0.{i}"))),
+            Write::InsertEnrolToken {
+                site: format!("s{i}").parse().expect("name"),
+                hash: format!("h{i}"),
+                created_at: 0,
+                expires_at: i64::from(i) * 10,
+            },
+        ])
+        .await
+        .expect("site");
+    }
+    assert_eq!(s.head().await.expect("head"), 5);
+    // Tokens that expired before now - TOKEN_SWEEP_AFTER_SECS go: h1, h2.
+    let now = TOKEN_SWEEP_AFTER_SECS + 25;
+    let m = s.maintain(now, 2).await.expect("upkeep");
+    assert_eq!(
+        m,
+        Some(Maintenance {
+            log_entries_pruned: 3,
+            tokens_swept: 2,
+        })
+    );
+    assert!(s.enrol_token("h2").await.expect("read").is_none());
+    assert!(s.enrol_token("h3").await.expect("read").is_some());
+    match s.changes_since(1).await.expect("changes") {
+        CatchUp::Reload(snap) => {
+            assert_eq!((snap.seq, snap.sites.len()), (5, 4));
+        }
+        CatchUp::Changes(c) => panic!("pruned entries were given: {c:?}"),
+    }
+    match s.changes_since(3).await.expect("changes") {
+        CatchUp::Changes(c) => assert_eq!(names(&c.sites), ["s3", "s4"]),
+        CatchUp::Reload(_) => panic!("the log still reaches back to 3"),
+    }
 }
 
 /// Wrapped in a fault injector, a store fails each way on demand with the
@@ -363,4 +520,147 @@ async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
     }
     let s = SqliteStore::open(&path).expect("reopen");
     assert_eq!(s.load().await.expect("load").regions.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_the_change_log_orders_changes() {
+    let (_d, s) = sqlite();
+    the_change_log_orders_changes(&*s).await;
+}
+
+#[tokio::test]
+async fn sqlite_racing_changes_commit_one() {
+    let (_d, s) = sqlite();
+    racing_changes_commit_one(&[s]).await;
+}
+
+#[tokio::test]
+async fn sqlite_upkeep_prunes_the_log_and_sweeps_tokens() {
+    let (_d, s) = sqlite();
+    upkeep_prunes_the_log_and_sweeps_tokens(&*s).await;
+}
+
+/// A throwaway PostgreSQL server and a store on it (`None`: skipped).
+async fn postgres(test: &str) -> Option<(wardnet_pgtest::TempPostgres, Arc<dyn Store>)> {
+    let pg = wardnet_pgtest::start_or_skip(test)?;
+    let s = PostgresStore::open(&pg_settings(&pg)).await.expect("open");
+    Some((pg, Arc::new(s)))
+}
+
+fn pg_settings(pg: &wardnet_pgtest::TempPostgres) -> PostgresSettings {
+    PostgresSettings {
+        url: pg.url("postgres"),
+        password: None,
+        pool_size: 4,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unique_constraints_name_the_clash() {
+    let Some((_pg, s)) = postgres("postgres_unique_constraints_name_the_clash").await else {
+        return;
+    };
+    unique_constraints_name_the_clash(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failed_batch_leaves_nothing() {
+    let Some((_pg, s)) = postgres("postgres_failed_batch_leaves_nothing").await else {
+        return;
+    };
+    a_failed_batch_leaves_nothing_behind(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_batches_fail_independently() {
+    let Some((_pg, s)) = postgres("postgres_concurrent_batches_fail_independently").await else {
+        return;
+    };
+    concurrent_batches_fail_independently(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_injected_faults_store_nothing_and_heal() {
+    let Some((_pg, s)) = postgres("postgres_injected_faults_store_nothing_and_heal").await else {
+        return;
+    };
+    injected_faults_store_nothing_and_heal(s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tokens_single_use() {
+    let Some((_pg, s)) = postgres("postgres_tokens_single_use").await else {
+        return;
+    };
+    tokens_are_single_use_and_expire(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_audit_and_admin_tokens() {
+    let Some((_pg, s)) = postgres("postgres_audit_and_admin_tokens").await else {
+        return;
+    };
+    audit_and_admin_tokens(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reports_are_separate_from_updates() {
+    let Some((_pg, s)) = postgres("postgres_reports_are_separate_from_updates").await else {
+        return;
+    };
+    reports_do_not_clobber_and_are_not_clobbered(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_change_log_orders_changes() {
+    let Some((_pg, s)) = postgres("postgres_the_change_log_orders_changes").await else {
+        return;
+    };
+    the_change_log_orders_changes(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_upkeep_prunes_the_log_and_sweeps_tokens() {
+    let Some((_pg, s)) = postgres("postgres_upkeep_prunes_the_log_and_sweeps_tokens").await else {
+        return;
+    };
+    upkeep_prunes_the_log_and_sweeps_tokens(&*s).await;
+}
+
+/// Three stores on one database (three replicas): racing changes commit
+/// one; a change through one is announced to the others' `heads`; two
+/// upkeeps at once run once (the advisory lock); and migrations run by
+/// several openers at once apply once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_share_one_log() {
+    let Some(pg) = wardnet_pgtest::start_or_skip("postgres_replicas_share_one_log") else {
+        return;
+    };
+    let settings = pg_settings(&pg);
+    let (a, b, c) = tokio::join!(
+        PostgresStore::open(&settings),
+        PostgresStore::open(&settings),
+        PostgresStore::open(&settings)
+    );
+    let stores: Vec<Arc<dyn Store>> = vec![
+        Arc::new(a.expect("open a")),
+        Arc::new(b.expect("open b")),
+        Arc::new(c.expect("open c")),
+    ];
+    racing_changes_commit_one(&stores).await;
+    let mut heads = stores[2].heads().expect("PostgreSQL announces heads");
+    let seq = stores[0]
+        .submit_change(1, vec![Write::InsertRegion(region("far", "100.100.0.0/16"))])
+        .await
+        .expect("change through a");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        heads.wait_for(|h| *h >= seq),
+    )
+    .await
+    .expect("announced within 2 s")
+    .expect("listener alive");
+    let (x, y) = tokio::join!(stores[0].maintain(1, 10), stores[1].maintain(1, 10));
+    let ran = [x.expect("upkeep a"), y.expect("upkeep b")];
+    assert!(ran.iter().any(Option::is_some), "{ran:?}");
 }

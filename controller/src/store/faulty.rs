@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use wardnet_common::wire::AuditEntry;
+use wardnet_common::wire::{AuditEntry, UnixTime};
 
-use super::{AdminToken, EnrolToken, Pending, Snapshot, Store, StoreError, Write};
+use super::{
+    AdminToken, CatchUp, EnrolToken, Maintenance, Pending, Snapshot, Store, StoreError, Write,
+};
 
 /// Where the next batches fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +27,6 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
     fault: AtomicU8,
-    /// The chain of the last batch refused here before reaching the inner
-    /// store: its later batches are refused too (the chain contract).
-    poisoned: parking_lot::Mutex<Option<u64>>,
 }
 
 impl FaultyStore {
@@ -35,7 +34,6 @@ impl FaultyStore {
         Self {
             inner,
             fault: AtomicU8::new(Fault::None as u8),
-            poisoned: parking_lot::Mutex::new(None),
         }
     }
 
@@ -52,43 +50,25 @@ impl FaultyStore {
             _ => Fault::None,
         }
     }
-}
 
-impl FaultyStore {
-    fn submit_in(&self, mut writes: Vec<Write>, chain: Option<u64>) -> Pending {
-        let pass = |w: Vec<Write>| match chain {
-            Some(c) => self.inner.submit_chained(w, c),
-            None => self.inner.submit(w),
-        };
-        if chain.is_some() && *self.poisoned.lock() == chain {
-            return Box::pin(async {
-                Err(StoreError::Unavailable(
-                    "an earlier batch of this chain failed".into(),
-                ))
-            });
-        }
+    /// The batch as the fault wants it, or the error it fails with before
+    /// reaching the store.
+    fn inject(&self, mut writes: Vec<Write>) -> Result<Vec<Write>, StoreError> {
         match self.fault() {
-            Fault::None => pass(writes),
-            Fault::Begin => {
-                if chain.is_some() {
-                    *self.poisoned.lock() = chain;
-                }
-                Box::pin(async {
-                    Err(StoreError::Unavailable(
-                        "injected: cannot begin a transaction".into(),
-                    ))
-                })
-            }
+            Fault::None => Ok(writes),
+            Fault::Begin => Err(StoreError::Unavailable(
+                "injected: cannot begin a transaction".into(),
+            )),
             Fault::Write => {
                 let mid = writes.len() / 2;
                 writes.insert(mid, Write::Fail("injected: a write failed".into()));
-                pass(writes)
+                Ok(writes)
             }
             Fault::Commit => {
                 // Everything runs and is rolled back: a failing last write
                 // after all of them is what a failed COMMIT leaves behind.
                 writes.push(Write::Fail("injected: COMMIT failed".into()));
-                pass(writes)
+                Ok(writes)
             }
         }
     }
@@ -101,11 +81,33 @@ impl Store for FaultyStore {
     }
 
     fn submit(&self, writes: Vec<Write>) -> Pending {
-        self.submit_in(writes, None)
+        match self.inject(writes) {
+            Ok(w) => self.inner.submit(w),
+            Err(e) => Box::pin(async { Err(e) }),
+        }
     }
 
-    fn submit_chained(&self, writes: Vec<Write>, chain: u64) -> Pending {
-        self.submit_in(writes, Some(chain))
+    fn submit_change(&self, base: u64, writes: Vec<Write>) -> Pending<u64> {
+        match self.inject(writes) {
+            Ok(w) => self.inner.submit_change(base, w),
+            Err(e) => Box::pin(async { Err(e) }),
+        }
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.inner.head().await
+    }
+
+    async fn changes_since(&self, seq: u64) -> Result<CatchUp, StoreError> {
+        self.inner.changes_since(seq).await
+    }
+
+    fn heads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.heads()
+    }
+
+    async fn maintain(&self, now: UnixTime, keep: u64) -> Result<Option<Maintenance>, StoreError> {
+        self.inner.maintain(now, keep).await
     }
 
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {

@@ -1,15 +1,25 @@
-//! Persistent state behind a small trait, so SQLite (embedded default) and a
-//! later PostgreSQL implementation share one conformance suite.
+//! Persistent state behind a small trait: SQLite (the embedded default, one
+//! controller) and PostgreSQL (several replicas) share one conformance
+//! suite.
 //!
 //! Writes are batches: every [`Write`] of one [`Store::commit`] lands in one
 //! transaction, durable before `commit` returns, or none does. Uniqueness
 //! (names, keys, addresses, blocks) is a schema constraint; a violation comes
 //! back as [`StoreError::Conflict`] naming the constraint, so callers can
 //! retry (address allocation) or report the clash (409).
+//!
+//! The change log: every batch that changes a region or a site (what the
+//! controllers hold in memory) is also one entry of a log numbered by a
+//! sequence, written in the same transaction. A controller knows the
+//! sequence its memory is at; it commits its next change only on top of the
+//! log's head ([`Store::submit_change`]), and follows changes other replicas
+//! committed with [`Store::changes_since`].
 
 pub mod faulty;
+mod postgres;
 mod sqlite;
 
+pub use postgres::{read_password_file, PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -37,12 +47,19 @@ pub enum StoreError {
     /// batch is stored.
     #[error("the database failed to commit: {0}")]
     Commit(String),
+    /// The change was built on change `base` of the log, but another
+    /// controller committed after it (the head is `head`): nothing is
+    /// stored; catch up and build it again.
+    #[error("the change log moved on (built on {base}, the head is {head})")]
+    Stale { base: u64, head: u64 },
     #[error(
         "the database is from a newer wardnet (schema version {found}, this build knows {known})"
     )]
     SchemaTooNew { found: i64, known: i64 },
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database task failed")]
@@ -63,6 +80,7 @@ impl StoreError {
             StoreError::Precondition(_) => "precondition",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Commit(_) => "commit",
+            StoreError::Stale { .. } => "stale",
             _ => "other",
         }
     }
@@ -155,12 +173,67 @@ pub struct AdminToken {
 /// Everything the controller loads at start.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The change log's head: the rows are as of this change.
+    pub seq: u64,
     pub regions: Vec<Region>,
     pub sites: Vec<Site>,
 }
 
+/// What changed after a sequence number, as the rows are at `head`.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub head: u64,
+    /// Every region named by a change after the asked sequence: its row
+    /// now, or `None` when it was deleted.
+    pub regions: Vec<(Name, Option<Region>)>,
+    /// The same for sites.
+    pub sites: Vec<(Name, Option<Site>)>,
+}
+
+/// The answer to [`Store::changes_since`].
+#[derive(Debug, Clone)]
+pub enum CatchUp {
+    Changes(Changes),
+    /// The log no longer reaches back that far (pruned): load everything.
+    Reload(Snapshot),
+}
+
+/// The regions and sites a batch changes: what a change-log entry names.
+pub fn changed_keys(writes: &[Write]) -> (Vec<Name>, Vec<Name>) {
+    let mut regions = std::collections::BTreeSet::new();
+    let mut sites = std::collections::BTreeSet::new();
+    for w in writes {
+        match w {
+            Write::InsertRegion(r) => {
+                regions.insert(r.name.clone());
+            }
+            Write::DeleteRegion(n) => {
+                regions.insert(n.clone());
+            }
+            Write::InsertSite(s) | Write::UpdateSite(s) => {
+                sites.insert(s.name.clone());
+            }
+            Write::DeleteSite(n) | Write::SetRevision { site: n, .. } => {
+                sites.insert(n.clone());
+            }
+            _ => {}
+        }
+    }
+    (regions.into_iter().collect(), sites.into_iter().collect())
+}
+
+/// What the periodic maintenance did (see [`Store::maintain`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub log_entries_pruned: u64,
+    pub tokens_swept: u64,
+}
+
 /// A queued batch; resolves once it is durable or has failed.
-pub type Pending = futures::future::BoxFuture<'static, Result<(), StoreError>>;
+pub type Pending<T = ()> = futures::future::BoxFuture<'static, Result<T, StoreError>>;
+
+/// Expired enrolment tokens are swept this long after they expired.
+pub const TOKEN_SWEEP_AFTER_SECS: i64 = 30 * 24 * 3600;
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -174,12 +247,32 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         self.submit(writes).await
     }
-    /// [`Store::submit`] for a writer that queues batches built on each
-    /// other: once a batch of `chain` fails, every later batch of the same
-    /// chain fails too without running ([`StoreError::Unavailable`]), so the
-    /// database never holds a batch whose predecessor it lost. Another chain
-    /// number starts clean.
-    fn submit_chained(&self, writes: Vec<Write>, chain: u64) -> Pending;
+    /// Commit a batch built on change `base` of the log as the next change,
+    /// and answer its sequence number. When the log's head is not `base`
+    /// (another controller committed since, or an earlier batch of this one
+    /// was lost), nothing is stored and the answer is
+    /// [`StoreError::Stale`]. A batch that changes no region or site is
+    /// still checked against the head, and does not move it.
+    fn submit_change(&self, base: u64, writes: Vec<Write>) -> Pending<u64>;
+    /// The log's head now.
+    async fn head(&self) -> Result<u64, StoreError>;
+    /// The rows every change after `seq` named, as they are at the head
+    /// (read in one snapshot), or everything when the log was pruned past
+    /// `seq`.
+    async fn changes_since(&self, seq: u64) -> Result<CatchUp, StoreError>;
+    /// Heads announced by other controllers committing, for a controller
+    /// that shares its database; `None` when this process is the only
+    /// writer (SQLite). Announcements can be lost (a listener reconnecting):
+    /// the receiver also sees the head read on every reconnect and
+    /// periodically.
+    fn heads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Periodic upkeep that must run once however many controllers share
+    /// the database: prune the change log to its last `keep` entries and
+    /// sweep enrolment tokens expired more than [`TOKEN_SWEEP_AFTER_SECS`]
+    /// before `now`. `None` when another controller is doing it now.
+    async fn maintain(&self, now: UnixTime, keep: u64) -> Result<Option<Maintenance>, StoreError>;
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError>;
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError>;
     /// Audit entries, newest first, with id below `before` when given.

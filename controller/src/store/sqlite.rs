@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
-use wardnet_common::wire::{AuditEntry, SiteState};
+use wardnet_common::wire::{AuditEntry, SiteState, UnixTime};
 use wardnet_common::Role;
 
 use super::{AdminToken, EnrolToken, NewAudit, Pending, Snapshot, Store, StoreError, Write};
@@ -79,15 +79,31 @@ CREATE TABLE audit (
     r#"
 ALTER TABLE sites RENAME COLUMN render_fingerprint TO render_fingerprint;
 "#,
+    // The change log (see the store's module docs): one entry per batch
+    // that changes regions or sites, and its head.
+    r#"
+CREATE TABLE change_log (
+    seq     INTEGER PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    regions TEXT NOT NULL,
+    sites   TEXT NOT NULL
+);
+CREATE TABLE change_head (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL
+);
+INSERT INTO change_head (id, seq) VALUES (1, 0);
+"#,
 ];
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
+type Reply = oneshot::Sender<Result<u64, StoreError>>;
 
-/// A batch for the writer thread: its writes, whom to answer, its chain.
+/// A batch for the writer thread: its writes, whom to answer, and the
+/// change it was built on (for [`Store::submit_change`]).
 struct Batch {
     writes: Vec<Write>,
     reply: Reply,
-    chain: Option<u64>,
+    base: Option<u64>,
 }
 
 pub struct SqliteStore {
@@ -210,8 +226,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Batch>) {
-    // The chain whose batch failed last: its later batches are refused.
-    let mut failed: Option<u64> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
@@ -220,7 +234,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Batch>) {
                 break;
             }
         }
-        let results = commit_group(&mut conn, &batch, &mut failed);
+        let results = commit_group(&mut conn, &batch);
         for (b, result) in batch.into_iter().zip(results) {
             // The caller may have gone away (client disconnected); the write stands.
             let _ = b.reply.send(result);
@@ -229,24 +243,12 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Batch>) {
 }
 
 /// Run each batch in a savepoint inside one transaction and commit once.
-/// A batch of a chain that failed before is refused without running.
-fn commit_group(
-    conn: &mut Connection,
-    batch: &[Batch],
-    failed: &mut Option<u64>,
-) -> Vec<Result<(), StoreError>> {
-    let poison = |failed: &mut Option<u64>, b: &Batch| {
-        if b.chain.is_some() {
-            *failed = b.chain;
-        }
-    };
+/// Each answers the log's head after it.
+fn commit_group(conn: &mut Connection, batch: &[Batch]) -> Vec<Result<u64, StoreError>> {
     let mut tx = match conn.transaction() {
         Ok(t) => t,
         Err(e) => {
             let msg = format!("cannot begin a transaction: {e}");
-            for b in batch {
-                poison(failed, b);
-            }
             return batch
                 .iter()
                 .map(|_| Err(StoreError::Unavailable(msg.clone())))
@@ -255,29 +257,18 @@ fn commit_group(
     };
     let mut results = Vec::with_capacity(batch.len());
     for b in batch {
-        if b.chain.is_some() && *failed == b.chain {
-            results.push(Err(StoreError::Unavailable(
-                "an earlier batch of this chain failed".into(),
-            )));
-            continue;
-        }
         let r = if batch.len() == 1 {
             // Alone in the transaction: it is the unit, no savepoint needed.
-            b.writes.iter().try_for_each(|w| apply(&tx, w))
+            apply_batch(&tx, b)
         } else {
             (|| {
                 // Dropping an uncommitted savepoint rolls back just this batch.
                 let sp = tx.savepoint().map_err(classify)?;
-                for w in &b.writes {
-                    apply(&sp, w)?;
-                }
+                let head = apply_batch(&sp, b)?;
                 sp.commit().map_err(classify)?;
-                Ok::<(), StoreError>(())
+                Ok::<u64, StoreError>(head)
             })()
         };
-        if r.is_err() {
-            poison(failed, b);
-        }
         results.push(r);
     }
     if batch.len() == 1 && results.iter().any(Result::is_err) {
@@ -288,15 +279,49 @@ fn commit_group(
     if let Err(e) = tx.commit() {
         tracing::error!(error = %e, "database commit failed; no change of this group is stored");
         let msg = e.to_string();
-        for b in batch {
-            poison(failed, b);
-        }
         return batch
             .iter()
             .map(|_| Err(StoreError::Commit(msg.clone())))
             .collect();
     }
     results
+}
+
+fn read_head(c: &Connection) -> Result<u64, StoreError> {
+    let head: i64 = c
+        .prepare_cached("SELECT seq FROM change_head WHERE id = 1")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(classify)?;
+    Ok(head as u64)
+}
+
+/// One batch: check its base against the head, run its writes, and log it
+/// when it changes regions or sites. Answers the head after it.
+fn apply_batch(tx: &Connection, b: &Batch) -> Result<u64, StoreError> {
+    let head = read_head(tx)?;
+    if let Some(base) = b.base {
+        if base != head {
+            return Err(StoreError::Stale { base, head });
+        }
+    }
+    for w in &b.writes {
+        apply(tx, w)?;
+    }
+    let (regions, sites) = super::changed_keys(&b.writes);
+    if regions.is_empty() && sites.is_empty() {
+        return Ok(head);
+    }
+    let seq = head + 1;
+    let names = |v: &[wardnet_common::Name]| json(&v.iter().map(|n| n.as_str()).collect::<Vec<_>>());
+    tx.prepare_cached("INSERT INTO change_log (seq, at, regions, sites) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut st| {
+            st.execute(params![seq as i64, crate::now(), names(&regions), names(&sites)])
+        })
+        .map_err(classify)?;
+    tx.prepare_cached("UPDATE change_head SET seq = ?1 WHERE id = 1")
+        .and_then(|mut st| st.execute([seq as i64]))
+        .map_err(classify)?;
+    Ok(seq)
 }
 
 /// Turn a failed write into a typed error: constraint violations into
@@ -420,7 +445,10 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
             health,
         } => {
             run(
-                "UPDATE sites SET applied_revision = ?2, last_seen = ?3, health = ?4 WHERE name = ?1",
+                // An older report (an agent that moved on to another
+                // controller) never overwrites a newer one.
+                "UPDATE sites SET applied_revision = ?2, last_seen = ?3, health = ?4
+                 WHERE name = ?1 AND (last_seen IS NULL OR last_seen <= ?3)",
                 &[
                     &site.as_str(),
                     &(*applied_revision as i64),
@@ -494,68 +522,161 @@ where
     s.map(|s| parse(what, &s)).transpose()
 }
 
+const REGION_COLUMNS: &str = "name, mesh, ipv4_block, ipv6_block, created_at";
+const SITE_COLUMNS: &str =
+    "name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6, revision,
+     render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash";
+
+fn region_row(r: &rusqlite::Row<'_>) -> Result<Region, StoreError> {
+    Ok(Region {
+        name: parse("region name", &r.get::<_, String>(0)?)?,
+        mesh: r.get(1)?,
+        ipv4_block: parse("ipv4 block", &r.get::<_, String>(2)?)?,
+        ipv6_block: parse_opt("ipv6 block", r.get(3)?)?,
+        created_at: r.get(4)?,
+    })
+}
+
+fn site_row(r: &rusqlite::Row<'_>) -> Result<Site, StoreError> {
+    let lan: String = r.get(5)?;
+    let health: Option<String> = r.get(16)?;
+    Ok(Site {
+        name: parse("site name", &r.get::<_, String>(0)?)?,
+        region: parse("region name", &r.get::<_, String>(1)?)?,
+        role: parse::<Role>("role", &r.get::<_, String>(2)?)?,
+        state: parse::<SiteState>("state", &r.get::<_, String>(3)?)?,
+        agentless: r.get(4)?,
+        lan_prefixes: serde_json::from_str(&lan)
+            .map_err(|e| StoreError::Corrupt(format!("lan_prefixes: {e}")))?,
+        endpoint: parse_opt("endpoint", r.get(6)?)?,
+        public_key: parse_opt("public key", r.get(7)?)?,
+        ipv4: parse("ipv4", &r.get::<_, String>(8)?)?,
+        ipv6: parse_opt("ipv6", r.get(9)?)?,
+        revision: r.get::<_, i64>(10)? as u64,
+        render_fingerprint: r.get(11)?,
+        applied_revision: r.get::<_, i64>(12)? as u64,
+        created_at: r.get(13)?,
+        enrolled_at: r.get(14)?,
+        last_seen: r.get(15)?,
+        health: health
+            .map(|h| serde_json::from_str(&h))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
+        credential_hash: r.get(17)?,
+    })
+}
+
+/// Every row of a query, through `f`.
+fn rows<T>(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query(p)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(r)?);
+    }
+    Ok(out)
+}
+
+/// Regions and sites as of the head, in one read transaction.
 fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
-    let mut regions = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT name, mesh, ipv4_block, ipv6_block, created_at FROM regions ORDER BY name",
+    let tx = conn.unchecked_transaction()?;
+    let seq = read_head(&tx)?;
+    let regions = rows(
+        &tx,
+        &format!("SELECT {REGION_COLUMNS} FROM regions ORDER BY name"),
+        [],
+        region_row,
     )?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        regions.push(Region {
-            name: parse("region name", &r.get::<_, String>(0)?)?,
-            mesh: r.get(1)?,
-            ipv4_block: parse("ipv4 block", &r.get::<_, String>(2)?)?,
-            ipv6_block: parse_opt("ipv6 block", r.get(3)?)?,
-            created_at: r.get(4)?,
-        });
-    }
-    let mut sites = Vec::new();
-    let mut stmt = conn.prepare(
-        "SELECT name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6, revision,
-                render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash
-         FROM sites ORDER BY name",
+    let sites = rows(
+        &tx,
+        &format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY name"),
+        [],
+        site_row,
     )?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let lan: String = r.get(5)?;
-        let health: Option<String> = r.get(16)?;
-        sites.push(Site {
-            name: parse("site name", &r.get::<_, String>(0)?)?,
-            region: parse("region name", &r.get::<_, String>(1)?)?,
-            role: parse::<Role>("role", &r.get::<_, String>(2)?)?,
-            state: parse::<SiteState>("state", &r.get::<_, String>(3)?)?,
-            agentless: r.get(4)?,
-            lan_prefixes: serde_json::from_str(&lan)
-                .map_err(|e| StoreError::Corrupt(format!("lan_prefixes: {e}")))?,
-            endpoint: parse_opt("endpoint", r.get(6)?)?,
-            public_key: parse_opt("public key", r.get(7)?)?,
-            ipv4: parse("ipv4", &r.get::<_, String>(8)?)?,
-            ipv6: parse_opt("ipv6", r.get(9)?)?,
-            revision: r.get::<_, i64>(10)? as u64,
-            render_fingerprint: r.get(11)?,
-            applied_revision: r.get::<_, i64>(12)? as u64,
-            created_at: r.get(13)?,
-            enrolled_at: r.get(14)?,
-            last_seen: r.get(15)?,
-            health: health
-                .map(|h| serde_json::from_str(&h))
-                .transpose()
-                .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
-            credential_hash: r.get(17)?,
-        });
+    Ok(Snapshot {
+        seq,
+        regions,
+        sites,
+    })
+}
+
+/// See [`Store::changes_since`].
+fn changes_since(conn: &Connection, seq: u64) -> Result<super::CatchUp, StoreError> {
+    use std::collections::BTreeSet;
+    let tx = conn.unchecked_transaction()?;
+    let head = read_head(&tx)?;
+    if head <= seq {
+        return Ok(super::CatchUp::Changes(super::Changes {
+            head,
+            ..Default::default()
+        }));
     }
-    Ok(Snapshot { regions, sites })
+    let first: Option<i64> = tx.query_row("SELECT MIN(seq) FROM change_log", [], |r| r.get(0))?;
+    if first.is_none_or(|f| f as u64 > seq + 1) {
+        drop(tx);
+        return Ok(super::CatchUp::Reload(load_all(conn)?));
+    }
+    let mut region_names = BTreeSet::new();
+    let mut site_names = BTreeSet::new();
+    for (r, s) in rows(
+        &tx,
+        "SELECT regions, sites FROM change_log WHERE seq > ?1 ORDER BY seq",
+        [seq as i64],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+    )? {
+        let names = |j: &str| -> Result<Vec<String>, StoreError> {
+            serde_json::from_str(j).map_err(|e| StoreError::Corrupt(format!("change log: {e}")))
+        };
+        region_names.extend(names(&r)?);
+        site_names.extend(names(&s)?);
+    }
+    let list = |n: &BTreeSet<String>| json(&n.iter().collect::<Vec<_>>());
+    let mut regions: Vec<(wardnet_common::Name, Option<Region>)> = Vec::new();
+    let found = rows(
+        &tx,
+        &format!("SELECT {REGION_COLUMNS} FROM regions WHERE name IN (SELECT value FROM json_each(?1))"),
+        [list(&region_names)],
+        region_row,
+    )?;
+    for n in &region_names {
+        let name = parse("region name", n)?;
+        let row = found.iter().find(|r| r.name == name).cloned();
+        regions.push((name, row));
+    }
+    let mut found: std::collections::HashMap<String, Site> = rows(
+        &tx,
+        &format!("SELECT {SITE_COLUMNS} FROM sites WHERE name IN (SELECT value FROM json_each(?1))"),
+        [list(&site_names)],
+        site_row,
+    )?
+    .into_iter()
+    .map(|s| (s.name.to_string(), s))
+    .collect();
+    let mut sites = Vec::with_capacity(site_names.len());
+    for n in &site_names {
+        sites.push((parse("site name", n)?, found.remove(n)));
+    }
+    Ok(super::CatchUp::Changes(super::Changes {
+        head,
+        regions,
+        sites,
+    }))
 }
 
 impl SqliteStore {
-    fn queue(&self, writes: Vec<Write>, chain: Option<u64>) -> Pending {
+    fn queue(&self, writes: Vec<Write>, base: Option<u64>) -> Pending<u64> {
         let (tx, rx) = oneshot::channel();
         let sent = self
             .writer
             .send(Batch {
                 writes,
                 reply: tx,
-                chain,
+                base,
             })
             .is_ok();
         Box::pin(async move {
@@ -575,11 +696,49 @@ impl Store for SqliteStore {
     }
 
     fn submit(&self, writes: Vec<Write>) -> Pending {
-        self.queue(writes, None)
+        let p = self.queue(writes, None);
+        Box::pin(async move { p.await.map(|_| ()) })
     }
 
-    fn submit_chained(&self, writes: Vec<Write>, chain: u64) -> Pending {
-        self.queue(writes, Some(chain))
+    fn submit_change(&self, base: u64, writes: Vec<Write>) -> Pending<u64> {
+        self.queue(writes, Some(base))
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.read(read_head).await
+    }
+
+    async fn changes_since(&self, seq: u64) -> Result<super::CatchUp, StoreError> {
+        self.read(move |c| changes_since(c, seq)).await
+    }
+
+    async fn maintain(
+        &self,
+        now: UnixTime,
+        keep: u64,
+    ) -> Result<Option<super::Maintenance>, StoreError> {
+        // One process owns an SQLite file: no lock to take. Its own
+        // connection, so the writer thread's queue is not held up.
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = open_conn(&path)?;
+            let tx = conn.transaction()?;
+            let head = read_head(&tx)?;
+            let pruned = tx.execute(
+                "DELETE FROM change_log WHERE seq <= ?1",
+                [head.saturating_sub(keep) as i64],
+            )?;
+            let swept = tx.execute(
+                "DELETE FROM enrol_tokens WHERE expires_at < ?1",
+                [now - super::TOKEN_SWEEP_AFTER_SECS],
+            )?;
+            tx.commit()?;
+            Ok(Some(super::Maintenance {
+                log_entries_pruned: pruned as u64,
+                tokens_swept: swept as u64,
+            }))
+        })
+        .await?
     }
 
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {

@@ -1,0 +1,961 @@
+//! The PostgreSQL store, for several controller replicas on one database.
+//!
+//! - Every batch is one transaction on a pooled connection, its statements
+//!   sent as one pipeline (one round trip for the lot, not one each).
+//!   `synchronous_commit` is left as the server has it (on, by default): a
+//!   batch is durable before it is answered.
+//! - Uniqueness and single-use tokens are the schema's and conditional
+//!   UPDATEs', exactly as in SQLite; constraint names are `table.column`, so
+//!   a clash reads the same from either store.
+//! - The change log (see the module docs of `store`): a change locks the
+//!   one-row `change_head` (`SELECT … FOR UPDATE`), so replicas commit their
+//!   changes one after another, each on top of the last; the head moves and
+//!   one `NOTIFY wardnet_changes, '<seq>'` is sent with the commit.
+//! - A listener connection turns those notifications into
+//!   [`Store::heads`]; on every (re)connect and every few seconds it reads
+//!   the head too, because notifications sent while it was away are lost.
+//! - [`Store::maintain`] runs under `pg_try_advisory_xact_lock`: one replica
+//!   at a time does it, the others skip the round.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+use wardnet_common::wire::{AuditEntry, SiteState, UnixTime};
+use wardnet_common::{Name, Role};
+
+use super::{
+    AdminToken, CatchUp, Changes, EnrolToken, Maintenance, NewAudit, Pending, Snapshot, Store,
+    StoreError, Write,
+};
+use crate::model::{Region, Site};
+
+/// Schema migrations, applied in order; the index + 1 is the version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE regions (
+    name        TEXT CONSTRAINT "regions.name" PRIMARY KEY,
+    mesh        BOOLEAN NOT NULL,
+    ipv4_block  TEXT NOT NULL CONSTRAINT "regions.ipv4_block" UNIQUE,
+    ipv6_block  TEXT CONSTRAINT "regions.ipv6_block" UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE sites (
+    name               TEXT CONSTRAINT "sites.name" PRIMARY KEY,
+    region             TEXT NOT NULL CONSTRAINT "sites.region" REFERENCES regions(name),
+    role               TEXT NOT NULL CHECK (role IN ('hub', 'spoke')),
+    state              TEXT NOT NULL CHECK (state IN ('pending', 'active', 'revoked')),
+    agentless          BOOLEAN NOT NULL,
+    lan_prefixes       TEXT NOT NULL,
+    endpoint           TEXT,
+    public_key         TEXT CONSTRAINT "sites.public_key" UNIQUE,
+    ipv4               TEXT NOT NULL CONSTRAINT "sites.ipv4" UNIQUE,
+    ipv6               TEXT CONSTRAINT "sites.ipv6" UNIQUE,
+    revision           BIGINT NOT NULL,
+    render_fingerprint TEXT,
+    applied_revision   BIGINT NOT NULL DEFAULT 0,
+    created_at         BIGINT NOT NULL,
+    enrolled_at        BIGINT,
+    last_seen          BIGINT,
+    health             TEXT,
+    credential_hash    TEXT CONSTRAINT "sites.credential_hash" UNIQUE
+);
+CREATE INDEX sites_region ON sites(region);
+CREATE TABLE enrol_tokens (
+    hash        TEXT CONSTRAINT "enrol_tokens.hash" PRIMARY KEY,
+    site        TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
+    created_at  BIGINT NOT NULL,
+    expires_at  BIGINT NOT NULL,
+    used_at     BIGINT
+);
+CREATE INDEX enrol_tokens_site ON enrol_tokens(site);
+CREATE TABLE admin_tokens (
+    id          TEXT CONSTRAINT "admin_tokens.id" PRIMARY KEY,
+    hash        TEXT NOT NULL CONSTRAINT "admin_tokens.hash" UNIQUE,
+    description TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE audit (
+    id      BIGSERIAL PRIMARY KEY,
+    at      BIGINT NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    object  TEXT NOT NULL,
+    detail  TEXT
+);
+CREATE TABLE change_log (
+    seq     BIGINT PRIMARY KEY,
+    at      BIGINT NOT NULL,
+    regions TEXT[] NOT NULL,
+    sites   TEXT[] NOT NULL
+);
+CREATE TABLE change_head (
+    id  INTEGER PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL
+);
+INSERT INTO change_head (id, seq) VALUES (1, 0);
+"#];
+
+/// The channel changes are announced on.
+const CHANNEL: &str = "wardnet_changes";
+/// Advisory lock keys ("wardnet" in ASCII, and one more for migrations).
+const LOCK_MAINTAIN: i64 = 0x0077_6172_6e65_7401;
+const LOCK_MIGRATE: i64 = 0x0077_6172_6e65_7402;
+/// How often the listener reads the head besides the notifications.
+const HEAD_POLL: Duration = Duration::from_secs(5);
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    /// A libpq connection string or `postgres://` URL, without a password.
+    pub url: String,
+    /// The password, read from a file (or a systemd credential).
+    pub password: Option<String>,
+    /// Connections in the pool (the listener has its own).
+    pub pool_size: usize,
+}
+
+impl PostgresSettings {
+    fn pg_config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        let mut c: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("database.url: {e}")))?;
+        if let Some(p) = &self.password {
+            c.password(p.as_bytes());
+        }
+        if c.get_application_name().is_none() {
+            c.application_name("wardnet-controller");
+        }
+        c.connect_timeout(Duration::from_secs(10));
+        Ok(c)
+    }
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    heads: watch::Receiver<u64>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    classify(&e)
+}
+
+/// Turn a failed statement into a typed error: constraint violations into
+/// `Conflict { what }` (the constraint's name is `table.column`), a lost or
+/// refused connection into `Unavailable`, anything else into `Commit`.
+fn classify(e: &tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::UNIQUE_VIOLATION || *code == SqlState::FOREIGN_KEY_VIOLATION {
+            let what = db
+                .constraint()
+                .map(str::to_owned)
+                .unwrap_or_else(|| db.message().to_owned());
+            return StoreError::Conflict { what };
+        }
+        if *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        {
+            return StoreError::Unavailable(db.message().to_owned());
+        }
+        return StoreError::Commit(format!("{}: {}", code.code(), db.message()));
+    }
+    if e.is_closed() {
+        return StoreError::Unavailable("the database connection closed".into());
+    }
+    StoreError::Unavailable(e.to_string())
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("cannot reach the database: {e}"))
+}
+
+impl PostgresStore {
+    /// Connect, migrate (one replica at a time), and start listening for
+    /// changes.
+    pub async fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
+        let config = settings.pg_config()?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(2))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))?;
+        migrate(&pool).await?;
+        let head = {
+            let c = pool.get().await.map_err(pool_error)?;
+            read_head(&c).await?
+        };
+        let (tx, heads) = watch::channel(head);
+        let listener = tokio::spawn(listen(config, tx));
+        Ok(Self {
+            pool,
+            heads,
+            listener,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Run one batch (see [`Store::submit_change`]); `base` checks the head.
+    async fn run(pool: Pool, base: Option<u64>, writes: Vec<Write>) -> Result<u64, StoreError> {
+        let mut client = pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot begin a transaction: {}", pg(e)))
+        })?;
+        let (regions, sites) = super::changed_keys(&writes);
+        let logged = !regions.is_empty() || !sites.is_empty();
+        let head = if base.is_some() || logged {
+            // Changes commit one after another: the head row is the lock.
+            let st = tx
+                .prepare_cached("SELECT seq FROM change_head WHERE id = 1 FOR UPDATE")
+                .await
+                .map_err(pg)?;
+            let head: i64 = tx.query_one(&st, &[]).await.map_err(pg)?.get(0);
+            head as u64
+        } else {
+            0
+        };
+        if let Some(base) = base {
+            if base != head {
+                return Err(StoreError::Stale { base, head });
+            }
+        }
+        // Prepare each distinct statement (cached per connection), then
+        // send every write as one pipeline.
+        let mut items = Vec::with_capacity(writes.len() + 3);
+        let mut failure = None;
+        for w in &writes {
+            if let Write::Fail(reason) = w {
+                failure = Some(reason.clone());
+                break;
+            }
+            items.push(statement(w));
+        }
+        let seq = head + 1;
+        if logged && failure.is_none() {
+            let names = |v: &[Name]| v.iter().map(|n| n.to_string()).collect::<Vec<String>>();
+            items.push(Item::new(
+                "INSERT INTO change_log (seq, at, regions, sites) VALUES ($1, $2, $3, $4)",
+                vec![
+                    Box::new(seq as i64),
+                    Box::new(crate::now()),
+                    Box::new(names(&regions)),
+                    Box::new(names(&sites)),
+                ],
+                None,
+            ));
+            items.push(Item::new(
+                "UPDATE change_head SET seq = $1 WHERE id = 1",
+                vec![Box::new(seq as i64)],
+                None,
+            ));
+            items.push(Item::new(
+                "SELECT pg_notify($1, $2)",
+                vec![Box::new(CHANNEL.to_owned()), Box::new(seq.to_string())],
+                None,
+            ));
+        }
+        let mut statements = Vec::with_capacity(items.len());
+        for it in &items {
+            statements.push(tx.prepare_cached(it.sql).await.map_err(pg)?);
+        }
+        let t = &tx;
+        let results = futures::future::join_all(items.iter().zip(&statements).map(|(it, st)| {
+            let params: Vec<&(dyn ToSql + Sync)> = it
+                .params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            async move { t.execute(st, &params).await }
+        }))
+        .await;
+        for (it, r) in items.iter().zip(results) {
+            let n = r.map_err(pg)?;
+            if let Some(err) = &it.exactly_one {
+                if n != 1 {
+                    return Err(StoreError::Precondition(err.clone()));
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            // Dropping the transaction rolls back the writes that ran.
+            return Err(StoreError::Commit(reason));
+        }
+        tx.commit().await.map_err(|e| match pg(e) {
+            StoreError::Conflict { what } => StoreError::Conflict { what },
+            other => StoreError::Commit(other.to_string()),
+        })?;
+        Ok(if logged { seq } else { head })
+    }
+}
+
+/// One statement of a pipeline.
+struct Item {
+    sql: &'static str,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    /// When set, the statement must touch exactly one row, or the batch
+    /// fails with this precondition.
+    exactly_one: Option<String>,
+}
+
+impl Item {
+    fn new(
+        sql: &'static str,
+        params: Vec<Box<dyn ToSql + Sync + Send>>,
+        exactly_one: Option<String>,
+    ) -> Self {
+        Self {
+            sql,
+            params,
+            exactly_one,
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serialising plain data to JSON cannot fail")
+}
+
+fn site_params(s: &Site) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    vec![
+        Box::new(s.name.to_string()),
+        Box::new(s.region.to_string()),
+        Box::new(s.role.as_str().to_owned()),
+        Box::new(s.state.as_str().to_owned()),
+        Box::new(s.agentless),
+        Box::new(json(&s.lan_prefixes)),
+        Box::new(s.endpoint.map(|e| e.to_string())),
+        Box::new(s.public_key.map(|k| k.to_string())),
+        Box::new(s.ipv4.to_string()),
+        Box::new(s.ipv6.map(|a| a.to_string())),
+        Box::new(s.revision as i64),
+        Box::new(s.render_fingerprint.clone()),
+        Box::new(s.applied_revision as i64),
+        Box::new(s.created_at),
+        Box::new(s.enrolled_at),
+        Box::new(s.last_seen),
+        Box::new(s.health.as_ref().map(json)),
+        Box::new(s.credential_hash.clone()),
+    ]
+}
+
+/// The statement for one write (never `Write::Fail`, handled by the caller).
+fn statement(w: &Write) -> Item {
+    match w {
+        Write::InsertRegion(r) => Item::new(
+            "INSERT INTO regions (name, mesh, ipv4_block, ipv6_block, created_at) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Box::new(r.name.to_string()),
+                Box::new(r.mesh),
+                Box::new(r.ipv4_block.to_string()),
+                Box::new(r.ipv6_block.map(|b| b.to_string())),
+                Box::new(r.created_at),
+            ],
+            None,
+        ),
+        Write::DeleteRegion(name) => Item::new(
+            "DELETE FROM regions WHERE name = $1",
+            vec![Box::new(name.to_string())],
+            None,
+        ),
+        Write::InsertSite(s) => Item::new(
+            "INSERT INTO sites (name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6,
+                revision, render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            site_params(s),
+            None,
+        ),
+        Write::UpdateSite(s) => {
+            // The reported columns ($13, $16, $17) are not the writer's.
+            let mut p = site_params(s);
+            p.truncate(15);
+            p.push(Box::new(s.credential_hash.clone()));
+            p.remove(12);
+            Item::new(
+                "UPDATE sites SET region = $2, role = $3, state = $4, agentless = $5, lan_prefixes = $6, endpoint = $7,
+                    public_key = $8, ipv4 = $9, ipv6 = $10, revision = $11, render_fingerprint = $12,
+                    created_at = $13, enrolled_at = $14, credential_hash = $15
+                 WHERE name = $1",
+                p,
+                Some(format!("site {} does not exist", s.name)),
+            )
+        }
+        Write::DeleteSite(name) => Item::new(
+            "DELETE FROM sites WHERE name = $1",
+            vec![Box::new(name.to_string())],
+            None,
+        ),
+        Write::SetRevision {
+            site,
+            revision,
+            fingerprint,
+        } => Item::new(
+            "UPDATE sites SET revision = $2, render_fingerprint = $3 WHERE name = $1",
+            vec![
+                Box::new(site.to_string()),
+                Box::new(*revision as i64),
+                Box::new(fingerprint.clone()),
+            ],
+            None,
+        ),
+        Write::InsertEnrolToken {
+            site,
+            hash,
+            created_at,
+            expires_at,
+        } => Item::new(
+            "INSERT INTO enrol_tokens (hash, site, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            vec![
+                Box::new(hash.clone()),
+                Box::new(site.to_string()),
+                Box::new(*created_at),
+                Box::new(*expires_at),
+            ],
+            None,
+        ),
+        Write::DeleteEnrolTokens { site } => Item::new(
+            "DELETE FROM enrol_tokens WHERE site = $1 AND used_at IS NULL",
+            vec![Box::new(site.to_string())],
+            None,
+        ),
+        Write::ConsumeEnrolToken { hash, site, now } => Item::new(
+            "UPDATE enrol_tokens SET used_at = $3
+             WHERE hash = $1 AND site = $2 AND used_at IS NULL AND expires_at > $3",
+            vec![
+                Box::new(hash.clone()),
+                Box::new(site.to_string()),
+                Box::new(*now),
+            ],
+            Some("enrolment token already used or expired".into()),
+        ),
+        Write::Report {
+            site,
+            applied_revision,
+            last_seen,
+            health,
+        } => Item::new(
+            // Replicas each persist what their own agents report: an older
+            // report (an agent that moved on to another replica) never
+            // overwrites a newer one.
+            "UPDATE sites SET applied_revision = $2, last_seen = $3, health = $4
+             WHERE name = $1 AND (last_seen IS NULL OR last_seen <= $3)",
+            vec![
+                Box::new(site.to_string()),
+                Box::new(*applied_revision as i64),
+                Box::new(*last_seen),
+                Box::new(health.as_ref().map(json)),
+            ],
+            None,
+        ),
+        Write::InsertAdminToken {
+            id,
+            hash,
+            description,
+            created_at,
+        } => Item::new(
+            "INSERT INTO admin_tokens (id, hash, description, created_at) VALUES ($1, $2, $3, $4)",
+            vec![
+                Box::new(id.clone()),
+                Box::new(hash.clone()),
+                Box::new(description.clone()),
+                Box::new(*created_at),
+            ],
+            None,
+        ),
+        Write::Audit(NewAudit {
+            at,
+            actor,
+            action,
+            object,
+            detail,
+        }) => Item::new(
+            "INSERT INTO audit (at, actor, action, object, detail) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Box::new(*at),
+                Box::new(actor.clone()),
+                Box::new(action.clone()),
+                Box::new(object.clone()),
+                Box::new(detail.clone()),
+            ],
+            None,
+        ),
+        Write::Fail(_) => unreachable!("the caller stops at Write::Fail"),
+    }
+}
+
+/// Apply the migrations this database lacks, one replica at a time.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .await
+    .map_err(pg)?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .get(0);
+    let known = MIGRATIONS.len() as i64;
+    if i64::from(current) > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current.into(),
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&(i as i32 + 1), &crate::now()],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(())
+}
+
+async fn read_head(c: &tokio_postgres::Client) -> Result<u64, StoreError> {
+    let head: i64 = c
+        .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    Ok(head as u64)
+}
+
+/// Follow the change log's announcements into `tx`, reconnecting for as
+/// long as anyone holds a receiver.
+async fn listen(config: tokio_postgres::Config, tx: watch::Sender<u64>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match listen_once(&config, &tx).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "lost the database's change notifications; reconnecting");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        if tx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// One listener connection: LISTEN, read the head (what was announced
+/// while nobody listened), then forward every announcement, and read the
+/// head again every few seconds. `Ok` when nobody listens any more.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tx: &watch::Sender<u64>,
+) -> Result<(), StoreError> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+    let (note_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if note_tx.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "change listener connection failed");
+                    return;
+                }
+            }
+        }
+    });
+    let result = async {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(pg)?;
+        let announce = |seq: u64| {
+            tx.send_if_modified(|h| {
+                if seq > *h {
+                    *h = seq;
+                    true
+                } else {
+                    false
+                }
+            });
+        };
+        announce(read_head(&client).await?);
+        let mut poll = tokio::time::interval(HEAD_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                note = notes.recv() => match note {
+                    Some(p) => match p.parse::<u64>() {
+                        Ok(seq) => announce(seq),
+                        Err(_) => tracing::warn!(payload = %p, "ignoring a change notification that is not a sequence number"),
+                    },
+                    None => return Err(StoreError::Unavailable("the listener connection closed".into())),
+                },
+                _ = poll.tick() => announce(read_head(&client).await?),
+                () = tx.closed() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    result
+}
+
+const REGION_COLUMNS: &str = "name, mesh, ipv4_block, ipv6_block, created_at";
+const SITE_COLUMNS: &str =
+    "name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6, revision,
+     render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash";
+
+fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{what} {s:?}: {e}")))
+}
+
+fn parse_opt<T: std::str::FromStr>(what: &str, s: Option<String>) -> Result<Option<T>, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.map(|s| parse(what, &s)).transpose()
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
+    r.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+fn region_row(r: &Row) -> Result<Region, StoreError> {
+    Ok(Region {
+        name: parse("region name", &get::<String>(r, 0)?)?,
+        mesh: get(r, 1)?,
+        ipv4_block: parse("ipv4 block", &get::<String>(r, 2)?)?,
+        ipv6_block: parse_opt("ipv6 block", get(r, 3)?)?,
+        created_at: get(r, 4)?,
+    })
+}
+
+fn site_row(r: &Row) -> Result<Site, StoreError> {
+    let lan: String = get(r, 5)?;
+    let health: Option<String> = get(r, 16)?;
+    Ok(Site {
+        name: parse("site name", &get::<String>(r, 0)?)?,
+        region: parse("region name", &get::<String>(r, 1)?)?,
+        role: parse::<Role>("role", &get::<String>(r, 2)?)?,
+        state: parse::<SiteState>("state", &get::<String>(r, 3)?)?,
+        agentless: get(r, 4)?,
+        lan_prefixes: serde_json::from_str(&lan)
+            .map_err(|e| StoreError::Corrupt(format!("lan_prefixes: {e}")))?,
+        endpoint: parse_opt("endpoint", get(r, 6)?)?,
+        public_key: parse_opt("public key", get(r, 7)?)?,
+        ipv4: parse("ipv4", &get::<String>(r, 8)?)?,
+        ipv6: parse_opt("ipv6", get(r, 9)?)?,
+        revision: get::<i64>(r, 10)? as u64,
+        render_fingerprint: get(r, 11)?,
+        applied_revision: get::<i64>(r, 12)? as u64,
+        created_at: get(r, 13)?,
+        enrolled_at: get(r, 14)?,
+        last_seen: get(r, 15)?,
+        health: health
+            .map(|h| serde_json::from_str(&h))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
+        credential_hash: get(r, 17)?,
+    })
+}
+
+/// Everything, as of the head, inside `tx` (a repeatable-read snapshot).
+async fn load_in(tx: &deadpool_postgres::Transaction<'_>) -> Result<Snapshot, StoreError> {
+    let seq: i64 = tx
+        .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    let regions = tx
+        .query(
+            &format!("SELECT {REGION_COLUMNS} FROM regions ORDER BY name"),
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(region_row)
+        .collect::<Result<_, _>>()?;
+    let sites = tx
+        .query(
+            &format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY name"),
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(site_row)
+        .collect::<Result<_, _>>()?;
+    Ok(Snapshot {
+        seq: seq as u64,
+        regions,
+        sites,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        let snap = load_in(&tx).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(snap)
+    }
+
+    fn submit(&self, writes: Vec<Write>) -> Pending {
+        let pool = self.pool.clone();
+        Box::pin(async move { Self::run(pool, None, writes).await.map(|_| ()) })
+    }
+
+    fn submit_change(&self, base: u64, writes: Vec<Write>) -> Pending<u64> {
+        let pool = self.pool.clone();
+        Box::pin(Self::run(pool, Some(base), writes))
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        read_head(&c).await
+    }
+
+    async fn changes_since(&self, seq: u64) -> Result<CatchUp, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        let row = tx
+            .query_one(
+                "SELECT h.seq, (SELECT MIN(seq) FROM change_log) FROM change_head h WHERE h.id = 1",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let head = get::<i64>(&row, 0)? as u64;
+        let first: Option<i64> = get(&row, 1)?;
+        if head <= seq {
+            return Ok(CatchUp::Changes(Changes {
+                head,
+                ..Default::default()
+            }));
+        }
+        if first.is_none_or(|f| f as u64 > seq + 1) {
+            let snap = load_in(&tx).await?;
+            return Ok(CatchUp::Reload(snap));
+        }
+        let names = tx
+            .query_one(
+                "SELECT COALESCE(array_agg(DISTINCT r), '{}'), COALESCE((SELECT array_agg(DISTINCT s)
+                    FROM change_log, unnest(sites) s WHERE seq > $1), '{}')
+                 FROM change_log, unnest(regions) r WHERE seq > $1",
+                &[&(seq as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        let region_names: Vec<String> = get(&names, 0)?;
+        let site_names: Vec<String> = get(&names, 1)?;
+        let found: Vec<Region> = tx
+            .query(
+                &format!("SELECT {REGION_COLUMNS} FROM regions WHERE name = ANY($1)"),
+                &[&region_names],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(region_row)
+            .collect::<Result<_, _>>()?;
+        let mut regions = Vec::with_capacity(region_names.len());
+        for n in &region_names {
+            let name: Name = parse("region name", n)?;
+            let row = found.iter().find(|r| r.name == name).cloned();
+            regions.push((name, row));
+        }
+        let mut found: std::collections::HashMap<String, Site> = tx
+            .query(
+                &format!("SELECT {SITE_COLUMNS} FROM sites WHERE name = ANY($1)"),
+                &[&site_names],
+            )
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| site_row(r).map(|s| (s.name.to_string(), s)))
+            .collect::<Result<_, _>>()?;
+        let mut sites = Vec::with_capacity(site_names.len());
+        for n in &site_names {
+            sites.push((parse("site name", n)?, found.remove(n)));
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(CatchUp::Changes(Changes {
+            head,
+            regions,
+            sites,
+        }))
+    }
+
+    fn heads(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.heads.clone())
+    }
+
+    async fn maintain(&self, now: UnixTime, keep: u64) -> Result<Option<Maintenance>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let locked: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_MAINTAIN])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if !locked {
+            return Ok(None);
+        }
+        let head: i64 = tx
+            .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let pruned = tx
+            .execute(
+                "DELETE FROM change_log WHERE seq <= $1",
+                &[&(head - keep.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(pg)?;
+        let swept = tx
+            .execute(
+                "DELETE FROM enrol_tokens WHERE expires_at < $1",
+                &[&(now - super::TOKEN_SWEEP_AFTER_SECS)],
+            )
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(Maintenance {
+            log_entries_pruned: pruned,
+            tokens_swept: swept,
+        }))
+    }
+
+    async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT site, created_at, expires_at, used_at FROM enrol_tokens WHERE hash = $1",
+                &[&hash],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            Ok(EnrolToken {
+                site: parse("site name", &get::<String>(&r, 0)?)?,
+                created_at: get(&r, 1)?,
+                expires_at: get(&r, 2)?,
+                used_at: get(&r, 3)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "SELECT id, description, created_at FROM admin_tokens WHERE hash = $1",
+                &[&hash],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            Ok(AdminToken {
+                id: get(&r, 0)?,
+                description: get(&r, 1)?,
+                created_at: get(&r, 2)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn audit(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
+        let c = self.client().await?;
+        c.query(
+            "SELECT id, at, actor, action, object, detail FROM audit WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            &[&before.unwrap_or(i64::MAX), &i64::from(limit)],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                id: get(r, 0)?,
+                at: get(r, 1)?,
+                actor: get(r, 2)?,
+                action: get(r, 3)?,
+                object: get(r, 4)?,
+                detail: get(r, 5)?,
+            })
+        })
+        .collect()
+    }
+}
+
+/// A password file's content: its first line, without the line ending.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io {
+        path: PathBuf::from(path),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
