@@ -152,9 +152,10 @@ impl FromRequestParts<Arc<Controller>> for Agent {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, c: &Arc<Controller>) -> Result<Self, ApiError> {
-        let result = Bearer::from_request_parts(parts, c)
-            .await
-            .and_then(|b| c.authenticate_agent(b.0.as_deref()));
+        let result = match Bearer::from_request_parts(parts, c).await {
+            Ok(b) => c.authenticate_agent(b.0.as_deref()).await,
+            Err(e) => Err(e),
+        };
         result.map(Agent).map_err(|e| refused(parts, "agent", e))
     }
 }

@@ -535,7 +535,12 @@ impl Controller {
             )
         })?;
         match self.store.admin_token(&hash_secret(token)).await {
-            Ok(Some(t)) => Ok(t),
+            Ok(Some(t)) => {
+                // Read-your-writes across replicas: an admin sees every
+                // change committed before the request, through any replica.
+                self.sync().await?;
+                Ok(t)
+            }
             Ok(None) => Err(ApiError::Unauthorized("admin token not recognised".into())),
             Err(e) => Err(e.into()),
         }

@@ -175,17 +175,28 @@ impl Controller {
         }
     }
 
-    /// Check an agent's bearer credential.
-    pub fn authenticate_agent(&self, bearer: Option<&str>) -> Result<AgentIdentity, ApiError> {
+    /// Check an agent's bearer credential. With replicas, one this replica
+    /// does not know yet (enrolled through another a moment ago) is looked
+    /// up again once caught up with the database.
+    pub async fn authenticate_agent(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<AgentIdentity, ApiError> {
         let cred = bearer.ok_or_else(|| {
             ApiError::Unauthorized(
                 "missing agent credential: send `Authorization: Bearer <credential>`".into(),
             )
         })?;
         let hash = hash_secret(cred);
-        match self.published.load().credentials.get(&hash) {
+        let known = |c: &Self| c.published.load().credentials.get(&hash).cloned();
+        let mut site = known(self);
+        if site.is_none() && self.replicated {
+            self.sync().await?;
+            site = known(self);
+        }
+        match site {
             Some(site) => Ok(AgentIdentity {
-                site: site.clone(),
+                site,
                 credential_hash: hash,
             }),
             None => Err(ApiError::Unauthorized(

@@ -88,6 +88,8 @@ const MAX_STALE_RETRIES: u32 = 50;
 /// Change-log entries kept for replicas that catch up (older ones are
 /// pruned; a replica further behind loads everything).
 const LOG_KEEP: u64 = 100_000;
+/// How long [`Controller::sync`] waits for this replica to catch up.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
 /// How often the database's upkeep runs ([`Store::maintain`]).
 const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
 
@@ -150,6 +152,10 @@ pub struct Controller {
     shutdown: CancellationToken,
     /// Other controllers share the database (the store announces heads).
     replicated: bool,
+    /// The change of the log the published world is at.
+    published_seq: watch::Sender<u64>,
+    /// Asks the writer to catch up now (see [`Controller::sync`]).
+    catch_up_now: Notify,
 }
 
 /// What a change closure hands back to the pipeline.
@@ -289,6 +295,8 @@ impl Controller {
             waiting: AtomicI64::new(0),
             shutdown: CancellationToken::new(),
             replicated: heads.is_some(),
+            published_seq: watch::Sender::new(seq),
+            catch_up_now: Notify::new(),
             settings,
         });
         tokio::spawn(writer(Arc::downgrade(&controller), rx, heads));
@@ -316,6 +324,33 @@ impl Controller {
 
     pub fn long_poll_waiters(&self) -> i64 {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// With replicas: wait until this replica has caught up with every
+    /// change committed (through any replica) before the call, so a read
+    /// or a credential check right after a change made elsewhere sees it.
+    /// One read of the log's head; nothing to do for a lone controller.
+    pub async fn sync(&self) -> Result<(), ApiError> {
+        if !self.replicated {
+            return Ok(());
+        }
+        let head = self.store.head().await?;
+        let mut seen = self.published_seq.subscribe();
+        if *seen.borrow() >= head {
+            return Ok(());
+        }
+        self.catch_up_now.notify_one();
+        let caught_up = tokio::time::timeout(SYNC_WAIT, seen.wait_for(|s| *s >= head))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if caught_up {
+            return Ok(());
+        }
+        Err(ApiError::Unavailable(format!(
+            "this controller is behind the database (at change {}, the head is {head}); \
+             try again or use another replica",
+            *self.published_seq.borrow()
+        )))
     }
 
     /// The published world: committed state only.
@@ -542,7 +577,9 @@ impl Controller {
             world.index_site(None, Some(s));
         }
         world.configs = configs::render_all(&world.model, &self.settings.network);
+        let seq = world.seq;
         self.published.store(Arc::new(world));
+        self.published_seq.send_replace(seq);
         for n in self.watchers.lock().values() {
             n.notify_waiters();
         }
@@ -551,7 +588,9 @@ impl Controller {
     /// A group is durable: publish its world, wake the long-polls of the
     /// sites whose revision moved, answer its jobs.
     fn publish(&self, p: Prepared, jobs: Vec<Box<dyn Job>>) {
+        let seq = p.world.seq;
         self.published.store(Arc::new(p.world));
+        self.published_seq.send_replace(seq);
         for name in &p.deleted {
             self.heartbeats.forget(name);
             self.metrics.apply_latency.forget(name);
@@ -720,6 +759,18 @@ async fn writer(
                 Some(j) => j,
                 None => return,
             },
+            () = async {
+                match controller.upgrade() {
+                    Some(c) => c.catch_up_now.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(c) = controller.upgrade() else {
+                    return;
+                };
+                c.catch_up().await;
+                continue;
+            }
             head = next_head(&mut heads) => {
                 let Some(c) = controller.upgrade() else {
                     return;

@@ -1,0 +1,222 @@
+//! Several controllers (replicas) on one PostgreSQL database, in process:
+//! any replica serves any admin and any agent, a change made through one
+//! wakes long-polls on the others, and concurrent changes through several
+//! replicas all succeed with distinct addresses.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{settings, ManualClock, TestController};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use wardnet_controller::store::{PostgresSettings, PostgresStore, Store};
+
+/// `n` replicas on one throwaway database; the first creates the admin
+/// token the others share. `None` when PostgreSQL is not installed (and
+/// not in CI).
+async fn replicas(
+    test: &str,
+    n: usize,
+) -> Option<(wardnet_pgtest::TempPostgres, Vec<TestController>)> {
+    let pg = wardnet_pgtest::start_or_skip(test)?;
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000)));
+    let mut out: Vec<TestController> = Vec::new();
+    for _ in 0..n {
+        let store = PostgresStore::open(&PostgresSettings {
+            url: pg.url("postgres"),
+            password: None,
+            pool_size: 8,
+        })
+        .await
+        .expect("open");
+        let admin = out.first().map(|t| t.admin.clone());
+        out.push(
+            TestController::start_with(
+                Arc::new(store) as Arc<dyn Store>,
+                settings(),
+                "unused-with-postgres".into(),
+                clock.clone(),
+                admin,
+            )
+            .await,
+        );
+    }
+    Some((pg, out))
+}
+
+async fn sites(t: &TestController) -> Vec<Value> {
+    let (s, v) = t.admin_get("/v1/sites").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// What every replica must agree on about a site (not health or last-seen,
+/// which each replica keeps for its own agents).
+fn stored_view(v: &[Value]) -> Vec<Value> {
+    v.iter()
+        .map(|s| {
+            json!([s["name"], s["state"], s["ipv4"], s["ipv6"], s["revision"], s["lan_prefixes"], s["endpoint"]])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
+    let Some((_pg, r)) = replicas("a_change_through_one_replica_wakes_a_long_poll_on_another", 3).await
+    else {
+        return;
+    };
+    let (a, b, c) = (&r[0], &r[1], &r[2]);
+    a.region("north", false).await;
+    // Created through A, enrolled through B: the region and the site must
+    // be known there at once.
+    let tok = b
+        .site(json!({"name": "hub-north", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820"}))
+        .await
+        .expect("token");
+    let hub = c.enrolled(&tok, None).await;
+    let (s, first) = b.agent_update(&hub, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let known = first["config"]["revision"].as_u64().expect("revision");
+
+    // The hub's agent long-polls B; a spoke is added and enrolled through A.
+    let poll = {
+        let hub = hub.clone();
+        let url = b.url.clone();
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .get(format!(
+                    "{url}/v1/agent/config?revision={known}&wait=30&deltas=true"
+                ))
+                .bearer_auth(hub)
+                .send()
+                .await
+                .expect("long-poll");
+            let answered = Instant::now();
+            (
+                r.status(),
+                r.json::<Value>().await.expect("json"),
+                answered,
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tok = a
+        .site(json!({"name": "gp-a", "region": "north", "role": "spoke"}))
+        .await
+        .expect("token");
+    let committed = Instant::now();
+    a.enrolled(&tok, None).await;
+    let (status, update, answered) = poll.await.expect("poll task");
+    assert_eq!(status, StatusCode::OK, "{update}");
+    let waited = answered.saturating_duration_since(committed);
+    eprintln!("a change through A reached the long-poll on B after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(1),
+        "the long-poll on B answered {waited:?} after the change through A"
+    );
+    let text = update.to_string();
+    assert!(text.contains("gp-a"), "{update}");
+
+    // Every replica serves the same config at the same revision.
+    let full = |t: &TestController| {
+        let hub = hub.clone();
+        let url = t.url.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{url}/v1/agent/config?revision=0&wait=0"))
+                .bearer_auth(hub)
+                .send()
+                .await
+                .expect("config")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    let (fa, fb, fc) = tokio::join!(full(a), full(b), full(c));
+    assert_eq!(fa, fb);
+    assert_eq!(fb, fc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_through_three_replicas_all_succeed() {
+    let Some((_pg, r)) = replicas("concurrent_changes_through_three_replicas_all_succeed", 3).await
+    else {
+        return;
+    };
+    r[0].region("north", false).await;
+    let tok = r[1]
+        .site(json!({"name": "hub-north", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820"}))
+        .await
+        .expect("token");
+    r[2].enrolled(&tok, None).await;
+    // 90 spokes added at once, spread over the replicas, then each
+    // enrolled through the next replica: every one succeeds.
+    let adds = (0..90).map(|i| {
+        let t = &r[i % 3];
+        async move {
+            let (s, v) = t
+                .admin_post(
+                    "/v1/sites",
+                    json!({"name": format!("gp-{i}"), "region": "north", "role": "spoke",
+                           "lan_prefixes": [format!("10.{}.{}.0/24", 20 + i / 200, i % 200)]}),
+                )
+                .await;
+            assert_eq!(s, StatusCode::CREATED, "gp-{i}: {v}");
+            v["token"].as_str().expect("token").to_owned()
+        }
+    });
+    let tokens = futures::future::join_all(adds).await;
+    let enrols = tokens.iter().enumerate().map(|(i, tok)| {
+        let t = &r[(i + 1) % 3];
+        async move {
+            let (s, v) = t.enroll(tok, None).await;
+            assert_eq!(s, StatusCode::CREATED, "gp-{i}: {v}");
+            v["addresses"].to_string()
+        }
+    });
+    let given = futures::future::join_all(enrols).await;
+    let distinct: BTreeSet<_> = given.iter().collect();
+    assert_eq!(distinct.len(), 90, "an address was handed out twice: {given:?}");
+
+    // A token redeemed through one replica is refused through another.
+    let (s, v) = r[2].enroll(&tokens[0], None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+
+    // Every replica converges on the same sites as the database.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let views = futures::future::join_all(r.iter().map(sites)).await;
+        let (x, y, z) = (
+            stored_view(&views[0]),
+            stored_view(&views[1]),
+            stored_view(&views[2]),
+        );
+        if x == y && y == z && x.len() == 91 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas disagree after 10 s:\n{x:?}\n{y:?}\n{z:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And a change through any replica still applies on the newest state.
+    let (s, v) = r[1]
+        .call(
+            Method::PATCH,
+            "/v1/sites/gp-7",
+            Some(&r[1].admin),
+            Some(json!({"lan_prefixes": ["10.99.0.0/24"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = r[2].admin_get("/v1/sites/gp-7").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["lan_prefixes"], json!(["10.99.0.0/24"]), "{v}");
+}
