@@ -90,13 +90,17 @@ pub struct Site {
 
 pub struct Fleet {
     sites: BTreeMap<String, Site>,
-    controller: Option<Child>,
+    /// One controller, or several replicas on one PostgreSQL database
+    /// (index 0 first; the others listen on the next lower addresses).
+    controllers: Vec<Option<Child>>,
     pub wan: Netns,
     pub url: String,
     pub token: String,
     pub bins: Bins,
     dir: PathBuf,
-    controller_config: PathBuf,
+    controller_configs: Vec<PathBuf>,
+    /// Each controller's URL.
+    pub urls: Vec<String>,
     next_host: u8,
     next_lan: u8,
     /// Agents of sites added from now on serve /metrics on their underlay
@@ -119,9 +123,14 @@ impl Drop for Fleet {
         for i in ifaces {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{i}.sock"));
         }
-        self.controller.take();
+        self.controllers.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Controller `i`'s underlay address: .254, .253, …
+fn replica_ip(i: usize) -> String {
+    format!("198.51.100.{}", 254 - i)
 }
 
 /// Retry `f` until it returns Ok(Some(_)) or `timeout` passes.
@@ -152,17 +161,28 @@ impl Fleet {
     /// Start a controller (embedded SQLite, plain HTTP inside the test
     /// network) in a fresh wan namespace.
     pub fn start() -> Result<Self> {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// Start a controller serving TLS on port 8443 with a private CA made
     /// by `wardnet-controller ca init`, valid for its underlay address and
     /// `hosts`; agents enrol with `--ca-cert`, as on a real pilot.
     pub fn start_tls(hosts: &[&str]) -> Result<Self> {
-        Self::start_with(Some(hosts))
+        Self::start_with(Some(hosts), None)
     }
 
-    fn start_with(tls_hosts: Option<&[&str]>) -> Result<Self> {
+    /// Start `n` controller replicas on one PostgreSQL database
+    /// (`database_url`, e.g. a test server's Unix socket), on
+    /// 198.51.100.254, .253, …; agents added later list all of them
+    /// (`controller.urls`, in that order).
+    pub fn start_replicas(n: usize, database_url: &str) -> Result<Self> {
+        Self::start_with(None, Some((n, database_url)))
+    }
+
+    fn start_with(
+        tls_hosts: Option<&[&str]>,
+        replicas: Option<(usize, &str)>,
+    ) -> Result<Self> {
         let bins = Bins::find()?;
         let dir = std::env::temp_dir().join(format!(
             "wardnet-fleet-{}-{}",
@@ -209,13 +229,35 @@ impl Fleet {
                 )
             }
         };
-        let controller_config = dir.join("controller.toml");
-        // data_dir is a top-level key: it goes before any [table].
-        std::fs::write(
-            &controller_config,
-            format!(
-                r#"data_dir = "{}"
+        let (count, database) = match replicas {
+            None => (1, String::new()),
+            Some((n, url)) => (n, format!("[database]\nurl = {url:?}\n")),
+        };
+        let mut controller_configs = Vec::new();
+        let mut urls = Vec::new();
+        for i in 0..count {
+            let ip = replica_ip(i);
+            let serving = if i == 0 {
+                serving.clone()
+            } else {
+                if ip != CONTROLLER_IP {
+                    wan.ip(&["addr", "add", &format!("{ip}/24"), "dev", "br0"])?;
+                }
+                format!("listen = \"{ip}:{CONTROLLER_PORT}\"\nplain_http = true\n")
+            };
+            urls.push(if i == 0 {
+                url.clone()
+            } else {
+                format!("http://{ip}:{CONTROLLER_PORT}")
+            });
+            let config = dir.join(format!("controller-{i}.toml"));
+            // data_dir is a top-level key: it goes before any [table].
+            std::fs::write(
+                &config,
+                format!(
+                    r#"data_dir = "{}"
 {serving}
+{database}
 [network]
 overlay_ipv4 = "100.64.0.0/16"
 overlay_ipv6 = "fd7a:6e65::/48"
@@ -224,30 +266,36 @@ persistent_keepalive = 25
 [long_poll]
 timeout_secs = 20
 "#,
-                dir.join("controller").display()
-            ),
-        )?;
+                    dir.join(format!("controller-{i}")).display()
+                ),
+            )?;
+            controller_configs.push(config);
+        }
         let out = run(wan
             .command(&bins.controller)
             .args(["admin-token", "create", "--config"])
-            .arg(&controller_config)
+            .arg(&controller_configs[0])
             .env("WARDNET_LOG", "warn"))?;
         let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let mut fleet = Self {
             sites: BTreeMap::new(),
-            controller: None,
+            controllers: (0..count).map(|_| None).collect(),
             wan,
             url,
             token,
             bins,
             dir,
-            controller_config,
+            controller_configs,
+            urls,
             next_host: 1,
             next_lan: 1,
             metrics_on_underlay: false,
             agent_config_extra: String::new(),
             ca_cert,
         };
+        for i in 1..count {
+            fleet.start_replica(i)?;
+        }
         fleet.start_controller()?;
         Ok(fleet)
     }
@@ -267,32 +315,55 @@ timeout_secs = 20
     }
 
     pub fn start_controller(&mut self) -> Result<()> {
+        self.start_replica(0)
+    }
+
+    /// Start (or restart) controller `i` and wait until it answers.
+    pub fn start_replica(&mut self, i: usize) -> Result<()> {
         let mut cmd = self.wan.command(&self.bins.controller);
-        cmd.args(["serve", "--config"]).arg(&self.controller_config);
-        self.controller = Some(Child::spawn(&mut cmd)?);
-        wait_for(Duration::from_secs(15), "the controller to answer", || {
-            Ok(self.cli(&["status"]).ok().map(|_| ()))
-        })
+        cmd.args(["serve", "--config"])
+            .arg(&self.controller_configs[i]);
+        self.controllers[i] = Some(Child::spawn(&mut cmd)?);
+        wait_for(
+            Duration::from_secs(15),
+            &format!("controller {i} to answer"),
+            || Ok(self.cli_at(i, &["status"]).ok().map(|_| ())),
+        )
     }
 
     /// Where the controller's output goes (kept if the test panics).
     pub fn controller_log(&self) -> Option<PathBuf> {
-        self.controller.as_ref().map(|c| c.log_path().to_owned())
+        self.controllers[0]
+            .as_ref()
+            .map(|c| c.log_path().to_owned())
     }
 
     /// Stop the controller (SIGTERM); the sites keep running.
     pub fn stop_controller(&mut self) -> Result<()> {
-        if let Some(mut c) = self.controller.take() {
+        if let Some(mut c) = self.controllers[0].take() {
             c.stop(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// `kill -9` controller `i`: a crash, nothing cleaned up or persisted.
+    pub fn kill_replica(&mut self, i: usize) -> Result<()> {
+        if let Some(mut c) = self.controllers[i].take() {
+            c.kill()?;
         }
         Ok(())
     }
 
     /// Run the admin CLI against the controller.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
+        self.cli_at(0, args)
+    }
+
+    /// Run the admin CLI against controller `i`.
+    pub fn cli_at(&self, i: usize, args: &[&str]) -> Result<String> {
         let mut cmd = self.wan.command(&self.bins.controller);
         cmd.args(args)
-            .env("WARDNET_URL", &self.url)
+            .env("WARDNET_URL", &self.urls[i])
             .env("WARDNET_TOKEN", &self.token);
         if let Some(ca) = &self.ca_cert {
             cmd.env("WARDNET_CA_CERT", ca);
@@ -407,6 +478,7 @@ metrics_listen = "{}:9586"
 {}
 [controller]
 allow_plain_http = {}
+{}
 "#,
                 self.dir.join(format!("state-{name}")).display(),
                 site.iface,
@@ -423,6 +495,11 @@ allow_plain_http = {}
                 },
                 self.agent_config_extra,
                 self.ca_cert.is_none(),
+                if self.urls.len() > 1 {
+                    format!("urls = {:?}", self.urls)
+                } else {
+                    String::new()
+                },
             ),
         )?;
         let mut cmd = site.gw.command(&self.bins.agent);

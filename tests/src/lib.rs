@@ -300,6 +300,15 @@ impl Child {
         Ok(self.child.try_wait()?)
     }
 
+    /// SIGKILL at once (a crash: nothing is cleaned up), and reap it.
+    pub fn kill(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
     /// SIGTERM, then up to `grace` for it to exit, then SIGKILL; the status.
     pub fn stop(&mut self, grace: Duration) -> anyhow::Result<std::process::ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
