@@ -440,13 +440,17 @@ fn validate(file: &Path, raw: Raw) -> Result<Config, ConfigError> {
     let postgres = match raw.database.url {
         None => {
             for (key, set) in [
-                ("database.password_file", raw.database.password_file.is_some()),
+                (
+                    "database.password_file",
+                    raw.database.password_file.is_some(),
+                ),
                 ("database.pool_size", raw.database.pool_size.is_some()),
             ] {
                 if set {
                     return Err(err(
                         key,
-                        "only used with database.url (PostgreSQL); remove it or set database.url".into(),
+                        "only used with database.url (PostgreSQL); remove it or set database.url"
+                            .into(),
                     ));
                 }
             }

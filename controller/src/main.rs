@@ -185,13 +185,9 @@ async fn open(config: &Config) -> Result<Arc<Controller>> {
         long_poll_timeout: std::time::Duration::from_secs(config.long_poll_timeout_secs),
         report_persist_interval: std::time::Duration::from_secs(config.report_persist_secs),
     };
-    Controller::start(
-        store,
-        settings,
-        Arc::new(SystemClock),
-    )
-    .await
-    .context("failed to load the store")
+    Controller::start(store, settings, Arc::new(SystemClock))
+        .await
+        .context("failed to load the store")
 }
 
 async fn serve(path: &std::path::Path) -> Result<()> {

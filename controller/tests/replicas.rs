@@ -59,14 +59,26 @@ async fn sites(t: &TestController) -> Vec<Value> {
 fn stored_view(v: &[Value]) -> Vec<Value> {
     v.iter()
         .map(|s| {
-            json!([s["name"], s["state"], s["ipv4"], s["ipv6"], s["revision"], s["lan_prefixes"], s["endpoint"]])
+            json!([
+                s["name"],
+                s["state"],
+                s["addresses"],
+                s["public_key"],
+                s["revision"],
+                s["lan_prefixes"],
+                s["endpoint"]
+            ])
         })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
-    let Some((_pg, r)) = replicas("a_change_through_one_replica_wakes_a_long_poll_on_another", 3).await
+    let Some((_pg, r)) = replicas(
+        "a_change_through_one_replica_wakes_a_long_poll_on_another",
+        3,
+    )
+    .await
     else {
         return;
     };
@@ -97,11 +109,7 @@ async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
                 .await
                 .expect("long-poll");
             let answered = Instant::now();
-            (
-                r.status(),
-                r.json::<Value>().await.expect("json"),
-                answered,
-            )
+            (r.status(), r.json::<Value>().await.expect("json"), answered)
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -182,7 +190,11 @@ async fn concurrent_changes_through_three_replicas_all_succeed() {
     });
     let given = futures::future::join_all(enrols).await;
     let distinct: BTreeSet<_> = given.iter().collect();
-    assert_eq!(distinct.len(), 90, "an address was handed out twice: {given:?}");
+    assert_eq!(
+        distinct.len(),
+        90,
+        "an address was handed out twice: {given:?}"
+    );
 
     // A token redeemed through one replica is refused through another.
     let (s, v) = r[2].enroll(&tokens[0], None).await;

@@ -49,9 +49,8 @@ pub fn bindir() -> Option<PathBuf> {
 /// always panics.
 pub fn start_or_skip(test: &str) -> Option<TempPostgres> {
     if bindir().is_none() {
-        let msg = format!(
-            "SKIPPED {test}: PostgreSQL is not installed (apt-get install postgresql)"
-        );
+        let msg =
+            format!("SKIPPED {test}: PostgreSQL is not installed (apt-get install postgresql)");
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}; CI=true, and a skip in CI is a failure");
         }

@@ -179,10 +179,7 @@ impl Fleet {
         Self::start_with(None, Some((n, database_url)))
     }
 
-    fn start_with(
-        tls_hosts: Option<&[&str]>,
-        replicas: Option<(usize, &str)>,
-    ) -> Result<Self> {
+    fn start_with(tls_hosts: Option<&[&str]>, replicas: Option<(usize, &str)>) -> Result<Self> {
         let bins = Bins::find()?;
         let dir = std::env::temp_dir().join(format!(
             "wardnet-fleet-{}-{}",

@@ -41,9 +41,9 @@ fn killing_the_replica_agents_use_loses_no_traffic_and_they_move_on() -> Result<
     if !require_root("killing_the_replica_agents_use_loses_no_traffic_and_they_move_on") {
         return Ok(());
     }
-    let Some(pg) =
-        wardnet_pgtest::start_or_skip("killing_the_replica_agents_use_loses_no_traffic_and_they_move_on")
-    else {
+    let Some(pg) = wardnet_pgtest::start_or_skip(
+        "killing_the_replica_agents_use_loses_no_traffic_and_they_move_on",
+    ) else {
         return Ok(());
     };
     let mut f = Fleet::start_replicas(3, &pg.url("postgres"))?;
@@ -55,7 +55,9 @@ fn killing_the_replica_agents_use_loses_no_traffic_and_they_move_on() -> Result<
     let sites = ["hub-n", "gp-a", "gp-b"];
     let first = f.urls[0].clone();
     assert!(
-        attachments(&f, &sites)?.iter().all(|(u, ok)| *u == first && *ok),
+        attachments(&f, &sites)?
+            .iter()
+            .all(|(u, ok)| *u == first && *ok),
         "agents start on the first controller they list: {:?}",
         attachments(&f, &sites)?
     );
@@ -103,19 +105,39 @@ fn killing_the_replica_agents_use_loses_no_traffic_and_they_move_on() -> Result<
     let b_lan = f.lan("gp-b").prefix.to_string();
     f.cli_at(
         2,
-        &["sites", "update", "gp-b", "--lan", &b_lan, "--lan", "100.100.99.0/24"],
+        &[
+            "sites",
+            "update",
+            "gp-b",
+            "--lan",
+            &b_lan,
+            "--lan",
+            "100.100.99.0/24",
+        ],
     )?;
-    f.cli_at(2, &["sites", "add", "gp-c", "--region", "north", "--role", "spoke"])?;
+    f.cli_at(
+        2,
+        &[
+            "sites", "add", "gp-c", "--region", "north", "--role", "spoke",
+        ],
+    )?;
     let want = f
         .cli_at(1, &["sites", "show", "hub-n", "--output", "json"])
         .map(|t| serde_json::from_str::<serde_json::Value>(&t))??["revision"]
         .as_u64()
         .unwrap_or(0);
-    assert!(want > hub_before, "adding a spoke gave the hub a new revision");
-    wait_for(Duration::from_secs(10), "the hub to apply the change", || {
-        let s = f.agent_status("hub-n")?;
-        Ok((s["applied_revision"].as_u64().unwrap_or(0) >= want).then_some(()))
-    })?;
+    assert!(
+        want > hub_before,
+        "adding a spoke gave the hub a new revision"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the hub to apply the change",
+        || {
+            let s = f.agent_status("hub-n")?;
+            Ok((s["applied_revision"].as_u64().unwrap_or(0) >= want).then_some(()))
+        },
+    )?;
 
     // The killed replica comes back and knows what happened meanwhile.
     f.start_replica(0)?;

@@ -408,7 +408,12 @@ impl Controller {
             match job.apply(&mut world.model, now) {
                 Ok(effects) => {
                     for (before, after) in &effects.sites {
-                        world.site_changed(&mut touches, &mut woken, before.as_ref(), after.as_ref());
+                        world.site_changed(
+                            &mut touches,
+                            &mut woken,
+                            before.as_ref(),
+                            after.as_ref(),
+                        );
                     }
                     writes.extend(effects.writes);
                     kept.push(job);
@@ -545,13 +550,22 @@ impl Controller {
                 if c.head > base.seq {
                     let n = c.sites.len() + c.regions.len();
                     let p = self.absorb(&base, c);
-                    tracing::debug!(from = base.seq, to = p.world.seq, rows = n, "caught up with other replicas");
+                    tracing::debug!(
+                        from = base.seq,
+                        to = p.world.seq,
+                        rows = n,
+                        "caught up with other replicas"
+                    );
                     self.metrics.caught_up.inc();
                     self.publish(p, Vec::new());
                 }
             }
             Ok(CatchUp::Reload(snap)) => {
-                tracing::info!(from = base.seq, to = snap.seq, "too far behind the change log; loading everything");
+                tracing::info!(
+                    from = base.seq,
+                    to = snap.seq,
+                    "too far behind the change log; loading everything"
+                );
                 self.reload(snap);
             }
             Err(e) => {

@@ -8,8 +8,8 @@ use wardnet_common::wire::SiteState;
 use wardnet_common::{PrivateKey, Role};
 
 use super::*;
-use wardnet_common::Name;
 use crate::model::{Region, Site};
+use wardnet_common::Name;
 
 fn region(name: &str, block: &str) -> Region {
     Region {
@@ -276,20 +276,27 @@ async fn the_change_log_orders_changes(s: &dyn Store) {
     assert_eq!(s.head().await.expect("head"), 0);
     assert_eq!(s.load().await.expect("load").seq, 0);
     let seq = s
-        .submit_change(0, vec![Write::InsertRegion(region("north", "100.64.0.0/20"))])
+        .submit_change(
+            0,
+            vec![Write::InsertRegion(region("north", "100.64.0.0/20"))],
+        )
         .await
         .expect("first change");
     assert_eq!(seq, 1);
     let e = s
-        .submit_change(0, vec![Write::InsertRegion(region("south", "100.64.16.0/20"))])
+        .submit_change(
+            0,
+            vec![Write::InsertRegion(region("south", "100.64.16.0/20"))],
+        )
         .await
         .expect_err("built on an old head");
-    assert!(
-        matches!(e, StoreError::Stale { base: 0, head: 1 }),
-        "{e:?}"
-    );
+    assert!(matches!(e, StoreError::Stale { base: 0, head: 1 }), "{e:?}");
     assert_eq!(e.kind(), "stale");
-    assert_eq!(s.load().await.expect("load").regions.len(), 1, "the stale change left nothing");
+    assert_eq!(
+        s.load().await.expect("load").regions.len(),
+        1,
+        "the stale change left nothing"
+    );
     // A plain batch that changes a site is logged too.
     s.commit(vec![
         Write::InsertSite(site("a", "north", "100.64.0.1")),
@@ -316,8 +323,14 @@ async fn the_change_log_orders_changes(s: &dyn Store) {
     assert!(c.sites.iter().all(|(_, row)| row.is_some()));
     // Another change of site a, then its deletion: as of the head, gone.
     let mut a = site("a", "north", "100.64.0.1");
-    a.lan_prefixes.insert("10.1.0.0/24".parse().expect("prefix"));
-    assert_eq!(s.submit_change(2, vec![Write::UpdateSite(a)]).await.expect("update"), 3);
+    a.lan_prefixes
+        .insert("10.1.0.0/24".parse().expect("prefix"));
+    assert_eq!(
+        s.submit_change(2, vec![Write::UpdateSite(a)])
+            .await
+            .expect("update"),
+        3
+    );
     assert_eq!(
         s.submit_change(3, vec![Write::DeleteSite("a".parse().expect("name"))])
             .await
@@ -650,7 +663,10 @@ async fn postgres_replicas_share_one_log() {
     racing_changes_commit_one(&stores).await;
     let mut heads = stores[2].heads().expect("PostgreSQL announces heads");
     let seq = stores[0]
-        .submit_change(1, vec![Write::InsertRegion(region("far", "100.100.0.0/16"))])
+        .submit_change(
+            1,
+            vec![Write::InsertRegion(region("far", "100.100.0.0/16"))],
+        )
         .await
         .expect("change through a");
     tokio::time::timeout(

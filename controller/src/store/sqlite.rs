@@ -312,10 +312,16 @@ fn apply_batch(tx: &Connection, b: &Batch) -> Result<u64, StoreError> {
         return Ok(head);
     }
     let seq = head + 1;
-    let names = |v: &[wardnet_common::Name]| json(&v.iter().map(|n| n.as_str()).collect::<Vec<_>>());
+    let names =
+        |v: &[wardnet_common::Name]| json(&v.iter().map(|n| n.as_str()).collect::<Vec<_>>());
     tx.prepare_cached("INSERT INTO change_log (seq, at, regions, sites) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut st| {
-            st.execute(params![seq as i64, crate::now(), names(&regions), names(&sites)])
+            st.execute(params![
+                seq as i64,
+                crate::now(),
+                names(&regions),
+                names(&sites)
+            ])
         })
         .map_err(classify)?;
     tx.prepare_cached("UPDATE change_head SET seq = ?1 WHERE id = 1")
@@ -639,7 +645,9 @@ fn changes_since(conn: &Connection, seq: u64) -> Result<super::CatchUp, StoreErr
     let mut regions: Vec<(wardnet_common::Name, Option<Region>)> = Vec::new();
     let found = rows(
         &tx,
-        &format!("SELECT {REGION_COLUMNS} FROM regions WHERE name IN (SELECT value FROM json_each(?1))"),
+        &format!(
+            "SELECT {REGION_COLUMNS} FROM regions WHERE name IN (SELECT value FROM json_each(?1))"
+        ),
         [list(&region_names)],
         region_row,
     )?;
@@ -650,7 +658,9 @@ fn changes_since(conn: &Connection, seq: u64) -> Result<super::CatchUp, StoreErr
     }
     let mut found: std::collections::HashMap<String, Site> = rows(
         &tx,
-        &format!("SELECT {SITE_COLUMNS} FROM sites WHERE name IN (SELECT value FROM json_each(?1))"),
+        &format!(
+            "SELECT {SITE_COLUMNS} FROM sites WHERE name IN (SELECT value FROM json_each(?1))"
+        ),
         [list(&site_names)],
         site_row,
     )?
