@@ -147,6 +147,20 @@ async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
         }
     };
     let (fa, fb, fc) = tokio::join!(full(a), full(b), full(c));
+    if fa != fb || fb != fc {
+        // What each replica holds now, to tell a lagging read from one
+        // that went backwards.
+        for t in [a, b, c] {
+            let (_, v) = t.admin_get("/v1/sites/hub-north").await;
+            eprintln!(
+                "{}: stored revision {}, config now {}",
+                t.url,
+                v["revision"],
+                full(t).await
+            );
+        }
+        eprintln!("the long-poll on B answered {update}");
+    }
     assert_eq!(fa, fb);
     assert_eq!(fb, fc);
 }
@@ -231,4 +245,62 @@ async fn concurrent_changes_through_three_replicas_all_succeed() {
     let (s, v) = r[2].admin_get("/v1/sites/gp-7").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["lan_prefixes"], json!(["10.99.0.0/24"]), "{v}");
+}
+
+/// `online` of a site in a replica's fleet health.
+async fn online(t: &TestController, site: &str) -> bool {
+    let (s, v) = t.admin_get("/v1/health").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["sites"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == site))
+        .is_some_and(|x| x["online"] == true)
+}
+
+/// An agent waiting on replica B shows online on replica A too, once B has
+/// written its presence and A has read it (each persist round), although A
+/// never saw the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_waiting_on_one_replica_is_online_on_the_others() {
+    let Some((_pg, r)) = replicas("an_agent_waiting_on_one_replica_is_online_on_the_others", 2).await
+    else {
+        return;
+    };
+    let (a, b) = (&r[0], &r[1]);
+    a.region("north", false).await;
+    let tok = a
+        .site(json!({"name": "hub-north", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820"}))
+        .await
+        .expect("token");
+    let hub = a.enrolled(&tok, None).await;
+    let (s, first) = b.agent_update(&hub, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let known = first["config"]["revision"].as_u64().expect("revision");
+    // Long after the enrolment (the clock moves on), the agent waits on B.
+    a.clock
+        .0
+        .fetch_add(3600, std::sync::atomic::Ordering::SeqCst);
+    assert!(!online(a, "hub-north").await, "not seen for an hour");
+    let poll = {
+        let url = b.url.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("{url}/v1/agent/config?revision={known}&wait=20&deltas=true"))
+                .bearer_auth(hub)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !online(b, "hub-north").await {
+        assert!(Instant::now() < deadline, "B does not show its own agent online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!online(a, "hub-north").await, "A cannot know yet");
+    // One persist round on each: B writes, A reads.
+    b.controller.persist_reports().await;
+    a.controller.persist_reports().await;
+    assert!(online(a, "hub-north").await, "A shows B's agent online");
+    poll.abort();
 }

@@ -82,7 +82,7 @@ fn not_found_region(name: &Name) -> ApiError {
 }
 
 /// See [`Controller::online_window_secs`].
-const ONLINE_WINDOW_SECS: i64 = 130;
+pub(super) const ONLINE_WINDOW_SECS: i64 = 130;
 
 impl Controller {
     // ----- regions -------------------------------------------------------

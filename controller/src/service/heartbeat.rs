@@ -44,6 +44,10 @@ struct Inner {
 
 /// How stale a stored last-seen may get while only long-polls arrive.
 const SEEN_PERSIST: UnixTime = 300;
+/// The same with replicas: the others read it to tell whether a site is
+/// online (within ONLINE_WINDOW_SECS, 130 s), so it must be fresher than
+/// that, with a persist interval to spare.
+const REPLICA_SEEN_PERSIST: UnixTime = 60;
 
 #[derive(Default)]
 pub struct Heartbeats(parking_lot::Mutex<Inner>, tokio::sync::Mutex<()>);
@@ -162,6 +166,54 @@ impl Heartbeats {
         }
     }
 
+    /// With replicas: every connected site is seen `now`, and written again
+    /// once its stored last-seen is `every` old, so the other replicas
+    /// (which read the database) see it online.
+    fn refresh_connected(&self, now: UnixTime, every: UnixTime) {
+        let mut i = self.0.lock();
+        let Inner {
+            live,
+            dirty,
+            seen_written,
+            connected,
+        } = &mut *i;
+        for site in connected.keys() {
+            if let Some(r) = live.get_mut(site) {
+                r.last_seen = Some(now);
+            }
+            let written = seen_written.get(site).copied().unwrap_or(UnixTime::MIN);
+            if now.saturating_sub(written) >= every {
+                dirty.insert(site.clone());
+            }
+        }
+    }
+
+    /// With replicas: take what other replicas stored of their agents, for
+    /// sites not connected here and newer than what this one knows.
+    fn merge_stored(&self, stored: Vec<crate::store::StoredReport>, exists: impl Fn(&Name) -> bool) {
+        let mut i = self.0.lock();
+        for s in stored {
+            if i.connected.contains_key(&s.site) || !exists(&s.site) {
+                continue;
+            }
+            let newer = i
+                .live
+                .get(&s.site)
+                .is_none_or(|r| r.last_seen.is_none_or(|t| t < s.last_seen));
+            if newer {
+                i.seen_written.insert(s.site.clone(), s.last_seen);
+                i.live.insert(
+                    s.site,
+                    Report {
+                        applied_revision: s.applied_revision,
+                        last_seen: Some(s.last_seen),
+                        health: s.health,
+                    },
+                );
+            }
+        }
+    }
+
     /// A deleted or re-created site starts with no report.
     pub fn forget(&self, site: &Name) {
         let mut i = self.0.lock();
@@ -222,8 +274,23 @@ impl Controller {
         // One persist at a time: a caller returns only once what was dirty
         // when it called is written (or has failed and is dirty again).
         let _one = self.heartbeats.1.lock().await;
+        let now = self.now();
         if stopping {
-            self.heartbeats.mark_all_seen(self.now());
+            self.heartbeats.mark_all_seen(now);
+        } else if self.replicated {
+            self.heartbeats.refresh_connected(now, REPLICA_SEEN_PERSIST);
+        }
+        if self.replicated && !stopping {
+            // Other replicas' agents, as they stored them.
+            let since = now - super::admin::ONLINE_WINDOW_SECS;
+            match self.store.reports_since(since).await {
+                Ok(stored) => {
+                    let world = self.published.load();
+                    self.heartbeats
+                        .merge_stored(stored, |s| world.model.sites.contains_key(s));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read other replicas' agent reports"),
+            }
         }
         let (names, writes) = self.heartbeats.take_dirty();
         if writes.is_empty() {

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use wardnet_common::wire::{AuditEntry, UnixTime};
 
 use super::{
-    AdminToken, CatchUp, EnrolToken, Maintenance, Pending, Snapshot, Store, StoreError, Write,
+    AdminToken, CatchUp, EnrolToken, Maintenance, Pending, Snapshot, Store, StoreError, StoredReport,
+    Write,
 };
 
 /// Where the next batches fail.
@@ -108,6 +109,10 @@ impl Store for FaultyStore {
 
     async fn maintain(&self, now: UnixTime, keep: u64) -> Result<Option<Maintenance>, StoreError> {
         self.inner.maintain(now, keep).await
+    }
+
+    async fn reports_since(&self, since: UnixTime) -> Result<Vec<StoredReport>, StoreError> {
+        self.inner.reports_since(since).await
     }
 
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {

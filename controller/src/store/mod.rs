@@ -222,6 +222,15 @@ pub fn changed_keys(writes: &[Write]) -> (Vec<Name>, Vec<Name>) {
     (regions.into_iter().collect(), sites.into_iter().collect())
 }
 
+/// What an agent last reported, as stored (see [`Store::reports_since`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredReport {
+    pub site: Name,
+    pub applied_revision: u64,
+    pub last_seen: UnixTime,
+    pub health: Option<HealthSummary>,
+}
+
 /// What the periodic maintenance did (see [`Store::maintain`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Maintenance {
@@ -273,6 +282,9 @@ pub trait Store: Send + Sync + 'static {
     /// sweep enrolment tokens expired more than [`TOKEN_SWEEP_AFTER_SECS`]
     /// before `now`. `None` when another controller is doing it now.
     async fn maintain(&self, now: UnixTime, keep: u64) -> Result<Option<Maintenance>, StoreError>;
+    /// Agents' reports stored with a last-seen time at or after `since`
+    /// (replicas learn of each other's agents this way).
+    async fn reports_since(&self, since: UnixTime) -> Result<Vec<StoredReport>, StoreError>;
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError>;
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError>;
     /// Audit entries, newest first, with id below `before` when given.

@@ -889,6 +889,33 @@ impl Store for PostgresStore {
         }))
     }
 
+    async fn reports_since(
+        &self,
+        since: UnixTime,
+    ) -> Result<Vec<super::StoredReport>, StoreError> {
+        let c = self.client().await?;
+        c.query(
+            "SELECT name, applied_revision, last_seen, health FROM sites WHERE last_seen >= $1",
+            &[&since],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| {
+            let health: Option<String> = get(r, 3)?;
+            Ok(super::StoredReport {
+                site: parse("site name", &get::<String>(r, 0)?)?,
+                applied_revision: get::<i64>(r, 1)? as u64,
+                last_seen: get(r, 2)?,
+                health: health
+                    .map(|h| serde_json::from_str(&h))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
+            })
+        })
+        .collect()
+    }
+
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {
         let c = self.client().await?;
         let row = c

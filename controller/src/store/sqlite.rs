@@ -751,6 +751,32 @@ impl Store for SqliteStore {
         .await?
     }
 
+    async fn reports_since(
+        &self,
+        since: UnixTime,
+    ) -> Result<Vec<super::StoredReport>, StoreError> {
+        self.read(move |c| {
+            rows(
+                c,
+                "SELECT name, applied_revision, last_seen, health FROM sites WHERE last_seen >= ?1",
+                [since],
+                |r| {
+                    let health: Option<String> = r.get(3)?;
+                    Ok(super::StoredReport {
+                        site: parse("site name", &r.get::<_, String>(0)?)?,
+                        applied_revision: r.get::<_, i64>(1)? as u64,
+                        last_seen: r.get(2)?,
+                        health: health
+                            .map(|h| serde_json::from_str(&h))
+                            .transpose()
+                            .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
+                    })
+                },
+            )
+        })
+        .await
+    }
+
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {
         let hash = hash.to_owned();
         self.read(move |c| {
