@@ -13,7 +13,14 @@
 //!
 //!   cargo bench -p wardnet-controller --bench n3 -- [--spokes N] [--waiters W]
 //!       [--concurrency C] [--lans off|on|both] [--tls] [--idle-secs S] [--changes K]
-//!       [--pause-secs S]
+//!       [--pause-secs S] [--replicas R]
+//!
+//! `--replicas R` runs R controller replicas on one throwaway PostgreSQL
+//! server (the Debian package's `initdb` and `postgres`, `fsync` and
+//! `synchronous_commit` on) instead of one controller on SQLite: every
+//! request goes to a replica drawn at random, waiting agents are spread
+//! over the replicas, changes are made through a random replica, and RSS
+//! is reported per replica.
 //!
 //! `--pause-secs` prints the controller's PID and waits that long before the
 //! waiting phase, so a heap profiler can attach (`heaptrack -p PID`) and
@@ -52,6 +59,8 @@ struct Args {
     idle_secs: u64,
     changes: usize,
     pause_secs: u64,
+    /// 0: one controller on SQLite; else replicas on PostgreSQL.
+    replicas: usize,
 }
 
 fn args() -> Args {
@@ -64,6 +73,7 @@ fn args() -> Args {
         idle_secs: 60,
         changes: 50,
         pause_secs: 0,
+        replicas: 0,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -76,6 +86,7 @@ fn args() -> Args {
             "--idle-secs" => a.idle_secs = next().parse().expect("--idle-secs S"),
             "--changes" => a.changes = next().parse().expect("--changes K"),
             "--pause-secs" => a.pause_secs = next().parse().expect("--pause-secs S"),
+            "--replicas" => a.replicas = next().parse().expect("--replicas R"),
             "--lans" => {
                 a.lans = match next().as_str() {
                     "off" => vec![false],
@@ -120,8 +131,14 @@ async fn enrol(http: &reqwest::Client, url: &str, token: &str) -> (String, Durat
     (v["credential"].as_str().unwrap().to_owned(), took)
 }
 
+/// Any replica's URL, drawn at random.
+fn any_url(cs: &[Controller]) -> String {
+    cs[rand::random::<usize>() % cs.len()].url.clone()
+}
+
 /// Build the fleet; returns every agent, hubs first.
-async fn build(c: &Controller, a: &Args, lans: bool) -> Vec<Agent> {
+async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
+    let c = &cs[0];
     let http = c.client([127, 0, 0, 1].into());
     let mut agents = Vec::new();
     for r in 0..REGIONS {
@@ -154,7 +171,7 @@ async fn build(c: &Controller, a: &Args, lans: bool) -> Vec<Agent> {
     let t = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..a.spokes {
-        let (http, url, token, sem) = (http.clone(), c.url.clone(), c.token.clone(), sem.clone());
+        let (http, url, token, sem) = (http.clone(), any_url(cs), c.token.clone(), sem.clone());
         let region = i % REGIONS;
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
@@ -180,11 +197,11 @@ async fn build(c: &Controller, a: &Args, lans: bool) -> Vec<Agent> {
 
     // Enrolment in random region order, timed.
     pending.shuffle(&mut rand::thread_rng());
-    let cpu0 = cpu_secs(c.pid());
+    let cpu0 = cluster_cpu(cs);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for (name, region, token) in pending {
-        let (http, url, sem) = (http.clone(), c.url.clone(), sem.clone());
+        let (http, url, sem) = (http.clone(), any_url(cs), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
             let (credential, took) = enrol(&http, &url, &token).await;
@@ -206,7 +223,7 @@ async fn build(c: &Controller, a: &Args, lans: bool) -> Vec<Agent> {
         lat.push(took);
     }
     let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu_secs(c.pid()) - cpu0;
+    let cpu = cluster_cpu(cs) - cpu0;
     lat.sort();
     println!(
         "  enrolments:      {} in {secs:.1} s = {:.0} durable enrolments/s; latency p50 {:.1} ms, p99 {:.1} ms (random region order, {} in flight)",
@@ -221,14 +238,31 @@ async fn build(c: &Controller, a: &Args, lans: bool) -> Vec<Agent> {
         cpu / a.spokes as f64 * 1e6,
         cpu / secs / 2.0 * 100.0
     );
-    let groups = metric(&http, &c.url, "wardnet_controller_change_group_size_count").await;
-    let changes = metric(&http, &c.url, "wardnet_controller_change_group_size_sum").await;
+    let (mut groups, mut changes, mut stale) = (0.0, 0.0, 0.0);
+    for c in cs {
+        groups += metric(&http, &c.url, "wardnet_controller_change_group_size_count").await;
+        changes += metric(&http, &c.url, "wardnet_controller_change_group_size_sum").await;
+        stale += metric(&http, &c.url, "wardnet_controller_stale_change_groups_total").await;
+    }
     println!(
-        "  controller RSS:  {:.0} MiB after enrolment; {changes:.0} changes in {groups:.0} commits ({:.1} per commit)",
-        rss_mib(c.pid()),
+        "  controller RSS:  {} MiB after enrolment; {changes:.0} changes in {groups:.0} commits ({:.1} per commit); {stale:.0} groups built again after another replica committed first",
+        rss_list(cs),
         changes / groups.max(1.0)
     );
     agents
+}
+
+/// CPU seconds of every replica together.
+fn cluster_cpu(cs: &[Controller]) -> f64 {
+    cs.iter().map(|c| cpu_secs(c.pid())).sum()
+}
+
+/// RSS of each replica, in MiB, e.g. "412" or "301 / 298 / 305".
+fn rss_list(cs: &[Controller]) -> String {
+    cs.iter()
+        .map(|c| format!("{:.0}", rss_mib(c.pid())))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// An answer a waiting agent got: who, and when.
@@ -325,7 +359,8 @@ fn spawn_waiter(
     });
 }
 
-async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
+async fn waiting_phase(cs: &[Controller], a: &Args, agents: &[Agent]) {
+    let c = &cs[0];
     // Who waits: the hubs, every spoke of the first regions, then others
     // drawn at random.
     let mut chosen: Vec<usize> = (0..agents.len())
@@ -344,7 +379,7 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
     let n = chosen.len();
 
     let http = c.client([127, 0, 0, 1].into());
-    let rss_before = rss_mib(c.pid());
+    let rss_before: Vec<f64> = cs.iter().map(|c| rss_mib(c.pid())).collect();
     let clients: Vec<reqwest::Client> = (0..n.div_ceil(PER_SOURCE).max(1))
         .map(|k| c.client([127, 0, 0, 2 + k as u8].into()))
         .collect();
@@ -360,9 +395,10 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
         } else {
             clients[k / PER_SOURCE].clone()
         };
+        // Spread over the replicas.
         spawn_waiter(
             client,
-            c.url.clone(),
+            cs[k % cs.len()].url.clone(),
             agents[i].clone(),
             i,
             tx.clone(),
@@ -372,7 +408,10 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
     }
     let t = Instant::now();
     loop {
-        let held = metric(&http, &c.url, "wardnet_controller_long_poll_waiters").await as usize;
+        let mut held = 0;
+        for c in cs {
+            held += metric(&http, &c.url, "wardnet_controller_long_poll_waiters").await as usize;
+        }
         if held >= n {
             break;
         }
@@ -383,11 +422,14 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_mib(c.pid());
+    let rss: Vec<f64> = cs.iter().map(|c| rss_mib(c.pid())).collect();
+    let grown: f64 = rss.iter().zip(&rss_before).map(|(a, b)| a - b).sum();
     println!(
-        "  waiting agents:  {n} held in {:.1} s; controller RSS {rss:.0} MiB (was {rss_before:.0}) = {:.1} KiB per waiting agent",
+        "  waiting agents:  {n} held in {:.1} s; controller RSS {} MiB (was {}) = {:.1} KiB per waiting agent",
         t.elapsed().as_secs_f64(),
-        (rss - rss_before) * 1024.0 / n as f64
+        rss.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / "),
+        rss_before.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(" / "),
+        grown * 1024.0 / n as f64
     );
     while rx.try_recv().is_ok() {}
 
@@ -434,7 +476,7 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
             .collect();
         let t0 = Instant::now();
         let r = http
-            .patch(format!("{}/v1/sites/{}", c.url, agents[i].name))
+            .patch(format!("{}/v1/sites/{}", any_url(cs), agents[i].name))
             .bearer_auth(&c.token)
             .json(&json!({"endpoint": format!("203.0.113.{}:{}", k % 250 + 1, 40000 + k)}))
             .send()
@@ -474,7 +516,7 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
         expected.extend((0..REGIONS).filter(|&h| h != r && waiting.contains(&h)));
         let t0 = Instant::now();
         let resp = http
-            .patch(format!("{}/v1/sites/hub-{r}", c.url))
+            .patch(format!("{}/v1/sites/hub-{r}", any_url(cs)))
             .bearer_auth(&c.token)
             .json(&json!({"endpoint": format!("203.0.113.{}:51820", r + 100)}))
             .send()
@@ -503,14 +545,14 @@ async fn waiting_phase(c: &Controller, a: &Args, agents: &[Agent]) {
     // An idle minute: nothing changes, every agent heartbeats.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hb0 = heartbeats.load(std::sync::atomic::Ordering::Relaxed);
-    let cpu0 = cpu_secs(c.pid());
+    let cpu0 = cluster_cpu(cs);
     let t = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.idle_secs)).await;
-    let cpu = cpu_secs(c.pid()) - cpu0;
+    let cpu = cluster_cpu(cs) - cpu0;
     let secs = t.elapsed().as_secs_f64();
     let hb = heartbeats.load(std::sync::atomic::Ordering::Relaxed) - hb0;
     println!(
-        "  idle:            {secs:.0} s with {n} agents, {hb} heartbeats (a new long-poll each): controller CPU {:.2} % of a core",
+        "  idle:            {secs:.0} s with {n} agents, {hb} heartbeats (a new long-poll each): controller CPU {:.2} % of a core (all replicas)",
         cpu / secs * 100.0
     );
 }
@@ -520,11 +562,16 @@ async fn main() {
     let a = args();
     support::prepare(a.waiters);
     println!(
-        "wardnet N3 benchmark: {REGIONS} regions, {REGIONS} hubs, {} spokes, {} in flight, random region order; {} waiting agents; {}; load {}",
+        "wardnet N3 benchmark: {REGIONS} regions, {REGIONS} hubs, {} spokes, {} in flight, random region order; {} waiting agents; {}; {}; load {}",
         a.spokes,
         a.concurrency,
         a.waiters,
         if a.tls { "TLS" } else { "plain HTTP" },
+        if a.replicas == 0 {
+            "one controller on SQLite".to_owned()
+        } else {
+            format!("{} replicas on PostgreSQL", a.replicas)
+        },
         loadavg()
     );
     for (k, &lans) in a.lans.iter().enumerate() {
@@ -537,23 +584,39 @@ async fn main() {
                 "no LANs"
             }
         );
-        let c = start_controller("", "", a.tls);
-        c.ready().await;
-        let agents = build(&c, &a, lans).await;
+        // A fresh database per run.
+        let pg = (a.replicas > 0).then(|| {
+            wardnet_pgtest::TempPostgres::start().expect("a PostgreSQL server (apt-get install postgresql)")
+        });
+        let cs: Vec<Controller> = match &pg {
+            None => vec![start_controller("", "", a.tls)],
+            Some(pg) => {
+                let db = format!("[database]\nurl = {:?}\npool_size = 8\n", pg.url("postgres"));
+                (0..a.replicas)
+                    .map(|_| start_controller("", &db, a.tls))
+                    .collect()
+            }
+        };
+        for c in &cs {
+            c.ready().await;
+        }
+        let agents = build(&cs, &a, lans).await;
         // The waiting phase once, after the last (heaviest) run.
         if k + 1 == a.lans.len() && a.waiters > 0 {
             if a.pause_secs > 0 {
                 println!(
                     "  pausing {} s before the waiting phase; controller PID {}",
                     a.pause_secs,
-                    c.pid()
+                    cs[0].pid()
                 );
                 let _ = std::io::stdout().flush();
                 tokio::time::sleep(Duration::from_secs(a.pause_secs)).await;
             }
-            waiting_phase(&c, &a, &agents).await;
+            waiting_phase(&cs, &a, &agents).await;
         }
         let _ = std::io::stdout().flush();
+        drop(cs);
+        drop(pg);
     }
     println!("load after: {}", loadavg());
 }

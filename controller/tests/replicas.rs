@@ -130,13 +130,15 @@ async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
     let text = update.to_string();
     assert!(text.contains("gp-a"), "{update}");
 
-    // Every replica serves the same config at the same revision.
+    // Every replica serves the same config at the same revision (asked as
+    // an agent does: "newer than the one before the change?", so a replica
+    // still catching up answers once it has it).
     let full = |t: &TestController| {
         let hub = hub.clone();
         let url = t.url.clone();
         async move {
             reqwest::Client::new()
-                .get(format!("{url}/v1/agent/config?revision=0&wait=0"))
+                .get(format!("{url}/v1/agent/config?revision={known}&wait=5"))
                 .bearer_auth(hub)
                 .send()
                 .await
