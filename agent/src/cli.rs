@@ -73,9 +73,11 @@ pub use wardnet_service::docs::generate_docs;
 /// `wardnet-agent enroll`.
 #[derive(Debug, clap::Args)]
 pub struct EnrollArgs {
-    /// Controller URL, e.g. https://controller.example:8443
+    /// Controller URL, e.g. https://controller.example:8443. Repeat it for
+    /// replicas: the first that answers enrols the site. Default: the
+    /// `[controller] urls` (or `url`) of the agent's config.
     #[arg(long)]
-    controller: String,
+    controller: Vec<String>,
     /// The one-time enrolment token from `wardnet-controller sites add`.
     /// Prefer --token-file or the WARDNET_ENROL_TOKEN variable: a command
     /// line is visible to every local user (`ps`).
@@ -166,7 +168,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         _ => crate::logging::init_cli(),
     }
     match cli.command {
-        Command::Enroll(args) => enroll(&config, args).await,
+        Command::Enroll(args) => enroll(&config, &cli.config, args).await,
         Command::Run => {
             let path = cli.config.clone();
             let reload = move || {
@@ -191,7 +193,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn enroll(config: &Config, args: EnrollArgs) -> Result<()> {
+async fn enroll(config: &Config, config_path: &std::path::Path, args: EnrollArgs) -> Result<()> {
     let EnrollArgs {
         controller: url,
         token,
@@ -204,12 +206,23 @@ async fn enroll(config: &Config, args: EnrollArgs) -> Result<()> {
     } = args;
     let token = read_token(token, token_file)?;
     let output = output.output;
-    let url = url.as_str();
+    let urls = if url.is_empty() {
+        config.controller_urls.clone()
+    } else {
+        url
+    };
+    if urls.is_empty() {
+        anyhow::bail!(
+            "no controller to enrol with: pass --controller URL (repeat it for replicas), \
+             or set [controller] urls in {}",
+            config_path.display()
+        );
+    }
     let state = StateDir::new(&config.state_dir);
     state.check_fresh(force)?;
     let allow_plain_http = allow_plain_http || config.allow_plain_http;
     let ca_cert = ca_cert.or_else(|| config.ca_cert.clone());
-    let client = ControllerClient::new(url, ca_cert.as_deref(), allow_plain_http)?;
+    let client = ControllerClient::with_urls(&urls, ca_cert.as_deref(), allow_plain_http)?;
     let key = PrivateKey::generate();
     let resp = client
         .enroll(&EnrollRequest {
@@ -227,7 +240,8 @@ async fn enroll(config: &Config, args: EnrollArgs) -> Result<()> {
         region: resp.region.clone(),
         role: resp.role,
         addresses: resp.addresses.clone(),
-        controller_url: url.trim_end_matches('/').to_owned(),
+        // The controller that answered (the agent's config may list more).
+        controller_url: client.url().trim_end_matches('/').to_owned(),
         credential: resp.credential,
         ca_cert: ca_cert.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
         allow_plain_http,
@@ -333,6 +347,19 @@ mod tests {
                 "-o",
                 "json",
             ],
+            // Replicas: each URL once.
+            &[
+                "wardnet-agent",
+                "enroll",
+                "--controller",
+                "https://a",
+                "--controller",
+                "https://b",
+                "--token-file",
+                "-",
+            ],
+            // None: the config's [controller] urls.
+            &["wardnet-agent", "enroll", "--token-file", "-"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }

@@ -242,7 +242,12 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
     for c in cs {
         groups += metric(&http, &c.url, "wardnet_controller_change_group_size_count").await;
         changes += metric(&http, &c.url, "wardnet_controller_change_group_size_sum").await;
-        stale += metric(&http, &c.url, "wardnet_controller_stale_change_groups_total").await;
+        stale += metric(
+            &http,
+            &c.url,
+            "wardnet_controller_stale_change_groups_total",
+        )
+        .await;
     }
     println!(
         "  controller RSS:  {} MiB after enrolment; {changes:.0} changes in {groups:.0} commits ({:.1} per commit); {stale:.0} groups built again after another replica committed first",
@@ -586,12 +591,16 @@ async fn main() {
         );
         // A fresh database per run.
         let pg = (a.replicas > 0).then(|| {
-            wardnet_pgtest::TempPostgres::start().expect("a PostgreSQL server (apt-get install postgresql)")
+            wardnet_pgtest::TempPostgres::start()
+                .expect("a PostgreSQL server (apt-get install postgresql)")
         });
         let cs: Vec<Controller> = match &pg {
             None => vec![start_controller("", "", a.tls)],
             Some(pg) => {
-                let db = format!("[database]\nurl = {:?}\npool_size = 8\n", pg.url("postgres"));
+                let db = format!(
+                    "[database]\nurl = {:?}\npool_size = 8\n",
+                    pg.url("postgres")
+                );
                 (0..a.replicas)
                     .map(|_| start_controller("", &db, a.tls))
                     .collect()

@@ -264,7 +264,8 @@ async fn online(t: &TestController, site: &str) -> bool {
 /// never saw the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_waiting_on_one_replica_is_online_on_the_others() {
-    let Some((_pg, r)) = replicas("an_agent_waiting_on_one_replica_is_online_on_the_others", 2).await
+    let Some((_pg, r)) =
+        replicas("an_agent_waiting_on_one_replica_is_online_on_the_others", 2).await
     else {
         return;
     };
@@ -287,7 +288,9 @@ async fn an_agent_waiting_on_one_replica_is_online_on_the_others() {
         let url = b.url.clone();
         tokio::spawn(async move {
             reqwest::Client::new()
-                .get(format!("{url}/v1/agent/config?revision={known}&wait=20&deltas=true"))
+                .get(format!(
+                    "{url}/v1/agent/config?revision={known}&wait=20&deltas=true"
+                ))
                 .bearer_auth(hub)
                 .send()
                 .await
@@ -296,7 +299,10 @@ async fn an_agent_waiting_on_one_replica_is_online_on_the_others() {
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !online(b, "hub-north").await {
-        assert!(Instant::now() < deadline, "B does not show its own agent online");
+        assert!(
+            Instant::now() < deadline,
+            "B does not show its own agent online"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!online(a, "hub-north").await, "A cannot know yet");

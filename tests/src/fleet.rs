@@ -500,10 +500,12 @@ allow_plain_http = {}
             ),
         )?;
         let mut cmd = site.gw.command(&self.bins.agent);
-        cmd.arg("--config")
-            .arg(&site.config)
-            .args(["enroll", "--controller", &self.url])
-            .env("WARDNET_ENROL_TOKEN", &token);
+        cmd.arg("--config").arg(&site.config).arg("enroll");
+        // Every controller (replicas): the first that answers enrols.
+        for url in &self.urls {
+            cmd.args(["--controller", url]);
+        }
+        cmd.env("WARDNET_ENROL_TOKEN", &token);
         match &self.ca_cert {
             Some(ca) => cmd.arg("--ca-cert").arg(ca),
             None => cmd.arg("--allow-plain-http"),

@@ -190,7 +190,11 @@ impl Heartbeats {
 
     /// With replicas: take what other replicas stored of their agents, for
     /// sites not connected here and newer than what this one knows.
-    fn merge_stored(&self, stored: Vec<crate::store::StoredReport>, exists: impl Fn(&Name) -> bool) {
+    fn merge_stored(
+        &self,
+        stored: Vec<crate::store::StoredReport>,
+        exists: impl Fn(&Name) -> bool,
+    ) {
         let mut i = self.0.lock();
         for s in stored {
             if i.connected.contains_key(&s.site) || !exists(&s.site) {

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use wardnet_common::wire::{AuditEntry, UnixTime};
 
 use super::{
-    AdminToken, CatchUp, EnrolToken, Maintenance, Pending, Snapshot, Store, StoreError, StoredReport,
-    Write,
+    AdminToken, CatchUp, EnrolToken, Maintenance, Pending, Snapshot, Store, StoreError,
+    StoredReport, Write,
 };
 
 /// Where the next batches fail.

@@ -208,6 +208,17 @@ impl PostgresStore {
         migrate(&pool).await?;
         let head = {
             let c = pool.get().await.map_err(pool_error)?;
+            let sync: String = c
+                .query_one("SHOW synchronous_commit", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            if sync == "off" {
+                tracing::warn!(
+                    "PostgreSQL has synchronous_commit = off: a change the API acknowledged can be lost \
+                     if the database crashes; set it on (the default) for wardnet's database"
+                );
+            }
             read_head(&c).await?
         };
         let (tx, heads) = watch::channel(head);
@@ -889,10 +900,7 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn reports_since(
-        &self,
-        since: UnixTime,
-    ) -> Result<Vec<super::StoredReport>, StoreError> {
+    async fn reports_since(&self, since: UnixTime) -> Result<Vec<super::StoredReport>, StoreError> {
         let c = self.client().await?;
         c.query(
             "SELECT name, applied_revision, last_seen, health FROM sites WHERE last_seen >= $1",

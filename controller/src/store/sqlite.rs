@@ -751,10 +751,7 @@ impl Store for SqliteStore {
         .await?
     }
 
-    async fn reports_since(
-        &self,
-        since: UnixTime,
-    ) -> Result<Vec<super::StoredReport>, StoreError> {
+    async fn reports_since(&self, since: UnixTime) -> Result<Vec<super::StoredReport>, StoreError> {
         self.read(move |c| {
             rows(
                 c,
