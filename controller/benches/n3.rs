@@ -238,21 +238,22 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
         cpu / a.spokes as f64 * 1e6,
         cpu / secs / 2.0 * 100.0
     );
-    let (mut groups, mut changes, mut stale) = (0.0, 0.0, 0.0);
+    let (mut groups, mut changes, mut waited) = (0.0, 0.0, 0.0);
     for c in cs {
         groups += metric(&http, &c.url, "wardnet_controller_change_group_size_count").await;
         changes += metric(&http, &c.url, "wardnet_controller_change_group_size_sum").await;
-        stale += metric(
+        waited += metric(
             &http,
             &c.url,
-            "wardnet_controller_stale_change_groups_total",
+            "wardnet_controller_change_head_wait_seconds_sum",
         )
         .await;
     }
     println!(
-        "  controller RSS:  {} MiB after enrolment; {changes:.0} changes in {groups:.0} commits ({:.1} per commit); {stale:.0} groups built again after another replica committed first",
+        "  controller RSS:  {} MiB after enrolment; {changes:.0} changes in {groups:.0} commits ({:.1} per commit); {:.1} ms average wait for the change log's head",
         rss_list(cs),
-        changes / groups.max(1.0)
+        changes / groups.max(1.0),
+        waited * 1e3 / groups.max(1.0)
     );
     agents
 }

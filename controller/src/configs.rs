@@ -729,6 +729,20 @@ pub fn apply(
     net: &NetworkSettings,
     touches: Touches,
 ) -> Vec<Bump> {
+    apply_to(model, configs, net, touches, &BTreeMap::new())
+}
+
+/// [`apply`], with the revision a changed site moves to given by `target`
+/// where it names one above the site's (a replica following another's
+/// changes: several revisions it did not see one by one become one step,
+/// from the revision it had to the stored one); others move by one.
+pub fn apply_to(
+    model: &mut Model,
+    configs: &mut OrdMap<Name, Arc<SiteRender>>,
+    net: &NetworkSettings,
+    touches: Touches,
+    target: &BTreeMap<Name, u64>,
+) -> Vec<Bump> {
     let mut bumps = Vec::new();
     for (name, touch) in touches.0 {
         let Some(site) = model.sites.get(&name) else {
@@ -783,7 +797,11 @@ pub fn apply(
                 configs.remove(&name);
             }
             Some((mut r, draft)) => {
-                let to = from + 1;
+                let to = target
+                    .get(&name)
+                    .copied()
+                    .filter(|t| *t > from)
+                    .unwrap_or(from + 1);
                 let changed = match draft {
                     // A site that just became active: no step to chain from.
                     None => true,

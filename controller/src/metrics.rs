@@ -27,8 +27,9 @@ pub struct Metrics {
     pub store_failures: IntCounterVec,
     /// Times this replica applied changes other replicas committed.
     pub caught_up: prometheus::IntCounter,
-    /// Groups built again because another replica committed first.
-    pub stale_groups: prometheus::IntCounter,
+    /// Time a change group waited for the change log's head (held by
+    /// another replica committing).
+    pub head_wait: prometheus::Histogram,
 }
 
 impl Default for Metrics {
@@ -113,9 +114,12 @@ impl Metrics {
             "Times this controller applied changes that other replicas committed to the shared database.",
         )
         .expect("static metric definition is valid");
-        let stale_groups = prometheus::IntCounter::new(
-            "wardnet_controller_stale_change_groups_total",
-            "Change groups built again because another replica committed first.",
+        let head_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "wardnet_controller_change_head_wait_seconds",
+                "Time a group of changes waited to take the change log's head (other replicas committing).",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
         )
         .expect("static metric definition is valid");
         let build = IntGaugeVec::new(
@@ -138,7 +142,7 @@ impl Metrics {
             Box::new(change_groups.clone()),
             Box::new(store_failures.clone()),
             Box::new(caught_up.clone()),
-            Box::new(stale_groups.clone()),
+            Box::new(head_wait.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -155,7 +159,7 @@ impl Metrics {
             change_groups,
             store_failures,
             caught_up,
-            stale_groups,
+            head_wait,
         }
     }
 }

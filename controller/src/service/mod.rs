@@ -18,13 +18,13 @@
 //!
 //! Replicas: several controllers may share one database (PostgreSQL). Each
 //! world is as of one change of the database's change log (`World::seq`).
-//! A group commits only on top of the log's head; when another replica
-//! committed first, the store says so ([`StoreError::Stale`]) and the
-//! writer catches up (reads the rows the missed changes named, applies them
-//! like a group of its own, [`Controller::absorb`]) and prepares the group
-//! again. The writer also catches up whenever the store announces a newer
-//! head ([`Store::heads`]), so a long-poll here wakes for a change committed
-//! through another replica.
+//! The writer takes the log's head first ([`Store::begin_change`]: other
+//! replicas' changes wait), catches up with what they committed (reads the
+//! rows the missed changes named and applies them like a group of its own,
+//! [`Controller::absorb`]), prepares its group on that newest world and
+//! commits it. The writer also catches up whenever the store announces a
+//! newer head ([`Store::heads`]), so a long-poll here wakes for a change
+//! committed through another replica.
 //!
 //! Soft state (what agents report: last seen, applied revision, health) is
 //! kept apart, in memory, and persisted in periodic batches
@@ -81,8 +81,8 @@ pub struct ServiceSettings {
 /// Jobs the writer takes at most in one group (one transaction).
 const MAX_GROUP: usize = 512;
 
-/// How often a group is built again after other replicas committed first,
-/// before its jobs are answered 503.
+/// How often start-up loads again when other replicas committed while it
+/// bumped revisions.
 const MAX_STALE_RETRIES: u32 = 50;
 
 /// Change-log entries kept for replicas that catch up (older ones are
@@ -451,12 +451,14 @@ impl Controller {
     }
 
     /// Changes other replicas committed, applied to a copy of `base` as if
-    /// they were a group of this one's: the same incremental renders, so
-    /// agents get the same steps from any replica. The database's revisions
-    /// are the truth: a site whose computed revision differs from its row's
-    /// (which only a replica with other network settings would cause) is
-    /// rendered in full at the row's revision, and its agent sent the full
-    /// config.
+    /// they were a group of this one's: the same incremental renders, with
+    /// the database's revisions (several changes caught up at once become
+    /// one step from the revision this replica had to the stored one; an
+    /// agent in between is sent the full config). The database's revisions
+    /// are the truth: a site whose config did not change here although its
+    /// row's revision moved (a replica with other network settings, or
+    /// changes that cancelled out) is rendered in full at the row's
+    /// revision.
     fn absorb(&self, base: &World, changes: Changes) -> Prepared {
         let mut world = base.clone();
         let mut touches = Touches::default();
@@ -490,11 +492,13 @@ impl Controller {
             }
             world.site_changed(&mut touches, &mut woken, before.as_ref(), after.as_ref());
         }
-        let computed = configs::apply(
+        let target: std::collections::BTreeMap<Name, u64> = stored.iter().cloned().collect();
+        let computed = configs::apply_to(
             &mut world.model,
             &mut world.configs,
             &self.settings.network,
             touches,
+            &target,
         );
         let mut rerendered = 0;
         let mut bumps = Vec::new();
@@ -522,11 +526,16 @@ impl Controller {
             .iter()
             .filter(|b| !bumps.iter().any(|x| x.site == b.site))
             .count();
-        if rerendered > 0 || unlogged > 0 {
-            tracing::warn!(
+        if rerendered > 0 {
+            tracing::debug!(
                 rerendered,
+                "configs unchanged here although their stored revision moved; rendered in full"
+            );
+        }
+        if unlogged > 0 {
+            tracing::warn!(
                 unlogged,
-                "configs computed from other replicas' changes differ from the database's revisions; \
+                "configs computed from other replicas' changes moved where the database's did not; \
                  do all replicas run the same wardnet with the same [network] settings?"
             );
         }
@@ -638,66 +647,86 @@ impl Controller {
         }
     }
 
-    /// Run a group of jobs to the end: prepare it on the published world,
-    /// commit it on top of the log's head, publish it. When other replicas
-    /// committed first, catch up and build it again. When the commit fails
-    /// otherwise, nothing of it was stored or published; the jobs of a
-    /// group are then run again one by one, so one bad change cannot fail
-    /// the others.
-    async fn run_group(&self, mut jobs: Vec<Box<dyn Job>>) {
-        let mut stale = 0;
-        loop {
-            let base = self.published.load_full();
-            let mut refused = Vec::new();
-            let prepared = self.prepare(&base, &mut jobs, &mut refused);
-            if !refused.is_empty() {
-                // A refusal judged on a world behind the database's head
-                // may be wrong (a site created through another replica a
-                // moment ago): judge again once caught up.
-                let behind = self.replicated
-                    && stale < MAX_STALE_RETRIES
-                    && matches!(self.store.head().await, Ok(h) if h > base.seq);
-                if behind {
-                    stale += 1;
-                    self.catch_up().await;
-                    jobs.extend(refused.into_iter().map(|(j, _)| j));
-                    continue;
-                }
-                for (job, e) in refused {
-                    job.finish(Err(e));
+    /// Run a group of jobs to the end. Take the log's head first (with
+    /// replicas: wait while another commits; jobs arriving meanwhile join
+    /// the group), catch up with what other replicas committed, prepare the
+    /// group on that newest world, commit it, publish it. When the commit
+    /// fails, nothing of it was stored or published; the jobs of a group
+    /// are then run again one by one, so one bad change cannot fail the
+    /// others.
+    async fn run_group(
+        &self,
+        mut jobs: Vec<Box<dyn Job>>,
+        more: Option<&mut mpsc::UnboundedReceiver<Box<dyn Job>>>,
+    ) {
+        let fail_all = |jobs: Vec<Box<dyn Job>>, e: StoreError| {
+            self.metrics
+                .store_failures
+                .with_label_values(&[e.kind()])
+                .inc();
+            let msg = e.to_string();
+            for job in jobs {
+                job.finish(Err(StoreError::Unavailable(msg.clone()).into()));
+            }
+        };
+        let waited = std::time::Instant::now();
+        let mut tx = match self.store.begin_change().await {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(jobs, e),
+        };
+        self.metrics
+            .head_wait
+            .observe(waited.elapsed().as_secs_f64());
+        if let Some(rx) = more {
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
                 }
             }
-            let Some(mut p) = prepared else {
-                return;
-            };
-            let writes = std::mem::take(&mut p.writes);
-            match self.store.submit_change(base.seq, writes).await {
-                Ok(seq) => {
-                    p.world.seq = seq;
-                    self.publish(p, jobs);
+        }
+        let base = self.published.load_full();
+        if tx.head() > base.seq {
+            match tx.changes_since(base.seq).await {
+                Ok(CatchUp::Changes(c)) => {
+                    let p = self.absorb(&base, c);
+                    self.metrics.caught_up.inc();
+                    self.publish(p, Vec::new());
+                }
+                Ok(CatchUp::Reload(snap)) => self.reload(snap),
+                Err(e) => return fail_all(jobs, e),
+            }
+        }
+        let base = self.published.load_full();
+        let mut refused = Vec::new();
+        let prepared = self.prepare(&base, &mut jobs, &mut refused);
+        // Judged at the head, under its lock: a refusal is final.
+        for (job, e) in refused {
+            job.finish(Err(e));
+        }
+        let Some(mut p) = prepared else {
+            return;
+        };
+        let writes = std::mem::take(&mut p.writes);
+        match tx.commit(writes).await {
+            Ok(seq) => {
+                p.world.seq = seq;
+                self.publish(p, jobs);
+            }
+            Err(e) => {
+                self.metrics
+                    .store_failures
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                if jobs.len() == 1 {
+                    if let Some(job) = jobs.pop() {
+                        job.finish(Err(e.into()));
+                    }
                     return;
                 }
-                Err(StoreError::Stale { .. }) if stale < MAX_STALE_RETRIES => {
-                    stale += 1;
-                    self.metrics.stale_groups.inc();
-                    self.catch_up().await;
-                }
-                Err(e) => {
-                    self.metrics
-                        .store_failures
-                        .with_label_values(&[e.kind()])
-                        .inc();
-                    if jobs.len() == 1 {
-                        if let Some(job) = jobs.pop() {
-                            job.finish(Err(e.into()));
-                        }
-                        return;
-                    }
-                    tracing::warn!(error = %e, jobs = jobs.len(), "changes failed in the database; retrying them one by one");
-                    for job in jobs {
-                        Box::pin(self.run_group(vec![job])).await;
-                    }
-                    return;
+                tracing::warn!(error = %e, jobs = jobs.len(), "changes failed in the database; retrying them one by one");
+                for job in jobs {
+                    Box::pin(self.run_group(vec![job], None)).await;
                 }
             }
         }
@@ -758,7 +787,8 @@ struct Prepared {
 
 /// The writer task. Takes every job waiting as one group and runs it
 /// ([`Controller::run_group`]); between groups, follows the heads other
-/// replicas announce. One group at a time: preparing the next group while
+/// replicas announce (so long-polls here wake for their changes without
+/// waiting for a change of this one's). One group at a time: preparing the next group while
 /// one commits was measured slower on two cores (smaller groups, more work
 /// per change; docs/benchmarks.md). Ends when the controller is dropped.
 async fn writer(
@@ -799,17 +829,10 @@ async fn writer(
                 continue;
             }
         };
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
         let Some(c) = controller.upgrade() else {
             return;
         };
-        c.run_group(jobs).await;
+        c.run_group(vec![first], Some(&mut rx)).await;
     }
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use wardnet_common::wire::{AuditEntry, UnixTime};
 
 use super::{
-    AdminToken, CatchUp, EnrolToken, Maintenance, Pending, Snapshot, Store, StoreError,
+    AdminToken, CatchUp, ChangeTx, EnrolToken, Maintenance, Pending, Snapshot, Store, StoreError,
     StoredReport, Write,
 };
 
@@ -27,14 +27,14 @@ pub enum Fault {
 
 pub struct FaultyStore {
     inner: Arc<dyn Store>,
-    fault: AtomicU8,
+    fault: Arc<AtomicU8>,
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
             inner,
-            fault: AtomicU8::new(Fault::None as u8),
+            fault: Arc::new(AtomicU8::new(Fault::None as u8)),
         }
     }
 
@@ -44,18 +44,28 @@ impl FaultyStore {
     }
 
     fn fault(&self) -> Fault {
-        match self.fault.load(Ordering::SeqCst) {
-            1 => Fault::Begin,
-            2 => Fault::Write,
-            3 => Fault::Commit,
-            _ => Fault::None,
-        }
+        fault_of(&self.fault)
     }
 
-    /// The batch as the fault wants it, or the error it fails with before
-    /// reaching the store.
-    fn inject(&self, mut writes: Vec<Write>) -> Result<Vec<Write>, StoreError> {
-        match self.fault() {
+    fn inject(&self, writes: Vec<Write>) -> Result<Vec<Write>, StoreError> {
+        inject(self.fault(), writes)
+    }
+}
+
+fn fault_of(f: &AtomicU8) -> Fault {
+    match f.load(Ordering::SeqCst) {
+        1 => Fault::Begin,
+        2 => Fault::Write,
+        3 => Fault::Commit,
+        _ => Fault::None,
+    }
+}
+
+/// The batch as the fault wants it, or the error it fails with before
+/// reaching the store.
+fn inject(fault: Fault, mut writes: Vec<Write>) -> Result<Vec<Write>, StoreError> {
+    {
+        match fault {
             Fault::None => Ok(writes),
             Fault::Begin => Err(StoreError::Unavailable(
                 "injected: cannot begin a transaction".into(),
@@ -72,6 +82,28 @@ impl FaultyStore {
                 Ok(writes)
             }
         }
+    }
+}
+
+/// A change whose commit fails as the store's fault says at commit time.
+struct FaultyChange {
+    inner: Box<dyn ChangeTx>,
+    fault: Arc<AtomicU8>,
+}
+
+#[async_trait]
+impl ChangeTx for FaultyChange {
+    fn head(&self) -> u64 {
+        self.inner.head()
+    }
+
+    async fn changes_since(&mut self, seq: u64) -> Result<CatchUp, StoreError> {
+        self.inner.changes_since(seq).await
+    }
+
+    async fn commit(self: Box<Self>, writes: Vec<Write>) -> Result<u64, StoreError> {
+        let writes = inject(fault_of(&self.fault), writes)?;
+        self.inner.commit(writes).await
     }
 }
 
@@ -97,6 +129,18 @@ impl Store for FaultyStore {
 
     async fn head(&self) -> Result<u64, StoreError> {
         self.inner.head().await
+    }
+
+    async fn begin_change(&self) -> Result<Box<dyn ChangeTx>, StoreError> {
+        if self.fault() == Fault::Begin {
+            return Err(StoreError::Unavailable(
+                "injected: cannot begin a transaction".into(),
+            ));
+        }
+        Ok(Box::new(FaultyChange {
+            inner: self.inner.begin_change().await?,
+            fault: self.fault.clone(),
+        }))
     }
 
     async fn changes_since(&self, seq: u64) -> Result<CatchUp, StoreError> {

@@ -238,6 +238,20 @@ pub struct Maintenance {
     pub tokens_swept: u64,
 }
 
+/// A change being built on the log's head, holding the head (other
+/// controllers' changes wait) until it commits or is dropped (rolled back).
+/// The writer catches up under it, prepares its group on the newest state
+/// and commits: no change of another replica can land in between.
+#[async_trait]
+pub trait ChangeTx: Send {
+    /// The log's head as of the lock.
+    fn head(&self) -> u64;
+    /// What changed after `seq` up to the head.
+    async fn changes_since(&mut self, seq: u64) -> Result<CatchUp, StoreError>;
+    /// Commit `writes` as the next change (all or none); its sequence.
+    async fn commit(self: Box<Self>, writes: Vec<Write>) -> Result<u64, StoreError>;
+}
+
 /// A queued batch; resolves once it is durable or has failed.
 pub type Pending<T = ()> = futures::future::BoxFuture<'static, Result<T, StoreError>>;
 
@@ -263,6 +277,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Stale`]. A batch that changes no region or site is
     /// still checked against the head, and does not move it.
     fn submit_change(&self, base: u64, writes: Vec<Write>) -> Pending<u64>;
+    /// Take the log's head for a change (see [`ChangeTx`]); waits while
+    /// another controller holds it.
+    async fn begin_change(&self) -> Result<Box<dyn ChangeTx>, StoreError>;
     /// The log's head now.
     async fn head(&self) -> Result<u64, StoreError>;
     /// The rows every change after `seq` named, as they are at the head

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -30,8 +30,8 @@ use wardnet_common::wire::{AuditEntry, SiteState, UnixTime};
 use wardnet_common::{Name, Role};
 
 use super::{
-    AdminToken, CatchUp, Changes, EnrolToken, Maintenance, NewAudit, Pending, Snapshot, Store,
-    StoreError, Write,
+    AdminToken, CatchUp, ChangeTx, Changes, EnrolToken, Maintenance, NewAudit, Pending, Snapshot,
+    Store, StoreError, Write,
 };
 use crate::model::{Region, Site};
 
@@ -244,12 +244,7 @@ impl PostgresStore {
         let logged = !regions.is_empty() || !sites.is_empty();
         let head = if base.is_some() || logged {
             // Changes commit one after another: the head row is the lock.
-            let st = tx
-                .prepare_cached("SELECT seq FROM change_head WHERE id = 1 FOR UPDATE")
-                .await
-                .map_err(pg)?;
-            let head: i64 = tx.query_one(&st, &[]).await.map_err(pg)?.get(0);
-            head as u64
+            lock_head(&tx).await?
         } else {
             0
         };
@@ -258,72 +253,168 @@ impl PostgresStore {
                 return Err(StoreError::Stale { base, head });
             }
         }
-        // Prepare each distinct statement (cached per connection), then
-        // send every write as one pipeline.
-        let mut items = Vec::with_capacity(writes.len() + 3);
-        let mut failure = None;
-        for w in &writes {
-            if let Write::Fail(reason) = w {
-                failure = Some(reason.clone());
-                break;
-            }
-            items.push(statement(w));
-        }
-        let seq = head + 1;
-        if logged && failure.is_none() {
-            let names = |v: &[Name]| v.iter().map(|n| n.to_string()).collect::<Vec<String>>();
-            items.push(Item::new(
-                "INSERT INTO change_log (seq, at, regions, sites) VALUES ($1, $2, $3, $4)",
-                vec![
-                    Box::new(seq as i64),
-                    Box::new(crate::now()),
-                    Box::new(names(&regions)),
-                    Box::new(names(&sites)),
-                ],
-                None,
-            ));
-            items.push(Item::new(
-                "UPDATE change_head SET seq = $1 WHERE id = 1",
-                vec![Box::new(seq as i64)],
-                None,
-            ));
-            items.push(Item::new(
-                "SELECT pg_notify($1, $2)",
-                vec![Box::new(CHANNEL.to_owned()), Box::new(seq.to_string())],
-                None,
-            ));
-        }
-        let mut statements = Vec::with_capacity(items.len());
-        for it in &items {
-            statements.push(tx.prepare_cached(it.sql).await.map_err(pg)?);
-        }
-        let t = &tx;
-        let results = futures::future::join_all(items.iter().zip(&statements).map(|(it, st)| {
-            let params: Vec<&(dyn ToSql + Sync)> = it
-                .params
-                .iter()
-                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-                .collect();
-            async move { t.execute(st, &params).await }
-        }))
-        .await;
-        for (it, r) in items.iter().zip(results) {
-            let n = r.map_err(pg)?;
-            if let Some(err) = &it.exactly_one {
-                if n != 1 {
-                    return Err(StoreError::Precondition(err.clone()));
-                }
-            }
-        }
-        if let Some(reason) = failure {
-            // Dropping the transaction rolls back the writes that ran.
-            return Err(StoreError::Commit(reason));
-        }
+        let seq = write_batch(&tx, head, &writes).await?;
         tx.commit().await.map_err(|e| match pg(e) {
             StoreError::Conflict { what } => StoreError::Conflict { what },
             other => StoreError::Commit(other.to_string()),
         })?;
-        Ok(if logged { seq } else { head })
+        Ok(seq)
+    }
+}
+
+/// Take the change log's head and its lock (until the transaction ends).
+async fn lock_head<C: GenericClient>(c: &C) -> Result<u64, StoreError> {
+    let st = c
+        .prepare_cached("SELECT seq FROM change_head WHERE id = 1 FOR UPDATE")
+        .await
+        .map_err(pg)?;
+    let head: i64 = c.query_one(&st, &[]).await.map_err(pg)?.get(0);
+    Ok(head as u64)
+}
+
+/// A batch's statements, and its log entry when it changes regions or
+/// sites (the head must be locked at `head` then), sent as one pipeline
+/// inside the caller's transaction. Answers the head after it. On error the
+/// caller rolls back (a `Write::Fail` fails it after the writes before it).
+async fn write_batch<C: GenericClient>(
+    c: &C,
+    head: u64,
+    writes: &[Write],
+) -> Result<u64, StoreError> {
+    let (regions, sites) = super::changed_keys(writes);
+    let logged = !regions.is_empty() || !sites.is_empty();
+    // Prepare each distinct statement (cached per connection), then send
+    // every write as one pipeline.
+    let mut items = Vec::with_capacity(writes.len() + 3);
+    let mut failure = None;
+    for w in writes {
+        if let Write::Fail(reason) = w {
+            failure = Some(reason.clone());
+            break;
+        }
+        items.push(statement(w));
+    }
+    let seq = head + 1;
+    if logged && failure.is_none() {
+        let names = |v: &[Name]| v.iter().map(|n| n.to_string()).collect::<Vec<String>>();
+        items.push(Item::new(
+            "INSERT INTO change_log (seq, at, regions, sites) VALUES ($1, $2, $3, $4)",
+            vec![
+                Box::new(seq as i64),
+                Box::new(crate::now()),
+                Box::new(names(&regions)),
+                Box::new(names(&sites)),
+            ],
+            None,
+        ));
+        items.push(Item::new(
+            "UPDATE change_head SET seq = $1 WHERE id = 1",
+            vec![Box::new(seq as i64)],
+            None,
+        ));
+        items.push(Item::new(
+            "SELECT pg_notify($1, $2)",
+            vec![Box::new(CHANNEL.to_owned()), Box::new(seq.to_string())],
+            None,
+        ));
+    }
+    let mut statements = Vec::with_capacity(items.len());
+    for it in &items {
+        statements.push(c.prepare_cached(it.sql).await.map_err(pg)?);
+    }
+    let results = futures::future::join_all(items.iter().zip(&statements).map(|(it, st)| {
+        let params: Vec<&(dyn ToSql + Sync)> = it
+            .params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        async move { c.execute(st, &params).await }
+    }))
+    .await;
+    for (it, r) in items.iter().zip(results) {
+        let n = r.map_err(pg)?;
+        if let Some(err) = &it.exactly_one {
+            if n != 1 {
+                return Err(StoreError::Precondition(err.clone()));
+            }
+        }
+    }
+    if let Some(reason) = failure {
+        return Err(StoreError::Commit(reason));
+    }
+    Ok(if logged { seq } else { head })
+}
+
+/// A change holding the head's lock on its own connection (see
+/// [`Store::begin_change`]). Plain `BEGIN`/`COMMIT` on a pooled connection
+/// it owns; dropped without a commit, it is rolled back.
+struct PgChange {
+    client: Option<deadpool_postgres::Object>,
+    head: u64,
+}
+
+impl PgChange {
+    async fn begin(pool: &Pool) -> Result<Self, StoreError> {
+        let client = pool.get().await.map_err(pool_error)?;
+        client.batch_execute("BEGIN").await.map_err(|e| {
+            StoreError::Unavailable(format!("cannot begin a transaction: {}", pg(e)))
+        })?;
+        let mut me = PgChange {
+            client: Some(client),
+            head: 0,
+        };
+        me.head = lock_head(me.client()?).await?;
+        Ok(me)
+    }
+
+    fn client(&self) -> Result<&deadpool_postgres::Object, StoreError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the change has ended".into()))
+    }
+}
+
+impl Drop for PgChange {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            // Not committed: roll back before the connection is reused.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ChangeTx for PgChange {
+    fn head(&self) -> u64 {
+        self.head
+    }
+
+    async fn changes_since(&mut self, seq: u64) -> Result<CatchUp, StoreError> {
+        changes_in(self.client()?, seq, self.head).await
+    }
+
+    async fn commit(mut self: Box<Self>, writes: Vec<Write>) -> Result<u64, StoreError> {
+        let c = self
+            .client
+            .take()
+            .ok_or_else(|| StoreError::Unavailable("the change has ended".into()))?;
+        match write_batch(&c, self.head, &writes).await {
+            Ok(seq) => {
+                c.batch_execute("COMMIT").await.map_err(|e| match pg(e) {
+                    StoreError::Conflict { what } => StoreError::Conflict { what },
+                    other => StoreError::Commit(other.to_string()),
+                })?;
+                Ok(seq)
+            }
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -717,8 +808,9 @@ fn site_row(r: &Row) -> Result<Site, StoreError> {
     })
 }
 
-/// Everything, as of the head, inside `tx` (a repeatable-read snapshot).
-async fn load_in(tx: &deadpool_postgres::Transaction<'_>) -> Result<Snapshot, StoreError> {
+/// Everything, as of the head, inside `tx` (a repeatable-read snapshot, or
+/// a transaction holding the head's lock).
+async fn load_in<C: GenericClient>(tx: &C) -> Result<Snapshot, StoreError> {
     let seq: i64 = tx
         .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
         .await
@@ -749,6 +841,64 @@ async fn load_in(tx: &deadpool_postgres::Transaction<'_>) -> Result<Snapshot, St
         regions,
         sites,
     })
+}
+
+/// What changed after `seq`, as of `head` (the caller's snapshot or lock
+/// holds the head there).
+async fn changes_in<C: GenericClient>(c: &C, seq: u64, head: u64) -> Result<CatchUp, StoreError> {
+    if head <= seq {
+        return Ok(CatchUp::Changes(Changes {
+            head,
+            ..Default::default()
+        }));
+    }
+    // Three queries in one pipeline (one round trip): where the log
+    // starts, and every region and site the changes after `seq` named,
+    // with its row now (none: deleted).
+    let from = seq as i64;
+    let region_sql = format!(
+        "SELECT {REGION_COLUMNS}, w.n FROM
+           (SELECT DISTINCT unnest(regions) AS n FROM change_log WHERE seq > $1) w
+           LEFT JOIN regions ON regions.name = w.n"
+    );
+    let site_sql = format!(
+        "SELECT {SITE_COLUMNS}, w.n FROM
+           (SELECT DISTINCT unnest(sites) AS n FROM change_log WHERE seq > $1) w
+           LEFT JOIN sites ON sites.name = w.n"
+    );
+    let params: [&(dyn ToSql + Sync); 1] = [&from];
+    let (first, region_rows, site_rows) = futures::try_join!(
+        c.query_one("SELECT MIN(seq) FROM change_log", &[]),
+        c.query(&region_sql, &params),
+        c.query(&site_sql, &params),
+    )
+    .map_err(pg)?;
+    let first: Option<i64> = get(&first, 0)?;
+    if first.is_none_or(|f| f as u64 > seq + 1) {
+        return Ok(CatchUp::Reload(load_in(c).await?));
+    }
+    let wanted = |r: &Row, i: usize| -> Result<(Name, bool), StoreError> {
+        let name: String = get(r, i)?;
+        let found: Option<String> = get(r, 0)?;
+        Ok((parse("name", &name)?, found.is_some()))
+    };
+    let mut regions = Vec::with_capacity(region_rows.len());
+    for r in &region_rows {
+        let (name, found) = wanted(r, 5)?;
+        regions.push((name, found.then(|| region_row(r)).transpose()?));
+    }
+    let mut sites = Vec::with_capacity(site_rows.len());
+    for r in &site_rows {
+        let (name, found) = wanted(r, 18)?;
+        sites.push((name, found.then(|| site_row(r)).transpose()?));
+    }
+    regions.sort_by(|a, b| a.0.cmp(&b.0));
+    sites.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(CatchUp::Changes(Changes {
+        head,
+        regions,
+        sites,
+    }))
 }
 
 #[async_trait]
@@ -791,72 +941,18 @@ impl Store for PostgresStore {
             .start()
             .await
             .map_err(pg)?;
-        let row = tx
-            .query_one(
-                "SELECT h.seq, (SELECT MIN(seq) FROM change_log) FROM change_head h WHERE h.id = 1",
-                &[],
-            )
-            .await
-            .map_err(pg)?;
-        let head = get::<i64>(&row, 0)? as u64;
-        let first: Option<i64> = get(&row, 1)?;
-        if head <= seq {
-            return Ok(CatchUp::Changes(Changes {
-                head,
-                ..Default::default()
-            }));
-        }
-        if first.is_none_or(|f| f as u64 > seq + 1) {
-            let snap = load_in(&tx).await?;
-            return Ok(CatchUp::Reload(snap));
-        }
-        let names = tx
-            .query_one(
-                "SELECT COALESCE(array_agg(DISTINCT r), '{}'), COALESCE((SELECT array_agg(DISTINCT s)
-                    FROM change_log, unnest(sites) s WHERE seq > $1), '{}')
-                 FROM change_log, unnest(regions) r WHERE seq > $1",
-                &[&(seq as i64)],
-            )
-            .await
-            .map_err(pg)?;
-        let region_names: Vec<String> = get(&names, 0)?;
-        let site_names: Vec<String> = get(&names, 1)?;
-        let found: Vec<Region> = tx
-            .query(
-                &format!("SELECT {REGION_COLUMNS} FROM regions WHERE name = ANY($1)"),
-                &[&region_names],
-            )
+        let head: i64 = tx
+            .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
             .await
             .map_err(pg)?
-            .iter()
-            .map(region_row)
-            .collect::<Result<_, _>>()?;
-        let mut regions = Vec::with_capacity(region_names.len());
-        for n in &region_names {
-            let name: Name = parse("region name", n)?;
-            let row = found.iter().find(|r| r.name == name).cloned();
-            regions.push((name, row));
-        }
-        let mut found: std::collections::HashMap<String, Site> = tx
-            .query(
-                &format!("SELECT {SITE_COLUMNS} FROM sites WHERE name = ANY($1)"),
-                &[&site_names],
-            )
-            .await
-            .map_err(pg)?
-            .iter()
-            .map(|r| site_row(r).map(|s| (s.name.to_string(), s)))
-            .collect::<Result<_, _>>()?;
-        let mut sites = Vec::with_capacity(site_names.len());
-        for n in &site_names {
-            sites.push((parse("site name", n)?, found.remove(n)));
-        }
+            .get(0);
+        let out = changes_in(&tx, seq, head as u64).await?;
         tx.commit().await.map_err(pg)?;
-        Ok(CatchUp::Changes(Changes {
-            head,
-            regions,
-            sites,
-        }))
+        Ok(out)
+    }
+
+    async fn begin_change(&self) -> Result<Box<dyn ChangeTx>, StoreError> {
+        Ok(Box::new(PgChange::begin(&self.pool).await?))
     }
 
     fn heads(&self) -> Option<watch::Receiver<u64>> {

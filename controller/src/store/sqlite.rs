@@ -680,9 +680,42 @@ fn changes_since(conn: &Connection, seq: u64) -> Result<super::CatchUp, StoreErr
 
 impl SqliteStore {
     fn queue(&self, writes: Vec<Write>, base: Option<u64>) -> Pending<u64> {
+        queue(&self.writer, writes, base)
+    }
+}
+
+/// A change on SQLite: one process owns the file, so the head it read
+/// cannot move under it; the writer thread still checks it at commit.
+struct SqliteChange {
+    writer: mpsc::UnboundedSender<Batch>,
+    reader: Arc<Mutex<Connection>>,
+    head: u64,
+}
+
+#[async_trait]
+impl super::ChangeTx for SqliteChange {
+    fn head(&self) -> u64 {
+        self.head
+    }
+
+    async fn changes_since(&mut self, seq: u64) -> Result<super::CatchUp, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || changes_since(&reader.lock(), seq)).await?
+    }
+
+    async fn commit(self: Box<Self>, writes: Vec<Write>) -> Result<u64, StoreError> {
+        queue(&self.writer, writes, Some(self.head)).await
+    }
+}
+
+fn queue(
+    writer: &mpsc::UnboundedSender<Batch>,
+    writes: Vec<Write>,
+    base: Option<u64>,
+) -> Pending<u64> {
+    {
         let (tx, rx) = oneshot::channel();
-        let sent = self
-            .writer
+        let sent = writer
             .send(Batch {
                 writes,
                 reply: tx,
@@ -716,6 +749,14 @@ impl Store for SqliteStore {
 
     async fn head(&self) -> Result<u64, StoreError> {
         self.read(read_head).await
+    }
+
+    async fn begin_change(&self) -> Result<Box<dyn super::ChangeTx>, StoreError> {
+        Ok(Box::new(SqliteChange {
+            writer: self.writer.clone(),
+            reader: self.reader.clone(),
+            head: self.head().await?,
+        }))
     }
 
     async fn changes_since(&self, seq: u64) -> Result<super::CatchUp, StoreError> {
