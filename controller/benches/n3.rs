@@ -49,6 +49,28 @@ const FULL_REGIONS: usize = 4;
 const AGENT_WAIT: u64 = 290;
 /// Waiting agents per loopback source address (ephemeral ports).
 const PER_SOURCE: usize = 20_000;
+/// Waiting agents per load-generator process: a process may hold at most
+/// 20,000 open files on the benchmark machine (and may not raise that), so
+/// more waiters run in child processes of this benchmark, 17,000 each
+/// (`WARDNET_BENCH_PER_CHILD` overrides it, to try the children small).
+fn per_child() -> usize {
+    std::env::var("WARDNET_BENCH_PER_CHILD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(17_000)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process, so a
+/// child's answer times compare with the parent's change times.
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 struct Args {
     spokes: usize,
@@ -393,7 +415,15 @@ async fn waiting_phase(cs: &[Controller], a: &Args, agents: &[Agent]) {
     let heartbeats = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // At most `concurrency` first fetches at once, as after enrolment.
     let ready = Arc::new(Semaphore::new(a.concurrency));
+    let _children = if n > per_child() && !a.tls {
+        spawn_children(cs, a, agents, &chosen, tx.clone(), heartbeats.clone())
+    } else {
+        Vec::new()
+    };
     for (k, &i) in chosen.iter().enumerate() {
+        if n > per_child() && !a.tls {
+            break;
+        }
         // Over TLS the client speaks HTTP/2 and would carry every waiter on
         // one connection; real agents each hold their own.
         let client = if a.tls {
@@ -563,8 +593,138 @@ async fn waiting_phase(cs: &[Controller], a: &Args, agents: &[Agent]) {
     );
 }
 
+/// Run the waiting agents of `chosen` in child processes of this benchmark
+/// ([`per_child`] each), feeding their answers and heartbeats into `tx` and
+/// `heartbeats` as if they ran here.
+fn spawn_children(
+    cs: &[Controller],
+    a: &Args,
+    agents: &[Agent],
+    chosen: &[usize],
+    tx: mpsc::UnboundedSender<Answer>,
+    heartbeats: Arc<std::sync::atomic::AtomicU64>,
+) -> Vec<support::Reaped> {
+    use std::io::{BufRead, BufReader};
+    let exe = std::env::current_exe().unwrap();
+    let base = (Instant::now(), mono_ns());
+    let mut out = Vec::new();
+    let chunks: Vec<&[usize]> = chosen.chunks(per_child()).collect();
+    let per_child_ready = (a.concurrency / chunks.len()).max(1);
+    for (k, chunk) in chunks.into_iter().enumerate() {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--waiter-child",
+                &format!("127.0.0.{}", 2 + k),
+                &per_child_ready.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        for (j, &i) in chunk.iter().enumerate() {
+            // Spread over the replicas, as in-process waiters are.
+            let url = &cs[(k * per_child() + j) % cs.len()].url;
+            writeln!(stdin, "{i} {url} {}", agents[i].credential).unwrap();
+        }
+        drop(stdin);
+        let stdout = child.stdout.take().unwrap();
+        let (tx, heartbeats) = (tx.clone(), heartbeats.clone());
+        std::thread::spawn(move || {
+            let mut last = 0u64;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let f: Vec<&str> = line.split_whitespace().collect();
+                match f.as_slice() {
+                    ["A", idx, ns] => {
+                        let (idx, ns): (usize, u64) = (idx.parse().unwrap(), ns.parse().unwrap());
+                        let at = base.0 + Duration::from_nanos(ns.saturating_sub(base.1));
+                        if tx.send(Answer { agent: idx, at }).is_err() {
+                            return;
+                        }
+                    }
+                    ["H", total] => {
+                        let total: u64 = total.parse().unwrap();
+                        heartbeats.fetch_add(total - last, std::sync::atomic::Ordering::Relaxed);
+                        last = total;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        out.push(support::Reaped(child));
+    }
+    out
+}
+
+/// A child's part of the waiting agents: lines `IDX URL CREDENTIAL` on
+/// standard input; prints `A IDX MONO_NS` per answer to a change and
+/// `H TOTAL` (heartbeats so far) every second, until it is killed.
+async fn waiter_child(source: &str, ready: usize) {
+    use std::io::BufRead;
+    let source: std::net::IpAddr = source.parse().unwrap();
+    let http = reqwest::Client::builder()
+        .local_address(source)
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Answer>();
+    let heartbeats = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ready = Arc::new(Semaphore::new(ready));
+    let base = (Instant::now(), mono_ns());
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [idx, url, credential] = f.as_slice() else {
+            continue;
+        };
+        let agent = Agent {
+            name: String::new(),
+            region: 0,
+            hub: false,
+            credential: (*credential).to_owned(),
+        };
+        spawn_waiter(
+            http.clone(),
+            (*url).to_owned(),
+            agent,
+            idx.parse().unwrap(),
+            tx.clone(),
+            heartbeats.clone(),
+            ready.clone(),
+        );
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut stdout = std::io::stdout();
+    loop {
+        tokio::select! {
+            a = rx.recv() => {
+                let Some(a) = a else { return };
+                let ns = base.1 + a.at.duration_since(base.0).as_nanos() as u64;
+                if writeln!(stdout, "A {} {ns}", a.agent).is_err() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {
+                let h = heartbeats.load(std::sync::atomic::Ordering::Relaxed);
+                if writeln!(stdout, "H {h}").and_then(|()| stdout.flush()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(k) = argv.iter().position(|x| x == "--waiter-child") {
+        support::raise_fd_limit();
+        wardnet_controller::init_crypto();
+        waiter_child(&argv[k + 1], argv[k + 2].parse().unwrap()).await;
+        return;
+    }
     let a = args();
     support::prepare(a.waiters);
     println!(
