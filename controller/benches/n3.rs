@@ -726,7 +726,8 @@ async fn main() {
         return;
     }
     let a = args();
-    support::prepare(a.waiters);
+    // Waiters past one process's share run in child processes.
+    support::prepare(a.waiters.min(per_child()));
     println!(
         "wardnet N3 benchmark: {REGIONS} regions, {REGIONS} hubs, {} spokes, {} in flight, random region order; {} waiting agents; {}; {}; load {}",
         a.spokes,
