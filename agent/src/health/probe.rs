@@ -6,7 +6,8 @@
 //! The I/O shell (`health::io`) only moves bytes: it sends what
 //! [`Scheduler::on_tick`] returns and feeds replies to [`Scheduler::on_reply`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,9 @@ pub enum ReplyOutcome {
 
 #[derive(Debug)]
 struct PeerProbe {
+    /// Which incarnation of the peer this is (a peer whose address changed
+    /// starts afresh): timers of an earlier one are ignored.
+    epoch: u64,
     target: ProbeTarget,
     /// When the peer joined the schedule (grace period for the up rule).
     since: Instant,
@@ -121,12 +125,30 @@ pub struct ProbeView {
     pub probe_ok: Option<bool>,
 }
 
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// The peer's next probe is due.
+    Due,
+    /// Probe `seq` is lost unless answered by now.
+    Expire(u16),
+}
+
+/// A timer: when, the peer (and its incarnation), what.
+type Entry = Reverse<(Instant, u64, Name, Timer)>;
+
 #[derive(Debug)]
 pub struct Scheduler {
     config: ProbeConfig,
     peers: BTreeMap<Name, PeerProbe>,
     /// Probe address -> peer, to match replies (a hub has many peers).
     by_address: HashMap<Ipv4Addr, Name>,
+    /// Every pending probe and expiry, earliest first: a tick visits only
+    /// the timers that are due (O(log n) each), never every peer. Timers
+    /// made stale (a reply came, the peer went or changed) are dropped
+    /// when they come up.
+    timers: BinaryHeap<Entry>,
+    next_epoch: u64,
 }
 
 impl Scheduler {
@@ -135,6 +157,8 @@ impl Scheduler {
             config,
             peers: BTreeMap::new(),
             by_address: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_epoch: 0,
         }
     }
 
@@ -157,19 +181,32 @@ impl Scheduler {
                     p.target = t;
                     p
                 }
-                None => PeerProbe {
-                    since: now,
-                    next_due: now + self.config.interval * (i as u32) / n,
-                    next_seq: 0,
-                    outstanding: BTreeMap::new(),
-                    window: VecDeque::new(),
-                    last_success: None,
-                    last_rtt: None,
-                    srtt: None,
-                    sent_total: 0,
-                    lost_total: 0,
-                    target: t,
-                },
+                None => {
+                    let p = PeerProbe {
+                        epoch: self.next_epoch,
+                        since: now,
+                        next_due: now + self.config.interval * (i as u32) / n,
+                        next_seq: 0,
+                        outstanding: BTreeMap::new(),
+                        window: VecDeque::new(),
+                        last_success: None,
+                        last_rtt: None,
+                        srtt: None,
+                        sent_total: 0,
+                        lost_total: 0,
+                        target: t,
+                    };
+                    self.next_epoch += 1;
+                    if p.target.address.is_some() {
+                        self.timers.push(Reverse((
+                            p.next_due,
+                            p.epoch,
+                            p.target.name.clone(),
+                            Timer::Due,
+                        )));
+                    }
+                    p
+                }
             };
             self.peers.insert(p.target.name.clone(), p);
         }
@@ -180,47 +217,71 @@ impl Scheduler {
             .collect();
     }
 
-    /// Declare late probes lost, and return the probes due now.
+    /// Declare late probes lost, and return the probes due now. Visits only
+    /// the timers due by `now`.
     pub fn on_tick(&mut self, now: Instant) -> Vec<ProbeToSend> {
         let cfg = self.config;
         let mut out = Vec::new();
-        for p in self.peers.values_mut() {
-            let expired: Vec<u16> = p
-                .outstanding
-                .iter()
-                .filter(|(_, &sent)| now.saturating_duration_since(sent) >= cfg.timeout)
-                .map(|(&s, _)| s)
-                .collect();
-            for seq in expired {
-                p.outstanding.remove(&seq);
-                p.lost_total += 1;
-                push_outcome(&mut p.window, false, cfg.loss_window);
-            }
-            let Some(address) = p.target.address else {
+        while self
+            .timers
+            .peek()
+            .is_some_and(|Reverse((when, ..))| *when <= now)
+        {
+            let Some(Reverse((when, epoch, name, timer))) = self.timers.pop() else {
+                break;
+            };
+            let Some(p) = self.peers.get_mut(&name).filter(|p| p.epoch == epoch) else {
                 continue;
             };
-            if now < p.next_due {
-                continue;
+            match timer {
+                Timer::Expire(seq) => {
+                    // Still outstanding from that very send: lost.
+                    if p.outstanding
+                        .get(&seq)
+                        .is_some_and(|&sent| sent + cfg.timeout == when)
+                    {
+                        p.outstanding.remove(&seq);
+                        p.lost_total += 1;
+                        push_outcome(&mut p.window, false, cfg.loss_window);
+                    }
+                }
+                Timer::Due => {
+                    let Some(address) = p.target.address else {
+                        continue;
+                    };
+                    if p.next_due != when {
+                        continue;
+                    }
+                    let seq = p.next_seq;
+                    p.next_seq = p.next_seq.wrapping_add(1);
+                    // A wrapped sequence still outstanding (only with absurd
+                    // timeouts) counts as lost rather than matching a wrong reply.
+                    if p.outstanding.insert(seq, now).is_some() {
+                        p.lost_total += 1;
+                        push_outcome(&mut p.window, false, cfg.loss_window);
+                    }
+                    p.sent_total += 1;
+                    // Keep the cadence, but never send a burst to catch up
+                    // after a stall.
+                    p.next_due += cfg.interval;
+                    if p.next_due <= now {
+                        p.next_due = now + cfg.interval;
+                    }
+                    self.timers.push(Reverse((
+                        now + cfg.timeout,
+                        epoch,
+                        name.clone(),
+                        Timer::Expire(seq),
+                    )));
+                    self.timers
+                        .push(Reverse((p.next_due, epoch, name.clone(), Timer::Due)));
+                    out.push(ProbeToSend {
+                        peer: name,
+                        address,
+                        seq,
+                    });
+                }
             }
-            let seq = p.next_seq;
-            p.next_seq = p.next_seq.wrapping_add(1);
-            // A wrapped sequence still outstanding (only with absurd
-            // timeouts) counts as lost rather than matching a wrong reply.
-            if p.outstanding.insert(seq, now).is_some() {
-                p.lost_total += 1;
-                push_outcome(&mut p.window, false, cfg.loss_window);
-            }
-            p.sent_total += 1;
-            // Keep the cadence, but never send a burst to catch up after a stall.
-            p.next_due += cfg.interval;
-            if p.next_due <= now {
-                p.next_due = now + cfg.interval;
-            }
-            out.push(ProbeToSend {
-                peer: p.target.name.clone(),
-                address,
-                seq,
-            });
         }
         out
     }
@@ -261,16 +322,10 @@ impl Scheduler {
     }
 
     /// When the shell should call `on_tick` next (earliest due probe or
-    /// expiry); `None` with nothing to probe.
+    /// expiry; a timer made stale may wake it early, harmlessly); `None`
+    /// with nothing to probe. O(1).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.peers
-            .values()
-            .flat_map(|p| {
-                let due = p.target.address.map(|_| p.next_due);
-                let exp = p.outstanding.values().map(|&s| s + self.config.timeout);
-                due.into_iter().chain(exp)
-            })
-            .min()
+        self.timers.peek().map(|Reverse((when, ..))| *when)
     }
 
     pub fn views(&self, now: Instant) -> Vec<ProbeView> {

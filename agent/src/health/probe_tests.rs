@@ -304,3 +304,54 @@ fn probe_address_is_the_ipv4_host_prefix() {
     assert_eq!(probe_address(&nets), Some(Ipv4Addr::new(100, 64, 0, 2)));
     assert_eq!(probe_address(&nets[..2]), None);
 }
+
+#[test]
+fn timers_of_a_removed_or_changed_peer_are_ignored() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(ProbeConfig::default());
+    s.set_peers(vec![target("a", 2), target("b", 3)], t0);
+    let sent = s.on_tick(t0 + Duration::from_secs(5));
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    // a moves to another address (a new incarnation), b goes away.
+    s.set_peers(vec![target("a", 9)], t0 + Duration::from_secs(6));
+    // The old incarnation's probe expires: not counted against the new one;
+    // b's timers fire into nothing.
+    let later = s.on_tick(t0 + Duration::from_secs(20));
+    assert!(later.iter().all(|p| p.peer == name("a")), "{later:?}");
+    let v = s
+        .view_of(&name("a"), t0 + Duration::from_secs(20))
+        .expect("a");
+    assert_eq!(v.address, Some(Ipv4Addr::new(100, 64, 0, 9)));
+    // One probe of the new incarnation (its first, due at once, sent at the
+    // late tick), not yet expired; nothing lost.
+    assert_eq!((v.sent_total, v.lost_total, later.len()), (1, 0, 1));
+    assert!(s.view_of(&name("b"), t0).is_none());
+}
+
+#[test]
+fn a_hub_tick_touches_only_what_is_due() {
+    // 10,000 peers spread over one interval: at any instant only the
+    // probes due by then are sent, and the next deadline is the earliest
+    // pending timer.
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(ProbeConfig::default());
+    let peers: Vec<ProbeTarget> = (0..10_000u32)
+        .map(|i| ProbeTarget {
+            name: name(&format!("gp-{i}")),
+            region: name("north"),
+            role: Role::Spoke,
+            address: Some(Ipv4Addr::from(0x6440_0000 + i + 2)),
+        })
+        .collect();
+    s.set_peers(peers, t0);
+    let mut sent = 0;
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(5) {
+        let due = s.on_tick(now);
+        sent += due.len();
+        let next = s.next_deadline().expect("timers pending");
+        assert!(next > now, "a due timer was left behind");
+        now = next;
+    }
+    assert_eq!(sent, 10_000, "each peer probed once in the first interval");
+}
