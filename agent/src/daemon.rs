@@ -705,7 +705,7 @@ fn check_forwarding(enable: bool, cfg: &SiteConfig) {
 
 /// Fetch the first config, retrying with backoff (no cache to fall back on).
 async fn first_config(client: &ControllerClient, credential: &str) -> Result<SiteConfig> {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut backoff = Backoff::new(Duration::from_secs(1), SYNC_RETRY_MAX);
     loop {
         match client.config(credential, 0, Duration::from_secs(0)).await {
             Ok(Some(ConfigUpdate::Full { config })) => return Ok(config),
@@ -741,7 +741,7 @@ async fn sync_loop(
     report_now: Arc<tokio::sync::Notify>,
     base: SiteConfig,
 ) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    let mut backoff = Backoff::new(Duration::from_secs(1), SYNC_RETRY_MAX);
     // What was reported last, and when: every long-poll tells the
     // controller the agent is there, so a report goes only when the applied
     // revision or the shape of the health changed, or every REPORT_REFRESH.
@@ -871,6 +871,13 @@ async fn sync_loop(
         }
     }
 }
+
+/// The longest wait between two attempts to reach the controller (jittered
+/// between half and all of it): after an outage, every agent is back
+/// within this of the controller's return. A fleet retrying this often
+/// costs a down controller's host one refused connection per agent every
+/// 4–8 s, which it handles.
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// How often an agent reports even when nothing changed (RTT and loss
 /// figures move all the time; the NOC sees them this fresh at least).

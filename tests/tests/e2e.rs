@@ -324,6 +324,40 @@ fn without_the_controller_traffic_flows_and_agents_restart_from_cache() -> Resul
         Duration::from_secs(15),
     )?;
     assert_eq!(back, b"from the cache");
+
+    // The controller returns after more than a minute away: the agents that
+    // kept retrying all the while are back within 10 s (their retry delay
+    // is capped at 8 s, jittered), and the controller sees them.
+    f.start_controller()?;
+    let back = Instant::now();
+    let took = wait_for(
+        Duration::from_secs(10),
+        "every agent to reach the controller again",
+        || {
+            for site in ["hub-n", "gp-a", "gp-b"] {
+                if f.agent_status(site)?["controller_reachable"] != true {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(back.elapsed()))
+        },
+    )?;
+    eprintln!("agents back {took:?} after the controller returned");
+    let health: serde_json::Value = serde_json::from_str(&f.wan.exec(&[
+        "curl",
+        "-sf",
+        "-H",
+        &format!("Authorization: Bearer {}", f.token),
+        &format!("{}/v1/health", f.url),
+    ])?)?;
+    for site in ["hub-n", "gp-a", "gp-b"] {
+        let s = health["sites"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == site))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(s["online"], true, "{site} seen by the controller: {s}");
+    }
     Ok(())
 }
 
