@@ -36,7 +36,9 @@ pub fn site_health(s: &Site, r: &Report, now: UnixTime, window: i64) -> SiteHeal
         role: s.role,
         state: s.state,
         agentless: s.agentless,
-        online: online(r.last_seen, now, window),
+        // Only an active site's agent can be online: a revoked one's
+        // credential is refused, whatever it was seen doing before.
+        online: s.is_active() && online(r.last_seen, now, window),
         last_seen: r.last_seen,
         revision: s.revision,
         applied_revision: r.applied_revision,

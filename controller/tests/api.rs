@@ -214,6 +214,9 @@ async fn revoking_a_spoke_wakes_the_hubs_long_poll_without_it() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // gp-a's agent is seen (a poll) just before the revocation.
+    let (s, _) = t.agent_config(&a, 0, 0).await;
+    assert_eq!(s, StatusCode::OK);
     let (s, v) = t.admin_post("/v1/sites/gp-a/revoke", json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "revoked");
@@ -227,6 +230,25 @@ async fn revoking_a_spoke_wakes_the_hubs_long_poll_without_it() {
     // The revoked site's credential is refused at once.
     let (s, _) = t.agent_config(&a, 0, 0).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // And the controller does not show it online, although its agent was
+    // seen a moment ago.
+    let (s, v) = t.admin_get("/v1/health").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let gp_a = v["sites"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "gp-a"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(gp_a["online"], false, "{gp_a}");
+    let (_, status) = t.admin_get("/v1/status").await;
+    let active_online = v["sites"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|x| x["online"] == true).count());
+    assert_eq!(
+        status["agents_online"].as_u64(),
+        Some(active_online as u64),
+        "{status}"
+    );
 }
 
 #[tokio::test]

@@ -473,8 +473,11 @@ impl Controller {
                     Role::Spoke => s.spokes += 1,
                 }
                 let r = reports.get(&site.name);
-                if r.and_then(|r| r.last_seen)
-                    .is_some_and(|t| t >= online_after)
+                // A revoked site's agent is not online, whatever it did
+                // before (its credential is refused from the revocation on).
+                if site.is_active()
+                    && r.and_then(|r| r.last_seen)
+                        .is_some_and(|t| t >= online_after)
                 {
                     s.agents_online += 1;
                 }
