@@ -565,10 +565,25 @@ impl Controller {
     async fn catch_up(&self) {
         let base = self.published.load_full();
         match self.store.changes_since(base.seq).await {
-            Ok(CatchUp::Changes(c)) => {
+            Ok(c) => self.follow(&base, c),
+            Err(e) => {
+                self.metrics
+                    .store_failures
+                    .with_label_values(&[e.kind()])
+                    .inc();
+                tracing::warn!(error = %e, "cannot read other replicas' changes; trying again");
+            }
+        }
+    }
+
+    /// Apply and publish what [`Store::changes_since`] (or a change's
+    /// [`crate::store::ChangeTx::changes_since`]) gave for `base`.
+    fn follow(&self, base: &World, c: CatchUp) {
+        match c {
+            CatchUp::Changes(c) => {
                 if c.head > base.seq {
                     let n = c.sites.len() + c.regions.len();
-                    let p = self.absorb(&base, c);
+                    let p = self.absorb(base, c);
                     tracing::debug!(
                         from = base.seq,
                         to = p.world.seq,
@@ -579,20 +594,13 @@ impl Controller {
                     self.publish(p, Vec::new());
                 }
             }
-            Ok(CatchUp::Reload(snap)) => {
+            CatchUp::Reload(snap) => {
                 tracing::info!(
                     from = base.seq,
                     to = snap.seq,
                     "too far behind the change log; loading everything"
                 );
                 self.reload(snap);
-            }
-            Err(e) => {
-                self.metrics
-                    .store_failures
-                    .with_label_values(&[e.kind()])
-                    .inc();
-                tracing::warn!(error = %e, "cannot read other replicas' changes; trying again");
             }
         }
     }
@@ -698,12 +706,7 @@ impl Controller {
         let base = self.published.load_full();
         if tx.head() > base.seq {
             match tx.changes_since(base.seq).await {
-                Ok(CatchUp::Changes(c)) => {
-                    let p = self.absorb(&base, c);
-                    self.metrics.caught_up.inc();
-                    self.publish(p, Vec::new());
-                }
-                Ok(CatchUp::Reload(snap)) => self.reload(snap),
+                Ok(c) => self.follow(&base, c),
                 Err(e) => return fail_all(jobs, e),
             }
         }
