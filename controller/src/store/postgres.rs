@@ -378,12 +378,23 @@ impl Drop for PgChange {
     fn drop(&mut self) {
         if let Some(c) = self.client.take() {
             // Not committed: roll back before the connection is reused.
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = c.batch_execute("ROLLBACK").await;
-                });
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(rollback(c));
+                }
+                // Cannot roll back here: the connection must not go back
+                // to the pool inside a transaction; closing it ends that.
+                Err(_) => drop(deadpool_postgres::Object::take(c)),
             }
         }
+    }
+}
+
+/// End a change's transaction without committing. A connection whose
+/// ROLLBACK fails is in an unknown state: it leaves the pool and closes.
+async fn rollback(c: deadpool_postgres::Object) {
+    if c.batch_execute("ROLLBACK").await.is_err() {
+        drop(deadpool_postgres::Object::take(c));
     }
 }
 
@@ -403,15 +414,19 @@ impl ChangeTx for PgChange {
             .take()
             .ok_or_else(|| StoreError::Unavailable("the change has ended".into()))?;
         match write_batch(&c, self.head, &writes).await {
-            Ok(seq) => {
-                c.batch_execute("COMMIT").await.map_err(|e| match pg(e) {
-                    StoreError::Conflict { what } => StoreError::Conflict { what },
-                    other => StoreError::Commit(other.to_string()),
-                })?;
-                Ok(seq)
-            }
+            Ok(seq) => match c.batch_execute("COMMIT").await {
+                Ok(()) => Ok(seq),
+                Err(e) => {
+                    // The connection's state is unknown now: not reused.
+                    drop(deadpool_postgres::Object::take(c));
+                    Err(match pg(e) {
+                        StoreError::Conflict { what } => StoreError::Conflict { what },
+                        other => StoreError::Commit(other.to_string()),
+                    })
+                }
+            },
             Err(e) => {
-                let _ = c.batch_execute("ROLLBACK").await;
+                rollback(c).await;
                 Err(e)
             }
         }
