@@ -85,6 +85,11 @@ impl Heartbeats {
 
     /// The agent was seen at `now`: last-seen only.
     fn seen_locked(i: &mut Inner, site: &Name, now: UnixTime) {
+        Self::seen_every(i, site, now, SEEN_PERSIST);
+    }
+
+    /// Seen at `now`; to be written when the stored last-seen is `every` old.
+    fn seen_every(i: &mut Inner, site: &Name, now: UnixTime, every: UnixTime) {
         if let Some(r) = i.live.get_mut(site) {
             r.last_seen = Some(now);
         } else {
@@ -97,7 +102,7 @@ impl Heartbeats {
             );
         }
         let written = i.seen_written.get(site).copied().unwrap_or(UnixTime::MIN);
-        if now.saturating_sub(written) >= SEEN_PERSIST {
+        if now.saturating_sub(written) >= every {
             i.dirty.insert(site.clone());
         }
     }
@@ -171,20 +176,9 @@ impl Heartbeats {
     /// (which read the database) see it online.
     fn refresh_connected(&self, now: UnixTime, every: UnixTime) {
         let mut i = self.0.lock();
-        let Inner {
-            live,
-            dirty,
-            seen_written,
-            connected,
-        } = &mut *i;
-        for site in connected.keys() {
-            if let Some(r) = live.get_mut(site) {
-                r.last_seen = Some(now);
-            }
-            let written = seen_written.get(site).copied().unwrap_or(UnixTime::MIN);
-            if now.saturating_sub(written) >= every {
-                dirty.insert(site.clone());
-            }
+        let connected: Vec<Name> = i.connected.keys().cloned().collect();
+        for site in &connected {
+            Self::seen_every(&mut i, site, now, every);
         }
     }
 
