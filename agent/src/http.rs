@@ -7,8 +7,6 @@
 //! new listens on the underlay.
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,31 +14,31 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::daemon::Shared;
+use crate::handle::AgentHandle;
 
 /// The local endpoint (`metrics_listen`): everything, the status included.
-pub fn router(shared: Shared) -> Router {
+pub fn router(agent: AgentHandle) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(agent)
 }
 
 /// The overlay endpoint (the site's overlay address, `metrics_overlay_port`):
 /// what Prometheus scrapes through the tunnels. Not the status, which names
 /// the controller and its errors.
-pub fn overlay_router(shared: Shared) -> Router {
+pub fn overlay_router(agent: AgentHandle) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(agent)
 }
 
-async fn readyz(State(s): State<Shared>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
+async fn readyz(State(s): State<AgentHandle>) -> Response {
+    if s.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -51,7 +49,7 @@ async fn readyz(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn status(State(s): State<Shared>) -> Response {
+async fn status(State(s): State<AgentHandle>) -> Response {
     match s.status().await {
         Some(st) => Json(st).into_response(),
         None => (
@@ -62,7 +60,7 @@ async fn status(State(s): State<Shared>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<Shared>) -> Response {
+async fn metrics(State(s): State<AgentHandle>) -> Response {
     match s.metrics().await {
         Some(text) => (
             [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
@@ -77,14 +75,13 @@ async fn metrics(State(s): State<Shared>) -> Response {
     }
 }
 
+/// Serve [`router`] on a bound listener until `shutdown` resolves.
 pub async fn serve(
-    listen: SocketAddr,
-    shared: Shared,
+    listener: tokio::net::TcpListener,
+    agent: AgentHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "agent HTTP endpoint (/healthz, /readyz, /v1/status, /metrics)");
-    axum::serve(listener, router(shared))
+    axum::serve(listener, router(agent))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -92,10 +89,10 @@ pub async fn serve(
 /// Serve [`overlay_router`] on a listener already bound to the overlay address.
 pub async fn serve_overlay(
     listener: tokio::net::TcpListener,
-    shared: Shared,
+    agent: AgentHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, overlay_router(shared))
+    axum::serve(listener, overlay_router(agent))
         .with_graceful_shutdown(shutdown)
         .await
 }

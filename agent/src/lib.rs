@@ -2,13 +2,17 @@
 //! (boringtun's Noise core driven by our own event loop on a TUN device),
 //! keeps them in step with the controller, and answers `wg show`.
 
+pub mod agent_state;
 pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod device;
+pub mod eventloop;
 pub mod forwarding;
+pub mod handle;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -17,6 +21,7 @@ pub mod reconcile;
 pub mod snapshot;
 pub mod state;
 pub mod status;
+pub mod sync;
 pub mod uapi;
 
 /// Select rustls' crypto provider (ring) for this process, once.

@@ -25,7 +25,9 @@ pub struct PeerScrape {
     pub name: Name,
     pub region: Name,
     pub role: Role,
-    pub up: bool,
+    /// `None`: unknown (no handshake since the agent started); the gauge
+    /// is then absent, so `wardnet_peer_up == 0` alerts only on real downs.
+    pub up: Option<bool>,
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
@@ -40,6 +42,8 @@ pub struct Scrape {
     pub controller_reachable: bool,
     /// Unix time of the last successful exchange with the controller.
     pub last_sync: Option<i64>,
+    /// The controller refused this site's credential.
+    pub revoked: bool,
     pub counters: DeviceCounters,
     pub peers: Vec<PeerScrape>,
 }
@@ -50,7 +54,7 @@ const PEER_LABELS: [&str; 3] = ["peer", "region", "role"];
 const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     (
         "wardnet_peer_up",
-        "1 when the peer had a handshake within WireGuard's reject window (180 s) and answered a probe within the last two probe intervals.",
+        "1 when the peer had a handshake within WireGuard's reject window (180 s) and answered a probe within the last two probe intervals; 0 when down; absent while unknown (no handshake since the agent started).",
         MetricType::GAUGE,
         &PEER_LABELS,
     ),
@@ -93,6 +97,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     (
         "wardnet_agent_controller_reachable",
         "1 when the last exchange with the controller succeeded.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "wardnet_agent_revoked",
+        "1 when the controller refused this site's credential (revoked): the agent runs no tunnels until it is enrolled again.",
         MetricType::GAUGE,
         &[],
     ),
@@ -267,7 +277,7 @@ impl Collector for ScrapeCollector {
                 }
             };
             match *name {
-                "wardnet_peer_up" => peer_samples(&|p| Some(f64::from(u8::from(p.up)))),
+                "wardnet_peer_up" => peer_samples(&|p| p.up.map(|up| f64::from(u8::from(up)))),
                 "wardnet_peer_last_handshake_timestamp_seconds" => {
                     peer_samples(&|p| p.last_handshake.and_then(unix))
                 }
@@ -283,6 +293,9 @@ impl Collector for ScrapeCollector {
                     &[],
                     f64::from(u8::from(s.controller_reachable)),
                 )),
+                "wardnet_agent_revoked" => {
+                    samples.push(sample(kind, &[], f64::from(u8::from(s.revoked))))
+                }
                 "wardnet_agent_last_sync_timestamp_seconds" => {
                     if let Some(t) = s.last_sync {
                         samples.push(sample(kind, &[], t as f64));
@@ -340,6 +353,7 @@ mod tests {
         Scrape {
             applied_revision: 7,
             controller_reachable: true,
+            revoked: false,
             last_sync: Some(1_700_000_000),
             counters: DeviceCounters {
                 handshakes_completed: 3,
@@ -355,7 +369,7 @@ mod tests {
                     name: name("hub-north"),
                     region: name("north"),
                     role: Role::Hub,
-                    up: true,
+                    up: Some(true),
                     last_handshake: Some(
                         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100),
                     ),
@@ -368,7 +382,18 @@ mod tests {
                     name: name("gp-a"),
                     region: name("north"),
                     role: Role::Spoke,
-                    up: false,
+                    up: Some(false),
+                    last_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    probes_sent: 0,
+                    probes_lost: 0,
+                },
+                PeerScrape {
+                    name: name("gp-b"),
+                    region: name("north"),
+                    role: Role::Spoke,
+                    up: None,
                     last_handshake: None,
                     rx_bytes: 0,
                     tx_bytes: 0,
@@ -403,6 +428,7 @@ mod tests {
             "wardnet_peer_probe_rtt_seconds_count{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1",
             "wardnet_agent_config_revision 7",
             "wardnet_agent_controller_reachable 1",
+            "wardnet_agent_revoked 0",
             "wardnet_agent_last_sync_timestamp_seconds 1700000000",
             "# TYPE wardnet_agent_packets_dropped_total counter",
             "wardnet_agent_packets_dropped_total{reason=\"no_route\"} 5",
@@ -416,6 +442,9 @@ mod tests {
         assert!(t.contains("wardnet_agent_build_info{version=\""));
         // A peer that never shook hands has no timestamp rather than 0.
         assert!(!t.contains("wardnet_peer_last_handshake_timestamp_seconds{peer=\"gp-a\""));
+        // Unknown is neither 1 nor 0: no alert fires on it.
+        assert!(!t.contains("wardnet_peer_up{peer=\"gp-b\""));
+        assert!(t.contains("wardnet_peer_receive_bytes_total{peer=\"gp-b\""));
         // Never a key in a label.
         assert!(!t.contains("public_key"));
     }

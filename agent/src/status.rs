@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use wardnet_common::{Name, Role};
 
-use crate::health::{is_up, ProbeView};
+use crate::health::{link_state, LinkState, ProbeView};
 use crate::snapshot::DeviceSnapshot;
 
 /// The agent's view of itself, as JSON on `GET /v1/status`.
@@ -30,6 +30,12 @@ pub struct AgentStatus {
     /// Unix time of the last successful exchange with the controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<i64>,
+    /// The controller refused this site's credential: it was revoked.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Why the last config could not be applied (what ran before runs on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_error: Option<String>,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -55,11 +61,14 @@ pub struct PeerStatus {
     /// the probe socket could not be opened; up rests on the handshake).
     #[serde(default)]
     pub probed: bool,
+    /// `up`, `down`, or `unknown` (no handshake since the agent started).
+    pub state: LinkState,
+    /// `state == up`, for scripts written before `state`.
     pub up: bool,
 }
 
 /// The peers of a snapshot with their probe health (`probe` finds a
-/// peer's probe view by name); up follows [`crate::health::is_up`].
+/// peer's probe view by name); the state follows [`crate::health::link_state`].
 pub fn peer_statuses(
     snap: &DeviceSnapshot,
     now: SystemTime,
@@ -75,6 +84,7 @@ pub fn peer_statuses(
                 .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO));
             let v = probe(&p.name);
             let probe_ok = v.as_ref().and_then(|v| v.probe_ok);
+            let state = link_state(age, probe_ok);
             PeerStatus {
                 name: p.name.clone(),
                 public_key: p.public_key.to_string(),
@@ -85,7 +95,8 @@ pub fn peer_statuses(
                 rtt_seconds: v.as_ref().and_then(|v| v.srtt).map(|d| d.as_secs_f64()),
                 loss_ratio: v.as_ref().and_then(|v| v.loss_ratio),
                 probed: probe_ok.is_some(),
-                up: is_up(age, probe_ok),
+                state,
+                up: state == LinkState::Up,
             }
         })
         .collect();
@@ -149,6 +160,17 @@ pub fn render(s: &AgentStatus) -> String {
         "config revision {} (from {})\n",
         s.applied_revision, s.config_source
     ));
+    if s.revoked {
+        out.push_str("REVOKED: ");
+        out.push_str(crate::agent_state::REVOKED_HELP);
+        out.push_str("\n\n");
+        return out;
+    }
+    if let Some(e) = &s.apply_error {
+        out.push_str(&format!(
+            "the last config could not be applied ({e}); the one before runs, and the agent retries\n"
+        ));
+    }
     out.push_str(&format!(
         "controller {}: {}{}\n\n",
         s.controller_url,
@@ -175,7 +197,7 @@ pub fn render(s: &AgentStatus) -> String {
     for p in &s.peers {
         rows.push([
             p.name.to_string(),
-            if p.up { "up" } else { "down" }.into(),
+            p.state.as_str().into(),
             p.endpoint
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -270,6 +292,18 @@ mod tests {
         let p = &peer_statuses(&snap(), now, |_| None)[0];
         assert!(p.up && !p.probed, "unprobed: the handshake decides");
         let late = SystemTime::UNIX_EPOCH + Duration::from_secs(1180);
-        assert!(!peer_statuses(&snap(), late, view(Some(true)))[0].up);
+        let p = &peer_statuses(&snap(), late, view(Some(true)))[0];
+        assert_eq!(p.state, LinkState::Down, "the session lapsed");
+        assert!(!p.up);
+    }
+
+    #[test]
+    fn never_handshaken_is_unknown_not_down() {
+        let mut s = snap();
+        s.peers[0].last_handshake = None;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(5000);
+        let p = &peer_statuses(&s, now, |_| None)[0];
+        assert_eq!(p.state, LinkState::Unknown);
+        assert!(!p.up);
     }
 }

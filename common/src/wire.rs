@@ -192,11 +192,18 @@ pub struct AgentReport {
     pub health: Option<HealthSummary>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A small per-sync health summary (never per-packet data).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSummary {
     pub peers_up: u32,
+    /// Peers with no handshake since the agent started: neither up nor down.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub peers_unknown: u32,
     pub peers_total: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worst_rtt_seconds: Option<f64>,
@@ -497,12 +504,12 @@ mod tests {
             {"name": "gp-a", "region": "north", "role": "spoke", "state": "active",
              "agentless": false, "online": true, "last_seen": "2026-11-18T11:06:40Z",
              "revision": 4, "applied_revision": 3,
-             "health": {"peers_up": 1, "peers_total": 2, "worst_rtt_seconds": 0.012,
+             "health": {"peers_up": 1, "peers_unknown": 1, "peers_total": 3, "worst_rtt_seconds": 0.012,
                         "worst_loss_ratio": 0.25, "worst_peer": "hub-north",
                         "metrics_address": "198.51.100.7:9586"}}]}"#;
         let f: FleetHealth = serde_json::from_str(json).expect("fleet health");
         let h = f.sites[0].health.as_ref().expect("health");
-        assert_eq!((h.peers_up, h.peers_total), (1, 2));
+        assert_eq!((h.peers_up, h.peers_unknown, h.peers_total), (1, 1, 3));
         assert_eq!(h.worst_peer.as_ref().map(|n| n.as_str()), Some("hub-north"));
     }
 }

@@ -2,6 +2,13 @@
 //! WireGuard state machines (`boringtun::noise::Tunn`). It never touches a
 //! socket or a device: packets come in as slices with `now`, and what must go
 //! out is handed to a [`Transmit`] sink. The I/O shell (`mod.rs`) moves bytes.
+//!
+//! A hub carries thousands of peers, most of them idle or down at any time,
+//! so an idle peer costs next to nothing: its `Tunn` (11 KiB of handshake and
+//! session state) exists only while the peer has something to do (a packet
+//! to send, a handshake to answer, a keepalive to keep), and is dropped once
+//! boringtun declares the connection expired. The timer tick visits only the
+//! peers that have one.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +43,9 @@ const MSG_DATA: u8 = 4;
 pub(crate) trait Transmit {
     fn send_udp(&mut self, to: SocketAddr, packet: &[u8]);
     fn write_tun(&mut self, packet: &[u8]);
+    /// A handshake with `peer` completed: a new session (the agent's health
+    /// probes go only through live sessions).
+    fn handshake(&mut self, _peer: &Name) {}
 }
 
 struct Peer {
@@ -49,7 +59,8 @@ struct Peer {
     allowed_ips: BTreeSet<IpNet>,
     /// Our own persistent keepalive (Tunn cannot change its own in place).
     keepalive: Option<u16>,
-    tunn: Tunn,
+    /// The WireGuard state machine, while the peer has something to do.
+    tunn: Option<Box<Tunn>>,
     last_sent: Option<Instant>,
     last_handshake: Option<SystemTime>,
     rx_bytes: u64,
@@ -64,6 +75,8 @@ pub(crate) struct Core {
     /// hands out for this peer).
     peers: HashMap<u32, Peer>,
     by_key: HashMap<PublicKey, u32>,
+    /// The peers the timer tick visits: those with a `Tunn` or a keepalive.
+    active: BTreeSet<u32>,
     allowed: AllowedIps,
     next_index: u32,
     counters: DeviceCounters,
@@ -83,6 +96,7 @@ impl Core {
             public,
             peers: HashMap::new(),
             by_key: HashMap::new(),
+            active: BTreeSet::new(),
             allowed: AllowedIps::default(),
             next_index: rand::random::<u32>() & INDEX_MASK,
             counters: DeviceCounters::default(),
@@ -115,14 +129,6 @@ impl Core {
 
     fn add_peer(&mut self, c: PeerConfig) {
         let index = self.alloc_index();
-        let tunn = Tunn::new(
-            self.private.clone(),
-            c.public_key.to_dalek(),
-            None,
-            None,
-            index,
-            Some(self.rate_limiter.clone()),
-        );
         for net in &c.allowed_ips {
             self.allowed.insert(*net, index);
         }
@@ -136,13 +142,52 @@ impl Core {
                 endpoint: c.endpoint.map(|e| e.addr()),
                 allowed_ips: c.allowed_ips,
                 keepalive: c.persistent_keepalive.filter(|k| *k > 0),
-                tunn,
+                tunn: None,
                 last_sent: None,
                 last_handshake: None,
                 rx_bytes: 0,
                 tx_bytes: 0,
             },
         );
+        self.track(index);
+    }
+
+    /// Keeps `active` true to the peer: visited by the tick while it has a
+    /// `Tunn` or a keepalive to send.
+    fn track(&mut self, index: u32) {
+        match self.peers.get(&index) {
+            Some(p) if p.tunn.is_some() || p.keepalive.is_some() => {
+                self.active.insert(index);
+            }
+            _ => {
+                self.active.remove(&index);
+            }
+        }
+    }
+
+    /// The peer's `Tunn`, created when it is first needed.
+    fn tunn<'p>(
+        private: &x25519_dalek::StaticSecret,
+        limiter: &Arc<RateLimiter>,
+        index: u32,
+        peer: &'p mut Peer,
+    ) -> &'p mut Tunn {
+        peer.tunn.get_or_insert_with(|| {
+            Box::new(Tunn::new(
+                private.clone(),
+                peer.public_key.to_dalek(),
+                None,
+                None,
+                index,
+                Some(limiter.clone()),
+            ))
+        })
+    }
+
+    /// How many peers have a `Tunn` now (the rest cost only their config).
+    #[cfg(test)]
+    pub(crate) fn live_tunnels(&self) -> usize {
+        self.peers.values().filter(|p| p.tunn.is_some()).count()
     }
 
     /// In place: the Tunn (session, timers, counters) is kept.
@@ -168,6 +213,7 @@ impl Core {
         peer.name = c.name;
         peer.allowed_ips = c.allowed_ips;
         peer.keepalive = c.persistent_keepalive.filter(|k| *k > 0);
+        self.track(index);
     }
 
     fn remove_peer(&mut self, key: &PublicKey) {
@@ -179,6 +225,7 @@ impl Core {
                 self.allowed.remove_if(*net, index);
             }
         }
+        self.active.remove(&index);
     }
 
     /// An IP packet read from the TUN device.
@@ -200,7 +247,19 @@ impl Core {
             self.counters.drops.no_route += 1;
             return;
         };
-        match peer.tunn.encapsulate(packet, &mut self.buf) {
+        // Without a session and nowhere to send, a handshake would be maths
+        // for nothing: the peer (a spoke behind NAT) comes to us.
+        if peer.tunn.is_none() && peer.endpoint.is_none() {
+            self.counters.drops.no_endpoint += 1;
+            return;
+        }
+        let fresh = peer.tunn.is_none();
+        let tunn = Self::tunn(&self.private, &self.rate_limiter, index, peer);
+        let result = tunn.encapsulate(packet, &mut self.buf);
+        if fresh {
+            self.active.insert(index);
+        }
+        match result {
             TunnResult::WriteToNetwork(out) if !send_to_peer(peer, out, now, tx) => {
                 self.counters.drops.no_endpoint += 1;
             }
@@ -264,9 +323,17 @@ impl Core {
             return;
         };
         let kind = datagram.first().copied();
-        let mut result = peer
-            .tunn
-            .decapsulate(Some(from.ip()), datagram, &mut self.buf);
+        // Only an initiation starts a `Tunn`; anything else for a peer
+        // without one belongs to a session long gone.
+        if peer.tunn.is_none() && kind != Some(1) {
+            self.counters.drops.decrypt += 1;
+            return;
+        }
+        if peer.tunn.is_none() {
+            self.active.insert(index);
+        }
+        let tunn = Self::tunn(&self.private, &self.rate_limiter, index, peer);
+        let mut result = tunn.decapsulate(Some(from.ip()), datagram, &mut self.buf);
         let mut first = true;
         loop {
             match result {
@@ -298,6 +365,7 @@ impl Core {
                         if established {
                             self.counters.handshakes_completed += 1;
                             peer.last_handshake = Some(SystemTime::now());
+                            tx.handshake(&peer.name);
                             authenticated(peer, from, datagram.len());
                         } else {
                             // Cookie reply: answer the sender, do not roam.
@@ -308,7 +376,10 @@ impl Core {
                     send_to_peer(peer, out, now, tx);
                     // Drain the packets queued while the handshake ran.
                     first = false;
-                    result = peer.tunn.decapsulate(None, &[], &mut self.buf);
+                    let Some(tunn) = peer.tunn.as_mut() else {
+                        return;
+                    };
+                    result = tunn.decapsulate(None, &[], &mut self.buf);
                     continue;
                 }
                 TunnResult::WriteToTunnelV4(packet, src) => {
@@ -333,29 +404,50 @@ impl Core {
     }
 
     /// The regular timer tick (every ~250 ms): WireGuard timers and our
-    /// persistent keepalive.
+    /// persistent keepalive, for the active peers only. A peer whose
+    /// connection boringtun declares expired (handshake attempts given up,
+    /// or no new keys for 9 minutes: keys are zeroed, queued packets
+    /// dropped) loses its `Tunn` and costs nothing until it is needed again.
     pub(crate) fn tick(&mut self, now: Instant, tx: &mut impl Transmit) {
         self.rate_limiter.reset_count();
-        for peer in self.peers.values_mut() {
-            match peer.tunn.update_timers(&mut self.buf) {
-                TunnResult::WriteToNetwork(out) => {
-                    send_to_peer(peer, out, now, tx);
+        let mut idle = Vec::new();
+        for &index in &self.active {
+            let Some(peer) = self.peers.get_mut(&index) else {
+                idle.push(index);
+                continue;
+            };
+            if let Some(tunn) = peer.tunn.as_mut() {
+                match tunn.update_timers(&mut self.buf) {
+                    TunnResult::WriteToNetwork(out) => {
+                        send_to_peer(peer, out, now, tx);
+                    }
+                    TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                        peer.tunn = None;
+                    }
+                    TunnResult::Err(e) => {
+                        tracing::debug!(peer = %peer.name, error = ?e, "timer error")
+                    }
+                    _ => {}
                 }
-                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
-                TunnResult::Err(e) => tracing::debug!(peer = %peer.name, error = ?e, "timer error"),
-                _ => {}
             }
             let Some(every) = peer.keepalive else {
+                if peer.tunn.is_none() {
+                    idle.push(index);
+                }
                 continue;
             };
             let due = peer.last_sent.is_none_or(|t| {
                 now.saturating_duration_since(t) >= Duration::from_secs(u64::from(every))
             });
             if due && peer.endpoint.is_some() {
-                if let TunnResult::WriteToNetwork(out) = peer.tunn.encapsulate(&[], &mut self.buf) {
+                let tunn = Self::tunn(&self.private, &self.rate_limiter, index, peer);
+                if let TunnResult::WriteToNetwork(out) = tunn.encapsulate(&[], &mut self.buf) {
                     send_to_peer(peer, out, now, tx);
                 }
             }
+        }
+        for index in idle {
+            self.active.remove(&index);
         }
     }
 

@@ -15,6 +15,7 @@ use crate::reconcile::PeerOp;
 struct Sink {
     udp: Vec<(SocketAddr, Vec<u8>)>,
     tun: Vec<Vec<u8>>,
+    handshakes: Vec<wardnet_common::Name>,
 }
 
 impl Transmit for Sink {
@@ -24,6 +25,9 @@ impl Transmit for Sink {
     fn write_tun(&mut self, packet: &[u8]) {
         self.tun.push(packet.to_vec());
     }
+    fn handshake(&mut self, peer: &wardnet_common::Name) {
+        self.handshakes.push(peer.clone());
+    }
 }
 
 struct Node {
@@ -31,6 +35,7 @@ struct Node {
     key: PrivateKey,
     addr: SocketAddr,
     tun: Vec<Vec<u8>>,
+    handshakes: Vec<wardnet_common::Name>,
 }
 
 fn sa(s: &str) -> SocketAddr {
@@ -47,6 +52,7 @@ fn node(addr: &str) -> Node {
         key,
         addr: sa(addr),
         tun: Vec::new(),
+        handshakes: Vec::new(),
     }
 }
 
@@ -88,6 +94,7 @@ fn pump(nodes: &mut [&mut Node], mut queue: VecDeque<(SocketAddr, SocketAddr, Ve
         n.core
             .handle_datagram(from, &packet, Instant::now(), &mut sink);
         n.tun.extend(sink.tun);
+        n.handshakes.extend(sink.handshakes);
         let here = n.addr;
         queue.extend(sink.udp.into_iter().map(|(t, p)| (here, t, p)));
     }
@@ -289,4 +296,44 @@ fn removed_peer_is_forgotten_and_keepalive_starts_a_handshake() {
     assert_eq!(sink.udp.len(), 1);
     assert_eq!(sink.udp[0].0, b.addr);
     assert_eq!(sink.udp[0].1[0], 1, "handshake initiation");
+}
+
+#[test]
+fn idle_peers_cost_no_tunnel_state_and_no_handshakes() {
+    // A hub with 1,000 spokes that never came (no endpoint known) and one
+    // that is there.
+    let (mut a, mut b) = pair();
+    for i in 0..1000u32 {
+        let spoke = PrivateKey::generate();
+        let ip = std::net::Ipv4Addr::from(0x6440_1000 + i);
+        a.core.apply(PeerOp::AddPeer(PeerConfig {
+            name: format!("gp-{i}").parse().expect("name"),
+            region: "north".parse().expect("name"),
+            role: Role::Spoke,
+            public_key: spoke.public_key(),
+            endpoint: None,
+            allowed_ips: [IpNet::from(ipnet::Ipv4Net::from(ip))].into(),
+            persistent_keepalive: None,
+        }));
+    }
+    assert_eq!(a.core.live_tunnels(), 0, "no state before there is work");
+    // Traffic (a probe) to a spoke with no endpoint: dropped, no handshake
+    // maths, no state.
+    let out = send_from_tun(
+        &mut a,
+        &ipv4_packet([100, 64, 0, 1], [100, 64, 16, 7], b"p"),
+    );
+    assert!(out.is_empty());
+    assert_eq!(a.core.live_tunnels(), 0);
+    assert_eq!(a.core.snapshot(0).counters.drops.no_endpoint, 1);
+    let mut sink = Sink::default();
+    a.core.tick(Instant::now(), &mut sink);
+    assert!(sink.udp.is_empty(), "the tick has nothing to do");
+    // The one that is there: a session, on both sides, reported once each.
+    let out = send_from_tun(&mut a, &ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], b"p"));
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(a.core.live_tunnels(), 1);
+    assert_eq!(b.core.live_tunnels(), 1);
+    assert_eq!(a.handshakes.len() + b.handshakes.len(), 2);
+    assert_eq!(b.handshakes, [peer_config(&a, None, &[]).name]);
 }

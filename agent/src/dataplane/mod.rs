@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tun_rs::AsyncDevice;
-use wardnet_common::PrivateKey;
+use wardnet_common::{Name, PrivateKey};
 
 use self::core::{Core, Transmit};
 use self::tun::{TunRead, TunWrite};
@@ -100,6 +100,7 @@ pub struct DataPlaneHandle {
 pub struct DataPlane {
     handle: DataPlaneHandle,
     task: tokio::task::JoinHandle<Result<(), DataPlaneError>>,
+    handshakes: Option<mpsc::UnboundedReceiver<Name>>,
 }
 
 impl DataPlane {
@@ -122,16 +123,24 @@ impl DataPlane {
             })?;
         let socket = bind_udp(config.listen_port)?;
         let (tx, rx) = mpsc::channel(64);
-        let shell = Shell::new(tun, socket, Core::new(&config.private_key));
+        let (handshakes_tx, handshakes) = mpsc::unbounded_channel();
+        let shell = Shell::new(tun, socket, Core::new(&config.private_key), handshakes_tx);
         let task = tokio::spawn(shell.run(rx));
         Ok(DataPlane {
             handle: DataPlaneHandle { commands: tx },
             task,
+            handshakes: Some(handshakes),
         })
     }
 
     pub fn handle(&self) -> DataPlaneHandle {
         self.handle.clone()
+    }
+
+    /// The peers' completed handshakes, by name, as they happen (once:
+    /// later calls get `None`). At most a few per peer every two minutes.
+    pub fn take_handshakes(&mut self) -> Option<mpsc::UnboundedReceiver<Name>> {
+        self.handshakes.take()
     }
 
     /// Stops the loop (closing the device and socket) and returns its result.
@@ -262,6 +271,8 @@ struct Io {
     tun: AsyncDevice,
     udp_out: SendBatch,
     tun_out: TunWrite,
+    /// Completed handshakes, for whoever listens (a closed channel is fine).
+    handshakes: mpsc::UnboundedSender<Name>,
 }
 
 impl Io {
@@ -297,10 +308,19 @@ impl Transmit for Io {
         }
         self.tun_out.push(packet);
     }
+
+    fn handshake(&mut self, peer: &Name) {
+        let _ = self.handshakes.send(peer.clone());
+    }
 }
 
 impl Shell {
-    fn new(tun: AsyncDevice, socket: UdpSocket, core: Core) -> Self {
+    fn new(
+        tun: AsyncDevice,
+        socket: UdpSocket,
+        core: Core,
+        handshakes: mpsc::UnboundedSender<Name>,
+    ) -> Self {
         let v6_socket = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
         Shell {
             io: Io {
@@ -309,6 +329,7 @@ impl Shell {
                 tun,
                 udp_out: SendBatch::default(),
                 tun_out: TunWrite::new(),
+                handshakes,
             },
             core,
             udp_bufs: RecvBatch::new(),

@@ -9,6 +9,7 @@ pub mod probe;
 pub mod summary;
 
 pub use probe::{
-    is_up, probe_address, ProbeConfig, ProbeTarget, ProbeToSend, ProbeView, Scheduler,
+    link_state, probe_address, LinkState, ProbeConfig, ProbeTarget, ProbeToSend, ProbeView,
+    Scheduler,
 };
 pub use summary::{summarize, PeerHealth};

@@ -5,6 +5,14 @@
 //!
 //! The I/O shell (`health::io`) only moves bytes: it sends what
 //! [`Scheduler::on_tick`] returns and feeds replies to [`Scheduler::on_reply`].
+//!
+//! Probes go only through a live session (a handshake seen within
+//! WireGuard's reject window, told by [`Scheduler::on_handshake`]). A probe
+//! to a peer without one would only make the data plane start a handshake
+//! with a peer that is not there, every interval, for ever: thousands of
+//! them on a hub whose spokes are down. Such a peer is dormant: no timer,
+//! no cost. Its health rests on its handshakes (which the peer starts: a
+//! spoke keeps its link to the hub warm) until the next one wakes it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -78,8 +86,9 @@ pub struct ProbeToSend {
 /// What happened to a reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyOutcome {
-    /// Answered in time: the round-trip time.
-    Answered { rtt: Duration },
+    /// Answered in time: the round-trip time, unless the probe waited for
+    /// a handshake (then it counts for up and loss, not for the RTT).
+    Answered { rtt: Option<Duration> },
     /// Not a probe we wait for (late, duplicate, unknown peer or sequence).
     Ignored,
 }
@@ -92,6 +101,10 @@ struct PeerProbe {
     target: ProbeTarget,
     /// When the peer joined the schedule (grace period for the up rule).
     since: Instant,
+    /// The last handshake the data plane reported: the session's start.
+    session: Option<Instant>,
+    /// No probe is scheduled (no live session); a handshake wakes it.
+    dormant: bool,
     next_due: Instant,
     next_seq: u16,
     /// Sequence -> time sent, for probes not yet answered nor lost.
@@ -121,7 +134,7 @@ pub struct ProbeView {
     pub loss_ratio: Option<f64>,
     /// `None`: not probed (no address). `Some(false)`: no success within
     /// `down_after_intervals` intervals (after a grace period as long, from
-    /// when the peer was added).
+    /// when the peer was added or its session started).
     pub probe_ok: Option<bool>,
 }
 
@@ -167,25 +180,27 @@ impl Scheduler {
     }
 
     /// Replace the set of peers. Peers whose name and address are unchanged
-    /// keep their schedule, counters and window; others start afresh. New
-    /// peers are spread over one interval so a hub does not send a burst.
+    /// keep their schedule, counters and window; others start afresh (a
+    /// session seen stays known). Peers with a live session are spread over
+    /// one interval so a hub does not send a burst; the others stay dormant.
     pub fn set_peers(&mut self, targets: Vec<ProbeTarget>, now: Instant) {
         let n = targets.len().max(1) as u32;
         let mut old = std::mem::take(&mut self.peers);
         for (i, t) in targets.into_iter().enumerate() {
-            let kept = old
-                .remove(&t.name)
-                .filter(|p| p.target.address == t.address);
-            let p = match kept {
+            let prev = old.remove(&t.name);
+            let session = prev.as_ref().and_then(|p| p.session);
+            let p = match prev.filter(|p| p.target.address == t.address) {
                 Some(mut p) => {
                     p.target = t;
                     p
                 }
                 None => {
-                    let p = PeerProbe {
+                    let mut p = PeerProbe {
                         epoch: self.next_epoch,
                         since: now,
-                        next_due: now + self.config.interval * (i as u32) / n,
+                        session,
+                        dormant: true,
+                        next_due: now,
                         next_seq: 0,
                         outstanding: BTreeMap::new(),
                         window: VecDeque::new(),
@@ -197,14 +212,8 @@ impl Scheduler {
                         target: t,
                     };
                     self.next_epoch += 1;
-                    if p.target.address.is_some() {
-                        self.timers.push(Reverse((
-                            p.next_due,
-                            p.epoch,
-                            p.target.name.clone(),
-                            Timer::Due,
-                        )));
-                    }
+                    let spread = self.config.interval * (i as u32) / n;
+                    wake(&mut self.timers, &mut p, now + spread, now);
                     p
                 }
             };
@@ -215,6 +224,37 @@ impl Scheduler {
             .values()
             .filter_map(|p| Some((p.target.address?, p.target.name.clone())))
             .collect();
+    }
+
+    /// Change the probe settings: every peer starts afresh at the new pace
+    /// (counters and windows reset), sessions stay known.
+    pub fn set_config(&mut self, config: ProbeConfig, now: Instant) {
+        let targets: Vec<ProbeTarget> = self.peers.values().map(|p| p.target.clone()).collect();
+        let sessions: Vec<(Name, Instant)> = self
+            .peers
+            .values()
+            .filter_map(|p| Some((p.target.name.clone(), p.session?)))
+            .collect();
+        *self = Scheduler {
+            next_epoch: self.next_epoch,
+            ..Scheduler::new(config)
+        };
+        // Sessions first, so that set_peers spreads the live ones.
+        self.set_peers(targets.clone(), now);
+        for (name, at) in sessions {
+            self.on_handshake(&name, at, now);
+        }
+    }
+
+    /// The data plane completed a handshake with `peer` at `at`: a live
+    /// session. A dormant peer is probed at once (its first RTT comes from
+    /// the fresh session, not from a probe that waited for it).
+    pub fn on_handshake(&mut self, peer: &Name, at: Instant, now: Instant) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        p.session = Some(p.session.map_or(at, |s| s.max(at)));
+        wake(&mut self.timers, p, now, now);
     }
 
     /// Declare late probes lost, and return the probes due now. Visits only
@@ -249,7 +289,12 @@ impl Scheduler {
                     let Some(address) = p.target.address else {
                         continue;
                     };
-                    if p.next_due != when {
+                    if p.dormant || p.next_due != when {
+                        continue;
+                    }
+                    if !live(p.session, now) {
+                        // The session lapsed: sleep until the next handshake.
+                        p.dormant = true;
                         continue;
                     }
                     let seq = p.next_seq;
@@ -304,12 +349,17 @@ impl Scheduler {
         }
         push_outcome(&mut p.window, true, cfg.loss_window);
         p.last_success = Some(now);
+        if p.session.is_some_and(|s| s > sent) {
+            // A handshake completed while this probe was out: it waited for
+            // it, and its time says nothing about the link's RTT.
+            return ReplyOutcome::Answered { rtt: None };
+        }
         p.last_rtt = Some(rtt);
         p.srtt = Some(match p.srtt {
             None => rtt,
             Some(s) => (s * 7 + rtt) / 8,
         });
-        ReplyOutcome::Answered { rtt }
+        ReplyOutcome::Answered { rtt: Some(rtt) }
     }
 
     pub fn target(&self, peer: &Name) -> Option<&ProbeTarget> {
@@ -340,10 +390,12 @@ impl Scheduler {
         let resolved = p.window.len();
         let lost = p.window.iter().filter(|ok| !**ok).count();
         let limit = self.config.interval * self.config.down_after_intervals;
+        // Grace after the peer joined or its session started: the probes
+        // have not had their chances yet.
+        let chances_from = p.session.map_or(p.since, |s| s.max(p.since));
         let probe_ok = p.target.address.map(|_| match p.last_success {
-            Some(t) => now.saturating_duration_since(t) <= limit,
-            // Grace after the peer joined: it has not had its chances yet.
-            None => now.saturating_duration_since(p.since) <= limit,
+            Some(t) if t >= chances_from => now.saturating_duration_since(t) <= limit,
+            _ => now.saturating_duration_since(chances_from) <= limit,
         });
         ProbeView {
             name: p.target.name.clone(),
@@ -360,6 +412,22 @@ impl Scheduler {
     }
 }
 
+/// Whether a session that started at `session` can still carry packets.
+fn live(session: Option<Instant>, now: Instant) -> bool {
+    session.is_some_and(|s| now.saturating_duration_since(s) < REJECT_AFTER)
+}
+
+/// Schedule a dormant peer's next probe at `at`, if it is probed and its
+/// session is live; a peer already scheduled keeps its cadence.
+fn wake(timers: &mut BinaryHeap<Entry>, p: &mut PeerProbe, at: Instant, now: Instant) {
+    if !p.dormant || p.target.address.is_none() || !live(p.session, now) {
+        return;
+    }
+    p.dormant = false;
+    p.next_due = at;
+    timers.push(Reverse((at, p.epoch, p.target.name.clone(), Timer::Due)));
+}
+
 fn push_outcome(window: &mut VecDeque<bool>, ok: bool, cap: usize) {
     window.push_back(ok);
     while window.len() > cap.max(1) {
@@ -367,10 +435,39 @@ fn push_outcome(window: &mut VecDeque<bool>, ok: bool, cap: usize) {
     }
 }
 
-/// The up/down rule: a handshake within WireGuard's reject window, and (for
-/// a probed peer) a probe answered within the last intervals.
-pub fn is_up(handshake_age: Option<Duration>, probe_ok: Option<bool>) -> bool {
-    handshake_age.is_some_and(|a| a < REJECT_AFTER) && probe_ok.unwrap_or(true)
+/// What is known of a link.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Up,
+    Down,
+    /// No handshake since the agent started: nothing says up or down yet
+    /// (a peer that never came, or one this agent has not heard from since
+    /// its restart).
+    Unknown,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+            LinkState::Unknown => "unknown",
+        }
+    }
+}
+
+/// The link rule: unknown before any handshake; up with a handshake within
+/// WireGuard's reject window and (for a probed peer) a probe answered
+/// within the last intervals; down otherwise.
+pub fn link_state(handshake_age: Option<Duration>, probe_ok: Option<bool>) -> LinkState {
+    match handshake_age {
+        None => LinkState::Unknown,
+        Some(a) if a < REJECT_AFTER && probe_ok.unwrap_or(true) => LinkState::Up,
+        Some(_) => LinkState::Down,
+    }
 }
 
 /// The probe address of a peer: its own overlay address, which the

@@ -17,11 +17,21 @@ fn target(n: &str, last: u8) -> ProbeTarget {
     }
 }
 
+/// One peer with a session that started at `t0`.
 fn one_peer() -> (Scheduler, Instant) {
     let t0 = Instant::now();
     let mut s = Scheduler::new(ProbeConfig::default());
     s.set_peers(vec![target("hub", 1)], t0);
+    s.on_handshake(&name("hub"), t0, t0);
     (s, t0)
+}
+
+/// Handshakes for every peer at `now` (sessions keep being rekeyed).
+fn rekey(s: &mut Scheduler, now: Instant) {
+    let names: Vec<Name> = s.views(now).into_iter().map(|v| v.name).collect();
+    for n in names {
+        s.on_handshake(&n, now, now);
+    }
 }
 
 #[test]
@@ -52,6 +62,7 @@ fn configurable_interval() {
     let t0 = Instant::now();
     let mut s = Scheduler::new(ProbeConfig::with_interval(Duration::from_millis(500)));
     s.set_peers(vec![target("hub", 1)], t0);
+    rekey(&mut s, t0);
     let sent: usize = (0..10)
         .map(|i| s.on_tick(t0 + Duration::from_millis(100) * i).len())
         .sum();
@@ -66,7 +77,7 @@ fn reply_gives_rtt_and_is_counted_once() {
     let rtt = Duration::from_millis(23);
     assert_eq!(
         s.on_reply(&name("hub"), p[0].seq, t0 + rtt),
-        ReplyOutcome::Answered { rtt }
+        ReplyOutcome::Answered { rtt: Some(rtt) }
     );
     // A duplicate does not count again.
     assert_eq!(
@@ -123,6 +134,9 @@ fn smoothed_rtt() {
 fn run(s: &mut Scheduler, t0: Instant, probes: u32, lose: impl Fn(u32) -> bool) -> Instant {
     let mut now = t0;
     for i in 0..probes {
+        if i % 24 == 0 {
+            rekey(s, now);
+        }
         for p in s.on_tick(now) {
             if !lose(i) {
                 s.on_reply(&p.peer, p.seq, now + Duration::from_millis(10));
@@ -199,25 +213,34 @@ fn grace_for_a_new_peer_then_down() {
 }
 
 #[test]
-fn up_rule_needs_handshake_and_probe() {
+fn link_rule_needs_handshake_and_probe() {
     let fresh = Some(Duration::from_secs(30));
     let stale = Some(Duration::from_secs(180));
-    assert!(is_up(fresh, Some(true)));
-    assert!(
-        is_up(fresh, None),
+    assert_eq!(link_state(fresh, Some(true)), LinkState::Up);
+    assert_eq!(
+        link_state(fresh, None),
+        LinkState::Up,
         "an unprobed peer rests on its handshake"
     );
-    assert!(!is_up(fresh, Some(false)));
-    assert!(
-        !is_up(stale, Some(true)),
+    assert_eq!(link_state(fresh, Some(false)), LinkState::Down);
+    assert_eq!(
+        link_state(stale, Some(true)),
+        LinkState::Down,
         "180 s is WireGuard's reject window"
     );
-    assert!(!is_up(None, Some(true)));
-    assert!(is_up(Some(Duration::from_secs(179)), Some(true)));
+    assert_eq!(
+        link_state(None, Some(false)),
+        LinkState::Unknown,
+        "never a handshake: nothing known"
+    );
+    assert_eq!(
+        link_state(Some(Duration::from_secs(179)), Some(true)),
+        LinkState::Up
+    );
 }
 
 #[test]
-fn set_peers_keeps_unchanged_and_spreads_new() {
+fn set_peers_keeps_unchanged_and_new_wait_for_a_handshake() {
     let (mut s, t0) = one_peer();
     let p = s.on_tick(t0);
     s.on_reply(&name("hub"), p[0].seq, t0 + S / 10);
@@ -236,22 +259,83 @@ fn set_peers_keeps_unchanged_and_spreads_new() {
     let v = s.view_of(&name("hub"), t1).expect("hub");
     assert_eq!(v.sent_total, 1);
     assert!(s.on_tick(t1).iter().all(|p| p.peer != name("hub")));
-    // New peers: spread over one interval (index 1..4 of 5 -> 1, 2, 3, 4 s).
+    // New peers have no session: no probe (it would only start a handshake
+    // with a peer that may not be there) until their first handshake.
     let mut first_sent = BTreeMap::new();
+    let t2 = t1 + 3 * S;
+    s.on_handshake(&name("b"), t2, t2);
     for ms in (0..=5000).step_by(100) {
         let now = t1 + Duration::from_millis(ms);
         for p in s.on_tick(now) {
             first_sent.entry(p.peer).or_insert(ms);
         }
     }
-    assert_eq!(first_sent.get(&name("a")), Some(&1000));
-    assert_eq!(first_sent.get(&name("d")), Some(&4000));
+    assert_eq!(first_sent.get(&name("a")), None);
+    assert_eq!(
+        first_sent.get(&name("b")),
+        Some(&3000),
+        "probed at its handshake"
+    );
+    assert_eq!(first_sent.get(&name("hub")), Some(&4000), "its own cadence");
     // A changed address starts afresh; a removed peer is gone.
     s.set_peers(vec![target("hub", 9)], t1);
     assert_eq!(s.views(t1).len(), 1);
     assert_eq!(s.view_of(&name("hub"), t1).map(|v| v.sent_total), Some(0));
     assert_eq!(s.peer_for(Ipv4Addr::new(100, 64, 0, 9)), Some(&name("hub")));
     assert_eq!(s.peer_for(Ipv4Addr::new(100, 64, 0, 1)), None);
+}
+
+#[test]
+fn a_peer_without_a_session_costs_nothing_until_it_shakes_hands() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(ProbeConfig::default());
+    s.set_peers(vec![target("gp-a", 2)], t0);
+    assert_eq!(s.next_deadline(), None, "no timer for a peer never seen");
+    for i in 0..60 {
+        assert!(s.on_tick(t0 + S * i).is_empty());
+    }
+    let t1 = t0 + 61 * S;
+    s.on_handshake(&name("gp-a"), t1, t1);
+    assert_eq!(s.next_deadline(), Some(t1), "probed at once");
+    assert_eq!(s.on_tick(t1).len(), 1);
+}
+
+#[test]
+fn a_lapsed_session_stops_the_probes_until_the_next_handshake() {
+    let (mut s, t0) = one_peer();
+    let mut sent = 0;
+    let mut now = t0;
+    while now < t0 + 300 * S {
+        sent += s.on_tick(now).len();
+        now += S;
+    }
+    // Probes every 5 s while the session lived (180 s), none after.
+    assert_eq!(sent, 36);
+    assert_eq!(s.next_deadline(), None);
+    s.on_handshake(&name("hub"), now, now);
+    assert_eq!(s.on_tick(now).len(), 1);
+}
+
+#[test]
+fn a_probe_that_waited_for_a_handshake_gives_no_rtt() {
+    let (mut s, t0) = one_peer();
+    let p = s.on_tick(t0);
+    // The peer had restarted: the probe waited for a new handshake.
+    let hs = t0 + S + S / 5;
+    s.on_handshake(&name("hub"), hs, hs);
+    assert_eq!(
+        s.on_reply(&name("hub"), p[0].seq, hs + Duration::from_millis(1)),
+        ReplyOutcome::Answered { rtt: None }
+    );
+    let v = s.view_of(&name("hub"), hs + S).expect("peer");
+    assert_eq!((v.srtt, v.last_rtt), (None, None));
+    assert_eq!((v.loss_ratio, v.probe_ok), (Some(0.0), Some(true)));
+    // The next probe, through the fresh session, gives the RTT.
+    let p = s.on_tick(t0 + 5 * S);
+    let rtt = Duration::from_micros(300);
+    s.on_reply(&name("hub"), p[0].seq, t0 + 5 * S + rtt);
+    let v = s.view_of(&name("hub"), t0 + 6 * S).expect("peer");
+    assert_eq!(v.srtt, Some(rtt));
 }
 
 #[test]
@@ -285,6 +369,9 @@ fn sequence_wraps() {
     let mut last = None;
     for i in 0..=65536u32 {
         let now = t0 + S * i;
+        if i % 100 == 0 {
+            rekey(&mut s, now);
+        }
         for p in s.on_tick(now) {
             s.on_reply(&p.peer, p.seq, now);
             last = Some(p.seq);
@@ -310,6 +397,7 @@ fn timers_of_a_removed_or_changed_peer_are_ignored() {
     let t0 = Instant::now();
     let mut s = Scheduler::new(ProbeConfig::default());
     s.set_peers(vec![target("a", 2), target("b", 3)], t0);
+    rekey(&mut s, t0);
     let sent = s.on_tick(t0 + Duration::from_secs(5));
     assert_eq!(sent.len(), 2, "{sent:?}");
     // a moves to another address (a new incarnation), b goes away.
@@ -344,6 +432,11 @@ fn a_hub_tick_touches_only_what_is_due() {
         })
         .collect();
     s.set_peers(peers, t0);
+    // Handshakes arrive over the first interval.
+    for i in 0..10_000u32 {
+        let at = t0 + Duration::from_secs(5) * i / 10_000;
+        s.on_handshake(&name(&format!("gp-{i}")), at, t0);
+    }
     let mut sent = 0;
     let mut now = t0;
     while now < t0 + Duration::from_secs(5) {

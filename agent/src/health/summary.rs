@@ -6,18 +6,21 @@ use std::time::Duration;
 use wardnet_common::wire::HealthSummary;
 use wardnet_common::Name;
 
+use super::LinkState;
+
 /// One peer's health as the summary needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerHealth {
     pub name: Name,
-    pub up: bool,
+    pub state: LinkState,
     pub rtt: Option<Duration>,
     pub loss_ratio: Option<f64>,
 }
 
-/// Peers up/total; the worst RTT and the worst loss over all peers; the
-/// worst peer: a down peer first (by name), else the one with the highest
-/// loss, then the highest RTT.
+/// Peers up/unknown/total; the worst RTT and the worst loss over all peers;
+/// the worst peer: a down peer first (by name), else the one with the
+/// highest loss, then the highest RTT. An unknown peer (no handshake since
+/// the agent started) is neither up nor down, and never the worst.
 pub fn summarize(peers: &[PeerHealth], metrics_address: Option<String>) -> HealthSummary {
     let worst_rtt = peers.iter().filter_map(|p| p.rtt).max();
     let worst_loss = peers
@@ -28,7 +31,7 @@ pub fn summarize(peers: &[PeerHealth], metrics_address: Option<String>) -> Healt
         });
     let worst_peer = peers
         .iter()
-        .filter(|p| !p.up)
+        .filter(|p| p.state == LinkState::Down)
         .map(|p| &p.name)
         .min()
         .or_else(|| {
@@ -46,8 +49,10 @@ pub fn summarize(peers: &[PeerHealth], metrics_address: Option<String>) -> Healt
                 .map(|p| &p.name)
         })
         .cloned();
+    let count = |s: LinkState| peers.iter().filter(|p| p.state == s).count() as u32;
     HealthSummary {
-        peers_up: peers.iter().filter(|p| p.up).count() as u32,
+        peers_up: count(LinkState::Up),
+        peers_unknown: count(LinkState::Unknown),
         peers_total: peers.len() as u32,
         worst_rtt_seconds: worst_rtt.map(|d| d.as_secs_f64()),
         worst_loss_ratio: worst_loss,
@@ -67,7 +72,7 @@ mod tests {
     fn ph(n: &str, up: bool, rtt_ms: Option<u64>, loss: Option<f64>) -> PeerHealth {
         PeerHealth {
             name: name(n),
-            up,
+            state: if up { LinkState::Up } else { LinkState::Down },
             rtt: rtt_ms.map(Duration::from_millis),
             loss_ratio: loss,
         }
@@ -118,6 +123,15 @@ mod tests {
         );
         assert_eq!(s.worst_peer, Some(name("c")));
         assert_eq!(s.worst_loss_ratio, Some(0.0));
+    }
+
+    #[test]
+    fn unknown_peers_are_counted_apart_and_never_the_worst() {
+        let mut never = ph("a", false, None, None);
+        never.state = LinkState::Unknown;
+        let s = summarize(&[never, ph("b", true, Some(3), Some(0.0))], None);
+        assert_eq!((s.peers_up, s.peers_unknown, s.peers_total), (1, 1, 2));
+        assert_eq!(s.worst_peer, Some(name("b")));
     }
 
     #[test]

@@ -78,8 +78,8 @@ pub fn worst_link(h: Option<&HealthSummary>) -> String {
     let Some(peer) = &h.worst_peer else {
         return "-".into();
     };
-    if h.peers_up < h.peers_total {
-        // The summary names a down peer first.
+    if h.peers_up + h.peers_unknown < h.peers_total {
+        // The summary names a down peer first (never an unknown one).
         return format!("{peer} down");
     }
     let mut out = peer.to_string();
@@ -95,7 +95,10 @@ pub fn worst_link(h: Option<&HealthSummary>) -> String {
 fn peers(h: Option<&HealthSummary>) -> String {
     h.map_or_else(
         || "-".into(),
-        |h| format!("{}/{}", h.peers_up, h.peers_total),
+        |h| match h.peers_unknown {
+            0 => format!("{}/{}", h.peers_up, h.peers_total),
+            n => format!("{}/{} ({n} unknown)", h.peers_up, h.peers_total),
+        },
     )
 }
 
@@ -247,6 +250,7 @@ mod tests {
     fn worst_link_forms() {
         let mut h = HealthSummary {
             peers_up: 2,
+            peers_unknown: 0,
             peers_total: 2,
             worst_rtt_seconds: Some(0.0123),
             worst_loss_ratio: Some(0.2),
@@ -258,6 +262,10 @@ mod tests {
         assert_eq!(worst_link(Some(&h)), "gp-a down");
         assert_eq!(worst_link(None), "-");
         assert_eq!(peers(Some(&h)), "1/2");
+        // Not heard from since the agent started: not a down link.
+        h.peers_unknown = 1;
+        assert_eq!(worst_link(Some(&h)), "gp-a 12.3ms 20%");
+        assert_eq!(peers(Some(&h)), "1/2 (1 unknown)");
     }
 
     #[test]
