@@ -121,6 +121,16 @@ pub async fn run(
             .await
             .with_context(|| format!("failed to listen on {listen} (metrics_listen)"))?;
         let uapi = config.uapi_dir.join(format!("{}.sock", config.interface));
+        let control = match crate::uapi::ControlSocket::bind(&uapi).await {
+            Ok(c) => {
+                tracing::info!(path = %uapi.display(), "serving the WireGuard control socket (`wg show`)");
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "the WireGuard control socket failed; `wg show` will not work");
+                None
+            }
+        };
         let mut eventloop = Eventloop::new(
             Parts {
                 config,
@@ -138,11 +148,11 @@ pub async fn run(
         );
         let agent = eventloop.handle();
         let mut tasks = tokio::task::JoinSet::new();
-        {
+        if let Some(control) = control {
             let handle = dp.handle();
             let stop = stop.clone();
             tasks.spawn(async move {
-                if let Err(e) = crate::uapi::serve(uapi, key, handle, stop.cancelled_owned()).await {
+                if let Err(e) = crate::uapi::serve(control, key, handle, stop.cancelled_owned()).await {
                     tracing::error!(error = ?e, "the WireGuard control socket failed; `wg show` will not work");
                 }
             });

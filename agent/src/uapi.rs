@@ -135,23 +135,37 @@ fn unix_time(t: Option<SystemTime>) -> (u64, u32) {
     }
 }
 
-/// Serves the control socket at `path` until `shutdown` completes, then
-/// removes the socket. Also removed if this future is dropped.
-///
-/// The directory is created 0755 if missing (as wireguard-go does); the socket
+/// The control socket, bound: [`serve`] answers on it. The socket file is
+/// removed when this is dropped (unless another took its place).
+pub struct ControlSocket {
+    listener: UnixListener,
+    guard: SocketGuard,
+}
+
+impl ControlSocket {
+    /// Bind the control socket at `path` (see [`bind`] for the rules).
+    pub async fn bind(path: &Path) -> Result<Self, UapiError> {
+        let (listener, guard) = bind(path).await?;
+        Ok(ControlSocket { listener, guard })
+    }
+}
+
+/// Serves the bound control socket until `shutdown` completes, then
+/// removes the socket. Also removed if this future is dropped. is created 0755 if missing (as wireguard-go does); the socket
 /// is made 0600 right after bind (wireguard-go binds under umask 077, giving
 /// 0700; umask is process-wide, so we chmod instead — with the usual 022 umask
 /// nobody else can connect during that window, as connecting needs write
-/// permission). A stale socket (nobody answering) is removed; a live one is
-/// an error, as is a non-socket file at `path`.
 pub async fn serve<S: SnapshotSource>(
-    path: PathBuf,
+    socket: ControlSocket,
     private_key: PrivateKey,
     source: S,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), UapiError> {
-    let (listener, _guard) = bind(&path).await?;
-    tracing::info!(path = %path.display(), "serving the WireGuard control socket (`wg show`)");
+    let ControlSocket {
+        listener,
+        guard: _guard,
+    } = socket;
+    let path = _guard.path.clone();
     let state = Arc::new(Conn {
         key: private_key,
         source,
@@ -194,6 +208,12 @@ impl Drop for SocketGuard {
     }
 }
 
+/// The directory is created 0755 if missing (as wireguard-go does); the socket
+/// is made 0600 right after bind (wireguard-go binds under umask 077, giving
+/// 0700; umask is process-wide, so we chmod instead — with the usual 022 umask
+/// nobody else can connect during that window, as connecting needs write
+/// permission). A stale socket (nobody answering) is removed; a live one is
+/// an error, as is a non-socket file at `path`.
 async fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), UapiError> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()

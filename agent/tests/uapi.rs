@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wardnet_agent::snapshot::{DeviceSnapshot, PeerSnapshot};
-use wardnet_agent::uapi::{format_get, serve, socket_path, UapiError};
+use wardnet_agent::uapi::{format_get, serve, socket_path, ControlSocket, UapiError};
 use wardnet_common::{PrivateKey, PublicKey};
 
 static N: AtomicU32 = AtomicU32::new(0);
@@ -76,14 +76,10 @@ struct Server {
 impl Server {
     async fn start(path: &Path, f: &Fixture) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(
-            path.to_owned(),
-            f.key.clone(),
-            f.snap.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let socket = ControlSocket::bind(path).await.expect("bind");
+        let task = tokio::spawn(serve(socket, f.key.clone(), f.snap.clone(), async move {
+            let _ = stopped.await;
+        }));
         for _ in 0..200 {
             if UnixStream::connect(path).await.is_ok() {
                 return Self {
@@ -141,9 +137,9 @@ async fn serves_get_refuses_set_and_cleans_up() {
     assert_eq!(ask(&path, "bogus\n\n").await, "errno=-22\n\n");
 
     // A second server on the same live socket is refused.
-    let err = serve(path.clone(), f.key.clone(), f.snap.clone(), async {})
-        .await
-        .expect_err("in use");
+    let Err(err) = ControlSocket::bind(&path).await else {
+        panic!("a live socket must not be taken over");
+    };
     assert!(matches!(err, UapiError::InUse { .. }), "{err}");
 
     server.stop().await;
@@ -164,9 +160,9 @@ async fn stale_socket_is_replaced_and_other_files_are_not() {
 
     let file = dir.path().join("wnt2.sock");
     std::fs::write(&file, b"not a socket").expect("write");
-    let err = serve(file.clone(), f.key.clone(), f.snap.clone(), async {})
-        .await
-        .expect_err("not a socket");
+    let Err(err) = ControlSocket::bind(&file).await else {
+        panic!("a file that is not a socket must not be replaced");
+    };
     assert!(matches!(err, UapiError::NotASocket { .. }), "{err}");
     assert_eq!(std::fs::read(&file).expect("kept"), b"not a socket");
 }

@@ -128,6 +128,9 @@ impl Drop for Fleet {
     }
 }
 
+/// The test overlay: 16 regions of 4,094 sites.
+const DEFAULT_OVERLAY: &str = "overlay_ipv4 = \"100.64.0.0/16\"\n";
+
 /// Controller `i`'s underlay address: .254, .253, …
 fn replica_ip(i: usize) -> String {
     format!("198.51.100.{}", 254 - i)
@@ -161,14 +164,25 @@ impl Fleet {
     /// Start a controller (embedded SQLite, plain HTTP inside the test
     /// network) in a fresh wan namespace.
     pub fn start() -> Result<Self> {
-        Self::start_with(None, None)
+        Self::start_with(None, None, DEFAULT_OVERLAY)
+    }
+
+    /// Start a controller whose regions hold up to 16,382 sites each
+    /// (overlay 100.64.0.0/14, /18 per region), for hubs at a real
+    /// region's size.
+    pub fn start_large_regions() -> Result<Self> {
+        Self::start_with(
+            None,
+            None,
+            "overlay_ipv4 = \"100.64.0.0/14\"\nregion_prefix_len_v4 = 18\n",
+        )
     }
 
     /// Start a controller serving TLS on port 8443 with a private CA made
     /// by `wardnet-controller ca init`, valid for its underlay address and
     /// `hosts`; agents enrol with `--ca-cert`, as on a real pilot.
     pub fn start_tls(hosts: &[&str]) -> Result<Self> {
-        Self::start_with(Some(hosts), None)
+        Self::start_with(Some(hosts), None, DEFAULT_OVERLAY)
     }
 
     /// Start `n` controller replicas on one PostgreSQL database
@@ -176,10 +190,14 @@ impl Fleet {
     /// 198.51.100.254, .253, …; agents added later list all of them
     /// (`controller.urls`, in that order).
     pub fn start_replicas(n: usize, database_url: &str) -> Result<Self> {
-        Self::start_with(None, Some((n, database_url)))
+        Self::start_with(None, Some((n, database_url)), DEFAULT_OVERLAY)
     }
 
-    fn start_with(tls_hosts: Option<&[&str]>, replicas: Option<(usize, &str)>) -> Result<Self> {
+    fn start_with(
+        tls_hosts: Option<&[&str]>,
+        replicas: Option<(usize, &str)>,
+        overlay: &str,
+    ) -> Result<Self> {
         let bins = Bins::find()?;
         let dir = std::env::temp_dir().join(format!(
             "wardnet-fleet-{}-{}",
@@ -256,7 +274,7 @@ impl Fleet {
 {serving}
 {database}
 [network]
-overlay_ipv4 = "100.64.0.0/16"
+{overlay}
 overlay_ipv6 = "fd7a:6e65::/48"
 routed_prefixes = ["100.100.0.0/16"]
 persistent_keepalive = 25

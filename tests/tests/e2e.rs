@@ -195,6 +195,21 @@ fn a_revoked_spoke_is_dropped_by_the_hub_within_5_seconds() -> Result<()> {
         "gp-b is unaffected"
     );
     eprintln!("hub dropped the revoked spoke after {took:?}");
+    // The revoked agent knows it: status says so, its peers are gone (no
+    // futile handshakes), and the controller never shows it online.
+    let st = wait_for(
+        Duration::from_secs(30),
+        "gp-a to know it is revoked",
+        || {
+            let st = f.agent_status("gp-a")?;
+            Ok((st["revoked"] == true).then_some(st))
+        },
+    )?;
+    assert!(st["peers"].as_array().is_some_and(Vec::is_empty), "{st}");
+    assert!(f.wg_dump("gp-a")?.is_empty(), "no peers left on gp-a");
+    let list = f.cli(&["sites", "list"])?;
+    let line = list.lines().find(|l| l.starts_with("gp-a")).unwrap_or("");
+    assert!(!line.contains("online"), "{list}");
     Ok(())
 }
 

@@ -241,6 +241,75 @@ fn prometheus_scrapes_the_fleet_and_sees_a_stopped_spoke_down() -> Result<()> {
     Ok(())
 }
 
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_new_link_is_unknown_never_falsely_down_and_its_first_rtt_is_the_links() -> Result<()> {
+    let name = "a_new_link_is_unknown_never_falsely_down_and_its_first_rtt_is_the_links";
+    if !require_root(name) {
+        return Ok(());
+    }
+    // The default probe interval (5 s), as the demo runs.
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    f.add_site("gp-a", "north", false, SiteOpts::default())?;
+    f.add_site("gp-b", "north", false, SiteOpts::default())?;
+
+    // The first listing, straight after the agents started: links are up
+    // or unknown, none "down".
+    let list = f.cli(&["sites", "list"])?;
+    eprintln!("{list}");
+    assert!(!list.contains(" down"), "a false down:\n{list}");
+
+    // The hub probes gp-a as soon as they have shaken hands: its first RTT
+    // is the link's, not the time a probe waited for a handshake.
+    let hub_view = |st: &Value| {
+        st["peers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == "gp-a"))
+            .and_then(|p| p["rtt_seconds"].as_f64())
+    };
+    let rtt = wait_for(
+        Duration::from_secs(30),
+        "the hub's first RTT to gp-a",
+        || Ok(hub_view(&f.agent_status("hub-n")?)),
+    )?;
+    let out = f.site("hub-n").gw.exec(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        "5",
+        "-i",
+        "0.2",
+        &f.overlay("gp-a").to_string(),
+    ])?;
+    // rtt min/avg/max/mdev = 0.051/0.068/0.090/0.014 ms
+    let avg_ms: f64 = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no RTT in ping's output: {out}"))?;
+    eprintln!(
+        "first probe RTT {:.3} ms, ping {avg_ms:.3} ms",
+        rtt * 1000.0
+    );
+    assert!(
+        (rtt * 1000.0 - avg_ms).abs() < 1.0,
+        "first RTT {:.3} ms against ping's {avg_ms:.3} ms",
+        rtt * 1000.0
+    );
+    // And no link shows down at the controller, then or now.
+    let list = f.cli(&["sites", "list"])?;
+    assert!(!list.contains(" down"), "a false down:\n{list}");
+    Ok(())
+}
+
 /// A counter from an agent's /metrics text.
 fn counter(text: &str, name: &str, peer: &str) -> Option<f64> {
     let prefix = format!("{name}{{peer=\"{peer}\"");

@@ -96,8 +96,25 @@ impl TestController {
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, task) = Self::serve(listener, controller.clone());
+        Self {
+            url,
+            admin,
+            clock,
+            db,
+            controller,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    fn serve(
+        listener: std::net::TcpListener,
+        c: Arc<Controller>,
+    ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = oneshot::channel();
-        let c = controller.clone();
         let task = tokio::spawn(async move {
             wardnet_controller::api::serve(
                 listener,
@@ -111,17 +128,16 @@ impl TestController {
             .await
             .expect("serve");
         });
-        Self {
-            url,
-            admin,
-            clock,
-            db,
-            controller,
-            http: reqwest::Client::new(),
-            stop: Some(tx),
-            task: Some(task),
-            _dir: None,
-        }
+        (tx, task)
+    }
+
+    /// Serve again on the same address after `stop` (an outage ends).
+    pub fn resume(&mut self) {
+        let addr = self.url.trim_start_matches("http://");
+        let listener = std::net::TcpListener::bind(addr).expect("bind the same address again");
+        let (stop, task) = Self::serve(listener, self.controller.clone());
+        self.stop = Some(stop);
+        self.task = Some(task);
     }
 
     /// Stop serving and wait until the server is gone; keeps the database.
