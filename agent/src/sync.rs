@@ -28,6 +28,10 @@ pub const SYNC_RETRY_MAX: Duration = Duration::from_secs(8);
 /// figures move all the time; the NOC sees them this fresh at least).
 pub const REPORT_REFRESH: Duration = Duration::from_secs(300);
 
+/// How often the health's shape is compared with what was reported while
+/// a long-poll waits.
+pub const HEALTH_CHECK: Duration = Duration::from_secs(5);
+
 /// How often a revoked site asks again (in case the refusal was a mistake
 /// put right at the controller, or the site was enrolled anew).
 pub const REVOKED_RETRY: Duration = Duration::from_secs(600);
@@ -209,13 +213,31 @@ pub(crate) async fn sync_loop(
         // Without a base for steps, ask for the full config (revision 0
         // answers at once with it).
         let ask = if current.is_some() { known } else { 0 };
-        let polled = tokio::select! {
-            r = client.config(&credential, ask, Duration::from_secs(long_poll_secs)) => r,
-            () = report_now.notified() => {
-                tracing::debug!("reporting now (the metrics address changed)");
-                policy.report_soon();
-                continue;
+        let poll = client.config(&credential, ask, Duration::from_secs(long_poll_secs));
+        tokio::pin!(poll);
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_CHECK, HEALTH_CHECK);
+        let polled = loop {
+            tokio::select! {
+                r = &mut poll => break Some(r),
+                () = report_now.notified() => {
+                    tracing::debug!("reporting now (the metrics address changed)");
+                    policy.report_soon();
+                    break None;
+                }
+                // A link came up or went down while the long-poll waits:
+                // the NOC hears of it now, not when the poll ends.
+                _ = check.tick() => {
+                    let shape = HealthShape::of(agent.health().await.as_ref());
+                    if policy.should_report(known, &shape, Instant::now()) {
+                        break None;
+                    }
+                }
             }
+        };
+        let Some(polled) = polled else {
+            // Report at the top of the loop, then poll again.
+            continue;
         };
         let next = match polled {
             Ok(Some(ConfigUpdate::Full { config })) => Some(config),

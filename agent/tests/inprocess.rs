@@ -40,7 +40,7 @@ async fn eventually<T>(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> 
 
 fn agent_config(dir: &Path, extra: &str) -> String {
     format!(
-        "state_dir = \"{}\"\ninterface = \"wn-test0\"\nmetrics_overlay_port = 0\n{extra}\n[controller]\nallow_plain_http = true\nlong_poll_secs = 5\n",
+        "state_dir = \"{}\"\ninterface = \"wn-test0\"\nmetrics_overlay_port = 0\n{extra}\n[controller]\nallow_plain_http = true\nlong_poll_secs = 60\n",
         dir.join("state").display()
     )
 }
@@ -170,6 +170,21 @@ async fn an_agent_in_process_follows_changes_errors_reloads_outages_and_a_revoke
         },
     )
     .await;
+    // gp-a shakes hands: up, and the controller hears of it while the
+    // agent's long-poll (60 s here) still waits.
+    let gp_a = first.peers[0].public_key;
+    let t0 = Instant::now();
+    device.handshake(&gp_a, std::time::SystemTime::now());
+    eventually(
+        Duration::from_secs(10),
+        "the controller to see gp-a up",
+        async || {
+            let s = site_at_controller(&ctl).await;
+            (s["health"]["peers_up"] == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     let routes_before = routes.get();
     assert!(routes_before
         .0
