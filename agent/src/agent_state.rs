@@ -21,12 +21,12 @@ use crate::config::Config;
 use crate::health::icmp::EchoReply;
 use crate::health::probe::ReplyOutcome;
 use crate::health::{
-    probe_address, summarize, LinkState, PeerHealth, ProbeConfig, ProbeTarget, ProbeToSend,
-    Scheduler,
+    link_state, probe_address, summarize, LinkState, PeerHealth, ProbeConfig, ProbeTarget,
+    ProbeToSend, Scheduler,
 };
 use crate::metrics::{Metrics, PeerScrape, Scrape};
 use crate::reconcile::{self, Applied, Plan};
-use crate::snapshot::DeviceSnapshot;
+use crate::snapshot::{DeviceSnapshot, Handshakes};
 use crate::state::Enrolment;
 use crate::status::{peer_statuses, AgentStatus, PeerStatus};
 
@@ -377,15 +377,21 @@ impl AgentState {
         }
     }
 
-    pub fn health(&self, snap: &DeviceSnapshot, wall: SystemTime, now: Instant) -> HealthSummary {
-        let peers: Vec<PeerHealth> = self
-            .peer_statuses(snap, wall, now)
-            .into_iter()
-            .map(|p| PeerHealth {
-                name: p.name,
-                state: p.state,
-                rtt: p.rtt_seconds.map(Duration::from_secs_f64),
-                loss_ratio: p.loss_ratio,
+    /// The summary for the controller. The sync task asks for it every few
+    /// seconds, so it is built straight from the snapshot (no per-peer
+    /// status with its encoded key): a hub has thousands of peers.
+    pub fn health(&self, handshakes: &Handshakes, wall: SystemTime, now: Instant) -> HealthSummary {
+        let peers: Vec<PeerHealth> = handshakes
+            .iter()
+            .map(|(name, last)| {
+                let age = last.map(|t| wall.duration_since(t).unwrap_or(Duration::ZERO));
+                let v = self.probes.view_of(name, now);
+                PeerHealth {
+                    name: name.clone(),
+                    state: link_state(age, v.as_ref().and_then(|v| v.probe_ok)),
+                    rtt: v.as_ref().and_then(|v| v.srtt),
+                    loss_ratio: v.as_ref().and_then(|v| v.loss_ratio),
+                }
             })
             .collect();
         summarize(&peers, self.metrics_address())

@@ -154,7 +154,12 @@ fn before_any_handshake_every_link_is_unknown_not_down() {
     let s = running(&[1, 2, 3], t0);
     let wall = SystemTime::now();
     let snap = snapshot(&s, &[]);
-    let h = s.health(&snap, wall, t0 + 60 * S);
+    let handshakes: Vec<_> = snap
+        .peers
+        .iter()
+        .map(|p| (p.name.clone(), p.last_handshake))
+        .collect();
+    let h = s.health(&handshakes, wall, t0 + 60 * S);
     assert_eq!((h.peers_up, h.peers_unknown, h.peers_total), (0, 3, 3));
     assert_eq!(h.worst_peer, None, "no link is down");
     let st = s.status(&snap, wall, t0 + 60 * S, "u".into());

@@ -14,7 +14,7 @@ use wardnet_common::PublicKey;
 use crate::dataplane::{DataPlaneError, DataPlaneHandle};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::reconcile::PeerOp;
-use crate::snapshot::{DeviceSnapshot, PeerSnapshot};
+use crate::snapshot::{DeviceSnapshot, Handshakes, PeerSnapshot};
 
 /// The WireGuard device.
 pub trait Device: Send + Sync + 'static {
@@ -24,6 +24,8 @@ pub trait Device: Send + Sync + 'static {
     fn set_listen_port(&self, port: u16) -> impl Future<Output = Result<(), DeviceError>> + Send;
     /// What runs now; empty when the device has stopped.
     fn snapshot(&self) -> impl Future<Output = DeviceSnapshot> + Send;
+    /// Each peer's last handshake; empty when the device has stopped.
+    fn handshakes(&self) -> impl Future<Output = Handshakes> + Send;
 }
 
 /// The interface's addresses and routes.
@@ -59,6 +61,9 @@ impl Device for DataPlaneHandle {
     }
     async fn snapshot(&self) -> DeviceSnapshot {
         DataPlaneHandle::snapshot(self).await.unwrap_or_default()
+    }
+    async fn handshakes(&self) -> Handshakes {
+        DataPlaneHandle::handshakes(self).await.unwrap_or_default()
     }
 }
 
@@ -188,6 +193,14 @@ impl Device for MemoryDevice {
             peers: s.peers.values().cloned().collect(),
             counters: Default::default(),
         }
+    }
+
+    async fn handshakes(&self) -> Handshakes {
+        let s = self.lock();
+        s.peers
+            .values()
+            .map(|p| (p.name.clone(), p.last_handshake))
+            .collect()
     }
 }
 

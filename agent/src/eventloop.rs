@@ -179,8 +179,11 @@ impl<D: Device, R: Routes> Eventloop<D, R> {
                 );
             }
             Event::Health(tx) => {
-                let snap = self.device.snapshot().await;
-                let _ = tx.send(self.state.health(&snap, SystemTime::now(), Instant::now()));
+                let handshakes = self.device.handshakes().await;
+                let _ = tx.send(
+                    self.state
+                        .health(&handshakes, SystemTime::now(), Instant::now()),
+                );
             }
             Event::Metrics(tx) => {
                 let snap = self.device.snapshot().await;

@@ -48,6 +48,10 @@ pub struct DropCounters {
     pub source_not_allowed: u64,
 }
 
+/// Each peer's name and last completed handshake: what the health summary
+/// needs, without copying every peer's whole state (a hub asks often).
+pub type Handshakes = Vec<(Name, Option<SystemTime>)>;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerSnapshot {
     /// The peer's site name, from the controller's config.

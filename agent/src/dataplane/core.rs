@@ -24,7 +24,7 @@ use wardnet_common::{Endpoint, Name, PeerConfig, PrivateKey, PublicKey};
 
 use super::lpm::AllowedIps;
 use crate::reconcile::PeerOp;
-use crate::snapshot::{DeviceCounters, DeviceSnapshot, PeerSnapshot};
+use crate::snapshot::{DeviceCounters, DeviceSnapshot, Handshakes, PeerSnapshot};
 
 /// Largest datagram or IP packet we handle, plus room for WireGuard overhead.
 pub(crate) const BUF_SIZE: usize = 65_535 + 64;
@@ -449,6 +449,13 @@ impl Core {
         for index in idle {
             self.active.remove(&index);
         }
+    }
+
+    pub(crate) fn handshakes(&self) -> Handshakes {
+        self.peers
+            .values()
+            .map(|p| (p.name.clone(), p.last_handshake))
+            .collect()
     }
 
     pub(crate) fn snapshot(&self, listen_port: u16) -> DeviceSnapshot {

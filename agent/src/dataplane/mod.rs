@@ -30,7 +30,7 @@ use self::core::{Core, Transmit};
 use self::tun::{TunRead, TunWrite};
 use self::udp::{RecvBatch, SendBatch, RECV_BATCH};
 use crate::reconcile::PeerOp;
-use crate::snapshot::DeviceSnapshot;
+use crate::snapshot::{DeviceSnapshot, Handshakes};
 
 /// Timer granularity; WireGuard's timers are specified in seconds.
 const TICK: Duration = Duration::from_millis(250);
@@ -85,6 +85,7 @@ pub enum DataPlaneError {
 enum Command {
     Apply(Vec<PeerOp>, oneshot::Sender<()>),
     Snapshot(oneshot::Sender<DeviceSnapshot>),
+    Handshakes(oneshot::Sender<Handshakes>),
     SetMtu(u16, oneshot::Sender<Result<(), DataPlaneError>>),
     SetListenPort(u16, oneshot::Sender<Result<(), DataPlaneError>>),
     Shutdown,
@@ -182,6 +183,11 @@ impl DataPlaneHandle {
 
     pub async fn snapshot(&self) -> Result<DeviceSnapshot, DataPlaneError> {
         self.ask(Command::Snapshot).await
+    }
+
+    /// Each peer's last handshake (cheaper than a snapshot).
+    pub async fn handshakes(&self) -> Result<Handshakes, DataPlaneError> {
+        self.ask(Command::Handshakes).await
     }
 
     pub async fn set_mtu(&self, mtu: u16) -> Result<(), DataPlaneError> {
@@ -447,6 +453,9 @@ impl Shell {
             }
             Command::Snapshot(reply) => {
                 let _ = reply.send(self.core.snapshot(self.io.local_port()));
+            }
+            Command::Handshakes(reply) => {
+                let _ = reply.send(self.core.handshakes());
             }
             Command::SetMtu(mtu, reply) => {
                 let r = self
