@@ -100,7 +100,6 @@ pub struct MemoryDevice {
 #[derive(Default)]
 struct MemoryDeviceState {
     peers: BTreeMap<PublicKey, PeerSnapshot>,
-    mtu: u16,
     listen_port: u16,
     /// The next `apply` fails with this.
     fail_next: Option<String>,
@@ -129,10 +128,6 @@ impl MemoryDevice {
     /// How many `apply` calls succeeded.
     pub fn applies(&self) -> usize {
         self.lock().applies
-    }
-
-    pub fn mtu(&self) -> u16 {
-        self.lock().mtu
     }
 
     /// Pretend a handshake with the peer `key` completed at `at`.
@@ -176,8 +171,8 @@ impl Device for MemoryDevice {
         Ok(())
     }
 
-    async fn set_mtu(&self, mtu: u16) -> Result<(), DeviceError> {
-        self.lock().mtu = mtu;
+    /// Memory has no MTU: nothing to set.
+    async fn set_mtu(&self, _mtu: u16) -> Result<(), DeviceError> {
         Ok(())
     }
 
