@@ -381,6 +381,7 @@ fn bench_wardnet(secs: u32) -> Result<Figures, String> {
         mtu: MTU,
         private_key,
         listen_port: 51820,
+        hub_of: None,
     };
     let (_plane_a, a) = start_plane(&ns_a, config(&tun_a, key_a))?;
     let (_plane_b, b) = start_plane(&ns_b, config(&tun_b, key_b))?;

@@ -21,6 +21,7 @@ fn main() {
         let mut s = Scheduler::new(ProbeConfig::default());
         let peers: Vec<ProbeTarget> = (0..n)
             .map(|i| ProbeTarget {
+                fast: false,
                 name: format!("gp-{i}").parse().unwrap(),
                 region: "north".parse().unwrap(),
                 role: Role::Spoke,

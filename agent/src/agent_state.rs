@@ -18,6 +18,7 @@ use wardnet_common::wire::{HealthSummary, SiteConfig};
 use wardnet_common::{Name, Role};
 
 use crate::config::Config;
+use crate::failover::{Failover, FailoverConfig, GroupStatus, HubView, Reason};
 use crate::health::icmp::EchoReply;
 use crate::health::probe::ReplyOutcome;
 use crate::health::{
@@ -105,9 +106,28 @@ pub struct AgentState {
     apply_error: Option<String>,
     revoked: bool,
     probes: Scheduler,
+    /// Which hub of each failover group carries its prefixes.
+    failover: Failover,
     /// Whether probes can be sent (the raw ICMP socket opened).
     probing: bool,
     metrics: Metrics,
+}
+
+/// The probe settings `config` asks for.
+fn probe_config(config: &Config) -> ProbeConfig {
+    ProbeConfig {
+        fast_interval: config.hub_probe_interval,
+        ..ProbeConfig::with_interval(config.probe_interval)
+    }
+}
+
+/// The failover settings `config` asks for.
+fn failover_config(config: &Config) -> FailoverConfig {
+    FailoverConfig {
+        misses: config.failover_misses,
+        hold_down: config.failback_hold_down,
+        ..FailoverConfig::default()
+    }
 }
 
 impl AgentState {
@@ -121,7 +141,8 @@ impl AgentState {
         probing: bool,
         wall: i64,
     ) -> Self {
-        let probes = Scheduler::new(ProbeConfig::with_interval(config.probe_interval));
+        let probes = Scheduler::new(probe_config(&config));
+        let failover = Failover::new(failover_config(&config), &enrolment.site);
         AgentState {
             enrolment,
             config,
@@ -138,6 +159,7 @@ impl AgentState {
             apply_error: None,
             revoked: false,
             probes,
+            failover,
             probing,
             metrics: Metrics::new(),
         }
@@ -183,11 +205,17 @@ impl AgentState {
                 ours: self.enrolment.site.clone(),
             });
         }
-        Ok(ApplyPlan {
-            plan: reconcile::plan(&desired, &self.applied),
+        Ok(self.plan_for(desired))
+    }
+
+    /// The plan for `desired` with each failover group's prefixes on the
+    /// hub that carries them now.
+    fn plan_for(&self, desired: SiteConfig) -> ApplyPlan {
+        ApplyPlan {
+            plan: reconcile::plan(&self.failover.effective(&desired), &self.applied),
             first: self.applied.mtu.is_none(),
             desired,
-        })
+        }
     }
 
     /// The shell applied `done`: it runs now. Probes follow the new peers.
@@ -195,6 +223,7 @@ impl AgentState {
     /// change, the source stays).
     pub fn applied(&mut self, done: ApplyPlan, source: Option<ConfigSource>, now: Instant) {
         self.applied = self.applied.after(&done.plan);
+        self.failover.set_groups(&done.desired.failover, now);
         self.set_probe_targets(&done.desired, now);
         self.running = done.desired;
         if let Some(source) = source {
@@ -275,13 +304,49 @@ impl AgentState {
         self.probes.next_deadline()
     }
 
-    /// Timers due by `now`: the probes to send.
+    /// Timers due by `now`: the probes to send, and a move of a failover
+    /// group's prefixes when a hub failed or came back.
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
         let probes = self.probes.on_tick(now);
-        match self.probe_source() {
+        let mut actions = match self.probe_source() {
             Some(source) if !probes.is_empty() => vec![Action::SendProbes { source, probes }],
             _ => Vec::new(),
+        };
+        if self.revoked {
+            return actions;
         }
+        let scheduler = &self.probes;
+        let moves = self.failover.evaluate(now, |hub| {
+            scheduler
+                .view_of(hub, now)
+                .map(|v| HubView {
+                    probed: v.address.is_some(),
+                    lost_streak: v.lost_streak,
+                    ok_since: v.ok_since,
+                })
+                .unwrap_or_default()
+        });
+        if !moves.is_empty() {
+            for m in &moves {
+                match m.reason {
+                    Reason::Failed => tracing::warn!(
+                        region = %m.region, from = %m.from, to = %m.to,
+                        "hub stopped answering; traffic moved to another hub of the region"
+                    ),
+                    Reason::Failback => tracing::info!(
+                        region = %m.region, from = %m.from, to = %m.to,
+                        "preferred hub answered through its hold-down; traffic moved back"
+                    ),
+                }
+            }
+            actions.push(Action::Apply(Box::new(self.plan_for(self.running.clone()))));
+        }
+        actions
+    }
+
+    /// The failover groups and where their traffic goes now.
+    pub fn failover_status(&self, now: Instant) -> Vec<GroupStatus> {
+        self.failover.status(now)
     }
 
     /// A reloaded config file (SIGHUP). Returns the keys that wait for a
@@ -295,11 +360,11 @@ impl AgentState {
             metrics_address: new.metrics_address(overlay) != self.config.metrics_address(overlay),
             forwarding: new.enable_ip_forwarding != self.config.enable_ip_forwarding,
         };
-        if new.probe_interval != self.config.probe_interval {
+        if probe_config(&new) != probe_config(&self.config) {
             // Peers start afresh at the new pace (windows reset).
-            self.probes
-                .set_config(ProbeConfig::with_interval(new.probe_interval), now);
+            self.probes.set_config(probe_config(&new), now);
         }
+        self.failover.set_config(failover_config(&new));
         self.config = new;
         out
     }
@@ -322,10 +387,12 @@ impl AgentState {
     /// Probe every peer of the new config at its overlay address, from ours.
     fn set_probe_targets(&mut self, desired: &SiteConfig, now: Instant) {
         let probing = self.probing && source_v4(desired).is_some();
+        let fast = self.failover.active_hubs();
         let targets: Vec<ProbeTarget> = desired
             .peers
             .iter()
             .map(|p| ProbeTarget {
+                fast: fast.contains(&p.name),
                 name: p.name.clone(),
                 region: p.region.clone(),
                 role: p.role,
@@ -374,6 +441,7 @@ impl AgentState {
             revoked: self.revoked,
             apply_error: self.apply_error.clone(),
             peers: self.peer_statuses(snap, wall, now),
+            failover: self.failover.status(now),
         }
     }
 
@@ -394,7 +462,11 @@ impl AgentState {
                 }
             })
             .collect();
-        summarize(&peers, self.metrics_address())
+        let mut summary = summarize(&peers, self.metrics_address());
+        // A spoke's one group is its own region's hubs.
+        summary.active_hub = self.failover.active(&self.enrolment.region).cloned();
+        summary.failovers = self.failover.failovers_total();
+        summary
     }
 
     pub fn metrics(&self, snap: &DeviceSnapshot, wall: SystemTime, now: Instant) -> String {
@@ -435,6 +507,7 @@ impl AgentState {
             revoked: self.revoked,
             counters: snap.counters,
             peers,
+            failover: self.failover.status(now),
         })
     }
 

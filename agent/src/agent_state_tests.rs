@@ -62,6 +62,7 @@ fn site_config(revision: u64, peers: &[u8]) -> SiteConfig {
         },
         peers: peers.iter().map(|i| spoke(*i)).collect(),
         routes: [net("100.64.0.0/10")].into(),
+        failover: Vec::new(),
     }
 }
 

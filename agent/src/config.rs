@@ -25,6 +25,12 @@ struct Raw {
     #[serde(default)]
     probe_interval_ms: Option<u64>,
     #[serde(default)]
+    hub_probe_interval_ms: Option<u64>,
+    #[serde(default)]
+    failover_misses: Option<u32>,
+    #[serde(default)]
+    failback_hold_down_secs: Option<u64>,
+    #[serde(default)]
     enable_ip_forwarding: bool,
     #[serde(default = "default_uapi_dir")]
     uapi_dir: PathBuf,
@@ -73,6 +79,12 @@ pub struct Config {
     pub metrics_overlay_port: u16,
     /// Time between two health probes to one peer.
     pub probe_interval: Duration,
+    /// Time between two probes to the active hub of a failover group.
+    pub hub_probe_interval: Duration,
+    /// Probes in a row the active hub must miss before traffic moves.
+    pub failover_misses: u32,
+    /// How long a preferred hub must answer before traffic goes back.
+    pub failback_hold_down: Duration,
     pub enable_ip_forwarding: bool,
     /// Where the `wg`-compatible control socket goes.
     pub uapi_dir: PathBuf,
@@ -93,6 +105,9 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WARDNET_METRICS_ADVERTISE", "metrics_advertise"),
     ("WARDNET_METRICS_OVERLAY_PORT", "metrics_overlay_port"),
     ("WARDNET_PROBE_INTERVAL_MS", "probe_interval_ms"),
+    ("WARDNET_HUB_PROBE_INTERVAL_MS", "hub_probe_interval_ms"),
+    ("WARDNET_FAILOVER_MISSES", "failover_misses"),
+    ("WARDNET_FAILBACK_HOLD_DOWN_SECS", "failback_hold_down_secs"),
     ("WARDNET_ENABLE_IP_FORWARDING", "enable_ip_forwarding"),
     ("WARDNET_UAPI_DIR", "uapi_dir"),
     ("WARDNET_LOG_FORMAT", "log_format"),
@@ -193,6 +208,27 @@ impl Config {
                 format!("expected 100 to 3600000 milliseconds, got {probe_ms}"),
             ));
         }
+        let hub_probe_ms = raw.hub_probe_interval_ms.unwrap_or(250);
+        if !(50..=10_000).contains(&hub_probe_ms) {
+            return Err(err(
+                "hub_probe_interval_ms",
+                format!("expected 50 to 10000 milliseconds, got {hub_probe_ms}"),
+            ));
+        }
+        let failover_misses = raw.failover_misses.unwrap_or(4);
+        if !(1..=100).contains(&failover_misses) {
+            return Err(err(
+                "failover_misses",
+                format!("expected 1 to 100 probes, got {failover_misses}"),
+            ));
+        }
+        let hold_down = raw.failback_hold_down_secs.unwrap_or(30);
+        if hold_down > 3600 {
+            return Err(err(
+                "failback_hold_down_secs",
+                format!("expected 0 to 3600 seconds, got {hold_down}"),
+            ));
+        }
         let controller_urls = match (raw.controller.url, raw.controller.urls) {
             (Some(_), Some(_)) => {
                 return Err(err(
@@ -241,6 +277,9 @@ impl Config {
             metrics_advertise,
             metrics_overlay_port: raw.metrics_overlay_port,
             probe_interval: Duration::from_millis(probe_ms),
+            hub_probe_interval: Duration::from_millis(hub_probe_ms),
+            failover_misses,
+            failback_hold_down: Duration::from_secs(hold_down),
             enable_ip_forwarding: raw.enable_ip_forwarding,
             uapi_dir: raw.uapi_dir,
             controller_urls,

@@ -85,6 +85,7 @@ pub async fn run(
         mtu: first.interface.mtu,
         private_key: key.clone(),
         listen_port: first.interface.listen_port,
+        hub_of: (enrolment.role == wardnet_common::Role::Hub).then(|| enrolment.region.clone()),
     })
     .await
     .with_context(|| format!("failed to start the data plane on {}", config.interface))?;

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod device;
 pub mod eventloop;
+pub mod failover;
 pub mod forwarding;
 pub mod handle;
 pub mod health;

@@ -46,6 +46,8 @@ pub struct Scrape {
     pub revoked: bool,
     pub counters: DeviceCounters,
     pub peers: Vec<PeerScrape>,
+    /// Failover groups: where their traffic goes and how often it moved.
+    pub failover: Vec<crate::failover::GroupStatus>,
 }
 
 const PEER_LABELS: [&str; 3] = ["peer", "region", "role"];
@@ -87,6 +89,24 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         "Probes not answered within the probe timeout.",
         MetricType::COUNTER,
         &PEER_LABELS,
+    ),
+    (
+        "wardnet_failover_active_hub",
+        "1 for the hub of a region's failover group that carries this site's traffic for that region now (one series per group).",
+        MetricType::GAUGE,
+        &["region", "hub"],
+    ),
+    (
+        "wardnet_failover_hubs",
+        "Hubs in the region's failover group.",
+        MetricType::GAUGE,
+        &["region"],
+    ),
+    (
+        "wardnet_failovers_total",
+        "Times this site moved a region's traffic away from a hub that stopped answering its probes (failbacks not counted).",
+        MetricType::COUNTER,
+        &["region"],
     ),
     (
         "wardnet_agent_config_revision",
@@ -285,6 +305,24 @@ impl Collector for ScrapeCollector {
                 "wardnet_peer_transmit_bytes_total" => peer_samples(&|p| Some(p.tx_bytes as f64)),
                 "wardnet_peer_probes_sent_total" => peer_samples(&|p| Some(p.probes_sent as f64)),
                 "wardnet_peer_probes_lost_total" => peer_samples(&|p| Some(p.probes_lost as f64)),
+                "wardnet_failover_active_hub" => {
+                    for g in &s.failover {
+                        let l = [("region", g.region.as_str()), ("hub", g.active.as_str())];
+                        samples.push(sample(kind, &l, 1.0));
+                    }
+                }
+                "wardnet_failover_hubs" => {
+                    for g in &s.failover {
+                        let l = [("region", g.region.as_str())];
+                        samples.push(sample(kind, &l, g.hubs.len() as f64));
+                    }
+                }
+                "wardnet_failovers_total" => {
+                    for g in &s.failover {
+                        let l = [("region", g.region.as_str())];
+                        samples.push(sample(kind, &l, g.failovers_total as f64));
+                    }
+                }
                 "wardnet_agent_config_revision" => {
                     samples.push(sample(kind, &[], s.applied_revision as f64))
                 }
@@ -354,6 +392,7 @@ mod tests {
             applied_revision: 7,
             controller_reachable: true,
             revoked: false,
+            failover: Vec::new(),
             last_sync: Some(1_700_000_000),
             counters: DeviceCounters {
                 handshakes_completed: 3,

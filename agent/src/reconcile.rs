@@ -192,6 +192,7 @@ mod tests {
             },
             peers,
             routes: [net("100.64.0.0/10")].into(),
+            failover: Vec::new(),
         }
     }
 

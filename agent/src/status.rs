@@ -37,6 +37,10 @@ pub struct AgentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply_error: Option<String>,
     pub peers: Vec<PeerStatus>,
+    /// Failover groups (the hubs of a region with more than one) and the
+    /// hub that carries each now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<crate::failover::GroupStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -280,6 +284,8 @@ mod tests {
                     srtt: Some(Duration::from_millis(20)),
                     loss_ratio: Some(0.25),
                     probe_ok: ok,
+                    lost_streak: 0,
+                    ok_since: None,
                 })
             }
         };

@@ -45,6 +45,7 @@ pub struct HealthShape {
     peers_total: u32,
     worst_peer: Option<wardnet_common::Name>,
     metrics_address: Option<String>,
+    active_hub: Option<wardnet_common::Name>,
 }
 
 impl HealthShape {
@@ -55,6 +56,7 @@ impl HealthShape {
             peers_total: h.map_or(0, |h| h.peers_total),
             worst_peer: h.and_then(|h| h.worst_peer.clone()),
             metrics_address: h.and_then(|h| h.metrics_address.clone()),
+            active_hub: h.and_then(|h| h.active_hub.clone()),
         }
     }
 }
@@ -314,6 +316,7 @@ mod tests {
             peers_total: 3,
             worst_peer: None,
             metrics_address: None,
+            active_hub: None,
         }
     }
 

@@ -259,6 +259,7 @@ fn two_namespaces_talk_through_the_data_plane() {
             mtu: 1420,
             private_key: key_a,
             listen_port: 51820,
+            hub_of: None,
         },
     );
     let b = lab.start_plane(
@@ -268,6 +269,7 @@ fn two_namespaces_talk_through_the_data_plane() {
             mtu: 1420,
             private_key: key_b,
             listen_port: 51820,
+            hub_of: None,
         },
     );
     overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
@@ -475,6 +477,7 @@ fn interoperates_with_wireguard_go() {
             mtu: 1420,
             private_key: key_a,
             listen_port: 51820,
+            hub_of: None,
         },
     );
     overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{InterfaceConfig, PeerConfig, SiteConfig};
+use crate::wire::{FailoverGroup, InterfaceConfig, PeerConfig, SiteConfig};
 use crate::Name;
 
 /// The answer to `GET /v1/agent/config?deltas=true` when something changed.
@@ -49,6 +49,10 @@ pub struct ConfigDelta {
     pub routes_added: BTreeSet<IpNet>,
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub routes_removed: BTreeSet<IpNet>,
+    /// The site's failover groups, whole, when they changed (`[]`: none
+    /// any more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Vec<FailoverGroup>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +85,7 @@ impl ConfigDelta {
             && self.allowed_ips.is_empty()
             && self.routes_added.is_empty()
             && self.routes_removed.is_empty()
+            && self.failover.is_none()
     }
 }
 
@@ -132,6 +137,9 @@ impl SiteConfig {
         self.routes.extend(d.routes_added.iter().copied());
         if let Some(i) = &d.interface {
             self.interface = i.clone();
+        }
+        if let Some(f) = &d.failover {
+            self.failover.clone_from(f);
         }
         self.revision = d.revision;
         Ok(())

@@ -113,6 +113,25 @@ pub struct SiteConfig {
     pub peers: Vec<PeerConfig>,
     /// Prefixes to route through the WireGuard interface.
     pub routes: BTreeSet<IpNet>,
+    /// Peers that stand in for each other: the hubs of a region with more
+    /// than one. Left out when there are none, so a config in a region
+    /// with one hub reads as it always did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<FailoverGroup>,
+}
+
+/// The hubs of one region, as one site sees them. The first is the one
+/// the controller assigns (rendezvous hashing spreads sites over the
+/// region's hubs); its peer entry carries the group's prefixes (every
+/// prefix of its entry but its own host addresses). The agent moves those
+/// prefixes to another hub of the group when the first stops answering,
+/// and back when it has answered again for long enough.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverGroup {
+    pub region: Name,
+    /// Peer names, in order of preference (at least two).
+    pub hubs: Vec<Name>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +232,18 @@ pub struct HealthSummary {
     pub worst_peer: Option<Name>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_address: Option<String>,
+    /// The hub that carries this site's traffic now (sites in a region
+    /// with more than one hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_hub: Option<Name>,
+    /// Times this site moved its traffic away from a hub that stopped
+    /// answering, since its agent started.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub failovers: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 // ---------------------------------------------------------------------------

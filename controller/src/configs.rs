@@ -21,11 +21,14 @@ use imbl::{OrdMap, OrdSet};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use wardnet_common::delta::{AllowedIpsChange, ConfigDelta};
-use wardnet_common::wire::{InterfaceConfig, PeerConfig, Role, SiteConfig};
+use wardnet_common::wire::{FailoverGroup, InterfaceConfig, PeerConfig, Role, SiteConfig};
 use wardnet_common::{Endpoint, Name, PublicKey};
 
 use crate::model::{Model, NetworkSettings, Site};
-use crate::render::{own_prefixes, region_prefixes, render, routed_prefixes};
+use crate::render::{
+    agentless_behind, assigned_hub_is, failover_groups, hub_order, is_hub_lan, mesh_prefixes,
+    own_prefixes, render, routed_prefixes,
+};
 
 /// Steps kept per site; an agent further behind gets the full config.
 const MAX_STEPS: usize = 64;
@@ -35,7 +38,7 @@ const MAX_STEP_BYTES: usize = 256 * 1024;
 
 /// Bump when rendering changes what it produces for the same model, so
 /// every site gets a new revision once after an upgrade.
-const RENDER_VERSION: u32 = 2;
+const RENDER_VERSION: u32 = 3;
 
 /// What a site's stored revision was rendered with: the render version and
 /// the network settings. A site whose stored fingerprint differs gets a new
@@ -223,6 +226,7 @@ pub struct SiteRender {
     own_lans: BTreeSet<IpNet>,
     peers: OrdMap<Name, Arc<PeerEntry>>,
     routes: RouteCover,
+    failover: Vec<FailoverGroup>,
     /// The last revisions' steps, oldest first; they chain to `revision`.
     steps: imbl::Vector<Arc<Step>>,
     step_bytes: usize,
@@ -242,6 +246,7 @@ impl SiteRender {
             interface: cfg.interface,
             peers: OrdMap::new(),
             routes: RouteCover::default(),
+            failover: cfg.failover,
             steps: imbl::Vector::new(),
             step_bytes: 0,
             full: Arc::new(OnceLock::new()),
@@ -379,6 +384,7 @@ impl SiteRender {
             interface: self.interface.clone(),
             peers: self.peers.values().map(|e| e.to_wire()).collect(),
             routes: self.routes.routes.iter().copied().collect(),
+            failover: self.failover.clone(),
         }
     }
 
@@ -444,6 +450,7 @@ impl SiteRender {
 #[derive(Debug, Default)]
 struct Draft {
     interface: Option<InterfaceConfig>,
+    failover: Option<Vec<FailoverGroup>>,
     set: BTreeSet<Name>,
     removed: BTreeSet<Name>,
     /// Per peer: (added, removed) allowed IPs.
@@ -475,6 +482,7 @@ impl Draft {
                 .collect(),
             routes_added: self.routes.added,
             routes_removed: self.routes.removed,
+            failover: self.failover,
         }
     }
 }
@@ -483,8 +491,10 @@ impl Draft {
 #[derive(Debug, Default, Clone)]
 pub struct Touch {
     /// Render the whole config again (the site itself changed, or its
-    /// region's primary hub moved).
+    /// region's hubs did).
     full: bool,
+    /// Its failover groups may have changed (another region's hubs did).
+    failover: bool,
     /// Only the site's own interface settings may have changed (its
     /// endpoint): its peers and routes stay. A hub's endpoint change would
     /// otherwise render its thousands of peers again.
@@ -506,6 +516,9 @@ impl Touches {
     }
     fn interface(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().interface = true;
+    }
+    fn failover(&mut self, site: &Name) {
+        self.0.entry(site.clone()).or_default().failover = true;
     }
     fn entries<'a>(&mut self, site: &Name, names: impl IntoIterator<Item = &'a Name>) {
         let t = self.0.entry(site.clone()).or_default();
@@ -555,31 +568,41 @@ impl Touches {
                     if !regions_done.insert(r.clone()) {
                         continue;
                     }
-                    let now = model.region_hubs(r).next().map(|h| h.name.clone());
-                    let was = primary_before(model, r, &x, before);
-                    let moved = now != was;
+                    let member = |s: Option<&Site>| {
+                        s.is_some_and(|s| &s.region == r && s.role == Role::Hub && s.is_active())
+                    };
+                    // A hub that comes or goes changes every order of
+                    // preference in its region, and the groups naming it.
+                    let joined_or_left = member(before) != member(after);
                     for t in model
                         .region_sites(r)
                         .filter(|t| t.is_active() && t.name != x)
                     {
-                        if moved {
+                        if joined_or_left {
                             self.full(&t.name);
                         } else {
                             self.entries(&t.name, [&x]);
                         }
                     }
-                    let names: Vec<&Name> = [Some(&x), now.as_ref(), was.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                    for p in primaries(model).filter(|p| &p.region != r) {
-                        self.entries(&p.name, names.iter().copied());
+                    let mut names: Vec<Name> =
+                        model.region_hubs(r).map(|h| h.name.clone()).collect();
+                    names.push(x.clone());
+                    for p in other_hubs(model, r) {
+                        self.entries(&p, names.iter());
+                        if joined_or_left {
+                            self.failover(&p);
+                        }
                     }
                 }
                 Role::Spoke => {
                     let hubs: Vec<Name> = model.region_hubs(r).map(|h| h.name.clone()).collect();
+                    let agentless = s.agentless;
                     for h in &hubs {
                         self.entries(h, [&x]);
+                        if agentless {
+                            // Its hub's entry at the others carries it.
+                            self.entries(h, hubs.iter());
+                        }
                     }
                     if model.regions.get(r).is_some_and(|reg| reg.mesh) {
                         let spokes: Vec<Name> = model
@@ -593,12 +616,8 @@ impl Touches {
                     }
                     let lans = carried_lans(before, after);
                     if !lans.is_empty() {
-                        let others: Vec<Name> = primaries(model)
-                            .filter(|p| &p.region != r)
-                            .map(|p| p.name.clone())
-                            .collect();
-                        for p in &others {
-                            self.mesh(p, r, &lans);
+                        for p in other_hubs(model, r) {
+                            self.mesh(&p, r, &lans);
                         }
                     }
                 }
@@ -607,34 +626,18 @@ impl Touches {
     }
 }
 
-/// Active primary hubs (the smallest-named active hub of each region).
-fn primaries(model: &Model) -> impl Iterator<Item = &Site> + '_ {
+/// Active hubs of every region but `region`.
+fn other_hubs(model: &Model, region: &Name) -> Vec<Name> {
     model
         .hubs
         .iter()
-        .filter_map(|n| model.sites.get(n).map(|s| &**s))
-        .filter(|h| {
-            h.is_active()
-                && model
-                    .region_hubs(&h.region)
-                    .next()
-                    .is_some_and(|p| p.name == h.name)
-        })
+        .filter_map(|n| model.sites.get(n))
+        .filter(|h| h.is_active() && &h.region != region)
+        .map(|h| h.name.clone())
+        .collect()
 }
 
-/// The primary hub of `region` before site `x` changed from `before`.
-fn primary_before(model: &Model, region: &Name, x: &Name, before: Option<&Site>) -> Option<Name> {
-    let others = model
-        .region_hubs(region)
-        .filter(|h| &h.name != x)
-        .map(|h| h.name.clone());
-    let was_hub = before
-        .filter(|b| &b.region == region && b.role == Role::Hub && b.is_active())
-        .map(|b| b.name.clone());
-    others.chain(was_hub).min()
-}
-
-/// LAN prefixes other regions' primary hubs may carry differently after a
+/// LAN prefixes other regions' hubs may carry differently after a
 /// spoke changed from `before` to `after`.
 fn carried_lans(before: Option<&Site>, after: Option<&Site>) -> BTreeSet<IpNet> {
     let carried = |s: Option<&Site>| {
@@ -658,13 +661,17 @@ pub fn entry(model: &Model, net: &NetworkSettings, site: &Name, peer: &Name) -> 
         return None;
     }
     let region = model.regions.get(&me.region)?;
-    let primary = model.region_hubs(&me.region).next().map(|p| &p.name);
     let keepalive = (net.persistent_keepalive != 0).then_some(net.persistent_keepalive);
     let (allowed, ka) = match me.role {
         Role::Spoke if t.region == me.region => match t.role {
             Role::Hub => {
+                let hubs = hub_order(model, &me.name, &me.region);
+                let i = hubs.iter().position(|h| h.name == t.name)?;
+                if me.agentless && i > 0 {
+                    return None;
+                }
                 let mut a = own_prefixes(t);
-                if primary == Some(&t.name) {
+                if i == 0 {
                     a.extend(routed_prefixes(net));
                 }
                 (a, keepalive)
@@ -673,23 +680,26 @@ pub fn entry(model: &Model, net: &NetworkSettings, site: &Name, peer: &Name) -> 
             Role::Spoke => return None,
         },
         Role::Spoke => return None,
-        Role::Hub if t.region == me.region => {
-            let i_am_primary = primary == Some(&me.name);
-            let mut a = own_prefixes(t);
-            if !i_am_primary && primary == Some(&t.name) {
-                a.extend(routed_prefixes(net));
+        Role::Hub if t.region == me.region => match t.role {
+            Role::Spoke if t.agentless && !assigned_hub_is(model, t, &me.name) => return None,
+            Role::Spoke => (own_prefixes(t), None),
+            Role::Hub => {
+                let mut a = own_prefixes(t);
+                a.extend(agentless_behind(model, t));
+                (a, keepalive)
             }
-            (a, if t.role == Role::Hub { keepalive } else { None })
-        }
+        },
         Role::Hub => {
-            if primary != Some(&me.name) {
+            if t.role != Role::Hub {
                 return None;
             }
             let other = model.regions.get(&t.region)?;
-            if model.region_hubs(&t.region).next().map(|p| &p.name) != Some(&t.name) {
-                return None;
-            }
-            (region_prefixes(model, other, t), keepalive)
+            let hubs = hub_order(model, &me.name, &t.region);
+            let i = hubs.iter().position(|h| h.name == t.name)?;
+            (
+                mesh_prefixes(model, other, t, i == 0, hubs.len() > 1),
+                keepalive,
+            )
         }
     };
     Some(PeerEntry {
@@ -703,15 +713,17 @@ pub fn entry(model: &Model, net: &NetworkSettings, site: &Name, peer: &Name) -> 
     })
 }
 
-/// Whether a hub-mesh entry for `primary` (of `region`) carries `p`.
-fn mesh_carries(model: &Model, region: &Name, primary: &Site, p: &IpNet) -> bool {
+/// Whether the hub-mesh entry of `carrier`, the hub of `region` that
+/// carries the region for the site rendered, carries `p`.
+fn mesh_carries(model: &Model, region: &Name, carrier: &Site, p: &IpNet) -> bool {
     let Some(r) = model.regions.get(region) else {
         return false;
     };
+    let group = model.region_hubs(region).nth(1).is_some();
     IpNet::V4(r.ipv4_block) == *p
         || r.ipv6_block.map(IpNet::V6) == Some(*p)
-        || model.region_lan_count(region, p) > 0
-        || primary.addresses().contains(p)
+        || (model.region_lan_count(region, p) > 0 && !(group && is_hub_lan(model, region, p)))
+        || own_prefixes(carrier).contains(p)
 }
 
 /// A site whose revision moved.
@@ -770,17 +782,25 @@ pub fn apply_to(
                     let e = entry(model, net, &name, peer);
                     r.set_entry(peer, e, &mut d);
                 }
+                if touch.failover {
+                    let now = failover_groups(model, site);
+                    if now != r.failover {
+                        r.failover.clone_from(&now);
+                        d.failover = Some(now);
+                    }
+                }
                 for (region, lans) in &touch.mesh {
-                    let Some(primary) = model.region_hubs(region).next() else {
+                    let hubs = hub_order(model, &name, region);
+                    let Some(carrier) = hubs.first() else {
                         continue;
                     };
-                    if !r.peers.contains_key(&primary.name) {
+                    if !r.peers.contains_key(&carrier.name) {
                         continue;
                     }
                     let (add, rm): (Vec<IpNet>, Vec<IpNet>) = lans
                         .iter()
-                        .partition(|p| mesh_carries(model, region, primary, p));
-                    let pname = primary.name.clone();
+                        .partition(|p| mesh_carries(model, region, carrier, p));
+                    let pname = carrier.name.clone();
                     r.change_allowed(
                         &pname,
                         add.into_iter().collect(),
@@ -846,6 +866,9 @@ fn rebuild(old: Option<SiteRender>, cfg: SiteConfig, site: &Site) -> (SiteRender
     let mut d = Draft::default();
     if old.interface != fresh.interface {
         d.interface = Some(fresh.interface.clone());
+    }
+    if old.failover != fresh.failover {
+        d.failover = Some(fresh.failover.clone());
     }
     for (name, e) in fresh.peers.iter() {
         match old.peers.get(name) {
@@ -935,7 +958,8 @@ mod tests {
         name(&format!("s{r}-{i}"))
     }
 
-    /// Regions r0..r2 (r1 mesh); site i of each region is a hub for i < 2.
+    /// Regions r0..r2 (r1 mesh); site i of each region is a hub for i < 2,
+    /// the last one an agentless spoke.
     fn base() -> Model {
         let regions = (0..REGIONS)
             .map(|r| Region {
@@ -961,7 +985,7 @@ mod tests {
             } else {
                 SiteState::Pending
             },
-            agentless: false,
+            agentless: i == SITES - 1,
             lan_prefixes: lan
                 .map(|l| format!("10.{r}.{l}.0/24").parse().expect("lan"))
                 .into_iter()

@@ -3,26 +3,36 @@
 //! model").
 //!
 //! Only active sites appear as peers. Rendering one site reads only its
-//! neighbourhood: its region and, for a primary hub, the other regions'
-//! primary hubs and LANs (from the model's hub and per-region LAN indexes,
-//! so a hub costs O(its region's sites + number of regions), not O(network)).
+//! neighbourhood: its region and, for a hub, the other regions' hubs and
+//! LANs (from the model's hub and per-region LAN indexes, so a hub costs
+//! O(its region's sites + number of hubs), not O(network)).
 //!
 //! Who peers with whom (every relation is symmetric, or handshakes fail):
-//! - a spoke peers with every active hub of its region; the *primary* hub
-//!   (smallest name) carries the network-wide routed prefixes, because
-//!   WireGuard forbids the same AllowedIP on two peers;
+//! - a spoke peers with every active hub of its region. WireGuard forbids
+//!   the same AllowedIP on two peers, so one hub's entry carries the
+//!   network-wide routed prefixes: the hub rendezvous hashing assigns the
+//!   spoke to, which spreads a region's spokes over its hubs. With two hubs
+//!   or more the config names them as a failover group, and the agent moves
+//!   the routed prefixes to another hub when its own stops answering;
+//! - an agentless spoke (wg-quick, no agent to fail over) peers only with
+//!   its assigned hub; the region's other hubs reach it through that hub;
 //! - in a mesh region, spokes also peer with each other;
-//! - every hub peers with every other active site of its region;
-//! - primary hubs peer with each other (hub mesh), each carrying its region's
-//!   blocks and LANs. A secondary hub is not in the hub mesh (the other
-//!   regions send its region's traffic to the primary hub); like a spoke, it
-//!   reaches other regions through its primary hub, whose peer entry carries
-//!   the routed prefixes.
+//! - every hub peers with every other active site of its region (but the
+//!   agentless spokes assigned to another hub);
+//! - every hub peers with the hubs of the other regions (hub mesh). Of a
+//!   region's hubs, the one rendezvous hashing assigns to this hub carries
+//!   the region's blocks and its spokes' LANs, and the group fails over as
+//!   a spoke's does.
+//!
+//! Any hub of a region may deliver traffic for a site it serves, so the
+//! data plane accepts from one hub of a group what another hub of the same
+//! group carries (docs/decisions.md, "Hub pairs").
 
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use wardnet_common::wire::{InterfaceConfig, PeerConfig, Role, SiteConfig};
+use sha2::{Digest, Sha256};
+use wardnet_common::wire::{FailoverGroup, InterfaceConfig, PeerConfig, Role, SiteConfig};
 use wardnet_common::Name;
 
 use crate::model::{Model, NetworkSettings, Region, Site};
@@ -35,15 +45,18 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
         return None;
     }
     let region = model.regions.get(&me.region)?;
-    let primary = model.region_hubs(&region.name).next();
     let keepalive = (net.persistent_keepalive != 0).then_some(net.persistent_keepalive);
 
     let mut peers = Vec::new();
     match me.role {
         Role::Spoke => {
-            for hub in model.region_hubs(&region.name) {
+            let hubs = hub_order(model, &me.name, &region.name);
+            for (i, hub) in hubs.iter().enumerate() {
+                if me.agentless && i > 0 {
+                    break;
+                }
                 let mut allowed = own_prefixes(hub);
-                if primary.is_some_and(|p| p.name == hub.name) {
+                if i == 0 {
                     allowed.extend(routed_prefixes(net));
                 }
                 peers.extend(peer(hub, allowed, keepalive));
@@ -58,25 +71,29 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
             }
         }
         Role::Hub => {
-            let i_am_primary = primary.is_some_and(|p| p.name == me.name);
             for t in model.region_sites(&region.name) {
                 if t.name == me.name || !t.is_active() {
                     continue;
                 }
-                let mut allowed = own_prefixes(t);
-                if !i_am_primary && primary.is_some_and(|p| p.name == t.name) {
-                    allowed.extend(routed_prefixes(net));
+                if t.role == Role::Spoke && t.agentless && !assigned_hub_is(model, t, &me.name) {
+                    continue;
                 }
+                let mut allowed = own_prefixes(t);
                 // Hubs keep their links to each other warm; a hub never
                 // needs to keep a spoke's NAT binding open (the spoke does).
-                let ka = if t.role == Role::Hub { keepalive } else { None };
+                let ka = if t.role == Role::Hub {
+                    allowed.extend(agentless_behind(model, t));
+                    keepalive
+                } else {
+                    None
+                };
                 peers.extend(peer(t, allowed, ka));
             }
-            if i_am_primary {
-                for other in model.regions.values().filter(|r| r.name != region.name) {
-                    if let Some(p) = model.region_hubs(&other.name).next() {
-                        peers.extend(peer(p, region_prefixes(model, other, p), keepalive));
-                    }
+            for other in model.regions.values().filter(|r| r.name != region.name) {
+                let hubs = hub_order(model, &me.name, &other.name);
+                for (i, h) in hubs.iter().enumerate() {
+                    let allowed = mesh_prefixes(model, other, h, i == 0, hubs.len() > 1);
+                    peers.extend(peer(h, allowed, keepalive));
                 }
             }
         }
@@ -94,7 +111,82 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
         interface: interface(me, net),
         peers,
         routes,
+        failover: failover_groups(model, me),
     })
+}
+
+/// The failover groups of `me`: a spoke with an agent, the hubs of its
+/// region; a hub, the hubs of each other region; wherever there are two
+/// or more.
+pub(crate) fn failover_groups(model: &Model, me: &Site) -> Vec<FailoverGroup> {
+    let group = |region: &Name| -> Option<FailoverGroup> {
+        let hubs = hub_order(model, &me.name, region);
+        (hubs.len() > 1).then(|| FailoverGroup {
+            region: region.clone(),
+            hubs: hubs.iter().map(|h| h.name.clone()).collect(),
+        })
+    };
+    match me.role {
+        Role::Spoke if me.agentless => Vec::new(),
+        Role::Spoke => group(&me.region).into_iter().collect(),
+        Role::Hub => model
+            .regions
+            .keys()
+            .filter(|r| **r != me.region)
+            .filter_map(group)
+            .collect(),
+    }
+}
+
+/// The active hubs of `region` in `viewer`'s order of preference:
+/// rendezvous (highest random weight) hashing of the pair's names, so each
+/// site gets its own order, the sites spread evenly over the hubs, and a
+/// hub that comes or goes moves only the sites it wins or held.
+pub fn hub_order<'m>(model: &'m Model, viewer: &Name, region: &Name) -> Vec<&'m Site> {
+    let mut hubs: Vec<(u64, &Site)> = model
+        .region_hubs(region)
+        .map(|h| (rendezvous(viewer, &h.name), h))
+        .collect();
+    hubs.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+    hubs.into_iter().map(|(_, h)| h).collect()
+}
+
+/// The weight of `hub` for `viewer`.
+pub(crate) fn rendezvous(viewer: &Name, hub: &Name) -> u64 {
+    let mut h = Sha256::new();
+    h.update(viewer.as_str().as_bytes());
+    h.update([0]);
+    h.update(hub.as_str().as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Whether `hub` is the hub an agentless spoke is assigned to.
+pub(crate) fn assigned_hub_is(model: &Model, spoke: &Site, hub: &Name) -> bool {
+    hub_order(model, &spoke.name, &spoke.region)
+        .first()
+        .is_some_and(|h| h.name == *hub)
+}
+
+/// What the other hubs of its region reach through `hub`: the agentless
+/// spokes assigned to it (none in a region with one hub).
+pub(crate) fn agentless_behind(model: &Model, hub: &Site) -> BTreeSet<IpNet> {
+    let mut out = BTreeSet::new();
+    if model.region_hubs(&hub.region).nth(1).is_none() {
+        return out;
+    }
+    for s in model.region_sites(&hub.region) {
+        if s.role == Role::Spoke
+            && s.agentless
+            && s.is_active()
+            && assigned_hub_is(model, s, &hub.name)
+        {
+            out.extend(own_prefixes(s));
+        }
+    }
+    out
 }
 
 /// A site's own interface settings: its addresses, the port of its own
@@ -122,17 +214,39 @@ pub(crate) fn own_prefixes(s: &Site) -> BTreeSet<IpNet> {
     p
 }
 
-/// What another region's primary hub carries in the hub mesh: the region's
-/// blocks, the LANs of its active sites, and the hub's own addresses. The
-/// addresses are redundant inside the block (and dropped from the routes),
-/// but they name the peer's own overlay address, which the agent's link
-/// probes need as their target.
-pub(crate) fn region_prefixes(model: &Model, region: &Region, primary: &Site) -> BTreeSet<IpNet> {
-    let mut p = BTreeSet::from([IpNet::V4(region.ipv4_block)]);
-    p.extend(region.ipv6_block.map(IpNet::V6));
-    p.extend(model.region_lans(&region.name).copied());
-    p.extend(primary.addresses());
+/// What a hub of another region carries in the hub mesh: its own
+/// addresses and LANs; and, for the hub of the region this hub is assigned
+/// to (`carrier`), the region's blocks and its spokes' LANs. The addresses
+/// are redundant inside the block (and dropped from the routes), but they
+/// name the peer's own overlay address, which the agent's link probes need
+/// as their target. With one hub (`!group`), the hub's own LANs are among
+/// the region's LANs anyway.
+pub(crate) fn mesh_prefixes(
+    model: &Model,
+    region: &Region,
+    hub: &Site,
+    carrier: bool,
+    group: bool,
+) -> BTreeSet<IpNet> {
+    let mut p = own_prefixes(hub);
+    if carrier {
+        p.insert(IpNet::V4(region.ipv4_block));
+        p.extend(region.ipv6_block.map(IpNet::V6));
+        p.extend(
+            model
+                .region_lans(&region.name)
+                .filter(|l| !group || !is_hub_lan(model, &region.name, l))
+                .copied(),
+        );
+    }
     p
+}
+
+/// Whether `lan` is a LAN of an active hub of `region`.
+pub(crate) fn is_hub_lan(model: &Model, region: &Name, lan: &IpNet) -> bool {
+    model
+        .region_hubs(region)
+        .any(|h| h.lan_prefixes.contains(lan))
 }
 
 /// A peer entry for an active site; `None` only if the site has no key,

@@ -384,10 +384,31 @@ fn strings(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// The hub of `cfg`'s failover group for `region` that carries it.
+fn carrier(cfg: &SiteConfig, region: &str) -> String {
+    let g = cfg
+        .failover
+        .iter()
+        .find(|g| g.region.as_str() == region)
+        .expect("a failover group for the region");
+    assert_eq!(g.hubs.len(), 2);
+    g.hubs[0].to_string()
+}
+
+fn other_hub(h: &str) -> &'static str {
+    if h == "hub-north" {
+        "hub-north-2"
+    } else {
+        "hub-north"
+    }
+}
+
 #[test]
-fn secondary_hub_is_a_plain_peer_and_stays_out_of_the_hub_mesh() {
+fn a_hub_pair_shares_its_region_and_both_join_the_hub_mesh() {
     let m = model_with_secondary_hub();
 
+    // A spoke peers with both hubs; the one it is assigned to carries the
+    // routed prefixes, and the config names the pair as a failover group.
     let gp_a = rendered(&m, "gp-a");
     assert_eq!(
         gp_a.peers
@@ -396,70 +417,122 @@ fn secondary_hub_is_a_plain_peer_and_stays_out_of_the_hub_mesh() {
             .collect::<Vec<_>>(),
         ["hub-north", "hub-north-2"]
     );
-    assert_eq!(
-        allowed(&gp_a, "hub-north-2"),
-        Some(strings(&[
-            "100.64.0.5/32",
-            "fd7a:6e65::5/128",
-            "10.1.2.0/24"
-        ]))
-    );
-    let p2 = &gp_a.peers[1];
-    assert_eq!(p2.persistent_keepalive, Some(25));
-    assert_eq!(
-        p2.endpoint.map(|e| e.to_string()).as_deref(),
-        Some("198.51.100.2:51820")
-    );
+    let mine = carrier(&gp_a, "north");
+    let own = |h: &str| -> Vec<&'static str> {
+        if h == "hub-north" {
+            vec!["100.64.0.1/32", "fd7a:6e65::1/128", "10.1.0.0/24"]
+        } else {
+            vec!["100.64.0.5/32", "fd7a:6e65::5/128", "10.1.2.0/24"]
+        }
+    };
+    let mut carried = own(&mine);
+    carried.extend(["100.64.0.0/10", "fd7a:6e65::/48", "10.0.0.0/8"]);
+    assert_eq!(allowed(&gp_a, &mine), Some(strings(&carried)));
+    let standby = other_hub(&mine);
+    assert_eq!(allowed(&gp_a, standby), Some(strings(&own(standby))));
+    for p in &gp_a.peers {
+        assert_eq!(p.persistent_keepalive, Some(25), "both links stay warm");
+    }
 
-    // The secondary hub reaches the rest of the network through the primary.
+    // The hubs peer as sites of one region, with their own prefixes only;
+    // each reaches other regions through the hub mesh itself.
     let h2 = rendered(&m, "hub-north-2");
     assert_eq!(
         h2.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-        ["gp-a", "gp-b", "hub-north"]
+        ["gp-a", "gp-b", "hub-north", "hub-south"]
     );
+    assert_eq!(allowed(&h2, "hub-north"), Some(strings(&own("hub-north"))));
+    assert!(h2.failover.is_empty(), "south has one hub");
     assert_eq!(
-        allowed(&h2, "hub-north"),
-        Some(strings(&[
-            "100.64.0.0/10",
-            "fd7a:6e65::/48",
-            "10.0.0.0/8",
-            "100.64.0.1/32",
-            "fd7a:6e65::1/128",
-            "10.1.0.0/24"
-        ]))
+        allowed(&h2, "hub-south"),
+        allowed(&rendered(&m, "hub-north"), "hub-south")
     );
-    assert_eq!(h2.peers[2].persistent_keepalive, Some(25));
-    assert_eq!(h2.peers[0].persistent_keepalive, None);
 
-    // The primary sees it as a plain site of its region; other regions carry
-    // its LAN on the primary.
-    let h1 = rendered(&m, "hub-north");
-    assert_eq!(
-        allowed(&h1, "hub-north-2"),
-        Some(strings(&[
-            "100.64.0.5/32",
-            "fd7a:6e65::5/128",
-            "10.1.2.0/24"
-        ]))
-    );
+    // Another region's hub peers with both; the one it is assigned to
+    // carries the region's blocks and its spokes' LANs, each hub its own.
     let south = rendered(&m, "hub-south");
-    assert!(allowed(&south, "hub-north-2").is_none());
+    let c = carrier(&south, "north");
+    let mut carried = own(&c);
+    carried.extend(["100.64.0.0/20", "fd7a:6e65::/64", "10.1.1.0/24"]);
+    assert_eq!(allowed(&south, &c), Some(strings(&carried)));
     assert_eq!(
-        allowed(&south, "hub-north"),
-        Some(strings(&[
-            "100.64.0.0/20",
-            "fd7a:6e65::/64",
-            "10.1.0.0/24",
-            "10.1.1.0/24",
-            "10.1.2.0/24",
-            "100.64.0.1/32",
-            "fd7a:6e65::1/128"
-        ]))
+        allowed(&south, other_hub(&c)),
+        Some(strings(&own(other_hub(&c))))
     );
 }
 
 #[test]
-fn primary_hub_is_the_smallest_active_name() {
+fn spokes_spread_over_a_hub_pair_and_a_third_hub_takes_only_its_share() {
+    use wardnet_controller::render::hub_order;
+    let mut m = model_with_secondary_hub();
+    let spokes: Vec<Name> = (0..400).map(|i| name(&format!("gp-{i}"))).collect();
+    let first = |m: &Model, s: &Name| hub_order(m, s, &name("north"))[0].name.clone();
+    let before: Vec<Name> = spokes.iter().map(|s| first(&m, s)).collect();
+    let on_first = before.iter().filter(|h| h.as_str() == "hub-north").count();
+    assert!(
+        (160..=240).contains(&on_first),
+        "{on_first} of 400 on hub-north"
+    );
+
+    m.upsert_site(site(S {
+        endpoint: Some("198.51.100.3:51820"),
+        ..active(
+            "hub-north-3",
+            "north",
+            Role::Hub,
+            K_GP_REVOKED,
+            "100.64.0.6",
+            "fd7a:6e65::6",
+        )
+    }));
+    let after: Vec<Name> = spokes.iter().map(|s| first(&m, s)).collect();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(
+        after
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| a == b || a.as_str() == "hub-north-3"),
+        "a spoke moves only to the new hub"
+    );
+    assert!((90..=180).contains(&moved), "{moved} of 400 moved");
+}
+
+#[test]
+fn an_agentless_spoke_in_a_hub_pair_gets_one_hub_and_the_other_reaches_it_through_that_one() {
+    let mut m = model_with_secondary_hub();
+    let mut gp = Site::clone(&m.sites[&name("gp-b")]);
+    gp.agentless = true;
+    m.upsert_site(gp.clone());
+    let cfg = rendered(&m, "gp-b");
+    assert_eq!(
+        cfg.peers.len(),
+        1,
+        "one hub: nothing on its side fails over"
+    );
+    assert!(cfg.failover.is_empty());
+    let hub = cfg.peers[0].name.to_string();
+    assert!(cfg.peers[0]
+        .allowed_ips
+        .contains(&"100.64.0.0/10".parse().expect("prefix")));
+
+    let own_b: Vec<String> = gp
+        .addresses()
+        .iter()
+        .chain(&gp.lan_prefixes)
+        .map(|p| p.to_string())
+        .collect();
+    // Its hub peers with it; the other hub does not, and routes it to its hub.
+    assert!(allowed(&rendered(&m, &hub), "gp-b").is_some());
+    let other = rendered(&m, other_hub(&hub));
+    assert!(allowed(&other, "gp-b").is_none());
+    let via = allowed(&other, &hub).expect("the hubs peer");
+    for p in &own_b {
+        assert!(via.contains(p), "{p} through {hub}");
+    }
+}
+
+#[test]
+fn with_one_hub_left_the_region_is_as_with_one_hub() {
     let mut m = model_with_secondary_hub();
     let mut h1 = Site::clone(&m.sites[&name("hub-north")]);
     h1.state = SiteState::Revoked;
@@ -470,9 +543,12 @@ fn primary_hub_is_the_smallest_active_name() {
     assert!(gp_a.peers[0]
         .allowed_ips
         .contains(&"100.64.0.0/10".parse().expect("prefix")));
+    assert!(gp_a.failover.is_empty());
     let south = rendered(&m, "hub-south");
     assert!(allowed(&south, "hub-north").is_none());
-    assert!(allowed(&south, "hub-north-2").is_some());
+    let h2 = allowed(&south, "hub-north-2").expect("peer");
+    assert!(h2.contains("100.64.0.0/20") && h2.contains("10.1.2.0/24"));
+    assert!(south.failover.is_empty());
 }
 
 /// What every rendered network must satisfy for WireGuard to work: peerings
@@ -502,6 +578,35 @@ fn assert_consistent(m: &Model) {
             }
         }
         assert!(cfg.routes.is_disjoint(&cfg.interface.addresses), "{n}");
+        // A failover group names peers that are hubs of its region, and
+        // what moves between them (the first one's prefixes but its host
+        // addresses) is on no other peer, so a move keeps AllowedIPs unique.
+        for g in &cfg.failover {
+            assert!(g.hubs.len() > 1, "{n}: a group of one");
+            for h in &g.hubs {
+                let p = cfg.peers.iter().find(|p| &p.name == h);
+                let p = p.unwrap_or_else(|| panic!("{n}: group hub {h} is no peer"));
+                assert_eq!((p.role, &p.region), (Role::Hub, &g.region), "{n}: {h}");
+            }
+            let first = cfg
+                .peers
+                .iter()
+                .find(|p| p.name == g.hubs[0])
+                .expect("peer");
+            let moving = first
+                .allowed_ips
+                .iter()
+                .filter(|a| a.prefix_len() < a.max_prefix_len());
+            for a in moving {
+                for other in cfg.peers.iter().filter(|p| p.name != first.name) {
+                    assert!(
+                        !other.allowed_ips.contains(a),
+                        "{n}: {a} also on {}",
+                        other.name
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub(crate) trait Transmit {
 
 struct Peer {
     name: Name,
+    /// The region the peer is a hub of (`None`: a spoke).
+    hub_of: Option<Name>,
     public_key: PublicKey,
     /// The endpoint from the controller's config, to tell a real config
     /// change from a re-sync of the same value.
@@ -78,6 +80,8 @@ pub(crate) struct Core {
     /// The peers the timer tick visits: those with a `Tunn` or a keepalive.
     active: BTreeSet<u32>,
     allowed: AllowedIps,
+    /// The region this site is a hub of.
+    hub_of: Option<Name>,
     next_index: u32,
     counters: DeviceCounters,
     buf: Box<[u8]>,
@@ -87,7 +91,7 @@ pub(crate) struct Core {
 const INDEX_MASK: u32 = 0x00ff_ffff;
 
 impl Core {
-    pub(crate) fn new(private_key: &PrivateKey) -> Self {
+    pub(crate) fn new(private_key: &PrivateKey, hub_of: Option<Name>) -> Self {
         let private = private_key.to_dalek();
         let public = x25519_dalek::PublicKey::from(&private);
         Self {
@@ -98,6 +102,7 @@ impl Core {
             by_key: HashMap::new(),
             active: BTreeSet::new(),
             allowed: AllowedIps::default(),
+            hub_of,
             next_index: rand::random::<u32>() & INDEX_MASK,
             counters: DeviceCounters::default(),
             buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
@@ -136,6 +141,7 @@ impl Core {
         self.peers.insert(
             index,
             Peer {
+                hub_of: hub_region(&c),
                 name: c.name,
                 public_key: c.public_key,
                 configured_endpoint: c.endpoint,
@@ -210,6 +216,7 @@ impl Core {
                 peer.endpoint = Some(e.addr());
             }
         }
+        peer.hub_of = hub_region(&c);
         peer.name = c.name;
         peer.allowed_ips = c.allowed_ips;
         peer.keepalive = c.persistent_keepalive.filter(|k| *k > 0);
@@ -384,7 +391,15 @@ impl Core {
                 }
                 TunnResult::WriteToTunnelV4(packet, src) => {
                     authenticated(peer, from, datagram.len());
-                    if self.allowed.lookup(IpAddr::V4(src)) == Some(index) {
+                    let owner = self.allowed.lookup(IpAddr::V4(src));
+                    let hub_of = peer.hub_of.clone();
+                    if source_allowed(
+                        &self.peers,
+                        self.hub_of.as_ref(),
+                        index,
+                        hub_of.as_ref(),
+                        owner,
+                    ) {
                         tx.write_tun(packet);
                     } else {
                         self.counters.drops.source_not_allowed += 1;
@@ -392,7 +407,15 @@ impl Core {
                 }
                 TunnResult::WriteToTunnelV6(packet, src) => {
                     authenticated(peer, from, datagram.len());
-                    if self.allowed.lookup(IpAddr::V6(src)) == Some(index) {
+                    let owner = self.allowed.lookup(IpAddr::V6(src));
+                    let hub_of = peer.hub_of.clone();
+                    if source_allowed(
+                        &self.peers,
+                        self.hub_of.as_ref(),
+                        index,
+                        hub_of.as_ref(),
+                        owner,
+                    ) {
                         tx.write_tun(packet);
                     } else {
                         self.counters.drops.source_not_allowed += 1;
@@ -480,6 +503,39 @@ impl Core {
             counters: self.counters,
         }
     }
+}
+
+/// Cryptokey routing's inbound rule, widened for hub pairs: a packet from
+/// peer `from` may carry a source address that peer's AllowedIPs hold
+/// (`owner` is the peer whose AllowedIPs hold the source). A hub of a
+/// region may also deliver what another hub of the same region holds here
+/// (the region's hubs stand in for each other, and only one of them can
+/// hold a prefix at a time); and a hub of this site's own region
+/// (`own_hub_of`) may deliver from any source (it forwards for its peers).
+fn source_allowed(
+    peers: &HashMap<u32, Peer>,
+    own_hub_of: Option<&Name>,
+    from: u32,
+    from_hub_of: Option<&Name>,
+    owner: Option<u32>,
+) -> bool {
+    if owner == Some(from) {
+        return true;
+    }
+    let Some(region) = from_hub_of else {
+        return false;
+    };
+    if own_hub_of == Some(region) {
+        return true;
+    }
+    owner
+        .and_then(|o| peers.get(&o))
+        .is_some_and(|o| o.hub_of.as_ref() == Some(region))
+}
+
+/// The region a peer is a hub of.
+fn hub_region(c: &PeerConfig) -> Option<Name> {
+    (c.role == wardnet_common::Role::Hub).then(|| c.region.clone())
 }
 
 /// Bookkeeping after a datagram from `from` authenticated as this peer.

@@ -48,7 +48,7 @@ fn net(s: &str) -> IpNet {
 fn node(addr: &str) -> Node {
     let key = PrivateKey::generate();
     Node {
-        core: Core::new(&key),
+        core: Core::new(&key, None),
         key,
         addr: sa(addr),
         tun: Vec::new(),
@@ -336,4 +336,100 @@ fn idle_peers_cost_no_tunnel_state_and_no_handshakes() {
     assert_eq!(b.core.live_tunnels(), 1);
     assert_eq!(a.handshakes.len() + b.handshakes.len(), 2);
     assert_eq!(b.handshakes, [peer_config(&a, None, &[]).name]);
+}
+
+/// A spoke with two hubs of its region: hub A carries the routed prefixes,
+/// hub B only its own address. What B delivers from anywhere in A's
+/// prefixes is accepted (the hubs stand in for each other); what a spoke
+/// peer sends from outside its own prefixes is not.
+#[test]
+fn a_hub_may_deliver_what_another_hub_of_its_region_carries() {
+    let mut spoke = node("198.51.100.10:51820");
+    let mut hub_a = node("198.51.100.1:51820");
+    let mut hub_b = node("198.51.100.2:51820");
+    let mut other = node("198.51.100.11:51820");
+    let hub = |n: &Node, name: &str, allowed: &[&str]| PeerConfig {
+        name: name.parse().expect("name"),
+        role: Role::Hub,
+        ..peer_config(n, Some(n.addr), allowed)
+    };
+    spoke.core.apply(PeerOp::AddPeer(hub(
+        &hub_a,
+        "hub-a",
+        &["100.64.0.1/32", "100.64.0.0/10"],
+    )));
+    spoke
+        .core
+        .apply(PeerOp::AddPeer(hub(&hub_b, "hub-b", &["100.64.0.2/32"])));
+    let spoke_other = PeerConfig {
+        name: "gp-other".parse().expect("name"),
+        ..peer_config(&other, Some(other.addr), &["100.64.0.11/32"])
+    };
+    spoke.core.apply(PeerOp::AddPeer(spoke_other));
+    for n in [&mut hub_a, &mut hub_b, &mut other] {
+        let me = peer_config(&spoke, Some(spoke.addr), &["100.64.0.10/32"]);
+        n.core.apply(PeerOp::AddPeer(me));
+    }
+
+    // From hub B, a packet from a site behind the other hub: delivered.
+    let p = ipv4_packet([100, 64, 3, 7], [100, 64, 0, 10], b"via b");
+    let q = send_from_tun(&mut hub_b, &p);
+    pump(&mut [&mut spoke, &mut hub_b], q);
+    assert_eq!(spoke.tun, [p.clone()]);
+
+    // From a spoke peer, the same source: dropped.
+    spoke.tun.clear();
+    let q = send_from_tun(&mut other, &p);
+    pump(&mut [&mut spoke, &mut other], q);
+    assert!(spoke.tun.is_empty());
+    assert_eq!(spoke.core.snapshot(0).counters.drops.source_not_allowed, 1);
+
+    // A hub of another region is no stand-in for this one.
+    let mut far = node("198.51.100.20:51820");
+    let far_hub = PeerConfig {
+        name: "hub-far".parse().expect("name"),
+        region: "south".parse().expect("name"),
+        role: Role::Hub,
+        ..peer_config(&far, Some(far.addr), &["100.64.16.1/32"])
+    };
+    spoke.core.apply(PeerOp::AddPeer(far_hub));
+    far.core.apply(PeerOp::AddPeer(peer_config(
+        &spoke,
+        Some(spoke.addr),
+        &["100.64.0.10/32"],
+    )));
+    let q = send_from_tun(&mut far, &p);
+    pump(&mut [&mut spoke, &mut far], q);
+    assert!(spoke.tun.is_empty());
+    assert_eq!(spoke.core.snapshot(0).counters.drops.source_not_allowed, 2);
+}
+
+/// A hub accepts from another hub of its own region packets from any
+/// source: it forwards for the sites behind it (an agentless spoke).
+#[test]
+fn a_hub_accepts_any_source_from_a_hub_of_its_own_region() {
+    let key = PrivateKey::generate();
+    let mut hub_a = Node {
+        core: Core::new(&key, Some("north".parse().expect("name"))),
+        key,
+        addr: sa("198.51.100.1:51820"),
+        tun: Vec::new(),
+        handshakes: Vec::new(),
+    };
+    let mut hub_b = node("198.51.100.2:51820");
+    let b_entry = PeerConfig {
+        name: "hub-b".parse().expect("name"),
+        role: Role::Hub,
+        ..peer_config(&hub_b, Some(hub_b.addr), &["100.64.0.2/32"])
+    };
+    hub_a.core.apply(PeerOp::AddPeer(b_entry));
+    hub_b.core.apply(PeerOp::AddPeer(peer_config(
+        &hub_a,
+        Some(hub_a.addr),
+        &["100.64.0.0/10"],
+    )));
+    let p = ipv4_packet([100, 64, 16, 9], [100, 64, 0, 30], b"forwarded");
+    let q = send_from_tun(&mut hub_b, &p);
+    pump(&mut [&mut hub_a, &mut hub_b], q);
+    assert_eq!(hub_a.tun, [p]);
 }

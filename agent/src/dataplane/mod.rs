@@ -53,6 +53,9 @@ pub struct DataPlaneConfig {
     pub private_key: PrivateKey,
     /// UDP listen port; 0 picks a free one (see the snapshot's `listen_port`).
     pub listen_port: u16,
+    /// The region this site is a hub of (`None` for a spoke): the other
+    /// hubs of that region may deliver traffic from any source.
+    pub hub_of: Option<Name>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +128,12 @@ impl DataPlane {
         let socket = bind_udp(config.listen_port)?;
         let (tx, rx) = mpsc::channel(64);
         let (handshakes_tx, handshakes) = mpsc::unbounded_channel();
-        let shell = Shell::new(tun, socket, Core::new(&config.private_key), handshakes_tx);
+        let shell = Shell::new(
+            tun,
+            socket,
+            Core::new(&config.private_key, config.hub_of.clone()),
+            handshakes_tx,
+        );
         let task = tokio::spawn(shell.run(rx));
         Ok(DataPlane {
             handle: DataPlaneHandle { commands: tx },

@@ -35,6 +35,9 @@ pub struct ProbeConfig {
     pub down_after_intervals: u32,
     /// How many resolved probes (answered or lost) the loss ratio covers.
     pub loss_window: usize,
+    /// Time between two probes to a peer marked `fast` (the active hub of
+    /// a failover group), and their timeout: failover is judged on it.
+    pub fast_interval: Duration,
 }
 
 impl Default for ProbeConfig {
@@ -49,6 +52,7 @@ impl Default for ProbeConfig {
             down_after_intervals: 2,
             // 5 minutes at the default interval.
             loss_window: 60,
+            fast_interval: Duration::from_millis(250),
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct ProbeTarget {
     /// The peer's overlay address; `None`: no address to probe (the peer's
     /// health then rests on its handshake alone).
     pub address: Option<Ipv4Addr>,
+    /// Probe at the fast pace (an active hub: failover rests on it).
+    pub fast: bool,
 }
 
 /// What the I/O shell must send now.
@@ -109,6 +115,10 @@ struct PeerProbe {
     next_seq: u16,
     /// Sequence -> time sent, for probes not yet answered nor lost.
     outstanding: BTreeMap<u16, Instant>,
+    /// Probes lost in a row (reset by an answer).
+    lost_streak: u32,
+    /// Since when every probe was answered (`None` after a loss).
+    ok_since: Option<Instant>,
     /// Outcomes of the last `loss_window` resolved probes (true: answered).
     window: VecDeque<bool>,
     last_success: Option<Instant>,
@@ -136,6 +146,10 @@ pub struct ProbeView {
     /// `down_after_intervals` intervals (after a grace period as long, from
     /// when the peer was added or its session started).
     pub probe_ok: Option<bool>,
+    /// Probes lost in a row.
+    pub lost_streak: u32,
+    /// Since when every probe was answered.
+    pub ok_since: Option<Instant>,
 }
 
 /// What a timer does when it fires.
@@ -143,8 +157,8 @@ pub struct ProbeView {
 enum Timer {
     /// The peer's next probe is due.
     Due,
-    /// Probe `seq` is lost unless answered by now.
-    Expire(u16),
+    /// Probe `seq`, sent at the instant given, is lost unless answered by now.
+    Expire(u16, Instant),
 }
 
 /// A timer: when, the peer (and its incarnation), what.
@@ -191,7 +205,21 @@ impl Scheduler {
             let session = prev.as_ref().and_then(|p| p.session);
             let p = match prev.filter(|p| p.target.address == t.address) {
                 Some(mut p) => {
+                    let sooner = t.fast && !p.target.fast;
                     p.target = t;
+                    if sooner && !p.dormant {
+                        // Now the active hub: at the fast pace from now on.
+                        let at = now + self.config.fast_interval;
+                        if at < p.next_due {
+                            p.next_due = at;
+                            self.timers.push(Reverse((
+                                at,
+                                p.epoch,
+                                p.target.name.clone(),
+                                Timer::Due,
+                            )));
+                        }
+                    }
                     p
                 }
                 None => {
@@ -203,6 +231,8 @@ impl Scheduler {
                         next_due: now,
                         next_seq: 0,
                         outstanding: BTreeMap::new(),
+                        lost_streak: 0,
+                        ok_since: None,
                         window: VecDeque::new(),
                         last_success: None,
                         last_rtt: None,
@@ -274,15 +304,11 @@ impl Scheduler {
                 continue;
             };
             match timer {
-                Timer::Expire(seq) => {
+                Timer::Expire(seq, sent) => {
                     // Still outstanding from that very send: lost.
-                    if p.outstanding
-                        .get(&seq)
-                        .is_some_and(|&sent| sent + cfg.timeout == when)
-                    {
+                    if p.outstanding.get(&seq) == Some(&sent) {
                         p.outstanding.remove(&seq);
-                        p.lost_total += 1;
-                        push_outcome(&mut p.window, false, cfg.loss_window);
+                        lost(p, cfg.loss_window);
                     }
                 }
                 Timer::Due => {
@@ -302,21 +328,21 @@ impl Scheduler {
                     // A wrapped sequence still outstanding (only with absurd
                     // timeouts) counts as lost rather than matching a wrong reply.
                     if p.outstanding.insert(seq, now).is_some() {
-                        p.lost_total += 1;
-                        push_outcome(&mut p.window, false, cfg.loss_window);
+                        lost(p, cfg.loss_window);
                     }
                     p.sent_total += 1;
+                    let (interval, timeout) = pace(&cfg, &p.target);
                     // Keep the cadence, but never send a burst to catch up
                     // after a stall.
-                    p.next_due += cfg.interval;
+                    p.next_due += interval;
                     if p.next_due <= now {
-                        p.next_due = now + cfg.interval;
+                        p.next_due = now + interval;
                     }
                     self.timers.push(Reverse((
-                        now + cfg.timeout,
+                        now + timeout,
                         epoch,
                         name.clone(),
-                        Timer::Expire(seq),
+                        Timer::Expire(seq, now),
                     )));
                     self.timers
                         .push(Reverse((p.next_due, epoch, name.clone(), Timer::Due)));
@@ -341,14 +367,15 @@ impl Scheduler {
             return ReplyOutcome::Ignored;
         };
         let rtt = now.saturating_duration_since(sent);
-        if rtt >= cfg.timeout {
+        if rtt >= pace(&cfg, &p.target).1 {
             // Not yet expired by a tick, but late all the same.
-            p.lost_total += 1;
-            push_outcome(&mut p.window, false, cfg.loss_window);
+            lost(p, cfg.loss_window);
             return ReplyOutcome::Ignored;
         }
         push_outcome(&mut p.window, true, cfg.loss_window);
         p.last_success = Some(now);
+        p.lost_streak = 0;
+        p.ok_since.get_or_insert(now);
         if p.session.is_some_and(|s| s > sent) {
             // A handshake completed while this probe was out: it waited for
             // it, and its time says nothing about the link's RTT.
@@ -389,7 +416,7 @@ impl Scheduler {
     fn view(&self, p: &PeerProbe, now: Instant) -> ProbeView {
         let resolved = p.window.len();
         let lost = p.window.iter().filter(|ok| !**ok).count();
-        let limit = self.config.interval * self.config.down_after_intervals;
+        let limit = pace(&self.config, &p.target).0 * self.config.down_after_intervals;
         // Grace after the peer joined or its session started: the probes
         // have not had their chances yet.
         let chances_from = p.session.map_or(p.since, |s| s.max(p.since));
@@ -408,6 +435,8 @@ impl Scheduler {
             srtt: p.srtt,
             loss_ratio: (resolved > 0).then(|| lost as f64 / resolved as f64),
             probe_ok,
+            lost_streak: p.lost_streak,
+            ok_since: p.ok_since,
         }
     }
 }
@@ -426,6 +455,23 @@ fn wake(timers: &mut BinaryHeap<Entry>, p: &mut PeerProbe, at: Instant, now: Ins
     p.dormant = false;
     p.next_due = at;
     timers.push(Reverse((at, p.epoch, p.target.name.clone(), Timer::Due)));
+}
+
+/// A peer's probe interval and timeout.
+fn pace(cfg: &ProbeConfig, t: &ProbeTarget) -> (Duration, Duration) {
+    if t.fast {
+        (cfg.fast_interval, cfg.fast_interval)
+    } else {
+        (cfg.interval, cfg.timeout)
+    }
+}
+
+/// A probe of `p` was lost.
+fn lost(p: &mut PeerProbe, window: usize) {
+    p.lost_total += 1;
+    p.lost_streak = p.lost_streak.saturating_add(1);
+    p.ok_since = None;
+    push_outcome(&mut p.window, false, window);
 }
 
 fn push_outcome(window: &mut VecDeque<bool>, ok: bool, cap: usize) {

@@ -10,6 +10,7 @@ fn name(s: &str) -> Name {
 
 fn target(n: &str, last: u8) -> ProbeTarget {
     ProbeTarget {
+        fast: false,
         name: name(n),
         region: name("north"),
         role: Role::Spoke,
@@ -425,6 +426,7 @@ fn a_hub_tick_touches_only_what_is_due() {
     let mut s = Scheduler::new(ProbeConfig::default());
     let peers: Vec<ProbeTarget> = (0..10_000u32)
         .map(|i| ProbeTarget {
+            fast: false,
             name: name(&format!("gp-{i}")),
             region: name("north"),
             role: Role::Spoke,

@@ -58,6 +58,7 @@ pub fn summarize(peers: &[PeerHealth], metrics_address: Option<String>) -> Healt
         worst_loss_ratio: worst_loss,
         worst_peer,
         metrics_address,
+        ..HealthSummary::default()
     }
 }
 

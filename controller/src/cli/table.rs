@@ -256,6 +256,7 @@ mod tests {
             worst_loss_ratio: Some(0.2),
             worst_peer: Some("gp-a".parse().expect("name")),
             metrics_address: None,
+            ..HealthSummary::default()
         };
         assert_eq!(worst_link(Some(&h)), "gp-a 12.3ms 20%");
         h.peers_up = 1;
