@@ -395,6 +395,27 @@ mod tests {
     }
 
     #[test]
+    fn failover_keys_default_parse_and_say_what_is_wrong() {
+        let c = Config::parse(Path::new("a.toml"), "", none).expect("defaults");
+        assert_eq!(c.hub_probe_interval, Duration::from_millis(250));
+        assert_eq!(c.failover_misses, 4);
+        assert_eq!(c.failback_hold_down, Duration::from_secs(30));
+        let text = "hub_probe_interval_ms = 100\nfailover_misses = 3\nfailback_hold_down_secs = 0";
+        let c = Config::parse(Path::new("a.toml"), text, none).expect("valid");
+        assert_eq!(c.hub_probe_interval, Duration::from_millis(100));
+        assert_eq!(c.failover_misses, 3);
+        assert_eq!(c.failback_hold_down, Duration::ZERO);
+        for (text, key) in [
+            ("hub_probe_interval_ms = 10", "hub_probe_interval_ms"),
+            ("failover_misses = 0", "failover_misses"),
+            ("failback_hold_down_secs = 7200", "failback_hold_down_secs"),
+        ] {
+            let e = Config::parse(Path::new("a.toml"), text, none).expect_err(text);
+            assert!(e.to_string().contains(&format!("key `{key}`")), "{e}");
+        }
+    }
+
+    #[test]
     fn a_reload_applies_live_keys_and_defers_the_rest() {
         let old = Config::parse(Path::new("a.toml"), "", none).expect("defaults");
         let text = r#"

@@ -271,6 +271,27 @@ pub struct RegionView {
     pub sites: u64,
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: UnixTime,
+    /// The region's active hubs: health, and the spokes each carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hubs: Vec<RegionHub>,
+}
+
+/// One hub of a region, as `regions show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionHub {
+    pub name: Name,
+    /// Its agent reported within the online window.
+    pub online: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_up: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers_total: Option<u32>,
+    /// Spokes rendezvous hashing assigns to this hub.
+    pub spokes_assigned: u64,
+    /// Online spokes whose traffic goes through this hub now (as they
+    /// report it; in a region with one hub, all its online spokes).
+    pub spokes_carried: u64,
 }
 
 /// `POST /v1/sites`. Without `public_key` the site is pending and the

@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Time from a config change to the agent reporting it applied.
     pub apply_latency: crate::health::ApplyLatency,
     sites: IntGaugeVec,
+    region_hubs: IntGaugeVec,
+    region_hubs_online: IntGaugeVec,
     waiters: IntGauge,
     agents_online: IntGauge,
     pending_delivery: IntGauge,
@@ -78,6 +80,22 @@ impl Metrics {
             &["region", "role", "state"],
         )
         .expect("static metric definition is valid");
+        let region_hubs = IntGaugeVec::new(
+            Opts::new(
+                "wardnet_controller_region_hubs",
+                "Active hubs of each region (a region with two or more fails over between them).",
+            ),
+            &["region"],
+        )
+        .expect("static metric definition is valid");
+        let region_hubs_online = IntGaugeVec::new(
+            Opts::new(
+                "wardnet_controller_region_hubs_online",
+                "Active hubs of each region whose agent reported within the online window.",
+            ),
+            &["region"],
+        )
+        .expect("static metric definition is valid");
         let waiters = IntGauge::new(
             "wardnet_controller_long_poll_waiters",
             "Agent config requests currently held open.",
@@ -136,6 +154,8 @@ impl Metrics {
             Box::new(http_requests.clone()),
             Box::new(apply_latency.clone()),
             Box::new(sites.clone()),
+            Box::new(region_hubs.clone()),
+            Box::new(region_hubs_online.clone()),
             Box::new(waiters.clone()),
             Box::new(agents_online.clone()),
             Box::new(pending_delivery.clone()),
@@ -153,6 +173,8 @@ impl Metrics {
             http_requests,
             apply_latency: crate::health::ApplyLatency::new(apply_latency),
             sites,
+            region_hubs,
+            region_hubs_online,
             waiters,
             agents_online,
             pending_delivery,
@@ -175,6 +197,17 @@ pub fn render(c: &Controller) -> String {
                 .inc();
         }
     });
+    m.region_hubs.reset();
+    m.region_hubs_online.reset();
+    for r in c.list_regions() {
+        let online = r.hubs.iter().filter(|h| h.online).count();
+        m.region_hubs
+            .with_label_values(&[r.name.as_str()])
+            .set(r.hubs.len() as i64);
+        m.region_hubs_online
+            .with_label_values(&[r.name.as_str()])
+            .set(online as i64);
+    }
     let status = c.status();
     m.waiters.set(c.long_poll_waiters());
     m.agents_online.set(status.agents_online as i64);

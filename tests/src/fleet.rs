@@ -610,6 +610,74 @@ allow_plain_http = {}
         Ok(())
     }
 
+    /// An agentless appliance as its admin would set it up: its own key
+    /// (`wg genkey`), registered with `sites add --public-key`, the
+    /// `sites export` config with the private key filled in, brought up by
+    /// wg-quick on wireguard-go in the site's namespace. Returns the
+    /// config's path, for [`Fleet::appliance_down`].
+    pub fn add_appliance(&mut self, name: &str, region: &str) -> Result<PathBuf> {
+        let private = String::from_utf8(run(Command::new("wg").arg("genkey"))?.stdout)?;
+        let public = {
+            use std::io::Write;
+            let mut child = Command::new("wg")
+                .arg("pubkey")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            child
+                .stdin
+                .take()
+                .context("wg pubkey's stdin")?
+                .write_all(private.as_bytes())?;
+            String::from_utf8(child.wait_with_output()?.stdout)?
+                .trim()
+                .to_owned()
+        };
+        self.add_agentless_site(name, region, &public)?;
+        let conf = self.cli(&["sites", "export", name])?;
+        if !(conf.contains("[Interface]") && conf.contains("[Peer]")) {
+            bail!("`sites export {name}` is no wg-quick config:\n{conf}");
+        }
+        let conf = conf
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("# PrivateKey") {
+                    format!("PrivateKey = {}", private.trim())
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let site = self.site(name);
+        let path = self.dir.join(format!("{}.conf", site.iface));
+        std::fs::write(&path, conf)?;
+        let up = site
+            .gw
+            .command("wg-quick")
+            .args(["up"])
+            .arg(&path)
+            .env("WG_QUICK_USERSPACE_IMPLEMENTATION", "wireguard-go")
+            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+            .output()?;
+        if !up.status.success() {
+            bail!("wg-quick up: {}", String::from_utf8_lossy(&up.stderr));
+        }
+        Ok(path)
+    }
+
+    /// Take an appliance's interface down (wireguard-go removes its control
+    /// socket; its namespace's drop ends the process anyway).
+    pub fn appliance_down(&self, name: &str, path: &Path) {
+        let _ = self
+            .site(name)
+            .gw
+            .command("wg-quick")
+            .arg("down")
+            .arg(path)
+            .output();
+    }
+
     /// Start (or restart) a site's agent and wait until it runs a config.
     pub fn start_agent(&mut self, name: &str) -> Result<()> {
         let agent = self.bins.agent.clone();
@@ -638,6 +706,17 @@ allow_plain_http = {}
                 bail!("agent {name} exited with {status} on SIGTERM:\n{}", a.log());
             }
         }
+        Ok(())
+    }
+
+    /// Kill a site's agent with SIGKILL: no clean-up of any kind, as when
+    /// its host dies (its TUN device goes with the process).
+    pub fn kill_agent(&mut self, name: &str) -> Result<()> {
+        if let Some(mut a) = self.site_mut(name).agent.take() {
+            a.kill()?;
+        }
+        let iface = self.site(name).iface.clone();
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{iface}.sock"));
         Ok(())
     }
 

@@ -116,19 +116,22 @@ pub struct Stream {
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
     gap: Arc<AtomicU64>,
+    gaps: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
     interval: Duration,
     sender: Option<JoinHandle<Result<Result<()>>>>,
     receiver: Option<JoinHandle<Result<Result<()>>>>,
 }
 
 /// What a stream saw.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StreamReport {
     pub sent: u64,
     pub received: u64,
     /// The longest run of consecutive sequence numbers that never arrived.
     pub longest_gap: u64,
     pub interval: Duration,
+    /// Every run of packets that never arrived: (first sequence, length).
+    pub gaps: Vec<(u64, u64)>,
 }
 
 impl StreamReport {
@@ -155,8 +158,10 @@ impl Stream {
         let sent = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));
         let gap = Arc::new(AtomicU64::new(0));
+        let gaps = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let (s, r, g) = (stop_recv.clone(), received.clone(), gap.clone());
+        let all_gaps = gaps.clone();
         let receiver = spawn_in(to_ns, move || -> Result<()> {
             let sock = UdpSocket::bind(to)?;
             sock.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -175,12 +180,19 @@ impl Stream {
             }
             let mut longest = 0;
             let mut prev: Option<u64> = None;
+            let mut found = Vec::new();
             for &q in &seen {
                 let missing = prev.map_or(q, |p| q - p - 1);
+                if missing > 0 {
+                    found.push((q - missing, missing));
+                }
                 longest = longest.max(missing);
                 prev = Some(q);
             }
             g.store(longest, Ordering::Relaxed);
+            if let Ok(mut v) = all_gaps.lock() {
+                *v = found;
+            }
             Ok(())
         })?;
         rx.recv_timeout(Duration::from_secs(5))
@@ -210,6 +222,7 @@ impl Stream {
             sent,
             received,
             gap,
+            gaps,
             interval,
             sender: Some(sender),
             receiver: Some(receiver),
@@ -250,6 +263,7 @@ impl Stream {
             received: self.received.load(Ordering::Relaxed),
             longest_gap: self.gap.load(Ordering::Relaxed),
             interval: self.interval,
+            gaps: self.gaps.lock().map(|v| v.clone()).unwrap_or_default(),
         }
     }
 }

@@ -447,58 +447,7 @@ fn an_agentless_wireguard_go_site_reaches_a_spoke_lan() -> Result<()> {
     }
     let mut f = north()?;
     // The appliance makes its own key; the admin registers the public half.
-    let private = String::from_utf8(
-        wardnet_e2e::run(std::process::Command::new("wg").arg("genkey"))?.stdout,
-    )?;
-    let public = {
-        use std::io::Write;
-        let mut child = std::process::Command::new("wg")
-            .arg("pubkey")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(private.as_bytes())?;
-        String::from_utf8(child.wait_with_output()?.stdout)?
-            .trim()
-            .to_owned()
-    };
-    f.add_agentless_site("appliance", "north", &public)?;
-    let conf = f.cli(&["sites", "export", "appliance"])?;
-    assert!(
-        conf.contains("[Interface]") && conf.contains("[Peer]"),
-        "{conf}"
-    );
-    let conf = conf
-        .lines()
-        .map(|l| {
-            if l.trim_start().starts_with("# PrivateKey") {
-                format!("PrivateKey = {}", private.trim())
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let site = f.site("appliance");
-    let path = f.dir().join(format!("{}.conf", site.iface));
-    std::fs::write(&path, conf)?;
-    let up = site
-        .gw
-        .command("wg-quick")
-        .args(["up"])
-        .arg(&path)
-        .env("WG_QUICK_USERSPACE_IMPLEMENTATION", "wireguard-go")
-        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
-        .output()?;
-    assert!(
-        up.status.success(),
-        "wg-quick up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
+    let path = f.add_appliance("appliance", "north")?;
     let lan_host = f.lan("gp-a").host;
     // wireguard-go retries a handshake the hub dropped (before its config
     // named the appliance) every 5 s; a loaded CI machine once needed more
@@ -530,13 +479,7 @@ fn an_agentless_wireguard_go_site_reaches_a_spoke_lan() -> Result<()> {
     }
     // wireguard-go runs in the namespace; its drop kills it. Take the
     // interface down first so its control socket is removed.
-    let _ = f
-        .site("appliance")
-        .gw
-        .command("wg-quick")
-        .arg("down")
-        .arg(&path)
-        .output();
+    f.appliance_down("appliance", &path);
     reached?;
     Ok(())
 }

@@ -411,8 +411,16 @@ async fn regions(api: &ApiArgs, command: RegionsCommand) -> Result<()> {
 fn print_regions(output: Output, rs: &[RegionView], list: bool) -> Result<()> {
     let json: &dyn erased::Json = if list { &rs } else { &rs[0] };
     print_out(output, json, || {
-        let mut t = Table::new(&["REGION", "MESH", "IPV4 BLOCK", "IPV6 BLOCK", "SITES"]);
+        let mut t = Table::new(&[
+            "REGION",
+            "MESH",
+            "IPV4 BLOCK",
+            "IPV6 BLOCK",
+            "SITES",
+            "HUBS",
+        ]);
         for r in rs {
+            let online = r.hubs.iter().filter(|h| h.online).count();
             t.row(vec![
                 r.name.to_string(),
                 if r.mesh { "yes" } else { "no" }.into(),
@@ -421,7 +429,25 @@ fn print_regions(output: Output, rs: &[RegionView], list: bool) -> Result<()> {
                     .map(|b| b.to_string())
                     .unwrap_or_else(|| "-".into()),
                 r.sites.to_string(),
+                format!("{online}/{} online", r.hubs.len()),
             ]);
+        }
+        if !list {
+            // One region: each hub, its health and its spokes.
+            for h in rs.iter().flat_map(|r| &r.hubs) {
+                let peers = match (h.peers_up, h.peers_total) {
+                    (Some(u), Some(n)) => format!("{u}/{n} peers up"),
+                    _ => "no report".into(),
+                };
+                t.row(vec![
+                    format!("  hub {}", h.name),
+                    if h.online { "online" } else { "OFFLINE" }.into(),
+                    peers,
+                    format!("carries {} spokes", h.spokes_carried),
+                    format!("assigned {}", h.spokes_assigned),
+                    String::new(),
+                ]);
+            }
         }
         t
     })

@@ -169,6 +169,13 @@ pub fn site_health_rows(t: &mut Table, s: &SiteView, fleet: &FleetHealth) {
             "metrics endpoint",
             opt(h.and_then(|h| h.metrics_address.clone())),
         ),
+        (
+            "active hub",
+            opt(h.and_then(|h| h.active_hub.as_ref()).map(|a| {
+                let n = h.map_or(0, |h| h.failovers);
+                format!("{a} ({n} failovers since the agent started)")
+            })),
+        ),
     ] {
         t.row(vec![k.to_owned(), v]);
     }

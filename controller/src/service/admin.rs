@@ -6,8 +6,8 @@ use ipnet::IpNet;
 use wardnet_common::net::overlaps;
 use wardnet_common::token::{hash_secret, Secret, ADMIN_PREFIX, ENROLMENT_PREFIX};
 use wardnet_common::wire::{
-    AuditEntry, CreateRegion, CreateSite, RegionView, SiteConfig, SiteCreated, SiteState, SiteView,
-    StatusSummary, UpdateSite,
+    AuditEntry, CreateRegion, CreateSite, RegionHub, RegionView, SiteConfig, SiteCreated,
+    SiteState, SiteView, StatusSummary, UpdateSite,
 };
 use wardnet_common::{Name, Role};
 
@@ -38,7 +38,47 @@ fn audit(at: i64, actor: &Actor, action: &str, object: &str, detail: Option<Stri
     }
 }
 
-fn region_view(m: &Model, r: &Region) -> RegionView {
+fn region_view(m: &Model, r: &Region, report: &dyn Fn(&Name) -> Report, now: i64) -> RegionView {
+    let hubs: Vec<&Site> = m.region_hubs(&r.name).collect();
+    let mut views: Vec<RegionHub> = hubs
+        .iter()
+        .map(|h| {
+            let rep = report(&h.name);
+            RegionHub {
+                name: h.name.clone(),
+                online: crate::health::online(rep.last_seen, now, ONLINE_WINDOW_SECS),
+                peers_up: rep.health.as_ref().map(|h| h.peers_up),
+                peers_total: rep.health.as_ref().map(|h| h.peers_total),
+                spokes_assigned: 0,
+                spokes_carried: 0,
+            }
+        })
+        .collect();
+    if !views.is_empty() {
+        let spokes = m
+            .region_sites(&r.name)
+            .filter(|s| s.role == Role::Spoke && s.is_active());
+        for s in spokes {
+            let assigned = crate::render::hub_order(m, &s.name, &r.name)
+                .first()
+                .map(|h| h.name.clone());
+            let rep = report(&s.name);
+            let carried = rep
+                .health
+                .as_ref()
+                .and_then(|h| h.active_hub.clone())
+                .or_else(|| assigned.clone())
+                .filter(|_| crate::health::online(rep.last_seen, now, ONLINE_WINDOW_SECS));
+            for v in &mut views {
+                if assigned.as_ref() == Some(&v.name) {
+                    v.spokes_assigned += 1;
+                }
+                if carried.as_ref() == Some(&v.name) {
+                    v.spokes_carried += 1;
+                }
+            }
+        }
+    }
     RegionView {
         name: r.name.clone(),
         mesh: r.mesh,
@@ -46,6 +86,7 @@ fn region_view(m: &Model, r: &Region) -> RegionView {
         ipv6_block: r.ipv6_block.map(IpNet::V6),
         sites: m.by_region.get(&r.name).map_or(0, |s| s.len() as u64),
         created_at: r.created_at,
+        hubs: views,
     }
 }
 
@@ -111,7 +152,7 @@ impl Controller {
                 created_at: now,
             };
             m.upsert_region(region.clone());
-            let view = region_view(m, &region);
+            let view = region_view(m, &region, &|_| Report::default(), now);
             let mut mu = Mutation::new(view);
             mu.writes.push(Write::InsertRegion(region));
             mu.audit = Some(audit(
@@ -131,11 +172,21 @@ impl Controller {
     }
 
     pub fn list_regions(&self) -> Vec<RegionView> {
-        self.with_model(|m| m.regions.values().map(|r| region_view(m, r)).collect())
+        let reports = self.reports();
+        let report = |n: &Name| reports.get(n).cloned().unwrap_or_default();
+        let now = self.now();
+        self.with_model(|m| {
+            m.regions
+                .values()
+                .map(|r| region_view(m, r, &report, now))
+                .collect()
+        })
     }
 
     pub fn region(&self, name: &Name) -> Result<RegionView, ApiError> {
-        self.with_model(|m| m.regions.get(name).map(|r| region_view(m, r)))
+        let report = |n: &Name| self.report_of(n);
+        let now = self.now();
+        self.with_model(|m| m.regions.get(name).map(|r| region_view(m, r, &report, now)))
             .ok_or_else(|| not_found_region(name))
     }
 
