@@ -375,7 +375,7 @@ fn a_hub_may_deliver_what_another_hub_of_its_region_carries() {
     let p = ipv4_packet([100, 64, 3, 7], [100, 64, 0, 10], b"via b");
     let q = send_from_tun(&mut hub_b, &p);
     pump(&mut [&mut spoke, &mut hub_b], q);
-    assert_eq!(spoke.tun, [p.clone()]);
+    assert_eq!(spoke.tun, std::slice::from_ref(&p));
 
     // From a spoke peer, the same source: dropped.
     spoke.tun.clear();
