@@ -10,7 +10,12 @@
 //!
 //!   cargo build --release --workspace
 //!   cargo bench -p wardnet-e2e --bench hub_idle -- [--peers 1,1000,5000,10000]
-//!       [--up 5000] [--idle-secs 60] [--soak-secs 0]
+//!       [--up 5000] [--idle-secs 60] [--soak-secs 0] [--spoke-probe-hz 0]
+//!
+//! `--spoke-probe-hz 4` has every emulated spoke also probe the hub (an
+//! ICMP echo through its tunnel, four a second: what a spoke in a region
+//! with two hubs sends its active hub), so the hub answers N × 4 echoes a
+//! second.
 //!
 //! Needs root (namespaces, TUN). `--soak-secs 1800 --peers 5000 --up 0`
 //! is the 30-minute memory run.
@@ -34,6 +39,7 @@ struct Args {
     up: usize,
     idle: Duration,
     soak: Duration,
+    spoke_probe_hz: f64,
 }
 
 fn args() -> Result<Args> {
@@ -42,6 +48,7 @@ fn args() -> Result<Args> {
         up: 5000,
         idle: Duration::from_secs(60),
         soak: Duration::ZERO,
+        spoke_probe_hz: 0.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,6 +64,7 @@ fn args() -> Result<Args> {
             "--up" => a.up = v()?.parse()?,
             "--idle-secs" => a.idle = Duration::from_secs(v()?.parse()?),
             "--soak-secs" => a.soak = Duration::from_secs(v()?.parse()?),
+            "--spoke-probe-hz" => a.spoke_probe_hz = v()?.parse()?,
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -83,7 +91,7 @@ fn main() -> Result<()> {
         fleet.region(&region, false)?;
         let keys = spokes(&fleet, &region, n)?;
         drop(keys);
-        let row = measure_hub(&mut fleet, &region, args.idle, args.soak, None)?;
+        let row = measure_hub(&mut fleet, &region, args.idle, args.soak, None, 0.0)?;
         row.print(n, "down");
     }
     if args.up > 0 {
@@ -91,7 +99,14 @@ fn main() -> Result<()> {
         let region = format!("u{n}");
         fleet.region(&region, false)?;
         let keys = spokes(&fleet, &region, n)?;
-        let row = measure_hub(&mut fleet, &region, args.idle, args.soak, Some(keys))?;
+        let row = measure_hub(
+            &mut fleet,
+            &region,
+            args.idle,
+            args.soak,
+            Some(keys),
+            args.spoke_probe_hz,
+        )?;
         row.print(n, "up");
     }
     Ok(())
@@ -123,9 +138,12 @@ impl Row {
     }
 }
 
+/// An emulated spoke: its key and overlay address.
+type Spoke = (PrivateKey, Ipv4Addr);
+
 /// Create `n` spokes in `region` with their own keys, straight through the
 /// admin API (from a thread inside the wan namespace).
-fn spokes(fleet: &Fleet, region: &str, n: usize) -> Result<Vec<PrivateKey>> {
+fn spokes(fleet: &Fleet, region: &str, n: usize) -> Result<Vec<Spoke>> {
     let keys: Vec<PrivateKey> = (0..n).map(|_| PrivateKey::generate()).collect();
     let bodies: Vec<serde_json::Value> = keys
         .iter()
@@ -142,37 +160,52 @@ fn spokes(fleet: &Fleet, region: &str, n: usize) -> Result<Vec<PrivateKey>> {
     let url = format!("{}/v1/sites", fleet.url);
     let token = fleet.token.clone();
     let t0 = Instant::now();
-    in_netns(fleet.wan.name(), move || {
+    let addrs = in_netns(fleet.wan.name(), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         rt.block_on(async move {
             let client = reqwest::Client::new();
-            let mut pending = futures::stream::iter(bodies.into_iter().map(|b| {
-                let client = client.clone();
-                let url = url.clone();
-                let token = token.clone();
-                async move {
-                    let r = client
-                        .post(&url)
-                        .bearer_auth(&token)
-                        .json(&b)
-                        .send()
-                        .await?;
-                    if !r.status().is_success() {
-                        bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+            let mut pending =
+                futures::stream::iter(bodies.into_iter().enumerate().map(|(i, b)| {
+                    let client = client.clone();
+                    let url = url.clone();
+                    let token = token.clone();
+                    async move {
+                        let r = client
+                            .post(&url)
+                            .bearer_auth(&token)
+                            .json(&b)
+                            .send()
+                            .await?;
+                        if !r.status().is_success() {
+                            bail!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+                        }
+                        let v: serde_json::Value = r.json().await?;
+                        let addr: Ipv4Addr = v["site"]["addresses"]
+                            .as_array()
+                            .and_then(|a| {
+                                a.iter()
+                                    .filter_map(|a| a.as_str())
+                                    .find(|a| !a.contains(':'))
+                            })
+                            .and_then(|a| a.split('/').next())
+                            .context("no IPv4 overlay address")?
+                            .parse()?;
+                        Ok::<_, anyhow::Error>((i, addr))
                     }
-                    Ok::<_, anyhow::Error>(())
-                }
-            }))
-            .buffer_unordered(8);
+                }))
+                .buffer_unordered(8);
             use futures::StreamExt;
+            let mut addrs = vec![Ipv4Addr::UNSPECIFIED; n];
             while let Some(r) = pending.next().await {
-                r?;
+                let (i, a) = r?;
+                addrs[i] = a;
             }
-            Ok(())
+            Ok(addrs)
         })
     })?;
+    let keys: Vec<Spoke> = keys.into_iter().zip(addrs).collect();
     eprintln!(
         "hub_idle: {n} spokes in {region} created in {:.1} s",
         t0.elapsed().as_secs_f64()
@@ -205,7 +238,8 @@ fn measure_hub(
     region: &str,
     idle: Duration,
     soak: Duration,
-    up: Option<Vec<PrivateKey>>,
+    up: Option<Vec<Spoke>>,
+    probe_hz: f64,
 ) -> Result<Row> {
     let hub = format!("{region}-hub");
     fleet.add_site(&hub, region, true, SiteOpts::default())?;
@@ -229,10 +263,13 @@ fn measure_hub(
         Some(keys) => {
             let hub_addr = SocketAddr::from((fleet.site(&hub).underlay, 51820));
             let hub_key = fleet.public_key(&hub)?;
+            let hub_ip = fleet.overlay(&hub);
             let stop = stop.clone();
             let ns = fleet.wan.name().to_owned();
             Some(std::thread::spawn(move || {
-                in_netns(&ns, move || emulate_spokes(keys, hub_addr, &hub_key, &stop))
+                in_netns(&ns, move || {
+                    emulate_spokes(keys, hub_addr, &hub_key, (hub_ip, probe_hz), &stop)
+                })
             }))
         }
     };
@@ -327,11 +364,14 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// Many spokes on one UDP socket: one `Tunn` each (receiver index = spoke
-/// index), handshakes paced under the hub's limit, probes answered.
+/// index), handshakes paced under the hub's limit, probes answered; and,
+/// with `probes.1` above 0, each spoke probing the hub at `probes.0` that
+/// many times a second once every handshake had its time.
 fn emulate_spokes(
-    keys: Vec<PrivateKey>,
+    keys: Vec<Spoke>,
     hub: SocketAddr,
     hub_key: &str,
+    probes: (Ipv4Addr, f64),
     stop: &AtomicBool,
 ) -> Result<()> {
     let hub_public = hub_key
@@ -340,12 +380,20 @@ fn emulate_spokes(
         .context("hub public key")?
         .to_dalek();
     let sock = UdpSocket::bind("0.0.0.0:0")?;
-    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    sock.set_read_timeout(Some(Duration::from_millis(if probes.1 > 0.0 {
+        2
+    } else {
+        20
+    })))?;
     let mut tunns: Vec<Tunn> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| Tunn::new(k.to_dalek(), hub_public, None, Some(25), i as u32, None))
+        .map(|(i, (k, _))| Tunn::new(k.to_dalek(), hub_public, None, Some(25), i as u32, None))
         .collect();
+    let n = tunns.len().max(1);
+    // Probing starts once every handshake had its time.
+    let probe_from = Duration::from_secs_f64(n as f64 / 150.0 + 10.0);
+    let (mut probes_sent, mut replies) = (0u64, 0u64);
     let mut buf = vec![0u8; 65_536];
     let mut out = vec![0u8; 65_536];
     let mut next_start = 0usize;
@@ -383,6 +431,9 @@ fn emulate_spokes(
                             r = t.decapsulate(None, &[], &mut out);
                         }
                         TunnResult::WriteToTunnelV4(p, _) => {
+                            if p.len() > 20 && p[9] == 1 && p[usize::from(p[0] & 0x0f) * 4] == 0 {
+                                replies += 1;
+                            }
                             if let Some(reply) = echo_reply(p) {
                                 let mut enc = vec![0u8; reply.len() + 64];
                                 if let TunnResult::WriteToNetwork(e) =
@@ -404,6 +455,18 @@ fn emulate_spokes(
                 ) => {}
             Err(e) => return Err(e.into()),
         }
+        if probes.1 > 0.0 && started.elapsed() > probe_from {
+            let t = (started.elapsed() - probe_from).as_secs_f64();
+            let due = (t * probes.1 * n as f64) as u64;
+            while probes_sent < due {
+                let i = (probes_sent % n as u64) as usize;
+                let req = echo_request(keys[i].1, probes.0, probes_sent as u16);
+                if let TunnResult::WriteToNetwork(e) = tunns[i].encapsulate(&req, &mut out) {
+                    sock.send_to(e, hub)?;
+                }
+                probes_sent += 1;
+            }
+        }
         if last_timers.elapsed() >= Duration::from_millis(250) {
             last_timers = Instant::now();
             for t in tunns.iter_mut().take(next_start) {
@@ -413,7 +476,29 @@ fn emulate_spokes(
             }
         }
     }
+    if probes.1 > 0.0 {
+        eprintln!("hub_idle: spoke probes sent {probes_sent}, answered {replies}");
+    }
     Ok(())
+}
+
+/// An IPv4 ICMP echo request from `src` to `dst` (64 bytes).
+fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 64];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&64u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 1;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum = wardnet_agent::health::icmp::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p[20] = 8;
+    p[24..26].copy_from_slice(&0x7764u16.to_be_bytes());
+    p[26..28].copy_from_slice(&seq.to_be_bytes());
+    let sum = wardnet_agent::health::icmp::checksum(&p[20..]);
+    p[22..24].copy_from_slice(&sum.to_be_bytes());
+    p
 }
 
 /// The echo reply to an IPv4 ICMP echo request (addresses swapped, type 0,

@@ -228,45 +228,63 @@ fn dump_logs(p: &Pair) {
     }
 }
 
-#[test]
-#[cfg_attr(
-    not(wardnet_root_tests),
-    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
-)]
-fn a_hub_pair_survives_kill_9_of_the_hub_carrying_the_sender() -> Result<()> {
-    if !require_root("a_hub_pair_survives_kill_9_of_the_hub_carrying_the_sender") {
-        return Ok(());
-    }
+/// How the hub dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// `kill -9` of its agent (its TUN device goes with it); back: the
+    /// agent restarted.
+    Kill,
+    /// nftables drops all UDP in its namespace, both ways; back: the rule
+    /// deleted.
+    DropUdp,
+}
+
+/// The whole scenario: streams, the failure, convergence, the NOC's view
+/// (controller up), the hub's return and two minutes of watching.
+fn survive(failure: Failure, controller_up: bool) -> Result<()> {
     let mut p = pair()?;
+    let what = format!(
+        "{failure:?}, controller {}",
+        if controller_up { "up" } else { "stopped" }
+    );
     let result = (|| -> Result<()> {
+        if !controller_up {
+            p.f.stop_controller()?;
+        }
         let s = warm_streams(&p, 7100)?;
         std::thread::sleep(Duration::from_secs(1));
         let hub = p.hub.clone();
-        p.f.kill_agent(&hub)?;
-        let killed = Instant::now();
+        match failure {
+            Failure::Kill => p.f.kill_agent(&hub)?,
+            Failure::DropUdp => {
+                let gw = &p.f.site(&hub).gw;
+                gw.exec(&["nft", "add", "table", "inet", "wnfail"])?;
+                for (chain, hook) in [("in", "input"), ("out", "output")] {
+                    gw.exec(&[
+                        "nft",
+                        &format!(
+                            "add chain inet wnfail {chain} {{ type filter hook {hook} priority 0 ; }}"
+                        ),
+                    ])?;
+                    gw.exec(&[
+                        "nft",
+                        &format!("add rule inet wnfail {chain} meta l4proto udp drop"),
+                    ])?;
+                }
+            }
+        }
+        let failed = Instant::now();
         for (name, st) in &s {
             st.wait_flowing(Duration::from_secs(10))
-                .with_context(|| format!("{name} after the kill"))?;
+                .with_context(|| format!("{name} after the failure"))?;
         }
         eprintln!(
-            "all streams flow again {:?} after the kill",
-            killed.elapsed()
+            "{what}: all streams flow again {:?} after the failure",
+            failed.elapsed()
         );
         std::thread::sleep(Duration::from_secs(5));
-        check_failover(&finish(s), "kill -9");
+        check_failover(&finish(s), &what);
         assert_eq!(active_hub(&p.f, &p.sender, "north")?, p.standby);
-
-        // The NOC sees the spoke on the standby hub, and the region on one.
-        wait_for(
-            Duration::from_secs(15),
-            "the controller to see the move",
-            || {
-                let v = p.f.cli_json(&["sites", "show", &p.sender])?;
-                Ok((v["health"]["active_hub"] == p.standby.as_str()).then_some(()))
-            },
-        )?;
-        let region = p.f.cli(&["regions", "show", "north"])?;
-        assert!(region.contains(&p.standby), "{region}");
         let metrics =
             p.f.site(&p.sender)
                 .gw
@@ -281,15 +299,45 @@ fn a_hub_pair_survives_kill_9_of_the_hub_carrying_the_sender() -> Result<()> {
             "{metrics}"
         );
 
+        if controller_up {
+            // The NOC sees the spoke on the standby hub, and every spoke of
+            // the region carried by it.
+            wait_for(
+                Duration::from_secs(20),
+                "the controller to see the moves",
+                || {
+                    let v = p.f.cli_json(&["sites", "show", &p.sender])?;
+                    let r = p.f.cli_json(&["regions", "show", "north"])?;
+                    let carried = |h: &str| {
+                        r["hubs"]
+                            .as_array()
+                            .and_then(|hs| hs.iter().find(|x| x["name"] == h))
+                            .and_then(|x| x["spokes_carried"].as_u64())
+                    };
+                    Ok((v["health"]["active_hub"] == p.standby.as_str()
+                        && carried(&p.standby) == Some(4)
+                        && carried(&hub) == Some(0))
+                    .then_some(()))
+                },
+            )?;
+        }
+
         // The hub comes back: traffic returns to it gradually, hitless.
         let s = warm_streams(&p, 7200)?;
-        p.f.start_agent(&hub)?;
+        match failure {
+            Failure::Kill => p.f.start_agent(&hub)?,
+            Failure::DropUdp => {
+                p.f.site(&hub)
+                    .gw
+                    .exec(&["nft", "delete", "table", "inet", "wnfail"])?;
+            }
+        }
         let back = watch_failback(&p)?;
         eprintln!(
-            "kill -9: {} back on {hub} {back:?} after its return",
+            "{what}: {} back on {hub} {back:?} after its return",
             p.sender
         );
-        check_failback(&finish(s), "kill -9, hub back");
+        check_failback(&finish(s), &format!("{what}, hub back"));
         Ok(())
     })();
     if result.is_err() {
@@ -303,56 +351,47 @@ fn a_hub_pair_survives_kill_9_of_the_hub_carrying_the_sender() -> Result<()> {
     not(wardnet_root_tests),
     ignore = "needs root (network namespaces, TUN devices): run the tests as root"
 )]
+fn a_hub_pair_survives_kill_9_of_the_hub_carrying_the_sender() -> Result<()> {
+    if !require_root("a_hub_pair_survives_kill_9_of_the_hub_carrying_the_sender") {
+        return Ok(());
+    }
+    survive(Failure::Kill, true)
+}
+
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_hub_pair_survives_its_hub_dropping_all_udp() -> Result<()> {
+    if !require_root("a_hub_pair_survives_its_hub_dropping_all_udp") {
+        return Ok(());
+    }
+    survive(Failure::DropUdp, true)
+}
+
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn with_the_controller_stopped_a_hub_pair_survives_kill_9() -> Result<()> {
+    if !require_root("with_the_controller_stopped_a_hub_pair_survives_kill_9") {
+        return Ok(());
+    }
+    survive(Failure::Kill, false)
+}
+
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
 fn with_the_controller_stopped_a_hub_pair_survives_a_hub_dropping_all_udp() -> Result<()> {
     if !require_root("with_the_controller_stopped_a_hub_pair_survives_a_hub_dropping_all_udp") {
         return Ok(());
     }
-    let mut p = pair()?;
-    let result = (|| -> Result<()> {
-        p.f.stop_controller()?;
-        let s = warm_streams(&p, 7300)?;
-        std::thread::sleep(Duration::from_secs(1));
-        // All of the hub's UDP, both ways, inside its namespace only.
-        let gw = &p.f.site(&p.hub).gw;
-        gw.exec(&["nft", "add", "table", "inet", "wnfail"])?;
-        for (chain, hook) in [("in", "input"), ("out", "output")] {
-            gw.exec(&[
-                "nft",
-                &format!(
-                    "add chain inet wnfail {chain} {{ type filter hook {hook} priority 0 ; }}"
-                ),
-            ])?;
-            gw.exec(&[
-                "nft",
-                &format!("add rule inet wnfail {chain} meta l4proto udp drop"),
-            ])?;
-        }
-        let cut = Instant::now();
-        for (name, st) in &s {
-            st.wait_flowing(Duration::from_secs(10))
-                .with_context(|| format!("{name} after the cut"))?;
-        }
-        eprintln!("all streams flow again {:?} after the cut", cut.elapsed());
-        std::thread::sleep(Duration::from_secs(5));
-        check_failover(&finish(s), "nftables drop, no controller");
-        assert_eq!(active_hub(&p.f, &p.sender, "north")?, p.standby);
-
-        let s = warm_streams(&p, 7400)?;
-        p.f.site(&p.hub)
-            .gw
-            .exec(&["nft", "delete", "table", "inet", "wnfail"])?;
-        let back = watch_failback(&p)?;
-        eprintln!(
-            "nftables drop: {} back on {} {back:?} after the rule went",
-            p.sender, p.hub
-        );
-        check_failback(&finish(s), "nftables drop, hub back");
-        Ok(())
-    })();
-    if result.is_err() {
-        dump_logs(&p);
-    }
-    result
+    survive(Failure::DropUdp, false)
 }
 
 #[test]
