@@ -389,37 +389,17 @@ impl Core {
                     result = tunn.decapsulate(None, &[], &mut self.buf);
                     continue;
                 }
-                TunnResult::WriteToTunnelV4(packet, src) => {
+                TunnResult::WriteToTunnelV4(packet, v4) => {
                     authenticated(peer, from, datagram.len());
-                    let owner = self.allowed.lookup(IpAddr::V4(src));
-                    let hub_of = peer.hub_of.clone();
-                    if source_allowed(
-                        &self.peers,
-                        self.hub_of.as_ref(),
-                        index,
-                        hub_of.as_ref(),
-                        owner,
-                    ) {
-                        tx.write_tun(packet);
-                    } else {
-                        self.counters.drops.source_not_allowed += 1;
-                    }
+                    let ok =
+                        source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v4.into());
+                    deliver(ok, packet, &mut self.counters, tx);
                 }
-                TunnResult::WriteToTunnelV6(packet, src) => {
+                TunnResult::WriteToTunnelV6(packet, v6) => {
                     authenticated(peer, from, datagram.len());
-                    let owner = self.allowed.lookup(IpAddr::V6(src));
-                    let hub_of = peer.hub_of.clone();
-                    if source_allowed(
-                        &self.peers,
-                        self.hub_of.as_ref(),
-                        index,
-                        hub_of.as_ref(),
-                        owner,
-                    ) {
-                        tx.write_tun(packet);
-                    } else {
-                        self.counters.drops.source_not_allowed += 1;
-                    }
+                    let ok =
+                        source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v6.into());
+                    deliver(ok, packet, &mut self.counters, tx);
                 }
             }
             return;
@@ -506,31 +486,40 @@ impl Core {
 }
 
 /// Cryptokey routing's inbound rule, widened for hub pairs: a packet from
-/// peer `from` may carry a source address that peer's AllowedIPs hold
-/// (`owner` is the peer whose AllowedIPs hold the source). A hub of a
-/// region may also deliver what another hub of the same region holds here
-/// (the region's hubs stand in for each other, and only one of them can
-/// hold a prefix at a time); and a hub of this site's own region
+/// peer `from` may carry a source address that peer's AllowedIPs hold. A
+/// hub of a region may also deliver what another hub of the same region
+/// holds here (the region's hubs stand in for each other, and only one of
+/// them can hold a prefix at a time); and a hub of this site's own region
 /// (`own_hub_of`) may deliver from any source (it forwards for its peers).
 fn source_allowed(
     peers: &HashMap<u32, Peer>,
-    own_hub_of: Option<&Name>,
+    allowed: &AllowedIps,
+    own_hub_of: &Option<Name>,
     from: u32,
-    from_hub_of: Option<&Name>,
-    owner: Option<u32>,
+    src: IpAddr,
 ) -> bool {
+    let owner = allowed.lookup(src);
     if owner == Some(from) {
         return true;
     }
-    let Some(region) = from_hub_of else {
+    let Some(region) = peers.get(&from).and_then(|p| p.hub_of.as_ref()) else {
         return false;
     };
-    if own_hub_of == Some(region) {
+    if own_hub_of.as_ref() == Some(region) {
         return true;
     }
     owner
         .and_then(|o| peers.get(&o))
         .is_some_and(|o| o.hub_of.as_ref() == Some(region))
+}
+
+/// Write a decrypted packet to the TUN device, or count it dropped.
+fn deliver(ok: bool, packet: &[u8], counters: &mut DeviceCounters, tx: &mut impl Transmit) {
+    if ok {
+        tx.write_tun(packet);
+    } else {
+        counters.drops.source_not_allowed += 1;
+    }
 }
 
 /// The region a peer is a hub of.
