@@ -537,3 +537,72 @@ fn interoperates_with_wireguard_go() {
     let s = peer_snapshot(&a, pub_b);
     assert!(s.last_handshake.is_some() && s.rx_bytes > 0, "{s:?}");
 }
+
+/// A host with two addresses answers a peer from the one the peer sends
+/// to (IP_PKTINFO), so the peer does not roam to the other.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_host_with_two_addresses_answers_from_the_one_its_peer_uses() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (ns_a, ns_b) = lab.two_hosts();
+    let n = ns_a
+        .rsplit('-')
+        .next()
+        .expect("namespace number")
+        .to_owned();
+    // A's second address, on the same interface; its first stays primary.
+    run(&[
+        "ip",
+        "-n",
+        &ns_a,
+        "addr",
+        "add",
+        "198.51.100.101/24",
+        "dev",
+        &format!("wva{n}"),
+    ]);
+    let (tun_a, tun_b) = (format!("wnt{n}c"), format!("wnt{n}d"));
+    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
+    let config = |interface: &str, private_key| DataPlaneConfig {
+        interface: interface.to_owned(),
+        mtu: 1420,
+        private_key,
+        listen_port: 51820,
+        hub_of: None,
+    };
+    let a = lab.start_plane(&ns_a, config(&tun_a, key_a));
+    let b = lab.start_plane(&ns_b, config(&tun_b, key_b));
+    overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
+    overlay(&ns_b, &tun_b, "100.64.0.2/32", "100.64.0.1/32");
+    block_on(a.apply(vec![PeerOp::AddPeer(peer(
+        "site-b",
+        pub_b,
+        None,
+        &["100.64.0.2/32"],
+        None,
+    ))]))
+    .expect("apply");
+    block_on(b.apply(vec![PeerOp::AddPeer(peer(
+        "site-a",
+        pub_a,
+        Some("198.51.100.101:51820"),
+        &["100.64.0.1/32"],
+        None,
+    ))]))
+    .expect("apply");
+    assert!(ping(&ns_b, "100.64.0.1"), "ping B -> A's second address");
+    assert!(ping(&ns_a, "100.64.0.2"), "and back");
+    let seen = peer_snapshot(&b, pub_a).endpoint;
+    assert_eq!(
+        seen,
+        Some("198.51.100.101:51820".parse().expect("address")),
+        "A answered from its primary address and B roamed to it"
+    );
+}

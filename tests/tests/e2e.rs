@@ -707,3 +707,104 @@ fn an_agent_given_several_controllers_uses_the_one_that_answers() -> Result<()> 
     })?;
     Ok(())
 }
+
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_hub_moving_to_its_second_address_loses_nothing() -> Result<()> {
+    if !require_root("a_hub_moving_to_its_second_address_loses_nothing") {
+        return Ok(());
+    }
+    let f = north()?;
+    let (a_host, b_host) = (f.lan("gp-a").host, f.lan("gp-b").host);
+    // Warm both paths through the hub, then stream both ways at 200/s.
+    for (from, to) in [("gp-a", b_host), ("gp-b", a_host)] {
+        wait_for(Duration::from_secs(10), "the path through the hub", || {
+            Ok(Fleet::ping(&f.lan(from).ns, to, 1).then_some(()))
+        })?;
+    }
+    let every = Duration::from_millis(5);
+    let ab = Stream::start(
+        &f.lan("gp-a").ns,
+        &f.lan("gp-b").ns,
+        SocketAddr::from((b_host, 7300)),
+        every,
+    )?;
+    let ba = Stream::start(
+        &f.lan("gp-b").ns,
+        &f.lan("gp-a").ns,
+        SocketAddr::from((a_host, 7301)),
+        every,
+    )?;
+    ab.wait_flowing(Duration::from_secs(10))?;
+    ba.wait_flowing(Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The hub's interface gets a second address; the NOC moves the hub to it.
+    let hub = f.site("hub-n");
+    let (old, new) = (hub.underlay.to_string(), "203.0.113.50");
+    hub.gw
+        .ip(&["addr", "add", &format!("{new}/24"), "dev", &hub.eth])?;
+    let moved_at = Instant::now();
+    f.cli(&[
+        "sites",
+        "update",
+        "hub-n",
+        "--endpoint",
+        &format!("{new}:51820"),
+    ])?;
+    let hub_key = f.public_key("hub-n")?;
+    let endpoint_of = |site: &str| -> Result<String> {
+        Ok(f.wg_dump(site)?
+            .into_iter()
+            .find(|p| p.public_key == hub_key)
+            .map(|p| p.endpoint)
+            .unwrap_or_default())
+    };
+    let want = format!("{new}:51820");
+    wait_for(
+        Duration::from_secs(5),
+        "the spokes to use the new endpoint",
+        || Ok((endpoint_of("gp-a")? == want && endpoint_of("gp-b")? == want).then_some(())),
+    )?;
+    let took = moved_at.elapsed();
+    // It sticks: the hub answers from the address the spokes now use.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        endpoint_of("gp-a")?,
+        want,
+        "gp-a went back to the old address"
+    );
+    assert_eq!(
+        endpoint_of("gp-b")?,
+        want,
+        "gp-b went back to the old address"
+    );
+
+    // The old address goes.
+    hub.gw
+        .ip(&["route", "replace", "198.51.100.0/24", "dev", &hub.eth])?;
+    hub.gw
+        .ip(&["addr", "del", &format!("{old}/24"), "dev", &hub.eth])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (ab, ba) = (
+        ab.finish(Duration::from_millis(500)),
+        ba.finish(Duration::from_millis(500)),
+    );
+    eprintln!("new endpoint at both spokes {took:?} after the change; gp-a -> gp-b {ab:?}; gp-b -> gp-a {ba:?}");
+    assert!(
+        took <= Duration::from_secs(1),
+        "the spokes took {took:?} to move"
+    );
+    for (name, r) in [("gp-a -> gp-b", &ab), ("gp-b -> gp-a", &ba)] {
+        assert!(r.sent > 1000, "{name}: {r:?}");
+        assert_eq!(
+            r.lost(),
+            0,
+            "{name} lost packets over the hub's move: {r:?}"
+        );
+    }
+    Ok(())
+}

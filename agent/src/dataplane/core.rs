@@ -41,7 +41,10 @@ const MSG_DATA: u8 = 4;
 
 /// Where the core's output goes.
 pub(crate) trait Transmit {
-    fn send_udp(&mut self, to: SocketAddr, packet: &[u8]);
+    /// Send `packet` to `to`, from the local address `from` when given (the
+    /// address the peer's own packets arrive on), else from whatever
+    /// address the kernel picks.
+    fn send_udp(&mut self, to: SocketAddr, from: Option<IpAddr>, packet: &[u8]);
     fn write_tun(&mut self, packet: &[u8]);
     /// A handshake with `peer` completed: a new session (the agent's health
     /// probes go only through live sessions).
@@ -58,6 +61,13 @@ struct Peer {
     configured_endpoint: Option<Endpoint>,
     /// Where we send: configured, or the source of the last authenticated packet.
     endpoint: Option<SocketAddr>,
+    /// The local address the peer's authenticated packets arrive on: we
+    /// answer from it, so a peer that sends to one of several addresses
+    /// hears back from that one (and does not roam to another).
+    local: Option<IpAddr>,
+    /// The endpoint the controller configured before the current one:
+    /// packets still arriving from it do not pull us back to it.
+    abandoned: Option<SocketAddr>,
     allowed_ips: BTreeSet<IpNet>,
     /// Our own persistent keepalive (Tunn cannot change its own in place).
     keepalive: Option<u16>,
@@ -146,6 +156,8 @@ impl Core {
                 public_key: c.public_key,
                 configured_endpoint: c.endpoint,
                 endpoint: c.endpoint.map(|e| e.addr()),
+                local: None,
+                abandoned: None,
                 allowed_ips: c.allowed_ips,
                 keepalive: c.persistent_keepalive.filter(|k| *k > 0),
                 tunn: None,
@@ -211,9 +223,13 @@ impl Core {
             self.allowed.insert(*net, index);
         }
         if peer.configured_endpoint != c.endpoint {
+            // The peer moved: send to the new endpoint from now on, and
+            // do not roam back to the old one on a late packet from it.
+            peer.abandoned = peer.configured_endpoint.map(|e| e.addr());
             peer.configured_endpoint = c.endpoint;
             if let Some(e) = c.endpoint {
                 peer.endpoint = Some(e.addr());
+                peer.local = None;
             }
         }
         peer.hub_of = hub_region(&c);
@@ -277,10 +293,12 @@ impl Core {
         }
     }
 
-    /// A UDP datagram received from `from` on the listen socket.
+    /// A UDP datagram received from `from` on the listen socket, sent to
+    /// our local address `local` (when the socket says).
     pub(crate) fn handle_datagram(
         &mut self,
         from: SocketAddr,
+        local: Option<IpAddr>,
         datagram: &[u8],
         now: Instant,
         tx: &mut impl Transmit,
@@ -298,7 +316,7 @@ impl Core {
                 {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
-                        tx.send_udp(from, cookie);
+                        tx.send_udp(from, local, cookie);
                         return;
                     }
                     Err(_) => {
@@ -347,7 +365,7 @@ impl Core {
                 TunnResult::Done => {
                     // An empty data message is an authenticated keepalive.
                     if first && kind == Some(MSG_DATA) {
-                        authenticated(peer, from, datagram.len());
+                        authenticated(peer, from, local, datagram.len());
                     }
                 }
                 TunnResult::Err(e) => {
@@ -373,10 +391,10 @@ impl Core {
                             self.counters.handshakes_completed += 1;
                             peer.last_handshake = Some(SystemTime::now());
                             tx.handshake(&peer.name);
-                            authenticated(peer, from, datagram.len());
+                            authenticated(peer, from, local, datagram.len());
                         } else {
                             // Cookie reply: answer the sender, do not roam.
-                            tx.send_udp(from, out);
+                            tx.send_udp(from, local, out);
                             return;
                         }
                     }
@@ -390,13 +408,13 @@ impl Core {
                     continue;
                 }
                 TunnResult::WriteToTunnelV4(packet, v4) => {
-                    authenticated(peer, from, datagram.len());
+                    authenticated(peer, from, local, datagram.len());
                     let ok =
                         source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v4.into());
                     deliver(ok, packet, &mut self.counters, tx);
                 }
                 TunnResult::WriteToTunnelV6(packet, v6) => {
-                    authenticated(peer, from, datagram.len());
+                    authenticated(peer, from, local, datagram.len());
                     let ok =
                         source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v6.into());
                     deliver(ok, packet, &mut self.counters, tx);
@@ -528,8 +546,14 @@ fn hub_region(c: &PeerConfig) -> Option<Name> {
 }
 
 /// Bookkeeping after a datagram from `from` authenticated as this peer.
-fn authenticated(peer: &mut Peer, from: SocketAddr, len: usize) {
-    peer.endpoint = Some(from);
+fn authenticated(peer: &mut Peer, from: SocketAddr, local: Option<IpAddr>, len: usize) {
+    if peer.abandoned != Some(from) {
+        // A socket that does not say keeps what was learnt on this path.
+        if local.is_some() || peer.endpoint != Some(from) {
+            peer.local = local;
+        }
+        peer.endpoint = Some(from);
+    }
     peer.rx_bytes += len as u64;
 }
 
@@ -538,7 +562,7 @@ fn send_to_peer(peer: &mut Peer, packet: &[u8], now: Instant, tx: &mut impl Tran
     let Some(to) = peer.endpoint else {
         return false;
     };
-    tx.send_udp(to, packet);
+    tx.send_udp(to, peer.local, packet);
     peer.tx_bytes += packet.len() as u64;
     peer.last_sent = Some(now);
     true

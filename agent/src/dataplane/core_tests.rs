@@ -14,13 +14,16 @@ use crate::reconcile::PeerOp;
 #[derive(Default)]
 struct Sink {
     udp: Vec<(SocketAddr, Vec<u8>)>,
+    /// The local source each UDP send asked for.
+    sources: Vec<Option<std::net::IpAddr>>,
     tun: Vec<Vec<u8>>,
     handshakes: Vec<wardnet_common::Name>,
 }
 
 impl Transmit for Sink {
-    fn send_udp(&mut self, to: SocketAddr, packet: &[u8]) {
+    fn send_udp(&mut self, to: SocketAddr, from: Option<std::net::IpAddr>, packet: &[u8]) {
         self.udp.push((to, packet.to_vec()));
+        self.sources.push(from);
     }
     fn write_tun(&mut self, packet: &[u8]) {
         self.tun.push(packet.to_vec());
@@ -92,7 +95,7 @@ fn pump(nodes: &mut [&mut Node], mut queue: VecDeque<(SocketAddr, SocketAddr, Ve
         };
         let mut sink = Sink::default();
         n.core
-            .handle_datagram(from, &packet, Instant::now(), &mut sink);
+            .handle_datagram(from, None, &packet, Instant::now(), &mut sink);
         n.tun.extend(sink.tun);
         n.handshakes.extend(sink.handshakes);
         let here = n.addr;
@@ -124,6 +127,57 @@ fn peer_of(n: &Node, key: PublicKey) -> crate::snapshot::PeerSnapshot {
         .into_iter()
         .find(|p| p.public_key == key)
         .expect("peer present")
+}
+
+/// A peer that sends to one of our two addresses hears back from that one;
+/// a peer the controller moves is sent to at its new endpoint, and a late
+/// packet from the old one does not pull us back.
+#[test]
+fn answers_go_from_the_address_the_peer_uses_and_a_moved_peer_stays_moved() {
+    let (mut a, mut b) = pair();
+    let ping = ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], b"hello");
+    let out = send_from_tun(&mut a, &ping);
+    // B's initiation arrives at B's second address.
+    let second: std::net::IpAddr = "203.0.113.2".parse().expect("address");
+    for (from, _, p) in out {
+        let mut sink = Sink::default();
+        b.core
+            .handle_datagram(from, Some(second), &p, Instant::now(), &mut sink);
+        assert_eq!(sink.sources, [Some(second)], "the response goes from it");
+        let here = b.addr;
+        pump(
+            &mut [&mut a, &mut b],
+            sink.udp.into_iter().map(|(t, p)| (here, t, p)).collect(),
+        );
+    }
+    let pong = ipv4_packet([100, 64, 0, 2], [100, 64, 0, 1], b"world");
+    let mut sink = Sink::default();
+    b.core.handle_tun_packet(&pong, Instant::now(), &mut sink);
+    assert_eq!(sink.sources, [Some(second)], "and so does its traffic");
+
+    // The controller moves B: A sends to the new endpoint at once...
+    let new = sa("203.0.113.9:51820");
+    a.core.apply(PeerOp::UpdatePeer(peer_config(
+        &b,
+        Some(new),
+        &["100.64.0.2/32"],
+    )));
+    assert_eq!(peer_of(&a, b.key.public_key()).endpoint, Some(new));
+    // ...and a packet still coming from the old one does not move it back.
+    let late = send_from_tun(&mut b, &pong);
+    pump(&mut [&mut a, &mut b], late);
+    assert_eq!(a.tun.len(), 1, "the late packet is delivered");
+    assert_eq!(peer_of(&a, b.key.public_key()).endpoint, Some(new));
+    // Traffic from a third address is a real roam.
+    let roamed: VecDeque<_> = send_from_tun(&mut b, &pong)
+        .into_iter()
+        .map(|(_, t, p)| (sa("203.0.113.77:40000"), t, p))
+        .collect();
+    pump(&mut [&mut a, &mut b], roamed);
+    assert_eq!(
+        peer_of(&a, b.key.public_key()).endpoint,
+        Some(sa("203.0.113.77:40000"))
+    );
 }
 
 #[test]
@@ -226,13 +280,13 @@ fn bad_input_is_dropped_and_counted_never_panics() {
             if len >= 4 {
                 p[1..4].fill(0);
             }
-            a.core.handle_datagram(from, &p, now, &mut sink);
+            a.core.handle_datagram(from, None, &p, now, &mut sink);
         }
     }
     // Random bytes.
     for i in 0..200 {
         let p: Vec<u8> = (0..(i * 7 % 300)).map(|_| rand::random::<u8>()).collect();
-        a.core.handle_datagram(from, &p, now, &mut sink);
+        a.core.handle_datagram(from, None, &p, now, &mut sink);
     }
     assert!(sink.tun.is_empty());
     let c = a.core.snapshot(0).counters;

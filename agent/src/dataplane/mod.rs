@@ -17,7 +17,7 @@ mod tun;
 mod udp;
 
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -230,6 +230,11 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DataPlaneError> {
         if force_buffer(&s, libc::SO_SNDBUFFORCE).is_err() {
             let _ = s.set_send_buffer_size(SOCKET_BUFFER);
         }
+        // Best effort too: without it, replies go from the kernel's choice
+        // of address (what the agent did before).
+        if let Err(e) = udp::enable_pktinfo(&s, domain == Domain::IPV6) {
+            tracing::warn!(error = %e, "cannot learn datagrams' local addresses; a host with several addresses may answer from the wrong one");
+        }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         Ok(s)
@@ -305,13 +310,13 @@ impl Io {
 }
 
 impl Transmit for Io {
-    fn send_udp(&mut self, to: SocketAddr, packet: &[u8]) {
+    fn send_udp(&mut self, to: SocketAddr, from: Option<IpAddr>, packet: &[u8]) {
         let to = self.target(to);
         if self.udp_out.is_full() {
             // WouldBlock keeps them queued; the loop waits for room.
-            let _ = self.udp_out.flush(&self.socket);
+            let _ = self.udp_out.flush(&self.socket, self.v6_socket);
         }
-        if !self.udp_out.push(to, packet) {
+        if !self.udp_out.push(to, from, packet) {
             tracing::trace!(%to, "UDP queue full, datagram dropped");
         }
     }
@@ -396,8 +401,9 @@ impl Shell {
                 Ok(n) => {
                     let now = Instant::now();
                     for i in 0..n {
-                        if let Some((from, datagram)) = self.udp_bufs.get(i) {
-                            self.core.handle_datagram(from, datagram, now, &mut self.io);
+                        if let Some((from, local, datagram)) = self.udp_bufs.get(i) {
+                            self.core
+                                .handle_datagram(from, local, datagram, now, &mut self.io);
                         }
                     }
                     if n < RECV_BATCH {
@@ -442,7 +448,7 @@ impl Shell {
     /// waiting for room if the kernel refuses them.
     async fn flush(&mut self) -> io::Result<()> {
         self.io.tun_out.flush(&self.io.tun);
-        while let Err(e) = self.io.udp_out.flush(&self.io.socket) {
+        while let Err(e) = self.io.udp_out.flush(&self.io.socket, self.io.v6_socket) {
             if e.kind() != io::ErrorKind::WouldBlock {
                 return Err(e);
             }
