@@ -92,7 +92,6 @@ pub(crate) struct Core {
     allowed: AllowedIps,
     /// The region this site is a hub of.
     hub_of: Option<Name>,
-    next_index: u32,
     counters: DeviceCounters,
     buf: Box<[u8]>,
 }
@@ -113,7 +112,6 @@ impl Core {
             active: BTreeSet::new(),
             allowed: AllowedIps::default(),
             hub_of,
-            next_index: rand::random::<u32>() & INDEX_MASK,
             counters: DeviceCounters::default(),
             buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
         }
@@ -132,14 +130,22 @@ impl Core {
         }
     }
 
+    /// A random free local index: receiver indexes on the wire say nothing
+    /// of how many peers there are or in which order they came (they
+    /// were sequential from a random start).
     fn alloc_index(&mut self) -> u32 {
         loop {
-            let i = self.next_index & INDEX_MASK;
-            self.next_index = self.next_index.wrapping_add(1);
+            let i = rand::random::<u32>() & INDEX_MASK;
             if !self.peers.contains_key(&i) {
                 return i;
             }
         }
+    }
+
+    /// The local indexes in use (tests).
+    #[cfg(test)]
+    pub(crate) fn indexes(&self) -> Vec<u32> {
+        self.peers.keys().copied().collect()
     }
 
     fn add_peer(&mut self, c: PeerConfig) {

@@ -487,3 +487,29 @@ fn a_hub_accepts_any_source_from_a_hub_of_its_own_region() {
     pump(&mut [&mut hub_a, &mut hub_b], q);
     assert_eq!(hub_a.tun, [p]);
 }
+
+/// Local indexes are drawn at random, not counted up from a random start.
+#[test]
+fn session_indexes_are_random() {
+    let mut n = node("198.51.100.1:51820");
+    for i in 0..1000u32 {
+        let other = PrivateKey::generate();
+        n.core.apply(PeerOp::AddPeer(PeerConfig {
+            name: format!("gp-{i}").parse().expect("name"),
+            region: "north".parse().expect("name"),
+            role: Role::Spoke,
+            public_key: other.public_key(),
+            endpoint: None,
+            allowed_ips: [net(&format!("100.64.{}.{}/32", i / 250, i % 250 + 1))].into(),
+            persistent_keepalive: None,
+        }));
+    }
+    let mut ix = n.core.indexes();
+    assert_eq!(ix.len(), 1000);
+    ix.sort_unstable();
+    let adjacent = ix.windows(2).filter(|w| w[1] == w[0] + 1).count();
+    assert!(
+        adjacent < 5,
+        "{adjacent} of 999 indexes follow the one before"
+    );
+}
