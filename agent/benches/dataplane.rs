@@ -231,6 +231,17 @@ struct Figures {
     mbit: f64,
     retransmits: u64,
     rtt_ms: f64,
+    /// Average ping RTT while the iperf3 stream runs (queueing delay).
+    loaded_rtt_ms: f64,
+}
+
+/// The average of a `ping -q` summary line.
+fn ping_avg(out: &str) -> Result<f64, String> {
+    out.lines()
+        .find_map(|l| l.split_once(" = "))
+        .and_then(|(_, v)| v.split('/').nth(1))
+        .and_then(|avg| avg.parse::<f64>().ok())
+        .ok_or_else(|| format!("cannot parse ping output: {out}"))
 }
 
 /// ping RTT (avg, ms) then iperf3 throughput from A to B's `addr`.
@@ -246,15 +257,20 @@ fn measure(ns_a: &str, ns_b: &str, addr: &str, secs: u32) -> Result<Figures, Str
     if !up {
         return Err(format!("{addr} unreachable from {ns_a}"));
     }
-    let ping = exec_in(ns_a, &["ping", "-c", "50", "-i", "0.01", "-q", addr])?;
-    let rtt_ms = ping
-        .lines()
-        .find_map(|l| l.split_once(" = "))
-        .and_then(|(_, v)| v.split('/').nth(1))
-        .and_then(|avg| avg.parse::<f64>().ok())
-        .ok_or_else(|| format!("cannot parse ping output: {ping}"))?;
+    let rtt_ms = ping_avg(&exec_in(
+        ns_a,
+        &["ping", "-c", "50", "-i", "0.01", "-q", addr],
+    )?)?;
 
     let server = spawn_in(ns_b, &[], &["iperf3", "-s", "-1", "-B", addr])?;
+    // RTT under load: pings every 10 ms from the stream's second second
+    // to a second before its end, beside it.
+    let pings = (secs.saturating_sub(2) * 100).max(10).to_string();
+    let (ns, to) = (ns_a.to_owned(), addr.to_owned());
+    let loaded = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1250));
+        exec_in(&ns, &["ping", "-c", &pings, "-i", "0.01", "-q", &to])
+    });
     let secs = secs.to_string();
     let mut last = String::new();
     let mut report = None;
@@ -269,6 +285,10 @@ fn measure(ns_a: &str, ns_b: &str, addr: &str, secs: u32) -> Result<Figures, Str
         }
     }
     kill_child(server);
+    let loaded_rtt_ms = loaded
+        .join()
+        .map_err(|_| "the loaded ping thread panicked".to_owned())?
+        .and_then(|out| ping_avg(&out))?;
     let json = report.ok_or(last)?;
     let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
     let bps = v["end"]["sum_received"]["bits_per_second"]
@@ -279,6 +299,7 @@ fn measure(ns_a: &str, ns_b: &str, addr: &str, secs: u32) -> Result<Figures, Str
         mbit: bps / 1e6,
         retransmits,
         rtt_ms,
+        loaded_rtt_ms,
     })
 }
 
@@ -525,7 +546,7 @@ fn main() {
         println!("wireguard-go: SKIPPED, not installed (apt install wireguard-go)");
     }
 
-    println!("data-plane benchmark: iperf3 -t {secs} (TCP, 1 stream), ping avg of 50; MTU {MTU}");
+    println!("data-plane benchmark: iperf3 -t {secs} (TCP, 1 stream), ping avg of 50 idle and every 10 ms under the stream; MTU {MTU}");
     let mut results: Vec<(&str, Figures)> = Vec::new();
     for (name, f) in rows.iter().filter(|(n, _)| wanted(n)) {
         let r = f();
@@ -533,8 +554,8 @@ fn main() {
         match r {
             Ok(fig) => {
                 println!(
-                    "{name:<14} {:>9.0} Mbit/s  retransmits {:>6}  rtt {:.3} ms",
-                    fig.mbit, fig.retransmits, fig.rtt_ms
+                    "{name:<14} {:>9.0} Mbit/s  retransmits {:>6}  rtt {:.3} ms  loaded rtt {:.3} ms",
+                    fig.mbit, fig.retransmits, fig.rtt_ms, fig.loaded_rtt_ms
                 );
                 results.push((name, fig));
             }
@@ -545,9 +566,10 @@ fn main() {
     let ratio = |a: &str, b: &str| {
         if let (Some(x), Some(y)) = (get(a), get(b)) {
             println!(
-                "{a} / {b}: throughput {:.2}x, rtt {:.2}x",
+                "{a} / {b}: throughput {:.2}x, rtt {:.2}x, loaded rtt {:.2}x",
                 x.mbit / y.mbit,
-                x.rtt_ms / y.rtt_ms
+                x.rtt_ms / y.rtt_ms,
+                x.loaded_rtt_ms / y.loaded_rtt_ms
             );
         }
     };
