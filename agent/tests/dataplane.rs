@@ -606,3 +606,108 @@ fn a_host_with_two_addresses_answers_from_the_one_its_peer_uses() {
         "A answered from its primary address and B roamed to it"
     );
 }
+
+/// 100,000 garbage datagrams at a data plane's port, random and shaped like
+/// WireGuard messages (each type's length, random contents and indexes),
+/// while a session is live: nothing crashes, every one is counted as
+/// dropped, and the session carries traffic during and after, without a
+/// new handshake.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn garbage_at_the_port_is_dropped_and_live_sessions_carry_on() {
+    if !have_root() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let (ns_a, ns_b) = lab.two_hosts();
+    let n = ns_a
+        .rsplit('-')
+        .next()
+        .expect("namespace number")
+        .to_owned();
+    let (tun_a, tun_b) = (format!("wnt{n}e"), format!("wnt{n}f"));
+    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
+    let config = |interface: &str, private_key| DataPlaneConfig {
+        interface: interface.to_owned(),
+        mtu: 1420,
+        private_key,
+        listen_port: 51820,
+        hub_of: None,
+    };
+    let a = lab.start_plane(&ns_a, config(&tun_a, key_a));
+    let b = lab.start_plane(&ns_b, config(&tun_b, key_b));
+    overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
+    overlay(&ns_b, &tun_b, "100.64.0.2/32", "100.64.0.1/32");
+    block_on(a.apply(vec![PeerOp::AddPeer(peer(
+        "site-b",
+        pub_b,
+        Some("198.51.100.2:51820"),
+        &["100.64.0.2/32"],
+        None,
+    ))]))
+    .expect("apply");
+    block_on(b.apply(vec![PeerOp::AddPeer(peer(
+        "site-a",
+        pub_a,
+        None,
+        &["100.64.0.1/32"],
+        None,
+    ))]))
+    .expect("apply");
+    assert!(ping(&ns_a, "100.64.0.2"), "the session is up");
+    let before = block_on(b.snapshot()).expect("snapshot");
+    let handshake = peer_snapshot(&b, pub_a).last_handshake;
+
+    // The flood, from a socket of A's host (another port than the plane's).
+    const DATAGRAMS: u32 = 100_000;
+    let flood = in_netns(&ns_a, || {
+        use rand::Rng;
+        let sock = std::net::UdpSocket::bind("198.51.100.1:40000").expect("bind");
+        let mut rng = rand::thread_rng();
+        let mut buf = [0u8; 1500];
+        for i in 0..DATAGRAMS {
+            // Message type, and its length (data: any length from 32 up).
+            let (kind, len) = match i % 5 {
+                0 => (1u8, 148),
+                1 => (2, 92),
+                2 => (3, 64),
+                3 => (4, rng.gen_range(32..1500)),
+                _ => (rng.gen::<u8>(), rng.gen_range(1..1500)),
+            };
+            rng.fill(&mut buf[..len]);
+            if i % 5 != 4 {
+                buf[0] = kind;
+                buf[1..4].fill(0);
+            }
+            // A full socket buffer is a drop on the way, like any loss.
+            let _ = sock.send_to(&buf[..len], "198.51.100.2:51820");
+        }
+    });
+    // The session carries traffic while the flood runs, and after it.
+    let during = ping(&ns_a, "100.64.0.2");
+    flood.join().expect("flood thread");
+    assert!(during, "the session carried no traffic during the flood");
+    assert!(ping(&ns_a, "100.64.0.2"), "the session after the flood");
+    assert!(ping(&ns_b, "100.64.0.1"), "and the other way");
+    let after = block_on(b.snapshot()).expect("the data plane still answers");
+    assert_eq!(
+        peer_snapshot(&b, pub_a).last_handshake,
+        handshake,
+        "no new handshake was needed"
+    );
+    let dropped = |s: &wardnet_agent::snapshot::DeviceSnapshot| {
+        let d = s.counters.drops;
+        d.malformed + d.decrypt + d.unknown_peer
+    };
+    let counted = dropped(&after) - dropped(&before);
+    eprintln!("garbage counted as dropped: {counted} of {DATAGRAMS} sent");
+    // Some of the flood may be lost in the kernel's buffers; most arrives.
+    assert!(
+        counted >= u64::from(DATAGRAMS) / 2,
+        "only {counted} of {DATAGRAMS} garbage datagrams were seen and dropped"
+    );
+}
