@@ -3,13 +3,16 @@
 //!
 //! - the raw veth pair (the ceiling),
 //! - two wardnet data planes (this crate's `DataPlane`, release build),
+//!   also while 10,000 garbage datagrams a second hit the receiver's port
+//!   (`wardnet+garbage`),
 //! - two `boringtun-cli --threads 1` (skipped when not installed),
 //! - two `wireguard-go`,
 //!
 //! and the ratios between them. Root only. Run with
 //! `cargo bench -p wardnet-agent --bench dataplane` (as root);
 //! `BENCH_SECS` sets the iperf3 duration (default 10), and extra arguments
-//! pick rows by name (`raw`, `wardnet`, `boringtun`, `wireguard-go`).
+//! pick rows by name (`raw`, `wardnet`, `wardnet+garbage`, `boringtun`,
+//! `wireguard-go`).
 //!
 //! Everything it creates (namespaces `wnb-<pid>-<n>-{a,b}`, child processes,
 //! control sockets in /var/run/wireguard) is registered in [`CLEANUP`] and
@@ -388,7 +391,57 @@ fn bench_raw(secs: u32) -> Result<Figures, String> {
     measure(&a, &b, UNDERLAY_B, secs)
 }
 
-fn bench_wardnet(secs: u32) -> Result<Figures, String> {
+/// Garbage datagrams sent per second at B's port by the `wardnet+garbage`
+/// row, for the whole stream (100,000 over the default 10 s).
+const GARBAGE_PER_SEC: u64 = 10_000;
+
+/// Sends garbage at `to` from inside `ns` until `stop`: random datagrams and
+/// ones shaped like each WireGuard message type, `GARBAGE_PER_SEC` a second.
+/// Returns how many it sent.
+fn garbage(
+    ns: String,
+    to: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    std::thread::spawn(move || {
+        use rand::Rng;
+        let path = format!("/var/run/netns/{ns}");
+        let fd = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        // SAFETY: fd is an open namespace file; setns only affects this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        let mut rng = rand::thread_rng();
+        let mut buf = [0u8; 1500];
+        let start = std::time::Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let due = (start.elapsed().as_secs_f64() * GARBAGE_PER_SEC as f64) as u64;
+            if sent >= due {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let (kind, len) = match sent % 5 {
+                0 => (1u8, 148),
+                1 => (2, 92),
+                2 => (3, 64),
+                3 => (4, rng.gen_range(32..1500)),
+                _ => (rng.gen::<u8>(), rng.gen_range(1..1500)),
+            };
+            rng.fill(&mut buf[..len]);
+            if sent % 5 != 4 {
+                buf[0] = kind;
+                buf[1..4].fill(0);
+            }
+            let _ = sock.send_to(&buf[..len], &to);
+            sent += 1;
+        }
+        Ok(sent)
+    })
+}
+
+fn bench_wardnet(secs: u32, with_garbage: bool) -> Result<Figures, String> {
     let (ns_a, ns_b) = two_hosts()?;
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let (tun_a, tun_b) = (
@@ -417,7 +470,26 @@ fn bench_wardnet(secs: u32) -> Result<Figures, String> {
         .map_err(|e| e.to_string())?;
     rt.block_on(b.apply(vec![PeerOp::AddPeer(peer(pub_a, None, "100.64.0.1/32")?)]))
         .map_err(|e| e.to_string())?;
-    measure(&ns_a, &ns_b, OVERLAY_B, secs)
+    if !with_garbage {
+        return measure(&ns_a, &ns_b, OVERLAY_B, secs);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = garbage(ns_a.clone(), format!("{UNDERLAY_B}:{PORT}"), stop.clone());
+    let figures = measure(&ns_a, &ns_b, OVERLAY_B, secs);
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood
+        .join()
+        .map_err(|_| "the garbage thread panicked".to_owned())??;
+    let drops = rt
+        .block_on(b.snapshot())
+        .map_err(|e| e.to_string())?
+        .counters
+        .drops;
+    println!(
+        "wardnet+garbage: {sent} garbage datagrams sent, {} counted as dropped by the receiver",
+        drops.malformed + drops.decrypt + drops.unknown_peer
+    );
+    figures
 }
 
 /// Two external userspace implementations driven over their UAPI sockets.
@@ -521,7 +593,11 @@ fn main() {
     type Row = (&'static str, Box<dyn Fn() -> Result<Figures, String>>);
     let mut rows: Vec<Row> = vec![
         ("raw veth", Box::new(move || bench_raw(secs))),
-        ("wardnet", Box::new(move || bench_wardnet(secs))),
+        ("wardnet", Box::new(move || bench_wardnet(secs, false))),
+        (
+            "wardnet+garbage",
+            Box::new(move || bench_wardnet(secs, true)),
+        ),
     ];
     if installed("boringtun-cli") {
         rows.push((
@@ -573,6 +649,7 @@ fn main() {
             );
         }
     };
+    ratio("wardnet+garbage", "wardnet");
     ratio("wardnet", "boringtun-cli");
     ratio("wardnet", "wireguard-go");
     for (name, _) in &results {
