@@ -237,6 +237,58 @@ fn overlay(ns: &str, tun: &str, addr: &str, route: &str) {
     run(&["ip", "-n", ns, "route", "add", route, "dev", tun]);
 }
 
+/// Two data planes, A in `ns_a` (overlay 100.64.0.1) and B in `ns_b`
+/// (100.64.0.2), each the other's peer: A sends to B at `b_endpoint`, B to
+/// A at `a_endpoint` (`None`: learnt from the first authenticated packet).
+/// `tag` keeps the TUN names apart from other tests'.
+struct Connected {
+    a: DataPlaneHandle,
+    b: DataPlaneHandle,
+    pub_a: PublicKey,
+    pub_b: PublicKey,
+}
+
+fn connected(
+    lab: &mut Lab,
+    (ns_a, ns_b): (&str, &str),
+    tag: &str,
+    b_endpoint: Option<&str>,
+    a_endpoint: Option<&str>,
+) -> Connected {
+    let n = unique();
+    let (tun_a, tun_b) = (format!("wnt{n}{tag}a"), format!("wnt{n}{tag}b"));
+    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
+    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
+    let config = |interface: &str, private_key| DataPlaneConfig {
+        interface: interface.to_owned(),
+        mtu: 1420,
+        private_key,
+        listen_port: 51820,
+        hub_of: None,
+    };
+    let a = lab.start_plane(ns_a, config(&tun_a, key_a));
+    let b = lab.start_plane(ns_b, config(&tun_b, key_b));
+    overlay(ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
+    overlay(ns_b, &tun_b, "100.64.0.2/32", "100.64.0.1/32");
+    block_on(a.apply(vec![PeerOp::AddPeer(peer(
+        "site-b",
+        pub_b,
+        b_endpoint,
+        &["100.64.0.2/32"],
+        None,
+    ))]))
+    .expect("apply");
+    block_on(b.apply(vec![PeerOp::AddPeer(peer(
+        "site-a",
+        pub_a,
+        a_endpoint,
+        &["100.64.0.1/32"],
+        None,
+    ))]))
+    .expect("apply");
+    Connected { a, b, pub_a, pub_b }
+}
+
 #[test]
 #[cfg_attr(
     not(wardnet_root_tests),
@@ -248,48 +300,13 @@ fn two_namespaces_talk_through_the_data_plane() {
     }
     let mut lab = Lab::new();
     let (ns_a, ns_b) = lab.two_hosts();
-    let n = unique();
-    let (tun_a, tun_b) = (format!("wnt{n}a"), format!("wnt{n}b"));
-    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
-    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
-    let a = lab.start_plane(
-        &ns_a,
-        DataPlaneConfig {
-            interface: tun_a.clone(),
-            mtu: 1420,
-            private_key: key_a,
-            listen_port: 51820,
-            hub_of: None,
-        },
-    );
-    let b = lab.start_plane(
-        &ns_b,
-        DataPlaneConfig {
-            interface: tun_b.clone(),
-            mtu: 1420,
-            private_key: key_b,
-            listen_port: 51820,
-            hub_of: None,
-        },
-    );
-    overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
-    overlay(&ns_b, &tun_b, "100.64.0.2/32", "100.64.0.1/32");
-    block_on(a.apply(vec![PeerOp::AddPeer(peer(
-        "site-b",
-        pub_b,
+    let Connected { a, b, pub_a, pub_b } = connected(
+        &mut lab,
+        (&ns_a, &ns_b),
+        "",
         Some("198.51.100.2:51820"),
-        &["100.64.0.2/32"],
         None,
-    ))]))
-    .expect("apply");
-    block_on(b.apply(vec![PeerOp::AddPeer(peer(
-        "site-a",
-        pub_a,
-        None,
-        &["100.64.0.1/32"],
-        None,
-    ))]))
-    .expect("apply");
+    );
 
     // 1. Ping across the overlay (the first packet triggers the handshake).
     assert!(ping(&ns_a, "100.64.0.2"), "ping A -> B over the overlay");
@@ -567,36 +584,13 @@ fn a_host_with_two_addresses_answers_from_the_one_its_peer_uses() {
         "dev",
         &format!("wva{n}"),
     ]);
-    let (tun_a, tun_b) = (format!("wnt{n}c"), format!("wnt{n}d"));
-    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
-    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
-    let config = |interface: &str, private_key| DataPlaneConfig {
-        interface: interface.to_owned(),
-        mtu: 1420,
-        private_key,
-        listen_port: 51820,
-        hub_of: None,
-    };
-    let a = lab.start_plane(&ns_a, config(&tun_a, key_a));
-    let b = lab.start_plane(&ns_b, config(&tun_b, key_b));
-    overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
-    overlay(&ns_b, &tun_b, "100.64.0.2/32", "100.64.0.1/32");
-    block_on(a.apply(vec![PeerOp::AddPeer(peer(
-        "site-b",
-        pub_b,
+    let Connected { b, pub_a, .. } = connected(
+        &mut lab,
+        (&ns_a, &ns_b),
+        "c",
         None,
-        &["100.64.0.2/32"],
-        None,
-    ))]))
-    .expect("apply");
-    block_on(b.apply(vec![PeerOp::AddPeer(peer(
-        "site-a",
-        pub_a,
         Some("198.51.100.101:51820"),
-        &["100.64.0.1/32"],
-        None,
-    ))]))
-    .expect("apply");
+    );
     assert!(ping(&ns_b, "100.64.0.1"), "ping B -> A's second address");
     assert!(ping(&ns_a, "100.64.0.2"), "and back");
     let seen = peer_snapshot(&b, pub_a).endpoint;
@@ -623,41 +617,13 @@ fn garbage_at_the_port_is_dropped_and_live_sessions_carry_on() {
     }
     let mut lab = Lab::new();
     let (ns_a, ns_b) = lab.two_hosts();
-    let n = ns_a
-        .rsplit('-')
-        .next()
-        .expect("namespace number")
-        .to_owned();
-    let (tun_a, tun_b) = (format!("wnt{n}e"), format!("wnt{n}f"));
-    let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
-    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
-    let config = |interface: &str, private_key| DataPlaneConfig {
-        interface: interface.to_owned(),
-        mtu: 1420,
-        private_key,
-        listen_port: 51820,
-        hub_of: None,
-    };
-    let a = lab.start_plane(&ns_a, config(&tun_a, key_a));
-    let b = lab.start_plane(&ns_b, config(&tun_b, key_b));
-    overlay(&ns_a, &tun_a, "100.64.0.1/32", "100.64.0.2/32");
-    overlay(&ns_b, &tun_b, "100.64.0.2/32", "100.64.0.1/32");
-    block_on(a.apply(vec![PeerOp::AddPeer(peer(
-        "site-b",
-        pub_b,
+    let Connected { b, pub_a, .. } = connected(
+        &mut lab,
+        (&ns_a, &ns_b),
+        "e",
         Some("198.51.100.2:51820"),
-        &["100.64.0.2/32"],
         None,
-    ))]))
-    .expect("apply");
-    block_on(b.apply(vec![PeerOp::AddPeer(peer(
-        "site-a",
-        pub_a,
-        None,
-        &["100.64.0.1/32"],
-        None,
-    ))]))
-    .expect("apply");
+    );
     assert!(ping(&ns_a, "100.64.0.2"), "the session is up");
     let before = block_on(b.snapshot()).expect("snapshot");
     let handshake = peer_snapshot(&b, pub_a).last_handshake;
