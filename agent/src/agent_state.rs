@@ -18,7 +18,7 @@ use wardnet_common::wire::{HealthSummary, SiteConfig};
 use wardnet_common::{Name, Role};
 
 use crate::config::Config;
-use crate::failover::{Failover, FailoverConfig, GroupStatus, HubView, Reason};
+use crate::failover::{Failover, FailoverConfig, Reason};
 use crate::health::icmp::EchoReply;
 use crate::health::probe::ReplyOutcome;
 use crate::health::{
@@ -316,16 +316,9 @@ impl AgentState {
             return actions;
         }
         let scheduler = &self.probes;
-        let moves = self.failover.evaluate(now, |hub| {
-            scheduler
-                .view_of(hub, now)
-                .map(|v| HubView {
-                    probed: v.address.is_some(),
-                    lost_streak: v.lost_streak,
-                    ok_since: v.ok_since,
-                })
-                .unwrap_or_default()
-        });
+        let moves = self
+            .failover
+            .evaluate(now, |hub| scheduler.hub_view(hub).unwrap_or_default());
         if !moves.is_empty() {
             for m in &moves {
                 match m.reason {
@@ -342,11 +335,6 @@ impl AgentState {
             actions.push(Action::Apply(Box::new(self.plan_for(self.running.clone()))));
         }
         actions
-    }
-
-    /// The failover groups and where their traffic goes now.
-    pub fn failover_status(&self, now: Instant) -> Vec<GroupStatus> {
-        self.failover.status(now)
     }
 
     /// A reloaded config file (SIGHUP). Returns the keys that wait for a

@@ -150,7 +150,7 @@ impl Failover {
             let Some(first) = g.hubs.first() else {
                 continue;
             };
-            let group = match old.remove(&g.region) {
+            let mut group = match old.remove(&g.region) {
                 Some(mut o) => {
                     if !g.hubs.contains(&o.active) {
                         o.active = first.clone();
@@ -169,7 +169,6 @@ impl Failover {
                     failovers_total: 0,
                 },
             };
-            let mut group = group;
             for h in &g.hubs {
                 group.joined.entry(h.clone()).or_insert(now);
             }

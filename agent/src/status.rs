@@ -284,8 +284,6 @@ mod tests {
                     srtt: Some(Duration::from_millis(20)),
                     loss_ratio: Some(0.25),
                     probe_ok: ok,
-                    lost_streak: 0,
-                    ok_since: None,
                 })
             }
         };

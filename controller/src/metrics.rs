@@ -9,6 +9,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use wardnet_common::Name;
+
 use crate::service::Controller;
 
 pub struct Metrics {
@@ -199,13 +201,32 @@ pub fn render(c: &Controller) -> String {
     });
     m.region_hubs.reset();
     m.region_hubs_online.reset();
-    for r in c.list_regions() {
-        let online = r.hubs.iter().filter(|h| h.online).count();
+    // Hubs only: a region's spokes (and their hub assignment, which
+    // `regions show` computes) are not read at every scrape.
+    let now = c.now();
+    let window = c.online_window_secs();
+    let hubs: Vec<(Name, Vec<Name>)> = c.with_model(|model| {
+        model
+            .regions
+            .keys()
+            .map(|r| {
+                (
+                    r.clone(),
+                    model.region_hubs(r).map(|h| h.name.clone()).collect(),
+                )
+            })
+            .collect()
+    });
+    for (region, names) in hubs {
+        let online = names
+            .iter()
+            .filter(|h| crate::health::online(c.report_of(h).last_seen, now, window))
+            .count();
         m.region_hubs
-            .with_label_values(&[r.name.as_str()])
-            .set(r.hubs.len() as i64);
+            .with_label_values(&[region.as_str()])
+            .set(names.len() as i64);
         m.region_hubs_online
-            .with_label_values(&[r.name.as_str()])
+            .with_label_values(&[region.as_str()])
             .set(online as i64);
     }
     let status = c.status();

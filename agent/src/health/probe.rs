@@ -146,10 +146,6 @@ pub struct ProbeView {
     /// `down_after_intervals` intervals (after a grace period as long, from
     /// when the peer was added or its session started).
     pub probe_ok: Option<bool>,
-    /// Probes lost in a row.
-    pub lost_streak: u32,
-    /// Since when every probe was answered.
-    pub ok_since: Option<Instant>,
 }
 
 /// What a timer does when it fires.
@@ -409,6 +405,16 @@ impl Scheduler {
         self.peers.values().map(|p| self.view(p, now)).collect()
     }
 
+    /// What the failover rule reads of a peer: cheap (no names cloned),
+    /// since it runs at every timer.
+    pub fn hub_view(&self, peer: &Name) -> Option<crate::failover::HubView> {
+        self.peers.get(peer).map(|p| crate::failover::HubView {
+            probed: p.target.address.is_some(),
+            lost_streak: p.lost_streak,
+            ok_since: p.ok_since,
+        })
+    }
+
     pub fn view_of(&self, peer: &Name, now: Instant) -> Option<ProbeView> {
         self.peers.get(peer).map(|p| self.view(p, now))
     }
@@ -435,8 +441,6 @@ impl Scheduler {
             srtt: p.srtt,
             loss_ratio: (resolved > 0).then(|| lost as f64 / resolved as f64),
             probe_ok,
-            lost_streak: p.lost_streak,
-            ok_since: p.ok_since,
         }
     }
 }
