@@ -235,6 +235,10 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DataPlaneError> {
         if let Err(e) = udp::enable_pktinfo(&s, domain == Domain::IPV6) {
             tracing::warn!(error = %e, "cannot learn datagrams' local addresses; a host with several addresses may answer from the wrong one");
         }
+        // Best effort: without it, one datagram per receive.
+        if let Err(e) = udp::enable_gro(&s) {
+            tracing::info!(error = %e, "UDP receive offload (GRO) unavailable");
+        }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         Ok(s)
@@ -341,12 +345,13 @@ impl Shell {
         handshakes: mpsc::UnboundedSender<Name>,
     ) -> Self {
         let v6_socket = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        let gso = udp::gso_supported(&socket2::SockRef::from(&socket));
         Shell {
             io: Io {
                 socket,
                 v6_socket,
                 tun,
-                udp_out: SendBatch::default(),
+                udp_out: SendBatch::new(gso),
                 tun_out: TunWrite::new(),
                 handshakes,
             },
@@ -401,7 +406,10 @@ impl Shell {
                 Ok(n) => {
                     let now = Instant::now();
                     for i in 0..n {
-                        if let Some((from, local, datagram)) = self.udp_bufs.get(i) {
+                        let Some((from, local, datagrams)) = self.udp_bufs.get(i) else {
+                            continue;
+                        };
+                        for datagram in datagrams {
                             self.core
                                 .handle_datagram(from, local, datagram, now, &mut self.io);
                         }
@@ -482,6 +490,9 @@ impl Shell {
             Command::SetListenPort(port, reply) => {
                 let r = bind_udp(port).map(|socket| {
                     self.io.v6_socket = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+                    // What is queued goes out on the new socket.
+                    let gso = udp::gso_supported(&socket2::SockRef::from(&socket));
+                    self.io.udp_out.set_gso(gso);
                     self.io.socket = socket;
                 });
                 let _ = reply.send(r);
