@@ -514,8 +514,8 @@ mod tests {
 
     #[test]
     fn runs_group_equal_sizes_to_one_peer_and_end_on_a_short_one() {
-        let a: SocketAddr = "198.51.100.1:51820".parse().unwrap();
-        let b: SocketAddr = "198.51.100.2:51820".parse().unwrap();
+        let a: SocketAddr = "198.51.100.1:51820".parse().expect("test setup");
+        let b: SocketAddr = "198.51.100.2:51820".parse().expect("test setup");
         let mut batch = SendBatch::new(true);
         queue(&mut batch, a, &[1452, 1452, 1452, 600, 1452]);
         queue(&mut batch, b, &[1452]);
@@ -548,19 +548,19 @@ mod tests {
             socket2::Type::DGRAM,
             Some(socket2::Protocol::UDP),
         )
-        .unwrap();
-        enable_gro(&receiver).unwrap();
-        enable_pktinfo(&receiver, false).unwrap();
-        receiver.set_nonblocking(true).unwrap();
+        .expect("test setup");
+        enable_gro(&receiver).expect("test setup");
+        enable_pktinfo(&receiver, false).expect("test setup");
+        receiver.set_nonblocking(true).expect("test setup");
         receiver
             .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-            .unwrap();
-        let receiver = UdpSocket::from_std(receiver.into()).unwrap();
-        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            .expect("test setup");
+        let receiver = UdpSocket::from_std(receiver.into()).expect("test setup");
+        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("test setup");
         let gso = gso_supported(&socket2::SockRef::from(&sender));
         assert!(gso, "Linux has had UDP_SEGMENT since 4.18");
 
-        let to = receiver.local_addr().unwrap();
+        let to = receiver.local_addr().expect("test setup");
         let mut batch = SendBatch::new(gso);
         let sizes = [1200, 1200, 1200, 1200, 700, 1200, 90];
         let sent: Vec<Vec<u8>> = sizes
@@ -573,7 +573,7 @@ mod tests {
         }
         while let Err(e) = batch.flush(&sender, false) {
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
-            sender.writable().await.unwrap();
+            sender.writable().await.expect("test setup");
         }
         assert!(batch.is_empty());
 
@@ -585,13 +585,13 @@ mod tests {
             tokio::time::timeout_at(deadline, receiver.readable())
                 .await
                 .expect("all datagrams within 5 s")
-                .unwrap();
+                .expect("test setup");
             let Ok(n) = recv.recv(&receiver) else {
                 continue;
             };
             for i in 0..n {
-                let (from, local, datagrams) = recv.get(i).unwrap();
-                assert_eq!(from, sender.local_addr().unwrap());
+                let (from, local, datagrams) = recv.get(i).expect("test setup");
+                assert_eq!(from, sender.local_addr().expect("test setup"));
                 assert_eq!(local, Some(IpAddr::from([127, 0, 0, 1])));
                 let before = got.len();
                 got.extend(datagrams.map(<[u8]>::to_vec));
