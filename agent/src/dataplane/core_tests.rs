@@ -513,3 +513,48 @@ fn session_indexes_are_random() {
         "{adjacent} of 999 indexes follow the one before"
     );
 }
+
+/// The replay window: a captured transport datagram delivered again is
+/// dropped; one held back is taken late while it is within 8,192 packets of
+/// the newest (once), and dropped beyond.
+#[test]
+fn replays_are_dropped_and_reordering_within_8192_is_taken() {
+    let (mut a, mut b) = pair();
+    let hello = ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], b"hello");
+    let out = send_from_tun(&mut a, &hello);
+    pump(&mut [&mut a, &mut b], out);
+    assert_eq!(b.tun.len(), 1, "session up");
+
+    let captured: Vec<Vec<u8>> = (0..9_000u32)
+        .map(|i| {
+            let packet = ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], &i.to_be_bytes());
+            let mut out = send_from_tun(&mut a, &packet);
+            assert_eq!(out.len(), 1);
+            out.pop_front().expect("one datagram").2
+        })
+        .collect();
+    let from = a.addr;
+    // Whether B delivers the datagram to its TUN device.
+    let mut deliver = |datagram: &[u8]| {
+        let mut sink = Sink::default();
+        b.core
+            .handle_datagram(from, None, datagram, Instant::now(), &mut sink);
+        sink.tun.len() == 1
+    };
+    let held = [100, 500];
+    for (i, d) in captured.iter().enumerate().take(8_201) {
+        if !held.contains(&i) {
+            assert!(deliver(d), "datagram {i} in order");
+        }
+    }
+    assert!(deliver(&captured[100]), "8,100 behind the newest: taken");
+    assert!(!deliver(&captured[100]), "but only once");
+    for (i, d) in captured.iter().enumerate().skip(8_201) {
+        assert!(deliver(d), "datagram {i} in order");
+    }
+    assert!(!deliver(&captured[500]), "8,499 behind: outside the window");
+    for (i, d) in captured.iter().enumerate().step_by(97) {
+        assert!(!deliver(d), "datagram {i} replayed");
+    }
+    assert!(!deliver(&captured[8_999]), "the newest replayed");
+}
