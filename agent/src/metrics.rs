@@ -140,7 +140,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "wardnet_agent_handshakes_total",
-        "WireGuard handshakes by result (completed, or failed: a message from a known peer that did not verify or was stale).",
+        "WireGuard handshake messages by result: completed (a session), failed (a message from a known peer that did not verify or was stale), cookie_sent (answered with a cookie while under load).",
         MetricType::COUNTER,
         &["result"],
     ),
@@ -347,6 +347,7 @@ impl Collector for ScrapeCollector {
                         ("decrypt", d.decrypt),
                         ("unknown_peer", d.unknown_peer),
                         ("source_not_allowed", d.source_not_allowed),
+                        ("handshake_limited", d.handshake_limited),
                     ] {
                         samples.push(sample(kind, &[("reason", reason)], v as f64));
                     }
@@ -355,6 +356,7 @@ impl Collector for ScrapeCollector {
                     for (result, v) in [
                         ("completed", s.counters.handshakes_completed),
                         ("failed", s.counters.handshakes_failed),
+                        ("cookie_sent", s.counters.cookie_replies),
                     ] {
                         samples.push(sample(kind, &[("result", result)], v as f64));
                     }
@@ -397,6 +399,7 @@ mod tests {
             counters: DeviceCounters {
                 handshakes_completed: 3,
                 handshakes_failed: 1,
+                cookie_replies: 4,
                 drops: DropCounters {
                     no_route: 5,
                     decrypt: 2,
@@ -475,6 +478,7 @@ mod tests {
             "wardnet_agent_packets_dropped_total{reason=\"unknown_peer\"} 0",
             "wardnet_agent_handshakes_total{result=\"completed\"} 3",
             "wardnet_agent_handshakes_total{result=\"failed\"} 1",
+            "wardnet_agent_handshakes_total{result=\"cookie_sent\"} 4",
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line:?} in\n{t}");
         }

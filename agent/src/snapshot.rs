@@ -26,6 +26,9 @@ pub struct DeviceCounters {
     pub handshakes_completed: u64,
     /// Handshake messages from a known peer that failed to verify or were stale.
     pub handshakes_failed: u64,
+    /// Cookie replies sent: handshake messages answered, while under load,
+    /// with a cookie to prove their source address before any DH is done.
+    pub cookie_replies: u64,
     pub drops: DropCounters,
 }
 
@@ -46,6 +49,10 @@ pub struct DropCounters {
     /// From the network: the inner source address is not in the sending
     /// peer's AllowedIPs.
     pub source_not_allowed: u64,
+    /// From the network: handshake messages beyond what the agent takes
+    /// while under load (its handshake queue full, or a source over its
+    /// share even with a valid cookie).
+    pub handshake_limited: u64,
 }
 
 /// Each peer's name and last completed handshake: what the health summary

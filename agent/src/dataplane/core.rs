@@ -29,15 +29,39 @@ use crate::snapshot::{DeviceCounters, DeviceSnapshot, Handshakes, PeerSnapshot};
 /// Largest datagram or IP packet we handle, plus room for WireGuard overhead.
 pub(crate) const BUF_SIZE: usize = 65_535 + 64;
 
-/// Handshake messages accepted per second before cookies are demanded. Each
-/// initiation is checked twice against the shared limiter (once before the
-/// anonymous parse, once inside `Tunn::decapsulate`), hence twice boringtun's
-/// device default of 100.
-const HANDSHAKE_RATE_LIMIT: u64 = 200;
+/// Handshake messages taken per second before the agent counts itself under
+/// load. A DH costs ~50 µs, so this is ~5 % of a core; a hub whose 4,000
+/// spokes all come back at once goes over it, and the rest prove their
+/// address with a cookie on their next attempt (5 s later).
+const HANDSHAKES_PER_SEC: u32 = 1_000;
+/// Handshake messages waiting (in the shell's queue) above which the agent
+/// is under load, whatever the rate (kernel WireGuard: 1/8 of its queue).
+pub(crate) const UNDER_LOAD_BACKLOG: usize = 64;
+/// Under load, each source address (an IPv6 /64) may start this many
+/// handshakes a second with a valid cookie, in bursts of `SOURCE_BURST`
+/// (kernel WireGuard's figures).
+const SOURCE_PER_SEC: f64 = 20.0;
+const SOURCE_BURST: f64 = 5.0;
+/// Sources the limiter tracks at most; beyond, new sources wait.
+const MAX_SOURCES: usize = 16_384;
 
 /// WireGuard message types, first byte of every message.
+const MSG_HANDSHAKE_INIT: u8 = 1;
 const MSG_HANDSHAKE_RESPONSE: u8 = 2;
+const MSG_COOKIE_REPLY: u8 = 3;
 const MSG_DATA: u8 = 4;
+
+/// Whether a datagram is a handshake message or a cookie reply (costly, and
+/// what a flood is made of), which the shell queues behind data messages.
+pub(crate) fn is_handshake(datagram: &[u8]) -> bool {
+    matches!(
+        datagram.first(),
+        Some(&(MSG_HANDSHAKE_INIT | MSG_HANDSHAKE_RESPONSE | MSG_COOKIE_REPLY))
+    ) && datagram.len() <= HANDSHAKE_MAX
+}
+
+/// The longest handshake message (an initiation).
+pub(crate) const HANDSHAKE_MAX: usize = 148;
 
 /// Where the core's output goes.
 pub(crate) trait Transmit {
@@ -82,7 +106,11 @@ struct Peer {
 pub(crate) struct Core {
     private: x25519_dalek::StaticSecret,
     public: x25519_dalek::PublicKey,
+    /// Checks mac1 only (its limit is never reached); every `Tunn` shares it.
     rate_limiter: Arc<RateLimiter>,
+    /// Under load: demands a valid mac2 and makes the cookie replies.
+    cookies: RateLimiter,
+    guard: HandshakeGuard,
     /// Keyed by local index (the top 24 bits of every receiver index boringtun
     /// hands out for this peer).
     peers: HashMap<u32, Peer>,
@@ -104,7 +132,9 @@ impl Core {
         let private = private_key.to_dalek();
         let public = x25519_dalek::PublicKey::from(&private);
         Self {
-            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            rate_limiter: Arc::new(RateLimiter::new(&public, u64::MAX)),
+            cookies: RateLimiter::new(&public, 0),
+            guard: HandshakeGuard::default(),
             private,
             public,
             peers: HashMap::new(),
@@ -309,27 +339,22 @@ impl Core {
         now: Instant,
         tx: &mut impl Transmit,
     ) {
-        let index = match Tunn::parse_incoming_packet(datagram) {
+        let packet = match Tunn::parse_incoming_packet(datagram) {
+            Ok(p) => p,
             Err(_) => {
                 self.counters.drops.malformed += 1;
                 return;
             }
-            Ok(Packet::HandshakeInit(ref init)) => {
-                // Cheap MAC and rate checks before the expensive DH.
-                match self
-                    .rate_limiter
-                    .verify_packet(Some(from.ip()), datagram, &mut self.buf)
-                {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        tx.send_udp(from, local, cookie);
-                        return;
-                    }
-                    Err(_) => {
-                        self.counters.drops.decrypt += 1;
-                        return;
-                    }
-                }
+        };
+        if matches!(
+            packet,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        ) && !self.admit_handshake(from, local, datagram, now, tx)
+        {
+            return;
+        }
+        let index = match packet {
+            Packet::HandshakeInit(ref init) => {
                 let Ok(half) = parse_handshake_anon(&self.private, &self.public, init) else {
                     self.counters.drops.decrypt += 1;
                     return;
@@ -345,9 +370,9 @@ impl Core {
                     }
                 }
             }
-            Ok(Packet::HandshakeResponse(p)) => p.receiver_idx >> 8,
-            Ok(Packet::PacketCookieReply(p)) => p.receiver_idx >> 8,
-            Ok(Packet::PacketData(p)) => p.receiver_idx >> 8,
+            Packet::HandshakeResponse(p) => p.receiver_idx >> 8,
+            Packet::PacketCookieReply(p) => p.receiver_idx >> 8,
+            Packet::PacketData(p) => p.receiver_idx >> 8,
         };
         let Some(peer) = self.peers.get_mut(&index) else {
             self.counters.drops.unknown_peer += 1;
@@ -356,7 +381,7 @@ impl Core {
         let kind = datagram.first().copied();
         // Only an initiation starts a `Tunn`; anything else for a peer
         // without one belongs to a session long gone.
-        if peer.tunn.is_none() && kind != Some(1) {
+        if peer.tunn.is_none() && kind != Some(MSG_HANDSHAKE_INIT) {
             self.counters.drops.decrypt += 1;
             return;
         }
@@ -375,7 +400,7 @@ impl Core {
                     }
                 }
                 TunnResult::Err(e) => {
-                    if first && matches!(kind, Some(1 | MSG_HANDSHAKE_RESPONSE)) {
+                    if first && matches!(kind, Some(MSG_HANDSHAKE_INIT | MSG_HANDSHAKE_RESPONSE)) {
                         self.counters.handshakes_failed += 1;
                     } else if first {
                         self.counters.drops.decrypt += 1;
@@ -390,7 +415,7 @@ impl Core {
                         // Anything else here is a cookie reply under load.
                         let established = matches!(
                             (kind, out.first()),
-                            (Some(1), Some(&MSG_HANDSHAKE_RESPONSE))
+                            (Some(MSG_HANDSHAKE_INIT), Some(&MSG_HANDSHAKE_RESPONSE))
                                 | (Some(MSG_HANDSHAKE_RESPONSE), Some(&MSG_DATA))
                         );
                         if established {
@@ -430,13 +455,62 @@ impl Core {
         }
     }
 
+    /// The cheap checks before a handshake message costs a DH: mac1 always;
+    /// under load also mac2 (a cookie proving the source address, else a
+    /// cookie reply and nothing more) and the source's share. False: the
+    /// message goes no further.
+    fn admit_handshake(
+        &mut self,
+        from: SocketAddr,
+        local: Option<IpAddr>,
+        datagram: &[u8],
+        now: Instant,
+        tx: &mut impl Transmit,
+    ) -> bool {
+        let under_load = self.guard.under_load(now);
+        let limiter = if under_load {
+            &self.cookies
+        } else {
+            self.rate_limiter.as_ref()
+        };
+        match limiter.verify_packet(Some(from.ip()), datagram, &mut self.buf) {
+            Ok(_) => {}
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                self.counters.cookie_replies += 1;
+                tx.send_udp(from, local, cookie);
+                return false;
+            }
+            Err(_) => {
+                // A bad mac1: not even meant for us.
+                self.counters.drops.decrypt += 1;
+                return false;
+            }
+        }
+        if under_load && !self.guard.source_allowed(from.ip(), now) {
+            self.counters.drops.handshake_limited += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Handshake messages waiting in the shell's queue: many means under
+    /// load (cookies demanded).
+    pub(crate) fn set_handshake_backlog(&mut self, waiting: usize) {
+        self.guard.backlog = waiting;
+    }
+
+    /// A handshake message the shell dropped unread (its queue was full).
+    pub(crate) fn handshake_dropped(&mut self) {
+        self.counters.drops.handshake_limited += 1;
+    }
+
     /// The regular timer tick (every ~250 ms): WireGuard timers and our
     /// persistent keepalive, for the active peers only. A peer whose
     /// connection boringtun declares expired (handshake attempts given up,
     /// or no new keys for 9 minutes: keys are zeroed, queued packets
     /// dropped) loses its `Tunn` and costs nothing until it is needed again.
     pub(crate) fn tick(&mut self, now: Instant, tx: &mut impl Transmit) {
-        self.rate_limiter.reset_count();
+        self.guard.forget_idle_sources(now);
         let mut idle = Vec::new();
         for &index in &self.active {
             let Some(peer) = self.peers.get_mut(&index) else {
@@ -506,6 +580,71 @@ impl Core {
             peers,
             counters: self.counters,
         }
+    }
+}
+
+/// When the agent is under load and how much each source may have then.
+#[derive(Default)]
+struct HandshakeGuard {
+    /// Handshake messages waiting in the shell's queue.
+    backlog: usize,
+    /// Handshake messages seen in the current one-second window.
+    window: Option<(Instant, u32)>,
+    /// Token buckets per source (IPv4 address or IPv6 /64): tokens, last refill.
+    sources: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl HandshakeGuard {
+    /// Counts one handshake message and says whether we are under load.
+    fn under_load(&mut self, now: Instant) -> bool {
+        let (start, seen) = match self.window {
+            Some((start, seen))
+                if now.saturating_duration_since(start) < Duration::from_secs(1) =>
+            {
+                (start, seen + 1)
+            }
+            _ => (now, 1),
+        };
+        self.window = Some((start, seen));
+        self.backlog >= UNDER_LOAD_BACKLOG || seen > HANDSHAKES_PER_SEC
+    }
+
+    /// Takes a token from the source's bucket.
+    fn source_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let key = source_key(ip);
+        if !self.sources.contains_key(&key) && self.sources.len() >= MAX_SOURCES {
+            return false;
+        }
+        let (tokens, last) = self.sources.entry(key).or_insert((SOURCE_BURST, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * SOURCE_PER_SEC).min(SOURCE_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drops the buckets that have refilled (they are as good as new).
+    fn forget_idle_sources(&mut self, now: Instant) {
+        let full = Duration::from_secs_f64(SOURCE_BURST / SOURCE_PER_SEC);
+        self.sources
+            .retain(|_, (_, last)| now.saturating_duration_since(*last) < full);
+    }
+}
+
+/// The limiter's key for a source: the IPv4 address, or the IPv6 /64 (one
+/// host usually holds a whole /64).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
     }
 }
 

@@ -558,3 +558,88 @@ fn replays_are_dropped_and_reordering_within_8192_is_taken() {
     }
     assert!(!deliver(&captured[8_999]), "the newest replayed");
 }
+
+/// Under load a handshake initiation without a cookie is answered with a
+/// cookie reply and costs no DH; with the cookie it is taken, up to the
+/// source's share; the cookie is worth nothing from another address.
+#[test]
+fn under_load_handshakes_need_a_cookie_and_each_source_gets_its_share() {
+    use boringtun::noise::{Tunn, TunnResult};
+    let (_, mut b) = pair();
+    b.core
+        .set_handshake_backlog(super::core::UNDER_LOAD_BACKLOG);
+    // A stranger: a valid initiation (mac1 and all) from a key B does not know.
+    let stranger = PrivateKey::generate();
+    let mut x = Tunn::new(
+        stranger.to_dalek(),
+        b.key.public_key().to_dalek(),
+        None,
+        None,
+        7,
+        None,
+    );
+    let mut buf = vec![0u8; 2048];
+    let mut initiation = |x: &mut Tunn| match x.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("an initiation"),
+    };
+    let from = sa("203.0.113.50:40000");
+    let counters = |b: &Node| b.core.snapshot(0).counters;
+
+    let mut sink = Sink::default();
+    let first = initiation(&mut x);
+    b.core
+        .handle_datagram(from, None, &first, Instant::now(), &mut sink);
+    assert_eq!(sink.udp.len(), 1);
+    let (to, cookie) = &sink.udp[0];
+    assert_eq!(
+        (*to, cookie[0], cookie.len()),
+        (from, 3, 64),
+        "a cookie reply"
+    );
+    assert_eq!(counters(&b).cookie_replies, 1);
+    assert_eq!(counters(&b).drops.unknown_peer, 0, "no DH done");
+
+    let mut scratch = vec![0u8; 2048];
+    let _ = x.decapsulate(Some(from.ip()), cookie, &mut scratch);
+    for _ in 0..8 {
+        let mut sink = Sink::default();
+        let with_cookie = initiation(&mut x);
+        b.core
+            .handle_datagram(from, None, &with_cookie, Instant::now(), &mut sink);
+        assert!(sink.udp.is_empty(), "no reply to a stranger");
+    }
+    let c = counters(&b);
+    assert_eq!(
+        c.drops.unknown_peer, 5,
+        "a burst of five gets as far as the key"
+    );
+    assert_eq!(c.drops.handshake_limited, 3, "the rest are over the share");
+    assert_eq!(c.cookie_replies, 1);
+
+    let mut sink = Sink::default();
+    let elsewhere = initiation(&mut x);
+    b.core.handle_datagram(
+        sa("203.0.113.51:40000"),
+        None,
+        &elsewhere,
+        Instant::now(),
+        &mut sink,
+    );
+    assert_eq!(sink.udp.len(), 1, "another address needs its own cookie");
+    assert_eq!(counters(&b).cookie_replies, 2);
+
+    // Not under load: no cookie asked for.
+    b.core.set_handshake_backlog(0);
+    let mut sink = Sink::default();
+    let calm = initiation(&mut x);
+    b.core.handle_datagram(
+        sa("203.0.113.52:40000"),
+        None,
+        &calm,
+        Instant::now(),
+        &mut sink,
+    );
+    assert!(sink.udp.is_empty());
+    assert_eq!(counters(&b).drops.unknown_peer, 6);
+}

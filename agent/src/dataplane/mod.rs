@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tun_rs::AsyncDevice;
 use wardnet_common::{Name, PrivateKey};
 
-use self::core::{Core, Transmit};
+use self::core::{is_handshake, Core, Transmit, HANDSHAKE_MAX};
 use self::tun::{TunRead, TunWrite};
 use self::udp::{RecvBatch, SendBatch, RECV_BATCH};
 use crate::reconcile::PeerOp;
@@ -43,6 +43,12 @@ const BATCH: usize = 128;
 const SOCKET_BUFFER: usize = 8 << 20;
 /// Kernel-side queue of the TUN device (default 500), for the same reason.
 const TUN_TX_QUEUE: u32 = 2000;
+/// Handshake messages held behind the data messages (kernel WireGuard: 4,096);
+/// a flood beyond this is dropped unread.
+const HANDSHAKE_QUEUE: usize = 1024;
+/// Handshake messages handled per wake-up: a legitimate one costs two DHs
+/// (~100 µs), so data waits at most ~1.6 ms behind them.
+const HANDSHAKE_BUDGET: usize = 16;
 
 /// How to start a data plane.
 #[derive(Debug, Clone)]
@@ -281,6 +287,38 @@ struct Shell {
     core: Core,
     udp_bufs: RecvBatch,
     tun_in: TunRead,
+    handshakes: HandshakeQueue,
+}
+
+/// Handshake messages and cookie replies, taken off the socket with
+/// everything else but handled after the data messages and at most
+/// `HANDSHAKE_BUDGET` per wake-up: a flood of them (each worth a MAC, a
+/// cookie or a DH) then costs the tunnels only the reading, and what does
+/// not fit is dropped as a full NIC queue would.
+#[derive(Default)]
+struct HandshakeQueue {
+    waiting: std::collections::VecDeque<(SocketAddr, Option<IpAddr>, usize, [u8; HANDSHAKE_MAX])>,
+}
+
+impl HandshakeQueue {
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// False when full (the message is dropped).
+    fn push(&mut self, from: SocketAddr, local: Option<IpAddr>, message: &[u8]) -> bool {
+        if self.waiting.len() >= HANDSHAKE_QUEUE || message.len() > HANDSHAKE_MAX {
+            return false;
+        }
+        let mut copy = [0u8; HANDSHAKE_MAX];
+        copy[..message.len()].copy_from_slice(message);
+        self.waiting.push_back((from, local, message.len(), copy));
+        true
+    }
 }
 
 /// The sink the core writes into. UDP sends are collected and sent in
@@ -358,6 +396,7 @@ impl Shell {
             core,
             udp_bufs: RecvBatch::new(),
             tun_in: TunRead::new(),
+            handshakes: HandshakeQueue::default(),
         }
     }
 
@@ -389,7 +428,10 @@ impl Shell {
                         break Err(DataPlaneError::Io(e));
                     }
                 }
+                // Handshakes still waiting: come back to them.
+                () = std::future::ready(()), if !self.handshakes.is_empty() => {}
             }
+            self.handle_handshakes();
             if let Err(e) = self.flush().await {
                 break Err(DataPlaneError::Io(e));
             }
@@ -410,8 +452,12 @@ impl Shell {
                             continue;
                         };
                         for datagram in datagrams {
-                            self.core
-                                .handle_datagram(from, local, datagram, now, &mut self.io);
+                            if !is_handshake(datagram) {
+                                self.core
+                                    .handle_datagram(from, local, datagram, now, &mut self.io);
+                            } else if !self.handshakes.push(from, local, datagram) {
+                                self.core.handshake_dropped();
+                            }
                         }
                     }
                     if n < RECV_BATCH {
@@ -423,6 +469,24 @@ impl Shell {
                 Err(e) => tracing::trace!(error = %e, "UDP receive error"),
             }
         }
+    }
+
+    /// Up to `HANDSHAKE_BUDGET` queued handshake messages; the core is
+    /// told how many wait (many: under load, cookies demanded).
+    fn handle_handshakes(&mut self) {
+        if self.handshakes.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for _ in 0..HANDSHAKE_BUDGET {
+            self.core.set_handshake_backlog(self.handshakes.len());
+            let Some((from, local, len, message)) = self.handshakes.waiting.pop_front() else {
+                break;
+            };
+            self.core
+                .handle_datagram(from, local, &message[..len], now, &mut self.io);
+        }
+        self.core.set_handshake_backlog(self.handshakes.len());
     }
 
     fn drain_tun(&mut self) -> io::Result<()> {
