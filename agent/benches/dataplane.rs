@@ -471,7 +471,18 @@ fn bench_wardnet(secs: u32, with_garbage: bool) -> Result<Figures, String> {
     rt.block_on(b.apply(vec![PeerOp::AddPeer(peer(pub_a, None, "100.64.0.1/32")?)]))
         .map_err(|e| e.to_string())?;
     if !with_garbage {
-        return measure(&ns_a, &ns_b, OVERLAY_B, secs);
+        let figures = measure(&ns_a, &ns_b, OVERLAY_B, secs);
+        let drops = |h: &DataPlaneHandle| {
+            rt.block_on(h.snapshot())
+                .map(|s| s.counters.drops.queue_delay)
+                .unwrap_or(0)
+        };
+        println!(
+            "wardnet: dropped for queueing delay: {} at A, {} at B",
+            drops(&a),
+            drops(&b)
+        );
+        return figures;
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = garbage(ns_a.clone(), format!("{UNDERLAY_B}:{PORT}"), stop.clone());

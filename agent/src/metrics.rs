@@ -348,6 +348,7 @@ impl Collector for ScrapeCollector {
                         ("unknown_peer", d.unknown_peer),
                         ("source_not_allowed", d.source_not_allowed),
                         ("handshake_limited", d.handshake_limited),
+                        ("queue_delay", d.queue_delay),
                     ] {
                         samples.push(sample(kind, &[("reason", reason)], v as f64));
                     }

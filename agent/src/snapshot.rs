@@ -53,6 +53,10 @@ pub struct DropCounters {
     /// while under load (its handshake queue full, or a source over its
     /// share even with a valid cookie).
     pub handshake_limited: u64,
+    /// From the network: bulk data dropped because the receive queue kept
+    /// datagrams waiting too long (CoDel), so TCP slows down before the
+    /// queue adds milliseconds of delay for everyone.
+    pub queue_delay: u64,
 }
 
 /// Each peer's name and last completed handshake: what the health summary

@@ -60,6 +60,17 @@ pub(crate) fn is_handshake(datagram: &[u8]) -> bool {
     ) && datagram.len() <= HANDSHAKE_MAX
 }
 
+/// Whether a datagram is bulk data, what a standing queue is dropped from:
+/// a transport data message carrying a large packet (not a keepalive, an
+/// ACK or a ping).
+pub(crate) fn is_bulk_data(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&MSG_DATA) && datagram.len() >= BULK_DATA_MIN
+}
+
+/// Datagrams from this size on are bulk data (a 512-byte packet plus
+/// WireGuard's 32 bytes).
+const BULK_DATA_MIN: usize = 544;
+
 /// The longest handshake message (an initiation).
 pub(crate) const HANDSHAKE_MAX: usize = 148;
 
@@ -497,6 +508,12 @@ impl Core {
     /// load (cookies demanded).
     pub(crate) fn set_handshake_backlog(&mut self, waiting: usize) {
         self.guard.backlog = waiting;
+    }
+
+    /// A data message the shell dropped because the receive queue stood
+    /// too long (CoDel).
+    pub(crate) fn queue_drop(&mut self) {
+        self.counters.drops.queue_delay += 1;
     }
 
     /// A handshake message the shell dropped unread (its queue was full).

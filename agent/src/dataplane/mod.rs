@@ -9,6 +9,7 @@
 //!
 //! Addresses and routes on the interface are not set here (netlink module).
 
+mod codel;
 mod core;
 #[cfg(test)]
 mod core_tests;
@@ -26,7 +27,8 @@ use tokio::sync::{mpsc, oneshot};
 use tun_rs::AsyncDevice;
 use wardnet_common::{Name, PrivateKey};
 
-use self::core::{is_handshake, Core, Transmit, HANDSHAKE_MAX};
+use self::codel::{Codel, RingSizer};
+use self::core::{is_bulk_data, is_handshake, Core, Transmit, HANDSHAKE_MAX};
 use self::tun::{TunRead, TunWrite};
 use self::udp::{RecvBatch, SendBatch, RECV_BATCH};
 use crate::reconcile::PeerOp;
@@ -41,8 +43,6 @@ const BATCH: usize = 128;
 /// cap them: at ~100k packets/s the default 208 KiB overflows in ~1 ms of
 /// scheduling delay, and every overflow is a TCP retransmit in the tunnel.
 const SOCKET_BUFFER: usize = 8 << 20;
-/// Kernel-side queue of the TUN device (default 500), for the same reason.
-const TUN_TX_QUEUE: u32 = 2000;
 /// Handshake messages held behind the data messages (kernel WireGuard: 4,096);
 /// a flood beyond this is dropped unread.
 const HANDSHAKE_QUEUE: usize = 1024;
@@ -123,7 +123,7 @@ impl DataPlane {
             .mtu(config.mtu)
             .layer(tun_rs::Layer::L3)
             .packet_information(false)
-            .tx_queue_len(TUN_TX_QUEUE)
+            .tx_queue_len(codel::RING_MAX)
             .offload(true)
             .enable(true)
             .build_async()
@@ -245,6 +245,10 @@ fn bind_udp(port: u16) -> Result<UdpSocket, DataPlaneError> {
         if let Err(e) = udp::enable_gro(&s) {
             tracing::info!(error = %e, "UDP receive offload (GRO) unavailable");
         }
+        // Best effort: without it, the receive queue is bounded by size only.
+        if let Err(e) = udp::enable_timestamps(&s) {
+            tracing::info!(error = %e, "cannot time the receive queue; it is bounded by size only");
+        }
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
         Ok(s)
@@ -288,6 +292,10 @@ struct Shell {
     udp_bufs: RecvBatch,
     tun_in: TunRead,
     handshakes: HandshakeQueue,
+    /// Bounds the time datagrams wait in the socket's receive queue.
+    codel: Codel,
+    /// Bounds the TUN device's queue.
+    ring: RingSizer,
 }
 
 /// Handshake messages and cookie replies, taken off the socket with
@@ -397,6 +405,8 @@ impl Shell {
             udp_bufs: RecvBatch::new(),
             tun_in: TunRead::new(),
             handshakes: HandshakeQueue::default(),
+            codel: Codel::new(codel::TARGET, codel::INTERVAL, Instant::now()),
+            ring: RingSizer::new(Instant::now()),
         }
     }
 
@@ -413,7 +423,15 @@ impl Shell {
                     None | Some(Command::Shutdown) => break Ok(()),
                     Some(cmd) => self.command(cmd).await,
                 },
-                _ = tick.tick() => self.core.tick(Instant::now(), &mut self.io),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.core.tick(now, &mut self.io);
+                    if let Some(size) = self.ring.tick(now) {
+                        if let Err(e) = self.io.tun.set_tx_queue_len(size) {
+                            tracing::debug!(error = %e, size, "cannot resize the TUN queue");
+                        }
+                    }
+                }
                 r = self.io.socket.readable() => {
                     if let Err(e) = r {
                         break Err(DataPlaneError::Io(e));
@@ -448,11 +466,17 @@ impl Shell {
                 Ok(n) => {
                     let now = Instant::now();
                     for i in 0..n {
+                        let waited = self.udp_bufs.waited(i);
                         let Some((from, local, datagrams)) = self.udp_bufs.get(i) else {
                             continue;
                         };
                         for datagram in datagrams {
-                            if !is_handshake(datagram) {
+                            let late = waited.is_some_and(|w| {
+                                is_bulk_data(datagram) && self.codel.should_drop(w, now)
+                            });
+                            if late {
+                                self.core.queue_drop();
+                            } else if !is_handshake(datagram) {
                                 self.core
                                     .handle_datagram(from, local, datagram, now, &mut self.io);
                             } else if !self.handshakes.push(from, local, datagram) {
@@ -489,9 +513,12 @@ impl Shell {
         self.core.set_handshake_backlog(self.handshakes.len());
     }
 
+    /// Reads and encrypts up to `BATCH` packets from the device, telling
+    /// the ring sizer how many entries it took and whether it emptied it.
     fn drain_tun(&mut self) -> io::Result<()> {
         let now = Instant::now();
         let mut packets = 0;
+        let mut entries = 0;
         while packets < BATCH {
             match self.tun_in.recv(&self.io.tun) {
                 Ok(n) => {
@@ -501,8 +528,12 @@ impl Shell {
                         }
                     }
                     packets += n.max(1);
+                    entries += 1;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ring.drained(entries, true, now);
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // A system call failure is fatal; anything else is tun-rs
                 // refusing one malformed offload packet: drop it.
@@ -510,9 +541,11 @@ impl Shell {
                 Err(e) => {
                     tracing::debug!(error = %e, "bad packet from the TUN device");
                     packets += 1;
+                    entries += 1;
                 }
             }
         }
+        self.ring.drained(entries, false, now);
         Ok(())
     }
 

@@ -19,6 +19,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
 
 use socket2::SockAddr;
 use tokio::io::Interest;
@@ -34,8 +35,12 @@ pub(super) const SEND_BATCH: usize = 64;
 const MAX_QUEUED: usize = 1024;
 
 /// Room for a packet-info control message (either family) plus a segment
-/// size (on send) or a GRO segment size (on receive).
-const CONTROL_LEN: usize = 96;
+/// size (on send), or a GRO segment size and a receive time (on receive).
+const CONTROL_LEN: usize = 128;
+
+/// `SO_TIMESTAMPNS` (asm-generic/socket.h: x86-64, arm64 and most others),
+/// also the type of its control message.
+const SO_TIMESTAMPNS: libc::c_int = 35;
 
 /// `UDP_SEGMENT` and `UDP_GRO` (linux/udp.h), at level `SOL_UDP`.
 const UDP_SEGMENT: libc::c_int = 103;
@@ -89,6 +94,12 @@ pub(super) fn enable_gro(socket: &socket2::Socket) -> io::Result<()> {
     set_int_option(socket, libc::SOL_UDP, UDP_GRO, 1)
 }
 
+/// Ask the kernel to stamp each datagram with the time it arrived, so the
+/// time it waited in the socket's queue is known (the shell bounds it).
+pub(super) fn enable_timestamps(socket: &socket2::Socket) -> io::Result<()> {
+    set_int_option(socket, libc::SOL_SOCKET, SO_TIMESTAMPNS, 1)
+}
+
 /// Whether this kernel takes `UDP_SEGMENT` (Linux 4.18 and later): setting
 /// the socket's default segment size to 0 (none) fails where it does not.
 pub(super) fn gso_supported(socket: &socket2::Socket) -> bool {
@@ -102,6 +113,8 @@ pub(super) struct RecvBatch {
     lens: [usize; RECV_BATCH],
     /// The segment size of a GRO train in the slot (0: one datagram).
     strides: [usize; RECV_BATCH],
+    /// How long the datagram waited in the socket's queue (when stamped).
+    waited: [Option<Duration>; RECV_BATCH],
     from: [Option<SocketAddr>; RECV_BATCH],
     /// The local address each datagram was sent to.
     local: [Option<IpAddr>; RECV_BATCH],
@@ -115,6 +128,7 @@ impl RecvBatch {
                 .collect(),
             lens: [0; RECV_BATCH],
             strides: [0; RECV_BATCH],
+            waited: [None; RECV_BATCH],
             from: [None; RECV_BATCH],
             local: [None; RECV_BATCH],
         }
@@ -157,6 +171,7 @@ impl RecvBatch {
                 Ok(n as usize)
             }
         })?;
+        let now = SystemTime::now();
         for i in 0..n {
             let truncated = hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.lens[i] = if truncated {
@@ -165,11 +180,18 @@ impl RecvBatch {
                 hdrs[i].msg_len as usize
             };
             self.from[i] = sockaddr_to_std(&addrs[i]);
-            let (local, stride) = control_info(&hdrs[i].msg_hdr);
-            self.local[i] = local;
-            self.strides[i] = stride;
+            let info = control_info(&hdrs[i].msg_hdr);
+            self.local[i] = info.local;
+            self.strides[i] = info.stride;
+            self.waited[i] = info.arrived.and_then(|t| now.duration_since(t).ok());
         }
         Ok(n)
+    }
+
+    /// How long slot `i` of the last `recv` waited in the socket's queue
+    /// (`None` when the kernel did not stamp it).
+    pub(super) fn waited(&self, i: usize) -> Option<Duration> {
+        self.waited.get(i).copied().flatten()
     }
 
     /// Slot `i` of the last `recv`: sender (IPv4-mapped addresses made
@@ -193,11 +215,19 @@ impl RecvBatch {
     }
 }
 
-/// What a received message's control messages say: the local address it
-/// was sent to (packet info) and the segment size of a GRO train (0: none).
-fn control_info(msg: &libc::msghdr) -> (Option<IpAddr>, usize) {
-    let mut local = None;
-    let mut stride = 0;
+/// What a received message's control messages say.
+#[derive(Default)]
+struct ControlInfo {
+    /// The local address it was sent to (packet info).
+    local: Option<IpAddr>,
+    /// The segment size of a GRO train (0: none).
+    stride: usize,
+    /// When the kernel received it.
+    arrived: Option<SystemTime>,
+}
+
+fn control_info(msg: &libc::msghdr) -> ControlInfo {
+    let mut info = ControlInfo::default();
     // SAFETY: `msg` is a header the kernel filled in, its control buffer
     // live and `msg_controllen` bytes long; the CMSG macros stay within it,
     // and the data is read unaligned at the size its type says.
@@ -207,25 +237,31 @@ fn control_info(msg: &libc::msghdr) -> (Option<IpAddr>, usize) {
             let data = libc::CMSG_DATA(c);
             match ((*c).cmsg_level, (*c).cmsg_type) {
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
-                    local = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)).to_canonical());
+                    let p = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    info.local =
+                        Some(IpAddr::V6(Ipv6Addr::from(p.ipi6_addr.s6_addr)).to_canonical());
                 }
                 (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
-                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
-                    local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        info.ipi_addr.s_addr,
-                    ))));
+                    let p = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                    info.local = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(p.ipi_addr.s_addr))));
                 }
                 (libc::SOL_UDP, UDP_GRO) => {
                     let size = std::ptr::read_unaligned(data.cast::<libc::c_int>());
-                    stride = usize::try_from(size).unwrap_or(0);
+                    info.stride = usize::try_from(size).unwrap_or(0);
+                }
+                (libc::SOL_SOCKET, SO_TIMESTAMPNS) => {
+                    let t = std::ptr::read_unaligned(data.cast::<libc::timespec>());
+                    info.arrived = u64::try_from(t.tv_sec).ok().and_then(|secs| {
+                        let nanos = u32::try_from(t.tv_nsec).ok()?;
+                        SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+                    });
                 }
                 _ => {}
             }
             c = libc::CMSG_NXTHDR(msg, c);
         }
     }
-    (local, stride)
+    info
 }
 
 /// Writes a message's control messages into `buf`: packet info naming
@@ -551,6 +587,7 @@ mod tests {
         .expect("test setup");
         enable_gro(&receiver).expect("test setup");
         enable_pktinfo(&receiver, false).expect("test setup");
+        enable_timestamps(&receiver).expect("test setup");
         receiver.set_nonblocking(true).expect("test setup");
         receiver
             .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
@@ -590,6 +627,8 @@ mod tests {
                 continue;
             };
             for i in 0..n {
+                let waited = recv.waited(i).expect("the kernel stamped it");
+                assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
                 let (from, local, datagrams) = recv.get(i).expect("test setup");
                 assert_eq!(from, sender.local_addr().expect("test setup"));
                 assert_eq!(local, Some(IpAddr::from([127, 0, 0, 1])));
