@@ -1,18 +1,28 @@
-//! Data-plane benchmark: TCP throughput (iperf3) and ping RTT between two
-//! network namespaces joined by a veth pair, over
+//! Data-plane benchmark: TCP throughput (iperf3, one stream and four),
+//! ping RTT idle and beside the single stream, and the daemons' CPU time
+//! per GB, between two network namespaces joined by a veth pair, over
 //!
-//! - the raw veth pair (the ceiling),
-//! - two wardnet data planes (this crate's `DataPlane`, release build),
-//!   also while 10,000 garbage datagrams a second hit the receiver's port
-//!   (`wardnet+garbage`),
-//! - two `boringtun-cli --threads 1` (skipped when not installed),
-//! - two `wireguard-go`,
+//! - `raw veth`: the veth pair itself (the ceiling);
+//! - `wardnet`: two wardnet data planes (this crate's `DataPlane`, the code
+//!   the agent runs, release build, in this process);
+//! - `wardnet-hub`: the same with 4,000 idle peers on the receiving side,
+//!   as a region's hub holds;
+//! - `wardnet+garbage`: the same while 10,000 garbage datagrams a second
+//!   (100,000 in the default 10 s) hit the receiver's port;
+//! - `wardnet+flood`: the same while 20,000 forged handshake initiations
+//!   (valid mac1) hit it as fast as one socket sends, with a probe through
+//!   the tunnel every millisecond to time the longest stall;
+//! - `boringtun-cli-1` and `boringtun-cli`: boringtun-cli 0.7.1 with
+//!   `--threads 1` and with its default threads (skipped when not
+//!   installed);
+//! - `wireguard-go` (skipped when not installed);
 //!
-//! and the ratios between them. Root only. Run with
+//! every row once per round, rounds one after the other (`BENCH_ROUNDS`,
+//! default 3), then each row's medians and the ratios the targets are
+//! about. Root only. Run with
 //! `cargo bench -p wardnet-agent --bench dataplane` (as root);
-//! `BENCH_SECS` sets the iperf3 duration (default 10), and extra arguments
-//! pick rows by name (`raw`, `wardnet`, `wardnet+garbage`, `boringtun`,
-//! `wireguard-go`).
+//! `BENCH_SECS` sets each iperf3 run's duration (default 10), and extra
+//! arguments pick rows by name.
 //!
 //! Everything it creates (namespaces `wnb-<pid>-<n>-{a,b}`, child processes,
 //! control sockets in /var/run/wireguard) is registered in [`CLEANUP`] and
@@ -28,6 +38,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+#[path = "../tests/support/forge.rs"]
+mod forge;
+
+use forge::forged_initiations;
 use wardnet_agent::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
 use wardnet_agent::reconcile::PeerOp;
 use wardnet_common::{PeerConfig, PrivateKey, PublicKey, Role};
@@ -229,13 +243,58 @@ fn overlay(ns: &str, dev: &str, addr: &str, peer: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
+/// One row's figures in one round.
+#[derive(Debug, Clone, Copy, Default)]
 struct Figures {
+    /// One TCP stream.
     mbit: f64,
     retransmits: u64,
+    /// Four TCP streams at once.
+    mbit4: f64,
+    retransmits4: u64,
     rtt_ms: f64,
-    /// Average ping RTT while the iperf3 stream runs (queueing delay).
+    /// Average ping RTT while the single stream runs (queueing delay).
     loaded_rtt_ms: f64,
+    /// CPU seconds both daemons spent per GB carried (both runs).
+    cpu_s_per_gb: Option<f64>,
+}
+
+/// Cumulative CPU seconds of the daemons a row runs.
+type CpuClock = Box<dyn Fn() -> f64>;
+
+/// CPU seconds (user + system) from a /proc/.../stat line.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // After the command in parentheses: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
+}
+
+fn process_cpu(pids: Vec<i32>) -> CpuClock {
+    Box::new(move || {
+        pids.iter()
+            .map(|p| stat_cpu_seconds(&format!("/proc/{p}/stat")))
+            .sum()
+    })
+}
+
+fn thread_cpu(tids: Vec<i32>) -> CpuClock {
+    Box::new(move || {
+        tids.iter()
+            .map(|t| stat_cpu_seconds(&format!("/proc/self/task/{t}/stat")))
+            .sum()
+    })
 }
 
 /// The average of a `ping -q` summary line.
@@ -247,8 +306,59 @@ fn ping_avg(out: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("cannot parse ping output: {out}"))
 }
 
-/// ping RTT (avg, ms) then iperf3 throughput from A to B's `addr`.
-fn measure(ns_a: &str, ns_b: &str, addr: &str, secs: u32) -> Result<Figures, String> {
+/// One iperf3 client run from A to B's `addr` with `streams` streams:
+/// Mbit/s, retransmits and bytes carried.
+fn iperf(
+    ns_a: &str,
+    ns_b: &str,
+    addr: &str,
+    secs: u32,
+    streams: u32,
+) -> Result<(f64, u64, f64), String> {
+    let server = spawn_in(ns_b, &[], &["iperf3", "-s", "-1", "-B", addr])?;
+    let (secs, streams) = (secs.to_string(), streams.to_string());
+    let mut last = String::new();
+    let mut report = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        match exec_in(
+            ns_a,
+            &["iperf3", "-c", addr, "-t", &secs, "-P", &streams, "-J"],
+        ) {
+            Ok(json) => {
+                report = Some(json);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    kill_child(server);
+    let json = report.ok_or(last)?;
+    let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+    let received = &v["end"]["sum_received"];
+    let bps = received["bits_per_second"]
+        .as_f64()
+        .ok_or("iperf3 JSON: no end.sum_received")?;
+    let bytes = received["bytes"].as_f64().unwrap_or(0.0);
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok((bps / 1e6, retransmits, bytes))
+}
+
+/// Something to run beside the single stream (it starts with it); its
+/// line is printed after the row's.
+type During = Box<dyn FnOnce() -> Result<String, String> + Send>;
+
+/// ping RTT (avg, ms), then one stream with pings beside it (and `during`,
+/// if any), then four streams, all from A to B's `addr`; `cpu` (if any)
+/// is read around the streams.
+fn measure(
+    ns_a: &str,
+    ns_b: &str,
+    addr: &str,
+    secs: u32,
+    cpu: Option<&CpuClock>,
+    during: Option<During>,
+) -> Result<(Figures, Option<String>), String> {
     // Also completes the handshake before timing anything.
     let mut up = false;
     for _ in 0..20 {
@@ -265,7 +375,7 @@ fn measure(ns_a: &str, ns_b: &str, addr: &str, secs: u32) -> Result<Figures, Str
         &["ping", "-c", "50", "-i", "0.01", "-q", addr],
     )?)?;
 
-    let server = spawn_in(ns_b, &[], &["iperf3", "-s", "-1", "-B", addr])?;
+    let cpu_before = cpu.map(|c| c());
     // RTT under load: pings every 10 ms from the stream's second second
     // to a second before its end, beside it.
     let pings = (secs.saturating_sub(2) * 100).max(10).to_string();
@@ -274,36 +384,38 @@ fn measure(ns_a: &str, ns_b: &str, addr: &str, secs: u32) -> Result<Figures, Str
         std::thread::sleep(Duration::from_millis(1250));
         exec_in(&ns, &["ping", "-c", &pings, "-i", "0.01", "-q", &to])
     });
-    let secs = secs.to_string();
-    let mut last = String::new();
-    let mut report = None;
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(250));
-        match exec_in(ns_a, &["iperf3", "-c", addr, "-t", &secs, "-J"]) {
-            Ok(json) => {
-                report = Some(json);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    kill_child(server);
+    let beside = during.map(std::thread::spawn);
+    let single = iperf(ns_a, ns_b, addr, secs, 1);
     let loaded_rtt_ms = loaded
         .join()
         .map_err(|_| "the loaded ping thread panicked".to_owned())?
-        .and_then(|out| ping_avg(&out))?;
-    let json = report.ok_or(last)?;
-    let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .ok_or("iperf3 JSON: no end.sum_received")?;
-    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    Ok(Figures {
-        mbit: bps / 1e6,
-        retransmits,
-        rtt_ms,
-        loaded_rtt_ms,
-    })
+        .and_then(|out| ping_avg(&out));
+    let note = match beside {
+        Some(t) => Some(
+            t.join()
+                .map_err(|_| "a thread beside the stream panicked".to_owned())??,
+        ),
+        None => None,
+    };
+    let (mbit, retransmits, bytes1) = single?;
+    let loaded_rtt_ms = loaded_rtt_ms?;
+    let (mbit4, retransmits4, bytes4) = iperf(ns_a, ns_b, addr, secs, 4)?;
+    let cpu_s_per_gb = match (cpu, cpu_before) {
+        (Some(c), Some(before)) => Some((c() - before) / ((bytes1 + bytes4) / 1e9)),
+        _ => None,
+    };
+    Ok((
+        Figures {
+            mbit,
+            retransmits,
+            mbit4,
+            retransmits4,
+            rtt_ms,
+            loaded_rtt_ms,
+            cpu_s_per_gb,
+        },
+        note,
+    ))
 }
 
 /// Runs a data plane inside `ns` on its own thread and runtime until `stop`.
@@ -323,7 +435,9 @@ impl Drop for Plane {
     }
 }
 
-fn start_plane(ns: &str, config: DataPlaneConfig) -> Result<(Plane, DataPlaneHandle), String> {
+/// The plane, its handle and the thread it runs on (all of its work: a
+/// current-thread runtime).
+fn start_plane(ns: &str, config: DataPlaneConfig) -> Result<(Plane, DataPlaneHandle, i32), String> {
     let path = format!("/var/run/netns/{ns}");
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -354,7 +468,9 @@ fn start_plane(ns: &str, config: DataPlaneConfig) -> Result<(Plane, DataPlaneHan
                     return;
                 }
             };
-            let _ = handle_tx.send(Ok(plane.handle()));
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let _ = handle_tx.send(Ok((plane.handle(), tid)));
             let _ = stop_rx.await;
             if let Err(e) = plane.shutdown().await {
                 eprintln!("data plane: {e}");
@@ -365,10 +481,10 @@ fn start_plane(ns: &str, config: DataPlaneConfig) -> Result<(Plane, DataPlaneHan
         stop: Some(stop_tx),
         thread: Some(thread),
     };
-    let handle = handle_rx
+    let (handle, tid) = handle_rx
         .recv_timeout(Duration::from_secs(10))
         .map_err(|e| e.to_string())??;
-    Ok((plane, handle))
+    Ok((plane, handle, tid))
 }
 
 fn peer(key: PublicKey, endpoint: Option<String>, allowed: &str) -> Result<PeerConfig, String> {
@@ -386,9 +502,9 @@ fn peer(key: PublicKey, endpoint: Option<String>, allowed: &str) -> Result<PeerC
     })
 }
 
-fn bench_raw(secs: u32) -> Result<Figures, String> {
+fn bench_raw(secs: u32) -> Result<(Figures, Option<String>), String> {
     let (a, b) = two_hosts()?;
-    measure(&a, &b, UNDERLAY_B, secs)
+    measure(&a, &b, UNDERLAY_B, secs, None, None)
 }
 
 /// Garbage datagrams sent per second at B's port by the `wardnet+garbage`
@@ -441,7 +557,150 @@ fn garbage(
     })
 }
 
-fn bench_wardnet(secs: u32, with_garbage: bool) -> Result<Figures, String> {
+/// Which wardnet row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// Two data planes, one peer each.
+    Plain,
+    /// B also holds `HUB_PEERS` idle peers, as a region's hub does.
+    Hub,
+    /// Garbage at B's port for the whole run.
+    Garbage,
+    /// A flood of forged handshake initiations at B during the stream.
+    Flood,
+}
+
+/// Idle peers the `wardnet-hub` row's B holds besides A.
+const HUB_PEERS: u32 = 4_000;
+/// Forged initiations the `wardnet+flood` row sends.
+const FLOOD: u32 = 20_000;
+
+/// Runs `f` on a new thread inside network namespace `ns`.
+fn in_ns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> std::thread::JoinHandle<Result<T, String>> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+        // SAFETY: fd is an open namespace file; setns only affects this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns: {}", std::io::Error::last_os_error()));
+        }
+        f()
+    })
+}
+
+/// `HUB_PEERS` idle spokes: their own keys, endpoints and /32 plus LAN /28.
+fn idle_spokes() -> Result<Vec<PeerOp>, String> {
+    (0..HUB_PEERS)
+        .map(|i| {
+            let overlay = format!("100.65.{}.{}/32", i / 256, i % 256);
+            let lan = format!("100.96.{}.{}/28", (i * 16) / 256, (i * 16) % 256);
+            let endpoint = format!("203.0.113.{}:{}", 1 + i % 250, 20_000 + i);
+            Ok(PeerOp::AddPeer(PeerConfig {
+                name: format!("spoke-{i}").parse().map_err(|_| "name")?,
+                region: "bench".parse().map_err(|_| "region")?,
+                role: Role::Spoke,
+                public_key: PrivateKey::generate().public_key(),
+                endpoint: Some(endpoint.parse().map_err(|_| "endpoint")?),
+                allowed_ips: [
+                    overlay.parse().map_err(|_| "prefix")?,
+                    lan.parse().map_err(|_| "prefix")?,
+                ]
+                .into(),
+                persistent_keepalive: None,
+            }))
+        })
+        .collect()
+}
+
+/// Beside the stream: a probe through the tunnel every millisecond, and
+/// after a second of it `FLOOD` forged initiations at B as fast as one
+/// socket sends them. Reports the probe's longest gap before and during
+/// the flood, and the cookie replies the flood's socket heard.
+fn flood_beside(ns_a: String, ns_b: String, public_b: PublicKey) -> During {
+    Box::new(move || {
+        let forged = forged_initiations(public_b, FLOOD);
+        std::thread::sleep(Duration::from_millis(1500));
+        let receiver = in_ns(&ns_b, || {
+            let sock = std::net::UdpSocket::bind(format!("{OVERLAY_B}:9001"))
+                .map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(Duration::from_secs(1)))
+                .map_err(|e| e.to_string())?;
+            let mut arrivals = Vec::new();
+            let mut buf = [0u8; 16];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n == 1 {
+                    break;
+                }
+                arrivals.push(std::time::Instant::now());
+            }
+            Ok(arrivals)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let probe = in_ns(&ns_a, || {
+            let sock =
+                std::net::UdpSocket::bind(format!("{OVERLAY_A}:0")).map_err(|e| e.to_string())?;
+            let start = std::time::Instant::now();
+            let mut sent = 0u32;
+            while start.elapsed() < Duration::from_secs(3) {
+                let _ = sock.send_to(&sent.to_be_bytes(), format!("{OVERLAY_B}:9001"));
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for _ in 0..5 {
+                let _ = sock.send_to(&[0], format!("{OVERLAY_B}:9001"));
+            }
+            Ok(sent)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let flood = in_ns(&ns_a, move || {
+            let sock = std::net::UdpSocket::bind(format!("{UNDERLAY_A}:40001"))
+                .map_err(|e| e.to_string())?;
+            let start = std::time::Instant::now();
+            for m in &forged {
+                let _ = sock.send_to(m, format!("{UNDERLAY_B}:{PORT}"));
+            }
+            let end = std::time::Instant::now();
+            sock.set_read_timeout(Some(Duration::from_millis(300)))
+                .map_err(|e| e.to_string())?;
+            let mut cookies = 0u32;
+            let mut buf = [0u8; 256];
+            while let Ok(n) = sock.recv(&mut buf) {
+                cookies += u32::from(n == 64 && buf[0] == 3);
+            }
+            Ok((start, end, cookies))
+        });
+        let (start, end, cookies) = flood.join().map_err(|_| "flood thread panicked")??;
+        let sent = probe.join().map_err(|_| "probe thread panicked")??;
+        let arrivals = receiver.join().map_err(|_| "receiver thread panicked")??;
+        let longest = |from: std::time::Instant, to: std::time::Instant| {
+            arrivals
+                .windows(2)
+                .filter(|w| w[1] > from && w[0] < to)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3
+        };
+        let first = arrivals.first().copied().unwrap_or(start);
+        let took = (end - start).as_secs_f64();
+        Ok(format!(
+            "flood: {FLOOD} forged initiations in {:.0} ms ({:.0}/s), {cookies} cookie replies heard; \
+             1 ms probe through the tunnel: longest gap {:.1} ms during the flood, {:.1} ms in the second before; \
+             {} of {sent} probes arrived",
+            took * 1e3,
+            f64::from(FLOOD) / took.max(1e-9),
+            longest(start, end + Duration::from_millis(50)),
+            longest(first, start),
+            arrivals.len()
+        ))
+    })
+}
+
+fn bench_wardnet(secs: u32, variant: Variant) -> Result<(Figures, Option<String>), String> {
     let (ns_a, ns_b) = two_hosts()?;
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let (tun_a, tun_b) = (
@@ -457,8 +716,8 @@ fn bench_wardnet(secs: u32, with_garbage: bool) -> Result<Figures, String> {
         listen_port: 51820,
         hub_of: None,
     };
-    let (_plane_a, a) = start_plane(&ns_a, config(&tun_a, key_a))?;
-    let (_plane_b, b) = start_plane(&ns_b, config(&tun_b, key_b))?;
+    let (_plane_a, a, tid_a) = start_plane(&ns_a, config(&tun_a, key_a))?;
+    let (_plane_b, b, tid_b) = start_plane(&ns_b, config(&tun_b, key_b))?;
     overlay(&ns_a, &tun_a, OVERLAY_A, OVERLAY_B)?;
     overlay(&ns_b, &tun_b, OVERLAY_B, OVERLAY_A)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -468,55 +727,74 @@ fn bench_wardnet(secs: u32, with_garbage: bool) -> Result<Figures, String> {
     let ep = Some(format!("{UNDERLAY_B}:{PORT}"));
     rt.block_on(a.apply(vec![PeerOp::AddPeer(peer(pub_b, ep, "100.64.0.2/32")?)]))
         .map_err(|e| e.to_string())?;
-    rt.block_on(b.apply(vec![PeerOp::AddPeer(peer(pub_a, None, "100.64.0.1/32")?)]))
-        .map_err(|e| e.to_string())?;
-    if !with_garbage {
-        let figures = measure(&ns_a, &ns_b, OVERLAY_B, secs);
-        let drops = |h: &DataPlaneHandle| {
-            rt.block_on(h.snapshot())
-                .map(|s| s.counters.drops.queue_delay)
-                .unwrap_or(0)
-        };
-        println!(
-            "wardnet: dropped for queueing delay: {} at A, {} at B",
-            drops(&a),
-            drops(&b)
-        );
-        return figures;
+    let mut ops = vec![PeerOp::AddPeer(peer(pub_a, None, "100.64.0.1/32")?)];
+    if variant == Variant::Hub {
+        ops.extend(idle_spokes()?);
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = garbage(ns_a.clone(), format!("{UNDERLAY_B}:{PORT}"), stop.clone());
-    let figures = measure(&ns_a, &ns_b, OVERLAY_B, secs);
-    stop.store(true, Ordering::Relaxed);
-    let sent = flood
-        .join()
-        .map_err(|_| "the garbage thread panicked".to_owned())??;
-    let drops = rt
-        .block_on(b.snapshot())
-        .map_err(|e| e.to_string())?
-        .counters
-        .drops;
-    println!(
-        "wardnet+garbage: {sent} garbage datagrams sent, {} counted as dropped by the receiver",
-        drops.malformed + drops.decrypt + drops.unknown_peer
-    );
-    figures
+    rt.block_on(b.apply(ops)).map_err(|e| e.to_string())?;
+    let cpu = thread_cpu(vec![tid_a, tid_b]);
+    let snapshot = |h: &DataPlaneHandle| rt.block_on(h.snapshot()).map_err(|e| e.to_string());
+    match variant {
+        Variant::Plain | Variant::Hub => {
+            let (figures, _) = measure(&ns_a, &ns_b, OVERLAY_B, secs, Some(&cpu), None)?;
+            let peers = snapshot(&b)?.peers.len();
+            let queue =
+                snapshot(&a)?.counters.drops.queue_delay + snapshot(&b)?.counters.drops.queue_delay;
+            let note =
+                format!("B held {peers} peers; {queue} datagrams dropped for queueing delay");
+            Ok((figures, Some(note)))
+        }
+        Variant::Garbage => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flood = garbage(ns_a.clone(), format!("{UNDERLAY_B}:{PORT}"), stop.clone());
+            let figures = measure(&ns_a, &ns_b, OVERLAY_B, secs, Some(&cpu), None);
+            stop.store(true, Ordering::Relaxed);
+            let sent = flood
+                .join()
+                .map_err(|_| "the garbage thread panicked".to_owned())??;
+            let d = snapshot(&b)?.counters.drops;
+            let note = format!(
+                "{sent} garbage datagrams sent, {} counted as dropped by the receiver",
+                d.malformed + d.decrypt + d.unknown_peer + d.handshake_limited
+            );
+            Ok((figures?.0, Some(note)))
+        }
+        Variant::Flood => {
+            let before = snapshot(&b)?.counters;
+            let during = flood_beside(ns_a.clone(), ns_b.clone(), pub_b);
+            let (figures, note) = measure(&ns_a, &ns_b, OVERLAY_B, secs, Some(&cpu), Some(during))?;
+            let after = snapshot(&b)?.counters;
+            let note = format!(
+                "{}; B sent {} cookie replies, did {} DHs for strangers, dropped {} unread",
+                note.unwrap_or_default(),
+                after.cookie_replies - before.cookie_replies,
+                after.drops.unknown_peer - before.drops.unknown_peer,
+                after.drops.handshake_limited - before.drops.handshake_limited
+            );
+            Ok((figures, Some(note)))
+        }
+    }
 }
 
 /// Two external userspace implementations driven over their UAPI sockets.
-fn bench_external(secs: u32, program: &[&str], env: &[(&str, &str)]) -> Result<Figures, String> {
+fn bench_external(
+    secs: u32,
+    program: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(Figures, Option<String>), String> {
     let (ns_a, ns_b) = two_hosts()?;
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let pid = std::process::id() % 10_000;
     let (dev_a, dev_b) = (format!("wnb{pid}{n}a"), format!("wnb{pid}{n}b"));
     let (key_a, key_b) = (PrivateKey::generate(), PrivateKey::generate());
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut daemons = Vec::new();
     for (ns, dev) in [(&ns_a, &dev_a), (&ns_b, &dev_b)] {
         let sock = format!("/var/run/wireguard/{dev}.sock");
         registry().sockets.push(sock.clone());
         let mut cmd = program.to_vec();
         cmd.push(dev);
-        spawn_in(ns, env, &cmd)?;
+        daemons.push(spawn_in(ns, env, &cmd)?);
         let mut ready = false;
         for _ in 0..100 {
             if std::path::Path::new(&sock).exists() {
@@ -568,7 +846,8 @@ fn bench_external(secs: u32, program: &[&str], env: &[(&str, &str)]) -> Result<F
         run(&["ip", "-n", ns, "link", "set", dev, "mtu", &MTU.to_string()])?;
         overlay(ns, dev, addr, peer_addr)?;
     }
-    measure(&ns_a, &ns_b, OVERLAY_B, secs)
+    let cpu = process_cpu(daemons);
+    measure(&ns_a, &ns_b, OVERLAY_B, secs, Some(&cpu), None)
 }
 
 fn installed(program: &str) -> bool {
@@ -579,6 +858,14 @@ fn installed(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The median of some figures (the lower middle one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -587,32 +874,50 @@ fn main() {
     }
     on_signals();
     let _guard = Guard;
-    let secs: u32 = std::env::var("BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let secs = env("BENCH_SECS", 10);
+    let rounds = env("BENCH_ROUNDS", 3);
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let wanted = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f));
+    let wanted = |name: &str| filters.is_empty() || filters.iter().any(|f| name == f);
     if !installed("iperf3") || !installed("ping") {
         println!("SKIPPED: needs iperf3 and ping (apt install iperf3 iputils-ping)");
         return;
     }
 
-    type Row = (&'static str, Box<dyn Fn() -> Result<Figures, String>>);
+    type Row = (
+        &'static str,
+        Box<dyn Fn() -> Result<(Figures, Option<String>), String>>,
+    );
     let mut rows: Vec<Row> = vec![
         ("raw veth", Box::new(move || bench_raw(secs))),
-        ("wardnet", Box::new(move || bench_wardnet(secs, false))),
+        (
+            "wardnet",
+            Box::new(move || bench_wardnet(secs, Variant::Plain)),
+        ),
+        (
+            "wardnet-hub",
+            Box::new(move || bench_wardnet(secs, Variant::Hub)),
+        ),
         (
             "wardnet+garbage",
-            Box::new(move || bench_wardnet(secs, true)),
+            Box::new(move || bench_wardnet(secs, Variant::Garbage)),
+        ),
+        (
+            "wardnet+flood",
+            Box::new(move || bench_wardnet(secs, Variant::Flood)),
         ),
     ];
     if installed("boringtun-cli") {
         rows.push((
-            "boringtun-cli",
+            "boringtun-cli-1",
             Box::new(move || {
                 bench_external(
                     secs,
@@ -621,51 +926,112 @@ fn main() {
                 )
             }),
         ));
-    } else if wanted("boringtun-cli") {
-        println!("boringtun-cli: SKIPPED, not installed (cargo install boringtun-cli --locked)");
+        rows.push((
+            "boringtun-cli",
+            Box::new(move || {
+                bench_external(
+                    secs,
+                    &["boringtun-cli", "--foreground"],
+                    &[("WG_SUDO", "true")],
+                )
+            }),
+        ));
+    } else {
+        println!("boringtun-cli: SKIPPED, not installed (cargo install boringtun-cli --version 0.7.1 --locked)");
     }
     if installed("wireguard-go") {
         rows.push((
             "wireguard-go",
             Box::new(move || bench_external(secs, &["wireguard-go", "-f"], &[])),
         ));
-    } else if wanted("wireguard-go") {
+    } else {
         println!("wireguard-go: SKIPPED, not installed (apt install wireguard-go)");
     }
+    rows.retain(|(n, _)| wanted(n));
 
-    println!("data-plane benchmark: iperf3 -t {secs} (TCP, 1 stream), ping avg of 50 idle and every 10 ms under the stream; MTU {MTU}");
+    println!(
+        "data-plane benchmark: {rounds} rounds, rows interleaved; iperf3 -t {secs} TCP with 1 stream \
+         (ping every 10 ms beside it: loaded rtt) then 4 streams; idle rtt: ping avg of 50; \
+         cpu: both daemons' CPU seconds per GB carried; MTU {MTU}"
+    );
     let mut results: Vec<(&str, Figures)> = Vec::new();
-    for (name, f) in rows.iter().filter(|(n, _)| wanted(n)) {
-        let r = f();
-        cleanup_all();
-        match r {
-            Ok(fig) => {
-                println!(
-                    "{name:<14} {:>9.0} Mbit/s  retransmits {:>6}  rtt {:.3} ms  loaded rtt {:.3} ms",
-                    fig.mbit, fig.retransmits, fig.rtt_ms, fig.loaded_rtt_ms
-                );
-                results.push((name, fig));
+    for round in 1..=rounds {
+        println!("-- round {round}");
+        for (name, f) in &rows {
+            let r = f();
+            cleanup_all();
+            match r {
+                Ok((fig, note)) => {
+                    let cpu = fig
+                        .cpu_s_per_gb
+                        .map_or("-".to_owned(), |c| format!("{c:.2}"));
+                    println!(
+                        "{name:<16} 1 stream {:>6.0} Mbit/s (retr {:>6})  4 streams {:>6.0} Mbit/s (retr {:>6})  \
+                         rtt {:.3} ms  loaded rtt {:.3} ms  cpu {cpu} s/GB",
+                        fig.mbit, fig.retransmits, fig.mbit4, fig.retransmits4, fig.rtt_ms, fig.loaded_rtt_ms
+                    );
+                    if let Some(note) = note {
+                        println!("{:<16} {note}", "");
+                    }
+                    results.push((name, fig));
+                }
+                Err(e) => println!("{name:<16} FAILED: {e}"),
             }
-            Err(e) => println!("{name:<14} FAILED: {e}"),
         }
     }
-    let get = |n: &str| results.iter().find(|(r, _)| *r == n).map(|(_, f)| *f);
-    let ratio = |a: &str, b: &str| {
-        if let (Some(x), Some(y)) = (get(a), get(b)) {
+
+    println!("-- medians over {rounds} rounds");
+    println!("| row | 1 stream Mbit/s | retransmits | 4 streams Mbit/s | RTT idle / loaded ms | CPU s/GB |");
+    println!("|---|---|---|---|---|---|");
+    let med = |name: &str, f: fn(&Figures) -> f64| {
+        median(
+            results
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, x)| f(x))
+                .collect(),
+        )
+    };
+    for (name, _) in &rows {
+        if !results.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let cpu = med(name, |f| f.cpu_s_per_gb.unwrap_or(f64::NAN));
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.3} / {:.3} | {} |",
+            med(name, |f| f.mbit),
+            med(name, |f| f.retransmits as f64),
+            med(name, |f| f.mbit4),
+            med(name, |f| f.rtt_ms),
+            med(name, |f| f.loaded_rtt_ms),
+            if cpu.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{cpu:.2}")
+            }
+        );
+    }
+    let has = |n: &str| results.iter().any(|(r, _)| *r == n);
+    let ratio = |a: &str, b: &str, what: &str| {
+        if has(a) && has(b) {
             println!(
-                "{a} / {b}: throughput {:.2}x, rtt {:.2}x, loaded rtt {:.2}x",
-                x.mbit / y.mbit,
-                x.rtt_ms / y.rtt_ms,
-                x.loaded_rtt_ms / y.loaded_rtt_ms
+                "{a} / {b}: 1 stream {:.2}x, 4 streams {:.2}x, loaded rtt {:.2}x, cpu {:.2}x  ({what})",
+                med(a, |f| f.mbit) / med(b, |f| f.mbit),
+                med(a, |f| f.mbit4) / med(b, |f| f.mbit4),
+                med(a, |f| f.loaded_rtt_ms) / med(b, |f| f.loaded_rtt_ms),
+                med(a, |f| f.cpu_s_per_gb.unwrap_or(f64::NAN))
+                    / med(b, |f| f.cpu_s_per_gb.unwrap_or(f64::NAN)),
             );
         }
     };
-    ratio("wardnet+garbage", "wardnet");
-    ratio("wardnet", "boringtun-cli");
-    ratio("wardnet", "wireguard-go");
-    for (name, _) in &results {
-        if *name != "raw veth" {
-            ratio(name, "raw veth");
-        }
-    }
+    ratio(
+        "wardnet",
+        "boringtun-cli-1",
+        "target: 1 stream >= 3x, loaded rtt <= 1x",
+    );
+    ratio("wardnet", "boringtun-cli", "");
+    ratio("wardnet", "wireguard-go", "");
+    ratio("wardnet-hub", "wardnet", "target: within 5 %");
+    ratio("wardnet+garbage", "wardnet", "target: within 10 %");
+    ratio("wardnet+flood", "wardnet", "");
 }
