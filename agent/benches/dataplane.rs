@@ -760,13 +760,24 @@ fn bench_wardnet(secs: u32, variant: Variant) -> Result<(Figures, Option<String>
             Ok((figures?.0, Some(note)))
         }
         Variant::Flood => {
+            // Beside the stream, and then alone: a probe's gaps beside a
+            // stream on two cores are the stream's queueing as much as
+            // the flood's.
             let before = snapshot(&b)?.counters;
             let during = flood_beside(ns_a.clone(), ns_b.clone(), pub_b);
             let (figures, note) = measure(&ns_a, &ns_b, OVERLAY_B, secs, Some(&cpu), Some(during))?;
+            let alone = flood_beside(ns_a.clone(), ns_b.clone(), pub_b)()?;
+            let note = format!(
+                "beside the stream: {}\n{:<16} alone: {alone}",
+                note.unwrap_or_default(),
+                ""
+            );
+            let note = Some(note);
             let after = snapshot(&b)?.counters;
             let note = format!(
-                "{}; B sent {} cookie replies, did {} DHs for strangers, dropped {} unread",
+                "{}\n{:<16} both floods: B sent {} cookie replies, did {} DHs for strangers, dropped {} unread",
                 note.unwrap_or_default(),
+                "",
                 after.cookie_replies - before.cookie_replies,
                 after.drops.unknown_peer - before.drops.unknown_peer,
                 after.drops.handshake_limited - before.drops.handshake_limited
