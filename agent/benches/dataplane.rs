@@ -772,11 +772,9 @@ fn bench_wardnet(secs: u32, variant: Variant) -> Result<(Figures, Option<String>
                 note.unwrap_or_default(),
                 ""
             );
-            let note = Some(note);
             let after = snapshot(&b)?.counters;
             let note = format!(
-                "{}\n{:<16} both floods: B sent {} cookie replies, did {} DHs for strangers, dropped {} unread",
-                note.unwrap_or_default(),
+                "{note}\n{:<16} both floods: B sent {} cookie replies, did {} DHs for strangers, dropped {} unread",
                 "",
                 after.cookie_replies - before.cookie_replies,
                 after.drops.unknown_peer - before.drops.unknown_peer,
