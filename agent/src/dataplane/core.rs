@@ -71,6 +71,9 @@ pub(crate) fn is_bulk_data(datagram: &[u8]) -> bool {
 /// WireGuard's 32 bytes).
 const BULK_DATA_MIN: usize = 544;
 
+/// What WireGuard adds to a packet: a 16-byte header and a 16-byte tag.
+const DATA_OVERHEAD: usize = 32;
+
 /// The longest handshake message (an initiation).
 pub(crate) const HANDSHAKE_MAX: usize = 148;
 
@@ -80,6 +83,12 @@ pub(crate) trait Transmit {
     /// address the peer's own packets arrive on), else from whatever
     /// address the kernel picks.
     fn send_udp(&mut self, to: SocketAddr, from: Option<IpAddr>, packet: &[u8]);
+    /// Room for a datagram of up to `len` bytes, to be written in place
+    /// (encrypted straight into the send queue) and then sent with
+    /// `send_written`.
+    fn udp_room(&mut self, len: usize) -> &mut [u8];
+    /// Send the first `len` bytes of the last `udp_room`, like `send_udp`.
+    fn send_written(&mut self, to: SocketAddr, from: Option<IpAddr>, len: usize);
     fn write_tun(&mut self, packet: &[u8]);
     /// A handshake with `peer` completed: a new session (the agent's health
     /// probes go only through live sessions).
@@ -325,18 +334,30 @@ impl Core {
         }
         let fresh = peer.tunn.is_none();
         let tunn = Self::tunn(&self.private, &self.rate_limiter, index, peer);
-        let result = tunn.encapsulate(packet, &mut self.buf);
+        // Encrypted straight into the send queue: a data message is the
+        // packet plus 32 bytes, a handshake initiation 148.
+        let room = tx.udp_room((packet.len() + DATA_OVERHEAD).max(HANDSHAKE_MAX));
+        let written = match tunn.encapsulate(packet, room) {
+            TunnResult::WriteToNetwork(out) => Some(out.len()),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.name, error = ?e, "encapsulate failed");
+                None
+            }
+            _ => None,
+        };
         if fresh {
             self.active.insert(index);
         }
-        match result {
-            TunnResult::WriteToNetwork(out) if !send_to_peer(peer, out, now, tx) => {
-                self.counters.drops.no_endpoint += 1;
+        let Some(len) = written else {
+            return;
+        };
+        match peer.endpoint {
+            Some(to) => {
+                tx.send_written(to, peer.local, len);
+                peer.tx_bytes += len as u64;
+                peer.last_sent = Some(now);
             }
-            TunnResult::Err(e) => {
-                tracing::debug!(peer = %peer.name, error = ?e, "encapsulate failed")
-            }
-            _ => {}
+            None => self.counters.drops.no_endpoint += 1,
         }
     }
 

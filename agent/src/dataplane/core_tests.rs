@@ -13,6 +13,8 @@ use crate::reconcile::PeerOp;
 
 #[derive(Default)]
 struct Sink {
+    /// The last room handed out for a datagram written in place.
+    room: Vec<u8>,
     udp: Vec<(SocketAddr, Vec<u8>)>,
     /// The local source each UDP send asked for.
     sources: Vec<Option<std::net::IpAddr>>,
@@ -23,6 +25,14 @@ struct Sink {
 impl Transmit for Sink {
     fn send_udp(&mut self, to: SocketAddr, from: Option<std::net::IpAddr>, packet: &[u8]) {
         self.udp.push((to, packet.to_vec()));
+        self.sources.push(from);
+    }
+    fn udp_room(&mut self, len: usize) -> &mut [u8] {
+        self.room = vec![0; len];
+        &mut self.room
+    }
+    fn send_written(&mut self, to: SocketAddr, from: Option<std::net::IpAddr>, len: usize) {
+        self.udp.push((to, self.room[..len].to_vec()));
         self.sources.push(from);
     }
     fn write_tun(&mut self, packet: &[u8]) {

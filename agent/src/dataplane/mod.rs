@@ -371,6 +371,20 @@ impl Transmit for Io {
         }
     }
 
+    fn udp_room(&mut self, len: usize) -> &mut [u8] {
+        if self.udp_out.is_full() {
+            let _ = self.udp_out.flush(&self.socket, self.v6_socket);
+        }
+        self.udp_out.room(len)
+    }
+
+    fn send_written(&mut self, to: SocketAddr, from: Option<IpAddr>, len: usize) {
+        let to = self.target(to);
+        if !self.udp_out.commit(to, from, len) {
+            tracing::trace!(%to, "UDP queue full, datagram dropped");
+        }
+    }
+
     fn write_tun(&mut self, packet: &[u8]) {
         if self.tun_out.is_full() {
             self.tun_out.flush(&self.tun);

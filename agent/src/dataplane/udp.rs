@@ -373,7 +373,11 @@ struct Queued {
 /// of what the kernel refused: while it is not empty the shell stops reading
 /// the TUN device (backpressure).
 pub(super) struct SendBatch {
+    /// The arena. Its length only grows (to the high-water mark, zeroed
+    /// once); `used` says how much of it is queued, so a datagram can be
+    /// written in place without clearing or copying.
     data: Vec<u8>,
+    used: usize,
     packets: Vec<Queued>,
     /// Packets before this index are sent.
     sent: usize,
@@ -386,6 +390,7 @@ impl SendBatch {
     pub(super) fn new(gso: bool) -> Self {
         SendBatch {
             data: Vec::new(),
+            used: 0,
             packets: Vec::new(),
             sent: 0,
             gso,
@@ -407,18 +412,36 @@ impl SendBatch {
     /// Queues a datagram to `to` from local address `from` (any when
     /// `None`); false (dropped) when too much is already queued.
     pub(super) fn push(&mut self, to: SocketAddr, from: Option<IpAddr>, packet: &[u8]) -> bool {
-        if self.packets.len() - self.sent >= MAX_QUEUED {
+        self.room(packet.len()).copy_from_slice(packet);
+        self.commit(to, from, packet.len())
+    }
+
+    /// Room for a datagram of up to `len` bytes after what is queued, to be
+    /// written in place and queued with `commit` (or left, and overwritten
+    /// by the next one).
+    pub(super) fn room(&mut self, len: usize) -> &mut [u8] {
+        let end = self.used + len;
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        &mut self.data[self.used..end]
+    }
+
+    /// Queues the first `len` bytes of the last `room` as a datagram to
+    /// `to` from local address `from` (any when `None`); false (dropped)
+    /// when too much is already queued.
+    pub(super) fn commit(&mut self, to: SocketAddr, from: Option<IpAddr>, len: usize) -> bool {
+        if self.packets.len() - self.sent >= MAX_QUEUED || self.used + len > self.data.len() {
             return false;
         }
-        let start = self.data.len();
-        self.data.extend_from_slice(packet);
         self.packets.push(Queued {
             to,
             addr: SockAddr::from(to),
             from,
-            start,
-            len: packet.len(),
+            start: self.used,
+            len,
         });
+        self.used += len;
         true
     }
 
@@ -531,7 +554,7 @@ impl SendBatch {
                 }
             }
         }
-        self.data.clear();
+        self.used = 0;
         self.packets.clear();
         self.sent = 0;
         Ok(())
