@@ -134,9 +134,11 @@ impl RecvBatch {
         }
     }
 
-    /// One non-blocking `recvmmsg`; returns how many slots were filled
+    /// One non-blocking `recvmmsg` into at most `slots` slots (a slot can
+    /// hold a GRO train of dozens of datagrams); returns how many were filled
     /// (`WouldBlock` when none, which also clears tokio's readiness).
-    pub(super) fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+    pub(super) fn recv(&mut self, socket: &UdpSocket, slots: usize) -> io::Result<usize> {
+        let slots = slots.clamp(1, RECV_BATCH);
         // SAFETY: all-zero is a valid sockaddr_storage/iovec/mmsghdr.
         let mut addrs: [libc::sockaddr_storage; RECV_BATCH] = unsafe { std::mem::zeroed() };
         let mut iovs: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
@@ -160,7 +162,7 @@ impl RecvBatch {
                 libc::recvmmsg(
                     fd,
                     hdrs.as_mut_ptr(),
-                    RECV_BATCH as libc::c_uint,
+                    slots as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
@@ -646,7 +648,7 @@ mod tests {
                 .await
                 .expect("all datagrams within 5 s")
                 .expect("test setup");
-            let Ok(n) = recv.recv(&receiver) else {
+            let Ok(n) = recv.recv(&receiver, RECV_BATCH) else {
                 continue;
             };
             for i in 0..n {
