@@ -399,7 +399,8 @@ fn emulate_spokes(
     let mut next_start = 0usize;
     let started = Instant::now();
     let mut last_timers = Instant::now();
-    // Handshakes per second we start: under the hub's 200/s limit.
+    // Handshakes per second we start: under the 1,000/s beyond which the
+    // hub demands cookies.
     const PACE: f64 = 150.0;
     while !stop.load(Ordering::SeqCst) {
         let due = ((started.elapsed().as_secs_f64() * PACE) as usize).min(tunns.len());

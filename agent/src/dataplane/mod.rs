@@ -319,6 +319,10 @@ impl HandshakeQueue {
         self.waiting.len()
     }
 
+    fn pop(&mut self) -> Option<(SocketAddr, Option<IpAddr>, usize, [u8; HANDSHAKE_MAX])> {
+        self.waiting.pop_front()
+    }
+
     /// False when full (the message is dropped).
     fn push(&mut self, from: SocketAddr, local: Option<IpAddr>, message: &[u8]) -> bool {
         if self.waiting.len() >= HANDSHAKE_QUEUE || message.len() > HANDSHAKE_MAX {
@@ -535,7 +539,7 @@ impl Shell {
         let now = Instant::now();
         for _ in 0..HANDSHAKE_BUDGET {
             self.core.set_handshake_backlog(self.handshakes.len());
-            let Some((from, local, len, message)) = self.handshakes.waiting.pop_front() else {
+            let Some((from, local, len, message)) = self.handshakes.pop() else {
                 break;
             };
             self.core
