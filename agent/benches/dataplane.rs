@@ -41,7 +41,7 @@ use std::time::Duration;
 #[path = "../tests/support/forge.rs"]
 mod forge;
 
-use forge::forged_initiations;
+use forge::{forged_initiations, garbage_datagram};
 use wardnet_agent::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
 use wardnet_agent::reconcile::PeerOp;
 use wardnet_common::{PeerConfig, PrivateKey, PublicKey, Role};
@@ -520,7 +520,6 @@ fn garbage(
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<Result<u64, String>> {
     std::thread::spawn(move || {
-        use rand::Rng;
         let path = format!("/var/run/netns/{ns}");
         let fd = File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
         // SAFETY: fd is an open namespace file; setns only affects this thread.
@@ -538,19 +537,7 @@ fn garbage(
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            let (kind, len) = match sent % 5 {
-                0 => (1u8, 148),
-                1 => (2, 92),
-                2 => (3, 64),
-                3 => (4, rng.gen_range(32..1500)),
-                _ => (rng.gen::<u8>(), rng.gen_range(1..1500)),
-            };
-            rng.fill(&mut buf[..len]);
-            if sent % 5 != 4 {
-                buf[0] = kind;
-                buf[1..4].fill(0);
-            }
-            let _ = sock.send_to(&buf[..len], &to);
+            let _ = sock.send_to(garbage_datagram(sent, &mut rng, &mut buf), &to);
             sent += 1;
         }
         Ok(sent)

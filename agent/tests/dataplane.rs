@@ -17,7 +17,7 @@ use std::time::Duration;
 #[path = "support/forge.rs"]
 mod forge;
 
-use forge::forged_initiations;
+use forge::{forged_initiations, garbage_datagram};
 use wardnet_agent::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
 use wardnet_agent::reconcile::PeerOp;
 use wardnet_agent::snapshot::PeerSnapshot;
@@ -635,26 +635,15 @@ fn garbage_at_the_port_is_dropped_and_live_sessions_carry_on() {
     // The flood, from a socket of A's host (another port than the plane's).
     const DATAGRAMS: u32 = 100_000;
     let flood = in_netns(&ns_a, || {
-        use rand::Rng;
         let sock = std::net::UdpSocket::bind("198.51.100.1:40000").expect("bind");
         let mut rng = rand::thread_rng();
         let mut buf = [0u8; 1500];
         for i in 0..DATAGRAMS {
-            // Message type, and its length (data: any length from 32 up).
-            let (kind, len) = match i % 5 {
-                0 => (1u8, 148),
-                1 => (2, 92),
-                2 => (3, 64),
-                3 => (4, rng.gen_range(32..1500)),
-                _ => (rng.gen::<u8>(), rng.gen_range(1..1500)),
-            };
-            rng.fill(&mut buf[..len]);
-            if i % 5 != 4 {
-                buf[0] = kind;
-                buf[1..4].fill(0);
-            }
             // A full socket buffer is a drop on the way, like any loss.
-            let _ = sock.send_to(&buf[..len], "198.51.100.2:51820");
+            let _ = sock.send_to(
+                garbage_datagram(u64::from(i), &mut rng, &mut buf),
+                "198.51.100.2:51820",
+            );
         }
     });
     // The session carries traffic while the flood runs, and after it.

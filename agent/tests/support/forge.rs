@@ -42,3 +42,23 @@ pub fn forged_initiations(public: PublicKey, count: u32) -> Vec<Vec<u8>> {
         })
         .collect()
 }
+
+/// The `i`th of a garbage stream, written into `buf`: in turn a datagram
+/// shaped like each WireGuard message type (its type byte, zeroed reserved
+/// bytes, its length; data of any length from 32) with random contents,
+/// and one entirely random.
+pub fn garbage_datagram<'b>(i: u64, rng: &mut impl rand::Rng, buf: &'b mut [u8; 1500]) -> &'b [u8] {
+    let (kind, len) = match i % 5 {
+        0 => (1u8, 148),
+        1 => (2, 92),
+        2 => (3, 64),
+        3 => (4, rng.gen_range(32..1500)),
+        _ => (rng.gen::<u8>(), rng.gen_range(1..1500)),
+    };
+    rng.fill(&mut buf[..len]);
+    if i % 5 != 4 {
+        buf[0] = kind;
+        buf[1..4].fill(0);
+    }
+    &buf[..len]
+}
