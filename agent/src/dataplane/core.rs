@@ -90,6 +90,12 @@ pub(crate) trait Transmit {
     /// Send the first `len` bytes of the last `udp_room`, like `send_udp`.
     fn send_written(&mut self, to: SocketAddr, from: Option<IpAddr>, len: usize);
     fn write_tun(&mut self, packet: &[u8]);
+    /// Room for a packet of up to `len` bytes, to be written in place
+    /// (decrypted straight into the device's queue) and then queued with
+    /// `tun_written`.
+    fn tun_room(&mut self, len: usize) -> &mut [u8];
+    /// Queue the first `len` bytes of the last `tun_room`, like `write_tun`.
+    fn tun_written(&mut self, len: usize);
     /// A handshake with `peer` completed: a new session (the agent's health
     /// probes go only through live sessions).
     fn handshake(&mut self, _peer: &Name) {}
@@ -421,6 +427,35 @@ impl Core {
             self.active.insert(index);
         }
         let tunn = Self::tunn(&self.private, &self.rate_limiter, index, peer);
+        if kind == Some(MSG_DATA) {
+            // Transport data, nearly all traffic: decrypted straight into
+            // the device's queue.
+            let room = tx.tun_room(datagram.len());
+            let (len, src) = match tunn.decapsulate(Some(from.ip()), datagram, room) {
+                TunnResult::WriteToTunnelV4(packet, v4) => (packet.len(), IpAddr::from(v4)),
+                TunnResult::WriteToTunnelV6(packet, v6) => (packet.len(), IpAddr::from(v6)),
+                // An empty data message is an authenticated keepalive.
+                TunnResult::Done => {
+                    authenticated(peer, from, local, datagram.len());
+                    return;
+                }
+                TunnResult::Err(e) => {
+                    self.counters.drops.decrypt += 1;
+                    tracing::trace!(peer = %peer.name, error = ?e, "dropped datagram");
+                    return;
+                }
+                // boringtun answers a data message with data for the tunnel
+                // or nothing; never with something to send.
+                TunnResult::WriteToNetwork(_) => return,
+            };
+            authenticated(peer, from, local, datagram.len());
+            if source_allowed(&self.peers, &self.allowed, &self.hub_of, index, src) {
+                tx.tun_written(len);
+            } else {
+                self.counters.drops.source_not_allowed += 1;
+            }
+            return;
+        }
         let mut result = tunn.decapsulate(Some(from.ip()), datagram, &mut self.buf);
         let mut first = true;
         loop {

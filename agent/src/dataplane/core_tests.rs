@@ -38,6 +38,14 @@ impl Transmit for Sink {
     fn write_tun(&mut self, packet: &[u8]) {
         self.tun.push(packet.to_vec());
     }
+    fn tun_room(&mut self, len: usize) -> &mut [u8] {
+        // Not zeroed: what the last packet left must not leak into the next.
+        self.room.resize(len, 0xee);
+        &mut self.room[..len]
+    }
+    fn tun_written(&mut self, len: usize) {
+        self.tun.push(self.room[..len].to_vec());
+    }
     fn handshake(&mut self, peer: &wardnet_common::Name) {
         self.handshakes.push(peer.clone());
     }

@@ -4,8 +4,11 @@
 //! Shape (STYLE.md): the decisions live in the sans-IO [`core`]; this file is
 //! the thin shell. ONE tokio task owns the device, the socket and the core; it
 //! selects over TUN reads, UDP reads, commands and a timer tick, so a packet
-//! never hops through a channel. Everyone else holds a cloneable
-//! [`DataPlaneHandle`] and talks to the loop with [`Command`]s.
+//! never hops through a channel on its way in. What comes out leaves in
+//! batches through two writer threads ([`output`]), so the kernel's cost of
+//! sending and of delivering runs on other cores while the loop works on
+//! the next batch. Everyone else holds a cloneable [`DataPlaneHandle`] and
+//! talks to the loop with [`Command`]s.
 //!
 //! Addresses and routes on the interface are not set here (netlink module).
 
@@ -14,12 +17,15 @@ mod core;
 #[cfg(test)]
 mod core_tests;
 mod lpm;
+mod output;
 mod tun;
 mod udp;
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -29,8 +35,9 @@ use wardnet_common::{Name, PrivateKey};
 
 use self::codel::{Codel, RingSizer};
 use self::core::{is_bulk_data, is_handshake, Core, Transmit, HANDSHAKE_MAX};
+use self::output::Writer;
 use self::tun::{TunRead, TunWrite};
-use self::udp::{RecvBatch, SendBatch, RECV_BATCH};
+use self::udp::{RecvBatch, SendBatch, Socket, RECV_BATCH};
 use crate::reconcile::PeerOp;
 use crate::snapshot::{DeviceSnapshot, Handshakes};
 
@@ -84,6 +91,8 @@ pub enum DataPlaneError {
         #[source]
         source: io::Error,
     },
+    #[error("failed to start the data plane's writer threads")]
+    Threads(#[source] io::Error),
     #[error("I/O error in the data plane loop")]
     Io(#[source] io::Error),
     #[error("the data plane has stopped")]
@@ -139,7 +148,8 @@ impl DataPlane {
             socket,
             Core::new(&config.private_key, config.hub_of.clone()),
             handshakes_tx,
-        );
+        )
+        .map_err(DataPlaneError::Threads)?;
         let task = tokio::spawn(shell.run(rx));
         Ok(DataPlane {
             handle: DataPlaneHandle { commands: tx },
@@ -335,29 +345,28 @@ impl HandshakeQueue {
     }
 }
 
-/// The sink the core writes into. UDP sends are collected and sent in
-/// batches (`sendmmsg`), TUN writes coalesced (GRO), both at the end of each
-/// wake-up. UDP datagrams the kernel cannot take right now stay queued and
-/// are flushed by the loop, which stops reading the TUN meanwhile
-/// (backpressure).
+/// The sink the core writes into. UDP sends are collected into batches
+/// (`sendmmsg`, GSO) and TUN writes into batches coalesced on the way out
+/// (GRO); a batch goes to its writer thread when it is full or at the end
+/// of the wake-up. While a writer still has both batches, the loop stops
+/// reading what would add to the one it is filling (backpressure).
 struct Io {
-    socket: UdpSocket,
-    v6_socket: bool,
-    tun: AsyncDevice,
-    udp_out: SendBatch,
-    tun_out: TunWrite,
+    socket: Arc<Socket>,
+    tun: Arc<AsyncDevice>,
+    udp_out: Writer<SendBatch>,
+    tun_out: Writer<TunWrite>,
     /// Completed handshakes, for whoever listens (a closed channel is fine).
     handshakes: mpsc::UnboundedSender<Name>,
 }
 
 impl Io {
     fn local_port(&self) -> u16 {
-        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.socket.udp.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
     fn target(&self, to: SocketAddr) -> SocketAddr {
         match to {
-            SocketAddr::V4(v4) if self.v6_socket => {
+            SocketAddr::V4(v4) if self.socket.v6 => {
                 SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
             }
             other => other,
@@ -365,37 +374,54 @@ impl Io {
     }
 }
 
+impl Io {
+    /// A full send batch goes to the writer now if it is free, else it
+    /// keeps filling (up to its limit). A writer that is gone surfaces at
+    /// the end of the wake-up (`Shell::flush`).
+    fn make_udp_room(&mut self) {
+        if self.udp_out.current().is_full() {
+            let _ = self.udp_out.hand_off(&self.socket);
+        }
+    }
+}
+
 impl Transmit for Io {
     fn send_udp(&mut self, to: SocketAddr, from: Option<IpAddr>, packet: &[u8]) {
         let to = self.target(to);
-        if self.udp_out.is_full() {
-            // WouldBlock keeps them queued; the loop waits for room.
-            let _ = self.udp_out.flush(&self.socket, self.v6_socket);
-        }
-        if !self.udp_out.push(to, from, packet) {
+        self.make_udp_room();
+        if !self.udp_out.current().push(to, from, packet) {
             tracing::trace!(%to, "UDP queue full, datagram dropped");
         }
     }
 
     fn udp_room(&mut self, len: usize) -> &mut [u8] {
-        if self.udp_out.is_full() {
-            let _ = self.udp_out.flush(&self.socket, self.v6_socket);
-        }
-        self.udp_out.room(len)
+        self.make_udp_room();
+        self.udp_out.current().room(len)
     }
 
     fn send_written(&mut self, to: SocketAddr, from: Option<IpAddr>, len: usize) {
         let to = self.target(to);
-        if !self.udp_out.commit(to, from, len) {
+        if !self.udp_out.current().commit(to, from, len) {
             tracing::trace!(%to, "UDP queue full, datagram dropped");
         }
     }
 
     fn write_tun(&mut self, packet: &[u8]) {
-        if self.tun_out.is_full() {
-            self.tun_out.flush(&self.tun);
+        self.tun_room(packet.len()).copy_from_slice(packet);
+        self.tun_written(packet.len());
+    }
+
+    fn tun_room(&mut self, len: usize) -> &mut [u8] {
+        if self.tun_out.current().is_full() {
+            let _ = self.tun_out.hand_off(&self.tun);
         }
-        self.tun_out.push(packet);
+        self.tun_out.current().room(len)
+    }
+
+    fn tun_written(&mut self, len: usize) {
+        if !self.tun_out.current().commit(len) {
+            tracing::trace!("TUN queue full, packet dropped");
+        }
     }
 
     fn handshake(&mut self, peer: &Name) {
@@ -409,16 +435,23 @@ impl Shell {
         socket: UdpSocket,
         core: Core,
         handshakes: mpsc::UnboundedSender<Name>,
-    ) -> Self {
-        let v6_socket = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
-        let gso = udp::gso_supported(&socket2::SockRef::from(&socket));
-        Shell {
+    ) -> io::Result<Self> {
+        let v6 = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        let gso = Arc::new(AtomicBool::new(udp::gso_supported(
+            &socket2::SockRef::from(&socket),
+        )));
+        let udp_out = Writer::spawn(
+            "wardnet-udp-out",
+            SendBatch::new(gso.clone()),
+            SendBatch::new(gso),
+        )?;
+        let tun_out = Writer::spawn("wardnet-tun-out", TunWrite::new(), TunWrite::new())?;
+        Ok(Shell {
             io: Io {
-                socket,
-                v6_socket,
-                tun,
-                udp_out: SendBatch::new(gso),
-                tun_out: TunWrite::new(),
+                socket: Arc::new(Socket { udp: socket, v6 }),
+                tun: Arc::new(tun),
+                udp_out,
+                tun_out,
                 handshakes,
             },
             core,
@@ -428,7 +461,7 @@ impl Shell {
             codel: Codel::new(codel::TARGET, codel::INTERVAL, Instant::now()),
             ring: RingSizer::new(Instant::now()),
             datagrams_per_slot: 1,
-        }
+        })
     }
 
     /// The one event loop. Every exit goes through the end of this function,
@@ -453,13 +486,16 @@ impl Shell {
                         }
                     }
                 }
-                r = self.io.socket.readable() => {
+                // A writer gave a batch back: the one waiting goes (below).
+                () = self.io.udp_out.returned(), if self.io.udp_out.is_busy() => {}
+                () = self.io.tun_out.returned(), if self.io.tun_out.is_busy() => {}
+                r = self.io.socket.udp.readable(), if self.io.tun_out.is_clear() => {
                     if let Err(e) = r {
                         break Err(DataPlaneError::Io(e));
                     }
                     self.drain_udp();
                 }
-                r = self.io.tun.readable(), if self.io.udp_out.is_empty() => {
+                r = self.io.tun.readable(), if self.io.udp_out.is_clear() => {
                     if let Err(e) = r {
                         break Err(DataPlaneError::Io(e));
                     }
@@ -471,7 +507,7 @@ impl Shell {
                 () = std::future::ready(()), if !self.handshakes.is_empty() => {}
             }
             self.handle_handshakes();
-            if let Err(e) = self.flush().await {
+            if let Err(e) = self.flush() {
                 break Err(DataPlaneError::Io(e));
             }
         };
@@ -490,7 +526,7 @@ impl Shell {
         let mut left = BATCH;
         while left > 0 {
             let slots = (left / self.datagrams_per_slot).clamp(1, RECV_BATCH);
-            match self.udp_bufs.recv(&self.io.socket, slots) {
+            match self.udp_bufs.recv(&self.io.socket.udp, slots) {
                 Ok(n) => {
                     let now = Instant::now();
                     let mut handled = 0;
@@ -584,17 +620,11 @@ impl Shell {
         Ok(())
     }
 
-    /// Writes the coalesced TUN packets, then sends the queued datagrams,
-    /// waiting for room if the kernel refuses them.
-    async fn flush(&mut self) -> io::Result<()> {
-        self.io.tun_out.flush(&self.io.tun);
-        while let Err(e) = self.io.udp_out.flush(&self.io.socket, self.io.v6_socket) {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                return Err(e);
-            }
-            self.io.socket.writable().await?;
-        }
-        Ok(())
+    /// Hands what this wake-up decrypted and encrypted to the writers
+    /// (what a busy writer cannot take yet goes when it gives a batch back).
+    fn flush(&mut self) -> io::Result<()> {
+        self.io.tun_out.hand_off(&self.io.tun)?;
+        self.io.udp_out.hand_off(&self.io.socket)
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -620,12 +650,12 @@ impl Shell {
                 let _ = reply.send(r);
             }
             Command::SetListenPort(port, reply) => {
-                let r = bind_udp(port).map(|socket| {
-                    self.io.v6_socket = socket.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+                let r = bind_udp(port).map(|udp| {
+                    let v6 = udp.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
                     // What is queued goes out on the new socket.
-                    let gso = udp::gso_supported(&socket2::SockRef::from(&socket));
-                    self.io.udp_out.set_gso(gso);
-                    self.io.socket = socket;
+                    let gso = udp::gso_supported(&socket2::SockRef::from(&udp));
+                    self.io.udp_out.current().set_gso(gso);
+                    self.io.socket = Arc::new(Socket { udp, v6 });
                 });
                 let _ = reply.send(r);
             }

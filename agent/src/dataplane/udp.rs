@@ -18,7 +18,9 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use socket2::SockAddr;
@@ -360,6 +362,19 @@ fn sockaddr_to_std(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
+/// The bound socket and its family, what a [`SendBatch`] is written to
+/// (from the loop or from the writer thread).
+pub(super) struct Socket {
+    pub(super) udp: UdpSocket,
+    /// IPv6 (dual-stack): IPv4 destinations are written as mapped addresses
+    /// and packet info as `IPV6_PKTINFO`.
+    pub(super) v6: bool,
+}
+
+/// How long the writer thread waits for room in the socket's send buffer
+/// before it checks whether the data plane is closing.
+const WAIT_FOR_ROOM_MS: libc::c_int = 50;
+
 /// One queued datagram: destination, local source (if any), start and
 /// length in the arena.
 struct Queued {
@@ -383,13 +398,15 @@ pub(super) struct SendBatch {
     packets: Vec<Queued>,
     /// Packets before this index are sent.
     sent: usize,
-    /// Whether to send runs as GSO messages (off where the kernel refused).
-    gso: bool,
+    /// Whether to send runs as GSO messages (off where the kernel refused),
+    /// shared by the batches that take turns on one socket.
+    gso: Arc<AtomicBool>,
 }
 
 impl SendBatch {
-    /// `gso`: whether the kernel takes `UDP_SEGMENT` (see `gso_supported`).
-    pub(super) fn new(gso: bool) -> Self {
+    /// `gso`: whether the kernel takes `UDP_SEGMENT` (see `gso_supported`);
+    /// batches sharing the flag learn together when it stops.
+    pub(super) fn new(gso: Arc<AtomicBool>) -> Self {
         SendBatch {
             data: Vec::new(),
             used: 0,
@@ -400,7 +417,7 @@ impl SendBatch {
     }
 
     pub(super) fn set_gso(&mut self, gso: bool) {
-        self.gso = gso;
+        self.gso.store(gso, Ordering::Relaxed);
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -454,7 +471,7 @@ impl SendBatch {
         let Some(head) = self.packets.get(first) else {
             return 0;
         };
-        if !self.gso {
+        if !self.gso.load(Ordering::Relaxed) {
             return 1;
         }
         let mut count = 1;
@@ -485,8 +502,7 @@ impl SendBatch {
     /// source address is gone (EINVAL, EADDRNOTAVAIL) goes again from any;
     /// a GSO message the kernel or device refuses (EIO) goes again as
     /// plain datagrams, and GSO stays off for this socket.
-    pub(super) fn flush(&mut self, socket: &UdpSocket, v6: bool) -> io::Result<()> {
-        let fd = socket.as_raw_fd();
+    pub(super) fn flush(&mut self, fd: RawFd, v6: bool) -> io::Result<()> {
         while !self.is_empty() {
             // SAFETY: all-zero is a valid iovec/mmsghdr.
             let mut iovs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
@@ -516,23 +532,21 @@ impl SendBatch {
                 count += 1;
                 next += run;
             }
-            let r = socket.try_io(Interest::WRITABLE, || {
-                // SAFETY: the headers point into `self.data`/`self.packets`
-                // and this frame, unchanged for the duration of the call;
-                // the kernel only reads them.
-                let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
+            // SAFETY: the headers point into `self.data`/`self.packets`
+            // and this frame, unchanged for the duration of the call; the
+            // kernel only reads them.
+            let n = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), count as libc::c_uint, 0) };
+            let r = if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            };
             match r {
                 Ok(n) => self.sent += segments[..n.clamp(1, count)].iter().sum::<usize>(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
                 Err(e) if segments[0] > 1 && e.raw_os_error() == Some(libc::EIO) => {
                     tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
-                    self.gso = false;
+                    self.set_gso(false);
                 }
                 Err(e)
                     if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EADDRNOTAVAIL))
@@ -548,7 +562,7 @@ impl SendBatch {
                 }
                 Err(e) if segments[0] > 1 && e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::info!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
-                    self.gso = false;
+                    self.set_gso(false);
                 }
                 Err(e) => {
                     tracing::debug!(to = %self.packets[self.sent].to, error = %e, "UDP send failed");
@@ -556,16 +570,67 @@ impl SendBatch {
                 }
             }
         }
+        self.clear();
+        Ok(())
+    }
+
+    /// Forgets everything queued.
+    fn clear(&mut self) {
         self.used = 0;
         self.packets.clear();
         self.sent = 0;
-        Ok(())
+    }
+}
+
+impl super::output::Batch for SendBatch {
+    type Target = Socket;
+
+    fn len(&self) -> usize {
+        self.packets.len() - self.sent
+    }
+
+    fn try_write(&mut self, socket: &Socket) -> bool {
+        self.flush(socket.udp.as_raw_fd(), socket.v6).is_ok()
+    }
+
+    /// Sends everything, waiting for room in the socket's buffer; gives
+    /// up (drops the rest) once the data plane is `closing`.
+    fn write_all(&mut self, socket: &Socket, closing: &AtomicBool) {
+        let fd = socket.udp.as_raw_fd();
+        loop {
+            match self.flush(fd, socket.v6) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if closing.load(Ordering::Relaxed) {
+                        self.clear();
+                        return;
+                    }
+                    let mut poll = libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the fd stays open (`socket`
+                    // is borrowed for the whole call).
+                    unsafe { libc::poll(&mut poll, 1, WAIT_FOR_ROOM_MS) };
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP send failed; batch dropped");
+                    self.clear();
+                    return;
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_batch(gso: bool) -> SendBatch {
+        SendBatch::new(Arc::new(AtomicBool::new(gso)))
+    }
 
     fn queue(batch: &mut SendBatch, to: SocketAddr, sizes: &[usize]) {
         for (i, &n) in sizes.iter().enumerate() {
@@ -577,25 +642,25 @@ mod tests {
     fn runs_group_equal_sizes_to_one_peer_and_end_on_a_short_one() {
         let a: SocketAddr = "198.51.100.1:51820".parse().expect("test setup");
         let b: SocketAddr = "198.51.100.2:51820".parse().expect("test setup");
-        let mut batch = SendBatch::new(true);
+        let mut batch = new_batch(true);
         queue(&mut batch, a, &[1452, 1452, 1452, 600, 1452]);
         queue(&mut batch, b, &[1452]);
         assert_eq!(batch.run(0), 4, "three full and one short");
         assert_eq!(batch.run(4), 1, "the next peer's datagram starts a run");
         assert_eq!(batch.run(5), 1);
 
-        let mut larger = SendBatch::new(true);
+        let mut larger = new_batch(true);
         queue(&mut larger, a, &[100, 1452]);
         assert_eq!(larger.run(0), 1, "a larger datagram never joins a run");
 
-        let mut plain = SendBatch::new(false);
+        let mut plain = new_batch(false);
         queue(&mut plain, a, &[1452, 1452]);
         assert_eq!(plain.run(0), 1, "no runs without GSO");
 
-        let mut long = SendBatch::new(true);
+        let mut long = new_batch(true);
         queue(&mut long, a, &[1000; 100]);
         assert_eq!(long.run(0), 64, "at most the kernel's segment count");
-        let mut big = SendBatch::new(true);
+        let mut big = new_batch(true);
         queue(&mut big, a, &[1452; 60]);
         assert_eq!(big.run(0), MAX_GSO_BYTES / 1452, "within 64 KB");
     }
@@ -623,7 +688,7 @@ mod tests {
         assert!(gso, "Linux has had UDP_SEGMENT since 4.18");
 
         let to = receiver.local_addr().expect("test setup");
-        let mut batch = SendBatch::new(gso);
+        let mut batch = new_batch(gso);
         let sizes = [1200, 1200, 1200, 1200, 700, 1200, 90];
         let sent: Vec<Vec<u8>> = sizes
             .iter()
@@ -633,7 +698,7 @@ mod tests {
         for d in &sent {
             batch.push(to, Some(IpAddr::from([127, 0, 0, 1])), d);
         }
-        while let Err(e) = batch.flush(&sender, false) {
+        while let Err(e) = batch.flush(sender.as_raw_fd(), false) {
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
             sender.writable().await.expect("test setup");
         }
