@@ -1,10 +1,17 @@
-//! Data-plane benchmark: TCP throughput (iperf3, one stream and four),
-//! ping RTT idle and beside the single stream, and the daemons' CPU time
-//! per GB, between two network namespaces joined by a veth pair, over
+//! Data-plane benchmark: TCP throughput (iperf3: one stream, four, and one
+//! each way at once), ping RTT idle and beside the single stream, and the
+//! daemons' CPU time per GB, between network namespaces, over
 //!
-//! - `raw veth`: the veth pair itself (the ceiling);
-//! - `wardnet`: two wardnet data planes (this crate's `DataPlane`, the code
-//!   the agent runs, release build, in this process);
+//! - `raw veth`: a veth pair itself (the ceiling);
+//! - `wardnet`: two real agents (the release `wardnet-agent` binary)
+//!   enrolled through a real controller (`wardnet-controller`, embedded
+//!   store), a region's hub and one spoke on an underlay bridge, the spoke
+//!   streaming to the hub;
+//! - `wardnet-3-spokes`: the same with three spokes streaming to the hub at
+//!   once (each column their sum);
+//! - `wardnet-plane`: two of this crate's `DataPlane`s (the code the agent
+//!   runs, in this process) on a veth pair, like the external rows: the
+//!   baseline for the three below;
 //! - `wardnet-hub`: the same with 4,000 idle peers on the receiving side,
 //!   as a region's hub holds;
 //! - `wardnet+garbage`: the same while 10,000 garbage datagrams a second
@@ -20,13 +27,15 @@
 //! every row once per round, rounds one after the other (`BENCH_ROUNDS`,
 //! default 3), then each row's medians and the ratios the targets are
 //! about. Root only. Run with
-//! `cargo bench -p wardnet-agent --bench dataplane` (as root);
+//! `cargo build --release --workspace && cargo bench -p wardnet-agent --bench dataplane`
+//! (as root: the `wardnet` rows run the release binaries);
 //! `BENCH_SECS` sets each iperf3 run's duration (default 10), and extra
 //! arguments pick rows by name.
 //!
 //! Everything it creates (namespaces `wnb-<pid>-<n>-{a,b}`, child processes,
 //! control sockets in /var/run/wireguard) is registered in [`CLEANUP`] and
-//! removed on return, on panic and on Ctrl-C/SIGTERM.
+//! removed on return, on panic and on Ctrl-C/SIGTERM; the fleet of the
+//! `wardnet` rows (namespaces `wn-*`) removes itself when the row ends.
 
 // A benchmark's report is its stdout.
 #![allow(clippy::print_stdout)]
@@ -45,6 +54,7 @@ use forge::{forged_initiations, garbage_datagram};
 use wardnet_agent::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
 use wardnet_agent::reconcile::PeerOp;
 use wardnet_common::{PeerConfig, PrivateKey, PublicKey, Role};
+use wardnet_e2e::fleet::{Fleet, SiteOpts};
 
 const UNDERLAY_A: &str = "198.51.100.1";
 const UNDERLAY_B: &str = "198.51.100.2";
@@ -252,10 +262,12 @@ struct Figures {
     /// Four TCP streams at once.
     mbit4: f64,
     retransmits4: u64,
+    /// One TCP stream each way at once (both directions' sum).
+    mbit_bidir: f64,
     rtt_ms: f64,
     /// Average ping RTT while the single stream runs (queueing delay).
     loaded_rtt_ms: f64,
-    /// CPU seconds both daemons spent per GB carried (both runs).
+    /// CPU seconds both daemons spent per GB carried (all three runs).
     cpu_s_per_gb: Option<f64>,
 }
 
@@ -297,6 +309,23 @@ fn thread_cpu(tids: Vec<i32>) -> CpuClock {
     })
 }
 
+/// The data planes' writer threads in this process (`wardnet-udp-out`,
+/// `wardnet-tun-out`): their CPU is the planes' too.
+fn writer_threads() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            comm.starts_with("wardnet-")
+                .then(|| t.file_name().to_str()?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
 /// The average of a `ping -q` summary line.
 fn ping_avg(out: &str) -> Result<f64, String> {
     out.lines()
@@ -306,25 +335,60 @@ fn ping_avg(out: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("cannot parse ping output: {out}"))
 }
 
-/// One iperf3 client run from A to B's `addr` with `streams` streams:
-/// Mbit/s, retransmits and bytes carried.
+/// iperf3 runs from each of `clients` to B's `addr` at once, each with
+/// `streams` streams (`bidir`: as many each way): Mbit/s (all clients, both
+/// ways together), retransmits and bytes carried.
 fn iperf(
-    ns_a: &str,
+    clients: &[&str],
     ns_b: &str,
     addr: &str,
     secs: u32,
     streams: u32,
+    bidir: bool,
 ) -> Result<(f64, u64, f64), String> {
-    let server = spawn_in(ns_b, &[], &["iperf3", "-s", "-1", "-B", addr])?;
+    let runs: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, ns_a)| {
+            let (ns_a, ns_b, addr) = (ns_a.to_string(), ns_b.to_owned(), addr.to_owned());
+            let port = 5201 + i as u16;
+            std::thread::spawn(move || iperf_one(&ns_a, &ns_b, &addr, port, secs, streams, bidir))
+        })
+        .collect();
+    let mut sum = (0.0, 0, 0.0);
+    for run in runs {
+        let (mbit, retransmits, bytes) = run
+            .join()
+            .map_err(|_| "an iperf3 thread panicked".to_owned())??;
+        sum = (sum.0 + mbit, sum.1 + retransmits, sum.2 + bytes);
+    }
+    Ok(sum)
+}
+
+/// One iperf3 client run from A to B's `addr`:`port`.
+fn iperf_one(
+    ns_a: &str,
+    ns_b: &str,
+    addr: &str,
+    port: u16,
+    secs: u32,
+    streams: u32,
+    bidir: bool,
+) -> Result<(f64, u64, f64), String> {
+    let port = port.to_string();
+    let server = spawn_in(ns_b, &[], &["iperf3", "-s", "-1", "-B", addr, "-p", &port])?;
     let (secs, streams) = (secs.to_string(), streams.to_string());
+    let mut args = vec![
+        "iperf3", "-c", addr, "-p", &port, "-t", &secs, "-P", &streams, "-J",
+    ];
+    if bidir {
+        args.push("--bidir");
+    }
     let mut last = String::new();
     let mut report = None;
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(250));
-        match exec_in(
-            ns_a,
-            &["iperf3", "-c", addr, "-t", &secs, "-P", &streams, "-J"],
-        ) {
+        match exec_in(ns_a, &args) {
             Ok(json) => {
                 report = Some(json);
                 break;
@@ -335,12 +399,24 @@ fn iperf(
     kill_child(server);
     let json = report.ok_or(last)?;
     let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
-    let received = &v["end"]["sum_received"];
-    let bps = received["bits_per_second"]
-        .as_f64()
-        .ok_or("iperf3 JSON: no end.sum_received")?;
-    let bytes = received["bytes"].as_f64().unwrap_or(0.0);
-    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    let mut bps = 0.0;
+    let mut bytes = 0.0;
+    let mut retransmits = 0;
+    let ways: &[&str] = if bidir {
+        &["", "_bidir_reverse"]
+    } else {
+        &[""]
+    };
+    for way in ways {
+        let received = &v["end"][format!("sum_received{way}")];
+        bps += received["bits_per_second"]
+            .as_f64()
+            .ok_or_else(|| format!("iperf3 JSON: no end.sum_received{way}"))?;
+        bytes += received["bytes"].as_f64().unwrap_or(0.0);
+        retransmits += v["end"][format!("sum_sent{way}")]["retransmits"]
+            .as_u64()
+            .unwrap_or(0);
+    }
     Ok((bps / 1e6, retransmits, bytes))
 }
 
@@ -349,8 +425,8 @@ fn iperf(
 type During = Box<dyn FnOnce() -> Result<String, String> + Send>;
 
 /// ping RTT (avg, ms), then one stream with pings beside it (and `during`,
-/// if any), then four streams, all from A to B's `addr`; `cpu` (if any)
-/// is read around the streams.
+/// if any), then four streams, then one each way, all from A to B's
+/// `addr`; `cpu` (if any) is read around the streams.
 fn measure(
     ns_a: &str,
     ns_b: &str,
@@ -359,10 +435,27 @@ fn measure(
     cpu: Option<&CpuClock>,
     during: Option<During>,
 ) -> Result<(Figures, Option<String>), String> {
+    measure_from(&[ns_a], ns_b, addr, secs, cpu, during)
+}
+
+/// `measure` with several clients at once (each its own streams; the
+/// pings go from the first).
+fn measure_from(
+    clients: &[&str],
+    ns_b: &str,
+    addr: &str,
+    secs: u32,
+    cpu: Option<&CpuClock>,
+    during: Option<During>,
+) -> Result<(Figures, Option<String>), String> {
     // Also completes the handshake before timing anything.
     let mut up = false;
+    let ns_a = clients.first().ok_or("no client")?;
     for _ in 0..20 {
-        if exec_in(ns_a, &["ping", "-c", "1", "-W", "1", "-q", addr]).is_ok() {
+        if clients
+            .iter()
+            .all(|c| exec_in(c, &["ping", "-c", "1", "-W", "1", "-q", addr]).is_ok())
+        {
             up = true;
             break;
         }
@@ -379,13 +472,13 @@ fn measure(
     // RTT under load: pings every 10 ms from the stream's second second
     // to a second before its end, beside it.
     let pings = (secs.saturating_sub(2) * 100).max(10).to_string();
-    let (ns, to) = (ns_a.to_owned(), addr.to_owned());
+    let (ns, to) = (ns_a.to_string(), addr.to_owned());
     let loaded = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1250));
         exec_in(&ns, &["ping", "-c", &pings, "-i", "0.01", "-q", &to])
     });
     let beside = during.map(std::thread::spawn);
-    let single = iperf(ns_a, ns_b, addr, secs, 1);
+    let single = iperf(clients, ns_b, addr, secs, 1, false);
     let loaded_rtt_ms = loaded
         .join()
         .map_err(|_| "the loaded ping thread panicked".to_owned())?
@@ -399,9 +492,10 @@ fn measure(
     };
     let (mbit, retransmits, bytes1) = single?;
     let loaded_rtt_ms = loaded_rtt_ms?;
-    let (mbit4, retransmits4, bytes4) = iperf(ns_a, ns_b, addr, secs, 4)?;
+    let (mbit4, retransmits4, bytes4) = iperf(clients, ns_b, addr, secs, 4, false)?;
+    let (mbit_bidir, _, bytes_bidir) = iperf(clients, ns_b, addr, secs, 1, true)?;
     let cpu_s_per_gb = match (cpu, cpu_before) {
-        (Some(c), Some(before)) => Some((c() - before) / ((bytes1 + bytes4) / 1e9)),
+        (Some(c), Some(before)) => Some((c() - before) / ((bytes1 + bytes4 + bytes_bidir) / 1e9)),
         _ => None,
     };
     Ok((
@@ -410,6 +504,7 @@ fn measure(
             retransmits,
             mbit4,
             retransmits4,
+            mbit_bidir,
             rtt_ms,
             loaded_rtt_ms,
             cpu_s_per_gb,
@@ -719,7 +814,9 @@ fn bench_wardnet(secs: u32, variant: Variant) -> Result<(Figures, Option<String>
         ops.extend(idle_spokes()?);
     }
     rt.block_on(b.apply(ops)).map_err(|e| e.to_string())?;
-    let cpu = thread_cpu(vec![tid_a, tid_b]);
+    let mut tids = vec![tid_a, tid_b];
+    tids.extend(writer_threads());
+    let cpu = thread_cpu(tids);
     let snapshot = |h: &DataPlaneHandle| rt.block_on(h.snapshot()).map_err(|e| e.to_string());
     match variant {
         Variant::Plain | Variant::Hub => {
@@ -770,6 +867,54 @@ fn bench_wardnet(secs: u32, variant: Variant) -> Result<(Figures, Option<String>
             Ok((figures, Some(note)))
         }
     }
+}
+
+/// Real agents enrolled through a real controller (the release binaries,
+/// `wardnet_e2e::fleet`): a region's hub and `spokes` spokes on the
+/// fleet's underlay bridge; every spoke streams to the hub at once. CPU is
+/// all the agents' (the controller's is not counted: it idles).
+fn bench_agents(secs: u32, spokes: usize) -> Result<(Figures, Option<String>), String> {
+    let err = |e: anyhow::Error| format!("{e:#}");
+    let mut fleet = Fleet::start().map_err(err)?;
+    fleet.region("bench", false).map_err(err)?;
+    fleet
+        .add_site("hub", "bench", true, SiteOpts::default())
+        .map_err(err)?;
+    let names: Vec<String> = (1..=spokes).map(|i| format!("spoke{i}")).collect();
+    for name in &names {
+        fleet
+            .add_site(name, "bench", false, SiteOpts::default())
+            .map_err(err)?;
+    }
+    // The hub learns each spoke from the controller's next revision.
+    let hub_peers = || -> Result<Option<()>, anyhow::Error> {
+        Ok((fleet.wg_dump("hub")?.len() == spokes).then_some(()))
+    };
+    wardnet_e2e::fleet::wait_for(
+        Duration::from_secs(20),
+        "the hub to hold every spoke",
+        hub_peers,
+    )
+    .map_err(err)?;
+    let pids: Vec<i32> = std::iter::once("hub")
+        .chain(names.iter().map(String::as_str))
+        .filter_map(|n| fleet.site(n).agent.as_ref())
+        .filter_map(|c| i32::try_from(c.pid()).ok())
+        .collect();
+    let clients: Vec<&str> = names.iter().map(|n| fleet.site(n).gw.name()).collect();
+    let hub = fleet.overlay("hub").to_string();
+    let (figures, _) = measure_from(
+        &clients,
+        fleet.site("hub").gw.name(),
+        &hub,
+        secs,
+        Some(&process_cpu(pids)),
+        None,
+    )?;
+    let note = (spokes > 1).then(|| {
+        format!("{spokes} spokes to their hub at once: each column is their sum (the ping from the first)")
+    });
+    Ok((figures, note))
 }
 
 /// Two external userspace implementations driven over their UAPI sockets.
@@ -894,8 +1039,10 @@ fn main() {
     );
     let mut rows: Vec<Row> = vec![
         ("raw veth", Box::new(move || bench_raw(secs))),
+        ("wardnet", Box::new(move || bench_agents(secs, 1))),
+        ("wardnet-3-spokes", Box::new(move || bench_agents(secs, 3))),
         (
-            "wardnet",
+            "wardnet-plane",
             Box::new(move || bench_wardnet(secs, Variant::Plain)),
         ),
         (
@@ -947,7 +1094,8 @@ fn main() {
 
     println!(
         "data-plane benchmark: {rounds} rounds, rows interleaved; iperf3 -t {secs} TCP with 1 stream \
-         (ping every 10 ms beside it: loaded rtt) then 4 streams; idle rtt: ping avg of 50; \
+         (ping every 10 ms beside it: loaded rtt), then 4 streams, then one stream each way at once; \
+         idle rtt: ping avg of 50; \
          cpu: both daemons' CPU seconds per GB carried; MTU {MTU}"
     );
     let mut results: Vec<(&str, Figures)> = Vec::new();
@@ -963,8 +1111,9 @@ fn main() {
                         .map_or("-".to_owned(), |c| format!("{c:.2}"));
                     println!(
                         "{name:<16} 1 stream {:>6.0} Mbit/s (retr {:>6})  4 streams {:>6.0} Mbit/s (retr {:>6})  \
-                         rtt {:.3} ms  loaded rtt {:.3} ms  cpu {cpu} s/GB",
-                        fig.mbit, fig.retransmits, fig.mbit4, fig.retransmits4, fig.rtt_ms, fig.loaded_rtt_ms
+                         both ways {:>6.0} Mbit/s  rtt {:.3} ms  loaded rtt {:.3} ms  cpu {cpu} s/GB",
+                        fig.mbit, fig.retransmits, fig.mbit4, fig.retransmits4, fig.mbit_bidir, fig.rtt_ms,
+                        fig.loaded_rtt_ms
                     );
                     if let Some(note) = note {
                         println!("{:<16} {note}", "");
@@ -977,8 +1126,8 @@ fn main() {
     }
 
     println!("-- medians over {rounds} rounds");
-    println!("| row | 1 stream Mbit/s | retransmits | 4 streams Mbit/s | RTT idle / loaded ms | CPU s/GB |");
-    println!("|---|---|---|---|---|---|");
+    println!("| row | 1 stream Mbit/s | retransmits | 4 streams Mbit/s | both ways Mbit/s | RTT idle / loaded ms | CPU s/GB |");
+    println!("|---|---|---|---|---|---|---|");
     let med = |name: &str, f: fn(&Figures) -> f64| {
         median(
             results
@@ -994,10 +1143,11 @@ fn main() {
         }
         let cpu = med(name, |f| f.cpu_s_per_gb.unwrap_or(f64::NAN));
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.3} / {:.3} | {} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} / {:.3} | {} |",
             med(name, |f| f.mbit),
             med(name, |f| f.retransmits as f64),
             med(name, |f| f.mbit4),
+            med(name, |f| f.mbit_bidir),
             med(name, |f| f.rtt_ms),
             med(name, |f| f.loaded_rtt_ms),
             if cpu.is_nan() {
@@ -1011,9 +1161,10 @@ fn main() {
     let ratio = |a: &str, b: &str, what: &str| {
         if has(a) && has(b) {
             println!(
-                "{a} / {b}: 1 stream {:.2}x, 4 streams {:.2}x, loaded rtt {:.2}x, cpu {:.2}x  ({what})",
+                "{a} / {b}: 1 stream {:.2}x, 4 streams {:.2}x, both ways {:.2}x, loaded rtt {:.2}x, cpu {:.2}x  ({what})",
                 med(a, |f| f.mbit) / med(b, |f| f.mbit),
                 med(a, |f| f.mbit4) / med(b, |f| f.mbit4),
+                med(a, |f| f.mbit_bidir) / med(b, |f| f.mbit_bidir),
                 med(a, |f| f.loaded_rtt_ms) / med(b, |f| f.loaded_rtt_ms),
                 med(a, |f| f.cpu_s_per_gb.unwrap_or(f64::NAN))
                     / med(b, |f| f.cpu_s_per_gb.unwrap_or(f64::NAN)),
@@ -1027,7 +1178,13 @@ fn main() {
     );
     ratio("wardnet", "boringtun-cli", "");
     ratio("wardnet", "wireguard-go", "");
-    ratio("wardnet-hub", "wardnet", "target: within 5 %");
-    ratio("wardnet+garbage", "wardnet", "target: within 10 %");
-    ratio("wardnet+flood", "wardnet", "");
+    ratio("wardnet-3-spokes", "wardnet", "three peers at once");
+    ratio(
+        "wardnet-plane",
+        "wardnet",
+        "the data plane alone, on a veth pair",
+    );
+    ratio("wardnet-hub", "wardnet-plane", "target: within 5 %");
+    ratio("wardnet+garbage", "wardnet-plane", "target: within 10 %");
+    ratio("wardnet+flood", "wardnet-plane", "");
 }
