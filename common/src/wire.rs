@@ -294,6 +294,32 @@ pub struct RegionHub {
     pub spokes_carried: u64,
 }
 
+/// The organisation sites belong to unless they say otherwise: every site
+/// created before organisations existed was moved into it.
+pub const DEFAULT_ORG: &str = "default";
+
+/// `POST /v1/orgs` (a network-wide admin token only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub name: Name,
+    /// Who the organisation is, for people (e.g. "Leeds Teaching Hospitals NHS Trust").
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An organisation as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgView {
+    pub name: Name,
+    pub description: String,
+    /// Its sites, any state.
+    pub sites: u64,
+    #[serde(with = "crate::time::rfc3339")]
+    pub created_at: UnixTime,
+}
+
 /// `POST /v1/sites`. Without `public_key` the site is pending and the
 /// answer carries a one-time enrolment token; with it the site is an
 /// agentless appliance, active at once, configured by `sites export`.
@@ -303,6 +329,10 @@ pub struct CreateSite {
     pub name: Name,
     pub region: Name,
     pub role: Role,
+    /// The organisation the site belongs to; by default the admin token's
+    /// own (an organisation's token), else `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<Name>,
     #[serde(default)]
     pub lan_prefixes: BTreeSet<IpNet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +381,8 @@ mod double_option {
 pub struct SiteView {
     pub name: Name,
     pub region: Name,
+    /// The organisation the site belongs to.
+    pub org: Name,
     pub role: Role,
     pub state: SiteState,
     pub agentless: bool,

@@ -979,6 +979,7 @@ mod tests {
         Site {
             name: site_name(r, i),
             region: name(&format!("r{r}")),
+            org: crate::model::default_org(),
             role: if i < 2 { Role::Hub } else { Role::Spoke },
             state: if active {
                 SiteState::Active

@@ -11,7 +11,7 @@ use prometheus::Histogram;
 use wardnet_common::wire::{FileSdGroup, FleetHealth, SiteHealth, SiteState, UnixTime};
 use wardnet_common::Name;
 
-use crate::model::{Model, Site};
+use crate::model::Site;
 use crate::service::heartbeat::Report;
 
 /// The reports of every site, by name (see `Controller::reports`).
@@ -46,12 +46,15 @@ pub fn site_health(s: &Site, r: &Report, now: UnixTime, window: i64) -> SiteHeal
     }
 }
 
-pub fn fleet_health(model: &Model, reports: &Reports, now: UnixTime, window: i64) -> FleetHealth {
+pub fn fleet_health<'a>(
+    sites: impl Iterator<Item = &'a Site>,
+    reports: &Reports,
+    now: UnixTime,
+    window: i64,
+) -> FleetHealth {
     FleetHealth {
         online_window_seconds: window.max(0) as u64,
-        sites: model
-            .sites
-            .values()
+        sites: sites
             .map(|s| site_health(s, report_for(reports, s), now, window))
             .collect(),
     }

@@ -102,6 +102,7 @@ async fn run(cli: Cli) -> Result<()> {
                 AdminTokenCommand::Create {
                     config,
                     description,
+                    org,
                     output,
                 },
         } => {
@@ -116,15 +117,24 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let controller = open(&config).await?;
             let (id, secret) = controller
-                .create_admin_token(&Actor::local(), &description)
+                .create_admin_token(&Actor::local(), &description, org.as_ref())
                 .await
                 .context("failed to store the admin token")?;
+            let scope = org.as_ref().map_or_else(
+                || "network-wide".to_owned(),
+                |o| format!("scoped to organisation {o}"),
+            );
             #[allow(clippy::print_stdout)]
             if output.output == Output::Json {
-                let v = serde_json::json!({"id": id, "description": description, "token": secret});
+                let v = serde_json::json!({
+                    "id": id,
+                    "description": description,
+                    "org": org,
+                    "token": secret,
+                });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                eprintln!("created admin token {id} ({description}); it is shown once:");
+                eprintln!("created admin token {id} ({description}, {scope}); it is shown once:");
                 println!("{secret}");
             }
             Ok(())

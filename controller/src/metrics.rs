@@ -229,7 +229,7 @@ pub fn render(c: &Controller) -> String {
             .with_label_values(&[region.as_str()])
             .set(online as i64);
     }
-    let status = c.status();
+    let status = c.status(&crate::service::Actor::local());
     m.waiters.set(c.long_poll_waiters());
     m.agents_online.set(status.agents_online as i64);
     m.pending_delivery

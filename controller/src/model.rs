@@ -40,10 +40,29 @@ pub struct Region {
     pub created_at: UnixTime,
 }
 
+/// The organisation sites belong to unless they say otherwise.
+pub fn default_org() -> Name {
+    wardnet_common::wire::DEFAULT_ORG
+        .parse()
+        .expect("the default organisation's name is a valid name")
+}
+
+/// An organisation: a trust, a practice, an ambulance service. Its sites
+/// and the admin tokens scoped to it refer to it by name; it lives in the
+/// store only (nothing renders from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    pub name: Name,
+    pub description: String,
+    pub created_at: UnixTime,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
     pub name: Name,
     pub region: Name,
+    /// The organisation the site belongs to (it never changes).
+    pub org: Name,
     pub role: Role,
     pub state: SiteState,
     /// An appliance without the agent (configured by wg-quick export).
@@ -335,6 +354,7 @@ mod tests {
         Site {
             name: name(n),
             region: name(region),
+            org: default_org(),
             role: Role::Spoke,
             state,
             agentless: false,

@@ -105,6 +105,18 @@ async fn every_command_prints_json_with_output_json() {
         "north"
     );
     let v = check(
+        "orgs add",
+        &["orgs", "add", "trust-a", "--description", "Trust A"],
+    );
+    assert_eq!(v["description"], "Trust A");
+    check("orgs add", &["orgs", "add", "gone-soon"]);
+    assert!(check("orgs list", &["orgs", "list"]).is_array());
+    assert_eq!(check("orgs show", &["orgs", "show", "trust-a"])["sites"], 0);
+    assert_eq!(
+        check("orgs delete", &["orgs", "delete", "gone-soon"])["kind"],
+        "organisation"
+    );
+    let v = check(
         "sites add",
         &[
             "sites",
@@ -116,8 +128,11 @@ async fn every_command_prints_json_with_output_json() {
             "spoke",
             "--lan",
             "10.1.0.0/24",
+            "--org",
+            "trust-a",
         ],
     );
+    assert_eq!(v["site"]["org"], "trust-a", "{v}");
     assert!(
         v["token"].as_str().is_some_and(|s| s.starts_with("wne_")),
         "{v}"

@@ -129,7 +129,11 @@ async fn a_waiting_long_poll_keeps_its_site_online() {
         })
     };
     for _ in 0..100 {
-        if t.controller.status().long_poll_waiters == 1 {
+        if t.controller
+            .status(&wardnet_controller::service::Actor::local())
+            .long_poll_waiters
+            == 1
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -146,13 +150,19 @@ async fn a_waiting_long_poll_keeps_its_site_online() {
     // The agent goes away mid-wait: seen until then, online for the window.
     waiting.abort();
     for _ in 0..100 {
-        if t.controller.status().long_poll_waiters == 0 {
+        if t.controller
+            .status(&wardnet_controller::service::Actor::local())
+            .long_poll_waiters
+            == 0
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(
-        t.controller.status().long_poll_waiters,
+        t.controller
+            .status(&wardnet_controller::service::Actor::local())
+            .long_poll_waiters,
         0,
         "the closed poll ended"
     );

@@ -63,6 +63,7 @@ fn site(s: S<'_>) -> Site {
     Site {
         name: name(s.name),
         region: name(s.region),
+        org: wardnet_controller::model::default_org(),
         role: s.role,
         state: s.state,
         agentless: false,

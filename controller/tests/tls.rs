@@ -49,7 +49,7 @@ async fn the_api_serves_tls_and_clients_verify_the_certificate() {
     let (other_ca, _) = self_signed(dir.path(), "other");
     let controller = controller(dir.path()).await;
     let (_, token) = controller
-        .create_admin_token(&Actor::local(), "tls")
+        .create_admin_token(&Actor::local(), "tls", None)
         .await
         .expect("token");
     let tls = wardnet_controller::api::tls_config(&cert, &key).expect("tls config");

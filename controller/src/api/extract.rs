@@ -139,7 +139,10 @@ impl FromRequestParts<Arc<Controller>> for Admin {
             Err(e) => Err(e),
         };
         match result {
-            Ok(token) => Ok(Admin(Actor(token.id))),
+            Ok(token) => Ok(Admin(Actor {
+                id: token.id,
+                org: token.org,
+            })),
             Err(e) => Err(refused(parts, "admin", e)),
         }
     }

@@ -8,7 +8,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use wardnet_common::wire::{
-    AgentReport, ConfigQuery, CreateRegion, CreateSite, EnrollRequest, SiteState, UpdateSite,
+    AgentReport, ConfigQuery, CreateOrg, CreateRegion, CreateSite, EnrollRequest, SiteState,
+    UpdateSite,
 };
 use wardnet_common::Name;
 
@@ -83,10 +84,42 @@ pub async fn agent_report(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ----- organisations -------------------------------------------------------
+
+pub async fn list_orgs(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+    Ok(axum::Json(c.list_orgs(&actor).await?).into_response())
+}
+
+pub async fn create_org(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Json(req): Json<CreateOrg>,
+) -> ApiResult<Response> {
+    let o = c.create_org(&actor, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(o)).into_response())
+}
+
+pub async fn show_org(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.org(&actor, &name("organisation", &n)?).await?).into_response())
+}
+
+pub async fn delete_org(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<StatusCode> {
+    c.delete_org(&actor, &name("organisation", &n)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // ----- regions -------------------------------------------------------------
 
-pub async fn list_regions(State(c): Ctl, _: Admin) -> ApiResult<Response> {
-    Ok(axum::Json(c.list_regions()).into_response())
+pub async fn list_regions(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+    Ok(axum::Json(c.list_regions(&actor)).into_response())
 }
 
 pub async fn create_region(
@@ -98,8 +131,12 @@ pub async fn create_region(
     Ok((StatusCode::CREATED, axum::Json(r)).into_response())
 }
 
-pub async fn show_region(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
-    Ok(axum::Json(c.region(&name("region", &n)?)?).into_response())
+pub async fn show_region(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.region(&actor, &name("region", &n)?)?).into_response())
 }
 
 pub async fn delete_region(
@@ -122,10 +159,10 @@ pub struct SiteFilter {
 
 pub async fn list_sites(
     State(c): Ctl,
-    _: Admin,
+    Admin(actor): Admin,
     Query(f): Query<SiteFilter>,
 ) -> ApiResult<Response> {
-    Ok(axum::Json(c.list_sites(f.region.as_ref(), f.state)).into_response())
+    Ok(axum::Json(c.list_sites(&actor, f.region.as_ref(), f.state)).into_response())
 }
 
 pub async fn create_site(
@@ -137,8 +174,12 @@ pub async fn create_site(
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-pub async fn show_site(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
-    Ok(axum::Json(c.site(&name("site", &n)?)?).into_response())
+pub async fn show_site(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.site(&actor, &name("site", &n)?)?).into_response())
 }
 
 pub async fn update_site(
@@ -176,12 +217,20 @@ pub async fn issue_token(
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-pub async fn site_config(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
-    Ok(axum::Json(c.site_config(&name("site", &n)?)?).into_response())
+pub async fn site_config(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.site_config(&actor, &name("site", &n)?)?).into_response())
 }
 
-pub async fn wg_quick(State(c): Ctl, _: Admin, Path(n): Path<String>) -> ApiResult<Response> {
-    let text = c.wg_quick(&name("site", &n)?)?;
+pub async fn wg_quick(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
+    let text = c.wg_quick(&actor, &name("site", &n)?)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
@@ -192,16 +241,20 @@ pub struct AuditQuery {
     before: Option<i64>,
 }
 
-pub async fn audit(State(c): Ctl, _: Admin, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
+pub async fn audit(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
             "limit must be 1 to 1000, got {limit}"
         )));
     }
-    Ok(axum::Json(c.audit_log(limit, q.before).await?).into_response())
+    Ok(axum::Json(c.audit_log(&actor, limit, q.before).await?).into_response())
 }
 
-pub async fn status(State(c): Ctl, _: Admin) -> ApiResult<Response> {
-    Ok(axum::Json(c.status()).into_response())
+pub async fn status(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+    Ok(axum::Json(c.status(&actor)).into_response())
 }

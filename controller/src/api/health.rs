@@ -13,17 +13,33 @@ use crate::service::Controller;
 
 type Ctl = State<Arc<Controller>>;
 
-pub async fn fleet(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
+/// A scoped admin sees its own organisation's sites only.
+pub async fn fleet(State(c): Ctl, Admin(actor): Admin) -> Result<Response, ApiError> {
     let (now, window) = (c.now(), c.online_window_secs());
     let reports = c.reports();
-    let fleet = c.with_model(|m| crate::health::fleet_health(m, &reports, now, window));
+    let fleet = c.with_model(|m| {
+        let sites = m
+            .sites
+            .values()
+            .map(|s| &**s)
+            .filter(|s| actor.sees(&s.org));
+        crate::health::fleet_health(sites, &reports, now, window)
+    });
     Ok(axum::Json(fleet).into_response())
 }
 
 /// The same JSON serves a file_sd file (`wardnet-controller prometheus
-/// targets > agents.json`) and Prometheus' `http_sd_configs` directly.
-pub async fn targets(State(c): Ctl, _: Admin) -> Result<Response, ApiError> {
+/// targets > agents.json`) and Prometheus' `http_sd_configs` directly; a
+/// scoped token lists its own organisation's agents (its own Prometheus).
+pub async fn targets(State(c): Ctl, Admin(actor): Admin) -> Result<Response, ApiError> {
     let reports = c.reports();
-    let groups = c.with_model(|m| crate::health::file_sd(m.sites.values().map(|s| &**s), &reports));
+    let groups = c.with_model(|m| {
+        let sites = m
+            .sites
+            .values()
+            .map(|s| &**s)
+            .filter(|s| actor.sees(&s.org));
+        crate::health::file_sd(sites, &reports)
+    });
     Ok(axum::Json(groups).into_response())
 }

@@ -30,6 +30,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/enroll"),
     ("GET", "/v1/agent/config"),
     ("POST", "/v1/agent/report"),
+    ("GET", "/v1/orgs"),
+    ("POST", "/v1/orgs"),
+    ("GET", "/v1/orgs/{name}"),
+    ("DELETE", "/v1/orgs/{name}"),
     ("GET", "/v1/regions"),
     ("POST", "/v1/regions"),
     ("GET", "/v1/regions/{name}"),
@@ -57,6 +61,8 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/enroll", post(h::enroll))
         .route("/v1/agent/config", get(h::agent_config))
         .route("/v1/agent/report", post(h::agent_report))
+        .route("/v1/orgs", get(h::list_orgs).post(h::create_org))
+        .route("/v1/orgs/{name}", get(h::show_org).delete(h::delete_org))
         .route("/v1/regions", get(h::list_regions).post(h::create_region))
         .route(
             "/v1/regions/{name}",

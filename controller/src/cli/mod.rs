@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use wardnet_common::wire::{
-    AuditEntry, CreateRegion, CreateSite, FileSdGroup, FleetHealth, RegionView, SiteCreated,
-    SiteState, SiteView, StatusSummary, UpdateSite,
+    AuditEntry, CreateOrg, CreateRegion, CreateSite, FileSdGroup, FleetHealth, OrgView, RegionView,
+    SiteCreated, SiteState, SiteView, StatusSummary, UpdateSite,
 };
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
@@ -74,6 +74,14 @@ pub enum Command {
     AdminToken {
         #[command(subcommand)]
         command: AdminTokenCommand,
+    },
+    /// Manage organisations (trusts, practices, services): every site
+    /// belongs to one, and an admin token may be scoped to one.
+    Orgs {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: OrgsCommand,
     },
     /// Manage regions (groups of sites around their hubs).
     Regions {
@@ -168,8 +176,37 @@ pub enum AdminTokenCommand {
         /// Who or what the token is for (shown in the audit log by its id).
         #[arg(long, default_value = "bootstrap")]
         description: String,
+        /// Scope the token to this organisation: it sees and changes only
+        /// that organisation's sites (others answer 404). Without it the
+        /// token is network-wide.
+        #[arg(long)]
+        org: Option<Name>,
         #[command(flatten)]
         output: OutputArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an organisation (a network-wide token only).
+    Add {
+        /// Organisation name: lower-case letters, digits and dashes (e.g. leeds-teaching-hospitals).
+        name: Name,
+        /// Who it is, for people.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the organisations (a scoped token: its own).
+    List,
+    /// Show one organisation.
+    Show {
+        /// Organisation name.
+        name: Name,
+    },
+    /// Delete an organisation without sites or admin tokens.
+    Delete {
+        /// Organisation name.
+        name: Name,
     },
 }
 
@@ -259,6 +296,10 @@ pub enum SitesCommand {
         /// For an agentless appliance: its WireGuard public key.
         #[arg(long)]
         public_key: Option<PublicKey>,
+        /// The organisation the site belongs to (`orgs list`); by default
+        /// the token's own, or `default` with a network-wide token.
+        #[arg(long)]
+        org: Option<Name>,
     },
     /// List sites with their addresses, state and link health.
     List {
@@ -332,6 +373,7 @@ fn parse_prefix(s: &str) -> Result<IpNet, String> {
 /// Run an admin command against the API.
 pub async fn run_client(command: Command) -> Result<()> {
     match command {
+        Command::Orgs { api, command } => orgs(&api, command).await,
         Command::Regions { api, command } => regions(&api, command).await,
         Command::Sites { api, command } => sites(&api, command).await,
         Command::Prometheus { api, command } => prometheus(&api, command).await,
@@ -380,6 +422,48 @@ pub async fn run_client(command: Command) -> Result<()> {
         | Command::Completion { .. }
         | Command::GenerateDocs { .. } => unreachable!("handled by main"),
     }
+}
+
+async fn orgs(api: &ApiArgs, command: OrgsCommand) -> Result<()> {
+    let c = ApiClient::new(api)?;
+    match command {
+        OrgsCommand::Add { name, description } => {
+            let o: OrgView = c.post("/v1/orgs", &CreateOrg { name, description }).await?;
+            print_orgs(api.output, &[o], false)
+        }
+        OrgsCommand::List => {
+            let os: Vec<OrgView> = c.get("/v1/orgs").await?;
+            print_orgs(api.output, &os, true)
+        }
+        OrgsCommand::Show { name } => {
+            let o: OrgView = c.get(&format!("/v1/orgs/{name}")).await?;
+            print_orgs(api.output, &[o], false)
+        }
+        OrgsCommand::Delete { name } => {
+            c.delete(&format!("/v1/orgs/{name}")).await?;
+            let done = Deleted {
+                kind: "organisation",
+                name,
+            };
+            print_out(api.output, &done, || done.table())
+        }
+    }
+}
+
+fn print_orgs(output: Output, os: &[OrgView], list: bool) -> Result<()> {
+    let json: &dyn erased::Json = if list { &os } else { &os[0] };
+    print_out(output, json, || {
+        let mut t = Table::new(&["ORGANISATION", "SITES", "CREATED", "DESCRIPTION"]);
+        for o in os {
+            t.row(vec![
+                o.name.to_string(),
+                o.sites.to_string(),
+                table::time(Some(o.created_at)),
+                o.description.clone(),
+            ]);
+        }
+        t
+    })
 }
 
 async fn regions(api: &ApiArgs, command: RegionsCommand) -> Result<()> {
@@ -463,10 +547,12 @@ async fn sites(api: &ApiArgs, command: SitesCommand) -> Result<()> {
             lan,
             endpoint,
             public_key,
+            org,
         } => {
             let req = CreateSite {
                 name,
                 region,
+                org,
                 role,
                 lan_prefixes: lan.into_iter().collect(),
                 endpoint,

@@ -105,6 +105,7 @@ fn peers(h: Option<&HealthSummary>) -> String {
 pub fn sites(sites: &[SiteView], fleet: &FleetHealth) -> Table {
     let mut t = Table::new(&[
         "SITE",
+        "ORG",
         "REGION",
         "ROLE",
         "STATE",
@@ -124,6 +125,7 @@ pub fn sites(sites: &[SiteView], fleet: &FleetHealth) -> Table {
         };
         t.row(vec![
             s.name.to_string(),
+            s.org.to_string(),
             s.region.to_string(),
             s.role.to_string(),
             s.state.to_string(),
@@ -191,6 +193,7 @@ pub fn site_detail(s: &SiteView) -> Table {
         .join(",");
     for (k, v) in [
         ("name", s.name.to_string()),
+        ("organisation", s.org.to_string()),
         ("region", s.region.to_string()),
         ("role", s.role.to_string()),
         ("state", s.state.to_string()),

@@ -1,4 +1,11 @@
-//! Admin operations: regions, sites, tokens, exports, audit, status.
+//! Admin operations: organisations, regions, sites, tokens, exports,
+//! audit, status.
+//!
+//! Scope: an admin token is network-wide or scoped to one organisation. A
+//! scoped token sees and changes only its organisation's sites (and their
+//! health, exports and audit entries); every other site answers 404, as if
+//! it did not exist. What belongs to the whole network (regions, hubs,
+//! organisations, admin tokens) only a network-wide token changes (403).
 
 use std::collections::BTreeSet;
 
@@ -6,8 +13,8 @@ use ipnet::IpNet;
 use wardnet_common::net::overlaps;
 use wardnet_common::token::{hash_secret, Secret, ADMIN_PREFIX, ENROLMENT_PREFIX};
 use wardnet_common::wire::{
-    AuditEntry, CreateRegion, CreateSite, RegionHub, RegionView, SiteConfig, SiteCreated,
-    SiteState, SiteView, StatusSummary, UpdateSite,
+    AuditEntry, CreateOrg, CreateRegion, CreateSite, OrgView, RegionHub, RegionView, SiteConfig,
+    SiteCreated, SiteState, SiteView, StatusSummary, UpdateSite,
 };
 use wardnet_common::{Name, Role};
 
@@ -15,30 +22,114 @@ use super::heartbeat::Report;
 use super::{Controller, Mutation};
 use crate::error::ApiError;
 use crate::ipam;
-use crate::model::{Model, Region, Site};
-use crate::store::{AdminToken, NewAudit, Write};
+use crate::model::{default_org, Model, Org, Region, Site};
+use crate::store::{AdminToken, NewAudit, StoreError, Write};
 
-/// Who made a change, for the audit log.
+/// Who asks: an admin token's id (what the audit log names) and the
+/// organisation it is scoped to (`None`: network-wide).
 #[derive(Debug, Clone)]
-pub struct Actor(pub String);
+pub struct Actor {
+    pub id: String,
+    pub org: Option<Name>,
+}
 
 impl Actor {
+    /// The controller host's own commands (`admin-token create`).
     pub fn local() -> Self {
-        Actor("local".into())
+        Actor {
+            id: "local".into(),
+            org: None,
+        }
+    }
+
+    /// Whether this admin may see and change what belongs to `org`.
+    pub fn sees(&self, org: &Name) -> bool {
+        self.org.as_ref().is_none_or(|o| o == org)
+    }
+
+    /// Refuses what only a network-wide token may do (`what`: "creating a
+    /// region"). Nothing of another organisation is revealed by it.
+    pub fn require_network_wide(&self, what: &str) -> Result<(), ApiError> {
+        match &self.org {
+            None => Ok(()),
+            Some(org) => Err(ApiError::Forbidden(format!(
+                "{what} needs a network-wide admin token; this token is scoped to organisation {org}"
+            ))),
+        }
     }
 }
 
-fn audit(at: i64, actor: &Actor, action: &str, object: &str, detail: Option<String>) -> NewAudit {
+/// An audit entry; `org`: whose object it is about (its admins see it).
+fn audit(
+    at: i64,
+    actor: &Actor,
+    action: &str,
+    object: &str,
+    detail: Option<String>,
+    org: Option<&Name>,
+) -> NewAudit {
     NewAudit {
         at,
-        actor: actor.0.clone(),
+        actor: actor.id.clone(),
         action: action.into(),
         object: object.into(),
         detail,
+        org: org.cloned(),
     }
 }
 
-fn region_view(m: &Model, r: &Region, report: &dyn Fn(&Name) -> Report, now: i64) -> RegionView {
+/// A site's administered fields, as the audit log records them.
+fn site_fields(s: &Site) -> String {
+    let lans: Vec<String> = s.lan_prefixes.iter().map(ToString::to_string).collect();
+    format!(
+        "org {}, region {}, role {}, state {}, lan [{}], endpoint {}, address {}{}",
+        s.org,
+        s.region,
+        s.role,
+        s.state,
+        lans.join(" "),
+        s.endpoint
+            .map_or_else(|| "none".to_owned(), |e| e.to_string()),
+        s.ipv4,
+        if s.agentless { ", agentless" } else { "" }
+    )
+}
+
+/// An audit entry's detail for a change of a site: its fields before and after.
+fn site_change(before: Option<&Site>, after: Option<&Site>) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => format!("before: {}; after: {}", site_fields(b), site_fields(a)),
+        (None, Some(a)) => format!("after: {}", site_fields(a)),
+        (Some(b), None) => format!("before: {}", site_fields(b)),
+        (None, None) => String::new(),
+    }
+}
+
+/// The site `name` if it exists and `actor` may see it; else 404 either way.
+fn visible_site<'m>(
+    m: &'m Model,
+    actor: &Actor,
+    name: &Name,
+) -> Result<&'m std::sync::Arc<Site>, ApiError> {
+    m.sites
+        .get(name)
+        .filter(|s| actor.sees(&s.org))
+        .ok_or_else(|| not_found_site(name))
+}
+
+fn not_found_org(name: &Name) -> ApiError {
+    ApiError::NotFound(format!(
+        "no organisation named {name}; `orgs list` shows the organisations"
+    ))
+}
+
+fn region_view(
+    m: &Model,
+    r: &Region,
+    report: &dyn Fn(&Name) -> Report,
+    now: i64,
+    actor: &Actor,
+) -> RegionView {
     let hubs: Vec<&Site> = m.region_hubs(&r.name).collect();
     let mut views: Vec<RegionHub> = hubs
         .iter()
@@ -55,9 +146,10 @@ fn region_view(m: &Model, r: &Region, report: &dyn Fn(&Name) -> Report, now: i64
         })
         .collect();
     if !views.is_empty() {
+        // A scoped admin counts only its own organisation's spokes.
         let spokes = m
             .region_sites(&r.name)
-            .filter(|s| s.role == Role::Spoke && s.is_active());
+            .filter(|s| s.role == Role::Spoke && s.is_active() && actor.sees(&s.org));
         for s in spokes {
             let assigned = crate::render::hub_order(m, &s.name, &r.name)
                 .first()
@@ -84,7 +176,13 @@ fn region_view(m: &Model, r: &Region, report: &dyn Fn(&Name) -> Report, now: i64
         mesh: r.mesh,
         ipv4_block: IpNet::V4(r.ipv4_block),
         ipv6_block: r.ipv6_block.map(IpNet::V6),
-        sites: m.by_region.get(&r.name).map_or(0, |s| s.len() as u64),
+        sites: match actor.org {
+            None => m.by_region.get(&r.name).map_or(0, |s| s.len() as u64),
+            Some(_) => m
+                .region_sites(&r.name)
+                .filter(|s| actor.sees(&s.org))
+                .count() as u64,
+        },
         created_at: r.created_at,
         hubs: views,
     }
@@ -94,6 +192,7 @@ pub(crate) fn site_view(s: &Site, r: &Report) -> SiteView {
     SiteView {
         name: s.name.clone(),
         region: s.region.clone(),
+        org: s.org.clone(),
         role: s.role,
         state: s.state,
         agentless: s.agentless,
@@ -133,6 +232,7 @@ impl Controller {
         actor: &Actor,
         req: CreateRegion,
     ) -> Result<RegionView, ApiError> {
+        actor.require_network_wide("creating a region")?;
         let net = self.settings.network.clone();
         let actor = actor.clone();
         self.change(move |m, now| {
@@ -152,7 +252,7 @@ impl Controller {
                 created_at: now,
             };
             m.upsert_region(region.clone());
-            let view = region_view(m, &region, &|_| Report::default(), now);
+            let view = region_view(m, &region, &|_| Report::default(), now, &actor);
             let mut mu = Mutation::new(view);
             mu.writes.push(Write::InsertRegion(region));
             mu.audit = Some(audit(
@@ -165,32 +265,40 @@ impl Controller {
                     v6.map(|b| format!(" {b}")).unwrap_or_default(),
                     req.mesh
                 )),
+                None,
             ));
             Ok(mu)
         })
         .await
     }
 
-    pub fn list_regions(&self) -> Vec<RegionView> {
+    /// Every region (regions and their hubs are the whole network's; a
+    /// scoped admin's counts are of its own sites).
+    pub fn list_regions(&self, actor: &Actor) -> Vec<RegionView> {
         let reports = self.reports();
         let report = |n: &Name| reports.get(n).cloned().unwrap_or_default();
         let now = self.now();
         self.with_model(|m| {
             m.regions
                 .values()
-                .map(|r| region_view(m, r, &report, now))
+                .map(|r| region_view(m, r, &report, now, actor))
                 .collect()
         })
     }
 
-    pub fn region(&self, name: &Name) -> Result<RegionView, ApiError> {
+    pub fn region(&self, actor: &Actor, name: &Name) -> Result<RegionView, ApiError> {
         let report = |n: &Name| self.report_of(n);
         let now = self.now();
-        self.with_model(|m| m.regions.get(name).map(|r| region_view(m, r, &report, now)))
-            .ok_or_else(|| not_found_region(name))
+        self.with_model(|m| {
+            m.regions
+                .get(name)
+                .map(|r| region_view(m, r, &report, now, actor))
+        })
+        .ok_or_else(|| not_found_region(name))
     }
 
     pub async fn delete_region(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
+        actor.require_network_wide("deleting a region")?;
         let (actor, name) = (actor.clone(), name.clone());
         self.change(move |m, now| {
             if !m.regions.contains_key(&name) {
@@ -205,7 +313,14 @@ impl Controller {
             m.remove_region(&name);
             let mut mu = Mutation::new(());
             mu.writes.push(Write::DeleteRegion(name.clone()));
-            mu.audit = Some(audit(now, &actor, "region.delete", name.as_str(), None));
+            mu.audit = Some(audit(
+                now,
+                &actor,
+                "region.delete",
+                name.as_str(),
+                None,
+                None,
+            ));
             Ok(mu)
         })
         .await
@@ -214,6 +329,22 @@ impl Controller {
     // ----- sites ---------------------------------------------------------
 
     pub async fn add_site(&self, actor: &Actor, req: CreateSite) -> Result<SiteCreated, ApiError> {
+        if req.role == Role::Hub {
+            actor.require_network_wide("adding a hub (it carries every organisation's traffic)")?;
+        }
+        let org = req
+            .org
+            .clone()
+            .or_else(|| actor.org.clone())
+            .unwrap_or_else(default_org);
+        if !actor.sees(&org) {
+            return Err(not_found_org(&org));
+        }
+        if !self.store.orgs().await?.iter().any(|o| o.name == org) {
+            return Err(ApiError::NotFound(format!(
+                "no organisation named {org}; create it first with `wardnet-controller orgs add {org}`"
+            )));
+        }
         let net = self.settings.network.clone();
         let lifetime = self.settings.token_lifetime_secs as i64;
         let actor = actor.clone();
@@ -239,6 +370,7 @@ impl Controller {
             let site = Site {
                 name: req.name.clone(),
                 region: req.region.clone(),
+                org: org.clone(),
                 role: req.role,
                 state: if agentless { SiteState::Active } else { SiteState::Pending },
                 agentless,
@@ -275,19 +407,15 @@ impl Controller {
                 out.token = Some(token.expose().to_owned());
                 out.token_expires_at = Some(now + lifetime);
             }
-            mu.sites.push((None, Some(site)));
             mu.audit = Some(audit(
                 now,
                 &actor,
                 "site.create",
                 req.name.as_str(),
-                Some(format!(
-                    "region {}, role {}, address {ipv4}{}",
-                    req.region,
-                    req.role,
-                    if agentless { ", agentless" } else { "" }
-                )),
+                Some(site_change(None, Some(&site))),
+                Some(&site.org),
             ));
+            mu.sites.push((None, Some(site)));
             Ok(Mutation {
                 writes: mu.writes,
                 sites: mu.sites,
@@ -298,18 +426,24 @@ impl Controller {
         .await
         .map(|mut created| {
             // The revision was settled by the pipeline after the closure ran.
-            if let Ok(v) = self.site(&created.site.name) {
+            if let Ok(v) = self.site(&Actor::local(), &created.site.name) {
                 created.site = v;
             }
             created
         })
     }
 
-    pub fn list_sites(&self, region: Option<&Name>, state: Option<SiteState>) -> Vec<SiteView> {
+    pub fn list_sites(
+        &self,
+        actor: &Actor,
+        region: Option<&Name>,
+        state: Option<SiteState>,
+    ) -> Vec<SiteView> {
         let reports = self.reports();
         self.with_model(|m| {
             m.sites
                 .values()
+                .filter(|s| actor.sees(&s.org))
                 .filter(|s| region.is_none_or(|r| &s.region == r))
                 .filter(|s| state.is_none_or(|st| s.state == st))
                 .map(|s| site_view(s, reports.get(&s.name).unwrap_or(&Report::default())))
@@ -317,10 +451,9 @@ impl Controller {
         })
     }
 
-    pub fn site(&self, name: &Name) -> Result<SiteView, ApiError> {
+    pub fn site(&self, actor: &Actor, name: &Name) -> Result<SiteView, ApiError> {
         let report = self.report_of(name);
-        self.with_model(|m| m.sites.get(name).map(|s| site_view(s, &report)))
-            .ok_or_else(|| not_found_site(name))
+        self.with_model(|m| visible_site(m, actor, name).map(|s| site_view(s, &report)))
     }
 
     pub async fn update_site(
@@ -334,18 +467,11 @@ impl Controller {
         let name = owned_name.clone();
         self.change(move |m, now| {
             let name = &name;
-            let before = m
-                .sites
-                .get(name)
-                .ok_or_else(|| not_found_site(name))?
-                .as_ref()
-                .clone();
+            let before = visible_site(m, &actor, name)?.as_ref().clone();
             let mut after = before.clone();
-            let mut detail = Vec::new();
             if let Some(lan) = &req.lan_prefixes {
                 check_lan_prefixes(m, &net, name, lan)?;
                 after.lan_prefixes = lan.clone();
-                detail.push(format!("lan_prefixes {lan:?}"));
             }
             if let Some(ep) = req.endpoint {
                 if after.role == Role::Hub && ep.is_none() {
@@ -354,38 +480,30 @@ impl Controller {
                     )));
                 }
                 after.endpoint = ep;
-                detail.push(format!(
-                    "endpoint {}",
-                    ep.map(|e| e.to_string()).unwrap_or_else(|| "none".into())
-                ));
             }
             m.upsert_site(after.clone());
             let mut mu = Mutation::new(());
             mu.writes.push(Write::UpdateSite(after.clone()));
-            mu.sites.push((Some(before), Some(after)));
             mu.audit = Some(audit(
                 now,
                 &actor,
                 "site.update",
                 name.as_str(),
-                Some(detail.join(", ")),
+                Some(site_change(Some(&before), Some(&after))),
+                Some(&before.org),
             ));
+            mu.sites.push((Some(before), Some(after)));
             Ok(mu)
         })
         .await?;
-        self.site(&owned_name)
+        self.site(&Actor::local(), &owned_name)
     }
 
     pub async fn revoke_site(&self, actor: &Actor, name: &Name) -> Result<SiteView, ApiError> {
         let (actor, owned) = (actor.clone(), name.clone());
         self.change(move |m, now| {
             let name = &owned;
-            let before = m
-                .sites
-                .get(name)
-                .ok_or_else(|| not_found_site(name))?
-                .as_ref()
-                .clone();
+            let before = visible_site(m, &actor, name)?.as_ref().clone();
             if before.state == SiteState::Revoked {
                 return Err(ApiError::Conflict(format!(
                     "site {name} is already revoked"
@@ -399,25 +517,40 @@ impl Controller {
             mu.writes.push(Write::UpdateSite(after.clone()));
             mu.writes
                 .push(Write::DeleteEnrolTokens { site: name.clone() });
+            mu.audit = Some(audit(
+                now,
+                &actor,
+                "site.revoke",
+                name.as_str(),
+                Some(site_change(Some(&before), Some(&after))),
+                Some(&before.org),
+            ));
             mu.sites.push((Some(before), Some(after)));
-            mu.audit = Some(audit(now, &actor, "site.revoke", name.as_str(), None));
             Ok(mu)
         })
         .await?;
         // The revoked site's own long-poll ended when the change was
         // published (its credential is gone).
-        self.site(name)
+        self.site(&Actor::local(), name)
     }
 
     pub async fn delete_site(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
         let (actor, owned) = (actor.clone(), name.clone());
         self.change(move |m, now| {
             let name = &owned;
+            visible_site(m, &actor, name)?;
             let before = m.remove_site(name).ok_or_else(|| not_found_site(name))?;
             let mut mu = Mutation::new(());
             mu.writes.push(Write::DeleteSite(name.clone()));
+            mu.audit = Some(audit(
+                now,
+                &actor,
+                "site.delete",
+                name.as_str(),
+                Some(site_change(Some(&before), None)),
+                Some(&before.org),
+            ));
             mu.sites.push((Some(before), None));
-            mu.audit = Some(audit(now, &actor, "site.delete", name.as_str(), None));
             Ok(mu)
         })
         .await?;
@@ -434,7 +567,7 @@ impl Controller {
         let report = self.report_of(name);
         self.change(move |m, now| {
             let name = &owned;
-            let site = m.sites.get(name).ok_or_else(|| not_found_site(name))?;
+            let site = visible_site(m, &actor, name)?;
             if site.state == SiteState::Revoked {
                 return Err(ApiError::Conflict(format!(
                     "site {name} is revoked; delete it and add it again to re-enrol"
@@ -459,20 +592,23 @@ impl Controller {
                 created_at: now,
                 expires_at: now + lifetime,
             });
-            mu.audit = Some(audit(now, &actor, "site.token", name.as_str(), None));
+            mu.audit = Some(audit(
+                now,
+                &actor,
+                "site.token",
+                name.as_str(),
+                None,
+                Some(&site.org),
+            ));
             Ok(mu)
         })
         .await
     }
 
     /// The config the controller renders for a site now.
-    pub fn site_config(&self, name: &Name) -> Result<SiteConfig, ApiError> {
+    pub fn site_config(&self, actor: &Actor, name: &Name) -> Result<SiteConfig, ApiError> {
         let world = self.snapshot();
-        let site = world
-            .model
-            .sites
-            .get(name)
-            .ok_or_else(|| not_found_site(name))?;
+        let site = visible_site(&world.model, actor, name)?;
         world
             .configs
             .get(name)
@@ -485,19 +621,27 @@ impl Controller {
             })
     }
 
-    pub fn wg_quick(&self, name: &Name) -> Result<String, ApiError> {
-        self.site_config(name).map(|c| crate::wgquick::wg_quick(&c))
+    pub fn wg_quick(&self, actor: &Actor, name: &Name) -> Result<String, ApiError> {
+        self.site_config(actor, name)
+            .map(|c| crate::wgquick::wg_quick(&c))
     }
 
+    /// The audit log; a scoped admin sees the entries about its own
+    /// organisation's objects.
     pub async fn audit_log(
         &self,
+        actor: &Actor,
         limit: u32,
         before: Option<i64>,
     ) -> Result<Vec<AuditEntry>, ApiError> {
-        Ok(self.store.audit(limit.clamp(1, 1000), before).await?)
+        Ok(self
+            .store
+            .audit(limit.clamp(1, 1000), before, actor.org.as_ref())
+            .await?)
     }
 
-    pub fn status(&self) -> StatusSummary {
+    /// Counts over the sites `actor` sees (regions: all of them).
+    pub fn status(&self, actor: &Actor) -> StatusSummary {
         let online_after = self.now() - self.online_window_secs();
         let mut s = StatusSummary {
             regions: 0,
@@ -513,7 +657,7 @@ impl Controller {
         let reports = self.reports();
         self.with_model(|m| {
             s.regions = m.regions.len() as u64;
-            for site in m.sites.values() {
+            for site in m.sites.values().filter(|s| actor.sees(&s.org)) {
                 match site.state {
                     SiteState::Pending => s.sites_pending += 1,
                     SiteState::Active => s.sites_active += 1,
@@ -553,14 +697,29 @@ impl Controller {
 
     /// Create an admin API token (the bootstrap command and `tokens add`).
     /// Returns the token id and the secret, shown once.
+    /// Create an admin API token (the bootstrap command), network-wide or
+    /// scoped to `org`. Returns the token id and the secret, shown once.
     pub async fn create_admin_token(
         &self,
         actor: &Actor,
         description: &str,
+        org: Option<&Name>,
     ) -> Result<(String, String), ApiError> {
+        actor.require_network_wide("creating an admin token")?;
+        if let Some(org) = org {
+            if !self.store.orgs().await?.iter().any(|o| &o.name == org) {
+                return Err(ApiError::NotFound(format!(
+                    "no organisation named {org}; create it first with `wardnet-controller orgs add {org}`"
+                )));
+            }
+        }
         let secret = Secret::generate(ADMIN_PREFIX);
         let id = format!("tok-{}", &secret.hash()[..8]);
         let now = self.now();
+        let scope = org.map_or_else(
+            || "network-wide".to_owned(),
+            |o| format!("scoped to organisation {o}"),
+        );
         self.store
             .commit(vec![
                 Write::InsertAdminToken {
@@ -568,17 +727,129 @@ impl Controller {
                     hash: secret.hash(),
                     description: description.to_owned(),
                     created_at: now,
+                    org: org.cloned(),
                 },
                 Write::Audit(audit(
                     now,
                     actor,
                     "token.create",
                     &id,
-                    Some(description.to_owned()),
+                    Some(format!("{description} ({scope})")),
+                    org,
                 )),
             ])
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { what } if what == "admin_tokens.org" => {
+                    org.map_or_else(|| e_conflict(&what), not_found_org)
+                }
+                e => e.into(),
+            })?;
         Ok((id, secret.expose().to_owned()))
+    }
+
+    // ----- organisations -------------------------------------------------
+
+    pub async fn create_org(&self, actor: &Actor, req: CreateOrg) -> Result<OrgView, ApiError> {
+        actor.require_network_wide("creating an organisation")?;
+        let now = self.now();
+        let org = Org {
+            name: req.name.clone(),
+            description: req.description.clone(),
+            created_at: now,
+        };
+        self.store
+            .commit(vec![
+                Write::InsertOrg(org.clone()),
+                Write::Audit(audit(
+                    now,
+                    actor,
+                    "org.create",
+                    req.name.as_str(),
+                    Some(format!("description {:?}", req.description)),
+                    Some(&req.name),
+                )),
+            ])
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => {
+                    ApiError::Conflict(format!("an organisation named {} already exists", req.name))
+                }
+                e => e.into(),
+            })?;
+        Ok(self.org_view(&org))
+    }
+
+    fn org_view(&self, org: &Org) -> OrgView {
+        let sites = self.with_model(|m| m.sites.values().filter(|s| s.org == org.name).count());
+        OrgView {
+            name: org.name.clone(),
+            description: org.description.clone(),
+            sites: sites as u64,
+            created_at: org.created_at,
+        }
+    }
+
+    /// The organisations `actor` sees: all, or its own.
+    pub async fn list_orgs(&self, actor: &Actor) -> Result<Vec<OrgView>, ApiError> {
+        Ok(self
+            .store
+            .orgs()
+            .await?
+            .iter()
+            .filter(|o| actor.sees(&o.name))
+            .map(|o| self.org_view(o))
+            .collect())
+    }
+
+    pub async fn org(&self, actor: &Actor, name: &Name) -> Result<OrgView, ApiError> {
+        self.list_orgs(actor)
+            .await?
+            .into_iter()
+            .find(|o| &o.name == name)
+            .ok_or_else(|| not_found_org(name))
+    }
+
+    /// Delete an organisation that no site and no admin token refers to.
+    pub async fn delete_org(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
+        actor.require_network_wide("deleting an organisation")?;
+        let org = self.org(actor, name).await?;
+        if name == &default_org() {
+            return Err(ApiError::Conflict(format!(
+                "organisation {name} is where sites added without an organisation go; it cannot be deleted"
+            )));
+        }
+        if org.sites > 0 {
+            return Err(ApiError::Conflict(format!(
+                "organisation {name} still has {} sites; delete them first",
+                org.sites
+            )));
+        }
+        let now = self.now();
+        self.store
+            .commit(vec![
+                Write::DeleteOrg(name.clone()),
+                Write::Audit(audit(
+                    now,
+                    actor,
+                    "org.delete",
+                    name.as_str(),
+                    Some(format!("before: description {:?}", org.description)),
+                    Some(name),
+                )),
+            ])
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { what } if what == "admin_tokens.org" => {
+                    ApiError::Conflict(format!(
+                        "admin tokens are scoped to organisation {name}; it cannot be deleted while they exist"
+                    ))
+                }
+                StoreError::Conflict { what } if what == "sites.org" => ApiError::Conflict(format!(
+                    "organisation {name} still has sites; delete them first"
+                )),
+                e => e.into(),
+            })
     }
 
     pub async fn authenticate_admin(&self, bearer: Option<&str>) -> Result<AdminToken, ApiError> {
@@ -599,6 +870,10 @@ impl Controller {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+fn e_conflict(what: &str) -> ApiError {
+    ApiError::Conflict(format!("conflict on {what}"))
 }
 
 /// A site's LAN prefixes may not overlap the overlay, a region block, or

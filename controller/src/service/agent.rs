@@ -153,14 +153,15 @@ impl Controller {
                     now,
                 });
                 mu.writes.push(Write::UpdateSite(after.clone()));
-                mu.sites.push((Some(before), Some(after)));
                 mu.audit = Some(NewAudit {
                     at: now,
                     actor: format!("agent:{site_name}"),
                     action: "site.enrol".into(),
                     object: site_name.to_string(),
                     detail: Some(format!("public key {}", req.public_key)),
+                    org: Some(after.org.clone()),
                 });
+                mu.sites.push((Some(before), Some(after)));
                 Ok(mu)
             })
             .await;

@@ -25,6 +25,7 @@ fn site(name: &str, region: &str, ip: &str) -> Site {
     Site {
         name: name.parse().expect("valid name"),
         region: region.parse().expect("valid name"),
+        org: crate::model::default_org(),
         role: Role::Spoke,
         state: SiteState::Pending,
         agentless: false,
@@ -176,6 +177,112 @@ async fn tokens_are_single_use_and_expire(s: &dyn Store) {
     assert!(s.enrol_token("nope").await.expect("read").is_none());
 }
 
+/// Organisations: `default` exists from the migration; sites and scoped
+/// tokens must name an existing one and hold it in place; audit entries
+/// filter by it.
+async fn organisations_are_referred_to_and_held(s: &dyn Store) {
+    let org = |n: &str| crate::model::Org {
+        name: n.parse().expect("name"),
+        description: format!("{n} trust"),
+        created_at: 3,
+    };
+    let names = |orgs: Vec<crate::model::Org>| -> Vec<String> {
+        orgs.into_iter().map(|o| o.name.to_string()).collect()
+    };
+    assert_eq!(names(s.orgs().await.expect("orgs")), ["default"]);
+    s.commit(vec![
+        Write::InsertOrg(org("trust-a")),
+        Write::InsertRegion(region("north", "100.64.0.0/20")),
+    ])
+    .await
+    .expect("org");
+    let dup = s.commit(vec![Write::InsertOrg(org("trust-a"))]).await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+
+    let mut lost = site("gp-lost", "north", "100.64.0.9");
+    lost.org = "no-such-org".parse().expect("name");
+    match s.commit(vec![Write::InsertSite(lost)]).await {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "sites.org"),
+        other => panic!("a site in a missing organisation: {other:?}"),
+    }
+    let mut gp = site("gp-a", "north", "100.64.0.10");
+    gp.org = "trust-a".parse().expect("name");
+    s.commit(vec![Write::InsertSite(gp.clone())])
+        .await
+        .expect("site");
+    let loaded = s.load().await.expect("load");
+    assert_eq!(loaded.sites, vec![gp.clone()], "the organisation is stored");
+    match s.commit(vec![Write::DeleteOrg(gp.org.clone())]).await {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "sites.org"),
+        other => panic!("deleting an organisation with sites: {other:?}"),
+    }
+    s.commit(vec![
+        Write::DeleteSite(gp.name.clone()),
+        Write::InsertAdminToken {
+            id: "tok-a".into(),
+            hash: "scoped".into(),
+            description: "trust-a IT".into(),
+            created_at: 4,
+            org: Some(gp.org.clone()),
+        },
+        Write::Audit(NewAudit {
+            at: 4,
+            actor: "local".into(),
+            action: "token.create".into(),
+            object: "tok-a".into(),
+            detail: None,
+            org: Some(gp.org.clone()),
+        }),
+        Write::Audit(NewAudit {
+            at: 5,
+            actor: "local".into(),
+            action: "region.create".into(),
+            object: "north".into(),
+            detail: None,
+            org: None,
+        }),
+    ])
+    .await
+    .expect("token");
+    assert_eq!(
+        s.admin_token("scoped")
+            .await
+            .expect("read")
+            .and_then(|t| t.org),
+        Some(gp.org.clone())
+    );
+    let bad = s
+        .commit(vec![Write::InsertAdminToken {
+            id: "tok-x".into(),
+            hash: "x".into(),
+            description: "x".into(),
+            created_at: 4,
+            org: Some("no-such-org".parse().expect("name")),
+        }])
+        .await;
+    assert!(
+        matches!(&bad, Err(StoreError::Conflict { what }) if what == "admin_tokens.org"),
+        "{bad:?}"
+    );
+    let theirs = s.audit(10, None, Some(&gp.org)).await.expect("audit");
+    assert_eq!(
+        theirs.iter().map(|e| e.object.as_str()).collect::<Vec<_>>(),
+        ["tok-a"]
+    );
+    assert_eq!(s.audit(10, None, None).await.expect("audit").len(), 2);
+    match s.commit(vec![Write::DeleteOrg(gp.org.clone())]).await {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "admin_tokens.org"),
+        other => panic!("deleting an organisation with a token: {other:?}"),
+    }
+    s.commit(vec![Write::InsertOrg(org("empty"))])
+        .await
+        .expect("org");
+    s.commit(vec![Write::DeleteOrg("empty".parse().expect("name"))])
+        .await
+        .expect("an unused organisation goes");
+    assert_eq!(names(s.orgs().await.expect("orgs")), ["default", "trust-a"]);
+}
+
 async fn audit_and_admin_tokens(s: &dyn Store) {
     s.commit(vec![
         Write::InsertAdminToken {
@@ -183,6 +290,7 @@ async fn audit_and_admin_tokens(s: &dyn Store) {
             hash: "ah".into(),
             description: "ops".into(),
             created_at: 5,
+            org: None,
         },
         Write::Audit(NewAudit {
             at: 6,
@@ -190,6 +298,7 @@ async fn audit_and_admin_tokens(s: &dyn Store) {
             action: "region.create".into(),
             object: "north".into(),
             detail: None,
+            org: None,
         }),
         Write::Audit(NewAudit {
             at: 7,
@@ -197,6 +306,7 @@ async fn audit_and_admin_tokens(s: &dyn Store) {
             action: "region.delete".into(),
             object: "north".into(),
             detail: Some("x".into()),
+            org: None,
         }),
     ])
     .await
@@ -206,12 +316,12 @@ async fn audit_and_admin_tokens(s: &dyn Store) {
         Some("tok-1".into())
     );
     assert!(s.admin_token("other").await.expect("read").is_none());
-    let log = s.audit(10, None).await.expect("audit");
+    let log = s.audit(10, None, None).await.expect("audit");
     assert_eq!(
         log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
         ["region.delete", "region.create"]
     );
-    let older = s.audit(10, Some(log[0].id)).await.expect("audit");
+    let older = s.audit(10, Some(log[0].id), None).await.expect("audit");
     assert_eq!(older.len(), 1);
 }
 
@@ -310,6 +420,7 @@ async fn the_change_log_orders_changes(s: &dyn Store) {
         hash: "h".into(),
         description: "d".into(),
         created_at: 1,
+        org: None,
     }])
     .await
     .expect("token");
@@ -451,6 +562,7 @@ async fn injected_faults_store_nothing_and_heal(inner: Arc<dyn Store>) {
                 action: "site.create".into(),
                 object: name.clone(),
                 detail: None,
+                org: None,
             }),
         ];
         let err = s.commit(batch.clone()).await.expect_err("injected");
@@ -463,13 +575,13 @@ async fn injected_faults_store_nothing_and_heal(inner: Arc<dyn Store>) {
         assert!(snap.sites.is_empty(), "{fault:?} left a site behind");
         assert_eq!(s.enrol_token(&format!("h{i}")).await.expect("read"), None);
         // One audit entry per earlier, healed round; none from this one.
-        assert_eq!(s.audit(10, None).await.expect("audit").len(), i);
+        assert_eq!(s.audit(10, None, None).await.expect("audit").len(), i);
         s.set(Fault::None);
         s.commit(batch).await.expect("healed");
         s.commit(vec![Write::DeleteSite(name.parse().expect("name"))])
             .await
             .expect("healed");
-        assert_eq!(s.audit(10, None).await.expect("audit").len(), i + 1);
+        assert_eq!(s.audit(10, None, None).await.expect("audit").len(), i + 1);
     }
 }
 
@@ -507,6 +619,12 @@ async fn sqlite_injected_faults_store_nothing_and_heal() {
 async fn sqlite_tokens_single_use() {
     let (_d, s) = sqlite();
     tokens_are_single_use_and_expire(&*s).await;
+}
+
+#[tokio::test]
+async fn sqlite_organisations() {
+    let (_d, s) = sqlite();
+    organisations_are_referred_to_and_held(&*s).await;
 }
 
 #[tokio::test]
@@ -606,6 +724,14 @@ async fn postgres_tokens_single_use() {
         return;
     };
     tokens_are_single_use_and_expire(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_organisations() {
+    let Some((_pg, s)) = postgres("postgres_organisations").await else {
+        return;
+    };
+    organisations_are_referred_to_and_held(&*s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,7 +167,16 @@ impl Store for FaultyStore {
         self.inner.admin_token(hash).await
     }
 
-    async fn audit(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
-        self.inner.audit(limit, before).await
+    async fn orgs(&self) -> Result<Vec<crate::model::Org>, StoreError> {
+        self.inner.orgs().await
+    }
+
+    async fn audit(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+        org: Option<&wardnet_common::Name>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit(limit, before, org).await
     }
 }

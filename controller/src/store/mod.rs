@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use wardnet_common::wire::{AuditEntry, HealthSummary, UnixTime};
 use wardnet_common::Name;
 
-use crate::model::{Region, Site};
+use crate::model::{Org, Region, Site};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -136,7 +136,14 @@ pub enum Write {
         hash: String,
         description: String,
         created_at: UnixTime,
+        /// The organisation the token is scoped to; `None`: network-wide.
+        org: Option<Name>,
     },
+    /// Insert an organisation; its name must be new.
+    InsertOrg(Org),
+    /// Delete an organisation; fails with `Conflict` (`sites.org` or
+    /// `admin_tokens.org`) while a site or an admin token refers to it.
+    DeleteOrg(Name),
     Audit(NewAudit),
     /// Fails its batch with [`StoreError::Commit`] after the writes before it
     /// ran: fault injection for tests ([`faulty::FaultyStore`]), which checks
@@ -151,6 +158,9 @@ pub struct NewAudit {
     pub action: String,
     pub object: String,
     pub detail: Option<String>,
+    /// The organisation the object belongs to (its admins see the entry);
+    /// `None` for network-wide objects (regions, organisations, tokens).
+    pub org: Option<Name>,
 }
 
 /// An enrolment token as stored.
@@ -168,6 +178,8 @@ pub struct AdminToken {
     pub id: String,
     pub description: String,
     pub created_at: UnixTime,
+    /// The organisation the token is scoped to; `None`: network-wide.
+    pub org: Option<Name>,
 }
 
 /// Everything the controller loads at start.
@@ -304,8 +316,16 @@ pub trait Store: Send + Sync + 'static {
     async fn reports_since(&self, since: UnixTime) -> Result<Vec<StoredReport>, StoreError>;
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError>;
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError>;
-    /// Audit entries, newest first, with id below `before` when given.
-    async fn audit(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Every organisation, by name.
+    async fn orgs(&self) -> Result<Vec<Org>, StoreError>;
+    /// Audit entries, newest first, with id below `before` when given;
+    /// with `org`, only the entries about that organisation's objects.
+    async fn audit(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+        org: Option<&Name>,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 #[cfg(test)]

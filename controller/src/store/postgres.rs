@@ -33,10 +33,11 @@ use super::{
     AdminToken, CatchUp, ChangeTx, Changes, EnrolToken, Maintenance, NewAudit, Pending, Snapshot,
     Store, StoreError, Write,
 };
-use crate::model::{Region, Site};
+use crate::model::{Org, Region, Site};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE regions (
     name        TEXT CONSTRAINT "regions.name" PRIMARY KEY,
     mesh        BOOLEAN NOT NULL,
@@ -98,7 +99,25 @@ CREATE TABLE change_head (
     seq BIGINT NOT NULL
 );
 INSERT INTO change_head (id, seq) VALUES (1, 0);
-"#];
+"#,
+    // Organisations: every site belongs to one (the existing ones to
+    // `default`), admin tokens may be scoped to one, and audit entries say
+    // whose object they are about.
+    r#"
+CREATE TABLE orgs (
+    name        TEXT CONSTRAINT "orgs.name" PRIMARY KEY,
+    description TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+INSERT INTO orgs (name, description, created_at)
+    VALUES ('default', 'sites added before organisations, and sites added without one', EXTRACT(EPOCH FROM now())::BIGINT);
+ALTER TABLE sites ADD COLUMN org TEXT NOT NULL DEFAULT 'default' CONSTRAINT "sites.org" REFERENCES orgs(name);
+CREATE INDEX sites_org ON sites(org);
+ALTER TABLE admin_tokens ADD COLUMN org TEXT CONSTRAINT "admin_tokens.org" REFERENCES orgs(name);
+ALTER TABLE audit ADD COLUMN org TEXT;
+CREATE INDEX audit_org ON audit(org, id);
+"#,
+];
 
 /// The channel changes are announced on.
 const CHANNEL: &str = "wardnet_changes";
@@ -480,6 +499,7 @@ fn site_params(s: &Site) -> Vec<Box<dyn ToSql + Sync + Send>> {
         Box::new(s.last_seen),
         Box::new(s.health.as_ref().map(json)),
         Box::new(s.credential_hash.clone()),
+        Box::new(s.org.to_string()),
     ]
 }
 
@@ -504,8 +524,8 @@ fn statement(w: &Write) -> Item {
         ),
         Write::InsertSite(s) => Item::new(
             "INSERT INTO sites (name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6,
-                revision, render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                revision, render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash, org)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
             site_params(s),
             None,
         ),
@@ -514,11 +534,12 @@ fn statement(w: &Write) -> Item {
             let mut p = site_params(s);
             p.truncate(15);
             p.push(Box::new(s.credential_hash.clone()));
+            p.push(Box::new(s.org.to_string()));
             p.remove(12);
             Item::new(
                 "UPDATE sites SET region = $2, role = $3, state = $4, agentless = $5, lan_prefixes = $6, endpoint = $7,
                     public_key = $8, ipv4 = $9, ipv6 = $10, revision = $11, render_fingerprint = $12,
-                    created_at = $13, enrolled_at = $14, credential_hash = $15
+                    created_at = $13, enrolled_at = $14, credential_hash = $15, org = $16
                  WHERE name = $1",
                 p,
                 Some(format!("site {} does not exist", s.name)),
@@ -596,14 +617,30 @@ fn statement(w: &Write) -> Item {
             hash,
             description,
             created_at,
+            org,
         } => Item::new(
-            "INSERT INTO admin_tokens (id, hash, description, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO admin_tokens (id, hash, description, created_at, org) VALUES ($1, $2, $3, $4, $5)",
             vec![
                 Box::new(id.clone()),
                 Box::new(hash.clone()),
                 Box::new(description.clone()),
                 Box::new(*created_at),
+                Box::new(org.as_ref().map(Name::to_string)),
             ],
+            None,
+        ),
+        Write::InsertOrg(o) => Item::new(
+            "INSERT INTO orgs (name, description, created_at) VALUES ($1, $2, $3)",
+            vec![
+                Box::new(o.name.to_string()),
+                Box::new(o.description.clone()),
+                Box::new(o.created_at),
+            ],
+            None,
+        ),
+        Write::DeleteOrg(name) => Item::new(
+            "DELETE FROM orgs WHERE name = $1",
+            vec![Box::new(name.to_string())],
             None,
         ),
         Write::Audit(NewAudit {
@@ -612,14 +649,16 @@ fn statement(w: &Write) -> Item {
             action,
             object,
             detail,
+            org,
         }) => Item::new(
-            "INSERT INTO audit (at, actor, action, object, detail) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit (at, actor, action, object, detail, org) VALUES ($1, $2, $3, $4, $5, $6)",
             vec![
                 Box::new(*at),
                 Box::new(actor.clone()),
                 Box::new(action.clone()),
                 Box::new(object.clone()),
                 Box::new(detail.clone()),
+                Box::new(org.as_ref().map(Name::to_string)),
             ],
             None,
         ),
@@ -762,7 +801,7 @@ async fn listen_once(
 const REGION_COLUMNS: &str = "name, mesh, ipv4_block, ipv6_block, created_at";
 const SITE_COLUMNS: &str =
     "name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6, revision,
-     render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash";
+     render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash, org";
 
 fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError>
 where
@@ -820,6 +859,7 @@ fn site_row(r: &Row) -> Result<Site, StoreError> {
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
         credential_hash: get(r, 17)?,
+        org: parse("organisation name", &get::<String>(r, 18)?)?,
     })
 }
 
@@ -904,7 +944,7 @@ async fn changes_in<C: GenericClient>(c: &C, seq: u64, head: u64) -> Result<Catc
     }
     let mut sites = Vec::with_capacity(site_rows.len());
     for r in &site_rows {
-        let (name, found) = wanted(r, 18)?;
+        let (name, found) = wanted(r, 19)?;
         sites.push((name, found.then(|| site_row(r)).transpose()?));
     }
     regions.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1059,7 +1099,7 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let row = c
             .query_opt(
-                "SELECT id, description, created_at FROM admin_tokens WHERE hash = $1",
+                "SELECT id, description, created_at, org FROM admin_tokens WHERE hash = $1",
                 &[&hash],
             )
             .await
@@ -1069,16 +1109,43 @@ impl Store for PostgresStore {
                 id: get(&r, 0)?,
                 description: get(&r, 1)?,
                 created_at: get(&r, 2)?,
+                org: parse_opt("organisation name", get(&r, 3)?)?,
             })
         })
         .transpose()
     }
 
-    async fn audit(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn orgs(&self) -> Result<Vec<Org>, StoreError> {
         let c = self.client().await?;
         c.query(
-            "SELECT id, at, actor, action, object, detail FROM audit WHERE id < $1 ORDER BY id DESC LIMIT $2",
-            &[&before.unwrap_or(i64::MAX), &i64::from(limit)],
+            "SELECT name, description, created_at FROM orgs ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| {
+            Ok(Org {
+                name: parse("organisation name", &get::<String>(r, 0)?)?,
+                description: get(r, 1)?,
+                created_at: get(r, 2)?,
+            })
+        })
+        .collect()
+    }
+
+    async fn audit(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+        org: Option<&Name>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let c = self.client().await?;
+        let org = org.map(Name::to_string);
+        c.query(
+            "SELECT id, at, actor, action, object, detail FROM audit
+             WHERE id < $1 AND ($3::TEXT IS NULL OR org = $3) ORDER BY id DESC LIMIT $2",
+            &[&before.unwrap_or(i64::MAX), &i64::from(limit), &org],
         )
         .await
         .map_err(pg)?

@@ -14,10 +14,10 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 use wardnet_common::wire::{AuditEntry, SiteState, UnixTime};
-use wardnet_common::Role;
+use wardnet_common::{Name, Role};
 
 use super::{AdminToken, EnrolToken, NewAudit, Pending, Snapshot, Store, StoreError, Write};
-use crate::model::{Region, Site};
+use crate::model::{Org, Region, Site};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[
@@ -93,6 +93,40 @@ CREATE TABLE change_head (
     seq INTEGER NOT NULL
 );
 INSERT INTO change_head (id, seq) VALUES (1, 0);
+"#,
+    // Organisations: every site belongs to one (the existing ones to
+    // `default`), admin tokens may be scoped to one, and audit entries say
+    // whose object they are about. SQLite cannot add a column with a
+    // foreign key and a default, so triggers keep the references whole
+    // (raising constraint errors named like PostgreSQL's constraints).
+    r#"
+CREATE TABLE orgs (
+    name        TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+INSERT INTO orgs (name, description, created_at)
+    VALUES ('default', 'sites added before organisations, and sites added without one', CAST(strftime('%s', 'now') AS INTEGER));
+ALTER TABLE sites ADD COLUMN org TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX sites_org ON sites(org);
+ALTER TABLE admin_tokens ADD COLUMN org TEXT;
+ALTER TABLE audit ADD COLUMN org TEXT;
+CREATE INDEX audit_org ON audit(org, id);
+CREATE TRIGGER sites_org_insert BEFORE INSERT ON sites
+    WHEN NOT EXISTS (SELECT 1 FROM orgs WHERE name = NEW.org)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: sites.org'); END;
+CREATE TRIGGER sites_org_update BEFORE UPDATE OF org ON sites
+    WHEN NOT EXISTS (SELECT 1 FROM orgs WHERE name = NEW.org)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: sites.org'); END;
+CREATE TRIGGER admin_tokens_org_insert BEFORE INSERT ON admin_tokens
+    WHEN NEW.org IS NOT NULL AND NOT EXISTS (SELECT 1 FROM orgs WHERE name = NEW.org)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: admin_tokens.org'); END;
+CREATE TRIGGER orgs_delete_sites BEFORE DELETE ON orgs
+    WHEN EXISTS (SELECT 1 FROM sites WHERE org = OLD.name)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: sites.org'); END;
+CREATE TRIGGER orgs_delete_tokens BEFORE DELETE ON orgs
+    WHEN EXISTS (SELECT 1 FROM admin_tokens WHERE org = OLD.name)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: admin_tokens.org'); END;
 "#,
 ];
 
@@ -381,8 +415,8 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
         Write::InsertSite(s) => {
             run(
                 "INSERT INTO sites (name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6,
-                    revision, render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                    revision, render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash, org)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                 &site_params(s).iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
             )?;
         }
@@ -390,7 +424,7 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
             let n = run(
                 "UPDATE sites SET region = ?2, role = ?3, state = ?4, agentless = ?5, lan_prefixes = ?6, endpoint = ?7,
                     public_key = ?8, ipv4 = ?9, ipv6 = ?10, revision = ?11, render_fingerprint = ?12,
-                    created_at = ?14, enrolled_at = ?15, credential_hash = ?18
+                    created_at = ?14, enrolled_at = ?15, credential_hash = ?18, org = ?19
                  WHERE name = ?1",
                 &site_params(s).iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
             )?;
@@ -468,11 +502,21 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
             hash,
             description,
             created_at,
+            org,
         } => {
             run(
-                "INSERT INTO admin_tokens (id, hash, description, created_at) VALUES (?1, ?2, ?3, ?4)",
-                &[id, hash, description, created_at],
+                "INSERT INTO admin_tokens (id, hash, description, created_at, org) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[id, hash, description, created_at, &org.as_ref().map(Name::as_str)],
             )?;
+        }
+        Write::InsertOrg(o) => {
+            run(
+                "INSERT INTO orgs (name, description, created_at) VALUES (?1, ?2, ?3)",
+                &[&o.name.as_str(), &o.description, &o.created_at],
+            )?;
+        }
+        Write::DeleteOrg(name) => {
+            run("DELETE FROM orgs WHERE name = ?1", &[&name.as_str()])?;
         }
         Write::Audit(NewAudit {
             at,
@@ -480,10 +524,11 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
             action,
             object,
             detail,
+            org,
         }) => {
             run(
-                "INSERT INTO audit (at, actor, action, object, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                &[at, actor, action, object, detail],
+                "INSERT INTO audit (at, actor, action, object, detail, org) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                &[at, actor, action, object, detail, &org.as_ref().map(Name::as_str)],
             )?;
         }
     }
@@ -510,6 +555,7 @@ fn site_params(s: &Site) -> Vec<Box<dyn rusqlite::ToSql>> {
         Box::new(s.last_seen),
         Box::new(s.health.as_ref().map(json)),
         Box::new(s.credential_hash.clone()),
+        Box::new(s.org.to_string()),
     ]
 }
 
@@ -531,7 +577,7 @@ where
 const REGION_COLUMNS: &str = "name, mesh, ipv4_block, ipv6_block, created_at";
 const SITE_COLUMNS: &str =
     "name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6, revision,
-     render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash";
+     render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash, org";
 
 fn region_row(r: &rusqlite::Row<'_>) -> Result<Region, StoreError> {
     Ok(Region {
@@ -569,6 +615,7 @@ fn site_row(r: &rusqlite::Row<'_>) -> Result<Site, StoreError> {
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
         credential_hash: r.get(17)?,
+        org: parse("organisation name", &r.get::<_, String>(18)?)?,
     })
 }
 
@@ -841,28 +888,63 @@ impl Store for SqliteStore {
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError> {
         let hash = hash.to_owned();
         self.read(move |c| {
-            Ok(c.query_row(
-                "SELECT id, description, created_at FROM admin_tokens WHERE hash = ?1",
+            c.query_row(
+                "SELECT id, description, created_at, org FROM admin_tokens WHERE hash = ?1",
                 [&hash],
                 |r| {
-                    Ok(AdminToken {
-                        id: r.get(0)?,
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|(id, description, created_at, org)| {
+                Ok::<_, StoreError>(AdminToken {
+                    id,
+                    description,
+                    created_at,
+                    org: parse_opt("organisation name", org)?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn orgs(&self) -> Result<Vec<Org>, StoreError> {
+        self.read(|c| {
+            rows(
+                c,
+                "SELECT name, description, created_at FROM orgs ORDER BY name",
+                [],
+                |r| {
+                    Ok(Org {
+                        name: parse("organisation name", &r.get::<_, String>(0)?)?,
                         description: r.get(1)?,
                         created_at: r.get(2)?,
                     })
                 },
             )
-            .optional()?)
         })
         .await
     }
 
-    async fn audit(&self, limit: u32, before: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn audit(
+        &self,
+        limit: u32,
+        before: Option<i64>,
+        org: Option<&Name>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let org = org.map(Name::to_string);
         self.read(move |c| {
             let mut stmt = c.prepare(
-                "SELECT id, at, actor, action, object, detail FROM audit WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT id, at, actor, action, object, detail FROM audit
+                 WHERE id < ?1 AND (?3 IS NULL OR org = ?3) ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit], |r| {
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), limit, org], |r| {
                 Ok(AuditEntry {
                     id: r.get(0)?,
                     at: r.get(1)?,
@@ -875,5 +957,57 @@ impl Store for SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written before organisations existed: its sites move
+    /// into `default`, its admin tokens stay network-wide.
+    #[tokio::test]
+    async fn sites_from_before_organisations_move_into_the_default_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.db");
+        {
+            let conn = open_conn(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+            )
+            .expect("table");
+            for (i, sql) in MIGRATIONS[..3].iter().enumerate() {
+                conn.execute_batch(sql).expect("an old migration");
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, 0)",
+                    [i as i64 + 1],
+                )
+                .expect("version");
+            }
+            conn.execute_batch(
+                "INSERT INTO regions (name, mesh, ipv4_block, created_at) VALUES ('north', 0, '100.64.0.0/20', 1);
+                 INSERT INTO sites (name, region, role, state, agentless, lan_prefixes, ipv4, revision, created_at)
+                     VALUES ('gp-old', 'north', 'spoke', 'pending', 0, '[]', '100.64.0.5', 0, 1);
+                 INSERT INTO admin_tokens (id, hash, description, created_at) VALUES ('tok-old', 'h', 'ops', 1);",
+            )
+            .expect("old rows");
+        }
+        let s = SqliteStore::open(&path).expect("migrate");
+        let loaded = s.load().await.expect("load");
+        assert_eq!(loaded.sites.len(), 1);
+        assert_eq!(loaded.sites[0].org, crate::model::default_org());
+        assert_eq!(
+            s.admin_token("h").await.expect("token").map(|t| t.org),
+            Some(None),
+            "a token from before stays network-wide"
+        );
+        let orgs: Vec<String> = s
+            .orgs()
+            .await
+            .expect("orgs")
+            .into_iter()
+            .map(|o| o.name.to_string())
+            .collect();
+        assert_eq!(orgs, ["default"]);
     }
 }

@@ -88,7 +88,7 @@ impl TestController {
             Some(a) => a,
             None => {
                 controller
-                    .create_admin_token(&Actor::local(), "tests")
+                    .create_admin_token(&Actor::local(), "tests", None)
                     .await
                     .expect("admin token")
                     .1

@@ -1,0 +1,412 @@
+//! Organisations and scoped administration, endpoint by endpoint: a token
+//! scoped to one organisation cannot read, list, change or export another
+//! organisation's sites (404, as if they did not exist), cannot change
+//! what belongs to the whole network (403), and loses nothing of what
+//! others stored by trying; the network-wide token can do all of it.
+
+mod common;
+
+use common::TestController;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use wardnet_controller::service::Actor;
+
+/// A scoped token for `org`: (id, secret).
+async fn scoped_token(t: &TestController, org: &str) -> (String, String) {
+    t.controller
+        .create_admin_token(
+            &Actor::local(),
+            &format!("{org} IT"),
+            Some(&org.parse().expect("name")),
+        )
+        .await
+        .expect("scoped token")
+}
+
+async fn org(t: &TestController, name: &str) {
+    let (s, v) = t
+        .admin_post(
+            "/v1/orgs",
+            json!({"name": name, "description": format!("{name} for tests")}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+async fn as_token(
+    t: &TestController,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    t.call(method, path, Some(token), body).await
+}
+
+fn names(v: &Value, key: &str) -> Vec<String> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|x| x[key].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Two trusts with a token each, a shared region and hub (the NOC's), one
+/// site per trust added by its own token, one of them enrolled.
+struct World {
+    t: TestController,
+    a: (String, String),
+    b: (String, String),
+}
+
+async fn world() -> World {
+    let t = TestController::start().await;
+    org(&t, "trust-a").await;
+    org(&t, "practice-b").await;
+    t.region("north", false).await;
+    t.site(json!({"name": "hub-north", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820"}))
+        .await;
+    let a = scoped_token(&t, "trust-a").await;
+    let b = scoped_token(&t, "practice-b").await;
+    for (token, site, lan) in [
+        (&a.1, "a-main", "10.1.0.0/24"),
+        (&b.1, "b-surgery", "10.2.0.0/24"),
+    ] {
+        let (s, v) = as_token(
+            &t,
+            token,
+            Method::POST,
+            "/v1/sites",
+            Some(json!({"name": site, "region": "north", "role": "spoke", "lan_prefixes": [lan]})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let enrol = v["token"].as_str().expect("enrolment token");
+        t.enrolled(enrol, None).await;
+    }
+    World { t, a, b }
+}
+
+#[tokio::test]
+async fn a_scoped_token_cannot_reach_another_organisations_sites_by_any_endpoint() {
+    let World { t, a, b: _ } = world().await;
+    let (_, before) = t.admin_get("/v1/sites/b-surgery").await;
+    assert_eq!(
+        before["org"], "practice-b",
+        "created in its token's organisation"
+    );
+    let a = a.1.as_str();
+
+    // Every route that names a site: 404, the same answer as a site that
+    // does not exist, with nothing in it about the other organisation.
+    let routes: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "/v1/sites/b-surgery".into(), None),
+        (
+            Method::PATCH,
+            "/v1/sites/b-surgery".into(),
+            Some(json!({"lan_prefixes": ["10.9.0.0/24"]})),
+        ),
+        (Method::DELETE, "/v1/sites/b-surgery".into(), None),
+        (
+            Method::POST,
+            "/v1/sites/b-surgery/revoke".into(),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/sites/b-surgery/token".into(),
+            Some(json!({})),
+        ),
+        (Method::GET, "/v1/sites/b-surgery/config".into(), None),
+        (Method::GET, "/v1/sites/b-surgery/wg-quick".into(), None),
+        (Method::GET, "/v1/orgs/practice-b".into(), None),
+    ];
+    for (method, path, body) in routes {
+        let (s, v) = as_token(&t, a, method.clone(), &path, body.clone()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
+        assert!(
+            !v.to_string().contains("practice-b") || path.contains("practice-b"),
+            "{method} {path} names the other organisation: {v}"
+        );
+        let missing = path.replace("b-surgery", "no-such-site");
+        let (s2, _) = as_token(&t, a, method.clone(), &missing, body).await;
+        assert_eq!(s2, s, "{method} {path}: same answer as for a missing site");
+    }
+
+    // Adding a site into the other organisation: as if it did not exist.
+    let (s, v) = as_token(
+        &t,
+        a,
+        Method::POST,
+        "/v1/sites",
+        Some(json!({"name": "sneaky", "region": "north", "role": "spoke", "org": "practice-b"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    // Lists, health, targets, audit, status: only its own.
+    let (_, sites) = as_token(&t, a, Method::GET, "/v1/sites", None).await;
+    assert_eq!(names(&sites, "name"), ["a-main"]);
+    let (_, health) = as_token(&t, a, Method::GET, "/v1/health", None).await;
+    assert_eq!(names(&health["sites"], "name"), ["a-main"]);
+    let (_, targets) = as_token(&t, a, Method::GET, "/v1/prometheus/targets", None).await;
+    assert!(!targets.to_string().contains("b-surgery"), "{targets}");
+    let (_, orgs) = as_token(&t, a, Method::GET, "/v1/orgs", None).await;
+    assert_eq!(names(&orgs, "name"), ["trust-a"]);
+    let (_, audit) = as_token(&t, a, Method::GET, "/v1/audit?limit=1000", None).await;
+    let objects = names(&audit, "object");
+    assert!(objects.contains(&"a-main".to_owned()), "{objects:?}");
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o == "b-surgery" || o == "hub-north" || o == "practice-b"),
+        "{objects:?}"
+    );
+    let (_, status) = as_token(&t, a, Method::GET, "/v1/status", None).await;
+    assert_eq!(status["sites_active"], 1, "{status}");
+    assert_eq!(status["hubs"], 0, "the hub is the network's: {status}");
+    let (_, regions) = as_token(&t, a, Method::GET, "/v1/regions", None).await;
+    assert_eq!(
+        regions[0]["sites"], 1,
+        "counts only its own sites: {regions}"
+    );
+
+    // What belongs to the whole network: 403, naming the token's scope.
+    let network: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::POST, "/v1/orgs", Some(json!({"name": "trust-c"}))),
+        (Method::DELETE, "/v1/orgs/practice-b", None),
+        (Method::POST, "/v1/regions", Some(json!({"name": "south"}))),
+        (Method::DELETE, "/v1/regions/north", None),
+        (
+            Method::POST,
+            "/v1/sites",
+            Some(
+                json!({"name": "hub-2", "region": "north", "role": "hub", "endpoint": "198.51.100.2:51820"}),
+            ),
+        ),
+    ];
+    for (method, path, body) in network {
+        let (s, v) = as_token(&t, a, method.clone(), path, body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("network-wide")),
+            "{v}"
+        );
+    }
+
+    // Nothing of the other organisation changed.
+    let (_, after) = t.admin_get("/v1/sites/b-surgery").await;
+    assert_eq!(after, before);
+    let (s, _) = t.admin_get("/v1/regions/north").await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The network-wide token sees and reaches everything.
+    let (_, all) = t.admin_get("/v1/sites").await;
+    let mut all = names(&all, "name");
+    all.sort();
+    assert_eq!(all, ["a-main", "b-surgery", "hub-north"]);
+    for path in [
+        "/v1/sites/b-surgery",
+        "/v1/sites/b-surgery/config",
+        "/v1/orgs/practice-b",
+    ] {
+        let (s, v) = t.admin_get(path).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+    }
+    let (_, orgs) = t.admin_get("/v1/orgs").await;
+    assert_eq!(names(&orgs, "name"), ["default", "practice-b", "trust-a"]);
+    let (s, v) = t
+        .call(
+            Method::PATCH,
+            "/v1/sites/b-surgery",
+            Some(&t.admin.clone()),
+            Some(json!({"lan_prefixes": ["10.2.1.0/24"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn a_scoped_token_administers_its_own_sites_and_the_audit_log_names_it_with_before_and_after()
+{
+    let World { t, a, b } = world().await;
+    let (a_id, a) = (a.0.as_str(), a.1.as_str());
+
+    let (s, v) = as_token(
+        &t,
+        a,
+        Method::PATCH,
+        "/v1/sites/a-main",
+        Some(json!({"lan_prefixes": ["10.1.0.0/23"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for path in ["/v1/sites/a-main/config", "/v1/sites/a-main"] {
+        let (s, v) = as_token(&t, a, Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+    }
+    let (s, v) = as_token(
+        &t,
+        a,
+        Method::POST,
+        "/v1/sites/a-main/token",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = as_token(
+        &t,
+        a,
+        Method::POST,
+        "/v1/sites/a-main/revoke",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = as_token(&t, a, Method::DELETE, "/v1/sites/a-main", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+
+    let (_, audit) = as_token(&t, a, Method::GET, "/v1/audit?limit=1000", None).await;
+    let entries = audit.as_array().expect("entries");
+    let update = entries
+        .iter()
+        .find(|e| e["action"] == "site.update")
+        .expect("the update is in its own audit log");
+    assert_eq!(update["actor"], a_id, "the audit log names the token");
+    let detail = update["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("before: org trust-a")
+            && detail.contains("lan [10.1.0.0/24]")
+            && detail.contains("after: org trust-a")
+            && detail.contains("lan [10.1.0.0/23]"),
+        "{detail}"
+    );
+    let delete = entries
+        .iter()
+        .find(|e| e["action"] == "site.delete")
+        .expect("the delete is audited");
+    assert!(
+        delete["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("before: org trust-a")),
+        "{delete}"
+    );
+    // The other organisation's token does not see any of it.
+    let (_, theirs) = as_token(&t, &b.1, Method::GET, "/v1/audit?limit=1000", None).await;
+    assert!(
+        !names(&theirs, "object").contains(&"a-main".to_owned()),
+        "{theirs}"
+    );
+}
+
+#[tokio::test]
+async fn organisations_are_created_listed_and_deleted_only_when_nothing_refers_to_them() {
+    let World { t, a: _, b: _ } = world().await;
+
+    let (s, v) = t.admin_post("/v1/orgs", json!({"name": "trust-a"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = t
+        .admin_post("/v1/orgs", json!({"name": "Not A Name"}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = t
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "lost", "region": "north", "role": "spoke", "org": "no-such-org"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("orgs add")),
+        "{v}"
+    );
+
+    // A site added without an organisation by the network-wide token goes
+    // to `default`; `default` itself cannot go.
+    t.site(json!({"name": "legacy", "region": "north", "role": "spoke"}))
+        .await;
+    let (_, legacy) = t.admin_get("/v1/sites/legacy").await;
+    assert_eq!(legacy["org"], "default");
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            "/v1/orgs/default",
+            Some(&t.admin.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+
+    // Sites, then admin tokens, hold an organisation in place.
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            "/v1/orgs/trust-a",
+            Some(&t.admin.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("sites")),
+        "{v}"
+    );
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            "/v1/sites/a-main",
+            Some(&t.admin.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            "/v1/orgs/trust-a",
+            Some(&t.admin.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("admin tokens")),
+        "{v}"
+    );
+    let (_, still) = t.admin_get("/v1/orgs/trust-a").await;
+    assert_eq!(still["sites"], 0, "{still}");
+
+    org(&t, "empty-trust").await;
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            "/v1/orgs/empty-trust",
+            Some(&t.admin.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, _) = t.admin_get("/v1/orgs/empty-trust").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A token for an organisation that does not exist is refused.
+    let e = t
+        .controller
+        .create_admin_token(
+            &Actor::local(),
+            "x",
+            Some(&"no-such-org".parse().expect("name")),
+        )
+        .await
+        .expect_err("no such organisation");
+    assert!(
+        e.to_string().contains("no organisation named no-such-org"),
+        "{e}"
+    );
+}
