@@ -6,6 +6,7 @@ pub mod delta;
 pub mod keys;
 pub mod name;
 pub mod net;
+pub mod policy;
 pub mod time;
 pub mod token;
 pub mod wire;

@@ -161,6 +161,81 @@ async fn every_command_prints_json_with_output_json() {
         ],
     );
     assert!(check("sites list", &["sites", "list", "--region", "north"]).is_array());
+    check("orgs add", &["orgs", "add", "practice-b"]);
+    let v = check(
+        "policy add-rule",
+        &[
+            "policy",
+            "add-rule",
+            "--from",
+            "org:practice-b",
+            "--to",
+            "site:gp-a",
+            "--proto",
+            "tcp",
+            "--port",
+            "443",
+            "--port",
+            "8000-8080",
+            "--description",
+            "booking",
+        ],
+    );
+    assert_eq!(
+        v["rule"]["ports"],
+        serde_json::json!(["443", "8000-8080"]),
+        "{v}"
+    );
+    let id = v["rule"]["id"].as_u64().expect("a rule id").to_string();
+    assert_eq!(
+        check("policy show", &["policy", "show", &id])["org"],
+        "trust-a"
+    );
+    let v = check(
+        "policy add-service",
+        &[
+            "policy",
+            "add-service",
+            "booking",
+            "--site",
+            "gp-a",
+            "--prefix",
+            "10.1.0.0/25",
+            "--proto",
+            "tcp",
+            "--port",
+            "443",
+            "--shared-with",
+            "practice-b",
+        ],
+    );
+    assert_eq!(
+        v["service"]["shared_with"],
+        serde_json::json!(["practice-b"]),
+        "{v}"
+    );
+    let v = check("policy list", &["policy", "list"]);
+    assert_eq!(v["rules"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["services"].as_array().map(Vec::len), Some(1), "{v}");
+    let v = check(
+        "policy check",
+        &[
+            "policy", "check", "gp-a", "gp-a", "--proto", "tcp", "--port", "22",
+        ],
+    );
+    assert_eq!(v["allow"], true, "{v}");
+    assert_eq!(v["decided_by"]["by"], "same_org", "{v}");
+    assert_eq!(
+        check(
+            "policy delete-service",
+            &["policy", "delete-service", "booking"]
+        )["kind"],
+        "service"
+    );
+    assert_eq!(
+        check("policy delete-rule", &["policy", "delete-rule", &id])["kind"],
+        "rule"
+    );
     assert_eq!(
         check("sites show", &["sites", "show", "gp-a"])["name"],
         "gp-a"
@@ -234,6 +309,19 @@ async fn every_command_prints_json_with_output_json() {
         v["token"].as_str().is_some_and(|s| s.starts_with("wnt_")),
         "{v}"
     );
+    assert!(v["org"].is_null(), "network-wide: {v}");
+    let v = check(
+        "admin-token create",
+        &[
+            "admin-token",
+            "create",
+            "--config",
+            config.to_str().expect("utf8"),
+            "--org",
+            "default",
+        ],
+    );
+    assert_eq!(v["org"], "default", "{v}");
 
     let mut all = BTreeSet::new();
     leaves(&Cli::command(), "", &mut all);

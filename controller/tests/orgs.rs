@@ -43,6 +43,15 @@ async fn as_token(
     t.call(method, path, Some(token), body).await
 }
 
+/// The answer is `status` and its message says `needle`.
+fn refused((s, v): (StatusCode, Value), status: StatusCode, needle: &str) {
+    assert_eq!(s, status, "{v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains(needle)),
+        "the message should say {needle:?}: {v}"
+    );
+}
+
 fn names(v: &Value, key: &str) -> Vec<String> {
     v.as_array()
         .expect("an array")
@@ -186,13 +195,10 @@ async fn a_scoped_token_cannot_reach_another_organisations_sites_by_any_endpoint
         ),
     ];
     for (method, path, body) in network {
-        let (s, v) = as_token(&t, a, method.clone(), path, body).await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {v}");
-        assert!(
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("network-wide")),
-            "{v}"
+        refused(
+            as_token(&t, a, method, path, body).await,
+            StatusCode::FORBIDDEN,
+            "network-wide",
         );
     }
 
@@ -304,25 +310,33 @@ async fn a_scoped_token_administers_its_own_sites_and_the_audit_log_names_it_wit
 #[tokio::test]
 async fn organisations_are_created_listed_and_deleted_only_when_nothing_refers_to_them() {
     let World { t, a: _, b: _ } = world().await;
+    let delete = |path: &'static str| {
+        let t = &t;
+        async move {
+            t.call(Method::DELETE, path, Some(&t.admin.clone()), None)
+                .await
+        }
+    };
 
-    let (s, v) = t.admin_post("/v1/orgs", json!({"name": "trust-a"})).await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    let (s, v) = t
-        .admin_post("/v1/orgs", json!({"name": "Not A Name"}))
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, v) = t
-        .admin_post(
+    refused(
+        t.admin_post("/v1/orgs", json!({"name": "trust-a"})).await,
+        StatusCode::CONFLICT,
+        "already exists",
+    );
+    refused(
+        t.admin_post("/v1/orgs", json!({"name": "Not A Name"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "name",
+    );
+    refused(
+        t.admin_post(
             "/v1/sites",
             json!({"name": "lost", "region": "north", "role": "spoke", "org": "no-such-org"}),
         )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("orgs add")),
-        "{v}"
+        .await,
+        StatusCode::NOT_FOUND,
+        "orgs add",
     );
 
     // A site added without an organisation by the network-wide token goes
@@ -331,67 +345,32 @@ async fn organisations_are_created_listed_and_deleted_only_when_nothing_refers_t
         .await;
     let (_, legacy) = t.admin_get("/v1/sites/legacy").await;
     assert_eq!(legacy["org"], "default");
-    let (s, v) = t
-        .call(
-            Method::DELETE,
-            "/v1/orgs/default",
-            Some(&t.admin.clone()),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    refused(
+        delete("/v1/orgs/default").await,
+        StatusCode::CONFLICT,
+        "cannot be deleted",
+    );
 
     // Sites, then admin tokens, hold an organisation in place.
-    let (s, v) = t
-        .call(
-            Method::DELETE,
-            "/v1/orgs/trust-a",
-            Some(&t.admin.clone()),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert!(
-        v["message"].as_str().is_some_and(|m| m.contains("sites")),
-        "{v}"
+    refused(
+        delete("/v1/orgs/trust-a").await,
+        StatusCode::CONFLICT,
+        "sites",
     );
-    let (s, _) = t
-        .call(
-            Method::DELETE,
-            "/v1/sites/a-main",
-            Some(&t.admin.clone()),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, v) = t
-        .call(
-            Method::DELETE,
-            "/v1/orgs/trust-a",
-            Some(&t.admin.clone()),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    assert!(
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("admin tokens")),
-        "{v}"
+    assert_eq!(delete("/v1/sites/a-main").await.0, StatusCode::NO_CONTENT);
+    refused(
+        delete("/v1/orgs/trust-a").await,
+        StatusCode::CONFLICT,
+        "admin tokens",
     );
     let (_, still) = t.admin_get("/v1/orgs/trust-a").await;
     assert_eq!(still["sites"], 0, "{still}");
 
     org(&t, "empty-trust").await;
-    let (s, v) = t
-        .call(
-            Method::DELETE,
-            "/v1/orgs/empty-trust",
-            Some(&t.admin.clone()),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(
+        delete("/v1/orgs/empty-trust").await.0,
+        StatusCode::NO_CONTENT
+    );
     let (s, _) = t.admin_get("/v1/orgs/empty-trust").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use wardnet_common::policy::{CheckQuery, CreateRule, Service};
 use wardnet_common::wire::{
     AgentReport, ConfigQuery, CreateOrg, CreateRegion, CreateSite, EnrollRequest, SiteState,
     UpdateSite,
@@ -114,6 +115,77 @@ pub async fn delete_org(
 ) -> ApiResult<StatusCode> {
     c.delete_org(&actor, &name("organisation", &n)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- policy --------------------------------------------------------------
+
+pub async fn policy(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+    Ok(axum::Json(c.policy(&actor).await?).into_response())
+}
+
+pub async fn create_rule(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Json(req): Json<CreateRule>,
+) -> ApiResult<Response> {
+    let r = c.create_rule(&actor, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(r)).into_response())
+}
+
+fn rule_id(raw: &str) -> ApiResult<u64> {
+    raw.parse()
+        .map_err(|_| ApiError::NotFound(format!("no rule {raw:?}; rules are numbered")))
+}
+
+pub async fn show_rule(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.rule(&actor, rule_id(&id)?).await?).into_response())
+}
+
+pub async fn delete_rule(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    c.delete_rule(&actor, rule_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn create_service(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Json(req): Json<Service>,
+) -> ApiResult<Response> {
+    let s = c.create_service(&actor, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(s)).into_response())
+}
+
+pub async fn show_service(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.service(&actor, &name("service", &n)?).await?).into_response())
+}
+
+pub async fn delete_service(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+) -> ApiResult<StatusCode> {
+    c.delete_service(&actor, &name("service", &n)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn check_policy(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Query(q): Query<CheckQuery>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.check(&actor, q).await?).into_response())
 }
 
 // ----- regions -------------------------------------------------------------

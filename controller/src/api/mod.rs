@@ -34,6 +34,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/orgs"),
     ("GET", "/v1/orgs/{name}"),
     ("DELETE", "/v1/orgs/{name}"),
+    ("GET", "/v1/policy"),
+    ("POST", "/v1/policy/rules"),
+    ("GET", "/v1/policy/rules/{id}"),
+    ("DELETE", "/v1/policy/rules/{id}"),
+    ("POST", "/v1/policy/services"),
+    ("GET", "/v1/policy/services/{name}"),
+    ("DELETE", "/v1/policy/services/{name}"),
+    ("GET", "/v1/policy/check"),
     ("GET", "/v1/regions"),
     ("POST", "/v1/regions"),
     ("GET", "/v1/regions/{name}"),
@@ -63,6 +71,18 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/agent/report", post(h::agent_report))
         .route("/v1/orgs", get(h::list_orgs).post(h::create_org))
         .route("/v1/orgs/{name}", get(h::show_org).delete(h::delete_org))
+        .route("/v1/policy", get(h::policy))
+        .route("/v1/policy/rules", post(h::create_rule))
+        .route(
+            "/v1/policy/rules/{id}",
+            get(h::show_rule).delete(h::delete_rule),
+        )
+        .route("/v1/policy/services", post(h::create_service))
+        .route(
+            "/v1/policy/services/{name}",
+            get(h::show_service).delete(h::delete_service),
+        )
+        .route("/v1/policy/check", get(h::check_policy))
         .route("/v1/regions", get(h::list_regions).post(h::create_region))
         .route(
             "/v1/regions/{name}",

@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
+use wardnet_common::policy::{
+    CheckAnswer, CreateRule, PolicyView, PortRange, Proto, RuleView, Service, ServiceView,
+    SharedWith, Source, Target,
+};
 use wardnet_common::wire::{
     AuditEntry, CreateOrg, CreateRegion, CreateSite, FileSdGroup, FleetHealth, OrgView, RegionView,
     SiteCreated, SiteState, SiteView, StatusSummary, UpdateSite,
@@ -82,6 +86,14 @@ pub enum Command {
         api: ApiArgs,
         #[command(subcommand)]
         command: OrgsCommand,
+    },
+    /// The policy between organisations: rules, services, and who may
+    /// reach whom (`policy check`).
+    Policy {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Manage regions (groups of sites around their hubs).
     Regions {
@@ -184,6 +196,100 @@ pub enum AdminTokenCommand {
         #[command(flatten)]
         output: OutputArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// List the rules and services (a scoped token: its own, and the
+    /// services shared with it).
+    List,
+    /// Show one rule (by number) or service (by name).
+    Show {
+        /// A rule's number or a service's name.
+        what: String,
+    },
+    /// Would traffic from site FROM to site TO be allowed, and what decides?
+    Check {
+        /// The site the traffic comes from.
+        from: Name,
+        /// The site it goes to.
+        to: Name,
+        /// The protocol.
+        #[arg(long, value_parser = check_proto_parser())]
+        proto: Proto,
+        /// The destination port (tcp and udp).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The address at TO (one of its own or LAN addresses), where a
+        /// service listens on part of the site.
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
+    },
+    /// Add a rule admitting traffic into an organisation, a site or a
+    /// service (a scoped token: into its own).
+    AddRule {
+        /// Where from: all, org:NAME, region:NAME or site:NAME.
+        #[arg(long)]
+        from: Source,
+        /// Where to: org:NAME, site:NAME or service:NAME.
+        #[arg(long)]
+        to: Target,
+        /// The protocol.
+        #[arg(long, default_value = "any", value_parser = proto_parser())]
+        proto: Proto,
+        /// A port or range (tcp and udp; repeatable; none: every port).
+        #[arg(long = "port")]
+        ports: Vec<PortRange>,
+        /// Why the rule exists, for people.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a rule by its number.
+    DeleteRule {
+        /// The rule's number (`policy list`).
+        id: u64,
+    },
+    /// Publish a service: a site, or prefixes and ports behind it, shared
+    /// with all organisations or with listed ones.
+    AddService {
+        /// Service name: lower-case letters, digits and dashes.
+        name: Name,
+        /// The site it is behind (one of the token's).
+        #[arg(long)]
+        site: Name,
+        /// Where it listens, within the site's addresses or LAN prefixes
+        /// (repeatable; none: the whole site).
+        #[arg(long = "prefix", value_parser = parse_prefix)]
+        prefixes: Vec<IpNet>,
+        /// The protocol.
+        #[arg(long, default_value = "any", value_parser = proto_parser())]
+        proto: Proto,
+        /// A port or range (tcp and udp; repeatable; none: every port).
+        #[arg(long = "port")]
+        ports: Vec<PortRange>,
+        /// Who may reach it: `all`, or an organisation (repeatable).
+        #[arg(long = "shared-with", required = true)]
+        shared_with: Vec<String>,
+        /// What it is, for people.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Withdraw a service.
+    DeleteService {
+        /// The service's name.
+        name: Name,
+    },
+}
+
+fn proto_parser() -> impl clap::builder::TypedValueParser<Value = Proto> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["any", "tcp", "udp", "icmp"])
+        .try_map(|s| s.parse::<Proto>())
+}
+
+fn check_proto_parser() -> impl clap::builder::TypedValueParser<Value = Proto> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["tcp", "udp", "icmp"]).try_map(|s| s.parse::<Proto>())
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,6 +480,7 @@ fn parse_prefix(s: &str) -> Result<IpNet, String> {
 pub async fn run_client(command: Command) -> Result<()> {
     match command {
         Command::Orgs { api, command } => orgs(&api, command).await,
+        Command::Policy { api, command } => policy(&api, command).await,
         Command::Regions { api, command } => regions(&api, command).await,
         Command::Sites { api, command } => sites(&api, command).await,
         Command::Prometheus { api, command } => prometheus(&api, command).await,
@@ -421,6 +528,135 @@ pub async fn run_client(command: Command) -> Result<()> {
         | Command::Ca { .. }
         | Command::Completion { .. }
         | Command::GenerateDocs { .. } => unreachable!("handled by main"),
+    }
+}
+
+async fn policy(api: &ApiArgs, command: PolicyCommand) -> Result<()> {
+    let c = ApiClient::new(api)?;
+    match command {
+        PolicyCommand::List => {
+            let p: PolicyView = c.get("/v1/policy").await?;
+            print_out(api.output, &p, || table::policy(&p.rules, &p.services))
+        }
+        PolicyCommand::Show { what } => {
+            if let Ok(id) = what.parse::<u64>() {
+                let r: RuleView = c.get(&format!("/v1/policy/rules/{id}")).await?;
+                print_out(api.output, &r, || {
+                    table::policy(std::slice::from_ref(&r), &[])
+                })
+            } else {
+                let name: Name = what.parse().map_err(|_| {
+                    anyhow::anyhow!("{what:?} is neither a rule's number nor a service's name")
+                })?;
+                let s: ServiceView = c.get(&format!("/v1/policy/services/{name}")).await?;
+                print_out(api.output, &s, || {
+                    table::policy(&[], std::slice::from_ref(&s))
+                })
+            }
+        }
+        PolicyCommand::Check {
+            from,
+            to,
+            proto,
+            port,
+            address,
+        } => {
+            let mut q = format!("/v1/policy/check?from={from}&to={to}&proto={proto}");
+            if let Some(p) = port {
+                q.push_str(&format!("&port={p}"));
+            }
+            if let Some(a) = address {
+                q.push_str(&format!("&address={a}"));
+            }
+            let a: CheckAnswer = c.get(&q).await?;
+            print_out(api.output, &a, || {
+                let mut t = Table::new(&["FROM", "TO", "TRAFFIC", "ANSWER", "DECIDED BY"]);
+                let traffic = match port {
+                    Some(p) => format!("{proto}/{p}"),
+                    None => proto.to_string(),
+                };
+                t.row(vec![
+                    from.to_string(),
+                    to.to_string(),
+                    traffic,
+                    if a.allow { "allow" } else { "deny" }.into(),
+                    a.because.clone(),
+                ]);
+                t
+            })
+        }
+        PolicyCommand::AddRule {
+            from,
+            to,
+            proto,
+            ports,
+            description,
+        } => {
+            let req = CreateRule {
+                from,
+                to,
+                proto,
+                ports,
+                description,
+            };
+            let r: RuleView = c.post("/v1/policy/rules", &req).await?;
+            print_out(api.output, &r, || {
+                table::policy(std::slice::from_ref(&r), &[])
+            })
+        }
+        PolicyCommand::DeleteRule { id } => {
+            c.delete(&format!("/v1/policy/rules/{id}")).await?;
+            let done = serde_json::json!({"kind": "rule", "id": id});
+            print_out(api.output, &done, || {
+                let mut t = Table::new(&["DELETED"]);
+                t.row(vec![format!("rule {id}")]);
+                t
+            })
+        }
+        PolicyCommand::AddService {
+            name,
+            site,
+            prefixes,
+            proto,
+            ports,
+            shared_with,
+            description,
+        } => {
+            let shared_with = if shared_with.iter().any(|s| s == "all") {
+                SharedWith::All
+            } else {
+                SharedWith::Orgs(
+                    shared_with
+                        .iter()
+                        .map(|s| {
+                            s.parse::<Name>()
+                                .map_err(|e| anyhow::anyhow!("--shared-with {s:?}: {}", e.0))
+                        })
+                        .collect::<Result<_>>()?,
+                )
+            };
+            let req = Service {
+                name,
+                site,
+                prefixes: prefixes.into_iter().collect(),
+                proto,
+                ports,
+                shared_with,
+                description,
+            };
+            let s: ServiceView = c.post("/v1/policy/services", &req).await?;
+            print_out(api.output, &s, || {
+                table::policy(&[], std::slice::from_ref(&s))
+            })
+        }
+        PolicyCommand::DeleteService { name } => {
+            c.delete(&format!("/v1/policy/services/{name}")).await?;
+            let done = Deleted {
+                kind: "service",
+                name,
+            };
+            print_out(api.output, &done, || done.table())
+        }
     }
 }
 

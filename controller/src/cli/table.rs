@@ -245,6 +245,50 @@ pub fn targets(groups: &[wardnet_common::wire::FileSdGroup]) -> Table {
     t
 }
 
+/// Rules, then services, in one table.
+pub fn policy(
+    rules: &[wardnet_common::policy::RuleView],
+    services: &[wardnet_common::policy::ServiceView],
+) -> Table {
+    use wardnet_common::policy::{traffic_text, SharedWith};
+    let mut t = Table::new(&["WHAT", "FROM", "TO", "TRAFFIC", "OWNER", "DESCRIPTION"]);
+    for r in rules {
+        t.row(vec![
+            format!("rule {}", r.rule.id),
+            r.rule.from.to_string(),
+            r.rule.to.to_string(),
+            traffic_text(r.rule.proto, &r.rule.ports),
+            r.org.to_string(),
+            r.rule.description.clone(),
+        ]);
+    }
+    for s in services {
+        let svc = &s.service;
+        let shared = match &svc.shared_with {
+            SharedWith::All => "all".to_owned(),
+            SharedWith::Orgs(o) => o
+                .iter()
+                .map(|n| format!("org:{n}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let mut at = format!("site:{}", svc.site);
+        if !svc.prefixes.is_empty() {
+            let p: Vec<String> = svc.prefixes.iter().map(ToString::to_string).collect();
+            at = format!("{at} {}", p.join(","));
+        }
+        t.row(vec![
+            format!("service {}", svc.name),
+            shared,
+            at,
+            traffic_text(svc.proto, &svc.ports),
+            s.org.to_string(),
+            svc.description.clone(),
+        ]);
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,7 +60,7 @@ impl Actor {
 }
 
 /// An audit entry; `org`: whose object it is about (its admins see it).
-fn audit(
+pub(super) fn audit(
     at: i64,
     actor: &Actor,
     action: &str,
@@ -106,7 +106,7 @@ fn site_change(before: Option<&Site>, after: Option<&Site>) -> String {
 }
 
 /// The site `name` if it exists and `actor` may see it; else 404 either way.
-fn visible_site<'m>(
+pub(super) fn visible_site<'m>(
     m: &'m Model,
     actor: &Actor,
     name: &Name,
@@ -117,7 +117,7 @@ fn visible_site<'m>(
         .ok_or_else(|| not_found_site(name))
 }
 
-fn not_found_org(name: &Name) -> ApiError {
+pub(super) fn not_found_org(name: &Name) -> ApiError {
     ApiError::NotFound(format!(
         "no organisation named {name}; `orgs list` shows the organisations"
     ))
@@ -848,6 +848,11 @@ impl Controller {
                 StoreError::Conflict { what } if what == "sites.org" => ApiError::Conflict(format!(
                     "organisation {name} still has sites; delete them first"
                 )),
+                StoreError::Conflict { what } if what == "policy_rules.org" => {
+                    ApiError::Conflict(format!(
+                        "policy rules admit traffic into organisation {name}; delete them first (`policy list`)"
+                    ))
+                }
                 e => e.into(),
             })
     }

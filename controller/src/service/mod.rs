@@ -35,6 +35,7 @@ pub use admin::Actor;
 pub use agent::AgentIdentity;
 mod agent;
 pub mod heartbeat;
+mod policy;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -283,6 +283,89 @@ async fn organisations_are_referred_to_and_held(s: &dyn Store) {
     assert_eq!(names(s.orgs().await.expect("orgs")), ["default", "trust-a"]);
 }
 
+/// Policy rules and services: ids and names are unique, a rule holds its
+/// organisation, a service goes with its site, and both read back as
+/// written.
+async fn policy_rules_and_services(s: &dyn Store) {
+    use wardnet_common::policy::{Rule, Service, SharedWith};
+    let org: Name = "trust-a".parse().expect("name");
+    s.commit(vec![
+        Write::InsertOrg(crate::model::Org {
+            name: org.clone(),
+            description: String::new(),
+            created_at: 1,
+        }),
+        Write::InsertRegion(region("north", "100.64.0.0/20")),
+        Write::InsertSite(site("lth-1", "north", "100.64.0.10")),
+    ])
+    .await
+    .expect("setup");
+    let rule = StoredRule {
+        rule: Rule {
+            id: 1,
+            from: "region:north".parse().expect("source"),
+            to: "org:trust-a".parse().expect("target"),
+            proto: "tcp".parse().expect("proto"),
+            ports: vec![
+                "443".parse().expect("port"),
+                "8000-8080".parse().expect("range"),
+            ],
+            description: "referrals".into(),
+        },
+        org: org.clone(),
+        created_at: 2,
+    };
+    let service = StoredService {
+        service: Service {
+            name: "pacs".parse().expect("name"),
+            site: "lth-1".parse().expect("name"),
+            prefixes: ["100.64.0.10/32".parse().expect("prefix")].into(),
+            proto: "any".parse().expect("proto"),
+            ports: Vec::new(),
+            shared_with: SharedWith::Orgs(["gp-b".parse().expect("name")].into()),
+            description: String::new(),
+        },
+        org: "default".parse().expect("name"),
+        created_at: 3,
+    };
+    s.commit(vec![
+        Write::InsertRule(rule.clone()),
+        Write::InsertService(service.clone()),
+    ])
+    .await
+    .expect("policy");
+    let p = s.policy().await.expect("read");
+    assert_eq!(p.rules, vec![rule.clone()]);
+    assert_eq!(p.services, vec![service.clone()]);
+    match s.commit(vec![Write::InsertRule(rule.clone())]).await {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "policy_rules.id"),
+        other => panic!("a second rule 1: {other:?}"),
+    }
+    let mut stray = rule.clone();
+    stray.rule.id = 2;
+    stray.org = "no-such-org".parse().expect("name");
+    match s.commit(vec![Write::InsertRule(stray)]).await {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "policy_rules.org"),
+        other => panic!("a rule for a missing organisation: {other:?}"),
+    }
+    let dup = s.commit(vec![Write::InsertService(service.clone())]).await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    match s.commit(vec![Write::DeleteOrg(org.clone())]).await {
+        Err(StoreError::Conflict { what }) => assert_eq!(what, "policy_rules.org"),
+        other => panic!("deleting an organisation a rule admits into: {other:?}"),
+    }
+    s.commit(vec![
+        Write::DeleteSite("lth-1".parse().expect("name")),
+        Write::DeleteRule(1),
+    ])
+    .await
+    .expect("delete");
+    assert_eq!(s.policy().await.expect("read"), StoredPolicy::default());
+    s.commit(vec![Write::DeleteOrg(org)])
+        .await
+        .expect("nothing holds it now");
+}
+
 async fn audit_and_admin_tokens(s: &dyn Store) {
     s.commit(vec![
         Write::InsertAdminToken {
@@ -628,6 +711,12 @@ async fn sqlite_organisations() {
 }
 
 #[tokio::test]
+async fn sqlite_policy() {
+    let (_d, s) = sqlite();
+    policy_rules_and_services(&*s).await;
+}
+
+#[tokio::test]
 async fn sqlite_audit_and_admin_tokens() {
     let (_d, s) = sqlite();
     audit_and_admin_tokens(&*s).await;
@@ -732,6 +821,14 @@ async fn postgres_organisations() {
         return;
     };
     organisations_are_referred_to_and_held(&*s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_policy() {
+    let Some((_pg, s)) = postgres("postgres_policy").await else {
+        return;
+    };
+    policy_rules_and_services(&*s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,7 @@ pub use postgres::{read_password_file, PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
+use wardnet_common::policy::{Rule, Service};
 use wardnet_common::wire::{AuditEntry, HealthSummary, UnixTime};
 use wardnet_common::Name;
 
@@ -141,9 +142,17 @@ pub enum Write {
     },
     /// Insert an organisation; its name must be new.
     InsertOrg(Org),
-    /// Delete an organisation; fails with `Conflict` (`sites.org` or
-    /// `admin_tokens.org`) while a site or an admin token refers to it.
+    /// Delete an organisation; fails with `Conflict` (`sites.org`,
+    /// `admin_tokens.org` or `policy_rules.org`) while a site, an admin
+    /// token or a policy rule refers to it.
     DeleteOrg(Name),
+    /// Insert a policy rule; its id must be new (`policy_rules.id`).
+    InsertRule(StoredRule),
+    DeleteRule(u64),
+    /// Insert a service; its name must be new (`policy_services.name`). It
+    /// goes with its site.
+    InsertService(StoredService),
+    DeleteService(Name),
     Audit(NewAudit),
     /// Fails its batch with [`StoreError::Commit`] after the writes before it
     /// ran: fault injection for tests ([`faulty::FaultyStore`]), which checks
@@ -161,6 +170,104 @@ pub struct NewAudit {
     /// The organisation the object belongs to (its admins see the entry);
     /// `None` for network-wide objects (regions, organisations, tokens).
     pub org: Option<Name>,
+}
+
+/// A policy rule as stored: the organisation it admits traffic into (whose
+/// admins manage it) and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRule {
+    pub rule: Rule,
+    pub org: Name,
+    pub created_at: UnixTime,
+}
+
+/// A service as stored: the organisation that publishes it (its site's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredService {
+    pub service: Service,
+    pub org: Name,
+    pub created_at: UnixTime,
+}
+
+/// The whole policy: rules by id, services by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredPolicy {
+    pub rules: Vec<StoredRule>,
+    pub services: Vec<StoredService>,
+}
+
+/// `443,8000-8080` (empty: all ports), how both stores keep ports.
+pub(crate) fn ports_text(ports: &[wardnet_common::policy::PortRange]) -> String {
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    ports.join(",")
+}
+
+fn corrupt<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse_ports(text: &str) -> Result<Vec<wardnet_common::policy::PortRange>, StoreError> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(corrupt("policy ports")))
+        .collect()
+}
+
+/// A `policy_rules` row's columns, read the same way by both stores.
+pub(crate) struct RuleColumns {
+    pub id: i64,
+    pub source: String,
+    pub target: String,
+    pub proto: String,
+    pub ports: String,
+    pub description: String,
+    pub org: String,
+    pub created_at: UnixTime,
+}
+
+pub(crate) fn stored_rule(c: RuleColumns) -> Result<StoredRule, StoreError> {
+    Ok(StoredRule {
+        rule: Rule {
+            id: c.id as u64,
+            from: c.source.parse().map_err(corrupt("rule source"))?,
+            to: c.target.parse().map_err(corrupt("rule target"))?,
+            proto: c.proto.parse().map_err(corrupt("rule protocol"))?,
+            ports: parse_ports(&c.ports)?,
+            description: c.description,
+        },
+        org: c.org.parse().map_err(corrupt("rule organisation"))?,
+        created_at: c.created_at,
+    })
+}
+
+/// A `policy_services` row's columns.
+pub(crate) struct ServiceColumns {
+    pub name: String,
+    pub site: String,
+    pub prefixes: String,
+    pub proto: String,
+    pub ports: String,
+    pub shared_with: String,
+    pub description: String,
+    pub org: String,
+    pub created_at: UnixTime,
+}
+
+pub(crate) fn stored_service(c: ServiceColumns) -> Result<StoredService, StoreError> {
+    Ok(StoredService {
+        service: Service {
+            name: c.name.parse().map_err(corrupt("service name"))?,
+            site: c.site.parse().map_err(corrupt("service site"))?,
+            prefixes: serde_json::from_str(&c.prefixes).map_err(corrupt("service prefixes"))?,
+            proto: c.proto.parse().map_err(corrupt("service protocol"))?,
+            ports: parse_ports(&c.ports)?,
+            shared_with: serde_json::from_str(&c.shared_with)
+                .map_err(corrupt("service sharing"))?,
+            description: c.description,
+        },
+        org: c.org.parse().map_err(corrupt("service organisation"))?,
+        created_at: c.created_at,
+    })
 }
 
 /// An enrolment token as stored.
@@ -318,6 +425,8 @@ pub trait Store: Send + Sync + 'static {
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError>;
     /// Every organisation, by name.
     async fn orgs(&self) -> Result<Vec<Org>, StoreError>;
+    /// Every policy rule (by id) and service (by name).
+    async fn policy(&self) -> Result<StoredPolicy, StoreError>;
     /// Audit entries, newest first, with id below `before` when given;
     /// with `org`, only the entries about that organisation's objects.
     async fn audit(

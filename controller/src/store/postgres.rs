@@ -31,7 +31,7 @@ use wardnet_common::{Name, Role};
 
 use super::{
     AdminToken, CatchUp, ChangeTx, Changes, EnrolToken, Maintenance, NewAudit, Pending, Snapshot,
-    Store, StoreError, Write,
+    Store, StoreError, StoredPolicy, StoredRule, StoredService, Write,
 };
 use crate::model::{Org, Region, Site};
 
@@ -116,6 +116,32 @@ CREATE INDEX sites_org ON sites(org);
 ALTER TABLE admin_tokens ADD COLUMN org TEXT CONSTRAINT "admin_tokens.org" REFERENCES orgs(name);
 ALTER TABLE audit ADD COLUMN org TEXT;
 CREATE INDEX audit_org ON audit(org, id);
+"#,
+    // The policy between organisations: rules (each owned by the
+    // organisation it admits traffic into) and services (published by
+    // their site's organisation, gone with the site).
+    r#"
+CREATE TABLE policy_rules (
+    id          BIGINT CONSTRAINT "policy_rules.id" PRIMARY KEY,
+    source      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    proto       TEXT NOT NULL,
+    ports       TEXT NOT NULL,
+    description TEXT NOT NULL,
+    org         TEXT NOT NULL CONSTRAINT "policy_rules.org" REFERENCES orgs(name),
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE policy_services (
+    name        TEXT CONSTRAINT "policy_services.name" PRIMARY KEY,
+    site        TEXT NOT NULL CONSTRAINT "policy_services.site" REFERENCES sites(name) ON DELETE CASCADE,
+    prefixes    TEXT NOT NULL,
+    proto       TEXT NOT NULL,
+    ports       TEXT NOT NULL,
+    shared_with TEXT NOT NULL,
+    description TEXT NOT NULL,
+    org         TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
 "#,
 ];
 
@@ -643,6 +669,55 @@ fn statement(w: &Write) -> Item {
             vec![Box::new(name.to_string())],
             None,
         ),
+        Write::InsertRule(StoredRule {
+            rule,
+            org,
+            created_at,
+        }) => Item::new(
+            "INSERT INTO policy_rules (id, source, target, proto, ports, description, org, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            vec![
+                Box::new(rule.id as i64),
+                Box::new(rule.from.to_string()),
+                Box::new(rule.to.to_string()),
+                Box::new(rule.proto.as_str().to_owned()),
+                Box::new(super::ports_text(&rule.ports)),
+                Box::new(rule.description.clone()),
+                Box::new(org.to_string()),
+                Box::new(*created_at),
+            ],
+            None,
+        ),
+        Write::DeleteRule(id) => Item::new(
+            "DELETE FROM policy_rules WHERE id = $1",
+            vec![Box::new(*id as i64)],
+            None,
+        ),
+        Write::InsertService(StoredService {
+            service,
+            org,
+            created_at,
+        }) => Item::new(
+            "INSERT INTO policy_services (name, site, prefixes, proto, ports, shared_with, description, org, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            vec![
+                Box::new(service.name.to_string()),
+                Box::new(service.site.to_string()),
+                Box::new(json(&service.prefixes)),
+                Box::new(service.proto.as_str().to_owned()),
+                Box::new(super::ports_text(&service.ports)),
+                Box::new(json(&service.shared_with)),
+                Box::new(service.description.clone()),
+                Box::new(org.to_string()),
+                Box::new(*created_at),
+            ],
+            None,
+        ),
+        Write::DeleteService(name) => Item::new(
+            "DELETE FROM policy_services WHERE name = $1",
+            vec![Box::new(name.to_string())],
+            None,
+        ),
         Write::Audit(NewAudit {
             at,
             actor,
@@ -1113,6 +1188,56 @@ impl Store for PostgresStore {
             })
         })
         .transpose()
+    }
+
+    async fn policy(&self) -> Result<StoredPolicy, StoreError> {
+        let c = self.client().await?;
+        let (rules, services) = futures::try_join!(
+            c.query(
+                "SELECT id, source, target, proto, ports, description, org, created_at
+                 FROM policy_rules ORDER BY id",
+                &[],
+            ),
+            c.query(
+                "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
+                 FROM policy_services ORDER BY name",
+                &[],
+            ),
+        )
+        .map_err(pg)?;
+        Ok(StoredPolicy {
+            rules: rules
+                .iter()
+                .map(|r| {
+                    super::stored_rule(super::RuleColumns {
+                        id: get(r, 0)?,
+                        source: get(r, 1)?,
+                        target: get(r, 2)?,
+                        proto: get(r, 3)?,
+                        ports: get(r, 4)?,
+                        description: get(r, 5)?,
+                        org: get(r, 6)?,
+                        created_at: get(r, 7)?,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+            services: services
+                .iter()
+                .map(|r| {
+                    super::stored_service(super::ServiceColumns {
+                        name: get(r, 0)?,
+                        site: get(r, 1)?,
+                        prefixes: get(r, 2)?,
+                        proto: get(r, 3)?,
+                        ports: get(r, 4)?,
+                        shared_with: get(r, 5)?,
+                        description: get(r, 6)?,
+                        org: get(r, 7)?,
+                        created_at: get(r, 8)?,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?,
+        })
     }
 
     async fn orgs(&self) -> Result<Vec<Org>, StoreError> {

@@ -16,7 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use wardnet_common::wire::{AuditEntry, SiteState, UnixTime};
 use wardnet_common::{Name, Role};
 
-use super::{AdminToken, EnrolToken, NewAudit, Pending, Snapshot, Store, StoreError, Write};
+use super::{
+    AdminToken, EnrolToken, NewAudit, Pending, Snapshot, Store, StoreError, StoredPolicy,
+    StoredRule, StoredService, Write,
+};
 use crate::model::{Org, Region, Site};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -127,6 +130,38 @@ CREATE TRIGGER orgs_delete_sites BEFORE DELETE ON orgs
 CREATE TRIGGER orgs_delete_tokens BEFORE DELETE ON orgs
     WHEN EXISTS (SELECT 1 FROM admin_tokens WHERE org = OLD.name)
     BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: admin_tokens.org'); END;
+"#,
+    // The policy between organisations: rules (each owned by the
+    // organisation it admits traffic into) and services (published by
+    // their site's organisation, gone with the site).
+    r#"
+CREATE TABLE policy_rules (
+    id          INTEGER PRIMARY KEY,
+    source      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    proto       TEXT NOT NULL,
+    ports       TEXT NOT NULL,
+    description TEXT NOT NULL,
+    org         TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE policy_services (
+    name        TEXT PRIMARY KEY,
+    site        TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
+    prefixes    TEXT NOT NULL,
+    proto       TEXT NOT NULL,
+    ports       TEXT NOT NULL,
+    shared_with TEXT NOT NULL,
+    description TEXT NOT NULL,
+    org         TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TRIGGER policy_rules_org_insert BEFORE INSERT ON policy_rules
+    WHEN NOT EXISTS (SELECT 1 FROM orgs WHERE name = NEW.org)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: policy_rules.org'); END;
+CREATE TRIGGER orgs_delete_rules BEFORE DELETE ON orgs
+    WHEN EXISTS (SELECT 1 FROM policy_rules WHERE org = OLD.name)
+    BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: policy_rules.org'); END;
 "#,
 ];
 
@@ -517,6 +552,56 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
         }
         Write::DeleteOrg(name) => {
             run("DELETE FROM orgs WHERE name = ?1", &[&name.as_str()])?;
+        }
+        Write::InsertRule(StoredRule {
+            rule,
+            org,
+            created_at,
+        }) => {
+            run(
+                "INSERT INTO policy_rules (id, source, target, proto, ports, description, org, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                &[
+                    &(rule.id as i64),
+                    &rule.from.to_string(),
+                    &rule.to.to_string(),
+                    &rule.proto.as_str(),
+                    &super::ports_text(&rule.ports),
+                    &rule.description,
+                    &org.as_str(),
+                    created_at,
+                ],
+            )?;
+        }
+        Write::DeleteRule(id) => {
+            run("DELETE FROM policy_rules WHERE id = ?1", &[&(*id as i64)])?;
+        }
+        Write::InsertService(StoredService {
+            service,
+            org,
+            created_at,
+        }) => {
+            run(
+                "INSERT INTO policy_services (name, site, prefixes, proto, ports, shared_with, description, org, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                &[
+                    &service.name.as_str(),
+                    &service.site.as_str(),
+                    &json(&service.prefixes),
+                    &service.proto.as_str(),
+                    &super::ports_text(&service.ports),
+                    &json(&service.shared_with),
+                    &service.description,
+                    &org.as_str(),
+                    created_at,
+                ],
+            )?;
+        }
+        Write::DeleteService(name) => {
+            run(
+                "DELETE FROM policy_services WHERE name = ?1",
+                &[&name.as_str()],
+            )?;
         }
         Write::Audit(NewAudit {
             at,
@@ -928,6 +1013,51 @@ impl Store for SqliteStore {
                     })
                 },
             )
+        })
+        .await
+    }
+
+    async fn policy(&self) -> Result<StoredPolicy, StoreError> {
+        self.read(|c| {
+            let tx = c.unchecked_transaction()?;
+            let rules = rows(
+                &tx,
+                "SELECT id, source, target, proto, ports, description, org, created_at
+                 FROM policy_rules ORDER BY id",
+                [],
+                |r| {
+                    super::stored_rule(super::RuleColumns {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        target: r.get(2)?,
+                        proto: r.get(3)?,
+                        ports: r.get(4)?,
+                        description: r.get(5)?,
+                        org: r.get(6)?,
+                        created_at: r.get(7)?,
+                    })
+                },
+            )?;
+            let services = rows(
+                &tx,
+                "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
+                 FROM policy_services ORDER BY name",
+                [],
+                |r| {
+                    super::stored_service(super::ServiceColumns {
+                        name: r.get(0)?,
+                        site: r.get(1)?,
+                        prefixes: r.get(2)?,
+                        proto: r.get(3)?,
+                        ports: r.get(4)?,
+                        shared_with: r.get(5)?,
+                        description: r.get(6)?,
+                        org: r.get(7)?,
+                        created_at: r.get(8)?,
+                    })
+                },
+            )?;
+            Ok(StoredPolicy { rules, services })
         })
         .await
     }

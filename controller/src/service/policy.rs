@@ -1,0 +1,378 @@
+//! The policy between organisations: rules and services, as the NOC and
+//! each organisation's admins manage them, and `check`, which answers for
+//! one flow with what decided it (`wardnet_common::policy::decide`).
+//!
+//! Scope: a rule belongs to the organisation it admits traffic into, and a
+//! service to its site's organisation; a scoped token manages only its
+//! own (anything else answers 404). It also sees services other
+//! organisations share with it, and may check flows from its own sites to
+//! its own sites or to a service shared with it.
+//!
+//! The policy lives in the store (read when asked for); it is not yet
+//! enforced: configs and the agents' data planes do not use it.
+
+use wardnet_common::policy::{
+    decide, CheckAnswer, CheckQuery, CreateRule, Flow, Party, PolicyView, Reason, Rule, RuleView,
+    Service, ServiceView, Target,
+};
+use wardnet_common::Name;
+
+use super::admin::{audit, not_found_org, visible_site, Actor};
+use super::Controller;
+use crate::error::ApiError;
+use crate::model::Site;
+use crate::store::{StoreError, StoredPolicy, StoredRule, StoredService, Write};
+
+fn not_found_rule(id: u64) -> ApiError {
+    ApiError::NotFound(format!("no rule {id}; `policy list` shows the rules"))
+}
+
+fn not_found_service(name: &Name) -> ApiError {
+    ApiError::NotFound(format!(
+        "no service named {name}; `policy list` shows the services"
+    ))
+}
+
+fn rule_view(r: &StoredRule) -> RuleView {
+    RuleView {
+        rule: r.rule.clone(),
+        org: r.org.clone(),
+        created_at: r.created_at,
+    }
+}
+
+fn service_view(s: &StoredService) -> ServiceView {
+    ServiceView {
+        service: s.service.clone(),
+        org: s.org.clone(),
+        created_at: s.created_at,
+    }
+}
+
+/// How a rule reads in the audit log.
+fn rule_text(r: &Rule) -> String {
+    format!(
+        "from {} to {} {}{}",
+        r.from,
+        r.to,
+        wardnet_common::policy::traffic_text(r.proto, &r.ports),
+        if r.description.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.description)
+        }
+    )
+}
+
+fn service_text(s: &Service) -> String {
+    let prefixes: Vec<String> = s.prefixes.iter().map(ToString::to_string).collect();
+    format!(
+        "site {}, prefixes [{}], {}, shared with {}",
+        s.site,
+        prefixes.join(" "),
+        wardnet_common::policy::traffic_text(s.proto, &s.ports),
+        serde_json::to_string(&s.shared_with).unwrap_or_default()
+    )
+}
+
+fn party(s: &Site) -> Party {
+    Party {
+        site: s.name.clone(),
+        org: s.org.clone(),
+        region: s.region.clone(),
+    }
+}
+
+/// Whether `actor` may see a service: its own, or one shared with it.
+fn sees_service(actor: &Actor, s: &StoredService) -> bool {
+    actor.sees(&s.org)
+        || actor
+            .org
+            .as_ref()
+            .is_some_and(|o| s.service.shared_with.includes(o))
+}
+
+impl Controller {
+    /// The rules and services `actor` may see.
+    pub async fn policy(&self, actor: &Actor) -> Result<PolicyView, ApiError> {
+        let p = self.store.policy().await?;
+        Ok(PolicyView {
+            rules: p
+                .rules
+                .iter()
+                .filter(|r| actor.sees(&r.org))
+                .map(rule_view)
+                .collect(),
+            services: p
+                .services
+                .iter()
+                .filter(|s| sees_service(actor, s))
+                .map(service_view)
+                .collect(),
+        })
+    }
+
+    /// The organisation a rule to `to` admits traffic into, if `actor` may
+    /// manage such rules.
+    async fn rule_owner(
+        &self,
+        actor: &Actor,
+        to: &Target,
+        policy: &StoredPolicy,
+    ) -> Result<Name, ApiError> {
+        match to {
+            Target::Org(org) => {
+                let exists = self.store.orgs().await?.iter().any(|o| &o.name == org);
+                if !exists || !actor.sees(org) {
+                    return Err(not_found_org(org));
+                }
+                Ok(org.clone())
+            }
+            Target::Site(site) => {
+                self.with_model(|m| visible_site(m, actor, site).map(|s| s.org.clone()))
+            }
+            Target::Service(name) => policy
+                .services
+                .iter()
+                .find(|s| &s.service.name == name && actor.sees(&s.org))
+                .map(|s| s.org.clone())
+                .ok_or_else(|| not_found_service(name)),
+        }
+    }
+
+    pub async fn create_rule(&self, actor: &Actor, req: CreateRule) -> Result<RuleView, ApiError> {
+        wardnet_common::policy::check_ports(req.proto, &req.ports)
+            .map_err(ApiError::Unprocessable)?;
+        // Ids are the next after the highest; two admins racing for one
+        // get a conflict from the store, and the loser takes the next.
+        for _ in 0..3 {
+            let policy = self.store.policy().await?;
+            let org = self.rule_owner(actor, &req.to, &policy).await?;
+            let id = policy.rules.iter().map(|r| r.rule.id).max().unwrap_or(0) + 1;
+            let stored = StoredRule {
+                rule: Rule {
+                    id,
+                    from: req.from.clone(),
+                    to: req.to.clone(),
+                    proto: req.proto,
+                    ports: req.ports.clone(),
+                    description: req.description.clone(),
+                },
+                org: org.clone(),
+                created_at: self.now(),
+            };
+            let entry = audit(
+                stored.created_at,
+                actor,
+                "policy.rule.create",
+                &format!("rule {id}"),
+                Some(format!("after: {}", rule_text(&stored.rule))),
+                Some(&org),
+            );
+            match self
+                .store
+                .commit(vec![Write::InsertRule(stored.clone()), Write::Audit(entry)])
+                .await
+            {
+                Ok(()) => return Ok(rule_view(&stored)),
+                Err(StoreError::Conflict { what }) if what == "policy_rules.id" => continue,
+                Err(StoreError::Conflict { what }) if what == "policy_rules.org" => {
+                    return Err(not_found_org(&org))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Conflict(
+            "other rules were being added at the same time; try again".into(),
+        ))
+    }
+
+    pub async fn rule(&self, actor: &Actor, id: u64) -> Result<RuleView, ApiError> {
+        self.store
+            .policy()
+            .await?
+            .rules
+            .iter()
+            .find(|r| r.rule.id == id && actor.sees(&r.org))
+            .map(rule_view)
+            .ok_or_else(|| not_found_rule(id))
+    }
+
+    pub async fn delete_rule(&self, actor: &Actor, id: u64) -> Result<(), ApiError> {
+        let before = self.rule(actor, id).await?;
+        let entry = audit(
+            self.now(),
+            actor,
+            "policy.rule.delete",
+            &format!("rule {id}"),
+            Some(format!("before: {}", rule_text(&before.rule))),
+            Some(&before.org),
+        );
+        Ok(self
+            .store
+            .commit(vec![Write::DeleteRule(id), Write::Audit(entry)])
+            .await?)
+    }
+
+    /// Publish a service behind one of `actor`'s sites.
+    pub async fn create_service(
+        &self,
+        actor: &Actor,
+        service: Service,
+    ) -> Result<ServiceView, ApiError> {
+        wardnet_common::policy::check_ports(service.proto, &service.ports)
+            .map_err(ApiError::Unprocessable)?;
+        let site = self.with_model(|m| visible_site(m, actor, &service.site).cloned())?;
+        let own: Vec<ipnet::IpNet> = site
+            .addresses()
+            .into_iter()
+            .chain(site.lan_prefixes.iter().copied())
+            .collect();
+        if let Some(p) = service
+            .prefixes
+            .iter()
+            .find(|p| !own.iter().any(|o| o.contains(*p)))
+        {
+            return Err(ApiError::Unprocessable(format!(
+                "prefixes: {p} is not behind site {}; a service lies within the site's addresses or LAN prefixes",
+                site.name
+            )));
+        }
+        let stored = StoredService {
+            service,
+            org: site.org.clone(),
+            created_at: self.now(),
+        };
+        let entry = audit(
+            stored.created_at,
+            actor,
+            "policy.service.create",
+            stored.service.name.as_str(),
+            Some(format!("after: {}", service_text(&stored.service))),
+            Some(&site.org),
+        );
+        self.store
+            .commit(vec![
+                Write::InsertService(stored.clone()),
+                Write::Audit(entry),
+            ])
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => ApiError::Conflict(format!(
+                    "a service named {} already exists",
+                    stored.service.name
+                )),
+                e => e.into(),
+            })?;
+        Ok(service_view(&stored))
+    }
+
+    /// A service `actor` may see (its own, or shared with it).
+    pub async fn service(&self, actor: &Actor, name: &Name) -> Result<ServiceView, ApiError> {
+        self.store
+            .policy()
+            .await?
+            .services
+            .iter()
+            .find(|s| &s.service.name == name && sees_service(actor, s))
+            .map(service_view)
+            .ok_or_else(|| not_found_service(name))
+    }
+
+    pub async fn delete_service(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
+        let before = self
+            .store
+            .policy()
+            .await?
+            .services
+            .into_iter()
+            .find(|s| &s.service.name == name && actor.sees(&s.org))
+            .ok_or_else(|| not_found_service(name))?;
+        let entry = audit(
+            self.now(),
+            actor,
+            "policy.service.delete",
+            name.as_str(),
+            Some(format!("before: {}", service_text(&before.service))),
+            Some(&before.org),
+        );
+        Ok(self
+            .store
+            .commit(vec![
+                Write::DeleteService(name.clone()),
+                Write::Audit(entry),
+            ])
+            .await?)
+    }
+
+    /// May `q.from` reach `q.to`? A scoped token asks about flows from its
+    /// own sites, to its own sites or to a site offered to it (a service
+    /// there shared with it, or a rule admitting its site there); any
+    /// other site answers 404.
+    pub async fn check(&self, actor: &Actor, q: CheckQuery) -> Result<CheckAnswer, ApiError> {
+        let policy = self.store.policy().await?;
+        let from = self.with_model(|m| visible_site(m, actor, &q.from).cloned())?;
+        let offered = |to: &Site| {
+            let source = party(&from);
+            let serves = |name: &Name| {
+                policy
+                    .services
+                    .iter()
+                    .any(|s| &s.service.name == name && s.service.site == to.name)
+            };
+            policy
+                .services
+                .iter()
+                .any(|s| s.service.site == to.name && sees_service(actor, s))
+                || policy.rules.iter().any(|r| {
+                    r.rule.from.matches(&source)
+                        && match &r.rule.to {
+                            Target::Org(o) => o == &to.org,
+                            Target::Site(n) => n == &to.name,
+                            Target::Service(n) => serves(n),
+                        }
+                })
+        };
+        let to = self.with_model(|m| {
+            visible_site(m, actor, &q.to)
+                .cloned()
+                .or_else(|e| m.sites.get(&q.to).filter(|s| offered(s)).cloned().ok_or(e))
+        })?;
+        if let Some(a) = q.address {
+            let at_site = to.addresses().iter().any(|p| p.contains(&a))
+                || to.lan_prefixes.iter().any(|p| p.contains(&a));
+            if !at_site {
+                return Err(ApiError::Unprocessable(format!(
+                    "address: {a} is not one of site {}'s addresses or LAN prefixes",
+                    to.name
+                )));
+            }
+        }
+        let rules: Vec<Rule> = policy.rules.iter().map(|r| r.rule.clone()).collect();
+        let services: Vec<Service> = policy.services.iter().map(|s| s.service.clone()).collect();
+        let d = decide(
+            &rules,
+            &services,
+            &Flow {
+                from: party(&from),
+                to: party(&to),
+                dst: q.address,
+                proto: q.proto,
+                port: q.port,
+            },
+        );
+        Ok(CheckAnswer {
+            allow: d.allow,
+            because: d.reason.to_string(),
+            rule: match &d.reason {
+                Reason::Rule(id) => rules.iter().find(|r| r.id == *id).cloned(),
+                _ => None,
+            },
+            service: match &d.reason {
+                Reason::Service(n) => services.iter().find(|s| &s.name == n).cloned(),
+                _ => None,
+            },
+            decided_by: d.reason,
+        })
+    }
+}
