@@ -11,28 +11,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use wardnet_controller::service::Actor;
 
-/// A scoped token for `org`: (id, secret).
-async fn scoped_token(t: &TestController, org: &str) -> (String, String) {
-    t.controller
-        .create_admin_token(
-            &Actor::local(),
-            &format!("{org} IT"),
-            Some(&org.parse().expect("name")),
-        )
-        .await
-        .expect("scoped token")
-}
-
-async fn org(t: &TestController, name: &str) {
-    let (s, v) = t
-        .admin_post(
-            "/v1/orgs",
-            json!({"name": name, "description": format!("{name} for tests")}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-}
-
 async fn as_token(
     t: &TestController,
     token: &str,
@@ -70,26 +48,23 @@ struct World {
 
 async fn world() -> World {
     let t = TestController::start().await;
-    org(&t, "trust-a").await;
-    org(&t, "practice-b").await;
+    t.org("trust-a").await;
+    t.org("practice-b").await;
     t.region("north", false).await;
     t.site(json!({"name": "hub-north", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820"}))
         .await;
-    let a = scoped_token(&t, "trust-a").await;
-    let b = scoped_token(&t, "practice-b").await;
+    let a = t.scoped_token("trust-a").await;
+    let b = t.scoped_token("practice-b").await;
     for (token, site, lan) in [
         (&a.1, "a-main", "10.1.0.0/24"),
         (&b.1, "b-surgery", "10.2.0.0/24"),
     ] {
-        let (s, v) = as_token(
-            &t,
-            token,
-            Method::POST,
-            "/v1/sites",
-            Some(json!({"name": site, "region": "north", "role": "spoke", "lan_prefixes": [lan]})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let v = t
+            .site_as(
+                token,
+                json!({"name": site, "region": "north", "role": "spoke", "lan_prefixes": [lan]}),
+            )
+            .await;
         let enrol = v["token"].as_str().expect("enrolment token");
         t.enrolled(enrol, None).await;
     }
@@ -366,7 +341,7 @@ async fn organisations_are_created_listed_and_deleted_only_when_nothing_refers_t
     let (_, still) = t.admin_get("/v1/orgs/trust-a").await;
     assert_eq!(still["sites"], 0, "{still}");
 
-    org(&t, "empty-trust").await;
+    t.org("empty-trust").await;
     assert_eq!(
         delete("/v1/orgs/empty-trust").await.0,
         StatusCode::NO_CONTENT

@@ -7,7 +7,6 @@ mod common;
 use common::TestController;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use wardnet_controller::service::Actor;
 
 struct Network {
     t: TestController,
@@ -31,36 +30,21 @@ async fn call(
 async fn network() -> Network {
     let t = TestController::start().await;
     for org in ["leeds-trust", "gp-chapeltown", "national"] {
-        let (s, v) = t.admin_post("/v1/orgs", json!({"name": org})).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        t.org(org).await;
     }
     t.region("north", false).await;
-    let token = |org: &str| {
-        let c = t.controller.clone();
-        let org = org.parse().expect("name");
-        async move {
-            c.create_admin_token(&Actor::local(), "test", Some(&org))
-                .await
-                .expect("token")
-                .1
-        }
-    };
-    let trust = token("leeds-trust").await;
-    let practice = token("gp-chapeltown").await;
+    let trust = t.scoped_token("leeds-trust").await.1;
+    let practice = t.scoped_token("gp-chapeltown").await.1;
     for (tok, site, lan) in [
         (&trust, "lth-1", "10.1.1.0/24"),
         (&trust, "lth-2", "10.1.2.0/24"),
         (&practice, "gp-1", "10.2.1.0/24"),
     ] {
-        let (s, v) = call(
-            &t,
+        t.site_as(
             tok,
-            Method::POST,
-            "/v1/sites",
-            Some(json!({"name": site, "region": "north", "role": "spoke", "lan_prefixes": [lan]})),
+            json!({"name": site, "region": "north", "role": "spoke", "lan_prefixes": [lan]}),
         )
         .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
     }
     t.site(json!({"name": "spine-1", "region": "north", "role": "spoke", "org": "national", "lan_prefixes": ["10.200.0.0/24"]}))
         .await;

@@ -21,7 +21,7 @@ use super::admin::{audit, not_found_org, visible_site, Actor};
 use super::Controller;
 use crate::error::ApiError;
 use crate::model::Site;
-use crate::store::{StoreError, StoredPolicy, StoredRule, StoredService, Write};
+use crate::store::{StoreError, StoredPolicy, Write};
 
 fn not_found_rule(id: u64) -> ApiError {
     ApiError::NotFound(format!("no rule {id}; `policy list` shows the rules"))
@@ -31,22 +31,6 @@ fn not_found_service(name: &Name) -> ApiError {
     ApiError::NotFound(format!(
         "no service named {name}; `policy list` shows the services"
     ))
-}
-
-fn rule_view(r: &StoredRule) -> RuleView {
-    RuleView {
-        rule: r.rule.clone(),
-        org: r.org.clone(),
-        created_at: r.created_at,
-    }
-}
-
-fn service_view(s: &StoredService) -> ServiceView {
-    ServiceView {
-        service: s.service.clone(),
-        org: s.org.clone(),
-        created_at: s.created_at,
-    }
 }
 
 /// How a rule reads in the audit log.
@@ -84,7 +68,7 @@ fn party(s: &Site) -> Party {
 }
 
 /// Whether `actor` may see a service: its own, or one shared with it.
-fn sees_service(actor: &Actor, s: &StoredService) -> bool {
+fn sees_service(actor: &Actor, s: &ServiceView) -> bool {
     actor.sees(&s.org)
         || actor
             .org
@@ -101,13 +85,13 @@ impl Controller {
                 .rules
                 .iter()
                 .filter(|r| actor.sees(&r.org))
-                .map(rule_view)
+                .cloned()
                 .collect(),
             services: p
                 .services
                 .iter()
                 .filter(|s| sees_service(actor, s))
-                .map(service_view)
+                .cloned()
                 .collect(),
         })
     }
@@ -149,7 +133,7 @@ impl Controller {
             let policy = self.store.policy().await?;
             let org = self.rule_owner(actor, &req.to, &policy).await?;
             let id = policy.rules.iter().map(|r| r.rule.id).max().unwrap_or(0) + 1;
-            let stored = StoredRule {
+            let stored = RuleView {
                 rule: Rule {
                     id,
                     from: req.from.clone(),
@@ -174,7 +158,7 @@ impl Controller {
                 .commit(vec![Write::InsertRule(stored.clone()), Write::Audit(entry)])
                 .await
             {
-                Ok(()) => return Ok(rule_view(&stored)),
+                Ok(()) => return Ok(stored),
                 Err(StoreError::Conflict { what }) if what == "policy_rules.id" => continue,
                 Err(StoreError::Conflict { what }) if what == "policy_rules.org" => {
                     return Err(not_found_org(&org))
@@ -194,7 +178,7 @@ impl Controller {
             .rules
             .iter()
             .find(|r| r.rule.id == id && actor.sees(&r.org))
-            .map(rule_view)
+            .cloned()
             .ok_or_else(|| not_found_rule(id))
     }
 
@@ -238,7 +222,7 @@ impl Controller {
                 site.name
             )));
         }
-        let stored = StoredService {
+        let stored = ServiceView {
             service,
             org: site.org.clone(),
             created_at: self.now(),
@@ -264,7 +248,7 @@ impl Controller {
                 )),
                 e => e.into(),
             })?;
-        Ok(service_view(&stored))
+        Ok(stored)
     }
 
     /// A service `actor` may see (its own, or shared with it).
@@ -275,7 +259,7 @@ impl Controller {
             .services
             .iter()
             .find(|s| &s.service.name == name && sees_service(actor, s))
-            .map(service_view)
+            .cloned()
             .ok_or_else(|| not_found_service(name))
     }
 

@@ -300,7 +300,7 @@ async fn policy_rules_and_services(s: &dyn Store) {
     ])
     .await
     .expect("setup");
-    let rule = StoredRule {
+    let rule = RuleView {
         rule: Rule {
             id: 1,
             from: "region:north".parse().expect("source"),
@@ -315,7 +315,7 @@ async fn policy_rules_and_services(s: &dyn Store) {
         org: org.clone(),
         created_at: 2,
     };
-    let service = StoredService {
+    let service = ServiceView {
         service: Service {
             name: "pacs".parse().expect("name"),
             site: "lth-1".parse().expect("name"),

@@ -23,7 +23,7 @@ pub use postgres::{read_password_file, PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use wardnet_common::policy::{Rule, Service};
+use wardnet_common::policy::{Rule, RuleView, Service, ServiceView};
 use wardnet_common::wire::{AuditEntry, HealthSummary, UnixTime};
 use wardnet_common::Name;
 
@@ -147,11 +147,11 @@ pub enum Write {
     /// token or a policy rule refers to it.
     DeleteOrg(Name),
     /// Insert a policy rule; its id must be new (`policy_rules.id`).
-    InsertRule(StoredRule),
+    InsertRule(RuleView),
     DeleteRule(u64),
     /// Insert a service; its name must be new (`policy_services.name`). It
     /// goes with its site.
-    InsertService(StoredService),
+    InsertService(ServiceView),
     DeleteService(Name),
     Audit(NewAudit),
     /// Fails its batch with [`StoreError::Commit`] after the writes before it
@@ -172,28 +172,12 @@ pub struct NewAudit {
     pub org: Option<Name>,
 }
 
-/// A policy rule as stored: the organisation it admits traffic into (whose
-/// admins manage it) and when it was made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredRule {
-    pub rule: Rule,
-    pub org: Name,
-    pub created_at: UnixTime,
-}
-
-/// A service as stored: the organisation that publishes it (its site's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredService {
-    pub service: Service,
-    pub org: Name,
-    pub created_at: UnixTime,
-}
-
-/// The whole policy: rules by id, services by name.
+/// The whole policy: rules by id, services by name, each as the API shows
+/// it (with the organisation that owns it and when it was made).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredPolicy {
-    pub rules: Vec<StoredRule>,
-    pub services: Vec<StoredService>,
+    pub rules: Vec<RuleView>,
+    pub services: Vec<ServiceView>,
 }
 
 /// `443,8000-8080` (empty: all ports), how both stores keep ports.
@@ -225,8 +209,8 @@ pub(crate) struct RuleColumns {
     pub created_at: UnixTime,
 }
 
-pub(crate) fn stored_rule(c: RuleColumns) -> Result<StoredRule, StoreError> {
-    Ok(StoredRule {
+pub(crate) fn stored_rule(c: RuleColumns) -> Result<RuleView, StoreError> {
+    Ok(RuleView {
         rule: Rule {
             id: c.id as u64,
             from: c.source.parse().map_err(corrupt("rule source"))?,
@@ -253,8 +237,8 @@ pub(crate) struct ServiceColumns {
     pub created_at: UnixTime,
 }
 
-pub(crate) fn stored_service(c: ServiceColumns) -> Result<StoredService, StoreError> {
-    Ok(StoredService {
+pub(crate) fn stored_service(c: ServiceColumns) -> Result<ServiceView, StoreError> {
+    Ok(ServiceView {
         service: Service {
             name: c.name.parse().map_err(corrupt("service name"))?,
             site: c.site.parse().map_err(corrupt("service site"))?,

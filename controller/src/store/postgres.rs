@@ -31,9 +31,10 @@ use wardnet_common::{Name, Role};
 
 use super::{
     AdminToken, CatchUp, ChangeTx, Changes, EnrolToken, Maintenance, NewAudit, Pending, Snapshot,
-    Store, StoreError, StoredPolicy, StoredRule, StoredService, Write,
+    Store, StoreError, StoredPolicy, Write,
 };
 use crate::model::{Org, Region, Site};
+use wardnet_common::policy::{RuleView, ServiceView};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[
@@ -669,7 +670,7 @@ fn statement(w: &Write) -> Item {
             vec![Box::new(name.to_string())],
             None,
         ),
-        Write::InsertRule(StoredRule {
+        Write::InsertRule(RuleView {
             rule,
             org,
             created_at,
@@ -693,7 +694,7 @@ fn statement(w: &Write) -> Item {
             vec![Box::new(*id as i64)],
             None,
         ),
-        Write::InsertService(StoredService {
+        Write::InsertService(ServiceView {
             service,
             org,
             created_at,

@@ -17,10 +17,10 @@ use wardnet_common::wire::{AuditEntry, SiteState, UnixTime};
 use wardnet_common::{Name, Role};
 
 use super::{
-    AdminToken, EnrolToken, NewAudit, Pending, Snapshot, Store, StoreError, StoredPolicy,
-    StoredRule, StoredService, Write,
+    AdminToken, EnrolToken, NewAudit, Pending, Snapshot, Store, StoreError, StoredPolicy, Write,
 };
 use crate::model::{Org, Region, Site};
+use wardnet_common::policy::{RuleView, ServiceView};
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[
@@ -553,7 +553,7 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
         Write::DeleteOrg(name) => {
             run("DELETE FROM orgs WHERE name = ?1", &[&name.as_str()])?;
         }
-        Write::InsertRule(StoredRule {
+        Write::InsertRule(RuleView {
             rule,
             org,
             created_at,
@@ -576,7 +576,7 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
         Write::DeleteRule(id) => {
             run("DELETE FROM policy_rules WHERE id = ?1", &[&(*id as i64)])?;
         }
-        Write::InsertService(StoredService {
+        Write::InsertService(ServiceView {
             service,
             org,
             created_at,

@@ -200,6 +200,39 @@ impl TestController {
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
 
+    /// Create an organisation with the network-wide token.
+    pub async fn org(&self, name: &str) {
+        let (s, v) = self
+            .admin_post(
+                "/v1/orgs",
+                json!({"name": name, "description": format!("{name} for tests")}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+
+    /// An admin token scoped to organisation `org`: (id, secret).
+    pub async fn scoped_token(&self, org: &str) -> (String, String) {
+        self.controller
+            .create_admin_token(
+                &Actor::local(),
+                &format!("{org} IT"),
+                Some(&org.parse().expect("an organisation name")),
+            )
+            .await
+            .expect("scoped token")
+    }
+
+    /// Add a site with `token` (a scoped one adds into its organisation)
+    /// and return the answer.
+    pub async fn site_as(&self, token: &str, body: Value) -> Value {
+        let (s, v) = self
+            .call(reqwest::Method::POST, "/v1/sites", Some(token), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+
     /// Add a site and return its enrolment token (None for agentless).
     pub async fn site(&self, body: Value) -> Option<String> {
         let (s, v) = self.admin_post("/v1/sites", body).await;
