@@ -11,16 +11,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use wardnet_controller::service::Actor;
 
-async fn as_token(
-    t: &TestController,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    t.call(method, path, Some(token), body).await
-}
-
 /// The answer is `status` and its message says `needle`.
 fn refused((s, v): (StatusCode, Value), status: StatusCode, needle: &str) {
     assert_eq!(s, status, "{v}");
@@ -106,38 +96,44 @@ async fn a_scoped_token_cannot_reach_another_organisations_sites_by_any_endpoint
         (Method::GET, "/v1/orgs/practice-b".into(), None),
     ];
     for (method, path, body) in routes {
-        let (s, v) = as_token(&t, a, method.clone(), &path, body.clone()).await;
+        let (s, v) = t.as_token(a, method.clone(), &path, body.clone()).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {v}");
         assert!(
             !v.to_string().contains("practice-b") || path.contains("practice-b"),
             "{method} {path} names the other organisation: {v}"
         );
         let missing = path.replace("b-surgery", "no-such-site");
-        let (s2, _) = as_token(&t, a, method.clone(), &missing, body).await;
+        let (s2, _) = t.as_token(a, method.clone(), &missing, body).await;
         assert_eq!(s2, s, "{method} {path}: same answer as for a missing site");
     }
 
     // Adding a site into the other organisation: as if it did not exist.
-    let (s, v) = as_token(
-        &t,
-        a,
-        Method::POST,
-        "/v1/sites",
-        Some(json!({"name": "sneaky", "region": "north", "role": "spoke", "org": "practice-b"})),
-    )
-    .await;
+    let (s, v) = t
+        .as_token(
+            a,
+            Method::POST,
+            "/v1/sites",
+            Some(
+                json!({"name": "sneaky", "region": "north", "role": "spoke", "org": "practice-b"}),
+            ),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 
     // Lists, health, targets, audit, status: only its own.
-    let (_, sites) = as_token(&t, a, Method::GET, "/v1/sites", None).await;
+    let (_, sites) = t.as_token(a, Method::GET, "/v1/sites", None).await;
     assert_eq!(names(&sites, "name"), ["a-main"]);
-    let (_, health) = as_token(&t, a, Method::GET, "/v1/health", None).await;
+    let (_, health) = t.as_token(a, Method::GET, "/v1/health", None).await;
     assert_eq!(names(&health["sites"], "name"), ["a-main"]);
-    let (_, targets) = as_token(&t, a, Method::GET, "/v1/prometheus/targets", None).await;
+    let (_, targets) = t
+        .as_token(a, Method::GET, "/v1/prometheus/targets", None)
+        .await;
     assert!(!targets.to_string().contains("b-surgery"), "{targets}");
-    let (_, orgs) = as_token(&t, a, Method::GET, "/v1/orgs", None).await;
+    let (_, orgs) = t.as_token(a, Method::GET, "/v1/orgs", None).await;
     assert_eq!(names(&orgs, "name"), ["trust-a"]);
-    let (_, audit) = as_token(&t, a, Method::GET, "/v1/audit?limit=1000", None).await;
+    let (_, audit) = t
+        .as_token(a, Method::GET, "/v1/audit?limit=1000", None)
+        .await;
     let objects = names(&audit, "object");
     assert!(objects.contains(&"a-main".to_owned()), "{objects:?}");
     assert!(
@@ -146,10 +142,10 @@ async fn a_scoped_token_cannot_reach_another_organisations_sites_by_any_endpoint
             .any(|o| o == "b-surgery" || o == "hub-north" || o == "practice-b"),
         "{objects:?}"
     );
-    let (_, status) = as_token(&t, a, Method::GET, "/v1/status", None).await;
+    let (_, status) = t.as_token(a, Method::GET, "/v1/status", None).await;
     assert_eq!(status["sites_active"], 1, "{status}");
     assert_eq!(status["hubs"], 0, "the hub is the network's: {status}");
-    let (_, regions) = as_token(&t, a, Method::GET, "/v1/regions", None).await;
+    let (_, regions) = t.as_token(a, Method::GET, "/v1/regions", None).await;
     assert_eq!(
         regions[0]["sites"], 1,
         "counts only its own sites: {regions}"
@@ -171,7 +167,7 @@ async fn a_scoped_token_cannot_reach_another_organisations_sites_by_any_endpoint
     ];
     for (method, path, body) in network {
         refused(
-            as_token(&t, a, method, path, body).await,
+            t.as_token(a, method, path, body).await,
             StatusCode::FORBIDDEN,
             "network-wide",
         );
@@ -215,41 +211,35 @@ async fn a_scoped_token_administers_its_own_sites_and_the_audit_log_names_it_wit
     let World { t, a, b } = world().await;
     let (a_id, a) = (a.0.as_str(), a.1.as_str());
 
-    let (s, v) = as_token(
-        &t,
-        a,
-        Method::PATCH,
-        "/v1/sites/a-main",
-        Some(json!({"lan_prefixes": ["10.1.0.0/23"]})),
-    )
-    .await;
+    let (s, v) = t
+        .as_token(
+            a,
+            Method::PATCH,
+            "/v1/sites/a-main",
+            Some(json!({"lan_prefixes": ["10.1.0.0/23"]})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     for path in ["/v1/sites/a-main/config", "/v1/sites/a-main"] {
-        let (s, v) = as_token(&t, a, Method::GET, path, None).await;
+        let (s, v) = t.as_token(a, Method::GET, path, None).await;
         assert_eq!(s, StatusCode::OK, "{path}: {v}");
     }
-    let (s, v) = as_token(
-        &t,
-        a,
-        Method::POST,
-        "/v1/sites/a-main/token",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = t
+        .as_token(a, Method::POST, "/v1/sites/a-main/token", Some(json!({})))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = as_token(
-        &t,
-        a,
-        Method::POST,
-        "/v1/sites/a-main/revoke",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = t
+        .as_token(a, Method::POST, "/v1/sites/a-main/revoke", Some(json!({})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = as_token(&t, a, Method::DELETE, "/v1/sites/a-main", None).await;
+    let (s, v) = t
+        .as_token(a, Method::DELETE, "/v1/sites/a-main", None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
 
-    let (_, audit) = as_token(&t, a, Method::GET, "/v1/audit?limit=1000", None).await;
+    let (_, audit) = t
+        .as_token(a, Method::GET, "/v1/audit?limit=1000", None)
+        .await;
     let entries = audit.as_array().expect("entries");
     let update = entries
         .iter()
@@ -275,7 +265,9 @@ async fn a_scoped_token_administers_its_own_sites_and_the_audit_log_names_it_wit
         "{delete}"
     );
     // The other organisation's token does not see any of it.
-    let (_, theirs) = as_token(&t, &b.1, Method::GET, "/v1/audit?limit=1000", None).await;
+    let (_, theirs) = t
+        .as_token(&b.1, Method::GET, "/v1/audit?limit=1000", None)
+        .await;
     assert!(
         !names(&theirs, "object").contains(&"a-main".to_owned()),
         "{theirs}"

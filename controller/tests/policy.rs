@@ -14,16 +14,6 @@ struct Network {
     practice: String,
 }
 
-async fn call(
-    t: &TestController,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    t.call(method, path, Some(token), body).await
-}
-
 /// Organisations `leeds-trust` (sites lth-1, lth-2), `gp-chapeltown`
 /// (gp-1) and `national` (spine-1, LAN 10.200.0.0/24), each site added by
 /// its organisation's own token (the national one by the NOC).
@@ -52,8 +42,7 @@ async fn network() -> Network {
 }
 
 async fn check(t: &TestController, token: &str, query: &str) -> (StatusCode, Value) {
-    call(
-        t,
+    t.as_token(
         token,
         Method::GET,
         &format!("/v1/policy/check?{query}"),
@@ -85,9 +74,7 @@ async fn rules_and_services_decide_flows_between_organisations_and_check_names_t
     );
 
     // The trust admits the practice into lth-1 on 443.
-    let (s, rule) = call(
-        &t,
-        &trust,
+    let (s, rule) = t.as_token(&trust,
         Method::POST,
         "/v1/policy/rules",
         Some(json!({"from": "org:gp-chapeltown", "to": "site:lth-1", "proto": "tcp", "ports": ["443"], "description": "referrals"})),
@@ -144,20 +131,20 @@ async fn rules_and_services_decide_flows_between_organisations_and_check_names_t
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "not the site's: {v}");
 
     // Deleting the rule closes the practice's way in again.
-    let (s, _) = call(
-        &t,
-        &trust,
-        Method::DELETE,
-        &format!("/v1/policy/rules/{id}"),
-        None,
-    )
-    .await;
+    let (s, _) = t
+        .as_token(
+            &trust,
+            Method::DELETE,
+            &format!("/v1/policy/rules/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (_, v) = check(&t, &noc, "from=gp-1&to=lth-1&proto=tcp&port=443").await;
     assert!(!decided(&v).0, "{v}");
 
     // Both changes are audited with the rule before and after.
-    let (_, audit) = call(&t, &trust, Method::GET, "/v1/audit", None).await;
+    let (_, audit) = t.as_token(&trust, Method::GET, "/v1/audit", None).await;
     let details: Vec<String> = audit
         .as_array()
         .expect("entries")
@@ -180,40 +167,38 @@ async fn an_organisation_manages_only_what_admits_traffic_into_its_own_sites() {
 
     // Into another organisation's sites: as if they did not exist.
     for to in ["site:lth-1", "org:leeds-trust"] {
-        let (s, v) = call(
-            &t,
-            &practice,
-            Method::POST,
-            "/v1/policy/rules",
-            Some(json!({"from": "all", "to": to})),
-        )
-        .await;
+        let (s, v) = t
+            .as_token(
+                &practice,
+                Method::POST,
+                "/v1/policy/rules",
+                Some(json!({"from": "all", "to": to})),
+            )
+            .await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{to}: {v}");
     }
-    let (s, v) = call(
-        &t,
-        &practice,
-        Method::POST,
-        "/v1/policy/services",
-        Some(json!({"name": "x", "site": "lth-1", "shared_with": "all"})),
-    )
-    .await;
+    let (s, v) = t
+        .as_token(
+            &practice,
+            Method::POST,
+            "/v1/policy/services",
+            Some(json!({"name": "x", "site": "lth-1", "shared_with": "all"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
 
     // The trust's own rule and service.
-    let (s, rule) = call(
-        &t,
-        &trust,
-        Method::POST,
-        "/v1/policy/rules",
-        Some(json!({"from": "region:north", "to": "org:leeds-trust", "proto": "icmp"})),
-    )
-    .await;
+    let (s, rule) = t
+        .as_token(
+            &trust,
+            Method::POST,
+            "/v1/policy/rules",
+            Some(json!({"from": "region:north", "to": "org:leeds-trust", "proto": "icmp"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{rule}");
     let id = rule["rule"]["id"].as_u64().expect("id");
-    let (s, v) = call(
-        &t,
-        &trust,
+    let (s, v) = t.as_token(&trust,
         Method::POST,
         "/v1/policy/services",
         Some(json!({"name": "pacs", "site": "lth-2", "prefixes": ["10.1.2.0/26"], "proto": "tcp", "ports": ["104"], "shared_with": ["gp-chapeltown"]})),
@@ -223,24 +208,24 @@ async fn an_organisation_manages_only_what_admits_traffic_into_its_own_sites() {
 
     // The practice sees the service shared with it, not the trust's rule,
     // and can change neither.
-    let (_, p) = call(&t, &practice, Method::GET, "/v1/policy", None).await;
+    let (_, p) = t.as_token(&practice, Method::GET, "/v1/policy", None).await;
     assert_eq!(p["rules"], json!([]), "{p}");
     assert_eq!(p["services"][0]["service"]["name"], "pacs", "{p}");
     for path in [
         format!("/v1/policy/rules/{id}"),
         "/v1/policy/services/pacs".to_owned(),
     ] {
-        let (s, v) = call(&t, &practice, Method::DELETE, &path, None).await;
+        let (s, v) = t.as_token(&practice, Method::DELETE, &path, None).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
     }
-    let (s, _) = call(
-        &t,
-        &practice,
-        Method::GET,
-        &format!("/v1/policy/rules/{id}"),
-        None,
-    )
-    .await;
+    let (s, _) = t
+        .as_token(
+            &practice,
+            Method::GET,
+            &format!("/v1/policy/rules/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // It may check its way to the shared service, not into the trust's
     // other site.
@@ -288,27 +273,20 @@ async fn an_organisation_manages_only_what_admits_traffic_into_its_own_sites() {
             StatusCode::BAD_REQUEST,
         ),
     ] {
-        let (s, v) = call(
-            &t,
-            &trust,
-            Method::POST,
-            "/v1/policy/rules",
-            Some(body.clone()),
-        )
-        .await;
+        let (s, v) = t
+            .as_token(&trust, Method::POST, "/v1/policy/rules", Some(body.clone()))
+            .await;
         assert_eq!(s, status, "{body}: {v}");
         assert!(v["message"].is_string(), "{v}");
     }
-    let (s, v) = call(
-        &t,
-        &trust,
+    let (s, v) = t.as_token(&trust,
         Method::POST,
         "/v1/policy/services",
         Some(json!({"name": "wide", "site": "lth-1", "prefixes": ["10.0.0.0/8"], "shared_with": "all"})),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    let (_, p) = call(&t, &trust, Method::GET, "/v1/policy", None).await;
+    let (_, p) = t.as_token(&trust, Method::GET, "/v1/policy", None).await;
     assert_eq!(p["rules"].as_array().map(Vec::len), Some(1), "{p}");
     assert_eq!(p["services"].as_array().map(Vec::len), Some(1), "{p}");
 
@@ -322,8 +300,10 @@ async fn an_organisation_manages_only_what_admits_traffic_into_its_own_sites() {
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    let (s, _) = call(&t, &trust, Method::DELETE, "/v1/sites/lth-2", None).await;
+    let (s, _) = t
+        .as_token(&trust, Method::DELETE, "/v1/sites/lth-2", None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (_, p) = call(&t, &trust, Method::GET, "/v1/policy", None).await;
+    let (_, p) = t.as_token(&trust, Method::GET, "/v1/policy", None).await;
     assert_eq!(p["services"], json!([]), "{p}");
 }

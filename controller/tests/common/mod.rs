@@ -178,6 +178,17 @@ impl TestController {
         (status, value)
     }
 
+    /// A request with `token` (an organisation's, say).
+    pub async fn as_token(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(method, path, Some(token), body).await
+    }
+
     pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.call(
             reqwest::Method::POST,
