@@ -70,10 +70,24 @@ impl ApiError {
     }
 }
 
+/// How a store conflict reads once it is an API error (`what`: the
+/// constraint, e.g. `sites.org`).
+fn conflict_message(what: &str) -> String {
+    format!("already taken: {what}")
+}
+
+impl ApiError {
+    /// Whether this is the store refusing a write on constraint `what`
+    /// (for a caller that has a better message for it).
+    pub fn is_conflict_on(&self, what: &str) -> bool {
+        matches!(self, ApiError::Conflict(m) if *m == conflict_message(what))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { what } => ApiError::Conflict(format!("already taken: {what}")),
+            StoreError::Conflict { what } => ApiError::Conflict(conflict_message(&what)),
             StoreError::Precondition(m) => ApiError::Precondition(m),
             e @ (StoreError::Unavailable(_) | StoreError::Commit(_)) => {
                 tracing::error!(error = %e, "the database failed; the change is not stored");

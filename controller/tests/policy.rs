@@ -142,6 +142,17 @@ async fn rules_and_services_decide_flows_between_organisations_and_check_names_t
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (_, v) = check(&t, &noc, "from=gp-1&to=lth-1&proto=tcp&port=443").await;
     assert!(!decided(&v).0, "{v}");
+    // Its number is not given again: "rule N" in the audit log names one rule.
+    let (s, next) = t
+        .as_token(
+            &trust,
+            Method::POST,
+            "/v1/policy/rules",
+            Some(json!({"from": "org:gp-chapeltown", "to": "site:lth-2", "proto": "icmp"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{next}");
+    assert_eq!(next["rule"]["id"].as_u64(), Some(id + 1), "{next}");
 
     // Both changes are audited with the rule before and after.
     let (_, audit) = t.as_token(&trust, Method::GET, "/v1/audit", None).await;

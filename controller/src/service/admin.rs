@@ -340,11 +340,11 @@ impl Controller {
         if !actor.sees(&org) {
             return Err(not_found_org(&org));
         }
-        if !self.store.orgs().await?.iter().any(|o| o.name == org) {
-            return Err(ApiError::NotFound(format!(
-                "no organisation named {org}; create it first with `wardnet-controller orgs add {org}`"
-            )));
-        }
+        // Whether the organisation exists is the database's to say (its
+        // constraint `sites.org`), with no read on the way in.
+        let missing_org = ApiError::NotFound(format!(
+            "no organisation named {org}; create it first with `wardnet-controller orgs add {org}`"
+        ));
         let net = self.settings.network.clone();
         let lifetime = self.settings.token_lifetime_secs as i64;
         let actor = actor.clone();
@@ -424,6 +424,7 @@ impl Controller {
             })
         })
         .await
+        .map_err(|e| if e.is_conflict_on("sites.org") { missing_org } else { e })
         .map(|mut created| {
             // The revision was settled by the pipeline after the closure ran.
             if let Ok(v) = self.site(&Actor::local(), &created.site.name) {

@@ -127,12 +127,12 @@ impl Controller {
     pub async fn create_rule(&self, actor: &Actor, req: CreateRule) -> Result<RuleView, ApiError> {
         wardnet_common::policy::check_ports(req.proto, &req.ports)
             .map_err(ApiError::Unprocessable)?;
-        // Ids are the next after the highest; two admins racing for one
-        // get a conflict from the store, and the loser takes the next.
+        // Numbers come from the store's counter, which only goes up; two
+        // admins racing for one get a conflict, and the loser takes the next.
         for _ in 0..3 {
             let policy = self.store.policy().await?;
             let org = self.rule_owner(actor, &req.to, &policy).await?;
-            let id = policy.rules.iter().map(|r| r.rule.id).max().unwrap_or(0) + 1;
+            let id = policy.next_rule_id;
             let stored = RuleView {
                 rule: Rule {
                     id,

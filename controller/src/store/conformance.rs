@@ -336,6 +336,7 @@ async fn policy_rules_and_services(s: &dyn Store) {
     .expect("policy");
     let p = s.policy().await.expect("read");
     assert_eq!(p.rules, vec![rule.clone()]);
+    assert_eq!(p.next_rule_id, 2);
     assert_eq!(p.services, vec![service.clone()]);
     match s.commit(vec![Write::InsertRule(rule.clone())]).await {
         Err(StoreError::Conflict { what }) => assert_eq!(what, "policy_rules.id"),
@@ -360,7 +361,9 @@ async fn policy_rules_and_services(s: &dyn Store) {
     ])
     .await
     .expect("delete");
-    assert_eq!(s.policy().await.expect("read"), StoredPolicy::default());
+    let after = s.policy().await.expect("read");
+    assert_eq!((after.rules.len(), after.services.len()), (0, 0));
+    assert_eq!(after.next_rule_id, 2, "rule 1's number is not given again");
     s.commit(vec![Write::DeleteOrg(org)])
         .await
         .expect("nothing holds it now");

@@ -178,6 +178,9 @@ pub struct NewAudit {
 pub struct StoredPolicy {
     pub rules: Vec<RuleView>,
     pub services: Vec<ServiceView>,
+    /// The number the next rule gets: numbers only go up, a deleted
+    /// rule's is never given again.
+    pub next_rule_id: u64,
 }
 
 /// `443,8000-8080` (empty: all ports), how both stores keep ports.

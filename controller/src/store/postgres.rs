@@ -132,6 +132,13 @@ CREATE TABLE policy_rules (
     org         TEXT NOT NULL CONSTRAINT "policy_rules.org" REFERENCES orgs(name),
     created_at  BIGINT NOT NULL
 );
+-- Rule numbers only go up: a deleted rule's number is never given again,
+-- so "rule N" in the audit log names one rule for good.
+CREATE TABLE policy_counter (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    next_rule BIGINT NOT NULL
+);
+INSERT INTO policy_counter (id, next_rule) VALUES (1, 1);
 CREATE TABLE policy_services (
     name        TEXT CONSTRAINT "policy_services.name" PRIMARY KEY,
     site        TEXT NOT NULL CONSTRAINT "policy_services.site" REFERENCES sites(name) ON DELETE CASCADE,
@@ -675,8 +682,12 @@ fn statement(w: &Write) -> Item {
             org,
             created_at,
         }) => Item::new(
-            "INSERT INTO policy_rules (id, source, target, proto, ports, description, org, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "WITH r AS (
+                 INSERT INTO policy_rules (id, source, target, proto, ports, description, org, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id
+             )
+             UPDATE policy_counter SET next_rule = GREATEST(next_rule, (SELECT id FROM r) + 1)
+             WHERE id = 1",
             vec![
                 Box::new(rule.id as i64),
                 Box::new(rule.from.to_string()),
@@ -1193,7 +1204,8 @@ impl Store for PostgresStore {
 
     async fn policy(&self) -> Result<StoredPolicy, StoreError> {
         let c = self.client().await?;
-        let (rules, services) = futures::try_join!(
+        let (next, rules, services) = futures::try_join!(
+            c.query_one("SELECT next_rule FROM policy_counter WHERE id = 1", &[]),
             c.query(
                 "SELECT id, source, target, proto, ports, description, org, created_at
                  FROM policy_rules ORDER BY id",
@@ -1207,6 +1219,7 @@ impl Store for PostgresStore {
         )
         .map_err(pg)?;
         Ok(StoredPolicy {
+            next_rule_id: get::<i64>(&next, 0)? as u64,
             rules: rules
                 .iter()
                 .map(|r| {

@@ -156,6 +156,13 @@ CREATE TABLE policy_services (
     org         TEXT NOT NULL,
     created_at  INTEGER NOT NULL
 );
+-- Rule numbers only go up: a deleted rule's number is never given again,
+-- so "rule N" in the audit log names one rule for good.
+CREATE TABLE policy_counter (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    next_rule INTEGER NOT NULL
+);
+INSERT INTO policy_counter (id, next_rule) VALUES (1, 1);
 CREATE TRIGGER policy_rules_org_insert BEFORE INSERT ON policy_rules
     WHEN NOT EXISTS (SELECT 1 FROM orgs WHERE name = NEW.org)
     BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: policy_rules.org'); END;
@@ -571,6 +578,10 @@ fn apply(tx: &Connection, w: &Write) -> Result<(), StoreError> {
                     &org.as_str(),
                     created_at,
                 ],
+            )?;
+            run(
+                "UPDATE policy_counter SET next_rule = MAX(next_rule, ?1 + 1) WHERE id = 1",
+                &[&(rule.id as i64)],
             )?;
         }
         Write::DeleteRule(id) => {
@@ -1057,7 +1068,15 @@ impl Store for SqliteStore {
                     })
                 },
             )?;
-            Ok(StoredPolicy { rules, services })
+            let next_rule_id: i64 =
+                tx.query_row("SELECT next_rule FROM policy_counter WHERE id = 1", [], |r| {
+                    r.get(0)
+                })?;
+            Ok(StoredPolicy {
+                rules,
+                services,
+                next_rule_id: next_rule_id as u64,
+            })
         })
         .await
     }
