@@ -3,6 +3,7 @@
 //! everything in this crate is testable as plain functions.
 
 pub mod delta;
+pub mod filter;
 pub mod keys;
 pub mod name;
 pub mod net;

@@ -7,8 +7,14 @@
 //! admits it. Rules are directional, from everyone, an organisation, a
 //! region or a site, to an organisation, a site or a service, for a
 //! protocol and ports. Replies to an allowed flow are allowed (the data
-//! plane tracks flows); ICMP echo to a site's own overlay address is always
-//! allowed (health probes, reachability checks).
+//! plane tracks flows); ICMP to a site's own overlay address is always
+//! allowed (health probes, reachability checks). Sites of the `default`
+//! organisation (every site from before organisations, and sites created
+//! without one) are not filtered: they accept traffic as before, until
+//! they are put into an organisation of their own.
+//!
+//! [`decide`] is the specification; the data plane enforces the same
+//! answers with [`crate::filter`], which a property test holds to it.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -386,6 +392,8 @@ pub struct Party {
     pub site: Name,
     pub org: Name,
     pub region: Name,
+    /// Its overlay addresses (ICMP to them is always allowed).
+    pub overlay: BTreeSet<IpAddr>,
 }
 
 /// A flow to decide: from one site to another (to address `dst` of it,
@@ -405,6 +413,11 @@ pub struct Flow {
 pub enum Reason {
     /// Both ends belong to one organisation.
     SameOrg,
+    /// The destination belongs to the `default` organisation, which is
+    /// not filtered.
+    Unfiltered,
+    /// ICMP to the destination's own overlay address (health probes).
+    Probe,
     /// A service shared with the source's organisation.
     Service(Name),
     /// A rule, by id.
@@ -417,9 +430,28 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::SameOrg => f.write_str("same organisation"),
+            Reason::Unfiltered => {
+                f.write_str("the destination's organisation is default, which is not filtered")
+            }
+            Reason::Probe => f.write_str("ICMP to a site's overlay address is always allowed"),
             Reason::Service(n) => write!(f, "service {n}"),
             Reason::Rule(id) => write!(f, "rule {id}"),
             Reason::Default => f.write_str("default: deny between organisations"),
+        }
+    }
+}
+
+impl Reason {
+    /// The reason as a metric label: `same_org`, `unfiltered`, `probe`,
+    /// `service:NAME`, `rule:ID`, `default`.
+    pub fn label(&self) -> String {
+        match self {
+            Reason::SameOrg => "same_org".into(),
+            Reason::Unfiltered => "unfiltered".into(),
+            Reason::Probe => "probe".into(),
+            Reason::Service(n) => format!("service:{n}"),
+            Reason::Rule(id) => format!("rule:{id}"),
+            Reason::Default => "default".into(),
         }
     }
 }
@@ -432,9 +464,10 @@ pub struct Decision {
 }
 
 /// Decides a flow. What allows it, in this order: one organisation at
-/// both ends; a service at the destination shared with the source's
-/// organisation; the rule with the lowest id that matches. Otherwise
-/// denied (`Reason::Default`).
+/// both ends; a destination in the unfiltered `default` organisation; ICMP
+/// to the destination's overlay address; a service at the destination
+/// shared with the source's organisation; the rule with the lowest id that
+/// matches. Otherwise denied (`Reason::Default`).
 pub fn decide(rules: &[Rule], services: &[Service], flow: &Flow) -> Decision {
     let allow = |reason| Decision {
         allow: true,
@@ -442,6 +475,12 @@ pub fn decide(rules: &[Rule], services: &[Service], flow: &Flow) -> Decision {
     };
     if flow.from.org == flow.to.org {
         return allow(Reason::SameOrg);
+    }
+    if flow.to.org.as_str() == crate::wire::DEFAULT_ORG {
+        return allow(Reason::Unfiltered);
+    }
+    if flow.proto == Proto::Icmp && flow.dst.is_some_and(|d| flow.to.overlay.contains(&d)) {
+        return allow(Reason::Probe);
     }
     let at_destination =
         |s: &&Service| s.site == flow.to.site && s.covers(flow.dst, flow.proto, flow.port);
@@ -564,6 +603,7 @@ mod tests {
             site: n(site),
             org: n(org),
             region: n(region),
+            overlay: BTreeSet::new(),
         }
     }
 
@@ -789,6 +829,11 @@ mod tests {
                 let d = decide(&rules, &services, &flow);
                 match &d.reason {
                     Reason::SameOrg => prop_assert_eq!(&flow.from.org, &flow.to.org),
+                    Reason::Unfiltered => prop_assert_eq!(flow.to.org.as_str(), "default"),
+                    Reason::Probe => {
+                        prop_assert_eq!(flow.proto, Proto::Icmp);
+                        prop_assert!(flow.dst.is_some_and(|d| flow.to.overlay.contains(&d)));
+                    }
                     Reason::Service(_) => {
                         prop_assert!(services.iter().any(|s| s.site == flow.to.site
                             && s.covers(flow.dst, flow.proto, flow.port)

@@ -64,6 +64,7 @@ fn party(s: &Site) -> Party {
         site: s.name.clone(),
         org: s.org.clone(),
         region: s.region.clone(),
+        overlay: s.addresses().iter().map(|p| p.addr()).collect(),
     }
 }
 
