@@ -485,6 +485,7 @@ impl AgentState {
                     tx_bytes: p.tx_bytes,
                     probes_sent: v.as_ref().map_or(0, |v| v.sent_total),
                     probes_lost: v.as_ref().map_or(0, |v| v.lost_total),
+                    policy_denied: p.policy_denied,
                 })
             })
             .collect();
@@ -496,6 +497,7 @@ impl AgentState {
             counters: snap.counters,
             peers,
             failover: self.failover.status(now),
+            policy: snap.policy.clone(),
         })
     }
 

@@ -63,6 +63,7 @@ fn site_config(revision: u64, peers: &[u8]) -> SiteConfig {
         peers: peers.iter().map(|i| spoke(*i)).collect(),
         routes: [net("100.64.0.0/10")].into(),
         failover: Vec::new(),
+        filter: None,
     }
 }
 
@@ -102,9 +103,11 @@ fn snapshot(s: &AgentState, handshakes: &[(u8, SystemTime)]) -> DeviceSnapshot {
                     .map(|(_, t)| *t),
                 rx_bytes: 0,
                 tx_bytes: 0,
+                policy_denied: 0,
             })
             .collect(),
         counters: Default::default(),
+        policy: Default::default(),
     }
 }
 

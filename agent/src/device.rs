@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use wardnet_common::filter::SiteFilter;
 
 use ipnet::IpNet;
 use wardnet_common::PublicKey;
@@ -22,6 +23,12 @@ pub trait Device: Send + Sync + 'static {
     fn apply(&self, ops: Vec<PeerOp>) -> impl Future<Output = Result<(), DeviceError>> + Send;
     fn set_mtu(&self, mtu: u16) -> impl Future<Output = Result<(), DeviceError>> + Send;
     fn set_listen_port(&self, port: u16) -> impl Future<Output = Result<(), DeviceError>> + Send;
+    /// Replace the policy filter on what comes out of the tunnels (`None`:
+    /// let everything through).
+    fn set_filter(
+        &self,
+        filter: Option<SiteFilter>,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
     /// What runs now; empty when the device has stopped.
     fn snapshot(&self) -> impl Future<Output = DeviceSnapshot> + Send;
     /// Each peer's last handshake; empty when the device has stopped.
@@ -58,6 +65,9 @@ impl Device for DataPlaneHandle {
     }
     async fn set_listen_port(&self, port: u16) -> Result<(), DeviceError> {
         Ok(DataPlaneHandle::set_listen_port(self, port).await?)
+    }
+    async fn set_filter(&self, filter: Option<SiteFilter>) -> Result<(), DeviceError> {
+        Ok(DataPlaneHandle::set_filter(self, filter).await?)
     }
     async fn snapshot(&self) -> DeviceSnapshot {
         DataPlaneHandle::snapshot(self).await.unwrap_or_default()
@@ -101,6 +111,8 @@ pub struct MemoryDevice {
 struct MemoryDeviceState {
     peers: BTreeMap<PublicKey, PeerSnapshot>,
     listen_port: u16,
+    /// The policy filter last set.
+    filter: Option<SiteFilter>,
     /// The next `apply` fails with this.
     fail_next: Option<String>,
     applies: usize,
@@ -162,6 +174,7 @@ impl Device for MemoryDevice {
                             last_handshake: kept.as_ref().and_then(|p| p.last_handshake),
                             rx_bytes: kept.as_ref().map_or(0, |p| p.rx_bytes),
                             tx_bytes: kept.as_ref().map_or(0, |p| p.tx_bytes),
+                            policy_denied: 0,
                         },
                     );
                 }
@@ -181,12 +194,18 @@ impl Device for MemoryDevice {
         Ok(())
     }
 
+    async fn set_filter(&self, filter: Option<SiteFilter>) -> Result<(), DeviceError> {
+        self.lock().filter = filter;
+        Ok(())
+    }
+
     async fn snapshot(&self) -> DeviceSnapshot {
         let s = self.lock();
         DeviceSnapshot {
             listen_port: s.listen_port,
             peers: s.peers.values().cloned().collect(),
             counters: Default::default(),
+            policy: Default::default(),
         }
     }
 

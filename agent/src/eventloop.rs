@@ -242,6 +242,12 @@ impl<D: Device, R: Routes> Eventloop<D, R> {
                     .context("failed to move the listen port")?;
             }
         }
+        if let Some(filter) = &plan.filter {
+            self.device
+                .set_filter(filter.clone())
+                .await
+                .context("failed to set the policy filter")?;
+        }
         let peer_ops = plan.peer_ops.len();
         self.device
             .apply(plan.peer_ops.clone())

@@ -295,6 +295,7 @@ fn the_effective_config_moves_the_group_prefixes_but_not_host_addresses() {
             region: name("north"),
             hubs: vec![name("hub-a"), name("hub-bb")],
         }],
+        filter: None,
     };
     let t0 = Instant::now();
     let mut f = failover("gp-1");

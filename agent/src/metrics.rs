@@ -33,6 +33,8 @@ pub struct PeerScrape {
     pub tx_bytes: u64,
     pub probes_sent: u64,
     pub probes_lost: u64,
+    /// Packets from the peer the policy filter dropped.
+    pub policy_denied: u64,
 }
 
 /// Everything `/metrics` shows except the RTT histogram, taken at once.
@@ -48,6 +50,8 @@ pub struct Scrape {
     pub peers: Vec<PeerScrape>,
     /// Failover groups: where their traffic goes and how often it moved.
     pub failover: Vec<crate::failover::GroupStatus>,
+    /// What the policy filter admitted and denied.
+    pub policy: crate::dataplane::policy::PolicyCounters,
 }
 
 const PEER_LABELS: [&str; 3] = ["peer", "region", "role"];
@@ -89,6 +93,42 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         "Probes not answered within the probe timeout.",
         MetricType::COUNTER,
         &PEER_LABELS,
+    ),
+    (
+        "wardnet_policy_denied_packets_total",
+        "Packets out of the peer's tunnel that the policy between organisations dropped before the TUN device, by the rule that decided (`default`: nothing admits them).",
+        MetricType::COUNTER,
+        &["peer", "region", "role", "rule"],
+    ),
+    (
+        "wardnet_policy_admitted_flows_total",
+        "Flows into this site that the policy admitted, by what admitted them (`same_org`, `probe`, `service:NAME`, `rule:ID`); replies to flows this site started are not counted here.",
+        MetricType::COUNTER,
+        &["rule"],
+    ),
+    (
+        "wardnet_policy_reply_packets_total",
+        "Packets passed as replies to flows this site started.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "wardnet_policy_enforced",
+        "1 when the data plane filters what comes out of the tunnels (the site belongs to an organisation other than default).",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "wardnet_policy_tracked_flows",
+        "Flows the policy filter remembers now (started here, and admitted).",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "wardnet_policy_flow_table_full_total",
+        "Flows not remembered because the filter's flow table was full (each packet of such a flow is judged on its own).",
+        MetricType::COUNTER,
+        &[],
     ),
     (
         "wardnet_failover_active_hub",
@@ -305,6 +345,36 @@ impl Collector for ScrapeCollector {
                 "wardnet_peer_transmit_bytes_total" => peer_samples(&|p| Some(p.tx_bytes as f64)),
                 "wardnet_peer_probes_sent_total" => peer_samples(&|p| Some(p.probes_sent as f64)),
                 "wardnet_peer_probes_lost_total" => peer_samples(&|p| Some(p.probes_lost as f64)),
+                "wardnet_policy_denied_packets_total" => {
+                    if s.policy.enforcing || s.peers.iter().any(|p| p.policy_denied > 0) {
+                        for p in &s.peers {
+                            let l = [
+                                ("peer", p.name.as_str()),
+                                ("region", p.region.as_str()),
+                                ("role", p.role.as_str()),
+                                ("rule", "default"),
+                            ];
+                            samples.push(sample(kind, &l, p.policy_denied as f64));
+                        }
+                    }
+                }
+                "wardnet_policy_admitted_flows_total" => {
+                    for (rule, v) in &s.policy.admitted {
+                        samples.push(sample(kind, &[("rule", rule.as_str())], *v as f64));
+                    }
+                }
+                "wardnet_policy_reply_packets_total" => {
+                    samples.push(sample(kind, &[], s.policy.replies as f64))
+                }
+                "wardnet_policy_enforced" => {
+                    samples.push(sample(kind, &[], f64::from(u8::from(s.policy.enforcing))))
+                }
+                "wardnet_policy_tracked_flows" => {
+                    samples.push(sample(kind, &[], s.policy.tracked as f64))
+                }
+                "wardnet_policy_flow_table_full_total" => {
+                    samples.push(sample(kind, &[], s.policy.overflow as f64))
+                }
                 "wardnet_failover_active_hub" => {
                     for g in &s.failover {
                         let l = [("region", g.region.as_str()), ("hub", g.active.as_str())];
@@ -397,6 +467,14 @@ mod tests {
             revoked: false,
             failover: Vec::new(),
             last_sync: Some(1_700_000_000),
+            policy: crate::dataplane::policy::PolicyCounters {
+                enforcing: true,
+                admitted: [("rule:4".to_owned(), 2)].into(),
+                denied: 3,
+                replies: 9,
+                overflow: 0,
+                tracked: 5,
+            },
             counters: DeviceCounters {
                 handshakes_completed: 3,
                 handshakes_failed: 1,
@@ -420,6 +498,7 @@ mod tests {
                     tx_bytes: 5678,
                     probes_sent: 10,
                     probes_lost: 1,
+                    policy_denied: 3,
                 },
                 PeerScrape {
                     name: name("gp-a"),
@@ -431,6 +510,7 @@ mod tests {
                     tx_bytes: 0,
                     probes_sent: 0,
                     probes_lost: 0,
+                    policy_denied: 0,
                 },
                 PeerScrape {
                     name: name("gp-b"),
@@ -442,6 +522,7 @@ mod tests {
                     tx_bytes: 0,
                     probes_sent: 0,
                     probes_lost: 0,
+                    policy_denied: 0,
                 },
             ],
         }
@@ -460,6 +541,11 @@ mod tests {
         for line in [
             "# TYPE wardnet_peer_receive_bytes_total counter",
             "wardnet_peer_receive_bytes_total{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1234",
+            "wardnet_policy_denied_packets_total{peer=\"hub-north\",region=\"north\",role=\"hub\",rule=\"default\"} 3",
+            "wardnet_policy_admitted_flows_total{rule=\"rule:4\"} 2",
+            "wardnet_policy_enforced 1",
+            "wardnet_policy_reply_packets_total 9",
+            "wardnet_policy_tracked_flows 5",
             "wardnet_peer_transmit_bytes_total{peer=\"hub-north\",region=\"north\",role=\"hub\"} 5678",
             "wardnet_peer_up{peer=\"hub-north\",region=\"north\",role=\"hub\"} 1",
             "wardnet_peer_up{peer=\"gp-a\",region=\"north\",role=\"spoke\"} 0",

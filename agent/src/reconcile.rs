@@ -7,6 +7,7 @@
 //! session and counters survive; a peer whose key stays is updated in place.
 
 use std::collections::{BTreeMap, BTreeSet};
+use wardnet_common::filter::SiteFilter;
 
 use ipnet::IpNet;
 use wardnet_common::{PeerConfig, PublicKey, SiteConfig};
@@ -42,6 +43,8 @@ pub struct Applied {
     /// `None` until the interface has been set up once.
     pub mtu: Option<u16>,
     pub listen_port: Option<u16>,
+    /// The data plane's policy filter; `None` until set once.
+    pub filter: Option<Option<SiteFilter>>,
 }
 
 /// The operations that turn `Applied` into the desired config.
@@ -59,6 +62,9 @@ pub struct Plan {
     pub listen_port: Option<u16>,
     /// `Some(mtu)` when the interface MTU must be set.
     pub mtu: Option<u16>,
+    /// `Some(filter)` when the data plane's filter must be replaced
+    /// (`Some(None)`: no filter).
+    pub filter: Option<Option<SiteFilter>>,
 }
 
 impl Plan {
@@ -106,6 +112,7 @@ pub fn plan(desired: &SiteConfig, applied: &Applied) -> Plan {
         routes_to_remove: applied.routes.difference(want_routes).copied().collect(),
         listen_port: (applied.listen_port != Some(iface.listen_port)).then_some(iface.listen_port),
         mtu: (applied.mtu != Some(iface.mtu)).then_some(iface.mtu),
+        filter: (applied.filter.as_ref() != Some(&desired.filter)).then(|| desired.filter.clone()),
     }
 }
 
@@ -137,6 +144,9 @@ impl Applied {
         if let Some(m) = plan.mtu {
             next.mtu = Some(m);
         }
+        if let Some(f) = &plan.filter {
+            next.filter = Some(f.clone());
+        }
         next
     }
 
@@ -148,6 +158,7 @@ impl Applied {
             routes: c.routes.clone(),
             mtu: Some(c.interface.mtu),
             listen_port: Some(c.interface.listen_port),
+            filter: Some(c.filter.clone()),
         }
     }
 }
@@ -193,6 +204,7 @@ mod tests {
             peers,
             routes: [net("100.64.0.0/10")].into(),
             failover: Vec::new(),
+            filter: None,
         }
     }
 

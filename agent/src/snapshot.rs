@@ -17,6 +17,8 @@ pub struct DeviceSnapshot {
     pub peers: Vec<PeerSnapshot>,
     /// Interface-wide packet and handshake counters since the data plane started.
     pub counters: DeviceCounters,
+    /// What the policy filter admitted and denied.
+    pub policy: crate::dataplane::policy::PolicyCounters,
 }
 
 /// Monotonic interface-wide counters (for metrics: `_total` counters).
@@ -76,4 +78,6 @@ pub struct PeerSnapshot {
     pub last_handshake: Option<SystemTime>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Packets from this peer the policy filter dropped.
+    pub policy_denied: u64,
 }

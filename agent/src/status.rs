@@ -263,8 +263,10 @@ mod tests {
                 last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1000)),
                 rx_bytes: 10,
                 tx_bytes: 20,
+                policy_denied: 0,
             }],
             counters: Default::default(),
+            policy: Default::default(),
         }
     }
 

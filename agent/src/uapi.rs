@@ -421,6 +421,7 @@ mod tests {
                     last_handshake: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
                     rx_bytes: 2048,
                     tx_bytes: 4096,
+                    policy_denied: 0,
                 },
                 PeerSnapshot {
                     name: "spoke-b".parse().expect("name"),
@@ -431,6 +432,7 @@ mod tests {
                     last_handshake: None,
                     rx_bytes: 0,
                     tx_bytes: 0,
+                    policy_denied: 0,
                 },
             ],
             ..Default::default()

@@ -46,6 +46,7 @@ fn fixture() -> Fixture {
                 last_handshake: Some(SystemTime::now() - Duration::from_secs(10)),
                 rx_bytes: 2048,
                 tx_bytes: 4 * 1024 * 1024,
+                policy_denied: 0,
             },
             PeerSnapshot {
                 name: "spoke-b".parse().expect("name"),
@@ -56,6 +57,7 @@ fn fixture() -> Fixture {
                 last_handshake: None,
                 rx_bytes: 0,
                 tx_bytes: 0,
+                policy_denied: 0,
             },
         ],
         ..Default::default()

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::filter::SiteFilter;
 use crate::wire::{FailoverGroup, InterfaceConfig, PeerConfig, SiteConfig};
 use crate::Name;
 
@@ -53,6 +54,13 @@ pub struct ConfigDelta {
     /// any more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Vec<FailoverGroup>>,
+    /// The site's filter, whole, when it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<SiteFilter>,
+    /// The site is no longer filtered (it moved to the `default`
+    /// organisation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub filter_removed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +94,8 @@ impl ConfigDelta {
             && self.routes_added.is_empty()
             && self.routes_removed.is_empty()
             && self.failover.is_none()
+            && self.filter.is_none()
+            && !self.filter_removed
     }
 }
 
@@ -140,6 +150,12 @@ impl SiteConfig {
         }
         if let Some(f) = &d.failover {
             self.failover.clone_from(f);
+        }
+        if d.filter_removed {
+            self.filter = None;
+        }
+        if let Some(f) = &d.filter {
+            self.filter = Some(f.clone());
         }
         self.revision = d.revision;
         Ok(())

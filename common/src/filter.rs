@@ -495,8 +495,8 @@ mod tests {
 
     /// Up to three services, each behind a random site, on the whole site,
     /// its overlay address or its LAN.
-    fn services() -> impl Strategy<Value = Vec<(usize, u8, Proto, Vec<PortRange>, Option<Vec<usize>>)>>
-    {
+    fn services(
+    ) -> impl Strategy<Value = Vec<(usize, u8, Proto, Vec<PortRange>, Option<Vec<usize>>)>> {
         prop::collection::vec(
             (0..SITES, 0u8..3, proto()).prop_flat_map(|(site, at, proto)| {
                 (
@@ -631,7 +631,10 @@ mod tests {
         echo[20] = 8;
         echo[24..26].copy_from_slice(&77u16.to_be_bytes());
         let h = parse(&echo).expect("echo");
-        assert_eq!((h.sport, h.dport, h.port, h.proto()), (77, 0, None, Proto::Icmp));
+        assert_eq!(
+            (h.sport, h.dport, h.port, h.proto()),
+            (77, 0, None, Proto::Icmp)
+        );
         echo[20] = 0;
         let h = parse(&echo).expect("reply");
         assert_eq!((h.sport, h.dport), (0, 77));
@@ -677,9 +680,22 @@ mod tests {
     #[test]
     fn a_site_in_the_default_organisation_has_no_filter_and_traffic_not_for_a_site_is_transit() {
         let sites: Vec<TestSite> = (0..3).map(|i| site(i, i.min(1), 0, true)).collect();
-        assert!(compile(&sites[0].party, &sites[0].lans, &[], &[], sources_of(&sites)).is_none());
-        let f = compile(&sites[1].party, &sites[1].lans, &[], &[], sources_of(&sites))
-            .expect("a filter");
+        assert!(compile(
+            &sites[0].party,
+            &sites[0].lans,
+            &[],
+            &[],
+            sources_of(&sites)
+        )
+        .is_none());
+        let f = compile(
+            &sites[1].party,
+            &sites[1].lans,
+            &[],
+            &[],
+            sources_of(&sites),
+        )
+        .expect("a filter");
         let other = IpAddr::from([100, 64, 0, 3]);
         assert_eq!(
             f.check(IpAddr::from([100, 64, 0, 1]), other, Proto::Tcp, Some(443)),

@@ -118,6 +118,11 @@ pub struct SiteConfig {
     /// with one hub reads as it always did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failover: Vec<FailoverGroup>,
+    /// What the site's data plane admits from its tunnels (the policy
+    /// between organisations); left out when the site is not filtered (it
+    /// belongs to the `default` organisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::filter::SiteFilter>,
 }
 
 /// The hubs of one region, as one site sees them. The first is the one

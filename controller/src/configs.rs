@@ -21,6 +21,7 @@ use imbl::{OrdMap, OrdSet};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use wardnet_common::delta::{AllowedIpsChange, ConfigDelta};
+use wardnet_common::filter::SiteFilter;
 use wardnet_common::wire::{FailoverGroup, InterfaceConfig, PeerConfig, Role, SiteConfig};
 use wardnet_common::{Endpoint, Name, PublicKey};
 
@@ -38,7 +39,7 @@ const MAX_STEP_BYTES: usize = 256 * 1024;
 
 /// Bump when rendering changes what it produces for the same model, so
 /// every site gets a new revision once after an upgrade.
-const RENDER_VERSION: u32 = 3;
+const RENDER_VERSION: u32 = 4;
 
 /// What a site's stored revision was rendered with: the render version and
 /// the network settings. A site whose stored fingerprint differs gets a new
@@ -227,6 +228,7 @@ pub struct SiteRender {
     peers: OrdMap<Name, Arc<PeerEntry>>,
     routes: RouteCover,
     failover: Vec<FailoverGroup>,
+    filter: Option<Arc<SiteFilter>>,
     /// The last revisions' steps, oldest first; they chain to `revision`.
     steps: imbl::Vector<Arc<Step>>,
     step_bytes: usize,
@@ -247,6 +249,7 @@ impl SiteRender {
             peers: OrdMap::new(),
             routes: RouteCover::default(),
             failover: cfg.failover,
+            filter: cfg.filter.map(Arc::new),
             steps: imbl::Vector::new(),
             step_bytes: 0,
             full: Arc::new(OnceLock::new()),
@@ -385,6 +388,7 @@ impl SiteRender {
             peers: self.peers.values().map(|e| e.to_wire()).collect(),
             routes: self.routes.routes.iter().copied().collect(),
             failover: self.failover.clone(),
+            filter: self.filter.as_deref().cloned(),
         }
     }
 
@@ -450,6 +454,8 @@ impl SiteRender {
 #[derive(Debug, Default)]
 struct Draft {
     interface: Option<InterfaceConfig>,
+    /// The filter changed (to `None`: removed).
+    filter: Option<Option<Arc<SiteFilter>>>,
     failover: Option<Vec<FailoverGroup>>,
     set: BTreeSet<Name>,
     removed: BTreeSet<Name>,
@@ -483,6 +489,8 @@ impl Draft {
             routes_added: self.routes.added,
             routes_removed: self.routes.removed,
             failover: self.failover,
+            filter_removed: matches!(self.filter, Some(None)),
+            filter: self.filter.flatten().map(|f| SiteFilter::clone(&f)),
         }
     }
 }
@@ -495,6 +503,8 @@ pub struct Touch {
     full: bool,
     /// Its failover groups may have changed (another region's hubs did).
     failover: bool,
+    /// Its filter may have changed (the policy, or a site it names).
+    filter: bool,
     /// Only the site's own interface settings may have changed (its
     /// endpoint): its peers and routes stay. A hub's endpoint change would
     /// otherwise render its thousands of peers again.
@@ -516,6 +526,10 @@ impl Touches {
     }
     fn interface(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().interface = true;
+    }
+    /// The site's filter may have changed.
+    pub fn filter(&mut self, site: &Name) {
+        self.0.entry(site.clone()).or_default().filter = true;
     }
     fn failover(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().failover = true;
@@ -559,6 +573,22 @@ impl Touches {
             }
             // A deleted site is touched too: its render goes.
             _ => self.full(&x),
+        }
+        let in_filters = |s: &Site| {
+            (
+                s.org.clone(),
+                s.region.clone(),
+                s.addresses(),
+                s.lan_prefixes.clone(),
+            )
+        };
+        if before.map(in_filters) != after.map(in_filters) {
+            self.filter(&x);
+            for s in before.into_iter().chain(after) {
+                for t in model.filters_holding(s) {
+                    self.filter(&t);
+                }
+            }
         }
         let mut regions_done = BTreeSet::new();
         for s in before.into_iter().chain(after) {
@@ -782,6 +812,13 @@ pub fn apply_to(
                     let e = entry(model, net, &name, peer);
                     r.set_entry(peer, e, &mut d);
                 }
+                if touch.filter {
+                    let now = model.filter(site).map(Arc::new);
+                    if now != r.filter {
+                        r.filter.clone_from(&now);
+                        d.filter = Some(now);
+                    }
+                }
                 if touch.failover {
                     let now = failover_groups(model, site);
                     if now != r.failover {
@@ -869,6 +906,9 @@ fn rebuild(old: Option<SiteRender>, cfg: SiteConfig, site: &Site) -> (SiteRender
     }
     if old.failover != fresh.failover {
         d.failover = Some(fresh.failover.clone());
+    }
+    if old.filter != fresh.filter {
+        d.filter = Some(fresh.filter.clone());
     }
     for (name, e) in fresh.peers.iter() {
         match old.peers.get(name) {
@@ -972,7 +1012,7 @@ mod tests {
                 created_at: 0,
             })
             .collect();
-        Model::from_parts(regions, Vec::new())
+        Model::from_parts(regions, Vec::new(), Default::default())
     }
 
     fn new_site(r: u8, i: u8, lan: Option<u8>, active: bool) -> Site {

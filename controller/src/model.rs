@@ -7,6 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use imbl::{OrdMap, OrdSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use wardnet_common::filter::SiteFilter;
+use wardnet_common::policy::{Party, Rule, Service, Source, Target};
 use wardnet_common::wire::{HealthSummary, SiteState, UnixTime};
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
@@ -117,6 +119,8 @@ pub struct Model {
     pub sites: OrdMap<Name, std::sync::Arc<Site>>,
     /// Region name -> names of its sites.
     pub by_region: BTreeMap<Name, OrdSet<Name>>,
+    /// Organisation name -> names of its sites, any state.
+    pub by_org: BTreeMap<Name, OrdSet<Name>>,
     /// Names of all hub sites, any state.
     pub hubs: BTreeSet<Name>,
     /// Region name -> names of its hub sites, any state.
@@ -139,11 +143,21 @@ pub struct Model {
     /// is refused here without a database round trip (the database's
     /// conditional update stays the judge).
     pub consumed_tokens: imbl::HashSet<String>,
+    /// The policy between organisations (rules and services), which each
+    /// site's filter is compiled from.
+    pub policy: std::sync::Arc<crate::store::StoredPolicy>,
 }
 
 impl Model {
-    pub fn from_parts(regions: Vec<Region>, sites: Vec<Site>) -> Self {
-        let mut m = Model::default();
+    pub fn from_parts(
+        regions: Vec<Region>,
+        sites: Vec<Site>,
+        policy: crate::store::StoredPolicy,
+    ) -> Self {
+        let mut m = Model {
+            policy: std::sync::Arc::new(policy),
+            ..Model::default()
+        };
         for r in regions {
             m.by_region.entry(r.name.clone()).or_default();
             m.regions.insert(r.name.clone(), r);
@@ -169,6 +183,10 @@ impl Model {
         let old = self.remove_site(&s.name);
         self.by_region
             .entry(s.region.clone())
+            .or_default()
+            .insert(s.name.clone());
+        self.by_org
+            .entry(s.org.clone())
             .or_default()
             .insert(s.name.clone());
         if s.role == Role::Hub {
@@ -204,6 +222,12 @@ impl Model {
         let old = std::sync::Arc::unwrap_or_clone(self.sites.remove(name)?);
         if let Some(set) = self.by_region.get_mut(&old.region) {
             set.remove(name);
+        }
+        if let Some(set) = self.by_org.get_mut(&old.org) {
+            set.remove(name);
+            if set.is_empty() {
+                self.by_org.remove(&old.org);
+            }
         }
         self.hubs.remove(name);
         if let Some(set) = self.region_hub_names.get_mut(&old.region) {
@@ -318,6 +342,143 @@ impl Model {
             .range(p..=last)
             .filter_map(|(_, sites)| other(sites))
             .next()
+    }
+
+    /// Forget the services behind a deleted site (the store deletes them
+    /// with it).
+    pub fn drop_services_of(&mut self, site: &Name) {
+        if self.policy.services.iter().any(|s| &s.service.site == site) {
+            std::sync::Arc::make_mut(&mut self.policy)
+                .services
+                .retain(|s| &s.service.site != site);
+        }
+    }
+
+    /// A site's overlay addresses and LAN prefixes: where its traffic
+    /// comes from.
+    fn site_prefixes(s: &Site) -> impl Iterator<Item = IpNet> + '_ {
+        s.addresses()
+            .into_iter()
+            .chain(s.lan_prefixes.iter().copied())
+    }
+
+    /// The prefixes of the sites a policy source names (any state: an
+    /// address is the site's from its creation).
+    pub fn sources(&self, source: &Source) -> Vec<IpNet> {
+        let names: Box<dyn Iterator<Item = &Name>> = match source {
+            Source::All => Box::new(self.sites.keys()),
+            Source::Org(o) => Box::new(self.by_org.get(o).into_iter().flatten()),
+            Source::Region(r) => Box::new(self.by_region.get(r).into_iter().flatten()),
+            Source::Site(s) => Box::new(std::iter::once(s)),
+        };
+        names
+            .filter_map(|n| self.sites.get(n))
+            .flat_map(|s| Self::site_prefixes(s).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// What the policy knows of a site.
+    pub fn party(s: &Site) -> Party {
+        Party {
+            site: s.name.clone(),
+            org: s.org.clone(),
+            region: s.region.clone(),
+            overlay: s.addresses().iter().map(|p| p.addr()).collect(),
+        }
+    }
+
+    /// The filter of site `s`'s data plane (`None`: not filtered).
+    pub fn filter(&self, s: &Site) -> Option<SiteFilter> {
+        let rules: Vec<Rule> = self.policy.rules.iter().map(|r| r.rule.clone()).collect();
+        let services: Vec<Service> = self
+            .policy
+            .services
+            .iter()
+            .map(|s| s.service.clone())
+            .collect();
+        wardnet_common::filter::compile(
+            &Self::party(s),
+            &s.lan_prefixes,
+            &rules,
+            &services,
+            |src| self.sources(src),
+        )
+    }
+
+    /// The sites whose filters may differ between two policies: where the
+    /// rules and services that are not in both admit traffic into.
+    pub fn policy_touches(
+        &self,
+        old: &crate::store::StoredPolicy,
+        new: &crate::store::StoredPolicy,
+    ) -> BTreeSet<Name> {
+        let mut out = BTreeSet::new();
+        let mut services = BTreeSet::new();
+        for s in old.services.iter().chain(&new.services) {
+            let same = |p: &crate::store::StoredPolicy| p.services.iter().any(|x| x == s);
+            if !(same(old) && same(new)) {
+                out.insert(s.service.site.clone());
+                services.insert(s.service.name.clone());
+            }
+        }
+        for r in old.rules.iter().chain(&new.rules) {
+            let same = |p: &crate::store::StoredPolicy| p.rules.iter().any(|x| x == r);
+            if same(old) && same(new) {
+                continue;
+            }
+            match &r.rule.to {
+                Target::Org(o) => out.extend(self.by_org.get(o).into_iter().flatten().cloned()),
+                Target::Site(s) => {
+                    out.insert(s.clone());
+                }
+                Target::Service(n) => out.extend(
+                    old.services
+                        .iter()
+                        .chain(&new.services)
+                        .filter(|s| &s.service.name == n)
+                        .map(|s| s.service.site.clone()),
+                ),
+            }
+        }
+        out
+    }
+
+    /// The sites whose filters hold site `s`'s prefixes: its
+    /// organisation's (except `default`'s, which are not filtered), where
+    /// rules from it, its organisation or its region admit traffic into,
+    /// and the sites of services shared with its organisation.
+    pub fn filters_holding(&self, s: &Site) -> BTreeSet<Name> {
+        let mut out = BTreeSet::new();
+        if s.org != default_org() {
+            out.extend(self.by_org.get(&s.org).into_iter().flatten().cloned());
+        }
+        let party = Self::party(s);
+        for r in &self.policy.rules {
+            if r.rule.from == Source::All || !r.rule.from.matches(&party) {
+                continue;
+            }
+            match &r.rule.to {
+                Target::Org(o) => out.extend(self.by_org.get(o).into_iter().flatten().cloned()),
+                Target::Site(t) => {
+                    out.insert(t.clone());
+                }
+                Target::Service(n) => out.extend(
+                    self.policy
+                        .services
+                        .iter()
+                        .filter(|x| &x.service.name == n)
+                        .map(|x| x.service.site.clone()),
+                ),
+            }
+        }
+        for x in &self.policy.services {
+            if let wardnet_common::policy::SharedWith::Orgs(orgs) = &x.service.shared_with {
+                if orgs.contains(&s.org) {
+                    out.insert(x.service.site.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Sites of a region, in name order.

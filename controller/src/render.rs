@@ -112,6 +112,7 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
         peers,
         routes,
         failover: failover_groups(model, me),
+        filter: model.filter(me),
     })
 }
 

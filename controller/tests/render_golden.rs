@@ -196,7 +196,7 @@ fn model() -> Model {
             )
         }),
     ];
-    Model::from_parts(regions, sites)
+    Model::from_parts(regions, sites, Default::default())
 }
 
 fn rendered(m: &Model, site: &str) -> SiteConfig {

@@ -23,6 +23,7 @@ use ipnet::IpNet;
 use wardnet_common::{Endpoint, Name, PeerConfig, PrivateKey, PublicKey};
 
 use super::lpm::AllowedIps;
+use super::policy::PolicyFilter;
 use crate::reconcile::PeerOp;
 use crate::snapshot::{DeviceCounters, DeviceSnapshot, Handshakes, PeerSnapshot};
 
@@ -127,6 +128,8 @@ struct Peer {
     last_handshake: Option<SystemTime>,
     rx_bytes: u64,
     tx_bytes: u64,
+    /// Packets from this peer the policy filter dropped.
+    policy_denied: u64,
 }
 
 pub(crate) struct Core {
@@ -147,6 +150,8 @@ pub(crate) struct Core {
     /// The region this site is a hub of.
     hub_of: Option<Name>,
     counters: DeviceCounters,
+    /// The policy between organisations, on what comes out of the tunnels.
+    pub(crate) policy: PolicyFilter,
     buf: Box<[u8]>,
 }
 
@@ -169,6 +174,7 @@ impl Core {
             allowed: AllowedIps::default(),
             hub_of,
             counters: DeviceCounters::default(),
+            policy: PolicyFilter::default(),
             buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
         }
     }
@@ -227,6 +233,7 @@ impl Core {
                 last_handshake: None,
                 rx_bytes: 0,
                 tx_bytes: 0,
+                policy_denied: 0,
             },
         );
         self.track(index);
@@ -332,6 +339,7 @@ impl Core {
             self.counters.drops.no_route += 1;
             return;
         };
+        self.policy.outbound(packet, now);
         // Without a session and nowhere to send, a handshake would be maths
         // for nothing: the peer (a spoke behind NAT) comes to us.
         if peer.tunn.is_none() && peer.endpoint.is_none() {
@@ -431,9 +439,17 @@ impl Core {
             // Transport data, nearly all traffic: decrypted straight into
             // the device's queue.
             let room = tx.tun_room(datagram.len());
-            let (len, src) = match tunn.decapsulate(Some(from.ip()), datagram, room) {
-                TunnResult::WriteToTunnelV4(packet, v4) => (packet.len(), IpAddr::from(v4)),
-                TunnResult::WriteToTunnelV6(packet, v6) => (packet.len(), IpAddr::from(v6)),
+            let (len, src, admitted) = match tunn.decapsulate(Some(from.ip()), datagram, room) {
+                TunnResult::WriteToTunnelV4(packet, v4) => (
+                    packet.len(),
+                    IpAddr::from(v4),
+                    self.policy.inbound(packet, now),
+                ),
+                TunnResult::WriteToTunnelV6(packet, v6) => (
+                    packet.len(),
+                    IpAddr::from(v6),
+                    self.policy.inbound(packet, now),
+                ),
                 // An empty data message is an authenticated keepalive.
                 TunnResult::Done => {
                     authenticated(peer, from, local, datagram.len());
@@ -449,10 +465,12 @@ impl Core {
                 TunnResult::WriteToNetwork(_) => return,
             };
             authenticated(peer, from, local, datagram.len());
-            if source_allowed(&self.peers, &self.allowed, &self.hub_of, index, src) {
-                tx.tun_written(len);
-            } else {
+            if !source_allowed(&self.peers, &self.allowed, &self.hub_of, index, src) {
                 self.counters.drops.source_not_allowed += 1;
+            } else if admitted {
+                tx.tun_written(len);
+            } else if let Some(peer) = self.peers.get_mut(&index) {
+                peer.policy_denied += 1;
             }
             return;
         }
@@ -507,15 +525,23 @@ impl Core {
                 }
                 TunnResult::WriteToTunnelV4(packet, v4) => {
                     authenticated(peer, from, local, datagram.len());
+                    let admitted = self.policy.inbound(packet, now);
+                    if !admitted {
+                        peer.policy_denied += 1;
+                    }
                     let ok =
                         source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v4.into());
-                    deliver(ok, packet, &mut self.counters, tx);
+                    deliver(ok, admitted, packet, &mut self.counters, tx);
                 }
                 TunnResult::WriteToTunnelV6(packet, v6) => {
                     authenticated(peer, from, local, datagram.len());
+                    let admitted = self.policy.inbound(packet, now);
+                    if !admitted {
+                        peer.policy_denied += 1;
+                    }
                     let ok =
                         source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v6.into());
-                    deliver(ok, packet, &mut self.counters, tx);
+                    deliver(ok, admitted, packet, &mut self.counters, tx);
                 }
             }
             return;
@@ -584,6 +610,7 @@ impl Core {
     /// dropped) loses its `Tunn` and costs nothing until it is needed again.
     pub(crate) fn tick(&mut self, now: Instant, tx: &mut impl Transmit) {
         self.guard.forget_idle_sources(now);
+        self.policy.sweep(now);
         let mut idle = Vec::new();
         for &index in &self.active {
             let Some(peer) = self.peers.get_mut(&index) else {
@@ -645,6 +672,7 @@ impl Core {
                 last_handshake: p.last_handshake,
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
+                policy_denied: p.policy_denied,
             })
             .collect();
         peers.sort_by_key(|p| p.public_key);
@@ -652,6 +680,7 @@ impl Core {
             listen_port,
             peers,
             counters: self.counters,
+            policy: self.policy.counters(),
         }
     }
 }
@@ -749,12 +778,19 @@ fn source_allowed(
         .is_some_and(|o| o.hub_of.as_ref() == Some(region))
 }
 
-/// Write a decrypted packet to the TUN device, or count it dropped.
-fn deliver(ok: bool, packet: &[u8], counters: &mut DeviceCounters, tx: &mut impl Transmit) {
-    if ok {
-        tx.write_tun(packet);
-    } else {
+/// Write a decrypted packet to the TUN device when its source is the
+/// peer's and the policy admits it, or count it dropped.
+fn deliver(
+    ok: bool,
+    admitted: bool,
+    packet: &[u8],
+    counters: &mut DeviceCounters,
+    tx: &mut impl Transmit,
+) {
+    if !ok {
         counters.drops.source_not_allowed += 1;
+    } else if admitted {
+        tx.write_tun(packet);
     }
 }
 

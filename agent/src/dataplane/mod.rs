@@ -18,6 +18,7 @@ mod core;
 mod core_tests;
 mod lpm;
 mod output;
+pub mod policy;
 mod tun;
 mod udp;
 
@@ -27,6 +28,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wardnet_common::filter::SiteFilter;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -106,6 +108,7 @@ enum Command {
     Handshakes(oneshot::Sender<Handshakes>),
     SetMtu(u16, oneshot::Sender<Result<(), DataPlaneError>>),
     SetListenPort(u16, oneshot::Sender<Result<(), DataPlaneError>>),
+    SetFilter(Option<SiteFilter>, oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -221,6 +224,11 @@ impl DataPlaneHandle {
     /// Rebinds the UDP socket; peers and sessions are kept.
     pub async fn set_listen_port(&self, port: u16) -> Result<(), DataPlaneError> {
         self.ask(|tx| Command::SetListenPort(port, tx)).await?
+    }
+
+    /// Replaces the policy filter on what comes out of the tunnels.
+    pub async fn set_filter(&self, filter: Option<SiteFilter>) -> Result<(), DataPlaneError> {
+        self.ask(|tx| Command::SetFilter(filter, tx)).await
     }
 
     /// Asks the loop to stop; `DataPlane::shutdown` also waits for it.
@@ -658,6 +666,10 @@ impl Shell {
                     self.io.socket = Arc::new(Socket { udp, v6 });
                 });
                 let _ = reply.send(r);
+            }
+            Command::SetFilter(filter, done) => {
+                self.core.policy.set(filter);
+                let _ = done.send(());
             }
             Command::Shutdown => {}
         }

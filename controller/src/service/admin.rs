@@ -541,6 +541,8 @@ impl Controller {
             let name = &owned;
             visible_site(m, &actor, name)?;
             let before = m.remove_site(name).ok_or_else(|| not_found_site(name))?;
+            // Its services go with it (the store cascades).
+            m.drop_services_of(name);
             let mut mu = Mutation::new(());
             mu.writes.push(Write::DeleteSite(name.clone()));
             mu.audit = Some(audit(

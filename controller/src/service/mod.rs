@@ -273,7 +273,7 @@ impl Controller {
         };
         let mut world = World {
             seq,
-            model: Model::from_parts(snap.regions, snap.sites),
+            model: Model::from_parts(snap.regions, snap.sites, snap.policy),
             ..World::default()
         };
         let sites: Vec<Site> = world.model.sites.values().map(|s| Site::clone(s)).collect();
@@ -426,6 +426,14 @@ impl Controller {
         if jobs.is_empty() {
             return None;
         }
+        if !Arc::ptr_eq(&world.model.policy, &base.model.policy) {
+            for t in world
+                .model
+                .policy_touches(&base.model.policy, &world.model.policy)
+            {
+                touches.filter(&t);
+            }
+        }
         let bumps = configs::apply(
             &mut world.model,
             &mut world.configs,
@@ -465,6 +473,12 @@ impl Controller {
         let mut touches = Touches::default();
         let mut woken = BTreeSet::new();
         let mut deleted = Vec::new();
+        if let Some(p) = changes.policy {
+            let old = std::mem::replace(&mut world.model.policy, Arc::new(p));
+            for t in world.model.policy_touches(&old, &world.model.policy) {
+                touches.filter(&t);
+            }
+        }
         for (name, row) in changes.regions {
             match row {
                 Some(r) => world.model.upsert_region(r),
@@ -498,6 +512,8 @@ impl Controller {
                 }
                 None => {
                     world.model.remove_site(&name);
+                    // Its services went with it (the store cascades).
+                    world.model.drop_services_of(&name);
                     deleted.push(name.clone());
                 }
             }
@@ -611,7 +627,7 @@ impl Controller {
     fn reload(&self, snap: crate::store::Snapshot) {
         let mut world = World {
             seq: snap.seq,
-            model: Model::from_parts(snap.regions, snap.sites),
+            model: Model::from_parts(snap.regions, snap.sites, snap.policy),
             ..World::default()
         };
         let sites: Vec<Site> = world.model.sites.values().map(|s| Site::clone(s)).collect();
@@ -769,6 +785,7 @@ impl Controller {
 fn same_config_inputs(a: &Site, b: &Site) -> bool {
     a.name == b.name
         && a.region == b.region
+        && a.org == b.org
         && a.role == b.role
         && a.state == b.state
         && a.agentless == b.agentless

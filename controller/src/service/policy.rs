@@ -8,8 +8,10 @@
 //! organisations share with it, and may check flows from its own sites to
 //! its own sites or to a service shared with it.
 //!
-//! The policy lives in the store (read when asked for); it is not yet
-//! enforced: configs and the agents' data planes do not use it.
+//! The policy is part of the model: a change goes through the writer like
+//! any other, and the same group gives every site whose filter it changes
+//! a new revision (its agent hears within the long-poll's wake-up). Each
+//! site's filter is compiled by [`crate::model::Model::filter`].
 
 use wardnet_common::policy::{
     decide, CheckAnswer, CheckQuery, CreateRule, Flow, Party, PolicyView, Reason, Rule, RuleView,
@@ -18,10 +20,11 @@ use wardnet_common::policy::{
 use wardnet_common::Name;
 
 use super::admin::{audit, not_found_org, visible_site, Actor};
-use super::Controller;
+use super::{Controller, Mutation};
 use crate::error::ApiError;
 use crate::model::Site;
-use crate::store::{StoreError, StoredPolicy, Write};
+use crate::store::{StoredPolicy, Write};
+use std::sync::Arc;
 
 fn not_found_rule(id: u64) -> ApiError {
     ApiError::NotFound(format!("no rule {id}; `policy list` shows the rules"))
@@ -60,12 +63,7 @@ fn service_text(s: &Service) -> String {
 }
 
 fn party(s: &Site) -> Party {
-    Party {
-        site: s.name.clone(),
-        org: s.org.clone(),
-        region: s.region.clone(),
-        overlay: s.addresses().iter().map(|p| p.addr()).collect(),
-    }
+    crate::model::Model::party(s)
 }
 
 /// Whether `actor` may see a service: its own, or one shared with it.
@@ -80,7 +78,7 @@ fn sees_service(actor: &Actor, s: &ServiceView) -> bool {
 impl Controller {
     /// The rules and services `actor` may see.
     pub async fn policy(&self, actor: &Actor) -> Result<PolicyView, ApiError> {
-        let p = self.store.policy().await?;
+        let p = self.with_model(|m| m.policy.clone());
         Ok(PolicyView {
             rules: p
                 .rules
@@ -128,12 +126,14 @@ impl Controller {
     pub async fn create_rule(&self, actor: &Actor, req: CreateRule) -> Result<RuleView, ApiError> {
         wardnet_common::policy::check_ports(req.proto, &req.ports)
             .map_err(ApiError::Unprocessable)?;
-        // Numbers come from the store's counter, which only goes up; two
-        // admins racing for one get a conflict, and the loser takes the next.
-        for _ in 0..3 {
-            let policy = self.store.policy().await?;
-            let org = self.rule_owner(actor, &req.to, &policy).await?;
-            let id = policy.next_rule_id;
+        let policy = self.with_model(|m| m.policy.clone());
+        let org = self.rule_owner(actor, &req.to, &policy).await?;
+        let actor = actor.clone();
+        let missing = not_found_org(&org);
+        // Numbers come from a counter that only goes up (in the model and
+        // the store), so a deleted rule's number is never given again.
+        self.change(move |m, now| {
+            let id = m.policy.next_rule_id;
             let stored = RuleView {
                 rule: Rule {
                     id,
@@ -144,38 +144,39 @@ impl Controller {
                     description: req.description.clone(),
                 },
                 org: org.clone(),
-                created_at: self.now(),
+                created_at: now,
             };
-            let entry = audit(
-                stored.created_at,
-                actor,
+            let p = Arc::make_mut(&mut m.policy);
+            p.rules.push(stored.clone());
+            p.next_rule_id = id + 1;
+            let mut mu = Mutation::new(stored.clone());
+            mu.writes.push(Write::InsertRule(stored.clone()));
+            mu.audit = Some(audit(
+                now,
+                &actor,
                 "policy.rule.create",
                 &format!("rule {id}"),
                 Some(format!("after: {}", rule_text(&stored.rule))),
                 Some(&org),
-            );
-            match self
-                .store
-                .commit(vec![Write::InsertRule(stored.clone()), Write::Audit(entry)])
-                .await
-            {
-                Ok(()) => return Ok(stored),
-                Err(StoreError::Conflict { what }) if what == "policy_rules.id" => continue,
-                Err(StoreError::Conflict { what }) if what == "policy_rules.org" => {
-                    return Err(not_found_org(&org))
-                }
-                Err(e) => return Err(e.into()),
+            ));
+            Ok(mu)
+        })
+        .await
+        .map_err(|e| {
+            if e.is_conflict_on("policy_rules.org") {
+                missing
+            } else if e.is_conflict_on("policy_rules.id") {
+                ApiError::Conflict(
+                    "other rules were being added at the same time; try again".into(),
+                )
+            } else {
+                e
             }
-        }
-        Err(ApiError::Conflict(
-            "other rules were being added at the same time; try again".into(),
-        ))
+        })
     }
 
     pub async fn rule(&self, actor: &Actor, id: u64) -> Result<RuleView, ApiError> {
-        self.store
-            .policy()
-            .await?
+        self.with_model(|m| m.policy.clone())
             .rules
             .iter()
             .find(|r| r.rule.id == id && actor.sees(&r.org))
@@ -184,19 +185,28 @@ impl Controller {
     }
 
     pub async fn delete_rule(&self, actor: &Actor, id: u64) -> Result<(), ApiError> {
-        let before = self.rule(actor, id).await?;
-        let entry = audit(
-            self.now(),
-            actor,
-            "policy.rule.delete",
-            &format!("rule {id}"),
-            Some(format!("before: {}", rule_text(&before.rule))),
-            Some(&before.org),
-        );
-        Ok(self
-            .store
-            .commit(vec![Write::DeleteRule(id), Write::Audit(entry)])
-            .await?)
+        let actor = actor.clone();
+        self.change(move |m, now| {
+            let i = m
+                .policy
+                .rules
+                .iter()
+                .position(|r| r.rule.id == id && actor.sees(&r.org))
+                .ok_or_else(|| not_found_rule(id))?;
+            let before = Arc::make_mut(&mut m.policy).rules.remove(i);
+            let mut mu = Mutation::new(());
+            mu.writes.push(Write::DeleteRule(id));
+            mu.audit = Some(audit(
+                now,
+                &actor,
+                "policy.rule.delete",
+                &format!("rule {id}"),
+                Some(format!("before: {}", rule_text(&before.rule))),
+                Some(&before.org),
+            ));
+            Ok(mu)
+        })
+        .await
     }
 
     /// Publish a service behind one of `actor`'s sites.
@@ -223,40 +233,52 @@ impl Controller {
                 site.name
             )));
         }
-        let stored = ServiceView {
-            service,
-            org: site.org.clone(),
-            created_at: self.now(),
-        };
-        let entry = audit(
-            stored.created_at,
-            actor,
-            "policy.service.create",
-            stored.service.name.as_str(),
-            Some(format!("after: {}", service_text(&stored.service))),
-            Some(&site.org),
-        );
-        self.store
-            .commit(vec![
-                Write::InsertService(stored.clone()),
-                Write::Audit(entry),
-            ])
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict { .. } => ApiError::Conflict(format!(
+        let actor = actor.clone();
+        let org = site.org.clone();
+        self.change(move |m, now| {
+            if m.policy
+                .services
+                .iter()
+                .any(|s| s.service.name == service.name)
+            {
+                return Err(ApiError::Conflict(format!(
                     "a service named {} already exists",
-                    stored.service.name
-                )),
-                e => e.into(),
-            })?;
-        Ok(stored)
+                    service.name
+                )));
+            }
+            if !m.sites.contains_key(&service.site) {
+                return Err(ApiError::NotFound(format!(
+                    "no site named {}",
+                    service.site
+                )));
+            }
+            let stored = ServiceView {
+                service: service.clone(),
+                org: org.clone(),
+                created_at: now,
+            };
+            Arc::make_mut(&mut m.policy).services.push(stored.clone());
+            Arc::make_mut(&mut m.policy)
+                .services
+                .sort_by(|a, b| a.service.name.cmp(&b.service.name));
+            let mut mu = Mutation::new(stored.clone());
+            mu.writes.push(Write::InsertService(stored.clone()));
+            mu.audit = Some(audit(
+                now,
+                &actor,
+                "policy.service.create",
+                stored.service.name.as_str(),
+                Some(format!("after: {}", service_text(&stored.service))),
+                Some(&org),
+            ));
+            Ok(mu)
+        })
+        .await
     }
 
     /// A service `actor` may see (its own, or shared with it).
     pub async fn service(&self, actor: &Actor, name: &Name) -> Result<ServiceView, ApiError> {
-        self.store
-            .policy()
-            .await?
+        self.with_model(|m| m.policy.clone())
             .services
             .iter()
             .find(|s| &s.service.name == name && sees_service(actor, s))
@@ -265,29 +287,28 @@ impl Controller {
     }
 
     pub async fn delete_service(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
-        let before = self
-            .store
-            .policy()
-            .await?
-            .services
-            .into_iter()
-            .find(|s| &s.service.name == name && actor.sees(&s.org))
-            .ok_or_else(|| not_found_service(name))?;
-        let entry = audit(
-            self.now(),
-            actor,
-            "policy.service.delete",
-            name.as_str(),
-            Some(format!("before: {}", service_text(&before.service))),
-            Some(&before.org),
-        );
-        Ok(self
-            .store
-            .commit(vec![
-                Write::DeleteService(name.clone()),
-                Write::Audit(entry),
-            ])
-            .await?)
+        let (actor, name) = (actor.clone(), name.clone());
+        self.change(move |m, now| {
+            let i = m
+                .policy
+                .services
+                .iter()
+                .position(|s| s.service.name == name && actor.sees(&s.org))
+                .ok_or_else(|| not_found_service(&name))?;
+            let before = Arc::make_mut(&mut m.policy).services.remove(i);
+            let mut mu = Mutation::new(());
+            mu.writes.push(Write::DeleteService(name.clone()));
+            mu.audit = Some(audit(
+                now,
+                &actor,
+                "policy.service.delete",
+                name.as_str(),
+                Some(format!("before: {}", service_text(&before.service))),
+                Some(&before.org),
+            ));
+            Ok(mu)
+        })
+        .await
     }
 
     /// May `q.from` reach `q.to`? A scoped token asks about flows from its
@@ -295,7 +316,7 @@ impl Controller {
     /// there shared with it, or a rule admitting its site there); any
     /// other site answers 404.
     pub async fn check(&self, actor: &Actor, q: CheckQuery) -> Result<CheckAnswer, ApiError> {
-        let policy = self.store.policy().await?;
+        let policy = self.with_model(|m| m.policy.clone());
         let from = self.with_model(|m| visible_site(m, actor, &q.from).cloned())?;
         let offered = |to: &Site| {
             let source = party(&from);

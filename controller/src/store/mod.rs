@@ -283,6 +283,7 @@ pub struct Snapshot {
     pub seq: u64,
     pub regions: Vec<Region>,
     pub sites: Vec<Site>,
+    pub policy: StoredPolicy,
 }
 
 /// What changed after a sequence number, as the rows are at `head`.
@@ -294,6 +295,9 @@ pub struct Changes {
     pub regions: Vec<(Name, Option<Region>)>,
     /// The same for sites.
     pub sites: Vec<(Name, Option<Site>)>,
+    /// The whole policy as of `head`, when a change after the asked
+    /// sequence changed it.
+    pub policy: Option<StoredPolicy>,
 }
 
 /// The answer to [`Store::changes_since`].
@@ -302,6 +306,20 @@ pub enum CatchUp {
     Changes(Changes),
     /// The log no longer reaches back that far (pruned): load everything.
     Reload(Snapshot),
+}
+
+/// Whether a batch changes the policy (a change-log entry says so, and
+/// other replicas then read the policy again).
+pub fn changes_policy(writes: &[Write]) -> bool {
+    writes.iter().any(|w| {
+        matches!(
+            w,
+            Write::InsertRule(_)
+                | Write::DeleteRule(_)
+                | Write::InsertService(_)
+                | Write::DeleteService(_)
+        )
+    })
 }
 
 /// The regions and sites a batch changes: what a change-log entry names.

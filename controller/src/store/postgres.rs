@@ -151,6 +151,11 @@ CREATE TABLE policy_services (
     created_at  BIGINT NOT NULL
 );
 "#,
+    // Policy changes are in the change log: a replica following it reads
+    // the policy again.
+    r#"
+ALTER TABLE change_log ADD COLUMN policy BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
 ];
 
 /// The channel changes are announced on.
@@ -294,7 +299,7 @@ impl PostgresStore {
             StoreError::Unavailable(format!("cannot begin a transaction: {}", pg(e)))
         })?;
         let (regions, sites) = super::changed_keys(&writes);
-        let logged = !regions.is_empty() || !sites.is_empty();
+        let logged = !regions.is_empty() || !sites.is_empty() || super::changes_policy(&writes);
         let head = if base.is_some() || logged {
             // Changes commit one after another: the head row is the lock.
             lock_head(&tx).await?
@@ -335,7 +340,8 @@ async fn write_batch<C: GenericClient>(
     writes: &[Write],
 ) -> Result<u64, StoreError> {
     let (regions, sites) = super::changed_keys(writes);
-    let logged = !regions.is_empty() || !sites.is_empty();
+    let policy = super::changes_policy(writes);
+    let logged = !regions.is_empty() || !sites.is_empty() || policy;
     // Prepare each distinct statement (cached per connection), then send
     // every write as one pipeline.
     let mut items = Vec::with_capacity(writes.len() + 3);
@@ -351,12 +357,13 @@ async fn write_batch<C: GenericClient>(
     if logged && failure.is_none() {
         let names = |v: &[Name]| v.iter().map(|n| n.to_string()).collect::<Vec<String>>();
         items.push(Item::new(
-            "INSERT INTO change_log (seq, at, regions, sites) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO change_log (seq, at, regions, sites, policy) VALUES ($1, $2, $3, $4, $5)",
             vec![
                 Box::new(seq as i64),
                 Box::new(crate::now()),
                 Box::new(names(&regions)),
                 Box::new(names(&sites)),
+                Box::new(policy),
             ],
             None,
         ));
@@ -950,6 +957,58 @@ fn site_row(r: &Row) -> Result<Site, StoreError> {
     })
 }
 
+/// The policy, read through `c`.
+async fn policy_in<C: GenericClient>(c: &C) -> Result<StoredPolicy, StoreError> {
+    let (next, rules, services) = futures::try_join!(
+        c.query_one("SELECT next_rule FROM policy_counter WHERE id = 1", &[]),
+        c.query(
+            "SELECT id, source, target, proto, ports, description, org, created_at
+             FROM policy_rules ORDER BY id",
+            &[],
+        ),
+        c.query(
+            "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
+             FROM policy_services ORDER BY name",
+            &[],
+        ),
+    )
+    .map_err(pg)?;
+    Ok(StoredPolicy {
+        next_rule_id: get::<i64>(&next, 0)? as u64,
+        rules: rules
+            .iter()
+            .map(|r| {
+                super::stored_rule(super::RuleColumns {
+                    id: get(r, 0)?,
+                    source: get(r, 1)?,
+                    target: get(r, 2)?,
+                    proto: get(r, 3)?,
+                    ports: get(r, 4)?,
+                    description: get(r, 5)?,
+                    org: get(r, 6)?,
+                    created_at: get(r, 7)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?,
+        services: services
+            .iter()
+            .map(|r| {
+                super::stored_service(super::ServiceColumns {
+                    name: get(r, 0)?,
+                    site: get(r, 1)?,
+                    prefixes: get(r, 2)?,
+                    proto: get(r, 3)?,
+                    ports: get(r, 4)?,
+                    shared_with: get(r, 5)?,
+                    description: get(r, 6)?,
+                    org: get(r, 7)?,
+                    created_at: get(r, 8)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?,
+    })
+}
+
 /// Everything, as of the head, inside `tx` (a repeatable-read snapshot, or
 /// a transaction holding the head's lock).
 async fn load_in<C: GenericClient>(tx: &C) -> Result<Snapshot, StoreError> {
@@ -978,10 +1037,12 @@ async fn load_in<C: GenericClient>(tx: &C) -> Result<Snapshot, StoreError> {
         .iter()
         .map(site_row)
         .collect::<Result<_, _>>()?;
+    let policy = policy_in(tx).await?;
     Ok(Snapshot {
         seq: seq as u64,
         regions,
         sites,
+        policy,
     })
 }
 
@@ -1009,10 +1070,14 @@ async fn changes_in<C: GenericClient>(c: &C, seq: u64, head: u64) -> Result<Catc
            LEFT JOIN sites ON sites.name = w.n"
     );
     let params: [&(dyn ToSql + Sync); 1] = [&from];
-    let (first, region_rows, site_rows) = futures::try_join!(
+    let (first, region_rows, site_rows, policy_changed) = futures::try_join!(
         c.query_one("SELECT MIN(seq) FROM change_log", &[]),
         c.query(&region_sql, &params),
         c.query(&site_sql, &params),
+        c.query_one(
+            "SELECT COALESCE(bool_or(policy), FALSE) FROM change_log WHERE seq > $1",
+            &params
+        ),
     )
     .map_err(pg)?;
     let first: Option<i64> = get(&first, 0)?;
@@ -1036,8 +1101,14 @@ async fn changes_in<C: GenericClient>(c: &C, seq: u64, head: u64) -> Result<Catc
     }
     regions.sort_by(|a, b| a.0.cmp(&b.0));
     sites.sort_by(|a, b| a.0.cmp(&b.0));
+    let policy = if get::<bool>(&policy_changed, 0)? {
+        Some(policy_in(c).await?)
+    } else {
+        None
+    };
     Ok(CatchUp::Changes(Changes {
         head,
+        policy,
         regions,
         sites,
     }))
@@ -1204,54 +1275,7 @@ impl Store for PostgresStore {
 
     async fn policy(&self) -> Result<StoredPolicy, StoreError> {
         let c = self.client().await?;
-        let (next, rules, services) = futures::try_join!(
-            c.query_one("SELECT next_rule FROM policy_counter WHERE id = 1", &[]),
-            c.query(
-                "SELECT id, source, target, proto, ports, description, org, created_at
-                 FROM policy_rules ORDER BY id",
-                &[],
-            ),
-            c.query(
-                "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
-                 FROM policy_services ORDER BY name",
-                &[],
-            ),
-        )
-        .map_err(pg)?;
-        Ok(StoredPolicy {
-            next_rule_id: get::<i64>(&next, 0)? as u64,
-            rules: rules
-                .iter()
-                .map(|r| {
-                    super::stored_rule(super::RuleColumns {
-                        id: get(r, 0)?,
-                        source: get(r, 1)?,
-                        target: get(r, 2)?,
-                        proto: get(r, 3)?,
-                        ports: get(r, 4)?,
-                        description: get(r, 5)?,
-                        org: get(r, 6)?,
-                        created_at: get(r, 7)?,
-                    })
-                })
-                .collect::<Result<_, StoreError>>()?,
-            services: services
-                .iter()
-                .map(|r| {
-                    super::stored_service(super::ServiceColumns {
-                        name: get(r, 0)?,
-                        site: get(r, 1)?,
-                        prefixes: get(r, 2)?,
-                        proto: get(r, 3)?,
-                        ports: get(r, 4)?,
-                        shared_with: get(r, 5)?,
-                        description: get(r, 6)?,
-                        org: get(r, 7)?,
-                        created_at: get(r, 8)?,
-                    })
-                })
-                .collect::<Result<_, StoreError>>()?,
-        })
+        policy_in(&c).await
     }
 
     async fn orgs(&self) -> Result<Vec<Org>, StoreError> {

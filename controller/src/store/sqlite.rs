@@ -170,6 +170,11 @@ CREATE TRIGGER orgs_delete_rules BEFORE DELETE ON orgs
     WHEN EXISTS (SELECT 1 FROM policy_rules WHERE org = OLD.name)
     BEGIN SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: policy_rules.org'); END;
 "#,
+    // Policy changes are in the change log: a replica following it reads
+    // the policy again.
+    r#"
+ALTER TABLE change_log ADD COLUMN policy INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 type Reply = oneshot::Sender<Result<u64, StoreError>>;
@@ -384,22 +389,26 @@ fn apply_batch(tx: &Connection, b: &Batch) -> Result<u64, StoreError> {
         apply(tx, w)?;
     }
     let (regions, sites) = super::changed_keys(&b.writes);
-    if regions.is_empty() && sites.is_empty() {
+    let policy = super::changes_policy(&b.writes);
+    if regions.is_empty() && sites.is_empty() && !policy {
         return Ok(head);
     }
     let seq = head + 1;
     let names =
         |v: &[wardnet_common::Name]| json(&v.iter().map(|n| n.as_str()).collect::<Vec<_>>());
-    tx.prepare_cached("INSERT INTO change_log (seq, at, regions, sites) VALUES (?1, ?2, ?3, ?4)")
-        .and_then(|mut st| {
-            st.execute(params![
-                seq as i64,
-                crate::now(),
-                names(&regions),
-                names(&sites)
-            ])
-        })
-        .map_err(classify)?;
+    tx.prepare_cached(
+        "INSERT INTO change_log (seq, at, regions, sites, policy) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            seq as i64,
+            crate::now(),
+            names(&regions),
+            names(&sites),
+            policy
+        ])
+    })
+    .map_err(classify)?;
     tx.prepare_cached("UPDATE change_head SET seq = ?1 WHERE id = 1")
         .and_then(|mut st| st.execute([seq as i64]))
         .map_err(classify)?;
@@ -747,10 +756,63 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
         [],
         site_row,
     )?;
+    let policy = load_policy(&tx)?;
     Ok(Snapshot {
         seq,
         regions,
         sites,
+        policy,
+    })
+}
+
+/// The policy, inside `tx`.
+fn load_policy(tx: &Connection) -> Result<StoredPolicy, StoreError> {
+    let rules = rows(
+        &tx,
+        "SELECT id, source, target, proto, ports, description, org, created_at
+         FROM policy_rules ORDER BY id",
+        [],
+        |r| {
+            super::stored_rule(super::RuleColumns {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                target: r.get(2)?,
+                proto: r.get(3)?,
+                ports: r.get(4)?,
+                description: r.get(5)?,
+                org: r.get(6)?,
+                created_at: r.get(7)?,
+            })
+        },
+    )?;
+    let services = rows(
+        &tx,
+        "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
+         FROM policy_services ORDER BY name",
+        [],
+        |r| {
+            super::stored_service(super::ServiceColumns {
+                name: r.get(0)?,
+                site: r.get(1)?,
+                prefixes: r.get(2)?,
+                proto: r.get(3)?,
+                ports: r.get(4)?,
+                shared_with: r.get(5)?,
+                description: r.get(6)?,
+                org: r.get(7)?,
+                created_at: r.get(8)?,
+            })
+        },
+    )?;
+    let next_rule_id: i64 = tx.query_row(
+        "SELECT next_rule FROM policy_counter WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(StoredPolicy {
+        rules,
+        services,
+        next_rule_id: next_rule_id as u64,
     })
 }
 
@@ -772,12 +834,20 @@ fn changes_since(conn: &Connection, seq: u64) -> Result<super::CatchUp, StoreErr
     }
     let mut region_names = BTreeSet::new();
     let mut site_names = BTreeSet::new();
-    for (r, s) in rows(
+    let mut policy_changed = false;
+    for (r, s, p) in rows(
         &tx,
-        "SELECT regions, sites FROM change_log WHERE seq > ?1 ORDER BY seq",
+        "SELECT regions, sites, policy FROM change_log WHERE seq > ?1 ORDER BY seq",
         [seq as i64],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        },
     )? {
+        policy_changed |= p;
         let names = |j: &str| -> Result<Vec<String>, StoreError> {
             serde_json::from_str(j).map_err(|e| StoreError::Corrupt(format!("change log: {e}")))
         };
@@ -814,10 +884,12 @@ fn changes_since(conn: &Connection, seq: u64) -> Result<super::CatchUp, StoreErr
     for n in &site_names {
         sites.push((parse("site name", n)?, found.remove(n)));
     }
+    let policy = policy_changed.then(|| load_policy(&tx)).transpose()?;
     Ok(super::CatchUp::Changes(super::Changes {
         head,
         regions,
         sites,
+        policy,
     }))
 }
 
@@ -1031,52 +1103,7 @@ impl Store for SqliteStore {
     async fn policy(&self) -> Result<StoredPolicy, StoreError> {
         self.read(|c| {
             let tx = c.unchecked_transaction()?;
-            let rules = rows(
-                &tx,
-                "SELECT id, source, target, proto, ports, description, org, created_at
-                 FROM policy_rules ORDER BY id",
-                [],
-                |r| {
-                    super::stored_rule(super::RuleColumns {
-                        id: r.get(0)?,
-                        source: r.get(1)?,
-                        target: r.get(2)?,
-                        proto: r.get(3)?,
-                        ports: r.get(4)?,
-                        description: r.get(5)?,
-                        org: r.get(6)?,
-                        created_at: r.get(7)?,
-                    })
-                },
-            )?;
-            let services = rows(
-                &tx,
-                "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
-                 FROM policy_services ORDER BY name",
-                [],
-                |r| {
-                    super::stored_service(super::ServiceColumns {
-                        name: r.get(0)?,
-                        site: r.get(1)?,
-                        prefixes: r.get(2)?,
-                        proto: r.get(3)?,
-                        ports: r.get(4)?,
-                        shared_with: r.get(5)?,
-                        description: r.get(6)?,
-                        org: r.get(7)?,
-                        created_at: r.get(8)?,
-                    })
-                },
-            )?;
-            let next_rule_id: i64 =
-                tx.query_row("SELECT next_rule FROM policy_counter WHERE id = 1", [], |r| {
-                    r.get(0)
-                })?;
-            Ok(StoredPolicy {
-                rules,
-                services,
-                next_rule_id: next_rule_id as u64,
-            })
+            load_policy(&tx)
         })
         .await
     }

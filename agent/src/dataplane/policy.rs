@@ -1,0 +1,369 @@
+//! The policy filter on what comes out of the tunnels, with state: a
+//! packet the site's [`SiteFilter`] admits starts an admitted flow, and a
+//! packet the site sends starts a flow whose replies pass whatever the
+//! filter says (replies to flows this site started).
+//!
+//! Two tables, keyed by the flow as the packet coming *in* shows it:
+//! - `replies`: flows started here (made by packets read from the TUN); a
+//!   packet in that matches one is a reply and passes.
+//! - `admitted`: flows started by the other side, with the verdict the
+//!   filter gave and the filter's generation. A reply sent here to such a
+//!   flow does not make a `replies` entry: when a new filter no longer
+//!   admits the flow, its next packet in is judged again and dropped,
+//!   however the site answered before. A flow the new filter still admits
+//!   is judged again once and goes on undisturbed.
+//!
+//! Entries idle for longer than their protocol's timeout go; each table is
+//! bounded ([`MAX_FLOWS`]): when full, a new flow is judged packet by
+//! packet (admitted), or its replies are judged by the filter (started
+//! here), and the overflow is counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wardnet_common::filter::{icmp_error_subject, parse, Header, SiteFilter, Verdict};
+
+/// Flows kept per table.
+pub(crate) const MAX_FLOWS: usize = 262_144;
+/// How long an idle TCP flow is remembered.
+const TCP_IDLE: Duration = Duration::from_secs(3600);
+/// How long an idle flow of another protocol is remembered.
+const OTHER_IDLE: Duration = Duration::from_secs(180);
+/// How often idle flows are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// A flow as a packet coming in from the tunnel shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    protocol: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+}
+
+impl FlowKey {
+    fn incoming(h: &Header) -> Self {
+        FlowKey {
+            protocol: h.protocol,
+            src: h.src,
+            dst: h.dst,
+            sport: h.sport,
+            dport: h.dport,
+        }
+    }
+
+    /// The key of the replies to a packet going out.
+    fn reply_to(h: &Header) -> Self {
+        FlowKey {
+            protocol: h.protocol,
+            src: h.dst,
+            dst: h.src,
+            sport: h.dport,
+            dport: h.sport,
+        }
+    }
+
+    fn idle(&self) -> Duration {
+        if self.protocol == 6 {
+            TCP_IDLE
+        } else {
+            OTHER_IDLE
+        }
+    }
+}
+
+struct Admitted {
+    generation: u64,
+    allowed: bool,
+    seen: Instant,
+}
+
+/// What the filter counted since the data plane started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyCounters {
+    /// Whether a filter is set.
+    pub enforcing: bool,
+    /// Flows admitted, by what admitted them (`Reason::label`).
+    pub admitted: BTreeMap<String, u64>,
+    /// Packets denied (nothing admits them: the default).
+    pub denied: u64,
+    /// Replies passed as replies to flows started here.
+    pub replies: u64,
+    /// Flows not remembered because a table was full.
+    pub overflow: u64,
+    /// Flows remembered now (both tables).
+    pub tracked: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct PolicyFilter {
+    filter: Option<Arc<SiteFilter>>,
+    /// Moves with every new filter: admitted verdicts of older ones are
+    /// judged again.
+    generation: u64,
+    replies: HashMap<FlowKey, Instant>,
+    admitted: HashMap<FlowKey, Admitted>,
+    last_sweep: Option<Instant>,
+    counters: PolicyCounters,
+}
+
+impl PolicyFilter {
+    /// Replace the filter (`None`: everything passes). Flows already
+    /// admitted are judged again by the new one on their next packet.
+    pub(crate) fn set(&mut self, filter: Option<SiteFilter>) {
+        self.generation += 1;
+        if filter.is_none() {
+            self.replies.clear();
+            self.admitted.clear();
+        }
+        self.counters.enforcing = filter.is_some();
+        self.filter = filter.map(Arc::new);
+    }
+
+    /// A packet read from the TUN, going out into a tunnel: when it starts
+    /// a flow here, remember it so its replies pass.
+    pub(crate) fn outbound(&mut self, packet: &[u8], now: Instant) {
+        let Some(f) = &self.filter else {
+            return;
+        };
+        let Some(h) = parse(packet) else {
+            return;
+        };
+        if h.icmp_error || !f.local.iter().any(|p| p.contains(&h.src)) {
+            return;
+        }
+        let key = FlowKey::reply_to(&h);
+        if self.admitted.contains_key(&key) {
+            // An answer to a flow the other side started: not a flow of ours.
+            return;
+        }
+        if let Some(seen) = self.replies.get_mut(&key) {
+            *seen = now;
+        } else if self.replies.len() < MAX_FLOWS {
+            self.replies.insert(key, now);
+        } else {
+            self.counters.overflow += 1;
+        }
+    }
+
+    /// A packet decrypted from a tunnel: whether it may go on to the TUN.
+    pub(crate) fn inbound(&mut self, packet: &[u8], now: Instant) -> bool {
+        let Some(f) = &self.filter else {
+            return true;
+        };
+        let Some(h) = parse(packet) else {
+            self.counters.denied += 1;
+            return false;
+        };
+        if !f.local.iter().any(|p| p.contains(&h.dst)) {
+            // Forwarded (a hub between spokes): its destination judges it.
+            return true;
+        }
+        let key = FlowKey::incoming(&h);
+        if let Some(seen) = self.replies.get_mut(&key) {
+            *seen = now;
+            self.counters.replies += 1;
+            return true;
+        }
+        if h.icmp_error {
+            // An error about a packet this site sent (too big, unreachable)
+            // belongs to that packet's flow.
+            let ours = icmp_error_subject(packet).is_some_and(|s| {
+                f.local.iter().any(|p| p.contains(&s.src))
+                    && (self.replies.contains_key(&FlowKey::reply_to(&s))
+                        || self.admitted.contains_key(&FlowKey::reply_to(&s)))
+            });
+            if ours {
+                return true;
+            }
+        }
+        if let Some(a) = self.admitted.get_mut(&key) {
+            if a.generation == self.generation {
+                a.seen = now;
+                if !a.allowed {
+                    self.counters.denied += 1;
+                }
+                return a.allowed;
+            }
+        }
+        let verdict = f.check_header(&h);
+        let allowed = !matches!(verdict, Verdict::Deny);
+        if allowed {
+            if let Some(r) = f.reason(verdict) {
+                *self.counters.admitted.entry(r.label()).or_default() += 1;
+            }
+        } else {
+            self.counters.denied += 1;
+        }
+        let entry = Admitted {
+            generation: self.generation,
+            allowed,
+            seen: now,
+        };
+        if self.admitted.len() < MAX_FLOWS || self.admitted.contains_key(&key) {
+            self.admitted.insert(key, entry);
+        } else {
+            self.counters.overflow += 1;
+        }
+        allowed
+    }
+
+    /// Forget flows idle for longer than their timeout (at most every
+    /// [`SWEEP_EVERY`]).
+    pub(crate) fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.replies
+            .retain(|k, seen| now.saturating_duration_since(*seen) < k.idle());
+        self.admitted
+            .retain(|k, a| now.saturating_duration_since(a.seen) < k.idle());
+    }
+
+    pub(crate) fn counters(&self) -> PolicyCounters {
+        PolicyCounters {
+            tracked: (self.replies.len() + self.admitted.len()) as u64,
+            ..self.counters.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wardnet_common::filter::{FilterRule, Traffic};
+    use wardnet_common::policy::{PortRange, Proto, Reason};
+
+    use super::*;
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p
+    }
+
+    const ME: [u8; 4] = [100, 64, 0, 2];
+    const TRUST: [u8; 4] = [100, 64, 0, 7];
+    const GP: [u8; 4] = [100, 64, 0, 9];
+    const OTHER_SITE: [u8; 4] = [100, 64, 0, 33];
+
+    /// A site that admits its own organisation (100.64.0.7) and, by rule
+    /// 4, TCP 443 from the practice (100.64.0.9).
+    fn filter(with_rule: bool) -> SiteFilter {
+        let mut rules = vec![FilterRule {
+            reason: Reason::SameOrg,
+            from: vec!["100.64.0.7/32".parse().expect("prefix")],
+            to: Vec::new(),
+            traffic: vec![Traffic {
+                proto: Proto::Any,
+                ports: Vec::new(),
+            }],
+        }];
+        if with_rule {
+            rules.push(FilterRule {
+                reason: Reason::Rule(4),
+                from: vec!["100.64.0.9/32".parse().expect("prefix")],
+                to: Vec::new(),
+                traffic: vec![Traffic {
+                    proto: Proto::Tcp,
+                    ports: vec![PortRange { lo: 443, hi: 443 }],
+                }],
+            });
+        }
+        SiteFilter {
+            local: vec!["100.64.0.2/32".parse().expect("prefix")],
+            rules,
+        }
+    }
+
+    #[test]
+    fn without_a_filter_everything_passes_and_nothing_is_remembered() {
+        let mut p = PolicyFilter::default();
+        let now = Instant::now();
+        p.outbound(&tcp(ME, GP, 443, 5000), now);
+        assert!(p.inbound(&tcp(GP, ME, 5000, 22), now));
+        assert_eq!(p.counters().tracked, 0);
+    }
+
+    #[test]
+    fn admitted_flows_pass_others_are_denied_and_counted_and_transit_is_not_ours() {
+        let mut p = PolicyFilter::default();
+        p.set(Some(filter(true)));
+        let now = Instant::now();
+        assert!(p.inbound(&tcp(TRUST, ME, 5000, 22), now));
+        assert!(p.inbound(&tcp(GP, ME, 5000, 443), now));
+        assert!(p.inbound(&tcp(GP, ME, 5000, 443), now), "the flow goes on");
+        assert!(!p.inbound(&tcp(GP, ME, 5000, 22), now));
+        assert!(!p.inbound(&tcp(GP, ME, 5000, 22), now));
+        assert!(!p.inbound(&[0x45, 1, 2], now), "garbage is denied");
+        assert!(p.inbound(&tcp(GP, OTHER_SITE, 5000, 22), now), "forwarded");
+        let c = p.counters();
+        assert_eq!(c.denied, 3);
+        assert_eq!(c.admitted.get("same_org"), Some(&1));
+        assert_eq!(c.admitted.get("rule:4"), Some(&1), "counted per flow");
+    }
+
+    #[test]
+    fn replies_to_flows_started_here_pass_whatever_the_filter_says() {
+        let mut p = PolicyFilter::default();
+        p.set(Some(filter(false)));
+        let now = Instant::now();
+        assert!(!p.inbound(&tcp(GP, ME, 443, 40000), now), "not asked for");
+        p.outbound(&tcp(ME, GP, 40001, 443), now);
+        assert!(p.inbound(&tcp(GP, ME, 443, 40001), now), "a reply");
+        assert!(!p.inbound(&tcp(GP, ME, 443, 40002), now), "another port");
+        assert_eq!(p.counters().replies, 1);
+    }
+
+    #[test]
+    fn a_removed_rule_stops_its_flow_even_after_the_site_answered_and_a_kept_one_goes_on() {
+        let mut p = PolicyFilter::default();
+        p.set(Some(filter(true)));
+        let t0 = Instant::now();
+        assert!(p.inbound(&tcp(GP, ME, 5000, 443), t0));
+        // The site answers the admitted flow: that is no flow of its own.
+        p.outbound(&tcp(ME, GP, 443, 5000), t0);
+        assert!(p.inbound(&tcp(TRUST, ME, 6000, 22), t0));
+        p.set(Some(filter(false)));
+        assert!(!p.inbound(&tcp(GP, ME, 5000, 443), t0), "the rule is gone");
+        p.outbound(&tcp(ME, GP, 443, 5000), t0);
+        assert!(
+            !p.inbound(&tcp(GP, ME, 5000, 443), t0),
+            "answering does not reopen it"
+        );
+        assert!(p.inbound(&tcp(TRUST, ME, 6000, 22), t0), "still admitted");
+        p.set(Some(filter(true)));
+        assert!(p.inbound(&tcp(GP, ME, 5000, 443), t0), "admitted again");
+    }
+
+    #[test]
+    fn idle_flows_are_forgotten() {
+        let mut p = PolicyFilter::default();
+        p.set(Some(filter(false)));
+        let t0 = Instant::now();
+        let mut udp = tcp(ME, GP, 40001, 53);
+        udp[9] = 17;
+        p.outbound(&udp, t0);
+        p.outbound(&tcp(ME, GP, 40002, 443), t0);
+        assert_eq!(p.counters().tracked, 2);
+        p.sweep(t0 + OTHER_IDLE + Duration::from_secs(1));
+        assert_eq!(
+            p.counters().tracked,
+            1,
+            "the UDP flow went, the TCP one stays"
+        );
+        p.sweep(t0 + TCP_IDLE + Duration::from_secs(20));
+        assert_eq!(p.counters().tracked, 0);
+    }
+}
