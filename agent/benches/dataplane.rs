@@ -11,7 +11,7 @@
 //!   once (each column their sum);
 //! - `wardnet-plane`: two of this crate's `DataPlane`s (the code the agent
 //!   runs, in this process) on a veth pair, like the external rows: the
-//!   baseline for the three below;
+//!   baseline for the four below;
 //! - `wardnet-hub`: the same with 4,000 idle peers on the receiving side,
 //!   as a region's hub holds;
 //! - `wardnet+garbage`: the same while 10,000 garbage datagrams a second
@@ -19,6 +19,9 @@
 //! - `wardnet+flood`: the same while 20,000 forged handshake initiations
 //!   (valid mac1) hit it as fast as one socket sends, with a probe through
 //!   the tunnel every millisecond to time the longest stall;
+//! - `wardnet+1000-rules`: the same with the policy filter on both sides,
+//!   1,000 rules each, the measured flows admitted by the last rule (and
+//!   their replies passing as replies);
 //! - `boringtun-cli-1` and `boringtun-cli`: boringtun-cli 0.7.1 with
 //!   `--threads 1` and with its default threads (skipped when not
 //!   installed);
@@ -650,6 +653,71 @@ enum Variant {
     Garbage,
     /// A flood of forged handshake initiations at B during the stream.
     Flood,
+    /// Both sites filter with [`POLICY_RULES`] rules; A's traffic into B
+    /// is admitted by the last of them.
+    Policy,
+}
+
+/// Rules in each site's filter in the `wardnet+1000-rules` row.
+const POLICY_RULES: u32 = 1_000;
+
+/// The filter of the site at `me` (a /32 of the overlay) in an
+/// organisation of its own, compiled as the controller compiles it, from
+/// `POLICY_RULES` rules into that organisation as a large trust would
+/// have: from other organisations (each a site address and a LAN), TCP and
+/// UDP to assorted ports; the last admits the site at `admit` (the other
+/// end) to TCP 5201 (iperf3). The flows measured are judged by that last
+/// rule.
+fn policy_filter(me: &str, admit: &str) -> Result<wardnet_common::filter::SiteFilter, String> {
+    use wardnet_common::policy::{Party, PortRange, Proto, Rule, Source, Target};
+    let name = |s: &str| s.parse::<wardnet_common::Name>().map_err(|e| e.0);
+    let addr = |s: &str| s.parse::<std::net::IpAddr>().map_err(|e| e.to_string());
+    let to = Party {
+        site: name("site-me")?,
+        org: name("trust-me")?,
+        region: name("north")?,
+        overlay: [addr(me)?].into(),
+    };
+    let mut rules = Vec::new();
+    for i in 1..POLICY_RULES {
+        rules.push(Rule {
+            id: u64::from(i),
+            from: Source::Org(name(&format!("org-{i}"))?),
+            to: Target::Org(to.org.clone()),
+            proto: if i % 2 == 0 { Proto::Tcp } else { Proto::Udp },
+            ports: vec![PortRange {
+                lo: 1000 + i as u16,
+                hi: 1000 + i as u16,
+            }],
+            description: String::new(),
+        });
+    }
+    rules.push(Rule {
+        id: u64::from(POLICY_RULES),
+        from: Source::Site(name("site-other")?),
+        to: Target::Site(to.site.clone()),
+        proto: Proto::Tcp,
+        ports: vec![PortRange { lo: 5201, hi: 5201 }],
+        description: String::new(),
+    });
+    let sources = |s: &Source| -> Vec<ipnet::IpNet> {
+        let net = |t: String| t.parse().expect("a prefix");
+        match s {
+            Source::Site(n) if n.as_str() == "site-other" => vec![net(format!("{admit}/32"))],
+            Source::Org(n) if n.as_str() == "trust-me" => vec![net("100.65.0.0/24".into())],
+            Source::Org(n) => {
+                let i: u32 = n.as_str()[4..].parse().expect("org-N");
+                let (hi, lo) = (i / 250, i % 250);
+                vec![
+                    net(format!("100.66.{hi}.{lo}/32")),
+                    net(format!("10.{}.{lo}.0/24", 20 + hi)),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    };
+    wardnet_common::filter::compile(&to, &Default::default(), &rules, &[], sources)
+        .ok_or_else(|| "the site is not filtered".to_owned())
 }
 
 /// Idle peers the `wardnet-hub` row's B holds besides A.
@@ -826,6 +894,19 @@ fn bench_wardnet(secs: u32, variant: Variant) -> Result<(Figures, Option<String>
                 snapshot(&a)?.counters.drops.queue_delay + snapshot(&b)?.counters.drops.queue_delay;
             let note =
                 format!("B held {peers} peers; {queue} datagrams dropped for queueing delay");
+            Ok((figures, Some(note)))
+        }
+        Variant::Policy => {
+            rt.block_on(a.set_filter(Some(policy_filter(OVERLAY_A, OVERLAY_B)?)))
+                .map_err(|e| e.to_string())?;
+            rt.block_on(b.set_filter(Some(policy_filter(OVERLAY_B, OVERLAY_A)?)))
+                .map_err(|e| e.to_string())?;
+            let (figures, _) = measure(&ns_a, &ns_b, OVERLAY_B, secs, Some(&cpu), None)?;
+            let (pa, pb) = (snapshot(&a)?.policy, snapshot(&b)?.policy);
+            let note = format!(
+                "{POLICY_RULES} rules each side; B admitted {:?}, denied {}; A passed {} replies, denied {}",
+                pb.admitted, pb.denied, pa.replies, pa.denied
+            );
             Ok((figures, Some(note)))
         }
         Variant::Garbage => {
@@ -1057,6 +1138,10 @@ fn main() {
             "wardnet+flood",
             Box::new(move || bench_wardnet(secs, Variant::Flood)),
         ),
+        (
+            "wardnet+1000-rules",
+            Box::new(move || bench_wardnet(secs, Variant::Policy)),
+        ),
     ];
     if installed("boringtun-cli") {
         rows.push((
@@ -1187,4 +1272,9 @@ fn main() {
     ratio("wardnet-hub", "wardnet-plane", "target: within 5 %");
     ratio("wardnet+garbage", "wardnet-plane", "target: within 10 %");
     ratio("wardnet+flood", "wardnet-plane", "");
+    ratio(
+        "wardnet+1000-rules",
+        "wardnet-plane",
+        "target: throughput within 10 %",
+    );
 }

@@ -345,17 +345,17 @@ impl Collector for ScrapeCollector {
                 "wardnet_peer_transmit_bytes_total" => peer_samples(&|p| Some(p.tx_bytes as f64)),
                 "wardnet_peer_probes_sent_total" => peer_samples(&|p| Some(p.probes_sent as f64)),
                 "wardnet_peer_probes_lost_total" => peer_samples(&|p| Some(p.probes_lost as f64)),
-                "wardnet_policy_denied_packets_total" => {
-                    if s.policy.enforcing || s.peers.iter().any(|p| p.policy_denied > 0) {
-                        for p in &s.peers {
-                            let l = [
-                                ("peer", p.name.as_str()),
-                                ("region", p.region.as_str()),
-                                ("role", p.role.as_str()),
-                                ("rule", "default"),
-                            ];
-                            samples.push(sample(kind, &l, p.policy_denied as f64));
-                        }
+                "wardnet_policy_denied_packets_total"
+                    if s.policy.enforcing || s.peers.iter().any(|p| p.policy_denied > 0) =>
+                {
+                    for p in &s.peers {
+                        let l = [
+                            ("peer", p.name.as_str()),
+                            ("region", p.region.as_str()),
+                            ("role", p.role.as_str()),
+                            ("rule", "default"),
+                        ];
+                        samples.push(sample(kind, &l, p.policy_denied as f64));
                     }
                 }
                 "wardnet_policy_admitted_flows_total" => {

@@ -493,10 +493,13 @@ mod tests {
         })
     }
 
-    /// Up to three services, each behind a random site, on the whole site,
-    /// its overlay address or its LAN.
-    fn services(
-    ) -> impl Strategy<Value = Vec<(usize, u8, Proto, Vec<PortRange>, Option<Vec<usize>>)>> {
+    /// A service as drawn: (site, where: 0 the whole site, 1 its overlay
+    /// address, 2 its LAN; protocol; ports; shared with: all, or these
+    /// organisations).
+    type RawService = (usize, u8, Proto, Vec<PortRange>, Option<Vec<usize>>);
+
+    /// Up to three services, each behind a random site.
+    fn services() -> impl Strategy<Value = Vec<RawService>> {
         prop::collection::vec(
             (0..SITES, 0u8..3, proto()).prop_flat_map(|(site, at, proto)| {
                 (
@@ -511,10 +514,7 @@ mod tests {
         )
     }
 
-    fn build_services(
-        sites: &[TestSite],
-        raw: Vec<(usize, u8, Proto, Vec<PortRange>, Option<Vec<usize>>)>,
-    ) -> Vec<Service> {
+    fn build_services(sites: &[TestSite], raw: Vec<RawService>) -> Vec<Service> {
         raw.into_iter()
             .enumerate()
             .map(|(i, (s, at, proto, ports, with))| {

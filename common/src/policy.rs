@@ -575,6 +575,10 @@ pub struct CheckQuery {
     pub address: Option<IpAddr>,
 }
 
+fn enforced_by_default() -> bool {
+    true
+}
+
 /// The answer to a check: allowed or not, what decided, and that rule or
 /// service in full.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -584,6 +588,11 @@ pub struct CheckAnswer {
     pub decided_by: Reason,
     /// What decided, for people ("rule 7", "same organisation", …).
     pub because: String,
+    /// Whether the destination's data plane enforces the answer: false for
+    /// a site of `default` (not filtered) and for an agentless site (no
+    /// agent to filter).
+    #[serde(default = "enforced_by_default")]
+    pub enforced: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Rule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,13 @@
 //!
 //!   cargo bench -p wardnet-controller --bench n3 -- [--spokes N] [--waiters W]
 //!       [--concurrency C] [--lans off|on|both] [--tls] [--idle-secs S] [--changes K]
-//!       [--pause-secs S] [--replicas R]
+//!       [--pause-secs S] [--replicas R] [--orgs N]
+//!
+//! `--orgs N` puts the spokes into N organisations, each within one
+//! region (as trusts and practices are), so every spoke's config carries a
+//! filter; after enrolment it adds 100 rules, one at a time, each from one
+//! random organisation into another, and prints how long each took to be
+//! durable and rendered (p50/p99) and the size of one filtered config.
 //!
 //! `--replicas R` runs R controller replicas on one throwaway PostgreSQL
 //! server (the Debian package's `initdb` and `postgres`, `fsync` and
@@ -83,6 +89,8 @@ struct Args {
     pause_secs: u64,
     /// 0: one controller on SQLite; else replicas on PostgreSQL.
     replicas: usize,
+    /// Organisations the spokes belong to (0: all in `default`).
+    orgs: usize,
 }
 
 fn args() -> Args {
@@ -96,6 +104,7 @@ fn args() -> Args {
         changes: 50,
         pause_secs: 0,
         replicas: 0,
+        orgs: 0,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -109,6 +118,7 @@ fn args() -> Args {
             "--changes" => a.changes = next().parse().expect("--changes K"),
             "--pause-secs" => a.pause_secs = next().parse().expect("--pause-secs S"),
             "--replicas" => a.replicas = next().parse().expect("--replicas R"),
+            "--orgs" => a.orgs = next().parse().expect("--orgs N"),
             "--lans" => {
                 a.lans = match next().as_str() {
                     "off" => vec![false],
@@ -188,19 +198,48 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
         });
     }
 
+    // Organisations, each within one region.
+    let per_org = (a.spokes / a.orgs.max(1)).max(1);
+    let org_of = |i: usize| {
+        (a.orgs > 0).then(|| {
+            let n = (i / per_org).min(a.orgs - 1);
+            // Region of the org's first spoke; its spokes are i % REGIONS == region.
+            format!("org-{n}")
+        })
+    };
+    for n in 0..a.orgs {
+        post(
+            &http,
+            &format!("{}/v1/orgs", c.url),
+            &c.token,
+            json!({"name": format!("org-{n}")}),
+        )
+        .await;
+    }
+
     // Spokes, pending with tokens (not what is measured).
     let sem = Arc::new(Semaphore::new(a.concurrency));
     let t = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..a.spokes {
         let (http, url, token, sem) = (http.clone(), any_url(cs), c.token.clone(), sem.clone());
-        let region = i % REGIONS;
+        // An organisation's spokes are consecutive numbers; they share
+        // the region of the first (sites of one trust are in one region).
+        let org = org_of(i);
+        let region = if a.orgs > 0 {
+            (i / per_org).min(a.orgs - 1) % REGIONS
+        } else {
+            i % REGIONS
+        };
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
-            let name = format!("gp-{region}-{}", i / REGIONS);
+            let name = format!("gp-{region}-{i}");
             let mut body = json!({"name": name, "region": format!("r{region}"), "role": "spoke"});
             if lans {
                 body["lan_prefixes"] = json!([lan(i)]);
+            }
+            if let Some(org) = org {
+                body["org"] = json!(org);
             }
             let v = post(&http, &format!("{url}/v1/sites"), &token, body).await;
             (name, region, v["token"].as_str().unwrap().to_owned())
@@ -277,7 +316,54 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
         changes / groups.max(1.0),
         waited * 1e3 / groups.max(1.0)
     );
+    if a.orgs > 1 {
+        policy_changes(cs, a, &agents).await;
+    }
     agents
+}
+
+/// 100 rules, one at a time, each from one random organisation into
+/// another: how long each takes to be durable and rendered into the
+/// filters of the destination's sites, and what one filtered config weighs.
+async fn policy_changes(cs: &[Controller], a: &Args, agents: &[Agent]) {
+    let c = &cs[0];
+    let http = c.client([127, 0, 0, 1].into());
+    let mut lat = Vec::new();
+    for k in 0..100 {
+        let from = rand::random::<usize>() % a.orgs;
+        let to = (from + 1 + rand::random::<usize>() % (a.orgs - 1)) % a.orgs;
+        let t = Instant::now();
+        post(
+            &http,
+            &format!("{}/v1/policy/rules", any_url(cs)),
+            &c.token,
+            json!({"from": format!("org:org-{from}"), "to": format!("org:org-{to}"),
+                   "proto": "tcp", "ports": [format!("{}", 1000 + k)]}),
+        )
+        .await;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let spoke = agents.iter().find(|g| !g.hub).unwrap();
+    let config = http
+        .get(format!("{}/v1/agent/config?revision=0", c.url))
+        .bearer_auth(&spoke.credential)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let filter = serde_json::from_str::<Value>(&config).unwrap()["filter"].to_string();
+    println!(
+        "  policy:          {} organisations of about {} sites; a rule into one: p50 {:.1} ms, p99 {:.1} ms to durable and rendered; one spoke's config {} bytes, its filter {} bytes",
+        a.orgs,
+        a.spokes / a.orgs,
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        config.len(),
+        filter.len()
+    );
 }
 
 /// CPU seconds of every replica together.

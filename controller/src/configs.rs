@@ -531,6 +531,27 @@ impl Touches {
     pub fn filter(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().filter = true;
     }
+
+    /// What the policy admits into `site` may have changed: its filter,
+    /// and in a mesh region which spokes it has a tunnel with.
+    pub fn policy_target(&mut self, model: &Model, site: &Name) {
+        self.filter(site);
+        let Some(s) = model.sites.get(site) else {
+            return;
+        };
+        if s.role != Role::Spoke || !model.regions.get(&s.region).is_some_and(|r| r.mesh) {
+            return;
+        }
+        let spokes: Vec<Name> = model
+            .region_sites(&s.region)
+            .filter(|t| t.role == Role::Spoke && t.is_active() && t.name != *site)
+            .map(|t| t.name.clone())
+            .collect();
+        self.entries(site, spokes.iter());
+        for t in &spokes {
+            self.entries(t, [site]);
+        }
+    }
     fn failover(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().failover = true;
     }
@@ -565,6 +586,7 @@ impl Touches {
                 if b.is_active()
                     && a.is_active()
                     && b.role == a.role
+                    && b.org == a.org
                     && b.region == a.region
                     && b.addresses() == a.addresses()
                     && b.lan_prefixes == a.lan_prefixes =>
@@ -706,7 +728,8 @@ pub fn entry(model: &Model, net: &NetworkSettings, site: &Name, peer: &Name) -> 
                 }
                 (a, keepalive)
             }
-            Role::Spoke if region.mesh => (own_prefixes(t), keepalive),
+            Role::Spoke if region.mesh && model.may_talk(me, t) => (own_prefixes(t), keepalive),
+            Role::Spoke if region.mesh => return None,
             Role::Spoke => return None,
         },
         Role::Spoke => return None,
@@ -1019,7 +1042,7 @@ mod tests {
         Site {
             name: site_name(r, i),
             region: name(&format!("r{r}")),
-            org: crate::model::default_org(),
+            org: name(["default", "org-a", "org-b"][usize::from((r + i) % 3)]),
             role: if i < 2 { Role::Hub } else { Role::Spoke },
             state: if active {
                 SiteState::Active
@@ -1078,6 +1101,75 @@ mod tests {
             i: u8,
             port: u16,
         },
+        /// Add policy item `k` (a rule or a service), or remove it when
+        /// present.
+        Policy {
+            k: u8,
+        },
+    }
+
+    const POLICY_ITEMS: u8 = 6;
+
+    /// The policy items the ops toggle: rules 1-4, services 4 and 5.
+    fn toggle_policy(m: &mut Model, k: u8) {
+        use wardnet_common::policy::{Rule, RuleView, Service, ServiceView, SharedWith};
+        let p = Arc::make_mut(&mut m.policy);
+        let rule = |id: u64, from: &str, to: &str| RuleView {
+            rule: Rule {
+                id,
+                from: from.parse().expect("source"),
+                to: to.parse().expect("target"),
+                proto: wardnet_common::policy::Proto::Tcp,
+                ports: vec!["443".parse().expect("port")],
+                description: String::new(),
+            },
+            org: name("org-b"),
+            created_at: 0,
+        };
+        let service = |n: &str, site: Name, with: SharedWith| ServiceView {
+            service: Service {
+                name: name(n),
+                site,
+                prefixes: Default::default(),
+                proto: wardnet_common::policy::Proto::Udp,
+                ports: Vec::new(),
+                shared_with: with,
+                description: String::new(),
+            },
+            org: name("org-a"),
+            created_at: 0,
+        };
+        if k < 4 {
+            let id = u64::from(k) + 1;
+            if let Some(i) = p.rules.iter().position(|r| r.rule.id == id) {
+                p.rules.remove(i);
+                return;
+            }
+            p.rules.push(match k {
+                0 => rule(id, "org:org-a", "org:org-b"),
+                1 => rule(id, "region:r1", &format!("site:{}", site_name(1, 3))),
+                2 => rule(id, &format!("site:{}", site_name(1, 5)), "org:org-a"),
+                _ => rule(id, "all", "service:svc-4"),
+            });
+            p.rules.sort_by_key(|r| r.rule.id);
+        } else {
+            let n = format!("svc-{k}");
+            if let Some(i) = p.services.iter().position(|s| s.service.name.as_str() == n) {
+                p.services.remove(i);
+                return;
+            }
+            p.services.push(if k == 4 {
+                service(
+                    &n,
+                    site_name(1, 4),
+                    SharedWith::Orgs([name("org-b")].into()),
+                )
+            } else {
+                service(&n, site_name(1, 2), SharedWith::All)
+            });
+            p.services
+                .sort_by(|a, b| a.service.name.cmp(&b.service.name));
+        }
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1088,6 +1180,7 @@ mod tests {
             1 => ri.clone().prop_map(|(r, i)| Op::Delete { r, i }),
             2 => (ri.clone(), proptest::option::of(0u8..6)).prop_map(|((r, i), lan)| Op::Lan { r, i, lan }),
             2 => (ri, 1000u16..1010).prop_map(|((r, i), port)| Op::Endpoint { r, i, port }),
+            2 => (0..POLICY_ITEMS).prop_map(|k| Op::Policy { k }),
         ]
     }
 
@@ -1124,7 +1217,12 @@ mod tests {
             }
             Op::Delete { r, i } => {
                 let before = m.remove_site(&site_name(r, i))?;
+                m.drop_services_of(&before.name);
                 Some((Some(before), None))
+            }
+            Op::Policy { k } => {
+                toggle_policy(m, k);
+                None
             }
             Op::Lan { r, i, lan } => {
                 let before = m.sites.get(&site_name(r, i)).map(|s| Site::clone(s))?;
@@ -1156,8 +1254,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
-        /// After any sequence of grouped changes: every site's incremental
-        /// render equals a full render of the model; revisions only grow;
+        /// After any sequence of grouped changes (sites and the policy):
+        /// every site's incremental render (peers, routes, the filter)
+        /// equals a full render of the model; revisions only grow;
         /// and from any revision an agent saw, the answer it is sent
         /// (steps, or the full config) brings it exactly to the latest.
         #[test]
@@ -1171,6 +1270,7 @@ mod tests {
             let mut seen: HashMap<Name, Vec<SiteConfig>> = HashMap::new();
             for group in &groups {
                 let mut touches = Touches::default();
+                let policy = model.policy.clone();
                 for op in group {
                     if let Some((before, after)) = run(&mut model, op) {
                         touches.site_changed(&model, before.as_ref(), after.as_ref());
@@ -1179,6 +1279,12 @@ mod tests {
                             // site: its agent enrols afresh (revision 0).
                             seen.remove(&before.as_ref().expect("deleted").name);
                         }
+                    }
+                }
+                // As the writer does: the sites a policy change admits into.
+                if !Arc::ptr_eq(&policy, &model.policy) {
+                    for t in model.policy_touches(&policy, &model.policy) {
+                        touches.policy_target(&model, &t);
                     }
                 }
                 let revisions: HashMap<Name, u64> =

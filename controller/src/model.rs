@@ -405,6 +405,45 @@ impl Model {
         )
     }
 
+    /// Whether anything of the policy lets traffic from site `a` into
+    /// site `b`, whatever its protocol and ports: one organisation, an
+    /// unfiltered destination, a service at `b` shared with `a`'s
+    /// organisation, a rule from `a` into `b`.
+    pub fn reaches(&self, a: &Site, b: &Site) -> bool {
+        if a.org == b.org || b.org == default_org() {
+            return true;
+        }
+        let here = |n: &Name| {
+            self.policy
+                .services
+                .iter()
+                .any(|s| &s.service.name == n && s.service.site == b.name)
+        };
+        if self
+            .policy
+            .services
+            .iter()
+            .any(|s| s.service.site == b.name && s.service.shared_with.includes(&a.org))
+        {
+            return true;
+        }
+        let party = Self::party(a);
+        self.policy.rules.iter().any(|r| {
+            r.rule.from.matches(&party)
+                && match &r.rule.to {
+                    Target::Org(o) => o == &b.org,
+                    Target::Site(s) => s == &b.name,
+                    Target::Service(n) => here(n),
+                }
+        })
+    }
+
+    /// Whether two sites may exchange anything (either way): only then do
+    /// the spokes of a mesh region get a tunnel to each other.
+    pub fn may_talk(&self, a: &Site, b: &Site) -> bool {
+        self.reaches(a, b) || self.reaches(b, a)
+    }
+
     /// The sites whose filters may differ between two policies: where the
     /// rules and services that are not in both admit traffic into.
     pub fn policy_touches(

@@ -16,7 +16,8 @@
 //!   the routed prefixes to another hub when its own stops answering;
 //! - an agentless spoke (wg-quick, no agent to fail over) peers only with
 //!   its assigned hub; the region's other hubs reach it through that hub;
-//! - in a mesh region, spokes also peer with each other;
+//! - in a mesh region, spokes also peer with each other, where the policy
+//!   lets them exchange anything (visibility);
 //! - every hub peers with every other active site of its region (but the
 //!   agentless spokes assigned to another hub);
 //! - every hub peers with the hubs of the other regions (hub mesh). Of a
@@ -62,9 +63,15 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
                 peers.extend(peer(hub, allowed, keepalive));
             }
             if region.mesh {
-                let others = model
-                    .region_sites(&region.name)
-                    .filter(|t| t.role == Role::Spoke && t.is_active() && t.name != me.name);
+                // Only the spokes the policy lets it exchange anything with
+                // (visibility): the others reach it through the hub, and
+                // their traffic is filtered at its destination.
+                let others = model.region_sites(&region.name).filter(|t| {
+                    t.role == Role::Spoke
+                        && t.is_active()
+                        && t.name != me.name
+                        && model.may_talk(me, t)
+                });
                 for t in others {
                     peers.extend(peer(t, own_prefixes(t), keepalive));
                 }

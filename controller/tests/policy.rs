@@ -318,3 +318,191 @@ async fn an_organisation_manages_only_what_admits_traffic_into_its_own_sites() {
     let (_, p) = t.as_token(&trust, Method::GET, "/v1/policy", None).await;
     assert_eq!(p["services"], json!([]), "{p}");
 }
+
+/// A site's overlay /32 from the answer to adding it.
+fn overlay(created: &Value) -> String {
+    created["site"]["addresses"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .find(|a| !a.contains(':'))
+        })
+        .expect("an IPv4 overlay address")
+        .to_owned()
+}
+
+/// The one step a long-poll from `revision` brings (it must be deltas).
+async fn one_step(t: &TestController, credential: &str, revision: u64) -> Value {
+    let (s, v) = t.agent_update(credential, revision, 5).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["kind"], "deltas", "{v}");
+    let steps = v["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{v}");
+    steps[0].clone()
+}
+
+/// Whether any of `prefixes` holds all of `p`.
+fn covered(prefixes: &[String], p: &str) -> bool {
+    let p: ipnet::IpNet = p.parse().expect("prefix");
+    prefixes.iter().any(|q| {
+        let q: ipnet::IpNet = q.parse().expect("prefix");
+        q.contains(&p)
+    })
+}
+
+fn rule_sources(filter: &Value, by: &str, name: Option<Value>) -> Vec<String> {
+    filter["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| {
+            r["reason"]["by"] == by && name.as_ref().is_none_or(|n| &r["reason"]["name"] == n)
+        })
+        .map(|r| {
+            r["from"]
+                .as_array()
+                .expect("from")
+                .iter()
+                .map(|p| p.as_str().expect("prefix").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each filtered site's config carries its filter; a rule or a service
+/// reaches the filters of the sites it admits traffic into as one delta
+/// step, within the long-poll's wake-up, and leaves every other site's
+/// revision where it was; sites of `default` have no filter.
+#[tokio::test]
+async fn policy_changes_reach_the_filters_of_the_sites_they_admit_into_as_deltas() {
+    let t = TestController::start().await;
+    for org in ["leeds-trust", "gp-chapeltown"] {
+        t.org(org).await;
+    }
+    t.region("north", false).await;
+    let hub = t
+        .site(json!({"name": "hub-n", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820"}))
+        .await
+        .expect("token");
+    t.enrolled(&hub, Some("198.51.100.1:51820")).await;
+    let mut credentials = std::collections::BTreeMap::new();
+    let mut addresses = std::collections::BTreeMap::new();
+    for (site, org, lan) in [
+        ("lth-1", "leeds-trust", "10.1.1.0/24"),
+        ("lth-2", "leeds-trust", "10.1.2.0/24"),
+        ("gp-1", "gp-chapeltown", "10.1.3.0/24"),
+        ("old-1", "default", "10.1.4.0/24"),
+    ] {
+        let (s, created) = t
+            .admin_post(
+                "/v1/sites",
+                json!({"name": site, "region": "north", "role": "spoke", "org": org, "lan_prefixes": [lan]}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{created}");
+        addresses.insert(site, overlay(&created));
+        let token = created["token"].as_str().expect("token");
+        credentials.insert(site, t.enrolled(token, None).await);
+    }
+    let full = |site: &'static str| {
+        let c = credentials[site].clone();
+        let t = &t;
+        async move {
+            let (s, v) = t.agent_config(&c, 0, 0).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v
+        }
+    };
+    let lth1 = full("lth-1").await;
+    let filter = &lth1["filter"];
+    let own = rule_sources(filter, "same_org", None);
+    assert!(covered(&own, &addresses["lth-2"]), "{filter}");
+    assert!(covered(&own, "10.1.2.0/24"), "{filter}");
+    assert!(!covered(&own, &addresses["gp-1"]), "{filter}");
+    assert!(!covered(&own, "10.1.3.0/24"), "{filter}");
+    assert!(
+        full("old-1").await.get("filter").is_none(),
+        "default is not filtered"
+    );
+    let gp1 = full("gp-1").await;
+
+    // A rule into lth-1 from the practice: lth-1's filter, one step.
+    let (s, rule) = t
+        .admin_post(
+            "/v1/policy/rules",
+            json!({"from": "org:gp-chapeltown", "to": "site:lth-1", "proto": "tcp", "ports": ["443"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rule}");
+    let id = rule["rule"]["id"].clone();
+    let r1 = lth1["revision"].as_u64().expect("revision");
+    let step = one_step(&t, &credentials["lth-1"], r1).await;
+    let admitted = rule_sources(&step["filter"], "rule", Some(id.clone()));
+    assert!(covered(&admitted, &addresses["gp-1"]) && covered(&admitted, "10.1.3.0/24"));
+    assert!(!covered(&admitted, &addresses["lth-2"]), "{step}");
+    assert!(
+        step.get("peers_set").is_none(),
+        "only the filter changed: {step}"
+    );
+    let (_, v) = t.admin_get("/v1/sites/gp-1").await;
+    assert_eq!(
+        v["revision"], gp1["revision"],
+        "nothing is admitted into gp-1: its config stays"
+    );
+
+    // Deleted: the next step takes it out again.
+    let r2 = step["revision"].as_u64().expect("revision");
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            &format!("/v1/policy/rules/{id}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let step = one_step(&t, &credentials["lth-1"], r2).await;
+    assert!(rule_sources(&step["filter"], "rule", Some(id)).is_empty());
+
+    // A service behind lth-2 shared with the practice: lth-2's filter.
+    let (_, v) = t.admin_get("/v1/sites/lth-2").await;
+    let r = v["revision"].as_u64().expect("revision");
+    let (s, v) = t
+        .admin_post(
+            "/v1/policy/services",
+            json!({"name": "pacs", "site": "lth-2", "prefixes": ["10.1.2.0/26"], "proto": "tcp", "ports": ["104"], "shared_with": ["gp-chapeltown"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let step = one_step(&t, &credentials["lth-2"], r).await;
+    let shared = rule_sources(&step["filter"], "service", Some(json!("pacs")));
+    assert!(covered(&shared, &addresses["gp-1"]) && covered(&shared, "10.1.3.0/24"));
+    assert!(!covered(&shared, &addresses["old-1"]), "{step}");
+
+    // `policy check` says whether the destination enforces its answer.
+    let (s, v) = check(&t, &t.admin, "from=gp-1&to=old-1&proto=tcp&port=22").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["allow"].clone(), v["enforced"].clone()),
+        (json!(true), json!(false)),
+        "{v}"
+    );
+    assert_eq!(v["decided_by"]["by"], "unfiltered");
+    let (_, v) = check(&t, &t.admin, "from=gp-1&to=lth-1&proto=tcp&port=22").await;
+    assert_eq!(
+        (v["allow"].clone(), v["enforced"].clone()),
+        (json!(false), json!(true)),
+        "{v}"
+    );
+    let (_, v) = check(
+        &t,
+        &t.admin,
+        &format!(
+            "from=gp-1&to=lth-1&proto=icmp&address={}",
+            addresses["lth-1"].trim_end_matches("/32")
+        ),
+    )
+    .await;
+    assert_eq!(v["decided_by"]["by"], "probe", "{v}");
+}

@@ -312,3 +312,124 @@ async fn an_agent_waiting_on_one_replica_is_online_on_the_others() {
     assert!(online(a, "hub-north").await, "A shows B's agent online");
     poll.abort();
 }
+
+/// A rule added through one replica reaches the filter of a site whose
+/// agent long-polls another, and every replica then serves the same
+/// config and lists the same policy; a site deleted through one replica
+/// takes its services with it on the others too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_through_one_replica_reaches_filters_served_by_another() {
+    let Some((_pg, r)) = replicas(
+        "a_policy_change_through_one_replica_reaches_filters_served_by_another",
+        2,
+    )
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&r[0], &r[1]);
+    a.region("north", false).await;
+    for org in ["leeds-trust", "gp-chapeltown"] {
+        a.org(org).await;
+    }
+    let mut credentials = Vec::new();
+    for (site, org) in [("lth-1", "leeds-trust"), ("gp-1", "gp-chapeltown")] {
+        let tok = a
+            .site(json!({"name": site, "region": "north", "role": "spoke", "org": org}))
+            .await
+            .expect("token");
+        credentials.push(b.enrolled(&tok, None).await);
+    }
+    let lth = credentials[0].clone();
+    let (s, first) = b.agent_update(&lth, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let known = first["config"]["revision"].as_u64().expect("revision");
+
+    let poll = {
+        let url = b.url.clone();
+        let lth = lth.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!(
+                    "{url}/v1/agent/config?revision={known}&wait=30&deltas=true"
+                ))
+                .bearer_auth(lth)
+                .send()
+                .await
+                .expect("long-poll")
+                .json::<Value>()
+                .await
+                .expect("json")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, rule) = a
+        .admin_post(
+            "/v1/policy/rules",
+            json!({"from": "org:gp-chapeltown", "to": "site:lth-1", "proto": "tcp", "ports": ["443"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rule}");
+    let update = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the long-poll on B answered")
+        .expect("poll task");
+    assert_eq!(update["kind"], "deltas", "{update}");
+    let filter = &update["steps"][0]["filter"];
+    assert!(
+        filter["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .any(|r| r["reason"] == json!({"by": "rule", "name": rule["rule"]["id"]})),
+        "B's step carries the rule made through A: {update}"
+    );
+
+    // Both replicas serve one config and list one policy.
+    let config = |t: &TestController| {
+        let url = t.url.clone();
+        let lth = lth.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("{url}/v1/agent/config?revision={known}&wait=5"))
+                .bearer_auth(lth)
+                .send()
+                .await
+                .expect("config")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    let (ca, cb) = tokio::join!(config(a), config(b));
+    assert_eq!(ca, cb);
+    let (s, v) = a
+        .admin_post(
+            "/v1/policy/services",
+            json!({"name": "pacs", "site": "lth-1", "shared_with": "all"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let until_same = || async {
+        for _ in 0..50 {
+            let ((sa, pa), (sb, pb)) =
+                tokio::join!(a.admin_get("/v1/policy"), b.admin_get("/v1/policy"));
+            assert_eq!((sa, sb), (StatusCode::OK, StatusCode::OK), "{pa} {pb}");
+            if pa == pb {
+                return pa;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the replicas list different policies");
+    };
+    let p = until_same().await;
+    assert_eq!(p["services"].as_array().map(Vec::len), Some(1), "{p}");
+
+    // The site goes through A: its service goes on B too.
+    let (s, v) = a
+        .call(Method::DELETE, "/v1/sites/lth-1", Some(&a.admin), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let p = until_same().await;
+    assert_eq!(p["services"], json!([]), "{p}");
+}

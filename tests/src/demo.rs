@@ -22,6 +22,7 @@ pub const SITES: &[(&str, &str, bool, SiteOpts)] = &[
         SiteOpts {
             lan: false,
             endpoint: false,
+            org: None,
         },
     ),
     (
@@ -31,6 +32,7 @@ pub const SITES: &[(&str, &str, bool, SiteOpts)] = &[
         SiteOpts {
             lan: false,
             endpoint: false,
+            org: None,
         },
     ),
     (
@@ -40,6 +42,7 @@ pub const SITES: &[(&str, &str, bool, SiteOpts)] = &[
         SiteOpts {
             lan: true,
             endpoint: false,
+            org: None,
         },
     ),
     (
@@ -49,6 +52,7 @@ pub const SITES: &[(&str, &str, bool, SiteOpts)] = &[
         SiteOpts {
             lan: true,
             endpoint: true,
+            org: None,
         },
     ),
     (
@@ -58,6 +62,7 @@ pub const SITES: &[(&str, &str, bool, SiteOpts)] = &[
         SiteOpts {
             lan: true,
             endpoint: true,
+            org: None,
         },
     ),
     (
@@ -67,6 +72,7 @@ pub const SITES: &[(&str, &str, bool, SiteOpts)] = &[
         SiteOpts {
             lan: false,
             endpoint: false,
+            org: None,
         },
     ),
 ];

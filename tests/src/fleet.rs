@@ -63,6 +63,8 @@ pub struct SiteOpts {
     pub lan: bool,
     /// Declare the site's underlay endpoint (hubs always do).
     pub endpoint: bool,
+    /// The organisation it belongs to (`None`: default).
+    pub org: Option<&'static str>,
 }
 
 pub struct Lan {
@@ -557,6 +559,9 @@ allow_plain_http = {}
         ];
         if let Some(lan) = &site.lan {
             args.extend(["--lan".into(), lan.prefix.to_string()]);
+        }
+        if let Some(org) = opts.org {
+            args.extend(["--org".into(), org.into()]);
         }
         if hub || opts.endpoint {
             args.extend(["--endpoint".into(), format!("{}:51820", site.underlay)]);

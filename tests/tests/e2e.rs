@@ -16,10 +16,12 @@ use wardnet_e2e::{netns_list, require_root};
 const LAN: SiteOpts = SiteOpts {
     lan: true,
     endpoint: false,
+    org: None,
 };
 const LAN_EP: SiteOpts = SiteOpts {
     lan: true,
     endpoint: true,
+    org: None,
 };
 
 /// north: hub-n, gp-a, gp-b (hub-and-spoke); all with LANs.

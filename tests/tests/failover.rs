@@ -19,6 +19,7 @@ use wardnet_e2e::traffic::{Stream, StreamReport};
 const LAN: SiteOpts = SiteOpts {
     lan: true,
     endpoint: false,
+    org: None,
 };
 
 /// How long a failover may interrupt a stream.

@@ -215,6 +215,7 @@ fn the_site_admin_guide_word_for_word_ends_with_a_healthy_tunnel() -> Result<()>
         SiteOpts {
             lan: true,
             endpoint: false,
+            org: None,
         },
     )?;
     let site = f.site("gp-new");

@@ -16,6 +16,7 @@ use wardnet_e2e::traffic::{udp_round_trip, Echo, Stream};
 const LAN: SiteOpts = SiteOpts {
     lan: true,
     endpoint: false,
+    org: None,
 };
 
 /// Each agent's (controller URL it uses, reachable) from its status.

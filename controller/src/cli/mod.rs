@@ -570,7 +570,8 @@ async fn policy(api: &ApiArgs, command: PolicyCommand) -> Result<()> {
             }
             let a: CheckAnswer = c.get(&q).await?;
             print_out(api.output, &a, || {
-                let mut t = Table::new(&["FROM", "TO", "TRAFFIC", "ANSWER", "DECIDED BY"]);
+                let mut t =
+                    Table::new(&["FROM", "TO", "TRAFFIC", "ANSWER", "DECIDED BY", "ENFORCED"]);
                 let traffic = match port {
                     Some(p) => format!("{proto}/{p}"),
                     None => proto.to_string(),
@@ -581,6 +582,12 @@ async fn policy(api: &ApiArgs, command: PolicyCommand) -> Result<()> {
                     traffic,
                     if a.allow { "allow" } else { "deny" }.into(),
                     a.because.clone(),
+                    if a.enforced {
+                        "yes"
+                    } else {
+                        "no (not filtered there)"
+                    }
+                    .into(),
                 ]);
                 t
             })

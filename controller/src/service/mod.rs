@@ -431,7 +431,7 @@ impl Controller {
                 .model
                 .policy_touches(&base.model.policy, &world.model.policy)
             {
-                touches.filter(&t);
+                touches.policy_target(&world.model, &t);
             }
         }
         let bumps = configs::apply(
@@ -476,7 +476,7 @@ impl Controller {
         if let Some(p) = changes.policy {
             let old = std::mem::replace(&mut world.model.policy, Arc::new(p));
             for t in world.model.policy_touches(&old, &world.model.policy) {
-                touches.filter(&t);
+                touches.policy_target(&world.model, &t);
             }
         }
         for (name, row) in changes.regions {

@@ -370,6 +370,7 @@ impl Controller {
         Ok(CheckAnswer {
             allow: d.allow,
             because: d.reason.to_string(),
+            enforced: to.org != crate::model::default_org() && !to.agentless,
             rule: match &d.reason {
                 Reason::Rule(id) => rules.iter().find(|r| r.id == *id).cloned(),
                 _ => None,

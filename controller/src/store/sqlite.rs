@@ -768,7 +768,7 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
 /// The policy, inside `tx`.
 fn load_policy(tx: &Connection) -> Result<StoredPolicy, StoreError> {
     let rules = rows(
-        &tx,
+        tx,
         "SELECT id, source, target, proto, ports, description, org, created_at
          FROM policy_rules ORDER BY id",
         [],
@@ -786,7 +786,7 @@ fn load_policy(tx: &Connection) -> Result<StoredPolicy, StoreError> {
         },
     )?;
     let services = rows(
-        &tx,
+        tx,
         "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
          FROM policy_services ORDER BY name",
         [],

@@ -1,0 +1,247 @@
+//! End to end: the policy between organisations, enforced by real agents.
+//!
+//! Region north (hub-n, in the default organisation) with a trust of two
+//! sites (lth-a with a LAN, lth-b), a GP practice (gp-1) and an ambulance
+//! trust (amb-1), all spokes: traffic between spokes goes through the hub.
+//! The trust shares a service (UDP 5000-5001 on lth-a's LAN) with the
+//! practice. Checked: traffic within the trust passes; the practice
+//! reaches the service and its replies come back (the practice admits
+//! nothing from the trust: they pass as replies); the practice is denied
+//! another port, and the ambulance trust is denied lth-b through the hub,
+//! both dropped at the destination agent and counted there; a rule added
+//! and removed takes effect within 2 s, while a stream the policy allows
+//! throughout loses nothing.
+//!
+//! Needs root (namespaces, TUN) and `curl`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use wardnet_e2e::fleet::{wait_for, Fleet, SiteOpts};
+use wardnet_e2e::require_root;
+use wardnet_e2e::traffic::{udp_round_trip, Echo, Stream};
+
+/// Whether a UDP round trip from `from`'s gateway to `to` works within
+/// `timeout`.
+fn reaches(f: &Fleet, from: &str, to: SocketAddr, timeout: Duration) -> bool {
+    udp_round_trip(&f.site(from).gw, to, b"policy".to_vec(), timeout).is_ok()
+}
+
+/// The value of one sample of `site`'s /metrics (0 when absent).
+fn metric(f: &Fleet, site: &str, sample: &str) -> Result<f64> {
+    let text = f
+        .site(site)
+        .gw
+        .exec(&["curl", "-sf", "http://127.0.0.1:9586/metrics"])?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// How long until `reaches` answers `want`, tried every 50 ms for at most
+/// `limit`.
+fn until_reach(
+    f: &Fleet,
+    from: &str,
+    to: SocketAddr,
+    want: bool,
+    limit: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if reaches(f, from, to, Duration::from_millis(150)) == want {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{from} -> {to}: still {} after {limit:?}",
+        if want { "denied" } else { "allowed" }
+    )
+}
+
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn organisations_are_kept_apart_by_the_agents_and_rule_changes_apply_within_two_seconds(
+) -> Result<()> {
+    let name =
+        "organisations_are_kept_apart_by_the_agents_and_rule_changes_apply_within_two_seconds";
+    if !require_root(name) {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    for org in ["leeds-trust", "gp-chapeltown", "yas"] {
+        f.cli(&["orgs", "add", org])?;
+    }
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    let spoke = |org, lan| SiteOpts {
+        lan,
+        endpoint: false,
+        org: Some(org),
+    };
+    f.add_site("lth-a", "north", false, spoke("leeds-trust", true))?;
+    f.add_site("lth-b", "north", false, spoke("leeds-trust", false))?;
+    f.add_site("gp-1", "north", false, spoke("gp-chapeltown", false))?;
+    f.add_site("amb-1", "north", false, spoke("yas", false))?;
+
+    let lan = f.lan("lth-a");
+    let service = SocketAddr::from((lan.host, 5000));
+    let other_port = SocketAddr::from((lan.host, 6000));
+    let lan_prefix = lan.prefix.to_string();
+    let _pacs = Echo::start(&lan.ns, service)?;
+    let _other = Echo::start(&lan.ns, other_port)?;
+    let lth_b: Ipv4Addr = f.overlay("lth-b");
+    let ambulance_port = SocketAddr::from((lth_b, 7000));
+    let _amb = Echo::start(&f.site("lth-b").gw, ambulance_port)?;
+
+    f.cli(&[
+        "policy",
+        "add-service",
+        "pacs",
+        "--site",
+        "lth-a",
+        "--prefix",
+        &lan_prefix,
+        "--proto",
+        "udp",
+        "--port",
+        "5000-5001",
+        "--shared-with",
+        "gp-chapeltown",
+    ])?;
+    // Every filtered site has its filter before anything is judged.
+    for s in ["lth-a", "lth-b", "gp-1", "amb-1"] {
+        wait_for(Duration::from_secs(10), &format!("{s}'s filter"), || {
+            Ok((metric(&f, s, "wardnet_policy_enforced")? == 1.0).then_some(()))
+        })?;
+    }
+    let served_revision = f.cli_json(&["sites", "show", "lth-a"])?["revision"]
+        .as_u64()
+        .context("revision")?;
+    wait_for(Duration::from_secs(10), "lth-a applies the service", || {
+        Ok(
+            (metric(&f, "lth-a", "wardnet_agent_config_revision")? >= served_revision as f64)
+                .then_some(()),
+        )
+    })?;
+
+    // Within the trust: allowed, through the hub.
+    assert!(
+        reaches(&f, "lth-b", service, Duration::from_secs(5)),
+        "lth-b reaches its own trust's LAN"
+    );
+    // The practice reaches the shared service; the answers come back
+    // although the practice admits nothing from the trust (replies).
+    assert!(
+        reaches(&f, "gp-1", service, Duration::from_secs(5)),
+        "the practice reaches the shared service"
+    );
+    assert!(metric(&f, "gp-1", "wardnet_policy_reply_packets_total")? >= 1.0);
+    assert!(
+        metric(
+            &f,
+            "lth-a",
+            "wardnet_policy_admitted_flows_total{rule=\"service:pacs\"}"
+        )? >= 1.0
+    );
+
+    // Not shared: dropped at lth-a and counted against the peer it came
+    // through (the hub).
+    let denied_at_a = "wardnet_policy_denied_packets_total{peer=\"hub-n\",region=\"north\",role=\"hub\",rule=\"default\"}";
+    let before = metric(&f, "lth-a", denied_at_a)?;
+    assert!(
+        !reaches(&f, "gp-1", other_port, Duration::from_secs(2)),
+        "another port of the trust's LAN is not shared"
+    );
+    assert!(metric(&f, "lth-a", denied_at_a)? > before);
+
+    // The ambulance trust sends to lth-b through its hub: the hub forwards
+    // it, lth-b drops it.
+    let denied_at_b = denied_at_a;
+    let before = metric(&f, "lth-b", denied_at_b)?;
+    assert!(
+        !reaches(&f, "amb-1", ambulance_port, Duration::from_secs(2)),
+        "nothing admits the ambulance trust into lth-b"
+    );
+    assert!(
+        metric(&f, "lth-b", denied_at_b)? > before,
+        "dropped at the destination"
+    );
+
+    // A stream the policy allows throughout (the shared service), while a
+    // rule into the whole trust is added and removed: both of the trust's
+    // filters change twice under it.
+    let stream_to = SocketAddr::from((lan.host, 5001));
+    let stream = Stream::start(
+        &f.site("gp-1").gw,
+        &f.lan("lth-a").ns,
+        stream_to,
+        Duration::from_millis(5),
+    )?;
+    stream.wait_flowing(Duration::from_secs(5))?;
+
+    let rule = f.cli_json(&[
+        "policy",
+        "add-rule",
+        "--from",
+        "org:yas",
+        "--to",
+        "org:leeds-trust",
+        "--proto",
+        "udp",
+        "--port",
+        "7000",
+    ])?;
+    let id = rule["rule"]["id"].as_u64().context("rule id")?;
+    let opened = until_reach(&f, "amb-1", ambulance_port, true, Duration::from_secs(5))?;
+    eprintln!("rule {id} added: amb-1 reaches lth-b after {opened:?}");
+    assert!(
+        metric(
+            &f,
+            "lth-b",
+            &format!("wardnet_policy_admitted_flows_total{{rule=\"rule:{id}\"}}")
+        )? >= 1.0
+    );
+
+    f.cli(&["policy", "delete-rule", &id.to_string()])?;
+    let closed = until_reach(&f, "amb-1", ambulance_port, false, Duration::from_secs(5))?;
+    eprintln!("rule {id} deleted: amb-1 denied again after {closed:?}");
+    for _ in 0..3 {
+        assert!(!reaches(
+            &f,
+            "amb-1",
+            ambulance_port,
+            Duration::from_millis(300)
+        ));
+    }
+
+    let report = stream.finish(Duration::from_millis(500));
+    eprintln!(
+        "stream through both changes: sent {}, received {}, lost {}",
+        report.sent,
+        report.received,
+        report.lost()
+    );
+    assert!(report.sent > 100, "the stream ran: {report:?}");
+    assert_eq!(
+        report.lost(),
+        0,
+        "the allowed stream lost packets: {report:?}"
+    );
+
+    assert!(
+        opened < Duration::from_secs(2),
+        "the rule took {opened:?} to take effect"
+    );
+    assert!(
+        closed < Duration::from_secs(2),
+        "the deletion took {closed:?} to take effect"
+    );
+    Ok(())
+}
