@@ -716,8 +716,14 @@ fn policy_filter(me: &str, admit: &str) -> Result<wardnet_common::filter::SiteFi
             _ => Vec::new(),
         }
     };
-    wardnet_common::filter::compile(&to, &Default::default(), &rules, &[], sources)
-        .ok_or_else(|| "the site is not filtered".to_owned())
+    wardnet_common::filter::compile(
+        &to,
+        &Default::default(),
+        &rules,
+        &[] as &[wardnet_common::policy::Service],
+        sources,
+    )
+    .ok_or_else(|| "the site is not filtered".to_owned())
 }
 
 /// Idle peers the `wardnet-hub` row's B holds besides A.

@@ -266,11 +266,11 @@ fn everyone() -> Vec<IpNet> {
 /// The entries come in the order [`crate::policy::decide`] looks: the
 /// organisation's own sites, ICMP to the overlay addresses, the services
 /// behind the site by name, the rules into it by id.
-pub fn compile(
+pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
     to: &Party,
     lans: &BTreeSet<IpNet>,
-    rules: &[Rule],
-    services: &[Service],
+    rules: &[R],
+    services: &[S],
     mut sources: impl FnMut(&Source) -> Vec<IpNet>,
 ) -> Option<SiteFilter> {
     if to.org.as_str() == crate::wire::DEFAULT_ORG {
@@ -301,7 +301,11 @@ pub fn compile(
             traffic: vec![traffic(Proto::Icmp, &[])],
         },
     ];
-    let mut here: Vec<&Service> = services.iter().filter(|s| s.site == to.site).collect();
+    let mut here: Vec<&Service> = services
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|s| s.site == to.site)
+        .collect();
     here.sort_by(|a, b| a.name.cmp(&b.name));
     for s in &here {
         let from = match &s.shared_with {
@@ -321,7 +325,7 @@ pub fn compile(
             traffic: vec![traffic(s.proto, &s.ports)],
         });
     }
-    let mut into: Vec<&Rule> = rules.iter().collect();
+    let mut into: Vec<&Rule> = rules.iter().map(AsRef::as_ref).collect();
     into.sort_by_key(|r| r.id);
     for r in into {
         let mine = traffic(r.proto, &r.ports);
@@ -680,22 +684,10 @@ mod tests {
     #[test]
     fn a_site_in_the_default_organisation_has_no_filter_and_traffic_not_for_a_site_is_transit() {
         let sites: Vec<TestSite> = (0..3).map(|i| site(i, i.min(1), 0, true)).collect();
-        assert!(compile(
-            &sites[0].party,
-            &sites[0].lans,
-            &[],
-            &[],
-            sources_of(&sites)
-        )
-        .is_none());
-        let f = compile(
-            &sites[1].party,
-            &sites[1].lans,
-            &[],
-            &[],
-            sources_of(&sites),
-        )
-        .expect("a filter");
+        let (rules, services): (&[Rule], &[Service]) = (&[], &[]);
+        let at = |t: &TestSite| compile(&t.party, &t.lans, rules, services, sources_of(&sites));
+        assert!(at(&sites[0]).is_none());
+        let f = at(&sites[1]).expect("a filter");
         let other = IpAddr::from([100, 64, 0, 3]);
         assert_eq!(
             f.check(IpAddr::from([100, 64, 0, 1]), other, Proto::Tcp, Some(443)),

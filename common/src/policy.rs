@@ -305,6 +305,30 @@ pub struct Rule {
     pub description: String,
 }
 
+impl AsRef<Rule> for Rule {
+    fn as_ref(&self) -> &Rule {
+        self
+    }
+}
+
+impl AsRef<Service> for Service {
+    fn as_ref(&self) -> &Service {
+        self
+    }
+}
+
+impl AsRef<Rule> for RuleView {
+    fn as_ref(&self) -> &Rule {
+        &self.rule
+    }
+}
+
+impl AsRef<Service> for ServiceView {
+    fn as_ref(&self) -> &Service {
+        &self.service
+    }
+}
+
 impl Rule {
     pub fn covers(&self, proto: Proto, port: Option<u16>) -> bool {
         covers(self.proto, &self.ports, proto, port)

@@ -8,7 +8,7 @@ use imbl::{OrdMap, OrdSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use wardnet_common::filter::SiteFilter;
-use wardnet_common::policy::{Party, Rule, Service, Source, Target};
+use wardnet_common::policy::{Party, Source, Target};
 use wardnet_common::wire::{HealthSummary, SiteState, UnixTime};
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
@@ -354,16 +354,9 @@ impl Model {
         }
     }
 
-    /// A site's overlay addresses and LAN prefixes: where its traffic
-    /// comes from.
-    fn site_prefixes(s: &Site) -> impl Iterator<Item = IpNet> + '_ {
-        s.addresses()
-            .into_iter()
-            .chain(s.lan_prefixes.iter().copied())
-    }
-
     /// The prefixes of the sites a policy source names (any state: an
-    /// address is the site's from its creation).
+    /// address is the site's from its creation): each site's overlay
+    /// addresses and LAN prefixes, where its traffic comes from.
     pub fn sources(&self, source: &Source) -> Vec<IpNet> {
         let names: Box<dyn Iterator<Item = &Name>> = match source {
             Source::All => Box::new(self.sites.keys()),
@@ -371,10 +364,13 @@ impl Model {
             Source::Region(r) => Box::new(self.by_region.get(r).into_iter().flatten()),
             Source::Site(s) => Box::new(std::iter::once(s)),
         };
-        names
-            .filter_map(|n| self.sites.get(n))
-            .flat_map(|s| Self::site_prefixes(s).collect::<Vec<_>>())
-            .collect()
+        let mut out = Vec::new();
+        for s in names.filter_map(|n| self.sites.get(n)) {
+            out.push(IpNet::V4(Ipv4Net::from(s.ipv4)));
+            out.extend(s.ipv6.map(|a| IpNet::V6(Ipv6Net::from(a))));
+            out.extend(s.lan_prefixes.iter().copied());
+        }
+        out
     }
 
     /// What the policy knows of a site.
@@ -389,18 +385,14 @@ impl Model {
 
     /// The filter of site `s`'s data plane (`None`: not filtered).
     pub fn filter(&self, s: &Site) -> Option<SiteFilter> {
-        let rules: Vec<Rule> = self.policy.rules.iter().map(|r| r.rule.clone()).collect();
-        let services: Vec<Service> = self
-            .policy
-            .services
-            .iter()
-            .map(|s| s.service.clone())
-            .collect();
+        if s.org == default_org() {
+            return None;
+        }
         wardnet_common::filter::compile(
             &Self::party(s),
             &s.lan_prefixes,
-            &rules,
-            &services,
+            &self.policy.rules,
+            &self.policy.services,
             |src| self.sources(src),
         )
     }
