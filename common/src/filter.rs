@@ -98,6 +98,16 @@ pub struct Header {
     /// An ICMP error (unreachable, too big, time exceeded, parameter
     /// problem): it answers a packet, and carries that packet's header.
     pub icmp_error: bool,
+    /// For a fragment: its datagram's identification, and whether it is
+    /// the first fragment (the one with the ports).
+    pub fragment: Option<Fragment>,
+}
+
+/// Where a fragment stands in its datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fragment {
+    pub id: u32,
+    pub first: bool,
 }
 
 impl Header {
@@ -132,9 +142,15 @@ pub fn parse(packet: &[u8]) -> Option<Header> {
             }
             let src = Ipv4Addr::from([packet[12], packet[13], packet[14], packet[15]]);
             let dst = Ipv4Addr::from([packet[16], packet[17], packet[18], packet[19]]);
-            let offset = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff;
+            let flags = u16::from_be_bytes([packet[6], packet[7]]);
+            let (offset, more) = (flags & 0x1fff, flags & 0x2000 != 0);
             let l4 = (offset == 0).then(|| &packet[ihl..]);
-            Some(transport(src.into(), dst.into(), packet[9], l4))
+            let mut h = transport(src.into(), dst.into(), packet[9], l4);
+            h.fragment = (offset != 0 || more).then(|| Fragment {
+                id: u32::from(u16::from_be_bytes([packet[4], packet[5]])),
+                first: offset == 0,
+            });
+            Some(h)
         }
         6 => {
             if packet.len() < 40 {
@@ -147,7 +163,7 @@ pub fn parse(packet: &[u8]) -> Option<Header> {
             let dst = Ipv6Addr::from(a);
             let mut next = packet[6];
             let mut at = 40;
-            let mut first = true;
+            let mut fragment = None;
             // Hop-by-hop, routing, destination options and fragment
             // headers stand between the fixed header and the transport's.
             loop {
@@ -160,14 +176,20 @@ pub fn parse(packet: &[u8]) -> Option<Header> {
                     44 => {
                         let h = packet.get(at..at + 8)?;
                         next = h[0];
-                        first = u16::from_be_bytes([h[2], h[3]]) >> 3 == 0;
+                        fragment = Some(Fragment {
+                            id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                            first: u16::from_be_bytes([h[2], h[3]]) >> 3 == 0,
+                        });
                         at += 8;
                     }
                     _ => break,
                 }
             }
+            let first = fragment.is_none_or(|f| f.first);
             let l4 = first.then(|| packet.get(at..)).flatten();
-            Some(transport(src.into(), dst.into(), next, l4))
+            let mut h = transport(src.into(), dst.into(), next, l4);
+            h.fragment = fragment;
+            Some(h)
         }
         _ => None,
     }
@@ -182,6 +204,7 @@ fn transport(src: IpAddr, dst: IpAddr, protocol: u8, l4: Option<&[u8]>) -> Heade
         dport: 0,
         port: None,
         icmp_error: false,
+        fragment: None,
     };
     let Some(l4) = l4 else {
         return h;
@@ -622,11 +645,37 @@ mod tests {
         assert_eq!(h.proto(), Proto::Tcp);
         assert_eq!((h.sport, h.dport, h.port), (40000, 443, Some(443)));
 
-        // A fragment after the first has no ports.
+        // A fragment after the first has no ports; both carry the
+        // datagram's identification.
         let mut frag = ipv4_tcp([100, 64, 0, 1], [100, 64, 0, 2], 40000, 443);
+        frag[4..6].copy_from_slice(&77u16.to_be_bytes());
+        frag[6] = 0x20;
+        let h = parse(&frag).expect("first fragment");
+        assert_eq!(h.port, Some(443));
+        assert_eq!(
+            h.fragment,
+            Some(Fragment {
+                id: 77,
+                first: true
+            })
+        );
+        frag[6] = 0;
         frag[7] = 10;
         let h = parse(&frag).expect("fragment");
         assert_eq!((h.sport, h.dport, h.port), (0, 0, None));
+        assert_eq!(
+            h.fragment,
+            Some(Fragment {
+                id: 77,
+                first: false
+            })
+        );
+        assert_eq!(
+            parse(&ipv4_tcp([1; 4], [2; 4], 1, 2))
+                .expect("whole")
+                .fragment,
+            None
+        );
 
         // Echo request and reply: the identifier on the asker's side.
         let mut echo = vec![0u8; 28];

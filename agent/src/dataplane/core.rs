@@ -439,17 +439,13 @@ impl Core {
             // Transport data, nearly all traffic: decrypted straight into
             // the device's queue.
             let room = tx.tun_room(datagram.len());
-            let (len, src, admitted) = match tunn.decapsulate(Some(from.ip()), datagram, room) {
-                TunnResult::WriteToTunnelV4(packet, v4) => (
-                    packet.len(),
-                    IpAddr::from(v4),
-                    self.policy.inbound(packet, now),
-                ),
-                TunnResult::WriteToTunnelV6(packet, v6) => (
-                    packet.len(),
-                    IpAddr::from(v6),
-                    self.policy.inbound(packet, now),
-                ),
+            let (len, src, seen) = match tunn.decapsulate(Some(from.ip()), datagram, room) {
+                TunnResult::WriteToTunnelV4(packet, v4) => {
+                    (packet.len(), IpAddr::from(v4), self.policy.look(packet))
+                }
+                TunnResult::WriteToTunnelV6(packet, v6) => {
+                    (packet.len(), IpAddr::from(v6), self.policy.look(packet))
+                }
                 // An empty data message is an authenticated keepalive.
                 TunnResult::Done => {
                     authenticated(peer, from, local, datagram.len());
@@ -467,7 +463,7 @@ impl Core {
             authenticated(peer, from, local, datagram.len());
             if !source_allowed(&self.peers, &self.allowed, &self.hub_of, index, src) {
                 self.counters.drops.source_not_allowed += 1;
-            } else if admitted {
+            } else if self.policy.judge(seen, now) {
                 tx.tun_written(len);
             } else if let Some(peer) = self.peers.get_mut(&index) {
                 peer.policy_denied += 1;
@@ -525,23 +521,25 @@ impl Core {
                 }
                 TunnResult::WriteToTunnelV4(packet, v4) => {
                     authenticated(peer, from, local, datagram.len());
-                    let admitted = self.policy.inbound(packet, now);
-                    if !admitted {
-                        peer.policy_denied += 1;
-                    }
                     let ok =
                         source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v4.into());
-                    deliver(ok, admitted, packet, &mut self.counters, tx);
+                    let gate = Gate {
+                        policy: &mut self.policy,
+                        counters: &mut self.counters,
+                        peers: &mut self.peers,
+                    };
+                    gate.deliver(ok, index, packet, now, tx);
                 }
                 TunnResult::WriteToTunnelV6(packet, v6) => {
                     authenticated(peer, from, local, datagram.len());
-                    let admitted = self.policy.inbound(packet, now);
-                    if !admitted {
-                        peer.policy_denied += 1;
-                    }
                     let ok =
                         source_allowed(&self.peers, &self.allowed, &self.hub_of, index, v6.into());
-                    deliver(ok, admitted, packet, &mut self.counters, tx);
+                    let gate = Gate {
+                        policy: &mut self.policy,
+                        counters: &mut self.counters,
+                        peers: &mut self.peers,
+                    };
+                    gate.deliver(ok, index, packet, now, tx);
                 }
             }
             return;
@@ -778,19 +776,25 @@ fn source_allowed(
         .is_some_and(|o| o.hub_of.as_ref() == Some(region))
 }
 
-/// Write a decrypted packet to the TUN device when its source is the
-/// peer's and the policy admits it, or count it dropped.
-fn deliver(
-    ok: bool,
-    admitted: bool,
-    packet: &[u8],
-    counters: &mut DeviceCounters,
-    tx: &mut impl Transmit,
-) {
-    if !ok {
-        counters.drops.source_not_allowed += 1;
-    } else if admitted {
-        tx.write_tun(packet);
+/// What a decrypted packet meets on its way to the TUN device.
+struct Gate<'a> {
+    policy: &'a mut PolicyFilter,
+    counters: &'a mut DeviceCounters,
+    peers: &'a mut HashMap<u32, Peer>,
+}
+
+impl Gate<'_> {
+    /// Write a decrypted packet from peer `index` to the TUN device when
+    /// its source is the peer's (`ok`) and the policy admits it, or count
+    /// it dropped.
+    fn deliver(self, ok: bool, index: u32, packet: &[u8], now: Instant, tx: &mut impl Transmit) {
+        if !ok {
+            self.counters.drops.source_not_allowed += 1;
+        } else if self.policy.inbound(packet, now) {
+            tx.write_tun(packet);
+        } else if let Some(peer) = self.peers.get_mut(&index) {
+            peer.policy_denied += 1;
+        }
     }
 }
 

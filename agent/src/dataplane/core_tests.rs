@@ -661,3 +661,68 @@ fn under_load_handshakes_need_a_cookie_and_each_source_gets_its_share() {
     assert!(sink.udp.is_empty());
     assert_eq!(counters(&b).drops.unknown_peer, 6);
 }
+
+/// A UDP packet from `src:sport` to `dst:dport`.
+fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut payload = vec![0u8; 12];
+    payload[0..2].copy_from_slice(&sport.to_be_bytes());
+    payload[2..4].copy_from_slice(&dport.to_be_bytes());
+    ipv4_packet(src, dst, &payload)
+}
+
+/// With a filter, what comes out of a tunnel reaches the TUN only when the
+/// policy admits it or it answers a flow this side started; what is
+/// dropped is counted against the peer it came from; and a packet whose
+/// source is not the peer's is dropped before the policy sees it (it
+/// neither counts as denied nor starts a flow).
+#[test]
+fn the_policy_filter_admits_replies_and_what_a_rule_allows_and_nothing_else() {
+    use wardnet_common::filter::{FilterRule, SiteFilter, Traffic};
+    use wardnet_common::policy::{PortRange, Proto, Reason};
+    let (mut a, mut b) = pair();
+    a.core.policy.set(Some(SiteFilter {
+        local: vec![net("100.64.0.1/32")],
+        rules: vec![FilterRule {
+            reason: Reason::Rule(1),
+            from: vec![net("100.64.0.2/32")],
+            to: Vec::new(),
+            traffic: vec![Traffic {
+                proto: Proto::Udp,
+                ports: vec![PortRange { lo: 53, hi: 53 }],
+            }],
+        }],
+    }));
+    let (me, them) = ([100, 64, 0, 1], [100, 64, 0, 2]);
+    let from_b = |a: &mut Node, b: &mut Node, packet: Vec<u8>| {
+        let before = a.tun.len();
+        let out = send_from_tun(b, &packet);
+        pump(&mut [a, b], out);
+        a.tun.len() > before
+    };
+    // B has no endpoint for A: A's first packet makes the session.
+    let out = send_from_tun(&mut a, &udp(me, 1000, them, 1000));
+    pump(&mut [&mut a, &mut b], out);
+    assert!(from_b(&mut a, &mut b, udp(them, 5000, me, 53)), "admitted");
+    assert!(from_b(&mut a, &mut b, udp(them, 5000, me, 53)));
+    assert!(
+        !from_b(&mut a, &mut b, udp(them, 5000, me, 54)),
+        "not admitted"
+    );
+    assert_eq!(peer_of(&a, b.key.public_key()).policy_denied, 1);
+    // A starts a flow to B: B's answers pass.
+    let out = send_from_tun(&mut a, &udp(me, 7000, them, 9000));
+    pump(&mut [&mut a, &mut b], out);
+    assert!(from_b(&mut a, &mut b, udp(them, 9000, me, 7000)), "a reply");
+    assert!(!from_b(&mut a, &mut b, udp(them, 9001, me, 7000)));
+    let counters = a.core.snapshot(0).policy;
+    assert_eq!(counters.denied, 2);
+    assert_eq!(counters.replies, 1);
+    assert_eq!(counters.admitted.get("rule:1"), Some(&1));
+    // A spoofed source: dropped for its source, unseen by the policy.
+    let tracked = counters.tracked;
+    assert!(!from_b(&mut a, &mut b, udp([100, 64, 9, 9], 5000, me, 53)));
+    let after = a.core.snapshot(0);
+    assert_eq!(after.counters.drops.source_not_allowed, 1);
+    assert_eq!(after.policy.denied, 2);
+    assert_eq!(after.policy.tracked, tracked);
+}

@@ -13,6 +13,10 @@
 //!   however the site answered before. A flow the new filter still admits
 //!   is judged again once and goes on undisturbed.
 //!
+//! A datagram split into fragments carries its ports in the first one
+//! only: the fragments after it pass when their first one did (keyed by the
+//! datagram's identification, remembered for a few seconds).
+//!
 //! Entries idle for longer than their protocol's timeout go; each table is
 //! bounded ([`MAX_FLOWS`]): when full, a new flow is judged packet by
 //! packet (admitted), or its replies are judged by the filter (started
@@ -31,6 +35,8 @@ pub(crate) const MAX_FLOWS: usize = 262_144;
 const TCP_IDLE: Duration = Duration::from_secs(3600);
 /// How long an idle flow of another protocol is remembered.
 const OTHER_IDLE: Duration = Duration::from_secs(180);
+/// How long a passed first fragment lets the rest of its datagram follow.
+const FRAGMENT_IDLE: Duration = Duration::from_secs(5);
 /// How often idle flows are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -75,6 +81,16 @@ impl FlowKey {
     }
 }
 
+/// A packet out of a tunnel as the filter needs it (see
+/// [`PolicyFilter::look`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    /// `None`: not an IP packet the filter can read.
+    header: Option<Header>,
+    /// For an ICMP error, the packet it is about.
+    subject: Option<Header>,
+}
+
 struct Admitted {
     generation: u64,
     allowed: bool,
@@ -106,6 +122,9 @@ pub(crate) struct PolicyFilter {
     generation: u64,
     replies: HashMap<FlowKey, Instant>,
     admitted: HashMap<FlowKey, Admitted>,
+    /// Datagrams whose first fragment passed: (protocol, source,
+    /// destination, identification).
+    fragments: HashMap<(u8, IpAddr, IpAddr, u32), Instant>,
     last_sweep: Option<Instant>,
     counters: PolicyCounters,
 }
@@ -118,6 +137,7 @@ impl PolicyFilter {
         if filter.is_none() {
             self.replies.clear();
             self.admitted.clear();
+            self.fragments.clear();
         }
         self.counters.enforcing = filter.is_some();
         self.filter = filter.map(Arc::new);
@@ -132,7 +152,8 @@ impl PolicyFilter {
         let Some(h) = parse(packet) else {
             return;
         };
-        if h.icmp_error || !f.local.iter().any(|p| p.contains(&h.src)) {
+        let later_fragment = h.fragment.is_some_and(|f| !f.first);
+        if h.icmp_error || later_fragment || !f.local.iter().any(|p| p.contains(&h.src)) {
             return;
         }
         let key = FlowKey::reply_to(&h);
@@ -151,32 +172,84 @@ impl PolicyFilter {
 
     /// A packet decrypted from a tunnel: whether it may go on to the TUN.
     pub(crate) fn inbound(&mut self, packet: &[u8], now: Instant) -> bool {
-        let Some(f) = &self.filter else {
+        let seen = self.look(packet);
+        self.judge(seen, now)
+    }
+
+    /// What [`Self::judge`] needs of a packet, read while the packet is at
+    /// hand (`None`: no filter, everything passes). The data plane looks
+    /// first and judges once the packet's source is known to be its peer's,
+    /// so a spoofed packet never starts a flow.
+    pub(crate) fn look(&self, packet: &[u8]) -> Option<Seen> {
+        self.filter.as_ref()?;
+        let header = parse(packet);
+        let subject = header
+            .filter(|h| h.icmp_error)
+            .and_then(|_| icmp_error_subject(packet));
+        Some(Seen { header, subject })
+    }
+
+    /// Whether a packet out of a tunnel, as [`Self::look`] saw it, may go on
+    /// to the TUN.
+    pub(crate) fn judge(&mut self, seen: Option<Seen>, now: Instant) -> bool {
+        let Some(seen) = seen else {
             return true;
         };
-        let Some(h) = parse(packet) else {
+        let Some(h) = seen.header else {
             self.counters.denied += 1;
             return false;
+        };
+        let Some(fragment) = h.fragment else {
+            return self.judge_header(&h, seen.subject, now);
+        };
+        let key = (h.protocol, h.src, h.dst, fragment.id);
+        if !fragment.first {
+            let passed = self
+                .fragments
+                .get(&key)
+                .is_some_and(|t| now.saturating_duration_since(*t) < FRAGMENT_IDLE);
+            let local = self
+                .filter
+                .as_ref()
+                .is_some_and(|f| f.local.iter().any(|p| p.contains(&h.dst)));
+            if !passed && local {
+                self.counters.denied += 1;
+            }
+            return passed || !local;
+        }
+        let pass = self.judge_header(&h, seen.subject, now);
+        if pass {
+            if self.fragments.len() < MAX_FLOWS {
+                self.fragments.insert(key, now);
+            } else {
+                self.counters.overflow += 1;
+            }
+        }
+        pass
+    }
+
+    /// The verdict on a whole packet, or a datagram's first fragment.
+    fn judge_header(&mut self, h: &Header, subject: Option<Header>, now: Instant) -> bool {
+        let Some(f) = &self.filter else {
+            return true;
         };
         if !f.local.iter().any(|p| p.contains(&h.dst)) {
             // Forwarded (a hub between spokes): its destination judges it.
             return true;
         }
-        let key = FlowKey::incoming(&h);
+        let key = FlowKey::incoming(h);
         if let Some(seen) = self.replies.get_mut(&key) {
             *seen = now;
             self.counters.replies += 1;
             return true;
         }
-        if h.icmp_error {
+        if let Some(s) = subject {
             // An error about a packet this site sent (too big, unreachable)
             // belongs to that packet's flow.
-            let ours = icmp_error_subject(packet).is_some_and(|s| {
-                f.local.iter().any(|p| p.contains(&s.src))
-                    && (self.replies.contains_key(&FlowKey::reply_to(&s))
-                        || self.admitted.contains_key(&FlowKey::reply_to(&s)))
-            });
-            if ours {
+            let back = FlowKey::reply_to(&s);
+            if f.local.iter().any(|p| p.contains(&s.src))
+                && (self.replies.contains_key(&back) || self.admitted.contains_key(&back))
+            {
                 return true;
             }
         }
@@ -189,7 +262,7 @@ impl PolicyFilter {
                 return a.allowed;
             }
         }
-        let verdict = f.check_header(&h);
+        let verdict = f.check_header(h);
         let allowed = !matches!(verdict, Verdict::Deny);
         if allowed {
             if let Some(r) = f.reason(verdict) {
@@ -225,11 +298,13 @@ impl PolicyFilter {
             .retain(|k, seen| now.saturating_duration_since(*seen) < k.idle());
         self.admitted
             .retain(|k, a| now.saturating_duration_since(a.seen) < k.idle());
+        self.fragments
+            .retain(|_, t| now.saturating_duration_since(*t) < FRAGMENT_IDLE);
     }
 
     pub(crate) fn counters(&self) -> PolicyCounters {
         PolicyCounters {
-            tracked: (self.replies.len() + self.admitted.len()) as u64,
+            tracked: (self.replies.len() + self.admitted.len() + self.fragments.len()) as u64,
             ..self.counters.clone()
         }
     }
@@ -345,6 +420,41 @@ mod tests {
         assert!(p.inbound(&tcp(TRUST, ME, 6000, 22), t0), "still admitted");
         p.set(Some(filter(true)));
         assert!(p.inbound(&tcp(GP, ME, 5000, 443), t0), "admitted again");
+    }
+
+    #[test]
+    fn fragments_follow_their_first_one() {
+        let mut p = PolicyFilter::default();
+        p.set(Some(filter(true)));
+        let now = Instant::now();
+        let frag = |src, id: u16, first: bool| {
+            let mut f = tcp(src, ME, 5000, 443);
+            f[4..6].copy_from_slice(&id.to_be_bytes());
+            if first {
+                f[6] = 0x20;
+            } else {
+                f[7] = 185;
+            }
+            f
+        };
+        assert!(
+            !p.inbound(&frag(GP, 9, false), now),
+            "no first fragment yet"
+        );
+        assert!(
+            p.inbound(&frag(GP, 9, true), now),
+            "the rule admits the first"
+        );
+        assert!(p.inbound(&frag(GP, 9, false), now), "the rest follow");
+        assert!(!p.inbound(&frag(GP, 10, false), now), "another datagram");
+        assert!(
+            !p.inbound(&frag(OTHER_SITE, 11, false), now),
+            "not admitted"
+        );
+        assert!(
+            !p.inbound(&frag(GP, 9, false), now + FRAGMENT_IDLE),
+            "too late"
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! a new revision (its agent hears within the long-poll's wake-up). Each
 //! site's filter is compiled by [`crate::model::Model::filter`].
 
+use std::sync::Arc;
+
 use wardnet_common::policy::{
     decide, CheckAnswer, CheckQuery, CreateRule, Flow, Party, PolicyView, Reason, Rule, RuleView,
     Service, ServiceView, Target,
@@ -24,7 +26,6 @@ use super::{Controller, Mutation};
 use crate::error::ApiError;
 use crate::model::Site;
 use crate::store::{StoredPolicy, Write};
-use std::sync::Arc;
 
 fn not_found_rule(id: u64) -> ApiError {
     ApiError::NotFound(format!("no rule {id}; `policy list` shows the rules"))
