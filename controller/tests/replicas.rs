@@ -72,6 +72,21 @@ fn stored_view(v: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// The full config `t` serves the agent with `credential`, asked as an agent
+/// does: "newer than `known`?" (a replica still catching up answers once
+/// it has it).
+async fn newer_config(t: &TestController, credential: &str, known: u64) -> String {
+    reqwest::Client::new()
+        .get(format!("{}/v1/agent/config?revision={known}&wait=5", t.url))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .expect("config")
+        .text()
+        .await
+        .expect("body")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
     let Some((_pg, r)) = replicas(
@@ -133,21 +148,7 @@ async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
     // Every replica serves the same config at the same revision (asked as
     // an agent does: "newer than the one before the change?", so a replica
     // still catching up answers once it has it).
-    let full = |t: &TestController| {
-        let hub = hub.clone();
-        let url = t.url.clone();
-        async move {
-            reqwest::Client::new()
-                .get(format!("{url}/v1/agent/config?revision={known}&wait=5"))
-                .bearer_auth(hub)
-                .send()
-                .await
-                .expect("config")
-                .text()
-                .await
-                .expect("body")
-        }
-    };
+    let full = |t| newer_config(t, &hub, known);
     let (fa, fb, fc) = tokio::join!(full(a), full(b), full(c));
     if fa != fb || fb != fc {
         // What each replica holds now, to tell a lagging read from one
@@ -386,22 +387,7 @@ async fn a_policy_change_through_one_replica_reaches_filters_served_by_another()
     );
 
     // Both replicas serve one config and list one policy.
-    let config = |t: &TestController| {
-        let url = t.url.clone();
-        let lth = lth.clone();
-        async move {
-            reqwest::Client::new()
-                .get(format!("{url}/v1/agent/config?revision={known}&wait=5"))
-                .bearer_auth(lth)
-                .send()
-                .await
-                .expect("config")
-                .text()
-                .await
-                .expect("body")
-        }
-    };
-    let (ca, cb) = tokio::join!(config(a), config(b));
+    let (ca, cb) = tokio::join!(newer_config(a, &lth, known), newer_config(b, &lth, known));
     assert_eq!(ca, cb);
     let (s, v) = a
         .admin_post(
