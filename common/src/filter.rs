@@ -243,9 +243,14 @@ pub fn icmp_error_subject(packet: &[u8]) -> Option<Header> {
 }
 
 impl SiteFilter {
+    /// Whether `addr` is one of the site's own (what it judges).
+    pub fn is_local(&self, addr: IpAddr) -> bool {
+        self.local.iter().any(|p| p.contains(&addr))
+    }
+
     /// The verdict on a packet from `src` to `dst` of `proto`, to `port`.
     pub fn check(&self, src: IpAddr, dst: IpAddr, proto: Proto, port: Option<u16>) -> Verdict {
-        if !self.local.iter().any(|p| p.contains(&dst)) {
+        if !self.is_local(dst) {
             return Verdict::Transit;
         }
         let found = self.rules.iter().position(|r| {

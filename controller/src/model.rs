@@ -8,7 +8,7 @@ use imbl::{OrdMap, OrdSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use wardnet_common::filter::SiteFilter;
-use wardnet_common::policy::{Party, Source, Target};
+use wardnet_common::policy::{Party, ServiceView, Source, Target};
 use wardnet_common::wire::{HealthSummary, SiteState, UnixTime};
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
@@ -385,9 +385,6 @@ impl Model {
 
     /// The filter of site `s`'s data plane (`None`: not filtered).
     pub fn filter(&self, s: &Site) -> Option<SiteFilter> {
-        if s.org == default_org() {
-            return None;
-        }
         wardnet_common::filter::compile(
             &Self::party(s),
             &s.lan_prefixes,
@@ -436,6 +433,23 @@ impl Model {
         self.reaches(a, b) || self.reaches(b, a)
     }
 
+    /// The sites a rule's destination names; a service's site is looked
+    /// up in `services`.
+    fn target_sites<'a>(
+        &self,
+        to: &Target,
+        services: impl Iterator<Item = &'a ServiceView>,
+    ) -> Vec<Name> {
+        match to {
+            Target::Org(o) => self.by_org.get(o).into_iter().flatten().cloned().collect(),
+            Target::Site(s) => vec![s.clone()],
+            Target::Service(n) => services
+                .filter(|s| &s.service.name == n)
+                .map(|s| s.service.site.clone())
+                .collect(),
+        }
+    }
+
     /// The sites whose filters may differ between two policies: where the
     /// rules and services that are not in both admit traffic into.
     pub fn policy_touches(
@@ -444,31 +458,15 @@ impl Model {
         new: &crate::store::StoredPolicy,
     ) -> BTreeSet<Name> {
         let mut out = BTreeSet::new();
-        let mut services = BTreeSet::new();
         for s in old.services.iter().chain(&new.services) {
-            let same = |p: &crate::store::StoredPolicy| p.services.iter().any(|x| x == s);
-            if !(same(old) && same(new)) {
+            if !(old.services.contains(s) && new.services.contains(s)) {
                 out.insert(s.service.site.clone());
-                services.insert(s.service.name.clone());
             }
         }
         for r in old.rules.iter().chain(&new.rules) {
-            let same = |p: &crate::store::StoredPolicy| p.rules.iter().any(|x| x == r);
-            if same(old) && same(new) {
-                continue;
-            }
-            match &r.rule.to {
-                Target::Org(o) => out.extend(self.by_org.get(o).into_iter().flatten().cloned()),
-                Target::Site(s) => {
-                    out.insert(s.clone());
-                }
-                Target::Service(n) => out.extend(
-                    old.services
-                        .iter()
-                        .chain(&new.services)
-                        .filter(|s| &s.service.name == n)
-                        .map(|s| s.service.site.clone()),
-                ),
+            if !(old.rules.contains(r) && new.rules.contains(r)) {
+                let services = old.services.iter().chain(&new.services);
+                out.extend(self.target_sites(&r.rule.to, services));
             }
         }
         out
@@ -485,21 +483,8 @@ impl Model {
         }
         let party = Self::party(s);
         for r in &self.policy.rules {
-            if r.rule.from == Source::All || !r.rule.from.matches(&party) {
-                continue;
-            }
-            match &r.rule.to {
-                Target::Org(o) => out.extend(self.by_org.get(o).into_iter().flatten().cloned()),
-                Target::Site(t) => {
-                    out.insert(t.clone());
-                }
-                Target::Service(n) => out.extend(
-                    self.policy
-                        .services
-                        .iter()
-                        .filter(|x| &x.service.name == n)
-                        .map(|x| x.service.site.clone()),
-                ),
+            if r.rule.from != Source::All && r.rule.from.matches(&party) {
+                out.extend(self.target_sites(&r.rule.to, self.policy.services.iter()));
             }
         }
         for x in &self.policy.services {

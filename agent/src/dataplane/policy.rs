@@ -153,7 +153,7 @@ impl PolicyFilter {
             return;
         };
         let later_fragment = h.fragment.is_some_and(|f| !f.first);
-        if h.icmp_error || later_fragment || !f.local.iter().any(|p| p.contains(&h.src)) {
+        if h.icmp_error || later_fragment || !f.is_local(h.src) {
             return;
         }
         let key = FlowKey::reply_to(&h);
@@ -208,10 +208,7 @@ impl PolicyFilter {
                 .fragments
                 .get(&key)
                 .is_some_and(|t| now.saturating_duration_since(*t) < FRAGMENT_IDLE);
-            let local = self
-                .filter
-                .as_ref()
-                .is_some_and(|f| f.local.iter().any(|p| p.contains(&h.dst)));
+            let local = self.filter.as_ref().is_some_and(|f| f.is_local(h.dst));
             if !passed && local {
                 self.counters.denied += 1;
             }
@@ -233,7 +230,7 @@ impl PolicyFilter {
         let Some(f) = &self.filter else {
             return true;
         };
-        if !f.local.iter().any(|p| p.contains(&h.dst)) {
+        if !f.is_local(h.dst) {
             // Forwarded (a hub between spokes): its destination judges it.
             return true;
         }
@@ -247,7 +244,7 @@ impl PolicyFilter {
             // An error about a packet this site sent (too big, unreachable)
             // belongs to that packet's flow.
             let back = FlowKey::reply_to(&s);
-            if f.local.iter().any(|p| p.contains(&s.src))
+            if f.is_local(s.src)
                 && (self.replies.contains_key(&back) || self.admitted.contains_key(&back))
             {
                 return true;

@@ -16,15 +16,15 @@
 use std::sync::Arc;
 
 use wardnet_common::policy::{
-    decide, CheckAnswer, CheckQuery, CreateRule, Flow, Party, PolicyView, Reason, Rule, RuleView,
-    Service, ServiceView, Target,
+    decide, CheckAnswer, CheckQuery, CreateRule, Flow, PolicyView, Reason, Rule, RuleView, Service,
+    ServiceView, Target,
 };
 use wardnet_common::Name;
 
 use super::admin::{audit, not_found_org, visible_site, Actor};
 use super::{Controller, Mutation};
 use crate::error::ApiError;
-use crate::model::Site;
+use crate::model::{Model, Site};
 use crate::store::{StoredPolicy, Write};
 
 fn not_found_rule(id: u64) -> ApiError {
@@ -61,10 +61,6 @@ fn service_text(s: &Service) -> String {
         wardnet_common::policy::traffic_text(s.proto, &s.ports),
         serde_json::to_string(&s.shared_with).unwrap_or_default()
     )
-}
-
-fn party(s: &Site) -> Party {
-    crate::model::Model::party(s)
 }
 
 /// Whether `actor` may see a service: its own, or one shared with it.
@@ -320,7 +316,7 @@ impl Controller {
         let policy = self.with_model(|m| m.policy.clone());
         let from = self.with_model(|m| visible_site(m, actor, &q.from).cloned())?;
         let offered = |to: &Site| {
-            let source = party(&from);
+            let source = Model::party(&from);
             let serves = |name: &Name| {
                 policy
                     .services
@@ -361,8 +357,8 @@ impl Controller {
             &rules,
             &services,
             &Flow {
-                from: party(&from),
-                to: party(&to),
+                from: Model::party(&from),
+                to: Model::party(&to),
                 dst: q.address,
                 proto: q.proto,
                 port: q.port,

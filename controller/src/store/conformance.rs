@@ -334,7 +334,7 @@ async fn policy_rules_and_services(s: &dyn Store) {
     ])
     .await
     .expect("policy");
-    let p = s.policy().await.expect("read");
+    let p = s.load().await.expect("read").policy;
     assert_eq!(p.rules, vec![rule.clone()]);
     assert_eq!(p.next_rule_id, 2);
     assert_eq!(p.services, vec![service.clone()]);
@@ -361,7 +361,7 @@ async fn policy_rules_and_services(s: &dyn Store) {
     ])
     .await
     .expect("delete");
-    let after = s.policy().await.expect("read");
+    let after = s.load().await.expect("read").policy;
     assert_eq!((after.rules.len(), after.services.len()), (0, 0));
     assert_eq!(after.next_rule_id, 2, "rule 1's number is not given again");
     s.commit(vec![Write::DeleteOrg(org)])

@@ -171,10 +171,6 @@ impl Store for FaultyStore {
         self.inner.orgs().await
     }
 
-    async fn policy(&self) -> Result<super::StoredPolicy, StoreError> {
-        self.inner.policy().await
-    }
-
     async fn audit(
         &self,
         limit: u32,

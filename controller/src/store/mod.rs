@@ -430,8 +430,6 @@ pub trait Store: Send + Sync + 'static {
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError>;
     /// Every organisation, by name.
     async fn orgs(&self) -> Result<Vec<Org>, StoreError>;
-    /// Every policy rule (by id) and service (by name).
-    async fn policy(&self) -> Result<StoredPolicy, StoreError>;
     /// Audit entries, newest first, with id below `before` when given;
     /// with `org`, only the entries about that organisation's objects.
     async fn audit(

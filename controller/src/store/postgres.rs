@@ -1273,11 +1273,6 @@ impl Store for PostgresStore {
         .transpose()
     }
 
-    async fn policy(&self) -> Result<StoredPolicy, StoreError> {
-        let c = self.client().await?;
-        policy_in(&c).await
-    }
-
     async fn orgs(&self) -> Result<Vec<Org>, StoreError> {
         let c = self.client().await?;
         c.query(

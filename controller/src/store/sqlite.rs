@@ -1100,14 +1100,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn policy(&self) -> Result<StoredPolicy, StoreError> {
-        self.read(|c| {
-            let tx = c.unchecked_transaction()?;
-            load_policy(&tx)
-        })
-        .await
-    }
-
     async fn audit(
         &self,
         limit: u32,
