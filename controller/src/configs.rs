@@ -1040,38 +1040,40 @@ mod tests {
 
     fn new_site(r: u8, i: u8, lan: Option<u8>, active: bool) -> Site {
         Site {
-            name: site_name(r, i),
-            region: name(&format!("r{r}")),
-            org: name(["default", "org-a", "org-b"][usize::from((r + i) % 3)]),
-            role: if i < 2 { Role::Hub } else { Role::Spoke },
-            state: if active {
-                SiteState::Active
-            } else {
-                SiteState::Pending
-            },
-            agentless: i == SITES - 1,
-            lan_prefixes: lan
-                .map(|l| format!("10.{r}.{l}.0/24").parse().expect("lan"))
-                .into_iter()
-                .collect(),
-            endpoint: Some(
-                format!("198.51.100.{}:51820", r * 16 + i)
+            inputs: crate::model::SiteInputs {
+                name: site_name(r, i),
+                region: name(&format!("r{r}")),
+                org: name(["default", "org-a", "org-b"][usize::from((r + i) % 3)]),
+                role: if i < 2 { Role::Hub } else { Role::Spoke },
+                state: if active {
+                    SiteState::Active
+                } else {
+                    SiteState::Pending
+                },
+                agentless: i == SITES - 1,
+                lan_prefixes: lan
+                    .map(|l| format!("10.{r}.{l}.0/24").parse().expect("lan"))
+                    .into_iter()
+                    .collect(),
+                endpoint: Some(
+                    format!("198.51.100.{}:51820", r * 16 + i)
+                        .parse()
+                        .expect("ep"),
+                ),
+                public_key: active.then(|| PublicKey::from_bytes([r * 16 + i + 1; 32])),
+                ipv4: format!("100.64.{}.{}", u32::from(r) * 16, i + 1)
                     .parse()
-                    .expect("ep"),
-            ),
-            public_key: active.then(|| PublicKey::from_bytes([r * 16 + i + 1; 32])),
-            ipv4: format!("100.64.{}.{}", u32::from(r) * 16, i + 1)
-                .parse()
-                .expect("v4"),
-            ipv6: Some(format!("fd7a:6e65:0:{r}::{}", i + 1).parse().expect("v6")),
+                    .expect("v4"),
+                ipv6: Some(format!("fd7a:6e65:0:{r}::{}", i + 1).parse().expect("v6")),
+                created_at: 0,
+                enrolled_at: None,
+                credential_hash: None,
+            },
             revision: 0,
             render_fingerprint: None,
             applied_revision: 0,
-            created_at: 0,
-            enrolled_at: None,
             last_seen: None,
             health: None,
-            credential_hash: None,
         }
     }
 

@@ -59,8 +59,11 @@ pub struct Org {
     pub created_at: UnixTime,
 }
 
+/// What a site's config and every index of the model are built from: the
+/// administered part of a site. Two versions of a site with equal inputs
+/// render the same configs, so "does this change a config" is `==`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Site {
+pub struct SiteInputs {
     pub name: Name,
     pub region: Name,
     /// The organisation the site belongs to (it never changes).
@@ -74,6 +77,18 @@ pub struct Site {
     pub public_key: Option<PublicKey>,
     pub ipv4: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
+    /// SHA-256 (hex) of the agent credential, once enrolled.
+    pub credential_hash: Option<String>,
+    pub created_at: UnixTime,
+    pub enrolled_at: Option<UnixTime>,
+}
+
+/// A site: its inputs, the revision of its config, and what its agent
+/// reported. It reads as its inputs (`site.name`): a site *is* its
+/// administered fields plus bookkeeping, and every reader wants the former.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    pub inputs: SiteInputs,
     /// Revision of the site's config, and the fingerprint of the rendering
     /// (render version and network settings) it was taken with.
     pub revision: u64,
@@ -81,15 +96,38 @@ pub struct Site {
     /// What the agent last reported, as loaded at start; the live values
     /// are soft state (`service::heartbeat`), persisted in batches.
     pub applied_revision: u64,
-    pub created_at: UnixTime,
-    pub enrolled_at: Option<UnixTime>,
     pub last_seen: Option<UnixTime>,
     pub health: Option<HealthSummary>,
-    /// SHA-256 (hex) of the agent credential, once enrolled.
-    pub credential_hash: Option<String>,
+}
+
+impl std::ops::Deref for Site {
+    type Target = SiteInputs;
+    fn deref(&self) -> &SiteInputs {
+        &self.inputs
+    }
+}
+
+impl std::ops::DerefMut for Site {
+    fn deref_mut(&mut self) -> &mut SiteInputs {
+        &mut self.inputs
+    }
 }
 
 impl Site {
+    /// A new site with these inputs: revision 0, nothing reported.
+    pub fn new(inputs: SiteInputs) -> Self {
+        Site {
+            inputs,
+            revision: 0,
+            render_fingerprint: None,
+            applied_revision: 0,
+            last_seen: None,
+            health: None,
+        }
+    }
+}
+
+impl SiteInputs {
     /// The site's overlay addresses as host prefixes.
     pub fn addresses(&self) -> BTreeSet<IpNet> {
         let mut out = BTreeSet::new();
@@ -529,25 +567,27 @@ mod tests {
 
     fn site(n: &str, region: &str, state: SiteState, key: Option<u8>, lans: &[IpNet]) -> Site {
         Site {
-            name: name(n),
-            region: name(region),
-            org: default_org(),
-            role: Role::Spoke,
-            state,
-            agentless: false,
-            lan_prefixes: lans.iter().copied().collect(),
-            endpoint: None,
-            public_key: key.map(|k| PublicKey::from_bytes([k; 32])),
-            ipv4: Ipv4Addr::new(100, 64, 0, 1),
-            ipv6: None,
+            inputs: SiteInputs {
+                name: name(n),
+                region: name(region),
+                org: default_org(),
+                role: Role::Spoke,
+                state,
+                agentless: false,
+                lan_prefixes: lans.iter().copied().collect(),
+                endpoint: None,
+                public_key: key.map(|k| PublicKey::from_bytes([k; 32])),
+                ipv4: Ipv4Addr::new(100, 64, 0, 1),
+                ipv6: None,
+                created_at: 0,
+                enrolled_at: None,
+                credential_hash: None,
+            },
             revision: 0,
             render_fingerprint: None,
             applied_revision: 0,
-            created_at: 0,
-            enrolled_at: None,
             last_seen: None,
             health: None,
-            credential_hash: None,
         }
     }
 

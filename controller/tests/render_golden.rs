@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde_json::json;
 use wardnet_common::wire::{Role, SiteConfig, SiteState};
 use wardnet_common::{Name, PublicKey};
-use wardnet_controller::model::{Model, NetworkSettings, Region, Site};
+use wardnet_controller::model::{Model, NetworkSettings, Region, Site, SiteInputs};
 use wardnet_controller::render::render;
 
 const K_HUB_NORTH: &str = "o1PltapkilkcuAtfM6MUN1JnXUwnG4UuP0ZuE/hgg0o=";
@@ -61,25 +61,27 @@ struct S<'a> {
 
 fn site(s: S<'_>) -> Site {
     Site {
-        name: name(s.name),
-        region: name(s.region),
-        org: wardnet_controller::model::default_org(),
-        role: s.role,
-        state: s.state,
-        agentless: false,
-        lan_prefixes: s.lans.iter().map(|l| l.parse().expect("lan")).collect(),
-        endpoint: s.endpoint.map(|e| e.parse().expect("endpoint")),
-        public_key: s.key.map(|k| k.parse().expect("key")),
-        ipv4: s.v4.parse().expect("ipv4"),
-        ipv6: Some(s.v6.parse().expect("ipv6")),
+        inputs: SiteInputs {
+            name: name(s.name),
+            region: name(s.region),
+            org: wardnet_controller::model::default_org(),
+            role: s.role,
+            state: s.state,
+            agentless: false,
+            lan_prefixes: s.lans.iter().map(|l| l.parse().expect("lan")).collect(),
+            endpoint: s.endpoint.map(|e| e.parse().expect("endpoint")),
+            public_key: s.key.map(|k| k.parse().expect("key")),
+            ipv4: s.v4.parse().expect("ipv4"),
+            ipv6: Some(s.v6.parse().expect("ipv6")),
+            created_at: 1_700_000_000,
+            enrolled_at: None,
+            credential_hash: None,
+        },
         revision: 3,
         render_fingerprint: None,
         applied_revision: 0,
-        created_at: 1_700_000_000,
-        enrolled_at: None,
         last_seen: None,
         health: None,
-        credential_hash: None,
     }
 }
 

@@ -22,7 +22,7 @@ use super::heartbeat::Report;
 use super::{Controller, Mutation};
 use crate::error::ApiError;
 use crate::ipam;
-use crate::model::{default_org, Model, Org, Region, Site};
+use crate::model::{default_org, Model, Org, Region, Site, SiteInputs};
 use crate::store::{AdminToken, NewAudit, StoreError, Write};
 
 /// Who asks: an admin token's id (what the audit log names) and the
@@ -368,25 +368,27 @@ impl Controller {
                 .map_err(|e| ApiError::Conflict(e.to_string()))?;
             let agentless = req.public_key.is_some();
             let site = Site {
-                name: req.name.clone(),
-                region: req.region.clone(),
-                org: org.clone(),
-                role: req.role,
-                state: if agentless { SiteState::Active } else { SiteState::Pending },
-                agentless,
-                lan_prefixes: req.lan_prefixes.clone(),
-                endpoint: req.endpoint,
-                public_key: req.public_key,
-                ipv4,
-                ipv6,
+                inputs: SiteInputs {
+                    name: req.name.clone(),
+                    region: req.region.clone(),
+                    org: org.clone(),
+                    role: req.role,
+                    state: if agentless { SiteState::Active } else { SiteState::Pending },
+                    agentless,
+                    lan_prefixes: req.lan_prefixes.clone(),
+                    endpoint: req.endpoint,
+                    public_key: req.public_key,
+                    ipv4,
+                    ipv6,
+                    created_at: now,
+                    enrolled_at: agentless.then_some(now),
+                    credential_hash: None,
+                },
                 revision: 0,
                 render_fingerprint: None,
                 applied_revision: 0,
-                created_at: now,
-                enrolled_at: agentless.then_some(now),
                 last_seen: None,
                 health: None,
-                credential_hash: None,
             };
             m.upsert_site(site.clone());
             let mut out = SiteCreated {

@@ -491,7 +491,7 @@ impl Controller {
         for (name, row) in changes.sites {
             let before = world.model.sites.get(&name).map(|s| Site::clone(s));
             if let (Some(b), Some(r)) = (&before, &row) {
-                if same_config_inputs(b, r) {
+                if b.inputs == r.inputs {
                     // Only its revision moved (another site's change
                     // reached its config: a hub gaining a spoke): that
                     // site's row brings the change; treating this one as
@@ -777,26 +777,6 @@ impl Controller {
             notify: Some(notify),
         }
     }
-}
-
-/// Whether two versions of a site agree on everything configs are rendered
-/// from and every index is built on (all but the revision, the fingerprint
-/// and what agents report).
-fn same_config_inputs(a: &Site, b: &Site) -> bool {
-    a.name == b.name
-        && a.region == b.region
-        && a.org == b.org
-        && a.role == b.role
-        && a.state == b.state
-        && a.agentless == b.agentless
-        && a.lan_prefixes == b.lan_prefixes
-        && a.endpoint == b.endpoint
-        && a.public_key == b.public_key
-        && a.ipv4 == b.ipv4
-        && a.ipv6 == b.ipv6
-        && a.credential_hash == b.credential_hash
-        && a.created_at == b.created_at
-        && a.enrolled_at == b.enrolled_at
 }
 
 /// A long-poll's hold on its site's [`Notify`].

@@ -23,25 +23,27 @@ fn region(name: &str, block: &str) -> Region {
 
 fn site(name: &str, region: &str, ip: &str) -> Site {
     Site {
-        name: name.parse().expect("valid name"),
-        region: region.parse().expect("valid name"),
-        org: crate::model::default_org(),
-        role: Role::Spoke,
-        state: SiteState::Pending,
-        agentless: false,
-        lan_prefixes: BTreeSet::new(),
-        endpoint: None,
-        public_key: None,
-        ipv4: ip.parse().expect("valid address"),
-        ipv6: None,
+        inputs: crate::model::SiteInputs {
+            name: name.parse().expect("valid name"),
+            region: region.parse().expect("valid name"),
+            org: crate::model::default_org(),
+            role: Role::Spoke,
+            state: SiteState::Pending,
+            agentless: false,
+            lan_prefixes: BTreeSet::new(),
+            endpoint: None,
+            public_key: None,
+            ipv4: ip.parse().expect("valid address"),
+            ipv6: None,
+            created_at: 2,
+            enrolled_at: None,
+            credential_hash: None,
+        },
         revision: 0,
         render_fingerprint: None,
         applied_revision: 0,
-        created_at: 2,
-        enrolled_at: None,
         last_seen: None,
         health: None,
-        credential_hash: None,
     }
 }
 

@@ -15,15 +15,18 @@
 //! log's head ([`Store::submit_change`]), and follows changes other replicas
 //! committed with [`Store::changes_since`].
 
+mod codec;
+#[cfg(any(test, feature = "faults"))]
 pub mod faulty;
 mod postgres;
 mod sqlite;
+mod statements;
 
 pub use postgres::{read_password_file, PostgresSettings, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use wardnet_common::policy::{Rule, RuleView, Service, ServiceView};
+use wardnet_common::policy::{RuleView, ServiceView};
 use wardnet_common::wire::{AuditEntry, HealthSummary, UnixTime};
 use wardnet_common::Name;
 
@@ -155,8 +158,10 @@ pub enum Write {
     DeleteService(Name),
     Audit(NewAudit),
     /// Fails its batch with [`StoreError::Commit`] after the writes before it
-    /// ran: fault injection for tests ([`faulty::FaultyStore`]), which checks
-    /// that a store rolls back everything of a failed batch.
+    /// ran: fault injection for tests (`faulty::FaultyStore`), which checks
+    /// that a store rolls back everything of a failed batch. Only in test
+    /// builds (the `faults` feature).
+    #[cfg(any(test, feature = "faults"))]
     Fail(String),
 }
 
@@ -181,80 +186,6 @@ pub struct StoredPolicy {
     /// The number the next rule gets: numbers only go up, a deleted
     /// rule's is never given again.
     pub next_rule_id: u64,
-}
-
-/// `443,8000-8080` (empty: all ports), how both stores keep ports.
-pub(crate) fn ports_text(ports: &[wardnet_common::policy::PortRange]) -> String {
-    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
-    ports.join(",")
-}
-
-fn corrupt<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
-    move |e| StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn parse_ports(text: &str) -> Result<Vec<wardnet_common::policy::PortRange>, StoreError> {
-    text.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().map_err(corrupt("policy ports")))
-        .collect()
-}
-
-/// A `policy_rules` row's columns, read the same way by both stores.
-pub(crate) struct RuleColumns {
-    pub id: i64,
-    pub source: String,
-    pub target: String,
-    pub proto: String,
-    pub ports: String,
-    pub description: String,
-    pub org: String,
-    pub created_at: UnixTime,
-}
-
-pub(crate) fn stored_rule(c: RuleColumns) -> Result<RuleView, StoreError> {
-    Ok(RuleView {
-        rule: Rule {
-            id: c.id as u64,
-            from: c.source.parse().map_err(corrupt("rule source"))?,
-            to: c.target.parse().map_err(corrupt("rule target"))?,
-            proto: c.proto.parse().map_err(corrupt("rule protocol"))?,
-            ports: parse_ports(&c.ports)?,
-            description: c.description,
-        },
-        org: c.org.parse().map_err(corrupt("rule organisation"))?,
-        created_at: c.created_at,
-    })
-}
-
-/// A `policy_services` row's columns.
-pub(crate) struct ServiceColumns {
-    pub name: String,
-    pub site: String,
-    pub prefixes: String,
-    pub proto: String,
-    pub ports: String,
-    pub shared_with: String,
-    pub description: String,
-    pub org: String,
-    pub created_at: UnixTime,
-}
-
-pub(crate) fn stored_service(c: ServiceColumns) -> Result<ServiceView, StoreError> {
-    Ok(ServiceView {
-        service: Service {
-            name: c.name.parse().map_err(corrupt("service name"))?,
-            site: c.site.parse().map_err(corrupt("service site"))?,
-            prefixes: serde_json::from_str(&c.prefixes).map_err(corrupt("service prefixes"))?,
-            proto: c.proto.parse().map_err(corrupt("service protocol"))?,
-            ports: parse_ports(&c.ports)?,
-            shared_with: serde_json::from_str(&c.shared_with)
-                .map_err(corrupt("service sharing"))?,
-            description: c.description,
-        },
-        org: c.org.parse().map_err(corrupt("service organisation"))?,
-        created_at: c.created_at,
-    })
 }
 
 /// An enrolment token as stored.

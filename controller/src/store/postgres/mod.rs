@@ -26,137 +26,19 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls, Row};
-use wardnet_common::wire::{AuditEntry, SiteState, UnixTime};
-use wardnet_common::{Name, Role};
+use wardnet_common::wire::{AuditEntry, UnixTime};
+use wardnet_common::Name;
 
+use super::codec::{self, Value};
+use super::statements::{self, Statement};
 use super::{
-    AdminToken, CatchUp, ChangeTx, Changes, EnrolToken, Maintenance, NewAudit, Pending, Snapshot,
-    Store, StoreError, StoredPolicy, Write,
+    AdminToken, CatchUp, ChangeTx, Changes, EnrolToken, Maintenance, Pending, Snapshot, Store,
+    StoreError, StoredPolicy, Write,
 };
-use crate::model::{Org, Region, Site};
-use wardnet_common::policy::{RuleView, ServiceView};
+use crate::model::Org;
 
-/// Schema migrations, applied in order; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE regions (
-    name        TEXT CONSTRAINT "regions.name" PRIMARY KEY,
-    mesh        BOOLEAN NOT NULL,
-    ipv4_block  TEXT NOT NULL CONSTRAINT "regions.ipv4_block" UNIQUE,
-    ipv6_block  TEXT CONSTRAINT "regions.ipv6_block" UNIQUE,
-    created_at  BIGINT NOT NULL
-);
-CREATE TABLE sites (
-    name               TEXT CONSTRAINT "sites.name" PRIMARY KEY,
-    region             TEXT NOT NULL CONSTRAINT "sites.region" REFERENCES regions(name),
-    role               TEXT NOT NULL CHECK (role IN ('hub', 'spoke')),
-    state              TEXT NOT NULL CHECK (state IN ('pending', 'active', 'revoked')),
-    agentless          BOOLEAN NOT NULL,
-    lan_prefixes       TEXT NOT NULL,
-    endpoint           TEXT,
-    public_key         TEXT CONSTRAINT "sites.public_key" UNIQUE,
-    ipv4               TEXT NOT NULL CONSTRAINT "sites.ipv4" UNIQUE,
-    ipv6               TEXT CONSTRAINT "sites.ipv6" UNIQUE,
-    revision           BIGINT NOT NULL,
-    render_fingerprint TEXT,
-    applied_revision   BIGINT NOT NULL DEFAULT 0,
-    created_at         BIGINT NOT NULL,
-    enrolled_at        BIGINT,
-    last_seen          BIGINT,
-    health             TEXT,
-    credential_hash    TEXT CONSTRAINT "sites.credential_hash" UNIQUE
-);
-CREATE INDEX sites_region ON sites(region);
-CREATE TABLE enrol_tokens (
-    hash        TEXT CONSTRAINT "enrol_tokens.hash" PRIMARY KEY,
-    site        TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
-    created_at  BIGINT NOT NULL,
-    expires_at  BIGINT NOT NULL,
-    used_at     BIGINT
-);
-CREATE INDEX enrol_tokens_site ON enrol_tokens(site);
-CREATE TABLE admin_tokens (
-    id          TEXT CONSTRAINT "admin_tokens.id" PRIMARY KEY,
-    hash        TEXT NOT NULL CONSTRAINT "admin_tokens.hash" UNIQUE,
-    description TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
-);
-CREATE TABLE audit (
-    id      BIGSERIAL PRIMARY KEY,
-    at      BIGINT NOT NULL,
-    actor   TEXT NOT NULL,
-    action  TEXT NOT NULL,
-    object  TEXT NOT NULL,
-    detail  TEXT
-);
-CREATE TABLE change_log (
-    seq     BIGINT PRIMARY KEY,
-    at      BIGINT NOT NULL,
-    regions TEXT[] NOT NULL,
-    sites   TEXT[] NOT NULL
-);
-CREATE TABLE change_head (
-    id  INTEGER PRIMARY KEY CHECK (id = 1),
-    seq BIGINT NOT NULL
-);
-INSERT INTO change_head (id, seq) VALUES (1, 0);
-"#,
-    // Organisations: every site belongs to one (the existing ones to
-    // `default`), admin tokens may be scoped to one, and audit entries say
-    // whose object they are about.
-    r#"
-CREATE TABLE orgs (
-    name        TEXT CONSTRAINT "orgs.name" PRIMARY KEY,
-    description TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
-);
-INSERT INTO orgs (name, description, created_at)
-    VALUES ('default', 'sites added before organisations, and sites added without one', EXTRACT(EPOCH FROM now())::BIGINT);
-ALTER TABLE sites ADD COLUMN org TEXT NOT NULL DEFAULT 'default' CONSTRAINT "sites.org" REFERENCES orgs(name);
-CREATE INDEX sites_org ON sites(org);
-ALTER TABLE admin_tokens ADD COLUMN org TEXT CONSTRAINT "admin_tokens.org" REFERENCES orgs(name);
-ALTER TABLE audit ADD COLUMN org TEXT;
-CREATE INDEX audit_org ON audit(org, id);
-"#,
-    // The policy between organisations: rules (each owned by the
-    // organisation it admits traffic into) and services (published by
-    // their site's organisation, gone with the site).
-    r#"
-CREATE TABLE policy_rules (
-    id          BIGINT CONSTRAINT "policy_rules.id" PRIMARY KEY,
-    source      TEXT NOT NULL,
-    target      TEXT NOT NULL,
-    proto       TEXT NOT NULL,
-    ports       TEXT NOT NULL,
-    description TEXT NOT NULL,
-    org         TEXT NOT NULL CONSTRAINT "policy_rules.org" REFERENCES orgs(name),
-    created_at  BIGINT NOT NULL
-);
--- Rule numbers only go up: a deleted rule's number is never given again,
--- so "rule N" in the audit log names one rule for good.
-CREATE TABLE policy_counter (
-    id        INTEGER PRIMARY KEY CHECK (id = 1),
-    next_rule BIGINT NOT NULL
-);
-INSERT INTO policy_counter (id, next_rule) VALUES (1, 1);
-CREATE TABLE policy_services (
-    name        TEXT CONSTRAINT "policy_services.name" PRIMARY KEY,
-    site        TEXT NOT NULL CONSTRAINT "policy_services.site" REFERENCES sites(name) ON DELETE CASCADE,
-    prefixes    TEXT NOT NULL,
-    proto       TEXT NOT NULL,
-    ports       TEXT NOT NULL,
-    shared_with TEXT NOT NULL,
-    description TEXT NOT NULL,
-    org         TEXT NOT NULL,
-    created_at  BIGINT NOT NULL
-);
-"#,
-    // Policy changes are in the change log: a replica following it reads
-    // the policy again.
-    r#"
-ALTER TABLE change_log ADD COLUMN policy BOOLEAN NOT NULL DEFAULT FALSE;
-"#,
-];
+mod schema;
+use schema::MIGRATIONS;
 
 /// The channel changes are announced on.
 const CHANNEL: &str = "wardnet_changes";
@@ -344,15 +226,8 @@ async fn write_batch<C: GenericClient>(
     let logged = !regions.is_empty() || !sites.is_empty() || policy;
     // Prepare each distinct statement (cached per connection), then send
     // every write as one pipeline.
-    let mut items = Vec::with_capacity(writes.len() + 3);
-    let mut failure = None;
-    for w in writes {
-        if let Write::Fail(reason) = w {
-            failure = Some(reason.clone());
-            break;
-        }
-        items.push(statement(w));
-    }
+    let (statements, failure) = statements::for_batch(writes);
+    let mut items: Vec<Item> = statements.into_iter().map(Item::from).collect();
     let seq = head + 1;
     if logged && failure.is_none() {
         let names = |v: &[Name]| v.iter().map(|n| n.to_string()).collect::<Vec<String>>();
@@ -365,24 +240,21 @@ async fn write_batch<C: GenericClient>(
                 Box::new(names(&sites)),
                 Box::new(policy),
             ],
-            None,
         ));
         items.push(Item::new(
             "UPDATE change_head SET seq = $1 WHERE id = 1",
             vec![Box::new(seq as i64)],
-            None,
         ));
         items.push(Item::new(
             "SELECT pg_notify($1, $2)",
             vec![Box::new(CHANNEL.to_owned()), Box::new(seq.to_string())],
-            None,
         ));
     }
-    let mut statements = Vec::with_capacity(items.len());
+    let mut prepared = Vec::with_capacity(items.len());
     for it in &items {
-        statements.push(c.prepare_cached(it.sql).await.map_err(pg)?);
+        prepared.push(c.prepare_cached(it.sql).await.map_err(pg)?);
     }
-    let results = futures::future::join_all(items.iter().zip(&statements).map(|(it, st)| {
+    let results = futures::future::join_all(items.iter().zip(&prepared).map(|(it, st)| {
         let params: Vec<&(dyn ToSql + Sync)> = it
             .params
             .iter()
@@ -399,8 +271,8 @@ async fn write_batch<C: GenericClient>(
             }
         }
     }
-    if let Some(reason) = failure {
-        return Err(StoreError::Commit(reason));
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok(if logged { seq } else { head })
 }
@@ -503,260 +375,27 @@ struct Item {
 }
 
 impl Item {
-    fn new(
-        sql: &'static str,
-        params: Vec<Box<dyn ToSql + Sync + Send>>,
-        exactly_one: Option<String>,
-    ) -> Self {
+    /// A statement of this store's own (the change log's).
+    fn new(sql: &'static str, params: Vec<Box<dyn ToSql + Sync + Send>>) -> Self {
         Self {
             sql,
             params,
-            exactly_one,
+            exactly_one: None,
         }
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("serialising plain data to JSON cannot fail")
-}
-
-fn site_params(s: &Site) -> Vec<Box<dyn ToSql + Sync + Send>> {
-    vec![
-        Box::new(s.name.to_string()),
-        Box::new(s.region.to_string()),
-        Box::new(s.role.as_str().to_owned()),
-        Box::new(s.state.as_str().to_owned()),
-        Box::new(s.agentless),
-        Box::new(json(&s.lan_prefixes)),
-        Box::new(s.endpoint.map(|e| e.to_string())),
-        Box::new(s.public_key.map(|k| k.to_string())),
-        Box::new(s.ipv4.to_string()),
-        Box::new(s.ipv6.map(|a| a.to_string())),
-        Box::new(s.revision as i64),
-        Box::new(s.render_fingerprint.clone()),
-        Box::new(s.applied_revision as i64),
-        Box::new(s.created_at),
-        Box::new(s.enrolled_at),
-        Box::new(s.last_seen),
-        Box::new(s.health.as_ref().map(json)),
-        Box::new(s.credential_hash.clone()),
-        Box::new(s.org.to_string()),
-    ]
-}
-
-/// The statement for one write (never `Write::Fail`, handled by the caller).
-fn statement(w: &Write) -> Item {
-    match w {
-        Write::InsertRegion(r) => Item::new(
-            "INSERT INTO regions (name, mesh, ipv4_block, ipv6_block, created_at) VALUES ($1, $2, $3, $4, $5)",
-            vec![
-                Box::new(r.name.to_string()),
-                Box::new(r.mesh),
-                Box::new(r.ipv4_block.to_string()),
-                Box::new(r.ipv6_block.map(|b| b.to_string())),
-                Box::new(r.created_at),
-            ],
-            None,
-        ),
-        Write::DeleteRegion(name) => Item::new(
-            "DELETE FROM regions WHERE name = $1",
-            vec![Box::new(name.to_string())],
-            None,
-        ),
-        Write::InsertSite(s) => Item::new(
-            "INSERT INTO sites (name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6,
-                revision, render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash, org)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-            site_params(s),
-            None,
-        ),
-        Write::UpdateSite(s) => {
-            // The reported columns ($13, $16, $17) are not the writer's.
-            let mut p = site_params(s);
-            p.truncate(15);
-            p.push(Box::new(s.credential_hash.clone()));
-            p.push(Box::new(s.org.to_string()));
-            p.remove(12);
-            Item::new(
-                "UPDATE sites SET region = $2, role = $3, state = $4, agentless = $5, lan_prefixes = $6, endpoint = $7,
-                    public_key = $8, ipv4 = $9, ipv6 = $10, revision = $11, render_fingerprint = $12,
-                    created_at = $13, enrolled_at = $14, credential_hash = $15, org = $16
-                 WHERE name = $1",
-                p,
-                Some(format!("site {} does not exist", s.name)),
-            )
+impl From<Statement> for Item {
+    fn from(st: Statement) -> Self {
+        Self {
+            sql: st.sql,
+            params: st
+                .params
+                .into_iter()
+                .map(|v| Box::new(v) as Box<dyn ToSql + Sync + Send>)
+                .collect(),
+            exactly_one: st.exactly_one,
         }
-        Write::DeleteSite(name) => Item::new(
-            "DELETE FROM sites WHERE name = $1",
-            vec![Box::new(name.to_string())],
-            None,
-        ),
-        Write::SetRevision {
-            site,
-            revision,
-            fingerprint,
-        } => Item::new(
-            "UPDATE sites SET revision = $2, render_fingerprint = $3 WHERE name = $1",
-            vec![
-                Box::new(site.to_string()),
-                Box::new(*revision as i64),
-                Box::new(fingerprint.clone()),
-            ],
-            None,
-        ),
-        Write::InsertEnrolToken {
-            site,
-            hash,
-            created_at,
-            expires_at,
-        } => Item::new(
-            "INSERT INTO enrol_tokens (hash, site, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-            vec![
-                Box::new(hash.clone()),
-                Box::new(site.to_string()),
-                Box::new(*created_at),
-                Box::new(*expires_at),
-            ],
-            None,
-        ),
-        Write::DeleteEnrolTokens { site } => Item::new(
-            "DELETE FROM enrol_tokens WHERE site = $1 AND used_at IS NULL",
-            vec![Box::new(site.to_string())],
-            None,
-        ),
-        Write::ConsumeEnrolToken { hash, site, now } => Item::new(
-            "UPDATE enrol_tokens SET used_at = $3
-             WHERE hash = $1 AND site = $2 AND used_at IS NULL AND expires_at > $3",
-            vec![
-                Box::new(hash.clone()),
-                Box::new(site.to_string()),
-                Box::new(*now),
-            ],
-            Some("enrolment token already used or expired".into()),
-        ),
-        Write::Report {
-            site,
-            applied_revision,
-            last_seen,
-            health,
-        } => Item::new(
-            // Replicas each persist what their own agents report: an older
-            // report (an agent that moved on to another replica) never
-            // overwrites a newer one.
-            "UPDATE sites SET applied_revision = $2, last_seen = $3, health = $4
-             WHERE name = $1 AND (last_seen IS NULL OR last_seen <= $3)",
-            vec![
-                Box::new(site.to_string()),
-                Box::new(*applied_revision as i64),
-                Box::new(*last_seen),
-                Box::new(health.as_ref().map(json)),
-            ],
-            None,
-        ),
-        Write::InsertAdminToken {
-            id,
-            hash,
-            description,
-            created_at,
-            org,
-        } => Item::new(
-            "INSERT INTO admin_tokens (id, hash, description, created_at, org) VALUES ($1, $2, $3, $4, $5)",
-            vec![
-                Box::new(id.clone()),
-                Box::new(hash.clone()),
-                Box::new(description.clone()),
-                Box::new(*created_at),
-                Box::new(org.as_ref().map(Name::to_string)),
-            ],
-            None,
-        ),
-        Write::InsertOrg(o) => Item::new(
-            "INSERT INTO orgs (name, description, created_at) VALUES ($1, $2, $3)",
-            vec![
-                Box::new(o.name.to_string()),
-                Box::new(o.description.clone()),
-                Box::new(o.created_at),
-            ],
-            None,
-        ),
-        Write::DeleteOrg(name) => Item::new(
-            "DELETE FROM orgs WHERE name = $1",
-            vec![Box::new(name.to_string())],
-            None,
-        ),
-        Write::InsertRule(RuleView {
-            rule,
-            org,
-            created_at,
-        }) => Item::new(
-            "WITH r AS (
-                 INSERT INTO policy_rules (id, source, target, proto, ports, description, org, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id
-             )
-             UPDATE policy_counter SET next_rule = GREATEST(next_rule, (SELECT id FROM r) + 1)
-             WHERE id = 1",
-            vec![
-                Box::new(rule.id as i64),
-                Box::new(rule.from.to_string()),
-                Box::new(rule.to.to_string()),
-                Box::new(rule.proto.as_str().to_owned()),
-                Box::new(super::ports_text(&rule.ports)),
-                Box::new(rule.description.clone()),
-                Box::new(org.to_string()),
-                Box::new(*created_at),
-            ],
-            None,
-        ),
-        Write::DeleteRule(id) => Item::new(
-            "DELETE FROM policy_rules WHERE id = $1",
-            vec![Box::new(*id as i64)],
-            None,
-        ),
-        Write::InsertService(ServiceView {
-            service,
-            org,
-            created_at,
-        }) => Item::new(
-            "INSERT INTO policy_services (name, site, prefixes, proto, ports, shared_with, description, org, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            vec![
-                Box::new(service.name.to_string()),
-                Box::new(service.site.to_string()),
-                Box::new(json(&service.prefixes)),
-                Box::new(service.proto.as_str().to_owned()),
-                Box::new(super::ports_text(&service.ports)),
-                Box::new(json(&service.shared_with)),
-                Box::new(service.description.clone()),
-                Box::new(org.to_string()),
-                Box::new(*created_at),
-            ],
-            None,
-        ),
-        Write::DeleteService(name) => Item::new(
-            "DELETE FROM policy_services WHERE name = $1",
-            vec![Box::new(name.to_string())],
-            None,
-        ),
-        Write::Audit(NewAudit {
-            at,
-            actor,
-            action,
-            object,
-            detail,
-            org,
-        }) => Item::new(
-            "INSERT INTO audit (at, actor, action, object, detail, org) VALUES ($1, $2, $3, $4, $5, $6)",
-            vec![
-                Box::new(*at),
-                Box::new(actor.clone()),
-                Box::new(action.clone()),
-                Box::new(object.clone()),
-                Box::new(detail.clone()),
-                Box::new(org.as_ref().map(Name::to_string)),
-            ],
-            None,
-        ),
-        Write::Fail(_) => unreachable!("the caller stops at Write::Fail"),
     }
 }
 
@@ -801,11 +440,7 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 }
 
 async fn read_head(c: &tokio_postgres::Client) -> Result<u64, StoreError> {
-    let head: i64 = c
-        .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
-        .await
-        .map_err(pg)?
-        .get(0);
+    let head: i64 = c.query_one(statements::HEAD, &[]).await.map_err(pg)?.get(0);
     Ok(head as u64)
 }
 
@@ -892,120 +527,37 @@ async fn listen_once(
     result
 }
 
-const REGION_COLUMNS: &str = "name, mesh, ipv4_block, ipv6_block, created_at";
-const SITE_COLUMNS: &str =
-    "name, region, role, state, agentless, lan_prefixes, endpoint, public_key, ipv4, ipv6, revision,
-     render_fingerprint, applied_revision, created_at, enrolled_at, last_seen, health, credential_hash, org";
-
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse()
-        .map_err(|e| StoreError::Corrupt(format!("{what} {s:?}: {e}")))
-}
-
-fn parse_opt<T: std::str::FromStr>(what: &str, s: Option<String>) -> Result<Option<T>, StoreError>
-where
-    T::Err: std::fmt::Display,
-{
-    s.map(|s| parse(what, &s)).transpose()
-}
-
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
     r.try_get(i)
         .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
 }
 
-fn region_row(r: &Row) -> Result<Region, StoreError> {
-    Ok(Region {
-        name: parse("region name", &get::<String>(r, 0)?)?,
-        mesh: get(r, 1)?,
-        ipv4_block: parse("ipv4 block", &get::<String>(r, 2)?)?,
-        ipv6_block: parse_opt("ipv6 block", get(r, 3)?)?,
-        created_at: get(r, 4)?,
-    })
-}
-
-fn site_row(r: &Row) -> Result<Site, StoreError> {
-    let lan: String = get(r, 5)?;
-    let health: Option<String> = get(r, 16)?;
-    Ok(Site {
-        name: parse("site name", &get::<String>(r, 0)?)?,
-        region: parse("region name", &get::<String>(r, 1)?)?,
-        role: parse::<Role>("role", &get::<String>(r, 2)?)?,
-        state: parse::<SiteState>("state", &get::<String>(r, 3)?)?,
-        agentless: get(r, 4)?,
-        lan_prefixes: serde_json::from_str(&lan)
-            .map_err(|e| StoreError::Corrupt(format!("lan_prefixes: {e}")))?,
-        endpoint: parse_opt("endpoint", get(r, 6)?)?,
-        public_key: parse_opt("public key", get(r, 7)?)?,
-        ipv4: parse("ipv4", &get::<String>(r, 8)?)?,
-        ipv6: parse_opt("ipv6", get(r, 9)?)?,
-        revision: get::<i64>(r, 10)? as u64,
-        render_fingerprint: get(r, 11)?,
-        applied_revision: get::<i64>(r, 12)? as u64,
-        created_at: get(r, 13)?,
-        enrolled_at: get(r, 14)?,
-        last_seen: get(r, 15)?,
-        health: health
-            .map(|h| serde_json::from_str(&h))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
-        credential_hash: get(r, 17)?,
-        org: parse("organisation name", &get::<String>(r, 18)?)?,
-    })
+/// Every row of a query through `f`.
+async fn rows<C: GenericClient, T>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    f: impl Fn(&Row) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    c.query(sql, params)
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(f)
+        .collect()
 }
 
 /// The policy, read through `c`.
 async fn policy_in<C: GenericClient>(c: &C) -> Result<StoredPolicy, StoreError> {
     let (next, rules, services) = futures::try_join!(
-        c.query_one("SELECT next_rule FROM policy_counter WHERE id = 1", &[]),
-        c.query(
-            "SELECT id, source, target, proto, ports, description, org, created_at
-             FROM policy_rules ORDER BY id",
-            &[],
-        ),
-        c.query(
-            "SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at
-             FROM policy_services ORDER BY name",
-            &[],
-        ),
-    )
-    .map_err(pg)?;
+        async { c.query_one(statements::NEXT_RULE, &[]).await.map_err(pg) },
+        rows(c, &statements::LOAD_RULES, &[], codec::rule),
+        rows(c, &statements::LOAD_SERVICES, &[], codec::service),
+    )?;
     Ok(StoredPolicy {
         next_rule_id: get::<i64>(&next, 0)? as u64,
-        rules: rules
-            .iter()
-            .map(|r| {
-                super::stored_rule(super::RuleColumns {
-                    id: get(r, 0)?,
-                    source: get(r, 1)?,
-                    target: get(r, 2)?,
-                    proto: get(r, 3)?,
-                    ports: get(r, 4)?,
-                    description: get(r, 5)?,
-                    org: get(r, 6)?,
-                    created_at: get(r, 7)?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()?,
-        services: services
-            .iter()
-            .map(|r| {
-                super::stored_service(super::ServiceColumns {
-                    name: get(r, 0)?,
-                    site: get(r, 1)?,
-                    prefixes: get(r, 2)?,
-                    proto: get(r, 3)?,
-                    ports: get(r, 4)?,
-                    shared_with: get(r, 5)?,
-                    description: get(r, 6)?,
-                    org: get(r, 7)?,
-                    created_at: get(r, 8)?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()?,
+        rules,
+        services,
     })
 }
 
@@ -1013,30 +565,12 @@ async fn policy_in<C: GenericClient>(c: &C) -> Result<StoredPolicy, StoreError> 
 /// a transaction holding the head's lock).
 async fn load_in<C: GenericClient>(tx: &C) -> Result<Snapshot, StoreError> {
     let seq: i64 = tx
-        .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
+        .query_one(statements::HEAD, &[])
         .await
         .map_err(pg)?
         .get(0);
-    let regions = tx
-        .query(
-            &format!("SELECT {REGION_COLUMNS} FROM regions ORDER BY name"),
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(region_row)
-        .collect::<Result<_, _>>()?;
-    let sites = tx
-        .query(
-            &format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY name"),
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(site_row)
-        .collect::<Result<_, _>>()?;
+    let regions = rows(tx, &statements::LOAD_REGIONS, &[], codec::region).await?;
+    let sites = rows(tx, &statements::LOAD_SITES, &[], codec::site).await?;
     let policy = policy_in(tx).await?;
     Ok(Snapshot {
         seq: seq as u64,
@@ -1060,14 +594,16 @@ async fn changes_in<C: GenericClient>(c: &C, seq: u64, head: u64) -> Result<Catc
     // with its row now (none: deleted).
     let from = seq as i64;
     let region_sql = format!(
-        "SELECT {REGION_COLUMNS}, w.n FROM
+        "SELECT {}, w.n FROM
            (SELECT DISTINCT unnest(regions) AS n FROM change_log WHERE seq > $1) w
-           LEFT JOIN regions ON regions.name = w.n"
+           LEFT JOIN regions ON regions.name = w.n",
+        statements::columns(codec::REGION_COLUMNS)
     );
     let site_sql = format!(
-        "SELECT {SITE_COLUMNS}, w.n FROM
+        "SELECT {}, w.n FROM
            (SELECT DISTINCT unnest(sites) AS n FROM change_log WHERE seq > $1) w
-           LEFT JOIN sites ON sites.name = w.n"
+           LEFT JOIN sites ON sites.name = w.n",
+        statements::columns(codec::SITE_COLUMNS)
     );
     let params: [&(dyn ToSql + Sync); 1] = [&from];
     let (first, region_rows, site_rows, policy_changed) = futures::try_join!(
@@ -1087,17 +623,17 @@ async fn changes_in<C: GenericClient>(c: &C, seq: u64, head: u64) -> Result<Catc
     let wanted = |r: &Row, i: usize| -> Result<(Name, bool), StoreError> {
         let name: String = get(r, i)?;
         let found: Option<String> = get(r, 0)?;
-        Ok((parse("name", &name)?, found.is_some()))
+        Ok((codec::name("name", &name)?, found.is_some()))
     };
     let mut regions = Vec::with_capacity(region_rows.len());
     for r in &region_rows {
-        let (name, found) = wanted(r, 5)?;
-        regions.push((name, found.then(|| region_row(r)).transpose()?));
+        let (name, found) = wanted(r, codec::REGION_COLUMNS.len())?;
+        regions.push((name, found.then(|| codec::region(r)).transpose()?));
     }
     let mut sites = Vec::with_capacity(site_rows.len());
     for r in &site_rows {
-        let (name, found) = wanted(r, 19)?;
-        sites.push((name, found.then(|| site_row(r)).transpose()?));
+        let (name, found) = wanted(r, codec::SITE_COLUMNS.len())?;
+        sites.push((name, found.then(|| codec::site(r)).transpose()?));
     }
     regions.sort_by(|a, b| a.0.cmp(&b.0));
     sites.sort_by(|a, b| a.0.cmp(&b.0));
@@ -1155,7 +691,7 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?;
         let head: i64 = tx
-            .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
+            .query_one(statements::HEAD, &[])
             .await
             .map_err(pg)?
             .get(0);
@@ -1184,20 +720,20 @@ impl Store for PostgresStore {
             return Ok(None);
         }
         let head: i64 = tx
-            .query_one("SELECT seq FROM change_head WHERE id = 1", &[])
+            .query_one(statements::HEAD, &[])
             .await
             .map_err(pg)?
             .get(0);
         let pruned = tx
             .execute(
-                "DELETE FROM change_log WHERE seq <= $1",
+                statements::PRUNE_LOG,
                 &[&(head - keep.min(i64::MAX as u64) as i64)],
             )
             .await
             .map_err(pg)?;
         let swept = tx
             .execute(
-                "DELETE FROM enrol_tokens WHERE expires_at < $1",
+                statements::SWEEP_TOKENS,
                 &[&(now - super::TOKEN_SWEEP_AFTER_SECS)],
             )
             .await
@@ -1211,85 +747,33 @@ impl Store for PostgresStore {
 
     async fn reports_since(&self, since: UnixTime) -> Result<Vec<super::StoredReport>, StoreError> {
         let c = self.client().await?;
-        c.query(
-            "SELECT name, applied_revision, last_seen, health FROM sites WHERE last_seen >= $1",
-            &[&since],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|r| {
-            let health: Option<String> = get(r, 3)?;
-            Ok(super::StoredReport {
-                site: parse("site name", &get::<String>(r, 0)?)?,
-                applied_revision: get::<i64>(r, 1)? as u64,
-                last_seen: get(r, 2)?,
-                health: health
-                    .map(|h| serde_json::from_str(&h))
-                    .transpose()
-                    .map_err(|e| StoreError::Corrupt(format!("health: {e}")))?,
-            })
+        rows(&c, &statements::REPORTS_SINCE, &[&since], |r| {
+            codec::report(r)
         })
-        .collect()
+        .await
     }
 
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
-                "SELECT site, created_at, expires_at, used_at FROM enrol_tokens WHERE hash = $1",
-                &[&hash],
-            )
+            .query_opt(statements::ENROL_TOKEN.as_str(), &[&hash])
             .await
             .map_err(pg)?;
-        row.map(|r| {
-            Ok(EnrolToken {
-                site: parse("site name", &get::<String>(&r, 0)?)?,
-                created_at: get(&r, 1)?,
-                expires_at: get(&r, 2)?,
-                used_at: get(&r, 3)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(codec::enrol_token).transpose()
     }
 
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError> {
         let c = self.client().await?;
         let row = c
-            .query_opt(
-                "SELECT id, description, created_at, org FROM admin_tokens WHERE hash = $1",
-                &[&hash],
-            )
+            .query_opt(statements::ADMIN_TOKEN.as_str(), &[&hash])
             .await
             .map_err(pg)?;
-        row.map(|r| {
-            Ok(AdminToken {
-                id: get(&r, 0)?,
-                description: get(&r, 1)?,
-                created_at: get(&r, 2)?,
-                org: parse_opt("organisation name", get(&r, 3)?)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(codec::admin_token).transpose()
     }
 
     async fn orgs(&self) -> Result<Vec<Org>, StoreError> {
         let c = self.client().await?;
-        c.query(
-            "SELECT name, description, created_at FROM orgs ORDER BY name",
-            &[],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|r| {
-            Ok(Org {
-                name: parse("organisation name", &get::<String>(r, 0)?)?,
-                description: get(r, 1)?,
-                created_at: get(r, 2)?,
-            })
-        })
-        .collect()
+        rows(&c, &statements::ORGS, &[], codec::org).await
     }
 
     async fn audit(
@@ -1299,26 +783,14 @@ impl Store for PostgresStore {
         org: Option<&Name>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let c = self.client().await?;
-        let org = org.map(Name::to_string);
-        c.query(
-            "SELECT id, at, actor, action, object, detail FROM audit
-             WHERE id < $1 AND ($3::TEXT IS NULL OR org = $3) ORDER BY id DESC LIMIT $2",
-            &[&before.unwrap_or(i64::MAX), &i64::from(limit), &org],
-        )
-        .await
-        .map_err(pg)?
-        .iter()
-        .map(|r| {
-            Ok(AuditEntry {
-                id: get(r, 0)?,
-                at: get(r, 1)?,
-                actor: get(r, 2)?,
-                action: get(r, 3)?,
-                object: get(r, 4)?,
-                detail: get(r, 5)?,
-            })
-        })
-        .collect()
+        let params = [
+            Value::Int(before.unwrap_or(i64::MAX)),
+            Value::Int(i64::from(limit)),
+            org.into(),
+        ];
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        rows(&c, &statements::AUDIT, &params, codec::audit_entry).await
     }
 }
 
