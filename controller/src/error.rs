@@ -1,16 +1,11 @@
-//! The one place where controller errors become HTTP answers. Clients get a
-//! stable kind and a message that says what to fix; internal errors are
-//! logged with their source chain and answered without details.
-
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use wardnet_common::wire::ErrorBody;
+//! The controller's one error type: why a change or a read was refused or
+//! failed, in words that say what to fix. It knows nothing of HTTP; the API
+//! maps it to status codes in one place (`api::error`).
 
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub enum Error {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -21,6 +16,11 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The database refused a write on its constraint `what` (e.g.
+    /// `sites.ipv4`): a name, key or address someone else holds. A caller
+    /// with a better message for it matches [`Error::is_taken`].
+    #[error("already taken: {what}")]
+    Taken { what: String },
     #[error("{0}")]
     PayloadTooLarge(String),
     /// Well-formed, but not acceptable (a prefix with host bits set, a LAN
@@ -38,82 +38,26 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-impl ApiError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Precondition(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::Unprocessable(_) => "unprocessable",
-            ApiError::Precondition(_) => "conflict",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal(_) => "internal",
-        }
+impl Error {
+    /// Whether this is the store refusing a write on constraint `what`.
+    pub fn is_taken(&self, what: &str) -> bool {
+        matches!(self, Error::Taken { what: w } if w == what)
     }
 }
 
-/// How a store conflict reads once it is an API error (`what`: the
-/// constraint, e.g. `sites.org`).
-fn conflict_message(what: &str) -> String {
-    format!("already taken: {what}")
-}
-
-impl ApiError {
-    /// Whether this is the store refusing a write on constraint `what`
-    /// (for a caller that has a better message for it).
-    pub fn is_conflict_on(&self, what: &str) -> bool {
-        matches!(self, ApiError::Conflict(m) if *m == conflict_message(what))
-    }
-}
-
-impl From<StoreError> for ApiError {
+impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { what } => ApiError::Conflict(conflict_message(&what)),
-            StoreError::Precondition(m) => ApiError::Precondition(m),
+            StoreError::Conflict { what } => Error::Taken { what },
+            StoreError::Precondition(m) => Error::Precondition(m),
             e @ (StoreError::Unavailable(_) | StoreError::Commit(_)) => {
                 tracing::error!(error = %e, "the database failed; the change is not stored");
-                ApiError::Unavailable(format!(
+                Error::Unavailable(format!(
                     "the database failed ({e}); nothing was changed. Retry; if it keeps failing, \
                      check the controller's log and its database's disk"
                 ))
             }
-            other => ApiError::Internal(anyhow::Error::new(other)),
+            other => Error::Internal(anyhow::Error::new(other)),
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let message = match &self {
-            ApiError::Internal(e) => {
-                tracing::error!(error = ?e, "internal error answering a request");
-                "internal error; the controller log has the details".to_owned()
-            }
-            other => other.to_string(),
-        };
-        let body = ErrorBody {
-            error: self.kind().to_owned(),
-            message,
-        };
-        (self.status(), Json(body)).into_response()
     }
 }

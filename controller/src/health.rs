@@ -12,7 +12,7 @@ use wardnet_common::wire::{FileSdGroup, FleetHealth, SiteHealth, SiteState, Unix
 use wardnet_common::Name;
 
 use crate::model::Site;
-use crate::service::heartbeat::Report;
+use crate::ops::reports::Report;
 
 /// The reports of every site, by name (see `Controller::reports`).
 pub type Reports = HashMap<Name, Report>;

@@ -11,8 +11,9 @@ pub mod health;
 pub mod ipam;
 pub mod metrics;
 pub mod model;
+pub mod ops;
+pub mod pipeline;
 pub mod render;
-pub mod service;
 pub mod store;
 pub mod wgquick;
 
@@ -30,4 +31,6 @@ pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+pub use ops::{Actor, AgentIdentity};
+pub use pipeline::{Clock, Controller, ServiceSettings, SystemClock};
 pub use wardnet_service::{logging, notify};

@@ -9,10 +9,10 @@ use wardnet_controller::cli::{AdminTokenCommand, CaCommand, Cli, Command, Output
 use wardnet_controller::config::{Config, Transport, EXIT_USAGE};
 use wardnet_controller::logging;
 use wardnet_controller::notify;
-use wardnet_controller::service::{Actor, Controller, ServiceSettings, SystemClock};
 use wardnet_controller::store::{
     read_password_file, PostgresSettings, PostgresStore, SqliteStore, Store,
 };
+use wardnet_controller::{Actor, Controller, ServiceSettings, SystemClock};
 
 fn main() -> ExitCode {
     // Logging starts in `run`: `serve` reads log_format from its config.

@@ -11,7 +11,7 @@ use prometheus::{
 
 use wardnet_common::Name;
 
-use crate::service::Controller;
+use crate::pipeline::Controller;
 
 pub struct Metrics {
     registry: Registry,
@@ -229,7 +229,7 @@ pub fn render(c: &Controller) -> String {
             .with_label_values(&[region.as_str()])
             .set(online as i64);
     }
-    let status = c.status(&crate::service::Actor::local());
+    let status = c.status(&crate::ops::Actor::local());
     m.waiters.set(c.long_poll_waiters());
     m.agents_online.set(status.agents_online as i64);
     m.pending_delivery

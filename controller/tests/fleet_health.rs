@@ -130,7 +130,7 @@ async fn a_waiting_long_poll_keeps_its_site_online() {
     };
     for _ in 0..100 {
         if t.controller
-            .status(&wardnet_controller::service::Actor::local())
+            .status(&wardnet_controller::Actor::local())
             .long_poll_waiters
             == 1
         {
@@ -151,7 +151,7 @@ async fn a_waiting_long_poll_keeps_its_site_online() {
     waiting.abort();
     for _ in 0..100 {
         if t.controller
-            .status(&wardnet_controller::service::Actor::local())
+            .status(&wardnet_controller::Actor::local())
             .long_poll_waiters
             == 0
         {
@@ -161,7 +161,7 @@ async fn a_waiting_long_poll_keeps_its_site_online() {
     }
     assert_eq!(
         t.controller
-            .status(&wardnet_controller::service::Actor::local())
+            .status(&wardnet_controller::Actor::local())
             .long_poll_waiters,
         0,
         "the closed poll ended"

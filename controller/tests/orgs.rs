@@ -9,7 +9,7 @@ mod common;
 use common::TestController;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use wardnet_controller::service::Actor;
+use wardnet_controller::Actor;
 
 /// The answer is `status` and its message says `needle`.
 fn refused((s, v): (StatusCode, Value), status: StatusCode, needle: &str) {

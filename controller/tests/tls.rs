@@ -7,15 +7,15 @@ mod common;
 use std::sync::Arc;
 
 use wardnet_controller::cli::ApiClient;
-use wardnet_controller::service::{Actor, Controller};
 use wardnet_controller::store::{SqliteStore, Store};
+use wardnet_controller::{Actor, Controller};
 
 async fn controller(dir: &std::path::Path) -> Arc<Controller> {
     let store = SqliteStore::open(&dir.join("w.db")).expect("store");
     Controller::start(
         Arc::new(store) as Arc<dyn Store>,
         common::settings(),
-        Arc::new(wardnet_controller::service::SystemClock),
+        Arc::new(wardnet_controller::SystemClock),
     )
     .await
     .expect("controller")

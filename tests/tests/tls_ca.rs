@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wardnet_agent::client::{ClientError, ControllerClient};
-use wardnet_controller::service::{Controller, ServiceSettings, SystemClock};
 use wardnet_controller::store::{SqliteStore, Store};
+use wardnet_controller::{Controller, ServiceSettings, SystemClock};
 
 fn settings() -> ServiceSettings {
     ServiceSettings {

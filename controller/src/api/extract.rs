@@ -12,19 +12,20 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::RateLimitedLog;
-use crate::error::ApiError;
-use crate::service::{Actor, AgentIdentity, Controller};
+use crate::error::Error;
+use crate::ops::{Actor, AgentIdentity};
+use crate::pipeline::Controller;
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// `Json<T>` whose rejections are [`ApiError`]s naming the problem.
+/// `Json<T>` whose rejections are [`Error`]s naming the problem.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         let json = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -36,23 +37,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                     || (m.len() > 5 && m[m.len() - 5..].eq_ignore_ascii_case("+json"))
             });
         if !json {
-            return Err(ApiError::BadRequest(
+            return Err(Error::BadRequest(
                 "expected a JSON body with `Content-Type: application/json`".into(),
             ));
         }
         let body = Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!(
+                Error::PayloadTooLarge(format!(
                     "request body is larger than {MAX_BODY_BYTES} bytes"
                 ))
             } else {
-                ApiError::BadRequest(format!("cannot read the request body: {}", r.body_text()))
+                Error::BadRequest(format!("cannot read the request body: {}", r.body_text()))
             }
         })?;
         // Every request body is an object; serde would also fill a struct
         // from an array (`[null, null]`), which the API does not accept.
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::BadRequest(
+            return Err(Error::BadRequest(
                 "request body must be a JSON object ({...})".into(),
             ));
         }
@@ -63,9 +64,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     }
 }
 
-fn json_error(r: JsonRejection) -> ApiError {
+fn json_error(r: JsonRejection) -> Error {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::PayloadTooLarge(format!(
+        return Error::PayloadTooLarge(format!(
             "request body is larger than {MAX_BODY_BYTES} bytes"
         ));
     }
@@ -78,16 +79,16 @@ fn json_error(r: JsonRejection) -> ApiError {
         }
         _ => format!("invalid request body: {}", r.body_text()),
     };
-    ApiError::BadRequest(msg)
+    Error::BadRequest(msg)
 }
 
 /// `Query<T>` with clear errors.
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(Query(v)),
             Err(r) => Err(query_error(r)),
@@ -95,23 +96,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
-fn query_error(r: QueryRejection) -> ApiError {
-    ApiError::BadRequest(format!("invalid query string: {}", r.body_text()))
+fn query_error(r: QueryRejection) -> Error {
+    Error::BadRequest(format!("invalid query string: {}", r.body_text()))
 }
 
 /// The bearer token of the `Authorization` header, if any.
 pub struct Bearer(pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Bearer {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
         let Some(v) = parts.headers.get(header::AUTHORIZATION) else {
             return Ok(Bearer(None));
         };
         let v = v
             .to_str()
-            .map_err(|_| ApiError::Unauthorized("the Authorization header is not text".into()))?;
+            .map_err(|_| Error::Unauthorized("the Authorization header is not text".into()))?;
         // The scheme is case-insensitive (RFC 7235 section 2.1).
         let token = v
             .split_once(' ')
@@ -119,7 +120,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
             .map(|(_, t)| t.trim());
         match token {
             Some(t) if !t.is_empty() => Ok(Bearer(Some(t.to_owned()))),
-            _ => Err(ApiError::Unauthorized(
+            _ => Err(Error::Unauthorized(
                 "the Authorization header must be `Bearer <token>`".into(),
             )),
         }
@@ -131,9 +132,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 pub struct Admin(pub Actor);
 
 impl FromRequestParts<Arc<Controller>> for Admin {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, c: &Arc<Controller>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Controller>) -> Result<Self, Error> {
         let result = match Bearer::from_request_parts(parts, c).await {
             Ok(b) => c.authenticate_admin(b.0.as_deref()).await,
             Err(e) => Err(e),
@@ -152,9 +153,9 @@ impl FromRequestParts<Arc<Controller>> for Admin {
 pub struct Agent(pub AgentIdentity);
 
 impl FromRequestParts<Arc<Controller>> for Agent {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, c: &Arc<Controller>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, c: &Arc<Controller>) -> Result<Self, Error> {
         let result = match Bearer::from_request_parts(parts, c).await {
             Ok(b) => c.authenticate_agent(b.0.as_deref()).await,
             Err(e) => Err(e),
@@ -168,8 +169,8 @@ impl FromRequestParts<Arc<Controller>> for Agent {
 /// Never the secret itself.
 static REFUSED: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(10));
 
-fn refused(parts: &Parts, who: &str, e: ApiError) -> ApiError {
-    if matches!(e, ApiError::Unauthorized(_)) {
+fn refused(parts: &Parts, who: &str, e: Error) -> Error {
+    if matches!(e, Error::Unauthorized(_)) {
         if let Some(more) = REFUSED.allow() {
             let peer = parts
                 .extensions

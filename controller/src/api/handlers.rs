@@ -15,15 +15,15 @@ use wardnet_common::wire::{
 use wardnet_common::Name;
 
 use super::extract::{Admin, Agent, Json, Query};
-use crate::error::ApiError;
-use crate::service::Controller;
+use crate::error::Error;
+use crate::pipeline::Controller;
 
 type Ctl = State<Arc<Controller>>;
-type ApiResult<T> = Result<T, ApiError>;
+type ApiResult<T> = Result<T, Error>;
 
 fn name(kind: &str, raw: &str) -> ApiResult<Name> {
     raw.parse()
-        .map_err(|_| ApiError::NotFound(format!("no {kind} named {raw:?}")))
+        .map_err(|_| Error::NotFound(format!("no {kind} named {raw:?}")))
 }
 
 pub async fn healthz() -> &'static str {
@@ -41,8 +41,8 @@ pub async fn metrics(State(c): Ctl) -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route; the API is documented in docs/openapi.yaml".into())
+pub async fn not_found() -> Error {
+    Error::NotFound("no such route; the API is documented in docs/openapi.yaml".into())
 }
 
 pub async fn method_not_allowed() -> Response {
@@ -134,7 +134,7 @@ pub async fn create_rule(
 
 fn rule_id(raw: &str) -> ApiResult<u64> {
     raw.parse()
-        .map_err(|_| ApiError::NotFound(format!("no rule {raw:?}; rules are numbered")))
+        .map_err(|_| Error::NotFound(format!("no rule {raw:?}; rules are numbered")))
 }
 
 pub async fn show_rule(
@@ -320,7 +320,7 @@ pub async fn audit(
 ) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(Error::BadRequest(format!(
             "limit must be 1 to 1000, got {limit}"
         )));
     }

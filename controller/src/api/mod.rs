@@ -1,6 +1,7 @@
 //! The REST API under `/v1` (documented in `docs/openapi.yaml`), plus
 //! `/healthz` and `/metrics`.
 
+mod error;
 mod extract;
 mod handlers;
 mod health;
@@ -17,7 +18,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::service::Controller;
+use crate::pipeline::Controller;
 
 pub use extract::MAX_BODY_BYTES;
 pub use server::Limits;

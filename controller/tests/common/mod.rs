@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use wardnet_controller::model::NetworkSettings;
-use wardnet_controller::service::{Actor, Clock, Controller, ServiceSettings};
 use wardnet_controller::store::{SqliteStore, Store};
+use wardnet_controller::{Actor, Clock, Controller, ServiceSettings};
 
 pub struct ManualClock(pub AtomicI64);
 

@@ -18,8 +18,8 @@ use std::sync::Weak;
 use wardnet_common::wire::{HealthSummary, UnixTime};
 use wardnet_common::Name;
 
-use super::Controller;
 use crate::model::Site;
+use crate::pipeline::Controller;
 use crate::store::Write;
 
 /// One site's last report.
@@ -280,7 +280,7 @@ impl Controller {
         }
         if self.replicated && !stopping {
             // Other replicas' agents, as they stored them.
-            let since = now - super::admin::ONLINE_WINDOW_SECS;
+            let since = now - super::network::ONLINE_WINDOW_SECS;
             match self.store.reports_since(since).await {
                 Ok(stored) => {
                     let world = self.published.load();
@@ -311,7 +311,7 @@ impl Controller {
 
 /// Persist reports every interval until the controller is dropped, and once
 /// more at shutdown.
-pub(super) async fn persist_loop(controller: Weak<Controller>) {
+pub(crate) async fn persist_loop(controller: Weak<Controller>) {
     let (interval, shutdown) = match controller.upgrade() {
         Some(c) => (c.settings.report_persist_interval, c.shutdown.clone()),
         None => return,

@@ -8,11 +8,11 @@ use wardnet_common::token::{hash_secret, Secret, AGENT_PREFIX};
 use wardnet_common::wire::{AgentReport, EnrollRequest, EnrollResponse, SiteState, UnixTime};
 use wardnet_common::{Name, Role};
 
-use super::admin::check_key_unused;
-use super::heartbeat::Report;
-use super::{Controller, Mutation, WaitGuard, World};
-use crate::error::ApiError;
-use crate::store::{NewAudit, StoreError, Write};
+use super::reports::Report;
+use super::sites::check_key_unused;
+use crate::error::Error;
+use crate::pipeline::{Controller, WaitGuard, World};
+use crate::store::StoreError;
 
 /// An authenticated agent: its site, and the credential hash it used (a
 /// revoked or re-enrolled site's old credential stops working at once).
@@ -28,7 +28,7 @@ enum EnrolFailure {
     UnknownToken,
     Expired { site: Name, at: UnixTime },
     Used { site: Name, at: UnixTime },
-    Other(ApiError),
+    Other(Error),
 }
 
 impl EnrolFailure {
@@ -37,23 +37,21 @@ impl EnrolFailure {
             EnrolFailure::UnknownToken => "unknown_token",
             EnrolFailure::Expired { .. } => "expired_token",
             EnrolFailure::Used { .. } => "token_reused",
-            EnrolFailure::Other(ApiError::Conflict(_)) => "conflict",
-            EnrolFailure::Other(ApiError::BadRequest(_) | ApiError::Unprocessable(_)) => {
-                "bad_request"
-            }
-            EnrolFailure::Other(ApiError::Unavailable(_)) => "unavailable",
+            EnrolFailure::Other(Error::Conflict(_)) => "conflict",
+            EnrolFailure::Other(Error::BadRequest(_) | Error::Unprocessable(_)) => "bad_request",
+            EnrolFailure::Other(Error::Unavailable(_)) => "unavailable",
             EnrolFailure::Other(_) => "error",
         }
     }
 
-    fn into_api(self) -> ApiError {
+    fn into_api(self) -> Error {
         match self {
-            EnrolFailure::UnknownToken => ApiError::Unauthorized(
+            EnrolFailure::UnknownToken => Error::Unauthorized(
                 "enrolment token not recognised: check it was copied whole, or ask the NOC for a new one \
                  (`wardnet-controller sites token SITE`)"
                     .into(),
             ),
-            EnrolFailure::Expired { site, at } => ApiError::Unauthorized(format!(
+            EnrolFailure::Expired { site, at } => Error::Unauthorized(format!(
                 "enrolment token for site {site} expired at {} ; ask the NOC for a new one \
                  (`wardnet-controller sites token {site}`)",
                 wardnet_common::time::format_rfc3339(at)
@@ -64,8 +62,8 @@ impl EnrolFailure {
     }
 }
 
-impl From<ApiError> for EnrolFailure {
-    fn from(e: ApiError) -> Self {
+impl From<Error> for EnrolFailure {
+    fn from(e: Error) -> Self {
         EnrolFailure::Other(e)
     }
 }
@@ -77,7 +75,7 @@ impl From<StoreError> for EnrolFailure {
 }
 
 impl Controller {
-    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, ApiError> {
+    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse, Error> {
         let result = self.enroll_inner(req).await;
         let label = match &result {
             Ok(_) => "success",
@@ -110,24 +108,25 @@ impl Controller {
         let credential = Secret::generate(AGENT_PREFIX);
         let site_name = token.site.clone();
         let result = self
-            .change(move |m, now| {
+            .change(move |tx| {
+                let (m, now) = (tx.model(), tx.now());
                 if m.consumed_tokens.contains(&hash) {
                     // Redeemed by a request committed before this one.
-                    return Err(ApiError::Precondition("enrolment token already used".into()));
+                    return Err(Error::Precondition("enrolment token already used".into()));
                 }
                 let before = m
                     .sites
                     .get(&site_name)
-                    .ok_or_else(|| ApiError::Unauthorized("the site of this token was deleted".into()))?
+                    .ok_or_else(|| Error::Unauthorized("the site of this token was deleted".into()))?
                     .as_ref()
                     .clone();
                 if before.state == SiteState::Revoked {
-                    return Err(ApiError::Forbidden(format!("site {site_name} is revoked")));
+                    return Err(Error::Forbidden(format!("site {site_name} is revoked")));
                 }
                 check_key_unused(m, &site_name, &req.public_key)?;
                 let endpoint = req.endpoint.or(before.endpoint);
                 if before.role == Role::Hub && endpoint.is_none() {
-                    return Err(ApiError::Unprocessable(format!(
+                    return Err(Error::Unprocessable(format!(
                         "site {site_name} is a hub and needs a reachable endpoint: enrol with --endpoint IP:PORT"
                     )));
                 }
@@ -137,8 +136,6 @@ impl Controller {
                 after.endpoint = endpoint;
                 after.enrolled_at = Some(now);
                 after.credential_hash = Some(credential.hash());
-                m.upsert_site(after.clone());
-                m.consumed_tokens.insert(hash.clone());
                 let response = EnrollResponse {
                     site: after.name.clone(),
                     region: after.region.clone(),
@@ -146,28 +143,21 @@ impl Controller {
                     addresses: after.addresses(),
                     credential: credential.expose().to_owned(),
                 };
-                let mut mu = Mutation::new(response);
-                mu.writes.push(Write::ConsumeEnrolToken {
-                    hash: hash.clone(),
-                    site: site_name.clone(),
-                    now,
-                });
-                mu.writes.push(Write::UpdateSite(after.clone()));
-                mu.audit = Some(NewAudit {
-                    at: now,
-                    actor: format!("agent:{site_name}"),
-                    action: "site.enrol".into(),
-                    object: site_name.to_string(),
-                    detail: Some(format!("public key {}", req.public_key)),
-                    org: Some(after.org.clone()),
-                });
-                mu.sites.push((Some(before), Some(after)));
-                Ok(mu)
+                tx.consume_enrol_token(&site_name, hash.clone());
+                tx.update_site(after);
+                tx.audit(
+                    &format!("agent:{site_name}"),
+                    "site.enrol",
+                    site_name.as_str(),
+                    Some(format!("public key {}", req.public_key)),
+                    Some(&before.org),
+                );
+                Ok(response)
             })
             .await;
         match result {
             // Another redemption (here or on another replica) won the race.
-            Err(ApiError::Precondition(_)) => Err(EnrolFailure::Used {
+            Err(Error::Precondition(_)) => Err(EnrolFailure::Used {
                 site: token.site,
                 at: now,
             }),
@@ -179,12 +169,9 @@ impl Controller {
     /// Check an agent's bearer credential. With replicas, one this replica
     /// does not know yet (enrolled through another a moment ago) is looked
     /// up again once caught up with the database.
-    pub async fn authenticate_agent(
-        &self,
-        bearer: Option<&str>,
-    ) -> Result<AgentIdentity, ApiError> {
+    pub async fn authenticate_agent(&self, bearer: Option<&str>) -> Result<AgentIdentity, Error> {
         let cred = bearer.ok_or_else(|| {
-            ApiError::Unauthorized(
+            Error::Unauthorized(
                 "missing agent credential: send `Authorization: Bearer <credential>`".into(),
             )
         })?;
@@ -200,7 +187,7 @@ impl Controller {
                 site,
                 credential_hash: hash,
             }),
-            None => Err(ApiError::Unauthorized(
+            None => Err(Error::Unauthorized(
                 "agent credential not recognised: the site was revoked, deleted or re-enrolled; \
                  enrol again with a new token"
                     .into(),
@@ -208,10 +195,10 @@ impl Controller {
         }
     }
 
-    fn still_valid(&self, world: &World, who: &AgentIdentity) -> Result<(), ApiError> {
+    fn still_valid(&self, world: &World, who: &AgentIdentity) -> Result<(), Error> {
         match world.credentials.get(&who.credential_hash) {
             Some(site) if site == &who.site => Ok(()),
-            _ => Err(ApiError::Unauthorized(format!(
+            _ => Err(Error::Unauthorized(format!(
                 "the credential of site {} is no longer valid (revoked, deleted or re-enrolled)",
                 who.site
             ))),
@@ -230,7 +217,7 @@ impl Controller {
         known: u64,
         wait: Option<Duration>,
         deltas: bool,
-    ) -> Result<Option<Bytes>, ApiError> {
+    ) -> Result<Option<Bytes>, Error> {
         let wait = wait
             .unwrap_or(self.settings.long_poll_timeout)
             .min(self.settings.long_poll_timeout);
@@ -254,7 +241,7 @@ impl Controller {
             let world = self.published.load();
             self.still_valid(&world, who)?;
             let Some(render) = world.configs.get(&who.site) else {
-                return Err(ApiError::Forbidden(format!(
+                return Err(Error::Forbidden(format!(
                     "site {} has no config (not active)",
                     who.site
                 )));
@@ -282,7 +269,7 @@ impl Controller {
         &self,
         who: &AgentIdentity,
         report: AgentReport,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let world = self.published.load();
         self.still_valid(&world, who)?;
         // It becomes a Prometheus target for the whole NOC: only IP:PORT.
@@ -292,14 +279,14 @@ impl Controller {
             .and_then(|h| h.metrics_address.as_deref())
         {
             addr.parse::<wardnet_common::Endpoint>()
-                .map_err(|e| ApiError::Unprocessable(format!("health.metrics_address: {e}")))?;
+                .map_err(|e| Error::Unprocessable(format!("health.metrics_address: {e}")))?;
         }
         let site =
             world.model.sites.get(&who.site).ok_or_else(|| {
-                ApiError::Unauthorized(format!("site {} no longer exists", who.site))
+                Error::Unauthorized(format!("site {} no longer exists", who.site))
             })?;
         if report.applied_revision > site.revision {
-            return Err(ApiError::Unprocessable(format!(
+            return Err(Error::Unprocessable(format!(
                 "applied_revision {} is newer than the site's revision {}",
                 report.applied_revision, site.revision
             )));
@@ -331,8 +318,8 @@ impl Controller {
     }
 }
 
-fn used_error(site: &Name, at: i64) -> ApiError {
-    ApiError::Conflict(format!(
+fn used_error(site: &Name, at: i64) -> Error {
+    Error::Conflict(format!(
         "enrolment token for site {site} was already used (at {at}, Unix time); each token enrols one gateway. \
          Ask the NOC for a new one (`wardnet-controller sites token {site}`)"
     ))

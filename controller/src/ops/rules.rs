@@ -13,26 +13,25 @@
 //! a new revision (its agent hears within the long-poll's wake-up). Each
 //! site's filter is compiled by [`crate::model::Model::filter`].
 
-use std::sync::Arc;
-
 use wardnet_common::policy::{
     decide, CheckAnswer, CheckQuery, CreateRule, Flow, PolicyView, Reason, Rule, RuleView, Service,
     ServiceView, Target,
 };
 use wardnet_common::Name;
 
-use super::admin::{audit, not_found_org, visible_site, Actor};
-use super::{Controller, Mutation};
-use crate::error::ApiError;
+use super::sites::{not_found_org, visible_site};
+use super::Actor;
+use crate::error::Error;
 use crate::model::{Model, Site};
-use crate::store::{StoredPolicy, Write};
+use crate::pipeline::Controller;
+use crate::store::StoredPolicy;
 
-fn not_found_rule(id: u64) -> ApiError {
-    ApiError::NotFound(format!("no rule {id}; `policy list` shows the rules"))
+fn not_found_rule(id: u64) -> Error {
+    Error::NotFound(format!("no rule {id}; `policy list` shows the rules"))
 }
 
-fn not_found_service(name: &Name) -> ApiError {
-    ApiError::NotFound(format!(
+fn not_found_service(name: &Name) -> Error {
+    Error::NotFound(format!(
         "no service named {name}; `policy list` shows the services"
     ))
 }
@@ -74,7 +73,7 @@ fn sees_service(actor: &Actor, s: &ServiceView) -> bool {
 
 impl Controller {
     /// The rules and services `actor` may see.
-    pub async fn policy(&self, actor: &Actor) -> Result<PolicyView, ApiError> {
+    pub async fn policy(&self, actor: &Actor) -> Result<PolicyView, Error> {
         let p = self.with_model(|m| m.policy.clone());
         Ok(PolicyView {
             rules: p
@@ -99,7 +98,7 @@ impl Controller {
         actor: &Actor,
         to: &Target,
         policy: &StoredPolicy,
-    ) -> Result<Name, ApiError> {
+    ) -> Result<Name, Error> {
         match to {
             Target::Org(org) => {
                 let exists = self.store.orgs().await?.iter().any(|o| &o.name == org);
@@ -120,17 +119,16 @@ impl Controller {
         }
     }
 
-    pub async fn create_rule(&self, actor: &Actor, req: CreateRule) -> Result<RuleView, ApiError> {
-        wardnet_common::policy::check_ports(req.proto, &req.ports)
-            .map_err(ApiError::Unprocessable)?;
+    pub async fn create_rule(&self, actor: &Actor, req: CreateRule) -> Result<RuleView, Error> {
+        wardnet_common::policy::check_ports(req.proto, &req.ports).map_err(Error::Unprocessable)?;
         let policy = self.with_model(|m| m.policy.clone());
         let org = self.rule_owner(actor, &req.to, &policy).await?;
         let actor = actor.clone();
         let missing = not_found_org(&org);
         // Numbers come from a counter that only goes up (in the model and
         // the store), so a deleted rule's number is never given again.
-        self.change(move |m, now| {
-            let id = m.policy.next_rule_id;
+        self.change(move |tx| {
+            let (id, now) = (tx.model().policy.next_rule_id, tx.now());
             let stored = RuleView {
                 rule: Rule {
                     id,
@@ -143,36 +141,29 @@ impl Controller {
                 org: org.clone(),
                 created_at: now,
             };
-            let p = Arc::make_mut(&mut m.policy);
-            p.rules.push(stored.clone());
-            p.next_rule_id = id + 1;
-            let mut mu = Mutation::new(stored.clone());
-            mu.writes.push(Write::InsertRule(stored.clone()));
-            mu.audit = Some(audit(
-                now,
-                &actor,
+            tx.insert_rule(stored.clone());
+            tx.audit(
+                &actor.id,
                 "policy.rule.create",
                 &format!("rule {id}"),
                 Some(format!("after: {}", rule_text(&stored.rule))),
                 Some(&org),
-            ));
-            Ok(mu)
+            );
+            Ok(stored)
         })
         .await
         .map_err(|e| {
-            if e.is_conflict_on("policy_rules.org") {
+            if e.is_taken("policy_rules.org") {
                 missing
-            } else if e.is_conflict_on("policy_rules.id") {
-                ApiError::Conflict(
-                    "other rules were being added at the same time; try again".into(),
-                )
+            } else if e.is_taken("policy_rules.id") {
+                Error::Conflict("other rules were being added at the same time; try again".into())
             } else {
                 e
             }
         })
     }
 
-    pub async fn rule(&self, actor: &Actor, id: u64) -> Result<RuleView, ApiError> {
+    pub async fn rule(&self, actor: &Actor, id: u64) -> Result<RuleView, Error> {
         self.with_model(|m| m.policy.clone())
             .rules
             .iter()
@@ -181,27 +172,27 @@ impl Controller {
             .ok_or_else(|| not_found_rule(id))
     }
 
-    pub async fn delete_rule(&self, actor: &Actor, id: u64) -> Result<(), ApiError> {
+    pub async fn delete_rule(&self, actor: &Actor, id: u64) -> Result<(), Error> {
         let actor = actor.clone();
-        self.change(move |m, now| {
-            let i = m
+        self.change(move |tx| {
+            let visible = tx
+                .model()
                 .policy
                 .rules
                 .iter()
-                .position(|r| r.rule.id == id && actor.sees(&r.org))
+                .any(|r| r.rule.id == id && actor.sees(&r.org));
+            let before = visible
+                .then(|| tx.delete_rule(id))
+                .flatten()
                 .ok_or_else(|| not_found_rule(id))?;
-            let before = Arc::make_mut(&mut m.policy).rules.remove(i);
-            let mut mu = Mutation::new(());
-            mu.writes.push(Write::DeleteRule(id));
-            mu.audit = Some(audit(
-                now,
-                &actor,
+            tx.audit(
+                &actor.id,
                 "policy.rule.delete",
                 &format!("rule {id}"),
                 Some(format!("before: {}", rule_text(&before.rule))),
                 Some(&before.org),
-            ));
-            Ok(mu)
+            );
+            Ok(())
         })
         .await
     }
@@ -211,9 +202,9 @@ impl Controller {
         &self,
         actor: &Actor,
         service: Service,
-    ) -> Result<ServiceView, ApiError> {
+    ) -> Result<ServiceView, Error> {
         wardnet_common::policy::check_ports(service.proto, &service.ports)
-            .map_err(ApiError::Unprocessable)?;
+            .map_err(Error::Unprocessable)?;
         let site = self.with_model(|m| visible_site(m, actor, &service.site).cloned())?;
         let own: Vec<ipnet::IpNet> = site
             .addresses()
@@ -225,56 +216,48 @@ impl Controller {
             .iter()
             .find(|p| !own.iter().any(|o| o.contains(*p)))
         {
-            return Err(ApiError::Unprocessable(format!(
+            return Err(Error::Unprocessable(format!(
                 "prefixes: {p} is not behind site {}; a service lies within the site's addresses or LAN prefixes",
                 site.name
             )));
         }
         let actor = actor.clone();
         let org = site.org.clone();
-        self.change(move |m, now| {
+        self.change(move |tx| {
+            let (m, now) = (tx.model(), tx.now());
             if m.policy
                 .services
                 .iter()
                 .any(|s| s.service.name == service.name)
             {
-                return Err(ApiError::Conflict(format!(
+                return Err(Error::Conflict(format!(
                     "a service named {} already exists",
                     service.name
                 )));
             }
             if !m.sites.contains_key(&service.site) {
-                return Err(ApiError::NotFound(format!(
-                    "no site named {}",
-                    service.site
-                )));
+                return Err(Error::NotFound(format!("no site named {}", service.site)));
             }
             let stored = ServiceView {
                 service: service.clone(),
                 org: org.clone(),
                 created_at: now,
             };
-            Arc::make_mut(&mut m.policy).services.push(stored.clone());
-            Arc::make_mut(&mut m.policy)
-                .services
-                .sort_by(|a, b| a.service.name.cmp(&b.service.name));
-            let mut mu = Mutation::new(stored.clone());
-            mu.writes.push(Write::InsertService(stored.clone()));
-            mu.audit = Some(audit(
-                now,
-                &actor,
+            tx.insert_service(stored.clone());
+            tx.audit(
+                &actor.id,
                 "policy.service.create",
                 stored.service.name.as_str(),
                 Some(format!("after: {}", service_text(&stored.service))),
                 Some(&org),
-            ));
-            Ok(mu)
+            );
+            Ok(stored)
         })
         .await
     }
 
     /// A service `actor` may see (its own, or shared with it).
-    pub async fn service(&self, actor: &Actor, name: &Name) -> Result<ServiceView, ApiError> {
+    pub async fn service(&self, actor: &Actor, name: &Name) -> Result<ServiceView, Error> {
         self.with_model(|m| m.policy.clone())
             .services
             .iter()
@@ -283,27 +266,27 @@ impl Controller {
             .ok_or_else(|| not_found_service(name))
     }
 
-    pub async fn delete_service(&self, actor: &Actor, name: &Name) -> Result<(), ApiError> {
+    pub async fn delete_service(&self, actor: &Actor, name: &Name) -> Result<(), Error> {
         let (actor, name) = (actor.clone(), name.clone());
-        self.change(move |m, now| {
-            let i = m
+        self.change(move |tx| {
+            let visible = tx
+                .model()
                 .policy
                 .services
                 .iter()
-                .position(|s| s.service.name == name && actor.sees(&s.org))
+                .any(|s| s.service.name == name && actor.sees(&s.org));
+            let before = visible
+                .then(|| tx.delete_service(&name))
+                .flatten()
                 .ok_or_else(|| not_found_service(&name))?;
-            let before = Arc::make_mut(&mut m.policy).services.remove(i);
-            let mut mu = Mutation::new(());
-            mu.writes.push(Write::DeleteService(name.clone()));
-            mu.audit = Some(audit(
-                now,
-                &actor,
+            tx.audit(
+                &actor.id,
                 "policy.service.delete",
                 name.as_str(),
                 Some(format!("before: {}", service_text(&before.service))),
                 Some(&before.org),
-            ));
-            Ok(mu)
+            );
+            Ok(())
         })
         .await
     }
@@ -312,7 +295,7 @@ impl Controller {
     /// own sites, to its own sites or to a site offered to it (a service
     /// there shared with it, or a rule admitting its site there); any
     /// other site answers 404.
-    pub async fn check(&self, actor: &Actor, q: CheckQuery) -> Result<CheckAnswer, ApiError> {
+    pub async fn check(&self, actor: &Actor, q: CheckQuery) -> Result<CheckAnswer, Error> {
         let policy = self.with_model(|m| m.policy.clone());
         let from = self.with_model(|m| visible_site(m, actor, &q.from).cloned())?;
         let offered = |to: &Site| {
@@ -345,7 +328,7 @@ impl Controller {
             let at_site = to.addresses().iter().any(|p| p.contains(&a))
                 || to.lan_prefixes.iter().any(|p| p.contains(&a));
             if !at_site {
-                return Err(ApiError::Unprocessable(format!(
+                return Err(Error::Unprocessable(format!(
                     "address: {a} is not one of site {}'s addresses or LAN prefixes",
                     to.name
                 )));

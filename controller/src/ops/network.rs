@@ -1,0 +1,433 @@
+//! Network-wide administration: regions and their hubs, organisations,
+//! admin tokens, the status summary and the audit log.
+
+use ipnet::IpNet;
+use wardnet_common::token::{hash_secret, Secret, ADMIN_PREFIX};
+use wardnet_common::wire::{
+    AuditEntry, CreateOrg, CreateRegion, OrgView, RegionHub, RegionView, SiteState, StatusSummary,
+};
+use wardnet_common::{Name, Role};
+
+use super::reports::Report;
+use super::sites::not_found_org;
+use super::Actor;
+use crate::error::Error;
+use crate::ipam;
+use crate::model::{default_org, Model, Org, Region, Site};
+use crate::pipeline::Controller;
+use crate::store::AdminToken;
+
+/// See [`Controller::online_window_secs`].
+pub(super) const ONLINE_WINDOW_SECS: i64 = 130;
+
+fn region_view(
+    m: &Model,
+    r: &Region,
+    report: &dyn Fn(&Name) -> Report,
+    now: i64,
+    actor: &Actor,
+) -> RegionView {
+    let hubs: Vec<&Site> = m.region_hubs(&r.name).collect();
+    let mut views: Vec<RegionHub> = hubs
+        .iter()
+        .map(|h| {
+            let rep = report(&h.name);
+            RegionHub {
+                name: h.name.clone(),
+                online: crate::health::online(rep.last_seen, now, ONLINE_WINDOW_SECS),
+                peers_up: rep.health.as_ref().map(|h| h.peers_up),
+                peers_total: rep.health.as_ref().map(|h| h.peers_total),
+                spokes_assigned: 0,
+                spokes_carried: 0,
+            }
+        })
+        .collect();
+    if !views.is_empty() {
+        // A scoped admin counts only its own organisation's spokes.
+        let spokes = m
+            .region_sites(&r.name)
+            .filter(|s| s.role == Role::Spoke && s.is_active() && actor.sees(&s.org));
+        for s in spokes {
+            let assigned = crate::render::hub_order(m, &s.name, &r.name)
+                .first()
+                .map(|h| h.name.clone());
+            let rep = report(&s.name);
+            let carried = rep
+                .health
+                .as_ref()
+                .and_then(|h| h.active_hub.clone())
+                .or_else(|| assigned.clone())
+                .filter(|_| crate::health::online(rep.last_seen, now, ONLINE_WINDOW_SECS));
+            for v in &mut views {
+                if assigned.as_ref() == Some(&v.name) {
+                    v.spokes_assigned += 1;
+                }
+                if carried.as_ref() == Some(&v.name) {
+                    v.spokes_carried += 1;
+                }
+            }
+        }
+    }
+    RegionView {
+        name: r.name.clone(),
+        mesh: r.mesh,
+        ipv4_block: IpNet::V4(r.ipv4_block),
+        ipv6_block: r.ipv6_block.map(IpNet::V6),
+        sites: match actor.org {
+            None => m.by_region.get(&r.name).map_or(0, |s| s.len() as u64),
+            Some(_) => m
+                .region_sites(&r.name)
+                .filter(|s| actor.sees(&s.org))
+                .count() as u64,
+        },
+        created_at: r.created_at,
+        hubs: views,
+    }
+}
+
+pub(super) fn not_found_region(name: &Name) -> Error {
+    Error::NotFound(format!(
+        "no region named {name}; create it first with `wardnet-controller regions add {name}`"
+    ))
+}
+
+impl Controller {
+    // ----- regions -------------------------------------------------------
+
+    pub async fn create_region(
+        &self,
+        actor: &Actor,
+        req: CreateRegion,
+    ) -> Result<RegionView, Error> {
+        actor.require_network_wide("creating a region")?;
+        let net = self.settings.network.clone();
+        let actor = actor.clone();
+        self.change(move |tx| {
+            let (m, now) = (tx.model(), tx.now());
+            if m.regions.contains_key(&req.name) {
+                return Err(Error::Conflict(format!(
+                    "a region named {} already exists",
+                    req.name
+                )));
+            }
+            let (v4, v6) = ipam::allocate_region_blocks(&net, m.regions.values())
+                .map_err(|e| Error::Conflict(e.to_string()))?;
+            let region = Region {
+                name: req.name.clone(),
+                mesh: req.mesh,
+                ipv4_block: v4,
+                ipv6_block: v6,
+                created_at: now,
+            };
+            tx.insert_region(region.clone());
+            tx.audit(
+                &actor.id,
+                "region.create",
+                req.name.as_str(),
+                Some(format!(
+                    "block {v4}{}, mesh {}",
+                    v6.map(|b| format!(" {b}")).unwrap_or_default(),
+                    req.mesh
+                )),
+                None,
+            );
+            Ok(region_view(
+                tx.model(),
+                &region,
+                &|_| Report::default(),
+                now,
+                &actor,
+            ))
+        })
+        .await
+    }
+
+    /// Every region (regions and their hubs are the whole network's; a
+    /// scoped admin's counts are of its own sites).
+    pub fn list_regions(&self, actor: &Actor) -> Vec<RegionView> {
+        let reports = self.reports();
+        let report = |n: &Name| reports.get(n).cloned().unwrap_or_default();
+        let now = self.now();
+        self.with_model(|m| {
+            m.regions
+                .values()
+                .map(|r| region_view(m, r, &report, now, actor))
+                .collect()
+        })
+    }
+
+    pub fn region(&self, actor: &Actor, name: &Name) -> Result<RegionView, Error> {
+        let report = |n: &Name| self.report_of(n);
+        let now = self.now();
+        self.with_model(|m| {
+            m.regions
+                .get(name)
+                .map(|r| region_view(m, r, &report, now, actor))
+        })
+        .ok_or_else(|| not_found_region(name))
+    }
+
+    pub async fn delete_region(&self, actor: &Actor, name: &Name) -> Result<(), Error> {
+        actor.require_network_wide("deleting a region")?;
+        let (actor, name) = (actor.clone(), name.clone());
+        self.change(move |tx| {
+            let m = tx.model();
+            if !m.regions.contains_key(&name) {
+                return Err(not_found_region(&name));
+            }
+            let n = m.by_region.get(&name).map_or(0, |s| s.len());
+            if n > 0 {
+                return Err(Error::Conflict(format!(
+                    "region {name} still has {n} sites; delete them first"
+                )));
+            }
+            tx.delete_region(&name);
+            tx.audit(&actor.id, "region.delete", name.as_str(), None, None);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The audit log; a scoped admin sees the entries about its own
+    /// organisation's objects.
+    pub async fn audit_log(
+        &self,
+        actor: &Actor,
+        limit: u32,
+        before: Option<i64>,
+    ) -> Result<Vec<AuditEntry>, Error> {
+        Ok(self
+            .store
+            .audit(limit.clamp(1, 1000), before, actor.org.as_ref())
+            .await?)
+    }
+
+    /// Counts over the sites `actor` sees (regions: all of them).
+    pub fn status(&self, actor: &Actor) -> StatusSummary {
+        let online_after = self.now() - self.online_window_secs();
+        let mut s = StatusSummary {
+            regions: 0,
+            sites_pending: 0,
+            sites_active: 0,
+            sites_revoked: 0,
+            hubs: 0,
+            spokes: 0,
+            agents_online: 0,
+            configs_pending_delivery: 0,
+            long_poll_waiters: self.long_poll_waiters().max(0) as u64,
+        };
+        let reports = self.reports();
+        self.with_model(|m| {
+            s.regions = m.regions.len() as u64;
+            for site in m.sites.values().filter(|s| actor.sees(&s.org)) {
+                match site.state {
+                    SiteState::Pending => s.sites_pending += 1,
+                    SiteState::Active => s.sites_active += 1,
+                    SiteState::Revoked => s.sites_revoked += 1,
+                }
+                match site.role {
+                    Role::Hub => s.hubs += 1,
+                    Role::Spoke => s.spokes += 1,
+                }
+                let r = reports.get(&site.name);
+                // A revoked site's agent is not online, whatever it did
+                // before (its credential is refused from the revocation on).
+                if site.is_active()
+                    && r.and_then(|r| r.last_seen)
+                        .is_some_and(|t| t >= online_after)
+                {
+                    s.agents_online += 1;
+                }
+                let applied = r.map_or(0, |r| r.applied_revision);
+                if site.is_active() && !site.agentless && applied < site.revision {
+                    s.configs_pending_delivery += 1;
+                }
+            }
+        });
+        s
+    }
+
+    /// An agent counts as online while its long-poll waits, and for this
+    /// long after: a live agent polls again at once, and after a
+    /// controller restart or a network blip it is back within its retry
+    /// backoff (at most a minute).
+    pub fn online_window_secs(&self) -> i64 {
+        ONLINE_WINDOW_SECS
+    }
+
+    // ----- admin tokens --------------------------------------------------
+
+    /// Create an admin API token (the bootstrap command and `tokens add`).
+    /// Returns the token id and the secret, shown once.
+    /// Create an admin API token (the bootstrap command), network-wide or
+    /// scoped to `org`. Returns the token id and the secret, shown once.
+    pub async fn create_admin_token(
+        &self,
+        actor: &Actor,
+        description: &str,
+        org: Option<&Name>,
+    ) -> Result<(String, String), Error> {
+        actor.require_network_wide("creating an admin token")?;
+        if let Some(org) = org {
+            if !self.store.orgs().await?.iter().any(|o| &o.name == org) {
+                return Err(Error::NotFound(format!(
+                    "no organisation named {org}; create it first with `wardnet-controller orgs add {org}`"
+                )));
+            }
+        }
+        let secret = Secret::generate(ADMIN_PREFIX);
+        let id = format!("tok-{}", &secret.hash()[..8]);
+        let scope = org.map_or_else(
+            || "network-wide".to_owned(),
+            |o| format!("scoped to organisation {o}"),
+        );
+        let (hash, owned_org) = (secret.hash(), org.cloned());
+        let (actor_id, token_id, description) =
+            (actor.id.clone(), id.clone(), description.to_owned());
+        self.change(move |tx| {
+            let org = owned_org.as_ref();
+            tx.insert_admin_token(&token_id, hash.clone(), &description, org);
+            tx.audit(
+                &actor_id,
+                "token.create",
+                &token_id,
+                Some(format!("{description} ({scope})")),
+                org,
+            );
+            Ok(())
+        })
+        .await
+        .map_err(|e| match org {
+            Some(org) if e.is_taken("admin_tokens.org") => not_found_org(org),
+            _ => e,
+        })?;
+        Ok((id, secret.expose().to_owned()))
+    }
+
+    // ----- organisations -------------------------------------------------
+
+    pub async fn create_org(&self, actor: &Actor, req: CreateOrg) -> Result<OrgView, Error> {
+        actor.require_network_wide("creating an organisation")?;
+        let org = Org {
+            name: req.name.clone(),
+            description: req.description.clone(),
+            created_at: self.now(),
+        };
+        let (actor_id, new) = (actor.id.clone(), org.clone());
+        self.change(move |tx| {
+            tx.insert_org(new.clone());
+            tx.audit(
+                &actor_id,
+                "org.create",
+                new.name.as_str(),
+                Some(format!("description {:?}", new.description)),
+                Some(&new.name),
+            );
+            Ok(())
+        })
+        .await
+        .map_err(|e| match e {
+            Error::Taken { .. } => {
+                Error::Conflict(format!("an organisation named {} already exists", req.name))
+            }
+            e => e,
+        })?;
+        Ok(self.org_view(&org))
+    }
+
+    fn org_view(&self, org: &Org) -> OrgView {
+        let sites = self.with_model(|m| m.sites.values().filter(|s| s.org == org.name).count());
+        OrgView {
+            name: org.name.clone(),
+            description: org.description.clone(),
+            sites: sites as u64,
+            created_at: org.created_at,
+        }
+    }
+
+    /// The organisations `actor` sees: all, or its own.
+    pub async fn list_orgs(&self, actor: &Actor) -> Result<Vec<OrgView>, Error> {
+        Ok(self
+            .store
+            .orgs()
+            .await?
+            .iter()
+            .filter(|o| actor.sees(&o.name))
+            .map(|o| self.org_view(o))
+            .collect())
+    }
+
+    pub async fn org(&self, actor: &Actor, name: &Name) -> Result<OrgView, Error> {
+        self.list_orgs(actor)
+            .await?
+            .into_iter()
+            .find(|o| &o.name == name)
+            .ok_or_else(|| not_found_org(name))
+    }
+
+    /// Delete an organisation that no site and no admin token refers to.
+    pub async fn delete_org(&self, actor: &Actor, name: &Name) -> Result<(), Error> {
+        actor.require_network_wide("deleting an organisation")?;
+        let org = self.org(actor, name).await?;
+        if name == &default_org() {
+            return Err(Error::Conflict(format!(
+                "organisation {name} is where sites added without an organisation go; it cannot be deleted"
+            )));
+        }
+        if org.sites > 0 {
+            return Err(Error::Conflict(format!(
+                "organisation {name} still has {} sites; delete them first",
+                org.sites
+            )));
+        }
+        let (actor_id, owned) = (actor.id.clone(), name.clone());
+        self.change(move |tx| {
+            tx.delete_org(&owned);
+            tx.audit(
+                &actor_id,
+                "org.delete",
+                owned.as_str(),
+                Some(format!("before: description {:?}", org.description)),
+                Some(&owned),
+            );
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            if e.is_taken("admin_tokens.org") {
+                Error::Conflict(format!(
+                    "admin tokens are scoped to organisation {name}; it cannot be deleted while they exist"
+                ))
+            } else if e.is_taken("sites.org") {
+                Error::Conflict(format!(
+                    "organisation {name} still has sites; delete them first"
+                ))
+            } else if e.is_taken("policy_rules.org") {
+                Error::Conflict(format!(
+                    "policy rules admit traffic into organisation {name}; delete them first (`policy list`)"
+                ))
+            } else {
+                e
+            }
+        })
+    }
+
+    pub async fn authenticate_admin(&self, bearer: Option<&str>) -> Result<AdminToken, Error> {
+        let token = bearer.ok_or_else(|| {
+            Error::Unauthorized(
+                "missing admin token: send `Authorization: Bearer <token>` (create one with `wardnet-controller admin-token create`)"
+                    .into(),
+            )
+        })?;
+        match self.store.admin_token(&hash_secret(token)).await {
+            Ok(Some(t)) => {
+                // Read-your-writes across replicas: an admin sees every
+                // change committed before the request, through any replica.
+                self.sync().await?;
+                Ok(t)
+            }
+            Ok(None) => Err(Error::Unauthorized("admin token not recognised".into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Sites: adding, changing, revoking and deleting them, their enrolment
+//! tokens, their configs as the controller renders them, and the checks a
+//! site's LAN prefixes and key must pass.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+use wardnet_common::net::overlaps;
+use wardnet_common::token::{Secret, ENROLMENT_PREFIX};
+use wardnet_common::wire::{CreateSite, SiteConfig, SiteCreated, SiteState, SiteView, UpdateSite};
+use wardnet_common::{Name, Role};
+
+use super::network::not_found_region;
+use super::reports::Report;
+use super::Actor;
+use crate::error::Error;
+use crate::ipam;
+use crate::model::{default_org, Model, Site, SiteInputs};
+use crate::pipeline::Controller;
+
+/// The site `name` if it exists and `actor` may see it; else 404 either way.
+pub(super) fn visible_site<'m>(
+    m: &'m Model,
+    actor: &Actor,
+    name: &Name,
+) -> Result<&'m std::sync::Arc<Site>, Error> {
+    m.sites
+        .get(name)
+        .filter(|s| actor.sees(&s.org))
+        .ok_or_else(|| not_found_site(name))
+}
+
+pub(super) fn not_found_org(name: &Name) -> Error {
+    Error::NotFound(format!(
+        "no organisation named {name}; `orgs list` shows the organisations"
+    ))
+}
+
+pub(crate) fn site_view(s: &Site, r: &Report) -> SiteView {
+    SiteView {
+        name: s.name.clone(),
+        region: s.region.clone(),
+        org: s.org.clone(),
+        role: s.role,
+        state: s.state,
+        agentless: s.agentless,
+        lan_prefixes: s.lan_prefixes.clone(),
+        endpoint: s.endpoint,
+        public_key: s.public_key,
+        addresses: s.addresses(),
+        revision: s.revision,
+        applied_revision: r.applied_revision,
+        created_at: s.created_at,
+        enrolled_at: s.enrolled_at,
+        last_seen: r.last_seen,
+        health: r.health.clone(),
+    }
+}
+
+fn not_found_site(name: &Name) -> Error {
+    Error::NotFound(format!(
+        "no site named {name}; `sites list` shows the sites"
+    ))
+}
+
+impl Controller {
+    // ----- sites ---------------------------------------------------------
+
+    pub async fn add_site(&self, actor: &Actor, req: CreateSite) -> Result<SiteCreated, Error> {
+        if req.role == Role::Hub {
+            actor.require_network_wide("adding a hub (it carries every organisation's traffic)")?;
+        }
+        let org = req
+            .org
+            .clone()
+            .or_else(|| actor.org.clone())
+            .unwrap_or_else(default_org);
+        if !actor.sees(&org) {
+            return Err(not_found_org(&org));
+        }
+        // Whether the organisation exists is the database's to say (its
+        // constraint `sites.org`), with no read on the way in.
+        let missing_org = Error::NotFound(format!(
+            "no organisation named {org}; create it first with `wardnet-controller orgs add {org}`"
+        ));
+        let net = self.settings.network.clone();
+        let lifetime = self.settings.token_lifetime_secs as i64;
+        let actor = actor.clone();
+        self.change(move |tx| {
+            let (m, now) = (tx.model(), tx.now());
+            if m.sites.contains_key(&req.name) {
+                return Err(Error::Conflict(format!("a site named {} already exists", req.name)));
+            }
+            let region = m.regions.get(&req.region).ok_or_else(|| not_found_region(&req.region))?.clone();
+            check_lan_prefixes(m, &net, &req.name, &req.lan_prefixes)?;
+            if req.role == Role::Hub && req.endpoint.is_none() {
+                return Err(Error::Unprocessable(format!(
+                    "hub {} needs a reachable underlay endpoint: pass `endpoint` (IP:PORT) so its spokes can reach it",
+                    req.name
+                )));
+            }
+            if let Some(k) = req.public_key {
+                check_key_unused(m, &req.name, &k)?;
+            }
+            let (used4, used6) = ipam::used_addresses(m, &req.region);
+            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6)
+                .map_err(|e| Error::Conflict(e.to_string()))?;
+            let agentless = req.public_key.is_some();
+            let site = Site::new(SiteInputs {
+                name: req.name.clone(),
+                region: req.region.clone(),
+                org: org.clone(),
+                role: req.role,
+                state: if agentless { SiteState::Active } else { SiteState::Pending },
+                agentless,
+                lan_prefixes: req.lan_prefixes.clone(),
+                endpoint: req.endpoint,
+                public_key: req.public_key,
+                ipv4,
+                ipv6,
+                created_at: now,
+                enrolled_at: agentless.then_some(now),
+                credential_hash: None,
+            });
+            let mut out = SiteCreated {
+                site: site_view(&site, &Report::default()),
+                token: None,
+                token_expires_at: None,
+            };
+            tx.insert_site(site);
+            if !agentless {
+                let token = Secret::generate(ENROLMENT_PREFIX);
+                tx.issue_enrol_token(&req.name, token.hash(), now + lifetime);
+                out.token = Some(token.expose().to_owned());
+                out.token_expires_at = Some(now + lifetime);
+            }
+            tx.audit_site(&actor.id, "site.create", &req.name);
+            Ok(out)
+        })
+        .await
+        .map_err(|e| if e.is_taken("sites.org") { missing_org } else { e })
+        .map(|mut created| {
+            // The revision was settled by the pipeline after the closure ran.
+            if let Ok(v) = self.site(&Actor::local(), &created.site.name) {
+                created.site = v;
+            }
+            created
+        })
+    }
+
+    pub fn list_sites(
+        &self,
+        actor: &Actor,
+        region: Option<&Name>,
+        state: Option<SiteState>,
+    ) -> Vec<SiteView> {
+        let reports = self.reports();
+        self.with_model(|m| {
+            m.sites
+                .values()
+                .filter(|s| actor.sees(&s.org))
+                .filter(|s| region.is_none_or(|r| &s.region == r))
+                .filter(|s| state.is_none_or(|st| s.state == st))
+                .map(|s| site_view(s, reports.get(&s.name).unwrap_or(&Report::default())))
+                .collect()
+        })
+    }
+
+    pub fn site(&self, actor: &Actor, name: &Name) -> Result<SiteView, Error> {
+        let report = self.report_of(name);
+        self.with_model(|m| visible_site(m, actor, name).map(|s| site_view(s, &report)))
+    }
+
+    pub async fn update_site(
+        &self,
+        actor: &Actor,
+        name: &Name,
+        req: UpdateSite,
+    ) -> Result<SiteView, Error> {
+        let net = self.settings.network.clone();
+        let (actor, owned_name) = (actor.clone(), name.clone());
+        let name = owned_name.clone();
+        self.change(move |tx| {
+            let (m, name) = (tx.model(), &name);
+            let mut after = visible_site(m, &actor, name)?.as_ref().clone();
+            if let Some(lan) = &req.lan_prefixes {
+                check_lan_prefixes(m, &net, name, lan)?;
+                after.lan_prefixes = lan.clone();
+            }
+            if let Some(ep) = req.endpoint {
+                if after.role == Role::Hub && ep.is_none() {
+                    return Err(Error::Unprocessable(format!(
+                        "hub {name} needs an endpoint; it cannot be cleared"
+                    )));
+                }
+                after.endpoint = ep;
+            }
+            tx.update_site(after);
+            tx.audit_site(&actor.id, "site.update", name);
+            Ok(())
+        })
+        .await?;
+        self.site(&Actor::local(), &owned_name)
+    }
+
+    pub async fn revoke_site(&self, actor: &Actor, name: &Name) -> Result<SiteView, Error> {
+        let (actor, owned) = (actor.clone(), name.clone());
+        self.change(move |tx| {
+            let name = &owned;
+            let before = visible_site(tx.model(), &actor, name)?;
+            if before.state == SiteState::Revoked {
+                return Err(Error::Conflict(format!("site {name} is already revoked")));
+            }
+            let mut after = before.as_ref().clone();
+            after.state = SiteState::Revoked;
+            after.credential_hash = None;
+            tx.update_site(after);
+            tx.forget_enrol_tokens(name);
+            tx.audit_site(&actor.id, "site.revoke", name);
+            Ok(())
+        })
+        .await?;
+        // The revoked site's own long-poll ended when the change was
+        // published (its credential is gone).
+        self.site(&Actor::local(), name)
+    }
+
+    pub async fn delete_site(&self, actor: &Actor, name: &Name) -> Result<(), Error> {
+        let (actor, owned) = (actor.clone(), name.clone());
+        self.change(move |tx| {
+            let name = &owned;
+            visible_site(tx.model(), &actor, name)?;
+            tx.delete_site(name);
+            tx.audit_site(&actor.id, "site.delete", name);
+            Ok(())
+        })
+        .await?;
+        self.heartbeats.forget(name);
+        self.metrics.apply_latency.forget(name);
+        Ok(())
+    }
+
+    /// A new one-time token for a site (a replaced gateway, key rotation).
+    /// The site keeps running on its current key until the new agent enrols.
+    pub async fn issue_token(&self, actor: &Actor, name: &Name) -> Result<SiteCreated, Error> {
+        let lifetime = self.settings.token_lifetime_secs as i64;
+        let (actor, owned) = (actor.clone(), name.clone());
+        let report = self.report_of(name);
+        self.change(move |tx| {
+            let (name, now) = (&owned, tx.now());
+            let site = visible_site(tx.model(), &actor, name)?;
+            if site.state == SiteState::Revoked {
+                return Err(Error::Conflict(format!(
+                    "site {name} is revoked; delete it and add it again to re-enrol"
+                )));
+            }
+            if site.agentless {
+                return Err(Error::Conflict(format!(
+                    "site {name} is agentless (configured by `sites export`); it does not enrol"
+                )));
+            }
+            let token = Secret::generate(ENROLMENT_PREFIX);
+            let created = SiteCreated {
+                site: site_view(site, &report),
+                token: Some(token.expose().to_owned()),
+                token_expires_at: Some(now + lifetime),
+            };
+            let org = site.org.clone();
+            tx.forget_enrol_tokens(name);
+            tx.issue_enrol_token(name, token.hash(), now + lifetime);
+            tx.audit(&actor.id, "site.token", name.as_str(), None, Some(&org));
+            Ok(created)
+        })
+        .await
+    }
+
+    /// The config the controller renders for a site now.
+    pub fn site_config(&self, actor: &Actor, name: &Name) -> Result<SiteConfig, Error> {
+        let world = self.snapshot();
+        let site = visible_site(&world.model, actor, name)?;
+        world
+            .configs
+            .get(name)
+            .map(|r| r.to_config())
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "site {name} is {}; only active sites have a config",
+                    site.state
+                ))
+            })
+    }
+
+    pub fn wg_quick(&self, actor: &Actor, name: &Name) -> Result<String, Error> {
+        self.site_config(actor, name)
+            .map(|c| crate::wgquick::wg_quick(&c))
+    }
+}
+
+/// A site's LAN prefixes may not overlap the overlay, a region block, or
+/// another site's LAN prefixes (nor each other).
+fn check_lan_prefixes(
+    m: &Model,
+    net: &crate::model::NetworkSettings,
+    site: &Name,
+    lan: &BTreeSet<IpNet>,
+) -> Result<(), Error> {
+    let list: Vec<&IpNet> = lan.iter().collect();
+    for (i, p) in list.iter().enumerate() {
+        if p.trunc() != **p {
+            return Err(Error::Unprocessable(format!(
+                "lan_prefixes: {p} has host bits set; did you mean {}?",
+                p.trunc()
+            )));
+        }
+        for q in &list[i + 1..] {
+            if overlaps(p, q) {
+                return Err(Error::Conflict(format!(
+                    "lan_prefixes: {p} overlaps {q} of the same site"
+                )));
+            }
+        }
+        if overlaps(p, &IpNet::V4(net.overlay_v4))
+            || net.overlay_v6.is_some_and(|v6| overlaps(p, &IpNet::V6(v6)))
+        {
+            return Err(Error::Conflict(format!(
+                "lan_prefixes: {p} overlaps the overlay prefix; a site LAN must lie outside it"
+            )));
+        }
+        for r in m.regions.values() {
+            if overlaps(p, &IpNet::V4(r.ipv4_block))
+                || r.ipv6_block.is_some_and(|b| overlaps(p, &IpNet::V6(b)))
+            {
+                return Err(Error::Conflict(format!(
+                    "lan_prefixes: {p} overlaps region {}'s overlay block",
+                    r.name
+                )));
+            }
+        }
+        if !net.routed_prefixes.iter().any(|r| r.contains(*p)) {
+            let routed: Vec<String> = net.routed_prefixes.iter().map(|r| r.to_string()).collect();
+            return Err(Error::Unprocessable(format!(
+                "lan_prefixes: {p} is outside network.routed_prefixes ({}) of the controller's config; \
+                 spokes route only those prefixes to their hub, so sites in other regions could not reach it. \
+                 Use a prefix inside them, or add a supernet of {p} to routed_prefixes and restart the controller",
+                if routed.is_empty() { "none configured".to_owned() } else { routed.join(", ") }
+            )));
+        }
+        if let Some((other, q)) = m.lan_overlapping(p, site) {
+            return Err(Error::Conflict(format!(
+                "lan_prefixes: {p} overlaps {q}, a LAN prefix of site {other}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_key_unused(
+    m: &Model,
+    site: &Name,
+    key: &wardnet_common::PublicKey,
+) -> Result<(), Error> {
+    match m.sites_with_key(key, site).next() {
+        Some(other) => Err(Error::Conflict(format!(
+            "public key {key} is already used by site {other}; every site needs its own key"
+        ))),
+        None => Ok(()),
+    }
+}
