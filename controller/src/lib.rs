@@ -5,7 +5,6 @@ pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod config;
-pub mod configs;
 pub mod error;
 pub mod health;
 pub mod ipam;
@@ -14,6 +13,7 @@ pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod render;
+pub mod site_configs;
 pub mod store;
 pub mod wgquick;
 

@@ -10,8 +10,8 @@ use super::world::{Prepared, World};
 use super::Controller;
 use wardnet_common::Name;
 
-use crate::configs::{self, Touches};
 use crate::model::{Model, NetworkSettings, Site};
+use crate::site_configs::{self, Touches};
 use crate::store::{CatchUp, Changes};
 
 /// Changes other replicas committed, applied to a copy of `base` as if
@@ -75,7 +75,8 @@ pub(super) fn absorb(base: &World, changes: Changes, net: &NetworkSettings) -> P
         world.site_changed(&mut touches, &mut woken, before.as_ref(), after.as_ref());
     }
     let target: std::collections::BTreeMap<Name, u64> = stored.iter().cloned().collect();
-    let computed = configs::apply_to(&mut world.model, &mut world.configs, net, touches, &target);
+    let computed =
+        site_configs::apply_to(&mut world.model, &mut world.configs, net, touches, &target);
     let mut rerendered = 0;
     let mut bumps = Vec::new();
     for (name, revision) in stored {
@@ -84,7 +85,7 @@ pub(super) fn absorb(base: &World, changes: Changes, net: &NetworkSettings) -> P
             if let Some(s) = world.model.sites.get_mut(&name) {
                 Arc::make_mut(s).revision = revision;
             }
-            match configs::render_one(&world.model, net, &name) {
+            match site_configs::render_one(&world.model, net, &name) {
                 Some(r) => world.configs.insert(name.clone(), r),
                 None => world.configs.remove(&name),
             };
@@ -92,7 +93,7 @@ pub(super) fn absorb(base: &World, changes: Changes, net: &NetworkSettings) -> P
         }
         let was = base.model.sites.get(&name).map(|s| s.revision);
         if was != Some(revision) {
-            bumps.push(configs::Bump {
+            bumps.push(site_configs::Bump {
                 site: name,
                 revision,
             });
@@ -184,7 +185,7 @@ impl Controller {
         for s in &sites {
             world.index_site(None, Some(s));
         }
-        world.configs = configs::render_all(&world.model, &self.settings.network);
+        world.configs = site_configs::render_all(&world.model, &self.settings.network);
         let seq = world.seq;
         self.published.store(Arc::new(world));
         self.published_seq.send_replace(seq);

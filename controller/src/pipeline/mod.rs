@@ -13,7 +13,7 @@
 //!   [`World`] (model, credential index, per-site configs);
 //! - the writer takes every job waiting, applies each to a copy of the
 //!   published world (O(1): persistent maps), brings the touched configs in
-//!   step incrementally ([`crate::configs`]), and commits the group's writes
+//!   step incrementally ([`crate::site_configs`]), and commits the group's writes
 //!   *and the revision bumps they cause* in one transaction;
 //! - only then is the new world published (one atomic pointer swap) and are
 //!   the long-polls of the sites whose revision moved woken. Readers (admin
@@ -57,11 +57,11 @@ use tokio_util::sync::CancellationToken;
 use wardnet_common::wire::UnixTime;
 use wardnet_common::Name;
 
-use crate::configs::{self};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::{Model, NetworkSettings, Site};
 use crate::ops::reports::Heartbeats;
+use crate::site_configs::{self};
 use crate::store::{Store, StoreError, Write};
 use writer::Job;
 
@@ -135,7 +135,7 @@ impl Controller {
         settings: ServiceSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
-        let fingerprint = configs::fingerprint(&settings.network);
+        let fingerprint = site_configs::fingerprint(&settings.network);
         let mut attempts = 0;
         let (snap, seq) = loop {
             let mut snap = store.load().await?;
@@ -181,7 +181,7 @@ impl Controller {
             world.index_site(None, Some(s));
         }
         let heartbeats = Heartbeats::load(&sites);
-        world.configs = configs::render_all(&world.model, &settings.network);
+        world.configs = site_configs::render_all(&world.model, &settings.network);
         let heads = store.heads();
         let (tx, rx) = mpsc::unbounded_channel();
         let controller = Arc::new(Self {

@@ -13,9 +13,9 @@ use wardnet_common::Name;
 
 use super::writer::Job;
 use super::Tx;
-use crate::configs::{self, SiteRender, Touches};
 use crate::error::Error;
 use crate::model::{Model, NetworkSettings, Site};
+use crate::site_configs::{self, SiteRender, Touches};
 use crate::store::Write;
 
 /// Everything readers see, as of one committed group.
@@ -65,7 +65,7 @@ impl World {
 pub(super) struct Prepared {
     pub(super) world: World,
     pub(super) writes: Vec<Write>,
-    pub(super) bumps: Vec<configs::Bump>,
+    pub(super) bumps: Vec<site_configs::Bump>,
     pub(super) woken: BTreeSet<Name>,
     /// Sites the group deleted (their reports are forgotten).
     pub(super) deleted: Vec<Name>,
@@ -120,7 +120,7 @@ pub(super) fn prepare(
             touches.policy_target(&world.model, &t);
         }
     }
-    let bumps = configs::apply(&mut world.model, &mut world.configs, net, touches);
+    let bumps = site_configs::apply(&mut world.model, &mut world.configs, net, touches);
     for b in &bumps {
         if let Some(s) = world.model.sites.get_mut(&b.site) {
             Arc::make_mut(s).render_fingerprint = Some(fingerprint.to_owned());
@@ -180,7 +180,7 @@ mod tests {
         hub.role = wardnet_common::Role::Hub;
         hub.endpoint = Some("198.51.100.1:51820".parse().expect("endpoint"));
         model.upsert_site(hub);
-        let configs = configs::render_all(&model, &settings());
+        let configs = site_configs::render_all(&model, &settings());
         World {
             seq: 7,
             model,
