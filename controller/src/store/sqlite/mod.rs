@@ -22,17 +22,10 @@ use super::{AdminToken, EnrolToken, Pending, Snapshot, Store, StoreError, Stored
 use crate::model::{Org, Region, Site};
 
 mod schema;
+mod writer;
+
 use schema::MIGRATIONS;
-
-type Reply = oneshot::Sender<Result<u64, StoreError>>;
-
-/// A batch for the writer thread: its writes, whom to answer, and the
-/// change it was built on (for [`Store::submit_change`]).
-struct Batch {
-    writes: Vec<Write>,
-    reply: Reply,
-    base: Option<u64>,
-}
+use writer::{queue, writer_loop, Batch, SqliteChange};
 
 pub struct SqliteStore {
     writer: mpsc::UnboundedSender<Batch>,
@@ -153,117 +146,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Batch>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.len() >= 512 {
-                break;
-            }
-        }
-        let results = commit_group(&mut conn, &batch);
-        for (b, result) in batch.into_iter().zip(results) {
-            // The caller may have gone away (client disconnected); the write stands.
-            let _ = b.reply.send(result);
-        }
-    }
-}
-
-/// Run each batch in a savepoint inside one transaction and commit once.
-/// Each answers the log's head after it.
-fn commit_group(conn: &mut Connection, batch: &[Batch]) -> Vec<Result<u64, StoreError>> {
-    let mut tx = match conn.transaction() {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = format!("cannot begin a transaction: {e}");
-            return batch
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(msg.clone())))
-                .collect();
-        }
-    };
-    let mut results = Vec::with_capacity(batch.len());
-    for b in batch {
-        let r = if batch.len() == 1 {
-            // Alone in the transaction: it is the unit, no savepoint needed.
-            apply_batch(&tx, b)
-        } else {
-            (|| {
-                // Dropping an uncommitted savepoint rolls back just this batch.
-                let sp = tx.savepoint().map_err(classify)?;
-                let head = apply_batch(&sp, b)?;
-                sp.commit().map_err(classify)?;
-                Ok::<u64, StoreError>(head)
-            })()
-        };
-        results.push(r);
-    }
-    if batch.len() == 1 && results.iter().any(Result::is_err) {
-        // The lone batch failed without a savepoint: roll it all back.
-        drop(tx);
-        return results;
-    }
-    if let Err(e) = tx.commit() {
-        tracing::error!(error = %e, "database commit failed; no change of this group is stored");
-        let msg = e.to_string();
-        return batch
-            .iter()
-            .map(|_| Err(StoreError::Commit(msg.clone())))
-            .collect();
-    }
-    results
-}
-
 fn read_head(c: &Connection) -> Result<u64, StoreError> {
     let head: i64 = c
         .prepare_cached(statements::HEAD)
         .and_then(|mut st| st.query_row([], |r| r.get(0)))
         .map_err(classify)?;
     Ok(head as u64)
-}
-
-/// One batch: check its base against the head, run its writes, and log it
-/// when it changes regions or sites. Answers the head after it.
-fn apply_batch(tx: &Connection, b: &Batch) -> Result<u64, StoreError> {
-    let head = read_head(tx)?;
-    if let Some(base) = b.base {
-        if base != head {
-            return Err(StoreError::Stale { base, head });
-        }
-    }
-    let (statements, failure) = statements::for_batch(&b.writes);
-    for st in &statements {
-        run(tx, st)?;
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let (regions, sites) = super::changed_keys(&b.writes);
-    let policy = super::changes_policy(&b.writes);
-    if regions.is_empty() && sites.is_empty() && !policy {
-        return Ok(head);
-    }
-    let seq = head + 1;
-    let names =
-        |v: &[wardnet_common::Name]| json(&v.iter().map(|n| n.as_str()).collect::<Vec<_>>());
-    tx.prepare_cached(
-        "INSERT INTO change_log (seq, at, regions, sites, policy) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            seq as i64,
-            crate::now(),
-            names(&regions),
-            names(&sites),
-            policy
-        ])
-    })
-    .map_err(classify)?;
-    tx.prepare_cached("UPDATE change_head SET seq = ?1 WHERE id = 1")
-        .and_then(|mut st| st.execute([seq as i64]))
-        .map_err(classify)?;
-    Ok(seq)
 }
 
 /// Turn a failed write into a typed error: constraint violations into
@@ -285,18 +173,6 @@ fn classify(e: rusqlite::Error) -> StoreError {
         }
     }
     StoreError::Sqlite(e)
-}
-
-/// Run one statement of a batch (cached: the same few run thousands of times).
-fn run(tx: &Connection, st: &Statement) -> Result<(), StoreError> {
-    let n = tx
-        .prepare_cached(&statements::sqlite(st.sql))
-        .and_then(|mut s| s.execute(rusqlite::params_from_iter(&st.params)))
-        .map_err(classify)?;
-    match &st.exactly_one {
-        Some(otherwise) if n != 1 => Err(StoreError::Precondition(otherwise.clone())),
-        _ => Ok(()),
-    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -426,54 +302,6 @@ fn changes_since(conn: &Connection, seq: u64) -> Result<super::CatchUp, StoreErr
 impl SqliteStore {
     fn queue(&self, writes: Vec<Write>, base: Option<u64>) -> Pending<u64> {
         queue(&self.writer, writes, base)
-    }
-}
-
-/// A change on SQLite: one process owns the file, so the head it read
-/// cannot move under it; the writer thread still checks it at commit.
-struct SqliteChange {
-    writer: mpsc::UnboundedSender<Batch>,
-    reader: Arc<Mutex<Connection>>,
-    head: u64,
-}
-
-#[async_trait]
-impl super::ChangeTx for SqliteChange {
-    fn head(&self) -> u64 {
-        self.head
-    }
-
-    async fn changes_since(&mut self, seq: u64) -> Result<super::CatchUp, StoreError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || changes_since(&reader.lock(), seq)).await?
-    }
-
-    async fn commit(self: Box<Self>, writes: Vec<Write>) -> Result<u64, StoreError> {
-        queue(&self.writer, writes, Some(self.head)).await
-    }
-}
-
-fn queue(
-    writer: &mpsc::UnboundedSender<Batch>,
-    writes: Vec<Write>,
-    base: Option<u64>,
-) -> Pending<u64> {
-    {
-        let (tx, rx) = oneshot::channel();
-        let sent = writer
-            .send(Batch {
-                writes,
-                reply: tx,
-                base,
-            })
-            .is_ok();
-        Box::pin(async move {
-            let stopped = || StoreError::Unavailable("the database writer has stopped".into());
-            if !sent {
-                return Err(stopped());
-            }
-            rx.await.map_err(|_| stopped())?
-        })
     }
 }
 
