@@ -18,6 +18,7 @@ use wardnet_common::wire::{HealthSummary, SiteConfig};
 use wardnet_common::{Name, Role};
 
 use crate::config::Config;
+use crate::device_snapshot::{DeviceSnapshot, Handshakes};
 use crate::failover::{Failover, FailoverConfig, Reason};
 use crate::health::icmp::EchoReply;
 use crate::health::probe::ReplyOutcome;
@@ -27,9 +28,8 @@ use crate::health::{
 };
 use crate::metrics::{Metrics, PeerScrape, Scrape};
 use crate::reconcile::{self, Applied, Plan};
-use crate::snapshot::{DeviceSnapshot, Handshakes};
-use crate::state::Enrolment;
-use crate::status::{peer_statuses, AgentStatus, PeerStatus};
+use crate::state_dir::Enrolment;
+use crate::status::{peer_statuses, AgentStatus, PeerStatus, REVOKED_HELP};
 
 /// Where the running config came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,9 +518,6 @@ pub struct Reloaded {
     /// `enable_ip_forwarding` changed: check forwarding again (hubs).
     pub forwarding: bool,
 }
-
-/// What status says of a revoked site, and what to do about it.
-pub const REVOKED_HELP: &str = "this site was revoked at the controller: its tunnels are down. To bring it back, get a new enrolment token from the NOC, run `wardnet-agent enroll --force --token ...`, then restart the agent";
 
 /// Our overlay IPv4 address in a config: the source of our probes.
 fn source_v4(cfg: &SiteConfig) -> Option<Ipv4Addr> {

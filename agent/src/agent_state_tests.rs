@@ -6,8 +6,8 @@ use ipnet::IpNet;
 use wardnet_common::{PeerConfig, PublicKey};
 
 use super::*;
+use crate::device_snapshot::PeerSnapshot;
 use crate::reconcile::PeerOp;
-use crate::snapshot::PeerSnapshot;
 use crate::status::PeerStatus;
 
 const S: Duration = Duration::from_secs(1);

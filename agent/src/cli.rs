@@ -12,7 +12,7 @@ use wardnet_common::{Endpoint, PrivateKey};
 
 use crate::client::ControllerClient;
 use crate::config::Config;
-use crate::state::{Enrolment, StateDir};
+use crate::state_dir::{Enrolment, StateDir};
 use crate::status::AgentStatus;
 
 const DEFAULT_CONFIG: &str = "/etc/wardnet/agent.toml";

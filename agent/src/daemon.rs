@@ -25,12 +25,12 @@ use crate::agent_state::ConfigSource;
 use crate::config::Config;
 use crate::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
 use crate::device::KernelRoutes;
+use crate::device_snapshot::DeviceSnapshot;
 use crate::eventloop::{controller_client, Eventloop, Parts};
 use crate::handle::{AgentHandle, Event};
 use crate::health::io::ProbeSocket;
 use crate::netlink::Netlink;
-use crate::snapshot::DeviceSnapshot;
-use crate::state::StateDir;
+use crate::state_dir::StateDir;
 use crate::sync::first_config;
 use crate::uapi::SnapshotSource;
 

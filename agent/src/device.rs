@@ -13,9 +13,9 @@ use ipnet::IpNet;
 use wardnet_common::PublicKey;
 
 use crate::dataplane::{DataPlaneError, DataPlaneHandle};
+use crate::device_snapshot::{DeviceSnapshot, Handshakes, PeerSnapshot};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::reconcile::PeerOp;
-use crate::snapshot::{DeviceSnapshot, Handshakes, PeerSnapshot};
 
 /// The WireGuard device.
 pub trait Device: Send + Sync + 'static {

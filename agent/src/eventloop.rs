@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use wardnet_common::wire::SiteConfig;
 use wardnet_common::Role;
 
-use crate::agent_state::{Action, AgentState, ApplyPlan, ConfigSource, REVOKED_HELP};
+use crate::agent_state::{Action, AgentState, ApplyPlan, ConfigSource};
 use crate::client::ControllerClient;
 use crate::config::Config;
 use crate::device::{Device, Routes};
 use crate::handle::{AgentHandle, Event};
 use crate::health::io::ProbeSocket;
-use crate::state::{Enrolment, StateDir};
+use crate::state_dir::{Enrolment, StateDir};
+use crate::status::REVOKED_HELP;
 use crate::sync::sync_loop;
 
 /// Reads the config file anew (SIGHUP).

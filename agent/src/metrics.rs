@@ -17,7 +17,7 @@ use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Encoder, HistogramOpts, HistogramVec, Registry, TextEncoder};
 use wardnet_common::{Name, Role};
 
-use crate::snapshot::DeviceCounters;
+use crate::device_snapshot::DeviceCounters;
 
 /// One peer at scrape time.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +51,7 @@ pub struct Scrape {
     /// Failover groups: where their traffic goes and how often it moved.
     pub failover: Vec<crate::failover::GroupStatus>,
     /// What the policy filter admitted and denied.
-    pub policy: crate::dataplane::policy::PolicyCounters,
+    pub policy: crate::dataplane::enforce::PolicyCounters,
 }
 
 const PEER_LABELS: [&str; 3] = ["peer", "region", "role"];
@@ -454,7 +454,7 @@ impl Collector for ScrapeCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::DropCounters;
+    use crate::device_snapshot::DropCounters;
 
     fn name(s: &str) -> Name {
         s.parse().expect("valid name")
@@ -467,7 +467,7 @@ mod tests {
             revoked: false,
             failover: Vec::new(),
             last_sync: Some(1_700_000_000),
-            policy: crate::dataplane::policy::PolicyCounters {
+            policy: crate::dataplane::enforce::PolicyCounters {
                 enforcing: true,
                 admitted: [("rule:4".to_owned(), 2)].into(),
                 denied: 3,

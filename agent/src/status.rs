@@ -7,8 +7,11 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use wardnet_common::{Name, Role};
 
+use crate::device_snapshot::DeviceSnapshot;
 use crate::health::{link_state, LinkState, ProbeView};
-use crate::snapshot::DeviceSnapshot;
+
+/// What status says of a revoked site, and what to do about it.
+pub const REVOKED_HELP: &str = "this site was revoked at the controller: its tunnels are down. To bring it back, get a new enrolment token from the NOC, run `wardnet-agent enroll --force --token ...`, then restart the agent";
 
 /// The agent's view of itself, as JSON on `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -166,7 +169,7 @@ pub fn render(s: &AgentStatus) -> String {
     ));
     if s.revoked {
         out.push_str("REVOKED: ");
-        out.push_str(crate::agent_state::REVOKED_HELP);
+        out.push_str(REVOKED_HELP);
         out.push_str("\n\n");
         return out;
     }
@@ -254,7 +257,7 @@ mod tests {
         let key = wardnet_common::PublicKey::from_bytes([7; 32]);
         DeviceSnapshot {
             listen_port: 51820,
-            peers: vec![crate::snapshot::PeerSnapshot {
+            peers: vec![crate::device_snapshot::PeerSnapshot {
                 name: "hub".parse().expect("name"),
                 public_key: key,
                 endpoint: None,

@@ -30,7 +30,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use wardnet_common::PrivateKey;
 
-use crate::snapshot::DeviceSnapshot;
+use crate::device_snapshot::DeviceSnapshot;
 
 /// Where `wg` looks for userspace interfaces on Linux.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -395,7 +395,7 @@ mod tests {
     use wardnet_common::PublicKey;
 
     use super::*;
-    use crate::snapshot::PeerSnapshot;
+    use crate::device_snapshot::PeerSnapshot;
 
     fn key(byte: u8) -> PublicKey {
         PublicKey::from_bytes([byte; 32])

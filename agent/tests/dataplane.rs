@@ -19,8 +19,8 @@ mod forge;
 
 use forge::{forged_initiations, garbage_datagram};
 use wardnet_agent::dataplane::{DataPlane, DataPlaneConfig, DataPlaneHandle};
+use wardnet_agent::device_snapshot::PeerSnapshot;
 use wardnet_agent::reconcile::PeerOp;
-use wardnet_agent::snapshot::PeerSnapshot;
 use wardnet_common::{PeerConfig, PrivateKey, PublicKey, Role};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -658,7 +658,7 @@ fn garbage_at_the_port_is_dropped_and_live_sessions_carry_on() {
         handshake,
         "no new handshake was needed"
     );
-    let dropped = |s: &wardnet_agent::snapshot::DeviceSnapshot| {
+    let dropped = |s: &wardnet_agent::device_snapshot::DeviceSnapshot| {
         let d = s.counters.drops;
         d.malformed + d.decrypt + d.unknown_peer + d.handshake_limited
     };

@@ -19,7 +19,7 @@ use wardnet_agent::client::ControllerClient;
 use wardnet_agent::config::Config;
 use wardnet_agent::device::{MemoryDevice, MemoryRoutes};
 use wardnet_agent::eventloop::{Eventloop, Parts};
-use wardnet_agent::state::{Enrolment, StateDir};
+use wardnet_agent::state_dir::{Enrolment, StateDir};
 use wardnet_common::wire::EnrollRequest;
 use wardnet_common::PrivateKey;
 

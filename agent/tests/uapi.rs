@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use wardnet_agent::snapshot::{DeviceSnapshot, PeerSnapshot};
+use wardnet_agent::device_snapshot::{DeviceSnapshot, PeerSnapshot};
 use wardnet_agent::uapi::{format_get, serve, socket_path, ControlSocket, UapiError};
 use wardnet_common::{PrivateKey, PublicKey};
 

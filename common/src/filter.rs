@@ -301,7 +301,7 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
     services: &[S],
     mut sources: impl FnMut(&Source) -> Vec<IpNet>,
 ) -> Option<SiteFilter> {
-    if to.org.as_str() == crate::wire::DEFAULT_ORG {
+    if to.org.as_str() == crate::policy::DEFAULT_ORG {
         return None;
     }
     let overlay: Vec<IpNet> = to.overlay.iter().map(|a| IpNet::from(*a)).collect();

@@ -16,6 +16,10 @@
 //! [`decide`] is the specification; the data plane enforces the same
 //! answers with [`crate::filter`], which a property test holds to it.
 
+/// The organisation sites belong to unless they say otherwise: every site
+/// created before organisations existed was moved into it.
+pub const DEFAULT_ORG: &str = "default";
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
@@ -500,7 +504,7 @@ pub fn decide(rules: &[Rule], services: &[Service], flow: &Flow) -> Decision {
     if flow.from.org == flow.to.org {
         return allow(Reason::SameOrg);
     }
-    if flow.to.org.as_str() == crate::wire::DEFAULT_ORG {
+    if flow.to.org.as_str() == DEFAULT_ORG {
         return allow(Reason::Unfiltered);
     }
     if flow.proto == Proto::Icmp && flow.dst.is_some_and(|d| flow.to.overlay.contains(&d)) {
@@ -564,7 +568,7 @@ pub struct RuleView {
     pub rule: Rule,
     pub org: Name,
     #[serde(with = "crate::time::rfc3339")]
-    pub created_at: crate::wire::UnixTime,
+    pub created_at: crate::time::UnixTime,
 }
 
 /// A service as the API shows it: the organisation that publishes it.
@@ -574,7 +578,7 @@ pub struct ServiceView {
     pub service: Service,
     pub org: Name,
     #[serde(with = "crate::time::rfc3339")]
-    pub created_at: crate::wire::UnixTime,
+    pub created_at: crate::time::UnixTime,
 }
 
 /// `GET /v1/policy`: the rules and services the token may see.

@@ -3,6 +3,10 @@
 //! the zone is never a guess. No date crate: the civil-calendar conversion is
 //! Howard Hinnant's `civil_from_days` / `days_from_civil`.
 
+/// Unix time in seconds; on the wire an RFC 3339 string in UTC
+/// (see [`crate::time`]).
+pub type UnixTime = i64;
+
 use serde::{Deserialize, Deserializer, Serializer};
 
 /// Unix seconds as RFC 3339 UTC with a `Z`.

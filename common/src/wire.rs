@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Endpoint, Name, PublicKey};
 
-/// Unix time in seconds; on the wire an RFC 3339 string in UTC
-/// (see [`crate::time`]).
-pub type UnixTime = i64;
+pub use crate::time::UnixTime;
 
 /// A site's role in its region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -299,9 +297,7 @@ pub struct RegionHub {
     pub spokes_carried: u64,
 }
 
-/// The organisation sites belong to unless they say otherwise: every site
-/// created before organisations existed was moved into it.
-pub const DEFAULT_ORG: &str = "default";
+pub use crate::policy::DEFAULT_ORG;
 
 /// `POST /v1/orgs` (a network-wide admin token only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

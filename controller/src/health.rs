@@ -12,7 +12,7 @@ use wardnet_common::wire::{FileSdGroup, FleetHealth, SiteHealth, SiteState, Unix
 use wardnet_common::Name;
 
 use crate::model::Site;
-use crate::ops::reports::Report;
+use crate::reports::Report;
 
 /// The reports of every site, by name (see `Controller::reports`).
 pub type Reports = HashMap<Name, Report>;
@@ -23,6 +23,11 @@ fn report_for<'a>(reports: &'a Reports, s: &Site) -> &'a Report {
         .get(&s.name)
         .unwrap_or_else(|| NONE.get_or_init(Report::default))
 }
+
+/// How long an agent counts as online after it was last seen: a live agent
+/// polls again at once, and after a controller restart or a network blip
+/// it is back within its retry backoff (at most a minute).
+pub const ONLINE_WINDOW_SECS: i64 = 130;
 
 /// An agent is online when it was last seen within `window` seconds.
 pub fn online(last_seen: Option<UnixTime>, now: UnixTime, window: i64) -> bool {

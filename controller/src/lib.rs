@@ -13,6 +13,7 @@ pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod render;
+pub mod reports;
 pub mod site_configs;
 pub mod store;
 pub mod wgquick;

@@ -8,7 +8,7 @@ use imbl::{OrdMap, OrdSet};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use wardnet_common::filter::SiteFilter;
-use wardnet_common::policy::{Party, ServiceView, Source, Target};
+use wardnet_common::policy::{Party, RuleView, ServiceView, Source, Target};
 use wardnet_common::wire::{HealthSummary, SiteState, UnixTime};
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
@@ -31,6 +31,17 @@ pub struct NetworkSettings {
     pub mtu: u16,
     /// Keepalive a spoke sends to its hub (and mesh peers), in seconds.
     pub persistent_keepalive: u16,
+}
+
+/// The whole policy: rules by id, services by name, each as the API shows
+/// it (with the organisation that owns it and when it was made).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredPolicy {
+    pub rules: Vec<RuleView>,
+    pub services: Vec<ServiceView>,
+    /// The number the next rule gets: numbers only go up, a deleted
+    /// rule's is never given again.
+    pub next_rule_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,15 +194,11 @@ pub struct Model {
     pub consumed_tokens: imbl::HashSet<String>,
     /// The policy between organisations (rules and services), which each
     /// site's filter is compiled from.
-    pub policy: std::sync::Arc<crate::store::StoredPolicy>,
+    pub policy: std::sync::Arc<StoredPolicy>,
 }
 
 impl Model {
-    pub fn from_parts(
-        regions: Vec<Region>,
-        sites: Vec<Site>,
-        policy: crate::store::StoredPolicy,
-    ) -> Self {
+    pub fn from_parts(regions: Vec<Region>, sites: Vec<Site>, policy: StoredPolicy) -> Self {
         let mut m = Model {
             policy: std::sync::Arc::new(policy),
             ..Model::default()
@@ -490,11 +497,7 @@ impl Model {
 
     /// The sites whose filters may differ between two policies: where the
     /// rules and services that are not in both admit traffic into.
-    pub fn policy_touches(
-        &self,
-        old: &crate::store::StoredPolicy,
-        new: &crate::store::StoredPolicy,
-    ) -> BTreeSet<Name> {
+    pub fn policy_touches(&self, old: &StoredPolicy, new: &StoredPolicy) -> BTreeSet<Name> {
         let mut out = BTreeSet::new();
         for s in old.services.iter().chain(&new.services) {
             if !(old.services.contains(s) && new.services.contains(s)) {

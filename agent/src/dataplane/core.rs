@@ -22,10 +22,10 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use ipnet::IpNet;
 use wardnet_common::{Endpoint, Name, PeerConfig, PrivateKey, PublicKey};
 
+use super::enforce::PolicyFilter;
 use super::lpm::AllowedIps;
-use super::policy::PolicyFilter;
+use crate::device_snapshot::{DeviceCounters, DeviceSnapshot, Handshakes, PeerSnapshot};
 use crate::reconcile::PeerOp;
-use crate::snapshot::{DeviceCounters, DeviceSnapshot, Handshakes, PeerSnapshot};
 
 /// Largest datagram or IP packet we handle, plus room for WireGuard overhead.
 pub(crate) const BUF_SIZE: usize = 65_535 + 64;

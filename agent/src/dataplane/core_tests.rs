@@ -138,7 +138,7 @@ fn pair() -> (Node, Node) {
     (a, b)
 }
 
-fn peer_of(n: &Node, key: PublicKey) -> crate::snapshot::PeerSnapshot {
+fn peer_of(n: &Node, key: PublicKey) -> crate::device_snapshot::PeerSnapshot {
     n.core
         .snapshot(n.addr.port())
         .peers

@@ -16,9 +16,9 @@ mod codel;
 mod core;
 #[cfg(test)]
 mod core_tests;
+pub mod enforce;
 mod lpm;
 mod output;
-pub mod policy;
 mod tun;
 mod udp;
 
@@ -40,8 +40,8 @@ use self::core::{is_bulk_data, is_handshake, Core, Transmit, HANDSHAKE_MAX};
 use self::output::Writer;
 use self::tun::{TunRead, TunWrite};
 use self::udp::{RecvBatch, SendBatch, Socket, RECV_BATCH};
+use crate::device_snapshot::{DeviceSnapshot, Handshakes};
 use crate::reconcile::PeerOp;
-use crate::snapshot::{DeviceSnapshot, Handshakes};
 
 /// Timer granularity; WireGuard's timers are specified in seconds.
 const TICK: Duration = Duration::from_millis(250);

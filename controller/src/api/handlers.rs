@@ -36,7 +36,7 @@ pub async fn metrics(State(c): Ctl) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(&c),
+        super::metrics::render(&c),
     )
         .into_response()
 }

@@ -5,6 +5,7 @@ mod error;
 mod extract;
 mod handlers;
 mod health;
+mod metrics;
 mod server;
 
 use std::future::Future;

@@ -8,10 +8,10 @@ use wardnet_common::token::{hash_secret, Secret, AGENT_PREFIX};
 use wardnet_common::wire::{AgentReport, EnrollRequest, EnrollResponse, SiteState, UnixTime};
 use wardnet_common::{Name, Role};
 
-use super::reports::Report;
 use super::sites::check_key_unused;
 use crate::error::Error;
 use crate::pipeline::{Controller, WaitGuard, World};
+use crate::reports::Report;
 use crate::store::StoreError;
 
 /// An authenticated agent: its site, and the credential hash it used (a

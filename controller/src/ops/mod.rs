@@ -10,9 +10,9 @@
 
 mod agents;
 mod network;
-pub(crate) mod reports;
 mod rules;
 mod sites;
+mod views;
 
 pub use agents::AgentIdentity;
 

@@ -1,95 +1,21 @@
 //! Network-wide administration: regions and their hubs, organisations,
 //! admin tokens, the status summary and the audit log.
 
-use ipnet::IpNet;
 use wardnet_common::token::{hash_secret, Secret, ADMIN_PREFIX};
 use wardnet_common::wire::{
-    AuditEntry, CreateOrg, CreateRegion, OrgView, RegionHub, RegionView, SiteState, StatusSummary,
+    AuditEntry, CreateOrg, CreateRegion, OrgView, RegionView, SiteState, StatusSummary,
 };
 use wardnet_common::{Name, Role};
 
-use super::reports::Report;
-use super::sites::not_found_org;
+use super::views::{not_found_org, not_found_region, region_view};
 use super::Actor;
 use crate::error::Error;
+use crate::health::ONLINE_WINDOW_SECS;
 use crate::ipam;
-use crate::model::{default_org, Model, Org, Region, Site};
+use crate::model::{default_org, Org, Region};
 use crate::pipeline::Controller;
+use crate::reports::Report;
 use crate::store::AdminToken;
-
-/// See [`Controller::online_window_secs`].
-pub(super) const ONLINE_WINDOW_SECS: i64 = 130;
-
-fn region_view(
-    m: &Model,
-    r: &Region,
-    report: &dyn Fn(&Name) -> Report,
-    now: i64,
-    actor: &Actor,
-) -> RegionView {
-    let hubs: Vec<&Site> = m.region_hubs(&r.name).collect();
-    let mut views: Vec<RegionHub> = hubs
-        .iter()
-        .map(|h| {
-            let rep = report(&h.name);
-            RegionHub {
-                name: h.name.clone(),
-                online: crate::health::online(rep.last_seen, now, ONLINE_WINDOW_SECS),
-                peers_up: rep.health.as_ref().map(|h| h.peers_up),
-                peers_total: rep.health.as_ref().map(|h| h.peers_total),
-                spokes_assigned: 0,
-                spokes_carried: 0,
-            }
-        })
-        .collect();
-    if !views.is_empty() {
-        // A scoped admin counts only its own organisation's spokes.
-        let spokes = m
-            .region_sites(&r.name)
-            .filter(|s| s.role == Role::Spoke && s.is_active() && actor.sees(&s.org));
-        for s in spokes {
-            let assigned = crate::render::hub_order(m, &s.name, &r.name)
-                .first()
-                .map(|h| h.name.clone());
-            let rep = report(&s.name);
-            let carried = rep
-                .health
-                .as_ref()
-                .and_then(|h| h.active_hub.clone())
-                .or_else(|| assigned.clone())
-                .filter(|_| crate::health::online(rep.last_seen, now, ONLINE_WINDOW_SECS));
-            for v in &mut views {
-                if assigned.as_ref() == Some(&v.name) {
-                    v.spokes_assigned += 1;
-                }
-                if carried.as_ref() == Some(&v.name) {
-                    v.spokes_carried += 1;
-                }
-            }
-        }
-    }
-    RegionView {
-        name: r.name.clone(),
-        mesh: r.mesh,
-        ipv4_block: IpNet::V4(r.ipv4_block),
-        ipv6_block: r.ipv6_block.map(IpNet::V6),
-        sites: match actor.org {
-            None => m.by_region.get(&r.name).map_or(0, |s| s.len() as u64),
-            Some(_) => m
-                .region_sites(&r.name)
-                .filter(|s| actor.sees(&s.org))
-                .count() as u64,
-        },
-        created_at: r.created_at,
-        hubs: views,
-    }
-}
-
-pub(super) fn not_found_region(name: &Name) -> Error {
-    Error::NotFound(format!(
-        "no region named {name}; create it first with `wardnet-controller regions add {name}`"
-    ))
-}
 
 impl Controller {
     // ----- regions -------------------------------------------------------

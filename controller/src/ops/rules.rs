@@ -19,7 +19,7 @@ use wardnet_common::policy::{
 };
 use wardnet_common::Name;
 
-use super::sites::{not_found_org, visible_site};
+use super::views::{not_found_org, visible_site};
 use super::Actor;
 use crate::error::Error;
 use crate::model::{Model, Site};

@@ -10,58 +10,13 @@ use wardnet_common::token::{Secret, ENROLMENT_PREFIX};
 use wardnet_common::wire::{CreateSite, SiteConfig, SiteCreated, SiteState, SiteView, UpdateSite};
 use wardnet_common::{Name, Role};
 
-use super::network::not_found_region;
-use super::reports::Report;
+use super::views::{not_found_org, not_found_region, site_view, visible_site};
 use super::Actor;
 use crate::error::Error;
 use crate::ipam;
 use crate::model::{default_org, Model, Site, SiteInputs};
 use crate::pipeline::Controller;
-
-/// The site `name` if it exists and `actor` may see it; else 404 either way.
-pub(super) fn visible_site<'m>(
-    m: &'m Model,
-    actor: &Actor,
-    name: &Name,
-) -> Result<&'m std::sync::Arc<Site>, Error> {
-    m.sites
-        .get(name)
-        .filter(|s| actor.sees(&s.org))
-        .ok_or_else(|| not_found_site(name))
-}
-
-pub(super) fn not_found_org(name: &Name) -> Error {
-    Error::NotFound(format!(
-        "no organisation named {name}; `orgs list` shows the organisations"
-    ))
-}
-
-pub(crate) fn site_view(s: &Site, r: &Report) -> SiteView {
-    SiteView {
-        name: s.name.clone(),
-        region: s.region.clone(),
-        org: s.org.clone(),
-        role: s.role,
-        state: s.state,
-        agentless: s.agentless,
-        lan_prefixes: s.lan_prefixes.clone(),
-        endpoint: s.endpoint,
-        public_key: s.public_key,
-        addresses: s.addresses(),
-        revision: s.revision,
-        applied_revision: r.applied_revision,
-        created_at: s.created_at,
-        enrolled_at: s.enrolled_at,
-        last_seen: r.last_seen,
-        health: r.health.clone(),
-    }
-}
-
-fn not_found_site(name: &Name) -> Error {
-    Error::NotFound(format!(
-        "no site named {name}; `sites list` shows the sites"
-    ))
-}
+use crate::reports::Report;
 
 impl Controller {
     // ----- sites ---------------------------------------------------------

@@ -34,9 +34,10 @@
 //!
 //! Soft state (what agents report: last seen, applied revision, health) is
 //! kept apart, in memory, and persisted in periodic batches
-//! ([`crate::ops::reports`]).
+//! ([`crate::reports`], [`persist`]).
 
 mod follow;
+mod persist;
 mod tx;
 mod waiters;
 mod world;
@@ -60,10 +61,10 @@ use wardnet_common::Name;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::{Model, NetworkSettings, Site};
-use crate::ops::reports::Heartbeats;
+use crate::reports::Heartbeats;
 use crate::site_configs::{self};
 use crate::store::{Store, StoreError, Write};
-use writer::Job;
+use world::Job;
 
 /// Where "now" comes from, so token expiry and last-seen are testable.
 pub trait Clock: Send + Sync + 'static {
@@ -201,9 +202,7 @@ impl Controller {
             settings,
         });
         tokio::spawn(writer::writer(Arc::downgrade(&controller), rx, heads));
-        tokio::spawn(crate::ops::reports::persist_loop(Arc::downgrade(
-            &controller,
-        )));
+        tokio::spawn(persist::persist_loop(Arc::downgrade(&controller)));
         tokio::spawn(writer::maintain_loop(Arc::downgrade(&controller)));
         Ok(controller)
     }

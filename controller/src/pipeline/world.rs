@@ -11,7 +11,6 @@ use imbl::OrdMap;
 use wardnet_common::wire::UnixTime;
 use wardnet_common::Name;
 
-use super::writer::Job;
 use super::Tx;
 use crate::error::Error;
 use crate::model::{Model, NetworkSettings, Site};
@@ -69,6 +68,13 @@ pub(super) struct Prepared {
     pub(super) woken: BTreeSet<Name>,
     /// Sites the group deleted (their reports are forgotten).
     pub(super) deleted: Vec<Name>,
+}
+
+/// A change waiting for the writer. `apply` may run more than once (a
+/// group that failed is retried job by job); `finish` answers the caller.
+pub(super) trait Job: Send {
+    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), Error>;
+    fn finish(self: Box<Self>, result: Result<(), Error>);
 }
 
 /// Apply a group of jobs to a copy of `base`: the new world, and the

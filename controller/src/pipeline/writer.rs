@@ -8,17 +8,10 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::world::{prepare, Prepared};
+use super::world::{prepare, Job, Prepared};
 use super::{Controller, Tx, LOG_KEEP, MAINTAIN_EVERY, MAX_GROUP};
 use crate::error::Error;
 use crate::store::StoreError;
-
-/// A change waiting for the writer. `apply` may run more than once (a
-/// group that failed is retried job by job); `finish` answers the caller.
-pub(super) trait Job: Send {
-    fn apply(&mut self, tx: &mut Tx<'_>) -> Result<(), Error>;
-    fn finish(self: Box<Self>, result: Result<(), Error>);
-}
 
 struct TypedJob<T, F> {
     f: F,

@@ -30,6 +30,7 @@ use wardnet_common::policy::{RuleView, ServiceView};
 use wardnet_common::wire::{AuditEntry, HealthSummary, UnixTime};
 use wardnet_common::Name;
 
+pub use crate::model::StoredPolicy;
 use crate::model::{Org, Region, Site};
 
 #[derive(Debug, thiserror::Error)]
@@ -175,17 +176,6 @@ pub struct NewAudit {
     /// The organisation the object belongs to (its admins see the entry);
     /// `None` for network-wide objects (regions, organisations, tokens).
     pub org: Option<Name>,
-}
-
-/// The whole policy: rules by id, services by name, each as the API shows
-/// it (with the organisation that owns it and when it was made).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredPolicy {
-    pub rules: Vec<RuleView>,
-    pub services: Vec<ServiceView>,
-    /// The number the next rule gets: numbers only go up, a deleted
-    /// rule's is never given again.
-    pub next_rule_id: u64,
 }
 
 /// An enrolment token as stored.

@@ -18,7 +18,7 @@ pub struct DeviceSnapshot {
     /// Interface-wide packet and handshake counters since the data plane started.
     pub counters: DeviceCounters,
     /// What the policy filter admitted and denied.
-    pub policy: crate::dataplane::policy::PolicyCounters,
+    pub policy: crate::dataplane::enforce::PolicyCounters,
 }
 
 /// Monotonic interface-wide counters (for metrics: `_total` counters).

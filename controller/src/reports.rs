@@ -13,13 +13,11 @@
 //! at once, so long polls cost nothing in how fresh "online" is.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Weak;
 
 use wardnet_common::wire::{HealthSummary, UnixTime};
 use wardnet_common::Name;
 
 use crate::model::Site;
-use crate::pipeline::Controller;
 use crate::store::Write;
 
 /// One site's last report.
@@ -43,16 +41,21 @@ struct Inner {
 }
 
 /// How stale a stored last-seen may get while only long-polls arrive.
-const SEEN_PERSIST: UnixTime = 300;
+pub(crate) const SEEN_PERSIST: UnixTime = 300;
 /// The same with replicas: the others read it to tell whether a site is
 /// online (within ONLINE_WINDOW_SECS, 130 s), so it must be fresher than
 /// that, with a persist interval to spare.
-const REPLICA_SEEN_PERSIST: UnixTime = 60;
+pub(crate) const REPLICA_SEEN_PERSIST: UnixTime = 60;
 
 #[derive(Default)]
 pub struct Heartbeats(parking_lot::Mutex<Inner>, tokio::sync::Mutex<()>);
 
 impl Heartbeats {
+    /// Held while one persist runs: two never overlap.
+    pub(crate) async fn persisting(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.1.lock().await
+    }
+
     /// Start from what the database holds.
     pub fn load(sites: &[Site]) -> Self {
         let live = sites
@@ -153,7 +156,7 @@ impl Heartbeats {
     /// Before the last persist at a stop: every last-seen newer than the
     /// stored one, and every connected site as seen `now`, so a restart
     /// does not show live sites as offline until they reconnect.
-    fn mark_all_seen(&self, now: UnixTime) {
+    pub(crate) fn mark_all_seen(&self, now: UnixTime) {
         let mut i = self.0.lock();
         let Inner {
             live,
@@ -174,7 +177,7 @@ impl Heartbeats {
     /// With replicas: every connected site is seen `now`, and written again
     /// once its stored last-seen is `every` old, so the other replicas
     /// (which read the database) see it online.
-    fn refresh_connected(&self, now: UnixTime, every: UnixTime) {
+    pub(crate) fn refresh_connected(&self, now: UnixTime, every: UnixTime) {
         let mut i = self.0.lock();
         let connected: Vec<Name> = i.connected.keys().cloned().collect();
         for site in &connected {
@@ -184,7 +187,7 @@ impl Heartbeats {
 
     /// With replicas: take what other replicas stored of their agents, for
     /// sites not connected here and newer than what this one knows.
-    fn merge_stored(
+    pub(crate) fn merge_stored(
         &self,
         stored: Vec<crate::store::StoredReport>,
         exists: impl Fn(&Name) -> bool,
@@ -222,7 +225,7 @@ impl Heartbeats {
     }
 
     /// The writes for every report changed since the last persist.
-    fn take_dirty(&self) -> (Vec<Name>, Vec<Write>) {
+    pub(crate) fn take_dirty(&self) -> (Vec<Name>, Vec<Write>) {
         let mut i = self.0.lock();
         let names: Vec<Name> = i.dirty.drain().collect();
         for n in &names {
@@ -245,88 +248,12 @@ impl Heartbeats {
         (names, writes)
     }
 
-    fn mark_dirty(&self, names: Vec<Name>) {
+    pub(crate) fn mark_dirty(&self, names: Vec<Name>) {
         let mut i = self.0.lock();
         for n in names {
             if i.live.contains_key(&n) {
                 i.dirty.insert(n);
             }
-        }
-    }
-}
-
-impl Controller {
-    /// Write every report changed since the last time, in one transaction.
-    /// On failure they stay dirty for the next round.
-    pub async fn persist_reports(&self) {
-        self.persist(false).await;
-    }
-
-    /// The last persist before a stop: also every last-seen time not yet
-    /// stored (see [`Heartbeats::mark_all_seen`]).
-    pub async fn persist_reports_at_stop(&self) {
-        self.persist(true).await;
-    }
-
-    async fn persist(&self, stopping: bool) {
-        // One persist at a time: a caller returns only once what was dirty
-        // when it called is written (or has failed and is dirty again).
-        let _one = self.heartbeats.1.lock().await;
-        let now = self.now();
-        if stopping {
-            self.heartbeats.mark_all_seen(now);
-        } else if self.replicated {
-            self.heartbeats.refresh_connected(now, REPLICA_SEEN_PERSIST);
-        }
-        if self.replicated && !stopping {
-            // Other replicas' agents, as they stored them.
-            let since = now - super::network::ONLINE_WINDOW_SECS;
-            match self.store.reports_since(since).await {
-                Ok(stored) => {
-                    let world = self.published.load();
-                    self.heartbeats
-                        .merge_stored(stored, |s| world.model.sites.contains_key(s));
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read other replicas' agent reports"),
-            }
-        }
-        let (names, writes) = self.heartbeats.take_dirty();
-        if writes.is_empty() {
-            return;
-        }
-        let n = writes.len();
-        match self.store.commit(writes).await {
-            Ok(()) => tracing::debug!(reports = n, "agent reports persisted"),
-            Err(e) => {
-                self.metrics
-                    .store_failures
-                    .with_label_values(&[e.kind()])
-                    .inc();
-                tracing::warn!(error = %e, reports = n, "cannot persist agent reports; retrying next round");
-                self.heartbeats.mark_dirty(names);
-            }
-        }
-    }
-}
-
-/// Persist reports every interval until the controller is dropped, and once
-/// more at shutdown.
-pub(crate) async fn persist_loop(controller: Weak<Controller>) {
-    let (interval, shutdown) = match controller.upgrade() {
-        Some(c) => (c.settings.report_persist_interval, c.shutdown.clone()),
-        None => return,
-    };
-    loop {
-        let stopping = tokio::select! {
-            () = tokio::time::sleep(interval) => false,
-            () = shutdown.cancelled() => true,
-        };
-        let Some(c) = controller.upgrade() else {
-            return;
-        };
-        c.persist(stopping).await;
-        if stopping {
-            return;
         }
     }
 }
