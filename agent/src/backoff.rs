@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
         Self {
             base,
             max,
@@ -22,7 +22,7 @@ impl Backoff {
     /// The delay before the next retry: "full jitter" between half and all
     /// of min(max, base * 2^attempt), so a fleet that lost its controller at
     /// the same moment does not come back in lockstep.
-    pub fn next_delay(&mut self, random_fraction: f64) -> Duration {
+    pub(crate) fn next_delay(&mut self, random_fraction: f64) -> Duration {
         let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
         let cap = exp.min(self.max);
         self.attempt = self.attempt.saturating_add(1);
@@ -30,12 +30,8 @@ impl Backoff {
         cap.mul_f64(f)
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
     }
 }
 

@@ -43,7 +43,7 @@ impl SnapshotSource for DataPlaneHandle {
 
 /// Run the agent until `shutdown` resolves. `reload` reads the config file
 /// anew (on SIGHUP).
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     reload: impl Fn() -> Result<Config> + Send + 'static,
     shutdown: impl Future<Output = ()>,

@@ -32,7 +32,7 @@ use wardnet_common::Name;
 const MEMORY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailoverConfig {
+pub(crate) struct FailoverConfig {
     /// Probes in a row a hub must miss to be failed.
     pub misses: u32,
     /// How long a hub must answer without a loss before traffic goes back.
@@ -70,7 +70,7 @@ pub struct HubView {
 
 /// Why traffic moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The active hub stopped answering.
     Failed,
     /// The preferred hub is back and has answered for its hold-down.
@@ -79,7 +79,7 @@ pub enum Reason {
 
 /// One move of a group's prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Move {
+pub(crate) struct Move {
     pub region: Name,
     pub from: Name,
     pub to: Name,
@@ -112,7 +112,7 @@ pub struct GroupStatus {
 }
 
 #[derive(Debug)]
-pub struct Failover {
+pub(crate) struct Failover {
     config: FailoverConfig,
     groups: BTreeMap<Name, Group>,
     /// This site's share of the hold-down, in thousandths (0..500): fixed
@@ -121,7 +121,7 @@ pub struct Failover {
 }
 
 impl Failover {
-    pub fn new(config: FailoverConfig, site: &Name) -> Self {
+    pub(crate) fn new(config: FailoverConfig, site: &Name) -> Self {
         // FNV-1a: stable across builds and platforms.
         let mut h: u32 = 0x811c_9dc5;
         for b in site.as_str().bytes() {
@@ -134,17 +134,13 @@ impl Failover {
         }
     }
 
-    pub fn config(&self) -> FailoverConfig {
-        self.config
-    }
-
-    pub fn set_config(&mut self, config: FailoverConfig) {
+    pub(crate) fn set_config(&mut self, config: FailoverConfig) {
         self.config = config;
     }
 
     /// Take the groups of a new config. A group keeps its active hub while
     /// that hub is still in it; a new group starts on its preferred hub.
-    pub fn set_groups(&mut self, groups: &[FailoverGroup], now: Instant) {
+    pub(crate) fn set_groups(&mut self, groups: &[FailoverGroup], now: Instant) {
         let mut old = std::mem::take(&mut self.groups);
         for g in groups {
             let Some(first) = g.hubs.first() else {
@@ -177,18 +173,18 @@ impl Failover {
     }
 
     /// The hubs probed at the fast pace: each group's active one.
-    pub fn active_hubs(&self) -> BTreeSet<Name> {
+    pub(crate) fn active_hubs(&self) -> BTreeSet<Name> {
         self.groups.values().map(|g| g.active.clone()).collect()
     }
 
     /// The active hub of `region`'s group.
-    pub fn active(&self, region: &Name) -> Option<&Name> {
+    pub(crate) fn active(&self, region: &Name) -> Option<&Name> {
         self.groups.get(region).map(|g| &g.active)
     }
 
     /// Apply the rule at `now`; `view` tells what the probes saw of a hub.
     /// Returns the moves made (the caller applies the new AllowedIPs).
-    pub fn evaluate(&mut self, now: Instant, view: impl Fn(&Name) -> HubView) -> Vec<Move> {
+    pub(crate) fn evaluate(&mut self, now: Instant, view: impl Fn(&Name) -> HubView) -> Vec<Move> {
         let cfg = self.config;
         let spread = self.spread;
         let mut moves = Vec::new();
@@ -260,7 +256,7 @@ impl Failover {
     /// `desired` as it runs here: each group's prefixes on its active hub.
     /// The group's prefixes are what the preferred hub's entry carries but
     /// its own host addresses (the controller puts them there).
-    pub fn effective(&self, desired: &SiteConfig) -> SiteConfig {
+    pub(crate) fn effective(&self, desired: &SiteConfig) -> SiteConfig {
         let mut out = desired.clone();
         for fg in &desired.failover {
             let Some(preferred) = fg.hubs.first() else {
@@ -292,7 +288,7 @@ impl Failover {
         out
     }
 
-    pub fn status(&self, now: Instant) -> Vec<GroupStatus> {
+    pub(crate) fn status(&self, now: Instant) -> Vec<GroupStatus> {
         self.groups
             .iter()
             .map(|(region, g)| GroupStatus {
@@ -310,7 +306,7 @@ impl Failover {
     }
 
     /// Failovers since start, over all groups.
-    pub fn failovers_total(&self) -> u64 {
+    pub(crate) fn failovers_total(&self) -> u64 {
         self.groups.values().map(|g| g.failovers_total).sum()
     }
 }

@@ -107,7 +107,7 @@ fn with_no_other_hub_answering_traffic_stays_and_moves_once_one_answers() {
 fn failback_waits_for_the_hold_down_and_a_loss_restarts_it() {
     let t0 = Instant::now();
     let mut f = failover("gp-1");
-    let cfg = f.config();
+    let cfg = f.config;
     f.set_groups(&[group(&["hub-a", "hub-b"])], t0);
     let probes = Probes::new(&["hub-a", "hub-b"], t0);
     probes.lose("hub-a", 4);
@@ -139,7 +139,7 @@ fn failback_waits_for_the_hold_down_and_a_loss_restarts_it() {
 fn a_flapping_hub_gets_a_longer_hold_down_each_time_within_the_hour() {
     let t0 = Instant::now();
     let mut f = failover("gp-1");
-    let cfg = f.config();
+    let cfg = f.config;
     f.set_groups(&[group(&["hub-a", "hub-b"])], t0);
     let probes = Probes::new(&["hub-a", "hub-b"], t0);
     let mut now = t0;
@@ -194,7 +194,7 @@ fn the_hold_down_is_capped_and_spread_over_sites() {
 fn a_hub_never_heard_from_fails_after_the_startup_grace() {
     let t0 = Instant::now();
     let mut f = failover("gp-1");
-    let cfg = f.config();
+    let cfg = f.config;
     f.set_groups(&[group(&["hub-a", "hub-b"])], t0);
     let probes = Probes::new(&["hub-a", "hub-b"], t0);
     probes.0.borrow_mut().insert(

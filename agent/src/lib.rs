@@ -3,25 +3,25 @@
 //! keeps them in step with the controller, and answers `wg show`.
 
 pub mod agent_state;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod dataplane;
 pub mod device;
 pub mod device_snapshot;
 pub mod eventloop;
-pub mod failover;
+pub(crate) mod failover;
 pub mod forwarding;
-pub mod handle;
+pub(crate) mod handle;
 pub mod health;
 pub mod http;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod netlink;
 pub mod reconcile;
 pub mod state_dir;
-pub mod status;
+pub(crate) mod status;
 pub mod sync;
 pub mod uapi;
 

@@ -21,7 +21,7 @@ use crate::device_snapshot::DeviceCounters;
 
 /// One peer at scrape time.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PeerScrape {
+pub(crate) struct PeerScrape {
     pub name: Name,
     pub region: Name,
     pub role: Role,
@@ -39,7 +39,7 @@ pub struct PeerScrape {
 
 /// Everything `/metrics` shows except the RTT histogram, taken at once.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     pub applied_revision: u64,
     pub controller_reachable: bool,
     /// Unix time of the last successful exchange with the controller.
@@ -193,7 +193,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
 ];
 
 /// The metrics the agent keeps across scrapes.
-pub struct Metrics {
+pub(crate) struct Metrics {
     rtt: HistogramVec,
 }
 
@@ -204,7 +204,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let rtt = HistogramVec::new(
             HistogramOpts::new(
                 "wardnet_peer_probe_rtt_seconds",
@@ -219,14 +219,14 @@ impl Metrics {
         Metrics { rtt }
     }
 
-    pub fn observe_rtt(&self, peer: &Name, region: &Name, role: Role, rtt: Duration) {
+    pub(crate) fn observe_rtt(&self, peer: &Name, region: &Name, role: Role, rtt: Duration) {
         self.rtt
             .with_label_values(&[peer.as_str(), region.as_str(), role.as_str()])
             .observe(rtt.as_secs_f64());
     }
 
     /// Drop the histograms of peers that left the config.
-    pub fn retain_peers(
+    pub(crate) fn retain_peers(
         &self,
         keep: &BTreeSet<(Name, Name, Role)>,
         had: &BTreeSet<(Name, Name, Role)>,
@@ -239,7 +239,7 @@ impl Metrics {
     }
 
     /// The text format of everything.
-    pub fn render(&self, scrape: Scrape) -> String {
+    pub(crate) fn render(&self, scrape: Scrape) -> String {
         let registry = Registry::new();
         registry
             .register(Box::new(self.rtt.clone()))

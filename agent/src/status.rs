@@ -11,7 +11,7 @@ use crate::device_snapshot::DeviceSnapshot;
 use crate::health::{link_state, LinkState, ProbeView};
 
 /// What status says of a revoked site, and what to do about it.
-pub const REVOKED_HELP: &str = "this site was revoked at the controller: its tunnels are down. To bring it back, get a new enrolment token from the NOC, run `wardnet-agent enroll --force --token ...`, then restart the agent";
+pub(crate) const REVOKED_HELP: &str = "this site was revoked at the controller: its tunnels are down. To bring it back, get a new enrolment token from the NOC, run `wardnet-agent enroll --force --token ...`, then restart the agent";
 
 /// The agent's view of itself, as JSON on `GET /v1/status`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,7 +76,7 @@ pub struct PeerStatus {
 
 /// The peers of a snapshot with their probe health (`probe` finds a
 /// peer's probe view by name); the state follows [`crate::health::link_state`].
-pub fn peer_statuses(
+pub(crate) fn peer_statuses(
     snap: &DeviceSnapshot,
     now: SystemTime,
     probe: impl Fn(&Name) -> Option<ProbeView>,
@@ -112,7 +112,7 @@ pub fn peer_statuses(
 }
 
 /// Human form of a byte count.
-pub fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -128,7 +128,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Human form of a round-trip time (`not probed` when the peer is not).
-pub fn rtt(secs: Option<f64>, probed: bool) -> String {
+pub(crate) fn rtt(secs: Option<f64>, probed: bool) -> String {
     match secs {
         _ if !probed => "not probed".into(),
         None => "-".into(),
@@ -138,7 +138,7 @@ pub fn rtt(secs: Option<f64>, probed: bool) -> String {
 }
 
 /// Human form of a loss ratio.
-pub fn loss(ratio: Option<f64>, probed: bool) -> String {
+pub(crate) fn loss(ratio: Option<f64>, probed: bool) -> String {
     match ratio {
         _ if !probed => "-".into(),
         None => "-".into(),
@@ -147,7 +147,7 @@ pub fn loss(ratio: Option<f64>, probed: bool) -> String {
 }
 
 /// Human form of an age in seconds.
-pub fn age(secs: Option<u64>) -> String {
+pub(crate) fn age(secs: Option<u64>) -> String {
     match secs {
         None => "never".into(),
         Some(s) if s < 120 => format!("{s}s ago"),
@@ -157,7 +157,7 @@ pub fn age(secs: Option<u64>) -> String {
 }
 
 /// The table `wardnet-agent status` prints.
-pub fn render(s: &AgentStatus) -> String {
+pub(crate) fn render(s: &AgentStatus) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "site {} ({}, region {}) on {} port {}\n",

@@ -15,7 +15,7 @@ use crate::model::Site;
 use crate::reports::Report;
 
 /// The reports of every site, by name (see `Controller::reports`).
-pub type Reports = HashMap<Name, Report>;
+pub(crate) type Reports = HashMap<Name, Report>;
 
 fn report_for<'a>(reports: &'a Reports, s: &Site) -> &'a Report {
     static NONE: std::sync::OnceLock<Report> = std::sync::OnceLock::new();
@@ -27,14 +27,14 @@ fn report_for<'a>(reports: &'a Reports, s: &Site) -> &'a Report {
 /// How long an agent counts as online after it was last seen: a live agent
 /// polls again at once, and after a controller restart or a network blip
 /// it is back within its retry backoff (at most a minute).
-pub const ONLINE_WINDOW_SECS: i64 = 130;
+pub(crate) const ONLINE_WINDOW_SECS: i64 = 130;
 
 /// An agent is online when it was last seen within `window` seconds.
-pub fn online(last_seen: Option<UnixTime>, now: UnixTime, window: i64) -> bool {
+pub(crate) fn online(last_seen: Option<UnixTime>, now: UnixTime, window: i64) -> bool {
     last_seen.is_some_and(|t| t >= now - window)
 }
 
-pub fn site_health(s: &Site, r: &Report, now: UnixTime, window: i64) -> SiteHealth {
+pub(crate) fn site_health(s: &Site, r: &Report, now: UnixTime, window: i64) -> SiteHealth {
     SiteHealth {
         name: s.name.clone(),
         region: s.region.clone(),
@@ -51,7 +51,7 @@ pub fn site_health(s: &Site, r: &Report, now: UnixTime, window: i64) -> SiteHeal
     }
 }
 
-pub fn fleet_health<'a>(
+pub(crate) fn fleet_health<'a>(
     sites: impl Iterator<Item = &'a Site>,
     reports: &Reports,
     now: UnixTime,
@@ -68,7 +68,7 @@ pub fn fleet_health<'a>(
 /// Prometheus file_sd groups: one per active agent site that reported a
 /// metrics address, labelled site, site_region and site_role. Sites without an
 /// address (metrics on loopback and no `metrics_advertise`) are left out.
-pub fn file_sd<'a>(
+pub(crate) fn file_sd<'a>(
     sites: impl IntoIterator<Item = &'a Site>,
     reports: &Reports,
 ) -> Vec<FileSdGroup> {

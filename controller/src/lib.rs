@@ -1,22 +1,37 @@
 //! wardnet controller: regions, sites, overlay addresses and the per-site
 //! WireGuard configs agents long-poll for.
 
+//!
+//! Where to look (docs/design.md, "The controller"):
+//! - [`pipeline`]: how a change becomes durable and visible (a job's `Tx`,
+//!   `prepare`, the writer, following other replicas, waiting long-polls);
+//! - [`ops`]: what admins and agents ask (sites, regions, organisations,
+//!   tokens, policy, enrolment, long-polls);
+//! - [`model`], [`ipam`], [`render`] and [`site_configs`]: the network in
+//!   memory, address allocation, the full render (the specification) and
+//!   the incremental per-site configs with their deltas;
+//! - [`store`]: SQLite and PostgreSQL behind one trait, one row codec;
+//! - [`api`] (HTTP), [`cli`], [`config`] (the TOML file), [`ca`].
+//!
+//! Modules other crates use (the binary, the tests, the benchmarks) are
+//! `pub`; the rest are the crate's own.
+
 pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod config;
-pub mod error;
-pub mod health;
+pub(crate) mod error;
+pub(crate) mod health;
 pub mod ipam;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod model;
-pub mod ops;
-pub mod pipeline;
+pub(crate) mod ops;
+pub(crate) mod pipeline;
 pub mod render;
-pub mod reports;
-pub mod site_configs;
+pub(crate) mod reports;
+pub(crate) mod site_configs;
 pub mod store;
-pub mod wgquick;
+pub(crate) mod wgquick;
 
 /// Unix time now, in seconds.
 pub fn now() -> i64 {
@@ -32,6 +47,7 @@ pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub use ops::{Actor, AgentIdentity};
+pub use error::Error;
+pub use ops::Actor;
 pub use pipeline::{Clock, Controller, ServiceSettings, SystemClock};
 pub use wardnet_service::{logging, notify};

@@ -48,7 +48,7 @@ pub(crate) const SEEN_PERSIST: UnixTime = 300;
 pub(crate) const REPLICA_SEEN_PERSIST: UnixTime = 60;
 
 #[derive(Default)]
-pub struct Heartbeats(parking_lot::Mutex<Inner>, tokio::sync::Mutex<()>);
+pub(crate) struct Heartbeats(parking_lot::Mutex<Inner>, tokio::sync::Mutex<()>);
 
 impl Heartbeats {
     /// Held while one persist runs: two never overlap.
@@ -57,7 +57,7 @@ impl Heartbeats {
     }
 
     /// Start from what the database holds.
-    pub fn load(sites: &[Site]) -> Self {
+    pub(crate) fn load(sites: &[Site]) -> Self {
         let live = sites
             .iter()
             .map(|s| {
@@ -80,7 +80,7 @@ impl Heartbeats {
         )
     }
 
-    pub fn record(&self, site: &Name, report: Report) {
+    pub(crate) fn record(&self, site: &Name, report: Report) {
         let mut i = self.0.lock();
         i.live.insert(site.clone(), report);
         i.dirty.insert(site.clone());
@@ -111,7 +111,7 @@ impl Heartbeats {
     }
 
     /// A long-poll of `site` begins waiting.
-    pub fn arrive(&self, site: &Name, now: UnixTime) {
+    pub(crate) fn arrive(&self, site: &Name, now: UnixTime) {
         let mut i = self.0.lock();
         Self::seen_locked(&mut i, site, now);
         *i.connected.entry(site.clone()).or_default() += 1;
@@ -119,7 +119,7 @@ impl Heartbeats {
 
     /// A long-poll of `site` ended (answered, or its connection closed).
     /// A site deleted meanwhile was forgotten and stays so.
-    pub fn leave(&self, site: &Name, now: UnixTime) {
+    pub(crate) fn leave(&self, site: &Name, now: UnixTime) {
         let mut i = self.0.lock();
         let Some(n) = i.connected.get_mut(site) else {
             return;
@@ -132,7 +132,7 @@ impl Heartbeats {
     }
 
     /// A site's last report; last-seen is `now` while it is connected.
-    pub fn get(&self, site: &Name, now: UnixTime) -> Report {
+    pub(crate) fn get(&self, site: &Name, now: UnixTime) -> Report {
         let i = self.0.lock();
         let mut r = i.live.get(site).cloned().unwrap_or_default();
         if i.connected.contains_key(site) {
@@ -142,7 +142,7 @@ impl Heartbeats {
     }
 
     /// Every site's last report (one lock for a whole listing).
-    pub fn all(&self, now: UnixTime) -> HashMap<Name, Report> {
+    pub(crate) fn all(&self, now: UnixTime) -> HashMap<Name, Report> {
         let i = self.0.lock();
         let mut all = i.live.clone();
         for site in i.connected.keys() {
@@ -216,7 +216,7 @@ impl Heartbeats {
     }
 
     /// A deleted or re-created site starts with no report.
-    pub fn forget(&self, site: &Name) {
+    pub(crate) fn forget(&self, site: &Name) {
         let mut i = self.0.lock();
         i.live.remove(site);
         i.dirty.remove(site);

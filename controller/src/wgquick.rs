@@ -9,7 +9,7 @@
 use wardnet_common::wire::SiteConfig;
 
 /// The site's config as a wg-quick file.
-pub fn wg_quick(cfg: &SiteConfig) -> String {
+pub(crate) fn wg_quick(cfg: &SiteConfig) -> String {
     fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
         items
             .into_iter()

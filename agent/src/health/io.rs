@@ -37,10 +37,6 @@ impl ProbeSocket {
         Ok(ProbeSocket { fd, ident })
     }
 
-    pub fn ident(&self) -> u16 {
-        self.ident
-    }
-
     /// Send one echo request from `src` to `dst`.
     pub async fn send(&self, src: Ipv4Addr, dst: Ipv4Addr, seq: u16) -> io::Result<()> {
         let packet = icmp::echo_request(src, dst, self.ident, seq);

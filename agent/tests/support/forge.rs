@@ -5,7 +5,7 @@ use wardnet_common::{PrivateKey, PublicKey};
 /// `count` handshake initiations to the holder of `public`, each with its
 /// own sender index and a valid mac1 (forging one takes only the public
 /// key), from a key the holder does not know.
-pub fn forged_initiations(public: PublicKey, count: u32) -> Vec<Vec<u8>> {
+pub(crate) fn forged_initiations(public: PublicKey, count: u32) -> Vec<Vec<u8>> {
     use blake2::digest::consts::U16;
     use blake2::digest::{FixedOutput, KeyInit, Update};
     use blake2::{Blake2s256, Blake2sMac, Digest};
@@ -47,7 +47,11 @@ pub fn forged_initiations(public: PublicKey, count: u32) -> Vec<Vec<u8>> {
 /// shaped like each WireGuard message type (its type byte, zeroed reserved
 /// bytes, its length; data of any length from 32) with random contents,
 /// and one entirely random.
-pub fn garbage_datagram<'b>(i: u64, rng: &mut impl rand::Rng, buf: &'b mut [u8; 1500]) -> &'b [u8] {
+pub(crate) fn garbage_datagram<'b>(
+    i: u64,
+    rng: &mut impl rand::Rng,
+    buf: &'b mut [u8; 1500],
+) -> &'b [u8] {
     let (kind, len) = match i % 5 {
         0 => (1u8, 148),
         1 => (2, 92),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub struct Controller {
+pub(crate) struct Controller {
     pub child: Child,
     pub url: String,
     pub token: String,
@@ -40,14 +40,14 @@ impl Drop for Controller {
 const WRAP: &str = "WARDNET_BENCH_WRAP";
 
 impl Controller {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// A client for this controller (trusting its CA under TLS), sending
     /// from `source` (one source address has only ~28,000 ephemeral ports
     /// toward one destination).
-    pub fn client(&self, source: std::net::IpAddr) -> reqwest::Client {
+    pub(crate) fn client(&self, source: std::net::IpAddr) -> reqwest::Client {
         let mut b = reqwest::Client::builder()
             .local_address(source)
             .pool_max_idle_per_host(usize::MAX)
@@ -60,7 +60,7 @@ impl Controller {
     }
 
     /// Wait until it answers /healthz.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         let http = self.client([127, 0, 0, 1].into());
         for _ in 0..300 {
             if http
@@ -79,7 +79,7 @@ impl Controller {
 
 /// Raise the open-file limit (inherited by the controller) as far as the
 /// hard limit allows; returns the soft limit in force.
-pub fn raise_fd_limit() -> u64 {
+pub(crate) fn raise_fd_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -105,7 +105,7 @@ pub fn raise_fd_limit() -> u64 {
 /// Raise the open-file limit for `waiters` waiting agents (a socket each
 /// in both processes), warn when the hard limit is too low, and select the
 /// crypto provider: what every benchmark does first.
-pub fn prepare(waiters: usize) {
+pub(crate) fn prepare(waiters: usize) {
     let nofile = raise_fd_limit();
     if (nofile as usize) < waiters + 1000 {
         println!(
@@ -117,7 +117,7 @@ pub fn prepare(waiters: usize) {
 
 /// Start the controller binary with the shipped defaults plus `extra`
 /// config lines (TOML, top level first), plain HTTP or TLS.
-pub fn start_controller(extra_top: &str, extra_tables: &str, tls: bool) -> Controller {
+pub(crate) fn start_controller(extra_top: &str, extra_tables: &str, tls: bool) -> Controller {
     let bin = env!("CARGO_BIN_EXE_wardnet-controller");
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -210,7 +210,7 @@ routed_prefixes = ["10.0.0.0/8"]
 }
 
 /// A child process killed and reaped on drop.
-pub struct Reaped(pub Child);
+pub(crate) struct Reaped(pub Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -219,7 +219,7 @@ impl Drop for Reaped {
     }
 }
 
-pub fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -229,7 +229,7 @@ pub fn rss_mib(pid: u32) -> f64 {
 }
 
 /// CPU seconds (user + system) a process has used.
-pub fn cpu_secs(pid: u32) -> f64 {
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at ')'.
     let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
@@ -242,7 +242,7 @@ pub fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// The machine's load averages, for the record.
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -251,7 +251,7 @@ pub fn loadavg() -> String {
         .join(" ")
 }
 
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -259,11 +259,11 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
+pub(crate) async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Value {
     let r = http
         .post(url)
         .bearer_auth(token)
@@ -278,7 +278,7 @@ pub async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -
 }
 
 /// The value of an unlabelled metric in the controller's /metrics.
-pub async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+pub(crate) async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
     let text = http
         .get(format!("{url}/metrics"))
         .send()

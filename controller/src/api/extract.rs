@@ -20,7 +20,7 @@ use crate::pipeline::Controller;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// `Json<T>` whose rejections are [`Error`]s naming the problem.
-pub struct Json<T>(pub T);
+pub(super) struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = Error;
@@ -83,7 +83,7 @@ fn json_error(r: JsonRejection) -> Error {
 }
 
 /// `Query<T>` with clear errors.
-pub struct Query<T>(pub T);
+pub(super) struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = Error;
@@ -101,7 +101,7 @@ fn query_error(r: QueryRejection) -> Error {
 }
 
 /// The bearer token of the `Authorization` header, if any.
-pub struct Bearer(pub Option<String>);
+pub(super) struct Bearer(pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     type Rejection = Error;
@@ -129,7 +129,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 
 /// An authenticated admin. As an extractor it runs before the body is read,
 /// so a request without valid credentials is answered 401 whatever its body.
-pub struct Admin(pub Actor);
+pub(super) struct Admin(pub Actor);
 
 impl FromRequestParts<Arc<Controller>> for Admin {
     type Rejection = Error;
@@ -150,7 +150,7 @@ impl FromRequestParts<Arc<Controller>> for Admin {
 }
 
 /// An authenticated agent (its site), checked before the body is read.
-pub struct Agent(pub AgentIdentity);
+pub(super) struct Agent(pub AgentIdentity);
 
 impl FromRequestParts<Arc<Controller>> for Agent {
     type Rejection = Error;

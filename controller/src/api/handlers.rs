@@ -26,11 +26,11 @@ fn name(kind: &str, raw: &str) -> ApiResult<Name> {
         .map_err(|_| Error::NotFound(format!("no {kind} named {raw:?}")))
 }
 
-pub async fn healthz() -> &'static str {
+pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-pub async fn metrics(State(c): Ctl) -> Response {
+pub(super) async fn metrics(State(c): Ctl) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -41,11 +41,11 @@ pub async fn metrics(State(c): Ctl) -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> Error {
+pub(super) async fn not_found() -> Error {
     Error::NotFound("no such route; the API is documented in docs/openapi.yaml".into())
 }
 
-pub async fn method_not_allowed() -> Response {
+pub(super) async fn method_not_allowed() -> Response {
     let body = wardnet_common::wire::ErrorBody {
         error: "method_not_allowed".into(),
         message: "this route does not take that method; see docs/openapi.yaml".into(),
@@ -55,12 +55,12 @@ pub async fn method_not_allowed() -> Response {
 
 // ----- agents --------------------------------------------------------------
 
-pub async fn enroll(State(c): Ctl, Json(req): Json<EnrollRequest>) -> ApiResult<Response> {
+pub(super) async fn enroll(State(c): Ctl, Json(req): Json<EnrollRequest>) -> ApiResult<Response> {
     let resp = c.enroll(req).await?;
     Ok((StatusCode::CREATED, axum::Json(resp)).into_response())
 }
 
-pub async fn agent_config(
+pub(super) async fn agent_config(
     State(c): Ctl,
     Agent(who): Agent,
     Query(q): Query<ConfigQuery>,
@@ -76,7 +76,7 @@ pub async fn agent_config(
     }
 }
 
-pub async fn agent_report(
+pub(super) async fn agent_report(
     State(c): Ctl,
     Agent(who): Agent,
     Json(r): Json<AgentReport>,
@@ -87,11 +87,11 @@ pub async fn agent_report(
 
 // ----- organisations -------------------------------------------------------
 
-pub async fn list_orgs(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+pub(super) async fn list_orgs(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
     Ok(axum::Json(c.list_orgs(&actor).await?).into_response())
 }
 
-pub async fn create_org(
+pub(super) async fn create_org(
     State(c): Ctl,
     Admin(actor): Admin,
     Json(req): Json<CreateOrg>,
@@ -100,7 +100,7 @@ pub async fn create_org(
     Ok((StatusCode::CREATED, axum::Json(o)).into_response())
 }
 
-pub async fn show_org(
+pub(super) async fn show_org(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -108,7 +108,7 @@ pub async fn show_org(
     Ok(axum::Json(c.org(&actor, &name("organisation", &n)?).await?).into_response())
 }
 
-pub async fn delete_org(
+pub(super) async fn delete_org(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -119,11 +119,11 @@ pub async fn delete_org(
 
 // ----- policy --------------------------------------------------------------
 
-pub async fn policy(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+pub(super) async fn policy(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
     Ok(axum::Json(c.policy(&actor).await?).into_response())
 }
 
-pub async fn create_rule(
+pub(super) async fn create_rule(
     State(c): Ctl,
     Admin(actor): Admin,
     Json(req): Json<CreateRule>,
@@ -137,7 +137,7 @@ fn rule_id(raw: &str) -> ApiResult<u64> {
         .map_err(|_| Error::NotFound(format!("no rule {raw:?}; rules are numbered")))
 }
 
-pub async fn show_rule(
+pub(super) async fn show_rule(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(id): Path<String>,
@@ -145,7 +145,7 @@ pub async fn show_rule(
     Ok(axum::Json(c.rule(&actor, rule_id(&id)?).await?).into_response())
 }
 
-pub async fn delete_rule(
+pub(super) async fn delete_rule(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(id): Path<String>,
@@ -154,7 +154,7 @@ pub async fn delete_rule(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn create_service(
+pub(super) async fn create_service(
     State(c): Ctl,
     Admin(actor): Admin,
     Json(req): Json<Service>,
@@ -163,7 +163,7 @@ pub async fn create_service(
     Ok((StatusCode::CREATED, axum::Json(s)).into_response())
 }
 
-pub async fn show_service(
+pub(super) async fn show_service(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -171,7 +171,7 @@ pub async fn show_service(
     Ok(axum::Json(c.service(&actor, &name("service", &n)?).await?).into_response())
 }
 
-pub async fn delete_service(
+pub(super) async fn delete_service(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -180,7 +180,7 @@ pub async fn delete_service(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn check_policy(
+pub(super) async fn check_policy(
     State(c): Ctl,
     Admin(actor): Admin,
     Query(q): Query<CheckQuery>,
@@ -190,11 +190,11 @@ pub async fn check_policy(
 
 // ----- regions -------------------------------------------------------------
 
-pub async fn list_regions(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+pub(super) async fn list_regions(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
     Ok(axum::Json(c.list_regions(&actor)).into_response())
 }
 
-pub async fn create_region(
+pub(super) async fn create_region(
     State(c): Ctl,
     Admin(actor): Admin,
     Json(req): Json<CreateRegion>,
@@ -203,7 +203,7 @@ pub async fn create_region(
     Ok((StatusCode::CREATED, axum::Json(r)).into_response())
 }
 
-pub async fn show_region(
+pub(super) async fn show_region(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -211,7 +211,7 @@ pub async fn show_region(
     Ok(axum::Json(c.region(&actor, &name("region", &n)?)?).into_response())
 }
 
-pub async fn delete_region(
+pub(super) async fn delete_region(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -224,12 +224,12 @@ pub async fn delete_region(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SiteFilter {
+pub(super) struct SiteFilter {
     region: Option<Name>,
     state: Option<SiteState>,
 }
 
-pub async fn list_sites(
+pub(super) async fn list_sites(
     State(c): Ctl,
     Admin(actor): Admin,
     Query(f): Query<SiteFilter>,
@@ -237,7 +237,7 @@ pub async fn list_sites(
     Ok(axum::Json(c.list_sites(&actor, f.region.as_ref(), f.state)).into_response())
 }
 
-pub async fn create_site(
+pub(super) async fn create_site(
     State(c): Ctl,
     Admin(actor): Admin,
     Json(req): Json<CreateSite>,
@@ -246,7 +246,7 @@ pub async fn create_site(
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-pub async fn show_site(
+pub(super) async fn show_site(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -254,7 +254,7 @@ pub async fn show_site(
     Ok(axum::Json(c.site(&actor, &name("site", &n)?)?).into_response())
 }
 
-pub async fn update_site(
+pub(super) async fn update_site(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -263,7 +263,7 @@ pub async fn update_site(
     Ok(axum::Json(c.update_site(&actor, &name("site", &n)?, req).await?).into_response())
 }
 
-pub async fn delete_site(
+pub(super) async fn delete_site(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -272,7 +272,7 @@ pub async fn delete_site(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn revoke_site(
+pub(super) async fn revoke_site(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -280,7 +280,7 @@ pub async fn revoke_site(
     Ok(axum::Json(c.revoke_site(&actor, &name("site", &n)?).await?).into_response())
 }
 
-pub async fn issue_token(
+pub(super) async fn issue_token(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -289,7 +289,7 @@ pub async fn issue_token(
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
-pub async fn site_config(
+pub(super) async fn site_config(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -297,7 +297,7 @@ pub async fn site_config(
     Ok(axum::Json(c.site_config(&actor, &name("site", &n)?)?).into_response())
 }
 
-pub async fn wg_quick(
+pub(super) async fn wg_quick(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
@@ -308,12 +308,12 @@ pub async fn wg_quick(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditQuery {
+pub(super) struct AuditQuery {
     limit: Option<u32>,
     before: Option<i64>,
 }
 
-pub async fn audit(
+pub(super) async fn audit(
     State(c): Ctl,
     Admin(actor): Admin,
     Query(q): Query<AuditQuery>,
@@ -327,6 +327,6 @@ pub async fn audit(
     Ok(axum::Json(c.audit_log(&actor, limit, q.before).await?).into_response())
 }
 
-pub async fn status(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
+pub(super) async fn status(State(c): Ctl, Admin(actor): Admin) -> ApiResult<Response> {
     Ok(axum::Json(c.status(&actor)).into_response())
 }

@@ -14,7 +14,7 @@ use crate::pipeline::Controller;
 type Ctl = State<Arc<Controller>>;
 
 /// A scoped admin sees its own organisation's sites only.
-pub async fn fleet(State(c): Ctl, Admin(actor): Admin) -> Result<Response, Error> {
+pub(super) async fn fleet(State(c): Ctl, Admin(actor): Admin) -> Result<Response, Error> {
     let (now, window) = (c.now(), c.online_window_secs());
     let reports = c.reports();
     let fleet = c.with_model(|m| {
@@ -31,7 +31,7 @@ pub async fn fleet(State(c): Ctl, Admin(actor): Admin) -> Result<Response, Error
 /// The same JSON serves a file_sd file (`wardnet-controller prometheus
 /// targets > agents.json`) and Prometheus' `http_sd_configs` directly; a
 /// scoped token lists its own organisation's agents (its own Prometheus).
-pub async fn targets(State(c): Ctl, Admin(actor): Admin) -> Result<Response, Error> {
+pub(super) async fn targets(State(c): Ctl, Admin(actor): Admin) -> Result<Response, Error> {
     let reports = c.reports();
     let groups = c.with_model(|m| {
         let sites = m

@@ -7,7 +7,7 @@ use wardnet_common::Name;
 use crate::pipeline::Controller;
 
 /// Render `/metrics` for a controller.
-pub fn render(c: &Controller) -> String {
+pub(super) fn render(c: &Controller) -> String {
     let m = &c.metrics;
     m.sites.reset();
     c.with_model(|model| {

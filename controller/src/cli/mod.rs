@@ -205,7 +205,7 @@ fn print_regions(output: Output, rs: &[RegionView], list: bool) -> Result<()> {
 
 mod erased {
     /// Object-safe "can be printed as JSON".
-    pub trait Json {
+    pub(super) trait Json {
         fn to_json(&self) -> serde_json::Result<String>;
     }
     impl<T: serde::Serialize> Json for T {

@@ -4,19 +4,19 @@ use std::fmt;
 
 use wardnet_common::wire::{FleetHealth, HealthSummary, SiteHealth, SiteView, UnixTime};
 
-pub struct Table {
+pub(super) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(header: &[&str]) -> Self {
+    pub(super) fn new(header: &[&str]) -> Self {
         Self {
             header: header.iter().map(|s| (*s).to_owned()).collect(),
             rows: Vec::new(),
         }
     }
-    pub fn row(&mut self, row: Vec<String>) {
+    pub(super) fn row(&mut self, row: Vec<String>) {
         self.rows.push(row);
     }
 }
@@ -44,7 +44,7 @@ impl fmt::Display for Table {
 }
 
 /// A Unix time as RFC 3339 UTC, or `-`.
-pub fn time(t: Option<UnixTime>) -> String {
+pub(super) fn time(t: Option<UnixTime>) -> String {
     t.map_or_else(|| "-".into(), wardnet_common::time::format_rfc3339)
 }
 
@@ -73,7 +73,7 @@ fn liveness(s: &SiteView, h: Option<&SiteHealth>) -> String {
 }
 
 /// The worst link of a health summary: `gp-a down`, `gp-a 12.3ms 20%`.
-pub fn worst_link(h: Option<&HealthSummary>) -> String {
+pub(super) fn worst_link(h: Option<&HealthSummary>) -> String {
     let Some(h) = h else { return "-".into() };
     let Some(peer) = &h.worst_peer else {
         return "-".into();
@@ -102,7 +102,7 @@ fn peers(h: Option<&HealthSummary>) -> String {
     )
 }
 
-pub fn sites(sites: &[SiteView], fleet: &FleetHealth) -> Table {
+pub(super) fn sites(sites: &[SiteView], fleet: &FleetHealth) -> Table {
     let mut t = Table::new(&[
         "SITE",
         "ORG",
@@ -141,7 +141,7 @@ pub fn sites(sites: &[SiteView], fleet: &FleetHealth) -> Table {
 }
 
 /// The health rows `sites show` adds to the detail table.
-pub fn site_health_rows(t: &mut Table, s: &SiteView, fleet: &FleetHealth) {
+pub(super) fn site_health_rows(t: &mut Table, s: &SiteView, fleet: &FleetHealth) {
     let h = s.health.as_ref();
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for (k, v) in [
@@ -183,7 +183,7 @@ pub fn site_health_rows(t: &mut Table, s: &SiteView, fleet: &FleetHealth) {
     }
 }
 
-pub fn site_detail(s: &SiteView) -> Table {
+pub(super) fn site_detail(s: &SiteView) -> Table {
     let mut t = Table::new(&["FIELD", "VALUE"]);
     let lan = s
         .lan_prefixes
@@ -229,7 +229,7 @@ pub fn site_detail(s: &SiteView) -> Table {
 }
 
 /// `prometheus targets` for people: one row per agent.
-pub fn targets(groups: &[wardnet_common::wire::FileSdGroup]) -> Table {
+pub(super) fn targets(groups: &[wardnet_common::wire::FileSdGroup]) -> Table {
     let mut t = Table::new(&["TARGET", "SITE", "REGION", "ROLE"]);
     for g in groups {
         let label = |k: &str| g.labels.get(k).cloned().unwrap_or_else(|| "-".into());
@@ -246,7 +246,7 @@ pub fn targets(groups: &[wardnet_common::wire::FileSdGroup]) -> Table {
 }
 
 /// Rules, then services, in one table.
-pub fn policy(
+pub(super) fn policy(
     rules: &[wardnet_common::policy::RuleView],
     services: &[wardnet_common::policy::ServiceView],
 ) -> Table {

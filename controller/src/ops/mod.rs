@@ -14,7 +14,7 @@ mod rules;
 mod sites;
 mod views;
 
-pub use agents::AgentIdentity;
+pub(crate) use agents::AgentIdentity;
 
 use wardnet_common::Name;
 

@@ -45,7 +45,7 @@ mod writer;
 
 pub(crate) use tx::Tx;
 pub(crate) use waiters::WaitGuard;
-pub use world::World;
+pub(crate) use world::World;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -19,7 +19,7 @@ use crate::render::{
 /// allowed IPs in a persistent set so a hub-mesh entry carrying a region's
 /// thousands of LANs changes in O(log n).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerEntry {
+pub(crate) struct PeerEntry {
     pub name: Name,
     pub region: Name,
     pub role: Role,
@@ -42,7 +42,7 @@ impl PeerEntry {
         }
     }
 
-    pub fn to_wire(&self) -> PeerConfig {
+    pub(crate) fn to_wire(&self) -> PeerConfig {
         PeerConfig {
             name: self.name.clone(),
             region: self.region.clone(),
@@ -101,7 +101,7 @@ impl RouteDiff {
 /// prefix (prefixes either nest or are disjoint, and in `IpNet` order a
 /// supernet sorts before everything inside it).
 #[derive(Debug, Clone, Default)]
-pub struct RouteCover {
+pub(crate) struct RouteCover {
     pub(super) candidates: OrdMap<IpNet, u32>,
     pub(super) routes: OrdSet<IpNet>,
 }
@@ -176,7 +176,12 @@ pub(super) fn last_inside(p: &IpNet) -> IpNet {
 
 /// One peer entry of `site`'s config, as [`render`] renders it; `None` when
 /// `peer` is not a peer of `site`.
-pub fn entry(model: &Model, net: &NetworkSettings, site: &Name, peer: &Name) -> Option<PeerEntry> {
+pub(crate) fn entry(
+    model: &Model,
+    net: &NetworkSettings,
+    site: &Name,
+    peer: &Name,
+) -> Option<PeerEntry> {
     let me = model.sites.get(site).filter(|s| s.is_active())?;
     let t = model.sites.get(peer).filter(|s| s.is_active())?;
     if me.name == t.name {

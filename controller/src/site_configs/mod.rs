@@ -19,9 +19,9 @@ mod site_render;
 mod tests;
 mod touches;
 
-pub use entries::{entry, PeerEntry, RouteCover};
-pub use site_render::SiteRender;
-pub use touches::{Touch, Touches};
+pub(crate) use entries::{entry, PeerEntry, RouteCover};
+pub(crate) use site_render::SiteRender;
+pub(crate) use touches::Touches;
 
 // Shared between the parts, not outside.
 use entries::{mesh_carries, RouteDiff};
@@ -52,7 +52,7 @@ const RENDER_VERSION: u32 = 4;
 /// What a site's stored revision was rendered with: the render version and
 /// the network settings. A site whose stored fingerprint differs gets a new
 /// revision at start (a changed MTU reaches every agent once).
-pub fn fingerprint(net: &NetworkSettings) -> String {
+pub(crate) fn fingerprint(net: &NetworkSettings) -> String {
     let mut h = Sha256::new();
     h.update(format!("{RENDER_VERSION}:{net:?}"));
     hex::encode(&h.finalize()[..16])
@@ -60,14 +60,14 @@ pub fn fingerprint(net: &NetworkSettings) -> String {
 
 /// A site whose revision moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bump {
+pub(crate) struct Bump {
     pub site: Name,
     pub revision: u64,
 }
 
 /// Bring the renders of the touched sites in step with `model`, bumping
 /// the revision (in the model too) of every site whose config changed.
-pub fn apply(
+pub(crate) fn apply(
     model: &mut Model,
     configs: &mut OrdMap<Name, Arc<SiteRender>>,
     net: &NetworkSettings,
@@ -80,7 +80,7 @@ pub fn apply(
 /// where it names one above the site's (a replica following another's
 /// changes: several revisions it did not see one by one become one step,
 /// from the revision it had to the stored one); others move by one.
-pub fn apply_to(
+pub(crate) fn apply_to(
     model: &mut Model,
     configs: &mut OrdMap<Name, Arc<SiteRender>>,
     net: &NetworkSettings,
@@ -245,14 +245,18 @@ fn rebuild(old: Option<SiteRender>, cfg: SiteConfig, site: &Site) -> (SiteRender
 
 /// A full render of one site at its revision in `model` (no steps: an
 /// agent behind it is sent the full config), or `None` when it has none.
-pub fn render_one(model: &Model, net: &NetworkSettings, name: &Name) -> Option<Arc<SiteRender>> {
+pub(crate) fn render_one(
+    model: &Model,
+    net: &NetworkSettings,
+    name: &Name,
+) -> Option<Arc<SiteRender>> {
     let site = model.sites.get(name)?;
     let cfg = render(model, net, name)?;
     Some(Arc::new(SiteRender::from_config(cfg, &site.lan_prefixes)))
 }
 
 /// Renders for every active site of a freshly loaded model.
-pub fn render_all(model: &Model, net: &NetworkSettings) -> OrdMap<Name, Arc<SiteRender>> {
+pub(crate) fn render_all(model: &Model, net: &NetworkSettings) -> OrdMap<Name, Arc<SiteRender>> {
     let mut out = OrdMap::new();
     for site in model.sites.values() {
         if let Some(cfg) = render(model, net, &site.name) {

@@ -12,7 +12,7 @@ use crate::model::{Model, Site};
 
 /// What a change may have touched in one site's config.
 #[derive(Debug, Default, Clone)]
-pub struct Touch {
+pub(crate) struct Touch {
     /// Render the whole config again (the site itself changed, or its
     /// region's hubs did).
     pub(super) full: bool,
@@ -33,7 +33,7 @@ pub struct Touch {
 
 /// The sites a group of changes touched, and how.
 #[derive(Debug, Default)]
-pub struct Touches(pub(super) BTreeMap<Name, Touch>);
+pub(crate) struct Touches(pub(super) BTreeMap<Name, Touch>);
 
 impl Touches {
     pub(super) fn full(&mut self, site: &Name) {
@@ -43,13 +43,13 @@ impl Touches {
         self.0.entry(site.clone()).or_default().interface = true;
     }
     /// The site's filter may have changed.
-    pub fn filter(&mut self, site: &Name) {
+    pub(crate) fn filter(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().filter = true;
     }
 
     /// What the policy admits into `site` may have changed: its filter,
     /// and in a mesh region which spokes it has a tunnel with.
-    pub fn policy_target(&mut self, model: &Model, site: &Name) {
+    pub(crate) fn policy_target(&mut self, model: &Model, site: &Name) {
         self.filter(site);
         let Some(s) = model.sites.get(site) else {
             return;
@@ -82,15 +82,16 @@ impl Touches {
             .extend(lans.iter().copied());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Record what a site's change from `before` to `after` may touch;
     /// `model` is the model after the change. May over-approximate (an
     /// entry rendered again and found equal costs nothing but the render),
     /// never under-approximate.
-    pub fn site_changed(&mut self, model: &Model, before: Option<&Site>, after: Option<&Site>) {
+    pub(crate) fn site_changed(
+        &mut self,
+        model: &Model,
+        before: Option<&Site>,
+        after: Option<&Site>,
+    ) {
         let Some(x) = after.or(before).map(|s| s.name.clone()) else {
             return;
         };

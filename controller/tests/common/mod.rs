@@ -14,7 +14,7 @@ use wardnet_controller::model::NetworkSettings;
 use wardnet_controller::store::{SqliteStore, Store};
 use wardnet_controller::{Actor, Clock, Controller, ServiceSettings};
 
-pub struct ManualClock(pub AtomicI64);
+pub(crate) struct ManualClock(pub AtomicI64);
 
 impl Clock for ManualClock {
     fn now(&self) -> i64 {
@@ -22,7 +22,7 @@ impl Clock for ManualClock {
     }
 }
 
-pub struct TestController {
+pub(crate) struct TestController {
     pub url: String,
     pub admin: String,
     pub clock: Arc<ManualClock>,
@@ -34,7 +34,7 @@ pub struct TestController {
     _dir: Option<tempfile::TempDir>,
 }
 
-pub fn settings() -> ServiceSettings {
+pub(crate) fn settings() -> ServiceSettings {
     ServiceSettings {
         network: NetworkSettings {
             overlay_v4: "100.64.0.0/10".parse().expect("prefix"),
@@ -53,7 +53,7 @@ pub fn settings() -> ServiceSettings {
 }
 
 impl TestController {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("wardnet.db");
         let mut t = Self::start_on(
@@ -67,13 +67,17 @@ impl TestController {
     }
 
     /// Start on an existing database (restart tests), reusing an admin token.
-    pub async fn start_on(db: PathBuf, clock: Arc<ManualClock>, admin: Option<String>) -> Self {
+    pub(crate) async fn start_on(
+        db: PathBuf,
+        clock: Arc<ManualClock>,
+        admin: Option<String>,
+    ) -> Self {
         let store = SqliteStore::open(&db).expect("open store");
         Self::start_with(Arc::new(store), settings(), db, clock, admin).await
     }
 
     /// Start on a given store (a fault-injecting wrapper, say) and settings.
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         store: Arc<dyn Store>,
         settings: ServiceSettings,
         db: PathBuf,
@@ -132,7 +136,7 @@ impl TestController {
     }
 
     /// Serve again on the same address after `stop` (an outage ends).
-    pub fn resume(&mut self) {
+    pub(crate) fn resume(&mut self) {
         let addr = self.url.trim_start_matches("http://");
         let listener = std::net::TcpListener::bind(addr).expect("bind the same address again");
         let (stop, task) = Self::serve(listener, self.controller.clone());
@@ -141,7 +145,7 @@ impl TestController {
     }
 
     /// Stop serving and wait until the server is gone; keeps the database.
-    pub async fn stop(&mut self) -> Option<tempfile::TempDir> {
+    pub(crate) async fn stop(&mut self) -> Option<tempfile::TempDir> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -153,7 +157,7 @@ impl TestController {
         self._dir.take()
     }
 
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -179,7 +183,7 @@ impl TestController {
     }
 
     /// A request with `token` (an organisation's, say).
-    pub async fn as_token(
+    pub(crate) async fn as_token(
         &self,
         token: &str,
         method: reqwest::Method,
@@ -189,7 +193,7 @@ impl TestController {
         self.call(method, path, Some(token), body).await
     }
 
-    pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.call(
             reqwest::Method::POST,
             path,
@@ -199,12 +203,12 @@ impl TestController {
         .await
     }
 
-    pub async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn admin_get(&self, path: &str) -> (StatusCode, Value) {
         self.call(reqwest::Method::GET, path, Some(&self.admin.clone()), None)
             .await
     }
 
-    pub async fn region(&self, name: &str, mesh: bool) {
+    pub(crate) async fn region(&self, name: &str, mesh: bool) {
         let (s, v) = self
             .admin_post("/v1/regions", json!({"name": name, "mesh": mesh}))
             .await;
@@ -212,7 +216,7 @@ impl TestController {
     }
 
     /// Create an organisation with the network-wide token.
-    pub async fn org(&self, name: &str) {
+    pub(crate) async fn org(&self, name: &str) {
         let (s, v) = self
             .admin_post(
                 "/v1/orgs",
@@ -223,7 +227,7 @@ impl TestController {
     }
 
     /// An admin token scoped to organisation `org`: (id, secret).
-    pub async fn scoped_token(&self, org: &str) -> (String, String) {
+    pub(crate) async fn scoped_token(&self, org: &str) -> (String, String) {
         self.controller
             .create_admin_token(
                 &Actor::local(),
@@ -236,7 +240,7 @@ impl TestController {
 
     /// Add a site with `token` (a scoped one adds into its organisation)
     /// and return the answer.
-    pub async fn site_as(&self, token: &str, body: Value) -> Value {
+    pub(crate) async fn site_as(&self, token: &str, body: Value) -> Value {
         let (s, v) = self
             .call(reqwest::Method::POST, "/v1/sites", Some(token), Some(body))
             .await;
@@ -245,14 +249,14 @@ impl TestController {
     }
 
     /// Add a site and return its enrolment token (None for agentless).
-    pub async fn site(&self, body: Value) -> Option<String> {
+    pub(crate) async fn site(&self, body: Value) -> Option<String> {
         let (s, v) = self.admin_post("/v1/sites", body).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["token"].as_str().map(str::to_owned)
     }
 
     /// Enrol with a fresh key; returns (status, body).
-    pub async fn enroll(&self, token: &str, endpoint: Option<&str>) -> (StatusCode, Value) {
+    pub(crate) async fn enroll(&self, token: &str, endpoint: Option<&str>) -> (StatusCode, Value) {
         let key = wardnet_common::PrivateKey::generate().public_key();
         let mut body = json!({"token": token, "public_key": key.to_string()});
         if let Some(e) = endpoint {
@@ -263,14 +267,14 @@ impl TestController {
     }
 
     /// Enrol and return the agent credential.
-    pub async fn enrolled(&self, token: &str, endpoint: Option<&str>) -> String {
+    pub(crate) async fn enrolled(&self, token: &str, endpoint: Option<&str>) -> String {
         let (s, v) = self.enroll(token, endpoint).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["credential"].as_str().expect("credential").to_owned()
     }
 
     /// The long-poll as agents run it, with deltas.
-    pub async fn agent_update(
+    pub(crate) async fn agent_update(
         &self,
         credential: &str,
         revision: u64,
@@ -281,7 +285,7 @@ impl TestController {
     }
 
     /// The long-poll as agents from before deltas run it: full configs.
-    pub async fn agent_config(
+    pub(crate) async fn agent_config(
         &self,
         credential: &str,
         revision: u64,
@@ -315,7 +319,7 @@ impl Drop for TestController {
     }
 }
 
-pub fn peer_names(config: &Value) -> Vec<String> {
+pub(crate) fn peer_names(config: &Value) -> Vec<String> {
     config["peers"]
         .as_array()
         .map(|a| {
