@@ -78,8 +78,9 @@ pub enum Action {
 pub struct ApplyPlan {
     pub desired: SiteConfig,
     pub plan: Plan,
-    /// Whether the interface was set up before (MTU and port are set at
-    /// start; only a later change moves them).
+    /// Whether this is the first config applied since start: the interface
+    /// was just set up with its MTU and port, so only a later config's
+    /// change of them is applied to the device.
     pub first: bool,
 }
 

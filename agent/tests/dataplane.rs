@@ -27,15 +27,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// True when the test may run; panics in CI when it cannot.
 fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("needs root (network namespaces, TUN); a skip is a failure in CI");
-    }
-    eprintln!("SKIPPED: needs root (network namespaces, TUN)");
-    false
+    wardnet_e2e::require_root("dataplane tests")
 }
 
 fn run(cmd: &[&str]) {

@@ -16,16 +16,7 @@ use wardnet_agent::netlink::{Netlink, NetlinkError};
 static N: AtomicU32 = AtomicU32::new(0);
 
 fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "netlink tests need root in CI"
-    );
-    eprintln!("SKIPPED netlink tests: needs root (network namespaces)");
-    false
+    wardnet_e2e::require_root("netlink tests")
 }
 
 fn sh(args: &[&str]) -> String {

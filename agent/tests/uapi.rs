@@ -182,13 +182,7 @@ fn wg(args: &[&str]) -> std::process::Output {
     ignore = "needs root (network namespaces, TUN devices): run the tests as root"
 )]
 async fn real_wg_show_reads_the_agent() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "needs root in CI"
-        );
-        eprintln!("SKIPPED real_wg_show_reads_the_agent: needs root (/var/run/wireguard)");
+    if !wardnet_e2e::require_root("real_wg_show_reads_the_agent") {
         return;
     }
     let iface = format!(

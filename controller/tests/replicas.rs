@@ -72,6 +72,24 @@ fn stored_view(v: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// Wait until `t` holds `n` long-polls (the one a test just sent is
+/// waiting there, so a change made next must wake it, not precede it).
+async fn waiting(t: &TestController, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, status) = t.admin_get("/v1/status").await;
+        assert_eq!(s, StatusCode::OK, "{status}");
+        if status["long_poll_waiters"].as_u64() >= Some(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} long-polls never waited: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The full config `t` serves the agent with `credential`, asked as an agent
 /// does: "newer than `known`?" (a replica still catching up answers once
 /// it has it).
@@ -127,7 +145,7 @@ async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
             (r.status(), r.json::<Value>().await.expect("json"), answered)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting(&b, 1).await;
     let tok = a
         .site(json!({"name": "gp-a", "region": "north", "role": "spoke"}))
         .await
@@ -363,7 +381,7 @@ async fn a_policy_change_through_one_replica_reaches_filters_served_by_another()
                 .expect("json")
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting(&b, 1).await;
     let (s, rule) = a
         .admin_post(
             "/v1/policy/rules",

@@ -1,7 +1,7 @@
 //! The agent's userspace WireGuard data plane: one TUN device, one UDP
 //! socket (IPv4 and IPv6 underlay), one `boringtun::noise::Tunn` per peer.
 //!
-//! Shape (STYLE.md): the decisions live in the sans-IO [`core`]; this file is
+//! Shape (docs/contributing.md): the decisions live in the sans-IO [`core`]; this file is
 //! the thin shell. ONE tokio task owns the device, the socket and the core; it
 //! selects over TUN reads, UDP reads, commands and a timer tick, so a packet
 //! never hops through a channel on its way in. What comes out leaves in

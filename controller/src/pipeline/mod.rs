@@ -8,7 +8,7 @@
 //! - [`follow`]: replicas and the change log (`absorb`, catch-up);
 //! - [`waiters`]: long-polls waiting for their site.
 //!
-//! Durable first, one writer (docs/design.md, "The controller's change path"):
+//! Durable first, one writer (docs/design.md, "The controller"):
 //! - every change is a job sent to one writer task, which owns the working
 //!   [`World`] (model, credential index, per-site configs);
 //! - the writer takes every job waiting, applies each to a copy of the

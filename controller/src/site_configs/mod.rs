@@ -1,4 +1,4 @@
-//! Per-site configs kept incrementally (docs/design.md, "Controller v2").
+//! Per-site configs kept incrementally (docs/design.md, "The controller").
 //!
 //! Each active site has a [`SiteRender`]: its peer entries keyed by name,
 //! the minimal cover of their allowed IPs as routes, and the steps of its
