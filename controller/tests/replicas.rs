@@ -145,7 +145,7 @@ async fn a_change_through_one_replica_wakes_a_long_poll_on_another() {
             (r.status(), r.json::<Value>().await.expect("json"), answered)
         })
     };
-    waiting(&b, 1).await;
+    waiting(b, 1).await;
     let tok = a
         .site(json!({"name": "gp-a", "region": "north", "role": "spoke"}))
         .await
@@ -381,7 +381,7 @@ async fn a_policy_change_through_one_replica_reaches_filters_served_by_another()
                 .expect("json")
         })
     };
-    waiting(&b, 1).await;
+    waiting(b, 1).await;
     let (s, rule) = a
         .admin_post(
             "/v1/policy/rules",
