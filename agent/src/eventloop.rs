@@ -165,7 +165,7 @@ impl<D: Device, R: Routes> Eventloop<D, R> {
                     tracing::error!(error = ?e, "failed to apply the new config; keeping what runs and asking again");
                     self.state.apply_failed(format!("{e:#}"));
                 }
-                let _ = done.send(result.map_err(|e| format!("{e:#}")));
+                let _ = done.send(result);
             }
             Event::Sync(outcome) => {
                 let actions = self.state.on_sync(outcome, unix_now());

@@ -16,10 +16,11 @@ use crate::status::AgentStatus;
 
 /// What the tasks around the loop tell it.
 pub(crate) enum Event {
-    /// A new config from the controller; `done` says whether it applied.
+    /// A new config from the controller; `done` says whether it applied
+    /// (the error with its whole chain of causes when it did not).
     Config {
         config: SiteConfig,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<anyhow::Result<()>>,
     },
     /// What the sync task learnt of the controller.
     Sync(SyncOutcome),

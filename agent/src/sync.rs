@@ -296,7 +296,7 @@ pub(crate) async fn sync_loop(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let delay = policy.apply_failed(rand::random());
-                tracing::warn!(error = %e, retry_in = ?delay, "the config could not be applied; asking for it again");
+                tracing::warn!(error = format!("{e:#}"), retry_in = ?delay, "the config could not be applied; asking for it again");
                 current = None;
                 tokio::time::sleep(delay).await;
             }
