@@ -62,7 +62,7 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::{Model, NetworkSettings, Site};
 use crate::reports::Heartbeats;
-use crate::site_configs::{self};
+use crate::site_configs;
 use crate::store::{Store, StoreError, Write};
 use world::Job;
 

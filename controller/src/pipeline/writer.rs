@@ -9,7 +9,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::world::{prepare, Job, Prepared};
-use super::{Controller, Tx, LOG_KEEP, MAINTAIN_EVERY, MAX_GROUP};
+use super::{Controller, Tx, LOG_KEEP, MAINTAIN_EVERY, MAX_GROUP, MAX_STALE_RETRIES};
 use crate::error::Error;
 use crate::store::StoreError;
 
@@ -108,11 +108,15 @@ impl Controller {
     /// group on that newest world, commit it, publish it. When the commit
     /// fails, nothing of it was stored or published; the jobs of a group
     /// are then run again one by one, so one bad change cannot fail the
-    /// others.
+    /// others. When the log moved under the change (`Stale`: another
+    /// process committed to the same SQLite file, e.g. `admin-token
+    /// create` beside `serve`), the group catches up and runs again
+    /// (`stale_tries` so far).
     pub(super) async fn run_group(
         &self,
         mut jobs: Vec<Box<dyn Job>>,
         more: Option<&mut mpsc::UnboundedReceiver<Box<dyn Job>>>,
+        stale_tries: u32,
     ) {
         let fail_all = |jobs: Vec<Box<dyn Job>>, e: StoreError| {
             self.metrics
@@ -170,6 +174,14 @@ impl Controller {
                 p.world.seq = seq;
                 self.publish(p, jobs);
             }
+            Err(StoreError::Stale { base, head }) if stale_tries < MAX_STALE_RETRIES => {
+                tracing::debug!(
+                    base,
+                    head,
+                    "the change log moved under this change; catching up and preparing it again"
+                );
+                Box::pin(self.run_group(jobs, None, stale_tries + 1)).await;
+            }
             Err(e) => {
                 self.metrics
                     .store_failures
@@ -183,7 +195,7 @@ impl Controller {
                 }
                 tracing::warn!(error = %e, jobs = jobs.len(), "changes failed in the database; retrying them one by one");
                 for job in jobs {
-                    Box::pin(self.run_group(vec![job], None)).await;
+                    Box::pin(self.run_group(vec![job], None, stale_tries)).await;
                 }
             }
         }
@@ -237,7 +249,7 @@ pub(super) async fn writer(
         let Some(c) = controller.upgrade() else {
             return;
         };
-        c.run_group(vec![first], Some(&mut rx)).await;
+        c.run_group(vec![first], Some(&mut rx), 0).await;
     }
 }
 
