@@ -131,6 +131,14 @@ impl Heartbeats {
         Self::seen_locked(&mut i, site, now);
     }
 
+    /// Long-polls waiting here, of these sites.
+    pub(crate) fn waiting_among<'a>(&self, sites: impl Iterator<Item = &'a Name>) -> u64 {
+        let i = self.0.lock();
+        sites
+            .map(|s| u64::from(i.connected.get(s).copied().unwrap_or(0)))
+            .sum()
+    }
+
     /// A site's last report; last-seen is `now` while it is connected.
     pub(crate) fn get(&self, site: &Name, now: UnixTime) -> Report {
         let i = self.0.lock();

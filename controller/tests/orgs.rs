@@ -356,3 +356,109 @@ async fn organisations_are_created_listed_and_deleted_only_when_nothing_refers_t
         "{e}"
     );
 }
+
+/// A clash with another organisation's site names nothing of it (a LAN
+/// prefix, a public key), while the NOC's answer still says whose it is;
+/// and a scoped token's status counts only its own sites' long-polls.
+#[tokio::test]
+async fn clashes_and_counts_reveal_nothing_of_other_organisations() {
+    let World { t, a, b } = world().await;
+    let (a, b) = (a.1.as_str(), b.1.as_str());
+
+    // b-surgery holds 10.2.0.0/24.
+    let (s, v) = t
+        .as_token(
+            a,
+            Method::POST,
+            "/v1/sites",
+            Some(json!({"name": "a-annex", "region": "north", "role": "spoke", "lan_prefixes": ["10.2.0.0/16"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let msg = v["message"].as_str().expect("message");
+    assert!(msg.contains("another organisation"), "{msg}");
+    for secret in ["b-surgery", "practice-b", "10.2.0.0/24"] {
+        assert!(!msg.contains(secret), "names {secret}: {msg}");
+    }
+    let (s, v) = t
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "noc-annex", "region": "north", "role": "spoke", "lan_prefixes": ["10.2.0.0/16"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("site b-surgery")),
+        "the NOC is told whose prefix it is: {v}"
+    );
+
+    // An agentless site with the key b-surgery's agent enrolled with.
+    let (_, surgery) = t.admin_get("/v1/sites/b-surgery").await;
+    let key = surgery["public_key"].as_str().expect("enrolled key");
+    let (s, v) = t
+        .as_token(
+            a,
+            Method::POST,
+            "/v1/sites",
+            Some(json!({"name": "a-appliance", "region": "north", "role": "spoke", "public_key": key})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let msg = v["message"].as_str().expect("message");
+    assert!(msg.contains("another site"), "{msg}");
+    assert!(!msg.contains("b-surgery"), "{msg}");
+
+    // A practice-b agent waits on a long-poll; only practice-b counts it.
+    let branch = t
+        .site_as(
+            b,
+            json!({"name": "b-branch", "region": "north", "role": "spoke"}),
+        )
+        .await;
+    let credential = t
+        .enrolled(branch["token"].as_str().expect("enrolment token"), None)
+        .await;
+    let (s, first) = t.agent_update(&credential, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    let known = first["config"]["revision"].as_u64().expect("revision");
+    let waiting = |token: String| {
+        let t = &t;
+        async move {
+            let (s, v) = t.as_token(&token, Method::GET, "/v1/status", None).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["long_poll_waiters"].as_u64().expect("waiters")
+        }
+    };
+    assert_eq!((waiting(a.into()).await, waiting(b.into()).await), (0, 0));
+    let url = t.url.clone();
+    let poll = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!(
+                "{url}/v1/agent/config?revision={known}&wait=30&deltas=true"
+            ))
+            .bearer_auth(credential)
+            .send()
+            .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting(b.into()).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-poll never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        waiting(a.into()).await,
+        0,
+        "another organisation's long-poll"
+    );
+    let (_, noc) = t.admin_get("/v1/status").await;
+    assert_eq!(
+        noc["long_poll_waiters"], 1,
+        "the NOC counts every one: {noc}"
+    );
+    poll.abort();
+}

@@ -506,3 +506,52 @@ async fn policy_changes_reach_the_filters_of_the_sites_they_admit_into_as_deltas
     .await;
     assert_eq!(v["decided_by"]["by"], "probe", "{v}");
 }
+
+/// What a rule or a check names must be a rule's traffic, from something
+/// that exists: a source organisation or region that does not exist, port
+/// 0, or a port with a protocol that has none, are refused with 422 and
+/// nothing is stored.
+#[tokio::test]
+async fn rules_and_checks_refuse_sources_that_do_not_exist_and_traffic_a_rule_could_not_name() {
+    let Network { t, trust, practice } = network().await;
+    let (_, before) = t.as_token(&trust, Method::GET, "/v1/policy", None).await;
+    for body in [
+        json!({"from": "org:nope", "to": "org:leeds-trust", "proto": "tcp", "ports": ["443"]}),
+        json!({"from": "region:south", "to": "site:lth-1"}),
+    ] {
+        let (s, v) = t
+            .as_token(&trust, Method::POST, "/v1/policy/rules", Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        let msg = v["message"].as_str().expect("message");
+        assert!(msg.starts_with("from: no "), "{msg}");
+    }
+    let (_, after) = t.as_token(&trust, Method::GET, "/v1/policy", None).await;
+    assert_eq!(before, after, "nothing stored");
+    // What exists is taken, as before.
+    let (s, v) = t
+        .as_token(
+            &trust,
+            Method::POST,
+            "/v1/policy/rules",
+            Some(json!({"from": "region:north", "to": "site:lth-1", "proto": "icmp"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    for query in [
+        "from=gp-1&to=gp-1&proto=tcp&port=0",
+        "from=gp-1&to=gp-1&proto=icmp&port=80",
+    ] {
+        let (s, v) = check(&t, &practice, query).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("port: ")),
+            "{v}"
+        );
+    }
+    let (s, v) = check(&t, &practice, "from=gp-1&to=gp-1&proto=tcp&port=443").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}

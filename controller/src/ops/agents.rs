@@ -123,7 +123,7 @@ impl Controller {
                 if before.state == SiteState::Revoked {
                     return Err(Error::Forbidden(format!("site {site_name} is revoked")));
                 }
-                check_key_unused(m, &site_name, &req.public_key)?;
+                check_key_unused(m, None, &site_name, &req.public_key)?;
                 let endpoint = req.endpoint.or(before.endpoint);
                 if before.role == Role::Hub && endpoint.is_none() {
                     return Err(Error::Unprocessable(format!(

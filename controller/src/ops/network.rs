@@ -169,6 +169,12 @@ impl Controller {
                     s.configs_pending_delivery += 1;
                 }
             }
+            // A scoped admin counts its own sites' long-polls, not the
+            // network's.
+            if actor.org.is_some() {
+                let own = m.sites.values().filter(|s| actor.sees(&s.org));
+                s.long_poll_waiters = self.heartbeats.waiting_among(own.map(|s| &s.name));
+            }
         });
         s
     }

@@ -15,7 +15,7 @@
 
 use wardnet_common::policy::{
     decide, CheckAnswer, CheckQuery, CreateRule, Flow, PolicyView, Reason, Rule, RuleView, Service,
-    ServiceView, Target,
+    ServiceView, Source, Target,
 };
 use wardnet_common::Name;
 
@@ -119,8 +119,37 @@ impl Controller {
         }
     }
 
+    /// A rule's source must name an organisation or a region that exists
+    /// (both are the whole network's to know). A site source is not
+    /// checked: which sites exist in other organisations is not a scoped
+    /// admin's to learn.
+    async fn check_source(&self, from: &Source) -> Result<(), Error> {
+        match from {
+            Source::All | Source::Site(_) => Ok(()),
+            Source::Org(o) => {
+                if self.store.orgs().await?.iter().any(|x| &x.name == o) {
+                    Ok(())
+                } else {
+                    Err(Error::Unprocessable(format!(
+                        "from: no organisation named {o}; `orgs list` shows them (the NOC adds one with `wardnet-controller orgs add {o}`)"
+                    )))
+                }
+            }
+            Source::Region(r) => {
+                if self.with_model(|m| m.regions.contains_key(r)) {
+                    Ok(())
+                } else {
+                    Err(Error::Unprocessable(format!(
+                        "from: no region named {r}; `regions list` shows them"
+                    )))
+                }
+            }
+        }
+    }
+
     pub async fn create_rule(&self, actor: &Actor, req: CreateRule) -> Result<RuleView, Error> {
         wardnet_common::policy::check_ports(req.proto, &req.ports).map_err(Error::Unprocessable)?;
+        self.check_source(&req.from).await?;
         let policy = self.with_model(|m| m.policy.clone());
         let org = self.rule_owner(actor, &req.to, &policy).await?;
         let actor = actor.clone();
@@ -296,6 +325,17 @@ impl Controller {
     /// there shared with it, or a rule admitting its site there); any
     /// other site answers 404.
     pub async fn check(&self, actor: &Actor, q: CheckQuery) -> Result<CheckAnswer, Error> {
+        // The same traffic a rule may name: ports 1 to 65535, for tcp and udp only.
+        if let Some(port) = q.port {
+            if port == 0 {
+                return Err(Error::Unprocessable(
+                    "port: 0 is not a port; ports are 1 to 65535".into(),
+                ));
+            }
+            let one = wardnet_common::policy::PortRange { lo: port, hi: port };
+            wardnet_common::policy::check_ports(q.proto, &[one])
+                .map_err(|e| Error::Unprocessable(format!("port: {e}")))?;
+        }
         let policy = self.with_model(|m| m.policy.clone());
         let from = self.with_model(|m| visible_site(m, actor, &q.from).cloned())?;
         let offered = |to: &Site| {

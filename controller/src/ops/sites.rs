@@ -47,7 +47,7 @@ impl Controller {
                 return Err(Error::Conflict(format!("a site named {} already exists", req.name)));
             }
             let region = m.regions.get(&req.region).ok_or_else(|| not_found_region(&req.region))?.clone();
-            check_lan_prefixes(m, &net, &req.name, &req.lan_prefixes)?;
+            check_lan_prefixes(m, &net, &actor, &req.name, &req.lan_prefixes)?;
             if req.role == Role::Hub && req.endpoint.is_none() {
                 return Err(Error::Unprocessable(format!(
                     "hub {} needs a reachable underlay endpoint: pass `endpoint` (IP:PORT) so its spokes can reach it",
@@ -55,7 +55,7 @@ impl Controller {
                 )));
             }
             if let Some(k) = req.public_key {
-                check_key_unused(m, &req.name, &k)?;
+                check_key_unused(m, Some(&actor), &req.name, &k)?;
             }
             let (used4, used6) = ipam::used_addresses(m, &req.region);
             let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6)
@@ -139,7 +139,7 @@ impl Controller {
             let (m, name) = (tx.model(), &name);
             let mut after = visible_site(m, &actor, name)?.as_ref().clone();
             if let Some(lan) = &req.lan_prefixes {
-                check_lan_prefixes(m, &net, name, lan)?;
+                check_lan_prefixes(m, &net, &actor, name, lan)?;
                 after.lan_prefixes = lan.clone();
             }
             if let Some(ep) = req.endpoint {
@@ -252,10 +252,13 @@ impl Controller {
 }
 
 /// A site's LAN prefixes may not overlap the overlay, a region block, or
-/// another site's LAN prefixes (nor each other).
+/// another site's LAN prefixes (nor each other). A clash with a site
+/// `actor` may not see names nothing of it: which prefixes another
+/// organisation holds is not a scoped admin's to map.
 fn check_lan_prefixes(
     m: &Model,
     net: &crate::model::NetworkSettings,
+    actor: &Actor,
     site: &Name,
     lan: &BTreeSet<IpNet>,
 ) -> Result<(), Error> {
@@ -301,23 +304,35 @@ fn check_lan_prefixes(
             )));
         }
         if let Some((other, q)) = m.lan_overlapping(p, site) {
-            return Err(Error::Conflict(format!(
-                "lan_prefixes: {p} overlaps {q}, a LAN prefix of site {other}"
-            )));
+            let seen = m.sites.get(other).is_some_and(|s| actor.sees(&s.org));
+            return Err(Error::Conflict(if seen {
+                format!("lan_prefixes: {p} overlaps {q}, a LAN prefix of site {other}")
+            } else {
+                format!(
+                    "lan_prefixes: {p} overlaps a LAN prefix of another organisation; \
+                     ask the NOC which prefixes your organisation's sites may use"
+                )
+            }));
         }
     }
     Ok(())
 }
 
+/// No other site holds `key`. The clash names the other site only to an
+/// admin who may see it (`actor`; an enrolling agent sees none).
 pub(super) fn check_key_unused(
     m: &Model,
+    actor: Option<&Actor>,
     site: &Name,
     key: &wardnet_common::PublicKey,
 ) -> Result<(), Error> {
-    match m.sites_with_key(key, site).next() {
-        Some(other) => Err(Error::Conflict(format!(
-            "public key {key} is already used by site {other}; every site needs its own key"
-        ))),
-        None => Ok(()),
-    }
+    let Some(other) = m.sites_with_key(key, site).next() else {
+        return Ok(());
+    };
+    let seen = actor.is_some_and(|a| m.sites.get(other).is_some_and(|s| a.sees(&s.org)));
+    Err(Error::Conflict(if seen {
+        format!("public key {key} is already used by site {other}; every site needs its own key")
+    } else {
+        format!("public key {key} is already used by another site; every site needs its own key")
+    }))
 }
