@@ -394,6 +394,20 @@ fn check_forwarding(enable: bool, cfg: &SiteConfig) {
         }
         Err(e) => tracing::warn!(error = ?e, "cannot read the IP forwarding setting"),
     }
+    // Only with enable_ip_forwarding does the agent change the host's
+    // settings; otherwise it says what to set.
+    let help = crate::forwarding::REDIRECTS_HELP;
+    match crate::forwarding::redirects_on() {
+        Ok(false) => {}
+        Ok(true) if enable => match crate::forwarding::quiet_redirects() {
+            Ok(_) => tracing::info!(
+                "turned off ICMP redirects (net.ipv4.conf.all.send_redirects = 0; enable_ip_forwarding = true)"
+            ),
+            Err(e) => tracing::error!(error = ?e, "{help}"),
+        },
+        Ok(true) => tracing::warn!("{help}"),
+        Err(e) => tracing::warn!(error = ?e, "cannot read the ICMP redirects setting"),
+    }
 }
 
 pub(crate) fn unix_now() -> i64 {

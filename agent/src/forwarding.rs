@@ -45,20 +45,44 @@ pub fn ip_forwarding() -> Result<(bool, bool), ForwardingError> {
 /// This is a runtime change; it does not persist across reboots.
 pub fn enable_ip_forwarding() -> Result<(), ForwardingError> {
     std::fs::write(V4, b"1\n").map_err(|source| ForwardingError::Write { path: V4, source })?;
-    // A hub forwards spoke-to-spoke traffic back out of the tunnel it came in
-    // on; Linux would answer each such packet with an ICMP redirect (sent when
-    // `all` OR the interface allows it) naming a next hop that does not exist
-    // on a point-to-point tunnel.
-    const REDIRECTS: &str = "/proc/sys/net/ipv4/conf/all/send_redirects";
-    std::fs::write(REDIRECTS, b"0\n").map_err(|source| ForwardingError::Write {
-        path: REDIRECTS,
-        source,
-    })?;
+    quiet_redirects()?;
     if Path::new(V6).exists() {
         std::fs::write(V6, b"1\n").map_err(|source| ForwardingError::Write { path: V6, source })?;
     }
     Ok(())
 }
+
+const ALL_REDIRECTS: &str = "/proc/sys/net/ipv4/conf/all/send_redirects";
+
+/// Makes sure a hub sends no ICMP redirects: Linux sends one when `all` OR
+/// the interface allows it, so the interface's own setting (turned off at
+/// start) is not enough while `all` is on, its default. A hub forwards
+/// spoke-to-spoke traffic back out of the tunnel it came in on, and each
+/// redirect would name a next hop that does not exist on a point-to-point
+/// tunnel (and reach the spoke as traffic its filter counts as denied).
+/// `Ok(true)` when it was on and is now off.
+pub fn quiet_redirects() -> Result<bool, ForwardingError> {
+    if !redirects_on()? {
+        return Ok(false);
+    }
+    std::fs::write(ALL_REDIRECTS, b"0\n").map_err(|source| ForwardingError::Write {
+        path: ALL_REDIRECTS,
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Whether this host sends ICMP redirects on every interface
+/// (`net.ipv4.conf.all.send_redirects`), see [`quiet_redirects`].
+pub fn redirects_on() -> Result<bool, ForwardingError> {
+    read_flag(ALL_REDIRECTS)
+}
+
+/// What a hub admin is told while ICMP redirects are on.
+pub const REDIRECTS_HELP: &str = "this site is a hub and sends ICMP redirects (net.ipv4.conf.all.send_redirects = 1): \
+each names a next hop that does not exist on a tunnel and reaches the spoke as traffic it drops; \
+turn them off with `sysctl -w net.ipv4.conf.all.send_redirects=0` (and persist it in /etc/sysctl.d/), \
+or set `enable_ip_forwarding = true` in agent.toml";
 
 /// The message for a hub admin when forwarding is off, or `None` when the
 /// families in use are forwarded. `uses_v6` says whether the overlay carries

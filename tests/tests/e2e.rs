@@ -810,3 +810,52 @@ fn a_hub_moving_to_its_second_address_loses_nothing() -> Result<()> {
     }
     Ok(())
 }
+
+/// A hub whose host sends ICMP redirects (the kernel's default): the agent
+/// says so and changes nothing unasked; with `enable_ip_forwarding = true`
+/// it turns them off itself.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_hub_turns_icmp_redirects_off_only_when_asked_and_says_so_otherwise() -> Result<()> {
+    if !require_root("a_hub_turns_icmp_redirects_off_only_when_asked_and_says_so_otherwise") {
+        return Ok(());
+    }
+    let mut f = north()?;
+    let redirects = |f: &Fleet| -> Result<String> {
+        Ok(f.site("hub-n")
+            .gw
+            .exec(&["cat", "/proc/sys/net/ipv4/conf/all/send_redirects"])?
+            .trim()
+            .to_owned())
+    };
+    let log = |f: &Fleet| {
+        f.site("hub-n")
+            .agent
+            .as_ref()
+            .map(|a| a.log())
+            .unwrap_or_default()
+    };
+    f.site("hub-n")
+        .gw
+        .exec(&["sysctl", "-q", "-w", "net.ipv4.conf.all.send_redirects=1"])?;
+    f.stop_agent("hub-n")?;
+    f.start_agent("hub-n")?;
+    assert_eq!(redirects(&f)?, "1", "no host setting is changed unasked");
+    assert!(
+        log(&f).contains("sends ICMP redirects"),
+        "the hub's admin is told:\n{}",
+        log(&f)
+    );
+
+    let config = f.site("hub-n").config.clone();
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, format!("enable_ip_forwarding = true\n{text}"))?;
+    f.stop_agent("hub-n")?;
+    f.start_agent("hub-n")?;
+    assert_eq!(redirects(&f)?, "0", "turned off when asked:\n{}", log(&f));
+    assert!(log(&f).contains("turned off ICMP redirects"), "{}", log(&f));
+    Ok(())
+}
