@@ -201,7 +201,7 @@ impl Controller {
     ) -> Result<(String, String), Error> {
         actor.require_network_wide("creating an admin token")?;
         if let Some(org) = org {
-            if !self.store.orgs().await?.iter().any(|o| &o.name == org) {
+            if !self.org_exists(org).await? {
                 return Err(Error::NotFound(format!(
                     "no organisation named {org}; create it first with `wardnet-controller orgs add {org}`"
                 )));

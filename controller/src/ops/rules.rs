@@ -101,7 +101,7 @@ impl Controller {
     ) -> Result<Name, Error> {
         match to {
             Target::Org(org) => {
-                let exists = self.store.orgs().await?.iter().any(|o| &o.name == org);
+                let exists = self.org_exists(org).await?;
                 if !exists || !actor.sees(org) {
                     return Err(not_found_org(org));
                 }
@@ -127,7 +127,7 @@ impl Controller {
         match from {
             Source::All | Source::Site(_) => Ok(()),
             Source::Org(o) => {
-                if self.store.orgs().await?.iter().any(|x| &x.name == o) {
+                if self.org_exists(o).await? {
                     Ok(())
                 } else {
                     Err(Error::Unprocessable(format!(

@@ -10,6 +10,7 @@ use super::Actor;
 use crate::error::Error;
 use crate::health::ONLINE_WINDOW_SECS;
 use crate::model::{Model, Region, Site};
+use crate::pipeline::Controller;
 use crate::reports::Report;
 
 pub(super) fn not_found_site(name: &Name) -> Error {
@@ -125,5 +126,13 @@ pub(super) fn region_view(
         },
         created_at: r.created_at,
         hubs: views,
+    }
+}
+
+impl Controller {
+    /// Whether organisation `org` exists (organisations live in the store
+    /// only).
+    pub(super) async fn org_exists(&self, org: &Name) -> Result<bool, Error> {
+        Ok(self.store.orgs().await?.iter().any(|o| &o.name == org))
     }
 }

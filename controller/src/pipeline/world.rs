@@ -150,6 +150,7 @@ pub(super) fn prepare(
 mod tests {
     use super::super::tx::tests::{name, region, site};
     use super::*;
+    use crate::site_configs::tests::settings;
 
     /// A job that runs `f`, and remembers how it ended.
     struct TestJob<F>(F);
@@ -163,19 +164,6 @@ mod tests {
 
     fn job(f: impl FnMut(&mut Tx<'_>) -> Result<(), Error> + Send + 'static) -> Box<dyn Job> {
         Box::new(TestJob(f))
-    }
-
-    fn settings() -> NetworkSettings {
-        NetworkSettings {
-            overlay_v4: "100.64.0.0/10".parse().expect("overlay"),
-            overlay_v6: None,
-            region_prefix_len_v4: 20,
-            region_prefix_len_v6: 64,
-            routed_prefixes: ["10.0.0.0/8".parse().expect("prefix")].into(),
-            listen_port: 51820,
-            mtu: 1420,
-            persistent_keepalive: 25,
-        }
     }
 
     /// A world with region r and hub h (active).

@@ -16,7 +16,7 @@
 mod entries;
 mod site_render;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod touches;
 
 pub(crate) use entries::{entry, PeerEntry, RouteCover};

@@ -13,7 +13,7 @@ fn name(s: &str) -> Name {
     s.parse().expect("name")
 }
 
-fn settings() -> NetworkSettings {
+pub(crate) fn settings() -> NetworkSettings {
     NetworkSettings {
         overlay_v4: "100.64.0.0/10".parse().expect("overlay"),
         overlay_v6: Some("fd7a:6e65::/48".parse().expect("overlay6")),
