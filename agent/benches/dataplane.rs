@@ -716,14 +716,17 @@ fn policy_filter(me: &str, admit: &str) -> Result<wardnet_common::filter::SiteFi
             _ => Vec::new(),
         }
     };
-    wardnet_common::filter::compile(
+    let filter = wardnet_common::filter::compile(
         &to,
         &Default::default(),
         &rules,
         &[] as &[wardnet_common::policy::Service],
         sources,
-    )
-    .ok_or_else(|| "the site is not filtered".to_owned())
+    );
+    if filter.admits_everything() {
+        return Err("the site is not filtered".to_owned());
+    }
+    Ok(filter)
 }
 
 /// Idle peers the `wardnet-hub` row's B holds besides A.

@@ -107,6 +107,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &["rule"],
     ),
     (
+        "wardnet_policy_transit_denied_packets_total",
+        "Packets out of a tunnel to an address that is neither this site's own (overlay addresses, LAN prefixes) nor, on a hub, another peer's: dropped whatever the sender's AllowedIPs say (also counted in wardnet_policy_denied_packets_total against the peer).",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "wardnet_policy_reply_packets_total",
         "Packets passed as replies to flows this site started.",
         MetricType::COUNTER,
@@ -114,7 +120,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "wardnet_policy_enforced",
-        "1 when the data plane filters what comes out of the tunnels (the site belongs to an organisation other than default).",
+        "1 when the data plane filters what comes out of the tunnels (the controller sent the site a filter: every site, `default` ones admitting everything to their own addresses).",
         MetricType::GAUGE,
         &[],
     ),
@@ -363,6 +369,9 @@ impl Collector for ScrapeCollector {
                         samples.push(sample(kind, &[("rule", rule.as_str())], *v as f64));
                     }
                 }
+                "wardnet_policy_transit_denied_packets_total" if s.policy.enforcing => {
+                    samples.push(sample(kind, &[], s.policy.transit as f64))
+                }
                 "wardnet_policy_reply_packets_total" => {
                     samples.push(sample(kind, &[], s.policy.replies as f64))
                 }
@@ -471,6 +480,7 @@ mod tests {
                 enforcing: true,
                 admitted: [("rule:4".to_owned(), 2)].into(),
                 denied: 3,
+                transit: 1,
                 replies: 9,
                 overflow: 0,
                 tracked: 5,

@@ -263,6 +263,23 @@ impl SiteFilter {
         found.map_or(Verdict::Deny, Verdict::Allow)
     }
 
+    /// Whether the filter admits everything to the site (an unfiltered
+    /// site: its first entry is from everyone, to all of it, for all
+    /// traffic). Such a site's data plane still drops what is not its own.
+    pub fn admits_everything(&self) -> bool {
+        self.rules.first().is_some_and(|r| {
+            let all = |v4: bool| {
+                r.from
+                    .iter()
+                    .any(|p| p.prefix_len() == 0 && matches!(p, IpNet::V4(_)) == v4)
+            };
+            r.to.is_empty()
+                && r.traffic.iter().all(|t| t.proto == Proto::Any)
+                && all(true)
+                && all(false)
+        })
+    }
+
     /// The verdict on a parsed packet.
     pub fn check_header(&self, h: &Header) -> Verdict {
         self.check(h.src, h.dst, h.proto(), h.port)
@@ -288,8 +305,10 @@ fn everyone() -> Vec<IpNet> {
 
 /// The filter of the site `to` (with LAN prefixes `lans`), from the
 /// policy; `sources` gives the prefixes of an organisation, a region or a
-/// site (`Source::All` is never asked). `None`: the site is in the
-/// `default` organisation and is not filtered.
+/// site (`Source::All` is never asked). A site of the `default`
+/// organisation admits everything to its own addresses (one entry,
+/// [`Reason::Unfiltered`]); like every site, it takes nothing else out of
+/// its tunnels.
 ///
 /// The entries come in the order [`crate::policy::decide`] looks: the
 /// organisation's own sites, ICMP to the overlay addresses, the services
@@ -300,10 +319,7 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
     rules: &[R],
     services: &[S],
     mut sources: impl FnMut(&Source) -> Vec<IpNet>,
-) -> Option<SiteFilter> {
-    if to.org.as_str() == crate::policy::DEFAULT_ORG {
-        return None;
-    }
+) -> SiteFilter {
     let overlay: Vec<IpNet> = to.overlay.iter().map(|a| IpNet::from(*a)).collect();
     let mut local = overlay.clone();
     local.extend(lans.iter().copied());
@@ -311,6 +327,15 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
         proto: Proto::Any,
         ports: Vec::new(),
     };
+    if to.org.as_str() == crate::policy::DEFAULT_ORG {
+        let rules = vec![FilterRule {
+            reason: Reason::Unfiltered,
+            from: everyone(),
+            to: Vec::new(),
+            traffic: vec![any],
+        }];
+        return SiteFilter { local, rules };
+    }
     let traffic = |proto: Proto, ports: &[PortRange]| Traffic {
         proto,
         ports: ports.to_vec(),
@@ -380,7 +405,7 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
             traffic: what,
         });
     }
-    Some(SiteFilter { local, rules: out })
+    SiteFilter { local, rules: out }
 }
 
 #[cfg(test)]
@@ -589,7 +614,7 @@ mod tests {
             ),
         ) {
             let services = build_services(&sites, raw_services);
-            let filters: Vec<Option<SiteFilter>> = sites
+            let filters: Vec<SiteFilter> = sites
                 .iter()
                 .map(|t| compile(&t.party, &t.lans, &rules, &services, sources_of(&sites)))
                 .collect();
@@ -617,16 +642,24 @@ mod tests {
                     proto,
                     port,
                 });
-                match &filters[to] {
-                    None => {
-                        prop_assert!(spec.allow);
-                        prop_assert!(matches!(spec.reason, Reason::SameOrg | Reason::Unfiltered));
-                    }
-                    Some(f) => {
-                        let v = f.check(src, dst, proto, port);
-                        prop_assert_ne!(v, Verdict::Transit);
-                        prop_assert_eq!(matches!(v, Verdict::Allow(_)), spec.allow, "{:?}", v);
-                        prop_assert_eq!(f.reason(v), Some(spec.reason));
+                let f = &filters[to];
+                let v = f.check(src, dst, proto, port);
+                prop_assert_ne!(v, Verdict::Transit);
+                prop_assert_eq!(matches!(v, Verdict::Allow(_)), spec.allow, "{:?}", v);
+                if f.admits_everything() {
+                    // A `default` site does not tell its own organisation
+                    // from others: it admits everything.
+                    prop_assert_eq!(dst_site.party.org.as_str(), "default");
+                    prop_assert!(matches!(spec.reason, Reason::SameOrg | Reason::Unfiltered));
+                } else {
+                    prop_assert_eq!(f.reason(v), Some(spec.reason));
+                }
+                // Nothing of another site's is this one's: its data plane
+                // forwards it on (a hub) or drops it.
+                for (i, other) in sites.iter().enumerate() {
+                    if i != to {
+                        let theirs = *other.party.overlay.iter().next().expect("an address");
+                        prop_assert_eq!(f.check(src, theirs, proto, port), Verdict::Transit);
                     }
                 }
             }
@@ -736,12 +769,21 @@ mod tests {
     }
 
     #[test]
-    fn a_site_in_the_default_organisation_has_no_filter_and_traffic_not_for_a_site_is_transit() {
+    fn a_site_in_the_default_organisation_admits_everything_to_itself_and_the_rest_is_transit() {
         let sites: Vec<TestSite> = (0..3).map(|i| site(i, i.min(1), 0, true)).collect();
         let (rules, services): (&[Rule], &[Service]) = (&[], &[]);
         let at = |t: &TestSite| compile(&t.party, &t.lans, rules, services, sources_of(&sites));
-        assert!(at(&sites[0]).is_none());
-        let f = at(&sites[1]).expect("a filter");
+        let open = at(&sites[0]);
+        assert!(open.admits_everything());
+        let first = IpAddr::from([100, 64, 0, 1]);
+        let v = open.check(IpAddr::from([100, 64, 0, 2]), first, Proto::Tcp, Some(22));
+        assert_eq!(open.reason(v), Some(Reason::Unfiltered));
+        assert_eq!(
+            open.check(first, IpAddr::from([100, 64, 0, 2]), Proto::Tcp, Some(22)),
+            Verdict::Transit
+        );
+        let f = at(&sites[1]);
+        assert!(!f.admits_everything());
         let other = IpAddr::from([100, 64, 0, 3]);
         assert_eq!(
             f.check(IpAddr::from([100, 64, 0, 1]), other, Proto::Tcp, Some(443)),

@@ -119,7 +119,7 @@ pub fn render(model: &Model, net: &NetworkSettings, site: &Name) -> Option<SiteC
         peers,
         routes,
         failover: failover_groups(model, me),
-        filter: model.filter(me),
+        filter: Some(model.filter(me)),
     })
 }
 

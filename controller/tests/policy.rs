@@ -421,10 +421,22 @@ async fn policy_changes_reach_the_filters_of_the_sites_they_admit_into_as_deltas
     assert!(covered(&own, "10.1.2.0/24"), "{filter}");
     assert!(!covered(&own, &addresses["gp-1"]), "{filter}");
     assert!(!covered(&own, "10.1.3.0/24"), "{filter}");
-    assert!(
-        full("old-1").await.get("filter").is_none(),
-        "default is not filtered"
+    // A `default` site admits everything to its own addresses, and only
+    // to them.
+    let old = full("old-1").await;
+    assert_eq!(
+        rule_sources(&old["filter"], "unfiltered", None),
+        ["0.0.0.0/0", "::/0"],
+        "{old}"
     );
+    assert_eq!(old["filter"]["rules"].as_array().map(Vec::len), Some(1));
+    let local: Vec<String> = old["filter"]["local"]
+        .as_array()
+        .expect("local")
+        .iter()
+        .map(|v| v.as_str().expect("prefix").to_owned())
+        .collect();
+    assert!(covered(&local, &addresses["old-1"]), "{old}");
     let gp1 = full("gp-1").await;
 
     // A rule into lth-1 from the practice: lth-1's filter, one step.

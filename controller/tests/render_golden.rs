@@ -205,6 +205,16 @@ fn rendered(m: &Model, site: &str) -> SiteConfig {
     render(m, &net(), &name(site)).expect("active site renders")
 }
 
+/// The filter of a site in the `default` organisation: everything to its
+/// own prefixes (`local`), nothing else.
+fn unfiltered(local: &[&str]) -> serde_json::Value {
+    json!({
+        "local": local,
+        "rules": [{"reason": {"by": "unfiltered"}, "from": ["0.0.0.0/0", "::/0"],
+                   "traffic": [{"proto": "any"}]}]
+    })
+}
+
 fn expected(v: serde_json::Value) -> SiteConfig {
     serde_json::from_value(v).expect("expected config is valid wire JSON")
 }
@@ -226,7 +236,8 @@ fn hub_north_golden() {
              "persistent_keepalive": 25}
         ],
         "routes": ["100.64.0.2/32", "100.64.0.3/32", "fd7a:6e65::2/128", "fd7a:6e65::3/128", "10.1.1.0/24",
-                   "100.64.16.0/20", "fd7a:6e65:0:1::/64", "10.2.1.0/24", "10.2.2.0/24"]
+                   "100.64.16.0/20", "fd7a:6e65:0:1::/64", "10.2.1.0/24", "10.2.2.0/24"],
+        "filter": unfiltered(&["100.64.0.1/32", "fd7a:6e65::1/128", "10.1.0.0/24"])
     }));
     assert_eq!(rendered(&model(), "hub-north"), want);
 }
@@ -250,7 +261,8 @@ fn hub_south_golden() {
         ],
         "routes": ["100.64.16.2/32", "fd7a:6e65:0:1::2/128", "10.2.1.0/24",
                    "100.64.16.3/32", "fd7a:6e65:0:1::3/128", "10.2.2.0/24",
-                   "100.64.0.0/20", "fd7a:6e65::/64", "10.1.0.0/24", "10.1.1.0/24"]
+                   "100.64.0.0/20", "fd7a:6e65::/64", "10.1.0.0/24", "10.1.1.0/24"],
+        "filter": unfiltered(&["100.64.16.1/32", "fd7a:6e65:0:1::1/128"])
     }));
     assert_eq!(rendered(&model(), "hub-south"), want);
 }
@@ -269,7 +281,8 @@ fn spoke_gp_a_golden() {
         ],
         // 10.0.0.0/8 contains gp-a's own LAN 10.1.1.0/24 and stays: the LAN's
         // connected route is more specific.
-        "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"]
+        "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"],
+        "filter": unfiltered(&["100.64.0.2/32", "fd7a:6e65::2/128", "10.1.1.0/24"])
     }));
     assert_eq!(rendered(&model(), "gp-a"), want);
 }
@@ -290,7 +303,8 @@ fn mesh_spoke_gp_c_golden() {
                              "100.64.16.1/32", "fd7a:6e65:0:1::1/128"],
              "persistent_keepalive": 25}
         ],
-        "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"]
+        "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"],
+        "filter": unfiltered(&["100.64.16.2/32", "fd7a:6e65:0:1::2/128", "10.2.1.0/24"])
     }));
     assert_eq!(rendered(&model(), "gp-c"), want);
 }

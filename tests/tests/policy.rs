@@ -245,3 +245,91 @@ fn organisations_are_kept_apart_by_the_agents_and_rule_changes_apply_within_two_
     );
     Ok(())
 }
+
+/// A tunnel delivers only what the site owns. An appliance (its own key
+/// in its own WireGuard, as a compromised site would run it) widens its
+/// hub peer's AllowedIPs to a LAN on the hub's gateway that the hub never
+/// listed (100.99.0.0/24) and pings the gateway there: the hub's agent
+/// drops it and counts it as transit. What the hub forwards to the peer
+/// that owns the destination (gp-a's LAN) and the hub's own overlay
+/// address still answer.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_tunnel_delivers_only_what_the_site_owns_whatever_the_senders_allowed_ips() -> Result<()> {
+    let name = "a_tunnel_delivers_only_what_the_site_owns_whatever_the_senders_allowed_ips";
+    if !require_root(name) {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    f.add_site(
+        "gp-a",
+        "north",
+        false,
+        SiteOpts {
+            lan: true,
+            endpoint: false,
+            org: None,
+        },
+    )?;
+    let path = f.add_appliance("mallory", "north")?;
+    let result = (|| -> Result<()> {
+        let hub = f.site("hub-n");
+        // An address of the hub's gateway outside everything it listed
+        // (on its loopback: these kernels have no dummy links).
+        hub.gw.ip(&["addr", "add", "100.99.0.1/32", "dev", "lo"])?;
+        let hub_key = f.public_key("hub-n")?;
+        let mallory = f.site("mallory");
+        let lan_host = f.lan("gp-a").host;
+        wait_for(
+            Duration::from_secs(30),
+            "mallory to reach gp-a's LAN",
+            || Ok(Fleet::ping(&mallory.gw, lan_host, 1).then_some(())),
+        )?;
+        let allowed = mallory
+            .gw
+            .exec(&["wg", "show", &mallory.iface, "allowed-ips"])?;
+        let mut wide: Vec<String> = allowed
+            .lines()
+            .find(|l| l.starts_with(&hub_key))
+            .context("mallory's hub peer")?
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_owned)
+            .collect();
+        wide.push("100.99.0.0/24".into());
+        mallory.gw.exec(&[
+            "wg",
+            "set",
+            &mallory.iface,
+            "peer",
+            &hub_key,
+            "allowed-ips",
+            &wide.join(","),
+        ])?;
+        mallory
+            .gw
+            .ip(&["route", "add", "100.99.0.0/24", "dev", &mallory.iface])?;
+        let transit = "wardnet_policy_transit_denied_packets_total";
+        let before = metric(&f, "hub-n", transit)?;
+        assert!(
+            !Fleet::ping(&mallory.gw, "100.99.0.1".parse()?, 3),
+            "the hub's unlisted LAN answered through the overlay"
+        );
+        let after = metric(&f, "hub-n", transit)?;
+        assert!(after >= before + 3.0, "counted: {before} -> {after}");
+        // Still there: what the hub forwards to its owner, and the hub.
+        assert!(Fleet::ping(&mallory.gw, lan_host, 2), "gp-a's LAN");
+        assert!(
+            Fleet::ping(&mallory.gw, f.overlay("hub-n"), 2),
+            "the hub's overlay address"
+        );
+        Ok(())
+    })();
+    f.appliance_down("mallory", &path);
+    result
+}

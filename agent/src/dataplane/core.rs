@@ -463,7 +463,9 @@ impl Core {
             authenticated(peer, from, local, datagram.len());
             if !source_allowed(&self.peers, &self.allowed, &self.hub_of, index, src) {
                 self.counters.drops.source_not_allowed += 1;
-            } else if self.policy.judge(seen, now) {
+            } else if self.policy.judge(seen, now, |dst| {
+                forwards(&self.allowed, self.hub_of.is_some(), index, dst)
+            }) {
                 tx.tun_written(len);
             } else if let Some(peer) = self.peers.get_mut(&index) {
                 peer.policy_denied += 1;
@@ -527,6 +529,8 @@ impl Core {
                         policy: &mut self.policy,
                         counters: &mut self.counters,
                         peers: &mut self.peers,
+                        allowed: &self.allowed,
+                        hub: self.hub_of.is_some(),
                     };
                     gate.deliver(ok, index, packet, now, tx);
                 }
@@ -538,6 +542,8 @@ impl Core {
                         policy: &mut self.policy,
                         counters: &mut self.counters,
                         peers: &mut self.peers,
+                        allowed: &self.allowed,
+                        hub: self.hub_of.is_some(),
                     };
                     gate.deliver(ok, index, packet, now, tx);
                 }
@@ -776,11 +782,22 @@ fn source_allowed(
         .is_some_and(|o| o.hub_of.as_ref() == Some(region))
 }
 
+/// Whether a packet from peer `from` to `dst`, an address that is not
+/// this site's own, is forwarded on: only by a hub, and only to another
+/// of its peers that owns `dst` (a peer's own AllowedIPs never make it a
+/// relay for itself, and nothing goes to the gateway's other addresses).
+fn forwards(allowed: &AllowedIps, hub: bool, from: u32, dst: IpAddr) -> bool {
+    hub && allowed.lookup(dst).is_some_and(|owner| owner != from)
+}
+
 /// What a decrypted packet meets on its way to the TUN device.
 struct Gate<'a> {
     policy: &'a mut PolicyFilter,
     counters: &'a mut DeviceCounters,
     peers: &'a mut HashMap<u32, Peer>,
+    allowed: &'a AllowedIps,
+    /// Whether this site is a hub (forwards between its peers).
+    hub: bool,
 }
 
 impl Gate<'_> {
@@ -790,7 +807,9 @@ impl Gate<'_> {
     fn deliver(self, ok: bool, index: u32, packet: &[u8], now: Instant, tx: &mut impl Transmit) {
         if !ok {
             self.counters.drops.source_not_allowed += 1;
-        } else if self.policy.inbound(packet, now) {
+        } else if self.policy.inbound(packet, now, |dst| {
+            forwards(self.allowed, self.hub, index, dst)
+        }) {
             tx.write_tun(packet);
         } else if let Some(peer) = self.peers.get_mut(&index) {
             peer.policy_denied += 1;

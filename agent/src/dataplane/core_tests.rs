@@ -726,3 +726,84 @@ fn the_policy_filter_admits_replies_and_what_a_rule_allows_and_nothing_else() {
     assert_eq!(after.policy.denied, 2);
     assert_eq!(after.policy.tracked, tracked);
 }
+
+/// A tunnel delivers only what the site owns: a spoke whose own WireGuard
+/// sends its hub packets for addresses the hub does not own gets through
+/// only to another peer of the hub that owns the destination; the hub's
+/// other addresses, a LAN it never listed and the sender's own prefixes
+/// (a hairpin) are dropped and counted as transit. A spoke forwards
+/// nothing on.
+#[test]
+fn a_tunnel_delivers_only_what_the_site_owns_or_a_hub_forwards_to_its_owner() {
+    use wardnet_common::filter::{FilterRule, SiteFilter, Traffic};
+    use wardnet_common::policy::{Proto, Reason};
+    let open = |local: &str| SiteFilter {
+        local: vec![net(local)],
+        rules: vec![FilterRule {
+            reason: Reason::Unfiltered,
+            from: vec![net("0.0.0.0/0"), net("::/0")],
+            to: Vec::new(),
+            traffic: vec![Traffic {
+                proto: Proto::Any,
+                ports: Vec::new(),
+            }],
+        }],
+    };
+    let key = PrivateKey::generate();
+    let mut hub = Node {
+        core: Core::new(&key, Some("north".parse().expect("name"))),
+        key,
+        addr: sa("198.51.100.1:51820"),
+        tun: Vec::new(),
+        handshakes: Vec::new(),
+    };
+    hub.core.policy.set(Some(open("100.64.0.1/32")));
+    let mut attacker = node("198.51.100.10:51820");
+    let mut victim = node("198.51.100.11:51820");
+    victim.core.policy.set(Some(open("100.64.0.11/32")));
+    hub.core.apply(PeerOp::AddPeer(peer_config(
+        &attacker,
+        Some(attacker.addr),
+        &["100.64.0.10/32", "100.70.1.0/24"],
+    )));
+    hub.core.apply(PeerOp::AddPeer(peer_config(
+        &victim,
+        Some(victim.addr),
+        &["100.64.0.11/32"],
+    )));
+    // The attacker's own WireGuard: its hub and the victim with AllowedIPs
+    // as wide as it likes.
+    attacker.core.apply(PeerOp::AddPeer(PeerConfig {
+        role: Role::Hub,
+        ..peer_config(&hub, Some(hub.addr), &["100.64.0.0/11"])
+    }));
+    attacker.core.apply(PeerOp::AddPeer(peer_config(
+        &victim,
+        Some(victim.addr),
+        &["100.96.0.0/11"],
+    )));
+    victim.core.apply(PeerOp::AddPeer(peer_config(
+        &attacker,
+        Some(attacker.addr),
+        &["100.64.0.10/32"],
+    )));
+    let me = [100, 64, 0, 10];
+    let attacker_key = attacker.key.public_key();
+    let mut send = |dst: [u8; 4], hub: &mut Node, victim: &mut Node| {
+        let out = send_from_tun(&mut attacker, &udp(me, 5000, dst, 22));
+        pump(&mut [&mut attacker, hub, victim], out);
+    };
+    send([100, 64, 0, 11], &mut hub, &mut victim);
+    assert_eq!(hub.tun.len(), 1, "forwarded to the peer that owns it");
+    send([100, 64, 0, 1], &mut hub, &mut victim);
+    assert_eq!(hub.tun.len(), 2, "the hub's own overlay address");
+    send([100, 64, 9, 1], &mut hub, &mut victim);
+    send([100, 70, 1, 5], &mut hub, &mut victim);
+    assert_eq!(hub.tun.len(), 2, "no owner, and the sender's own LAN");
+    assert_eq!(hub.core.snapshot(0).policy.transit, 2);
+    assert_eq!(peer_of(&hub, attacker_key).policy_denied, 2);
+    // Straight to the victim, a spoke: an address it does not own.
+    send([100, 99, 0, 1], &mut hub, &mut victim);
+    assert!(victim.tun.is_empty());
+    assert_eq!(victim.core.snapshot(0).policy.transit, 1);
+}

@@ -17,6 +17,13 @@
 //! only: the fragments after it pass when their first one did (keyed by the
 //! datagram's identification, remembered for a few seconds).
 //!
+//! A tunnel delivers only what the site owns: a packet to an address that
+//! is not the site's own (its overlay addresses and LANs) passes only when
+//! the data plane forwards it on (a hub, to another peer that owns the
+//! destination: the caller says, [`Onward`]). Anything else (the gateway's
+//! underlay, a LAN the site never listed, a spoke asked to relay) is
+//! dropped and counted as transit, whatever the sender's AllowedIPs say.
+//!
 //! Entries idle for longer than their protocol's timeout go; each table is
 //! bounded ([`MAX_FLOWS`]): when full, a new flow is judged packet by
 //! packet (admitted), or its replies are judged by the filter (started
@@ -106,12 +113,29 @@ pub struct PolicyCounters {
     pub admitted: BTreeMap<String, u64>,
     /// Packets denied (nothing admits them: the default).
     pub denied: u64,
+    /// Packets to an address that is neither the site's own nor forwarded
+    /// on by it (also counted in `denied`).
+    pub transit: u64,
     /// Replies passed as replies to flows started here.
     pub replies: u64,
     /// Flows not remembered because a table was full.
     pub overflow: u64,
     /// Flows remembered now (both tables).
     pub tracked: u64,
+}
+
+/// Where a packet out of a tunnel that is not to the site's own
+/// addresses may go on to.
+pub(crate) trait Onward {
+    /// Whether the data plane forwards a packet to `dst` on (a hub, to
+    /// another of its peers that owns `dst`).
+    fn forwards(&self, dst: IpAddr) -> bool;
+}
+
+impl<F: Fn(IpAddr) -> bool> Onward for F {
+    fn forwards(&self, dst: IpAddr) -> bool {
+        self(dst)
+    }
 }
 
 #[derive(Default)]
@@ -153,7 +177,7 @@ impl PolicyFilter {
             return;
         };
         let later_fragment = h.fragment.is_some_and(|f| !f.first);
-        if h.icmp_error || later_fragment || !f.is_local(h.src) {
+        if f.admits_everything() || h.icmp_error || later_fragment || !f.is_local(h.src) {
             return;
         }
         let key = FlowKey::reply_to(&h);
@@ -171,9 +195,9 @@ impl PolicyFilter {
     }
 
     /// A packet decrypted from a tunnel: whether it may go on to the TUN.
-    pub(crate) fn inbound(&mut self, packet: &[u8], now: Instant) -> bool {
+    pub(crate) fn inbound(&mut self, packet: &[u8], now: Instant, onward: impl Onward) -> bool {
         let seen = self.look(packet);
-        self.judge(seen, now)
+        self.judge(seen, now, onward)
     }
 
     /// What [`Self::judge`] needs of a packet, read while the packet is at
@@ -191,7 +215,7 @@ impl PolicyFilter {
 
     /// Whether a packet out of a tunnel, as [`Self::look`] saw it, may go on
     /// to the TUN.
-    pub(crate) fn judge(&mut self, seen: Option<Seen>, now: Instant) -> bool {
+    pub(crate) fn judge(&mut self, seen: Option<Seen>, now: Instant, onward: impl Onward) -> bool {
         let Some(seen) = seen else {
             return true;
         };
@@ -199,6 +223,10 @@ impl PolicyFilter {
             self.counters.denied += 1;
             return false;
         };
+        let local = self.filter.as_ref().is_some_and(|f| f.is_local(h.dst));
+        if !local {
+            return self.onward(h.dst, onward);
+        }
         let Some(fragment) = h.fragment else {
             return self.judge_header(&h, seen.subject, now);
         };
@@ -208,11 +236,10 @@ impl PolicyFilter {
                 .fragments
                 .get(&key)
                 .is_some_and(|t| now.saturating_duration_since(*t) < FRAGMENT_IDLE);
-            let local = self.filter.as_ref().is_some_and(|f| f.is_local(h.dst));
-            if !passed && local {
+            if !passed {
                 self.counters.denied += 1;
             }
-            return passed || !local;
+            return passed;
         }
         let pass = self.judge_header(&h, seen.subject, now);
         if pass {
@@ -225,13 +252,25 @@ impl PolicyFilter {
         pass
     }
 
-    /// The verdict on a whole packet, or a datagram's first fragment.
+    /// A packet not to the site's own addresses: it passes only when the
+    /// data plane forwards it on (its destination's site judges it there).
+    fn onward(&mut self, dst: IpAddr, onward: impl Onward) -> bool {
+        if onward.forwards(dst) {
+            return true;
+        }
+        self.counters.transit += 1;
+        self.counters.denied += 1;
+        false
+    }
+
+    /// The verdict on a whole packet, or a datagram's first fragment, to
+    /// one of the site's own addresses.
     fn judge_header(&mut self, h: &Header, subject: Option<Header>, now: Instant) -> bool {
         let Some(f) = &self.filter else {
             return true;
         };
-        if !f.is_local(h.dst) {
-            // Forwarded (a hub between spokes): its destination judges it.
+        if f.admits_everything() {
+            // Unfiltered (the `default` organisation): nothing to remember.
             return true;
         }
         let key = FlowKey::incoming(h);
@@ -242,11 +281,14 @@ impl PolicyFilter {
         }
         if let Some(s) = subject {
             // An error about a packet this site sent (too big, unreachable)
-            // belongs to that packet's flow.
+            // belongs to that packet's flow, when that flow passes; one
+            // about a flow the filter denied is as denied as the flow.
             let back = FlowKey::reply_to(&s);
-            if f.is_local(s.src)
-                && (self.replies.contains_key(&back) || self.admitted.contains_key(&back))
-            {
+            let admitted = self
+                .admitted
+                .get(&back)
+                .is_some_and(|a| a.allowed && a.generation == self.generation);
+            if f.is_local(s.src) && (self.replies.contains_key(&back) || admitted) {
                 return true;
             }
         }
@@ -329,6 +371,8 @@ mod tests {
     const TRUST: [u8; 4] = [100, 64, 0, 7];
     const GP: [u8; 4] = [100, 64, 0, 9];
     const OTHER_SITE: [u8; 4] = [100, 64, 0, 33];
+    /// A data plane that forwards nothing on (a spoke).
+    const NOWHERE: fn(IpAddr) -> bool = |_| false;
 
     /// A site that admits its own organisation (100.64.0.7) and, by rule
     /// 4, TCP 443 from the practice (100.64.0.9).
@@ -364,7 +408,7 @@ mod tests {
         let mut p = PolicyFilter::default();
         let now = Instant::now();
         p.outbound(&tcp(ME, GP, 443, 5000), now);
-        assert!(p.inbound(&tcp(GP, ME, 5000, 22), now));
+        assert!(p.inbound(&tcp(GP, ME, 5000, 22), now, NOWHERE));
         assert_eq!(p.counters().tracked, 0);
     }
 
@@ -373,15 +417,26 @@ mod tests {
         let mut p = PolicyFilter::default();
         p.set(Some(filter(true)));
         let now = Instant::now();
-        assert!(p.inbound(&tcp(TRUST, ME, 5000, 22), now));
-        assert!(p.inbound(&tcp(GP, ME, 5000, 443), now));
-        assert!(p.inbound(&tcp(GP, ME, 5000, 443), now), "the flow goes on");
-        assert!(!p.inbound(&tcp(GP, ME, 5000, 22), now));
-        assert!(!p.inbound(&tcp(GP, ME, 5000, 22), now));
-        assert!(!p.inbound(&[0x45, 1, 2], now), "garbage is denied");
-        assert!(p.inbound(&tcp(GP, OTHER_SITE, 5000, 22), now), "forwarded");
+        assert!(p.inbound(&tcp(TRUST, ME, 5000, 22), now, NOWHERE));
+        assert!(p.inbound(&tcp(GP, ME, 5000, 443), now, NOWHERE));
+        assert!(
+            p.inbound(&tcp(GP, ME, 5000, 443), now, NOWHERE),
+            "the flow goes on"
+        );
+        assert!(!p.inbound(&tcp(GP, ME, 5000, 22), now, NOWHERE));
+        assert!(!p.inbound(&tcp(GP, ME, 5000, 22), now, NOWHERE));
+        assert!(!p.inbound(&[0x45, 1, 2], now, NOWHERE), "garbage is denied");
+        assert!(
+            p.inbound(&tcp(GP, OTHER_SITE, 5000, 22), now, |_| true),
+            "forwarded on"
+        );
+        assert!(
+            !p.inbound(&tcp(GP, OTHER_SITE, 5000, 22), now, NOWHERE),
+            "not ours and not forwarded"
+        );
         let c = p.counters();
-        assert_eq!(c.denied, 3);
+        assert_eq!(c.denied, 4);
+        assert_eq!(c.transit, 1);
         assert_eq!(c.admitted.get("same_org"), Some(&1));
         assert_eq!(c.admitted.get("rule:4"), Some(&1), "counted per flow");
     }
@@ -391,10 +446,16 @@ mod tests {
         let mut p = PolicyFilter::default();
         p.set(Some(filter(false)));
         let now = Instant::now();
-        assert!(!p.inbound(&tcp(GP, ME, 443, 40000), now), "not asked for");
+        assert!(
+            !p.inbound(&tcp(GP, ME, 443, 40000), now, NOWHERE),
+            "not asked for"
+        );
         p.outbound(&tcp(ME, GP, 40001, 443), now);
-        assert!(p.inbound(&tcp(GP, ME, 443, 40001), now), "a reply");
-        assert!(!p.inbound(&tcp(GP, ME, 443, 40002), now), "another port");
+        assert!(p.inbound(&tcp(GP, ME, 443, 40001), now, NOWHERE), "a reply");
+        assert!(
+            !p.inbound(&tcp(GP, ME, 443, 40002), now, NOWHERE),
+            "another port"
+        );
         assert_eq!(p.counters().replies, 1);
     }
 
@@ -403,20 +464,29 @@ mod tests {
         let mut p = PolicyFilter::default();
         p.set(Some(filter(true)));
         let t0 = Instant::now();
-        assert!(p.inbound(&tcp(GP, ME, 5000, 443), t0));
+        assert!(p.inbound(&tcp(GP, ME, 5000, 443), t0, NOWHERE));
         // The site answers the admitted flow: that is no flow of its own.
         p.outbound(&tcp(ME, GP, 443, 5000), t0);
-        assert!(p.inbound(&tcp(TRUST, ME, 6000, 22), t0));
+        assert!(p.inbound(&tcp(TRUST, ME, 6000, 22), t0, NOWHERE));
         p.set(Some(filter(false)));
-        assert!(!p.inbound(&tcp(GP, ME, 5000, 443), t0), "the rule is gone");
+        assert!(
+            !p.inbound(&tcp(GP, ME, 5000, 443), t0, NOWHERE),
+            "the rule is gone"
+        );
         p.outbound(&tcp(ME, GP, 443, 5000), t0);
         assert!(
-            !p.inbound(&tcp(GP, ME, 5000, 443), t0),
+            !p.inbound(&tcp(GP, ME, 5000, 443), t0, NOWHERE),
             "answering does not reopen it"
         );
-        assert!(p.inbound(&tcp(TRUST, ME, 6000, 22), t0), "still admitted");
+        assert!(
+            p.inbound(&tcp(TRUST, ME, 6000, 22), t0, NOWHERE),
+            "still admitted"
+        );
         p.set(Some(filter(true)));
-        assert!(p.inbound(&tcp(GP, ME, 5000, 443), t0), "admitted again");
+        assert!(
+            p.inbound(&tcp(GP, ME, 5000, 443), t0, NOWHERE),
+            "admitted again"
+        );
     }
 
     #[test]
@@ -435,23 +505,99 @@ mod tests {
             f
         };
         assert!(
-            !p.inbound(&frag(GP, 9, false), now),
+            !p.inbound(&frag(GP, 9, false), now, NOWHERE),
             "no first fragment yet"
         );
         assert!(
-            p.inbound(&frag(GP, 9, true), now),
+            p.inbound(&frag(GP, 9, true), now, NOWHERE),
             "the rule admits the first"
         );
-        assert!(p.inbound(&frag(GP, 9, false), now), "the rest follow");
-        assert!(!p.inbound(&frag(GP, 10, false), now), "another datagram");
         assert!(
-            !p.inbound(&frag(OTHER_SITE, 11, false), now),
+            p.inbound(&frag(GP, 9, false), now, NOWHERE),
+            "the rest follow"
+        );
+        assert!(
+            !p.inbound(&frag(GP, 10, false), now, NOWHERE),
+            "another datagram"
+        );
+        assert!(
+            !p.inbound(&frag(OTHER_SITE, 11, false), now, NOWHERE),
             "not admitted"
         );
         assert!(
-            !p.inbound(&frag(GP, 9, false), now + FRAGMENT_IDLE),
+            !p.inbound(&frag(GP, 9, false), now + FRAGMENT_IDLE, NOWHERE),
             "too late"
         );
+    }
+
+    /// An ICMP "port unreachable" from `src` to `dst` about `subject`.
+    fn icmp_error(src: [u8; 4], dst: [u8; 4], subject: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[9] = 1;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p[20] = 3;
+        p[21] = 3;
+        p.extend_from_slice(&subject[..28]);
+        p
+    }
+
+    #[test]
+    fn an_icmp_error_passes_with_its_flow_and_not_about_a_denied_one() {
+        let mut p = PolicyFilter::default();
+        p.set(Some(filter(true)));
+        let now = Instant::now();
+        // GP -> ME tcp/22 is denied: an error "about" the site's answer to
+        // it is crafted, the site never sent one.
+        assert!(!p.inbound(&tcp(GP, ME, 5000, 22), now, NOWHERE));
+        let crafted = icmp_error(GP, ME, &tcp(ME, GP, 22, 5000));
+        assert!(!p.inbound(&crafted, now, NOWHERE), "about a denied flow");
+        // GP -> ME tcp/443 is admitted: an error about the answer passes.
+        assert!(p.inbound(&tcp(GP, ME, 5000, 443), now, NOWHERE));
+        let real = icmp_error(GP, ME, &tcp(ME, GP, 443, 5000));
+        assert!(p.inbound(&real, now, NOWHERE), "about an admitted flow");
+        // And one about a flow started here.
+        p.outbound(&tcp(ME, GP, 40000, 80), now);
+        let ours = icmp_error(GP, ME, &tcp(ME, GP, 40000, 80));
+        assert!(p.inbound(&ours, now, NOWHERE), "about a flow of ours");
+    }
+
+    #[test]
+    fn an_unfiltered_site_takes_everything_to_it_and_nothing_else() {
+        let mut p = PolicyFilter::default();
+        let mut open = filter(false);
+        open.rules = vec![FilterRule {
+            reason: Reason::Unfiltered,
+            from: vec![
+                "0.0.0.0/0".parse().expect("prefix"),
+                "::/0".parse().expect("prefix"),
+            ],
+            to: Vec::new(),
+            traffic: vec![Traffic {
+                proto: Proto::Any,
+                ports: Vec::new(),
+            }],
+        }];
+        assert!(open.admits_everything());
+        p.set(Some(open));
+        let now = Instant::now();
+        p.outbound(&tcp(ME, GP, 40000, 80), now);
+        assert!(p.inbound(&tcp(GP, ME, 5000, 22), now, NOWHERE));
+        assert!(!p.inbound(&tcp(GP, OTHER_SITE, 5000, 22), now, NOWHERE));
+        let c = p.counters();
+        assert_eq!((c.transit, c.denied, c.tracked), (1, 1, 0), "{c:?}");
+    }
+
+    #[test]
+    fn a_later_fragment_not_to_the_site_is_transit() {
+        let mut p = PolicyFilter::default();
+        p.set(Some(filter(true)));
+        let mut f = tcp(GP, OTHER_SITE, 5000, 443);
+        f[7] = 185;
+        assert!(!p.inbound(&f, Instant::now(), NOWHERE));
+        assert!(p.inbound(&f, Instant::now(), |_| true), "a hub forwards it");
+        assert_eq!(p.counters().transit, 1);
     }
 
     #[test]

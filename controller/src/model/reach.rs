@@ -51,8 +51,8 @@ impl Model {
         }
     }
 
-    /// The filter of site `s`'s data plane (`None`: not filtered).
-    pub fn filter(&self, s: &Site) -> Option<SiteFilter> {
+    /// The filter of site `s`'s data plane.
+    pub fn filter(&self, s: &Site) -> SiteFilter {
         wardnet_common::filter::compile(
             &Self::party(s),
             &s.lan_prefixes,

@@ -115,7 +115,7 @@ pub(crate) fn apply_to(
                     r.set_entry(peer, e, &mut d);
                 }
                 if touch.filter {
-                    let now = model.filter(site).map(Arc::new);
+                    let now = Some(Arc::new(model.filter(site)));
                     if now != r.filter {
                         r.filter.clone_from(&now);
                         d.filter = Some(now);
