@@ -567,3 +567,136 @@ async fn rules_and_checks_refuse_sources_that_do_not_exist_and_traffic_a_rule_co
     let (s, v) = check(&t, &practice, "from=gp-1&to=gp-1&proto=tcp&port=443").await;
     assert_eq!(s, StatusCode::OK, "{v}");
 }
+
+/// Rules are bound to the sites and services they name, not to the
+/// names: a rule is made only from a site that exists (a scoped token
+/// names only its own, so another organisation's site and a missing one
+/// answer alike), it goes with the site or service it names (with an
+/// audit entry), and a site or service that takes the name later starts
+/// with no rule. An organisation or region that rules take traffic from
+/// is not deleted under them.
+#[tokio::test]
+async fn rules_belong_to_the_sites_and_services_they_name_not_to_their_names() {
+    let Network { t, trust, practice } = network().await;
+    let noc = t.admin.clone();
+    let rule =
+        |from: &str, to: &str| json!({"from": from, "to": to, "proto": "tcp", "ports": ["22"]});
+
+    // Made only from a site that exists, and a scoped token's own.
+    let (s, v) = t
+        .admin_post("/v1/policy/rules", rule("site:gp-9", "site:lth-1"))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let mut messages = Vec::new();
+    for from in ["site:gp-1", "site:gp-nope"] {
+        let (s, v) = t
+            .as_token(
+                &trust,
+                Method::POST,
+                "/v1/policy/rules",
+                Some(rule(from, "site:lth-1")),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{from}: {v}");
+        let m = v["message"].as_str().expect("message").to_owned();
+        messages.push(m.replace(&from[5..], "NAME"));
+    }
+    assert_eq!(
+        messages[0], messages[1],
+        "another organisation's site reads as a missing one"
+    );
+
+    // gp-9, the practice's; a rule from it into lth-1, and one into a
+    // service behind lth-1.
+    t.site_as(
+        &practice,
+        json!({"name": "gp-9", "region": "north", "role": "spoke"}),
+    )
+    .await;
+    let (s, r1) = t
+        .admin_post("/v1/policy/rules", rule("site:gp-9", "site:lth-1"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r1}");
+    let (s, _) = t
+        .as_token(
+            &trust,
+            Method::POST,
+            "/v1/policy/services",
+            Some(json!({"name": "pacs", "site": "lth-1", "prefixes": ["10.1.1.0/24"], "proto": "tcp", "ports": ["104"], "shared_with": ["national"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, r2) = t
+        .admin_post(
+            "/v1/policy/rules",
+            json!({"from": "org:gp-chapeltown", "to": "service:pacs"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r2}");
+    let (_, v) = check(&t, &noc, "from=gp-9&to=lth-1&proto=tcp&port=22").await;
+    assert!(decided(&v).0, "{v}");
+
+    // gp-9 goes, and its rule with it; a new gp-9, of another
+    // organisation, gets nothing of it.
+    let (s, _) = t
+        .as_token(&practice, Method::DELETE, "/v1/sites/gp-9", None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let r1_path = format!("/v1/policy/rules/{}", r1["rule"]["id"]);
+    let (s, _) = t.as_token(&noc, Method::GET, &r1_path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the rule went with its site");
+    let (_, audit) = t.as_token(&trust, Method::GET, "/v1/audit", None).await;
+    let entry = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["action"] == "policy.rule.delete")
+        .unwrap_or_else(|| panic!("the trust sees its rule's removal: {audit}"));
+    assert!(
+        entry["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("site gp-9")),
+        "{entry}"
+    );
+    t.site(json!({"name": "gp-9", "region": "north", "role": "spoke", "org": "national"}))
+        .await;
+    let (_, v) = check(&t, &noc, "from=gp-9&to=lth-1&proto=tcp&port=22").await;
+    assert!(!decided(&v).0, "the new gp-9 inherits nothing: {v}");
+
+    // pacs goes, its rule with it; a new pacs starts with none.
+    let (s, _) = t
+        .as_token(&trust, Method::DELETE, "/v1/policy/services/pacs", None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let r2_path = format!("/v1/policy/rules/{}", r2["rule"]["id"]);
+    let (s, _) = t.as_token(&noc, Method::GET, &r2_path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the rule went with its service");
+
+    // Organisations and regions that rules take traffic from stay.
+    t.org("empty-org").await;
+    t.region("south", false).await;
+    for from in ["org:empty-org", "region:south"] {
+        let (s, v) = t
+            .admin_post("/v1/policy/rules", rule(from, "org:leeds-trust"))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let path = match from.split_once(':') {
+            Some(("org", n)) => format!("/v1/orgs/{n}"),
+            Some((_, n)) => format!("/v1/regions/{n}"),
+            None => unreachable!(),
+        };
+        let (s, e) = t.as_token(&noc, Method::DELETE, &path, None).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{from}: {e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("delete them first")),
+            "{e}"
+        );
+        let rule_path = format!("/v1/policy/rules/{}", v["rule"]["id"]);
+        let (s, _) = t.as_token(&noc, Method::DELETE, &rule_path, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, e) = t.as_token(&noc, Method::DELETE, &path, None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{from}: {e}");
+    }
+}

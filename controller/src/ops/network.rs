@@ -1,6 +1,7 @@
 //! Network-wide administration: regions and their hubs, organisations,
 //! admin tokens, the status summary and the audit log.
 
+use wardnet_common::policy::Source;
 use wardnet_common::token::{hash_secret, Secret, ADMIN_PREFIX};
 use wardnet_common::wire::{
     AuditEntry, CreateOrg, CreateRegion, OrgView, RegionView, SiteState, StatusSummary,
@@ -107,6 +108,7 @@ impl Controller {
                     "region {name} still has {n} sites; delete them first"
                 )));
             }
+            super::rules::check_unnamed(&m.policy, &Source::Region(name.clone()))?;
             tx.delete_region(&name);
             tx.audit(&actor.id, "region.delete", name.as_str(), None, None);
             Ok(())
@@ -314,6 +316,7 @@ impl Controller {
         }
         let (actor_id, owned) = (actor.id.clone(), name.clone());
         self.change(move |tx| {
+            super::rules::check_unnamed(&tx.model().policy, &Source::Org(owned.clone()))?;
             tx.delete_org(&owned);
             tx.audit(
                 &actor_id,

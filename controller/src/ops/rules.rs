@@ -23,8 +23,108 @@ use super::views::{not_found_org, visible_site};
 use super::Actor;
 use crate::error::Error;
 use crate::model::{Model, Site};
-use crate::pipeline::Controller;
+use crate::pipeline::{Controller, Tx};
 use crate::store::StoredPolicy;
+
+/// Rules name sites and services by name, and a name means the site or
+/// service that held it when the rule was made: a rule is made only for
+/// one that exists, and goes when it does (with an audit entry), so a
+/// site or service that takes the name later never inherits it. A new
+/// site or service also drops rules left naming its name (made before
+/// this was so): it starts with none.
+pub(crate) fn drop_rules_naming(tx: &mut Tx, actor: &str, site: Option<&Name>, services: &[Name]) {
+    let names_it = |r: &Rule| {
+        let by_site = |n: &Name| site == Some(n);
+        matches!(&r.from, Source::Site(n) if by_site(n))
+            || match &r.to {
+                Target::Site(n) => by_site(n),
+                Target::Service(n) => services.contains(n),
+                Target::Org(_) => false,
+            }
+    };
+    let gone: Vec<u64> = tx
+        .model()
+        .policy
+        .rules
+        .iter()
+        .filter(|r| names_it(&r.rule))
+        .map(|r| r.rule.id)
+        .collect();
+    for id in gone {
+        let Some(before) = tx.delete_rule(id) else {
+            continue;
+        };
+        let why = match (&before.rule.from, &before.rule.to) {
+            (_, Target::Service(n)) if services.contains(n) => format!("service {n}"),
+            _ => format!("site {}", site.map(Name::as_str).unwrap_or_default()),
+        };
+        tx.audit(
+            actor,
+            "policy.rule.delete",
+            &format!("rule {id}"),
+            Some(format!(
+                "before: {}; removed with the {why} it named (a new one of that name does not inherit it)",
+                rule_text(&before.rule)
+            )),
+            Some(&before.org),
+        );
+    }
+}
+
+/// Refuses deleting an organisation or a region that rules take traffic
+/// from, or (an organisation) that services are shared with: a new one of
+/// that name would inherit them. Says which to delete first.
+pub(crate) fn check_unnamed(policy: &StoredPolicy, source: &Source) -> Result<(), Error> {
+    let rules: Vec<String> = policy
+        .rules
+        .iter()
+        .filter(|r| &r.rule.from == source)
+        .map(|r| r.rule.id.to_string())
+        .collect();
+    if !rules.is_empty() {
+        return Err(Error::Conflict(format!(
+            "rules {} admit traffic from {source}; delete them first (`policy delete-rule ID`), so that nothing given the name later inherits them",
+            rules.join(", ")
+        )));
+    }
+    if let Source::Org(org) = source {
+        let shared: Vec<&str> = policy
+            .services
+            .iter()
+            .filter(|s| {
+                matches!(&s.service.shared_with, wardnet_common::policy::SharedWith::Orgs(o) if o.contains(org))
+            })
+            .map(|s| s.service.name.as_str())
+            .collect();
+        if !shared.is_empty() {
+            return Err(Error::Conflict(format!(
+                "services {} are shared with organisation {org}; delete them first (`policy delete-service NAME`) and publish them again without it",
+                shared.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A rule from a site names one that exists and that the token may name:
+/// any site for a network-wide token, its own organisation's for a scoped
+/// one (which sites other organisations have is not its to learn: it
+/// admits another organisation by `org:`). A rule is bound to the site
+/// that has the name now, never to one that takes it later.
+fn check_site_source(m: &Model, actor: &Actor, from: &Source) -> Result<(), Error> {
+    let Source::Site(name) = from else {
+        return Ok(());
+    };
+    if m.sites.get(name).is_some_and(|s| actor.sees(&s.org)) {
+        return Ok(());
+    }
+    Err(Error::Unprocessable(match &actor.org {
+        None => format!("from: no site named {name}; `sites list` shows them"),
+        Some(org) => format!(
+            "from: no site named {name} in organisation {org}; to admit another organisation's sites, name the organisation (`--from org:NAME`)"
+        ),
+    }))
+}
 
 fn not_found_rule(id: u64) -> Error {
     Error::NotFound(format!("no rule {id}; `policy list` shows the rules"))
@@ -120,9 +220,8 @@ impl Controller {
     }
 
     /// A rule's source must name an organisation or a region that exists
-    /// (both are the whole network's to know). A site source is not
-    /// checked: which sites exist in other organisations is not a scoped
-    /// admin's to learn.
+    /// (both are the whole network's to know). A site source is checked in
+    /// the change itself ([`check_site_source`]).
     async fn check_source(&self, from: &Source) -> Result<(), Error> {
         match from {
             Source::All | Source::Site(_) => Ok(()),
@@ -157,6 +256,7 @@ impl Controller {
         // Numbers come from a counter that only goes up (in the model and
         // the store), so a deleted rule's number is never given again.
         self.change(move |tx| {
+            check_site_source(tx.model(), &actor, &req.from)?;
             let (id, now) = (tx.model().policy.next_rule_id, tx.now());
             let stored = RuleView {
                 rule: Rule {
@@ -272,6 +372,7 @@ impl Controller {
                 org: org.clone(),
                 created_at: now,
             };
+            drop_rules_naming(tx, &actor.id, None, std::slice::from_ref(&service.name));
             tx.insert_service(stored.clone());
             tx.audit(
                 &actor.id,
@@ -308,6 +409,7 @@ impl Controller {
                 .then(|| tx.delete_service(&name))
                 .flatten()
                 .ok_or_else(|| not_found_service(&name))?;
+            drop_rules_naming(tx, &actor.id, None, std::slice::from_ref(&name));
             tx.audit(
                 &actor.id,
                 "policy.service.delete",

@@ -82,6 +82,7 @@ impl Controller {
                 token: None,
                 token_expires_at: None,
             };
+            super::rules::drop_rules_naming(tx, &actor.id, Some(&req.name), &[]);
             tx.insert_site(site);
             if !agentless {
                 let token = Secret::generate(ENROLMENT_PREFIX);
@@ -185,6 +186,15 @@ impl Controller {
         self.change(move |tx| {
             let name = &owned;
             visible_site(tx.model(), &actor, name)?;
+            let services: Vec<Name> = tx
+                .model()
+                .policy
+                .services
+                .iter()
+                .filter(|s| &s.service.site == name)
+                .map(|s| s.service.name.clone())
+                .collect();
+            super::rules::drop_rules_naming(tx, &actor.id, Some(name), &services);
             tx.delete_site(name);
             tx.audit_site(&actor.id, "site.delete", name);
             Ok(())

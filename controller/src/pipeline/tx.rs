@@ -37,7 +37,8 @@ pub(crate) struct Tx<'m> {
     now: UnixTime,
     writes: Vec<Write>,
     sites: Vec<(Option<Site>, Option<Site>)>,
-    audit: Option<NewAudit>,
+    /// The change's audit entries, in the order they were made.
+    audit: Vec<NewAudit>,
     undo: Vec<Undo>,
 }
 
@@ -48,7 +49,7 @@ impl<'m> Tx<'m> {
             now,
             writes: Vec::new(),
             sites: Vec::new(),
-            audit: None,
+            audit: Vec::new(),
             undo: Vec::new(),
         }
     }
@@ -65,7 +66,7 @@ impl<'m> Tx<'m> {
     /// The change is kept: what it writes and which sites it changed.
     pub(crate) fn finish(self) -> Effects {
         let mut writes = self.writes;
-        writes.extend(self.audit.map(Write::Audit));
+        writes.extend(self.audit.into_iter().map(Write::Audit));
         Effects {
             writes,
             sites: self.sites,
@@ -259,9 +260,11 @@ impl<'m> Tx<'m> {
 
     // ----- audit ------------------------------------------------------------
 
-    /// The change's audit entry: who (`actor`: an admin token's id, or
+    /// An audit entry of the change: who (`actor`: an admin token's id, or
     /// `agent:<site>`), what, about which object, and whose it is (its
-    /// organisation's admins see the entry; `None`: network-wide).
+    /// organisation's admins see the entry; `None`: network-wide). A
+    /// change that does several things (a site deleted with the rules that
+    /// named it) makes one entry for each.
     pub(crate) fn audit(
         &mut self,
         actor: &str,
@@ -270,7 +273,7 @@ impl<'m> Tx<'m> {
         detail: Option<String>,
         org: Option<&Name>,
     ) {
-        self.audit = Some(NewAudit {
+        self.audit.push(NewAudit {
             at: self.now,
             actor: actor.to_owned(),
             action: action.into(),
