@@ -307,6 +307,23 @@ pub struct CreateOrg {
     /// Who the organisation is, for people (e.g. "Leeds Teaching Hospitals NHS Trust").
     #[serde(default)]
     pub description: String,
+    /// LAN address space delegated to it: its own admins may give its
+    /// sites LAN prefixes only inside these.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub lan_delegated: BTreeSet<IpNet>,
+}
+
+/// `PATCH /v1/orgs/{name}` (a network-wide admin token only): what is
+/// given is replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrg {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The whole delegated LAN space (an empty list takes it all back;
+    /// sites keep the prefixes they have).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan_delegated: Option<BTreeSet<IpNet>>,
 }
 
 /// An organisation as the admin API shows it.
@@ -319,6 +336,9 @@ pub struct OrgView {
     pub sites: u64,
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: UnixTime,
+    /// LAN address space delegated to it (see [`CreateOrg`]).
+    #[serde(default)]
+    pub lan_delegated: BTreeSet<IpNet>,
 }
 
 /// `POST /v1/sites`. Without `public_key` the site is pending and the

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use clap::CommandFactory;
 use common::TestController;
-use serde_json::Value;
+use serde_json::{json, Value};
 use wardnet_controller::cli::Cli;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wardnet-controller");
@@ -112,6 +112,20 @@ async fn every_command_prints_json_with_output_json() {
     check("orgs add", &["orgs", "add", "gone-soon"]);
     assert!(check("orgs list", &["orgs", "list"]).is_array());
     assert_eq!(check("orgs show", &["orgs", "show", "trust-a"])["sites"], 0);
+    let v = check(
+        "orgs delegate",
+        &["orgs", "delegate", "trust-a", "10.1.0.0/16", "10.3.0.0/16"],
+    );
+    assert_eq!(
+        v["lan_delegated"],
+        json!(["10.1.0.0/16", "10.3.0.0/16"]),
+        "{v}"
+    );
+    let v = check(
+        "orgs undelegate",
+        &["orgs", "undelegate", "trust-a", "10.3.0.0/16"],
+    );
+    assert_eq!(v["lan_delegated"], json!(["10.1.0.0/16"]), "{v}");
     assert_eq!(
         check("orgs delete", &["orgs", "delete", "gone-soon"])["kind"],
         "organisation"

@@ -40,6 +40,8 @@ async fn world() -> World {
     let t = TestController::start().await;
     t.org("trust-a").await;
     t.org("practice-b").await;
+    t.delegate("trust-a", &["10.1.0.0/16"]).await;
+    t.delegate("practice-b", &["10.2.0.0/16"]).await;
     t.region("north", false).await;
     t.site(json!({"name": "hub-north", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820"}))
         .await;
@@ -365,21 +367,32 @@ async fn clashes_and_counts_reveal_nothing_of_other_organisations() {
     let World { t, a, b } = world().await;
     let (a, b) = (a.1.as_str(), b.1.as_str());
 
-    // b-surgery holds 10.2.0.0/24.
-    let (s, v) = t
-        .as_token(
-            a,
-            Method::POST,
-            "/v1/sites",
-            Some(json!({"name": "a-annex", "region": "north", "role": "spoke", "lan_prefixes": ["10.2.0.0/16"]})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    let msg = v["message"].as_str().expect("message");
-    assert!(msg.contains("another organisation"), "{msg}");
-    for secret in ["b-surgery", "practice-b", "10.2.0.0/24"] {
-        assert!(!msg.contains(secret), "names {secret}: {msg}");
+    // b-surgery holds 10.2.0.0/24, in practice-b's delegated space: to
+    // trust-a that is space outside its own, like any other.
+    let mut answers = Vec::new();
+    for lan in ["10.2.0.0/16", "10.2.0.0/24", "10.77.0.0/24"] {
+        let (s, v) = t
+            .as_token(
+                a,
+                Method::POST,
+                "/v1/sites",
+                Some(json!({"name": "a-annex", "region": "north", "role": "spoke", "lan_prefixes": [lan]})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        let msg = v["message"].as_str().expect("message");
+        assert!(
+            msg.contains("delegated to organisation trust-a (10.1.0.0/16)"),
+            "{msg}"
+        );
+        for secret in ["b-surgery", "practice-b", "10.2.0.0/16"] {
+            if lan != secret {
+                assert!(!msg.contains(secret), "names {secret}: {msg}");
+            }
+        }
+        answers.push(msg.replace(lan, "LAN"));
     }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     let (s, v) = t
         .admin_post(
             "/v1/sites",
@@ -461,4 +474,114 @@ async fn clashes_and_counts_reveal_nothing_of_other_organisations() {
         "the NOC counts every one: {noc}"
     );
     poll.abort();
+}
+
+/// LAN space is delegated: a scoped token gives its sites LAN prefixes
+/// only inside what the NOC delegated to its organisation (a squat on
+/// unused space is refused and stores nothing), only the NOC delegates,
+/// delegations never overlap another organisation's delegation or sites,
+/// and nobody puts a site inside another organisation's space. Taking
+/// space back leaves the prefixes sites hold.
+#[tokio::test]
+async fn lan_space_is_claimed_only_inside_what_the_noc_delegated() {
+    let World { t, a, .. } = world().await;
+    let a = a.1.as_str();
+    let patch = |token: &str, body: Value| {
+        let token = token.to_owned();
+        let t = &t;
+        async move {
+            t.as_token(&token, Method::PATCH, "/v1/sites/a-main", Some(body))
+                .await
+        }
+    };
+
+    // The squat of the issue: unused space outside its delegation.
+    let (s, v) = patch(
+        a,
+        json!({"lan_prefixes": ["10.1.0.0/24", "10.100.128.0/17"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("orgs delegate trust-a")),
+        "{v}"
+    );
+    let (_, site) = t.admin_get("/v1/sites/a-main").await;
+    assert_eq!(
+        site["lan_prefixes"],
+        json!(["10.1.0.0/24"]),
+        "nothing stored"
+    );
+    let (s, v) = patch(a, json!({"lan_prefixes": ["10.1.0.0/24", "10.1.5.0/24"]})).await;
+    assert_eq!(s, StatusCode::OK, "inside its delegation: {v}");
+
+    // Only the NOC delegates, and never into another's space.
+    let (s, _) = t
+        .as_token(
+            a,
+            Method::PATCH,
+            "/v1/orgs/trust-a",
+            Some(json!({"lan_delegated": ["10.0.0.0/8"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    for (org, prefix, whose) in [
+        ("practice-b", "10.1.128.0/17", "organisation trust-a"),
+        ("trust-a", "10.2.0.0/24", "organisation practice-b"),
+        (
+            "trust-a",
+            "198.51.100.0/24",
+            "outside network.routed_prefixes",
+        ),
+    ] {
+        let (s, v) = t
+            .call(
+                Method::PATCH,
+                &format!("/v1/orgs/{org}"),
+                Some(&t.admin.clone()),
+                Some(json!({"lan_delegated": [prefix]})),
+            )
+            .await;
+        assert!(s.is_client_error(), "{org} {prefix}: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(whose)),
+            "{v}"
+        );
+    }
+    let (s, v) = t
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "noc-squat", "region": "north", "role": "spoke", "lan_prefixes": ["10.1.200.0/24"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("delegated to organisation trust-a")),
+        "{v}"
+    );
+
+    // Space taken back: what a-main holds stays, nothing new is claimed.
+    t.delegate("trust-a", &["10.1.0.0/24"]).await;
+    let (_, org) = t.as_token(a, Method::GET, "/v1/orgs/trust-a", None).await;
+    assert_eq!(org["lan_delegated"], json!(["10.1.0.0/24"]), "{org}");
+    let (s, v) = patch(a, json!({"lan_prefixes": ["10.1.0.0/24", "10.1.5.0/24"]})).await;
+    assert_eq!(s, StatusCode::OK, "what it holds stays: {v}");
+    let (s, v) = patch(a, json!({"lan_prefixes": ["10.1.0.0/24", "10.1.6.0/24"]})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (_, audit) = t.admin_get("/v1/audit").await;
+    assert!(
+        audit
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["action"] == "org.update"
+                && e["detail"].as_str().is_some_and(|d| d.contains(
+                    "after: description \"trust-a for tests\", lan delegated [10.1.0.0/24]"
+                ))),
+        "{audit}"
+    );
 }

@@ -22,6 +22,8 @@ async fn network() -> Network {
     for org in ["leeds-trust", "gp-chapeltown", "national"] {
         t.org(org).await;
     }
+    t.delegate("leeds-trust", &["10.1.0.0/16"]).await;
+    t.delegate("gp-chapeltown", &["10.2.0.0/16"]).await;
     t.region("north", false).await;
     let trust = t.scoped_token("leeds-trust").await.1;
     let practice = t.scoped_token("gp-chapeltown").await.1;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use wardnet_common::policy::{CheckQuery, CreateRule, Service};
 use wardnet_common::wire::{
     AgentReport, ConfigQuery, CreateOrg, CreateRegion, CreateSite, EnrollRequest, SiteState,
-    UpdateSite,
+    UpdateOrg, UpdateSite,
 };
 use wardnet_common::Name;
 
@@ -106,6 +106,18 @@ pub(super) async fn show_org(
     Path(n): Path<String>,
 ) -> ApiResult<Response> {
     Ok(axum::Json(c.org(&actor, &name("organisation", &n)?).await?).into_response())
+}
+
+pub(super) async fn update_org(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+    Json(req): Json<UpdateOrg>,
+) -> ApiResult<Response> {
+    let o = c
+        .update_org(&actor, &name("organisation", &n)?, req)
+        .await?;
+    Ok(axum::Json(o).into_response())
 }
 
 pub(super) async fn delete_org(

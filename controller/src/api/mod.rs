@@ -35,6 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/orgs"),
     ("POST", "/v1/orgs"),
     ("GET", "/v1/orgs/{name}"),
+    ("PATCH", "/v1/orgs/{name}"),
     ("DELETE", "/v1/orgs/{name}"),
     ("GET", "/v1/policy"),
     ("POST", "/v1/policy/rules"),
@@ -72,7 +73,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route("/v1/agent/config", get(h::agent_config))
         .route("/v1/agent/report", post(h::agent_report))
         .route("/v1/orgs", get(h::list_orgs).post(h::create_org))
-        .route("/v1/orgs/{name}", get(h::show_org).delete(h::delete_org))
+        .route(
+            "/v1/orgs/{name}",
+            get(h::show_org).patch(h::update_org).delete(h::delete_org),
+        )
         .route("/v1/policy", get(h::policy))
         .route("/v1/policy/rules", post(h::create_rule))
         .route(

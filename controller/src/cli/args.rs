@@ -275,6 +275,27 @@ pub enum OrgsCommand {
         /// Who it is, for people.
         #[arg(long, default_value = "")]
         description: String,
+        /// LAN address space its own admins may give its sites (repeatable).
+        #[arg(long = "delegate", value_name = "PREFIX")]
+        delegate: Vec<ipnet::IpNet>,
+    },
+    /// Delegate LAN address space to an organisation: its own admins may
+    /// give its sites LAN prefixes inside it (a network-wide token only).
+    Delegate {
+        /// Organisation name.
+        name: Name,
+        /// Prefixes to add to what it was delegated.
+        #[arg(required = true, value_name = "PREFIX")]
+        prefixes: Vec<ipnet::IpNet>,
+    },
+    /// Take delegated LAN address space back (its sites keep the prefixes
+    /// they have).
+    Undelegate {
+        /// Organisation name.
+        name: Name,
+        /// Prefixes to take back, as they were delegated.
+        #[arg(required = true, value_name = "PREFIX")]
+        prefixes: Vec<ipnet::IpNet>,
     },
     /// List the organisations (a scoped token: its own).
     List,

@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use wardnet_common::wire::{
     AuditEntry, CreateOrg, CreateRegion, CreateSite, FileSdGroup, FleetHealth, OrgView, RegionView,
-    SiteCreated, SiteState, SiteView, StatusSummary, UpdateSite,
+    SiteCreated, SiteState, SiteView, StatusSummary, UpdateOrg, UpdateSite,
 };
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
@@ -93,8 +93,39 @@ pub async fn run_client(command: Command) -> Result<()> {
 async fn orgs(api: &ApiArgs, command: OrgsCommand) -> Result<()> {
     let c = ApiClient::new(api)?;
     match command {
-        OrgsCommand::Add { name, description } => {
-            let o: OrgView = c.post("/v1/orgs", &CreateOrg { name, description }).await?;
+        OrgsCommand::Add {
+            name,
+            description,
+            delegate,
+        } => {
+            let req = CreateOrg {
+                name,
+                description,
+                lan_delegated: delegate.into_iter().collect(),
+            };
+            let o: OrgView = c.post("/v1/orgs", &req).await?;
+            print_orgs(api.output, &[o], false)
+        }
+        OrgsCommand::Delegate { name, prefixes } => {
+            let o: OrgView = c.get(&format!("/v1/orgs/{name}")).await?;
+            let mut now = o.lan_delegated;
+            now.extend(prefixes);
+            let o = set_delegation(&c, &name, now).await?;
+            print_orgs(api.output, &[o], false)
+        }
+        OrgsCommand::Undelegate { name, prefixes } => {
+            let o: OrgView = c.get(&format!("/v1/orgs/{name}")).await?;
+            let mut now = o.lan_delegated;
+            for p in &prefixes {
+                if !now.remove(p) {
+                    let had: Vec<String> = now.iter().map(ToString::to_string).collect();
+                    anyhow::bail!(
+                        "{p} was not delegated to organisation {name} (it has: {}); name a prefix as `orgs show {name}` lists it",
+                        if had.is_empty() { "none".to_owned() } else { had.join(", ") }
+                    );
+                }
+            }
+            let o = set_delegation(&c, &name, now).await?;
             print_orgs(api.output, &[o], false)
         }
         OrgsCommand::List => {
@@ -116,14 +147,39 @@ async fn orgs(api: &ApiArgs, command: OrgsCommand) -> Result<()> {
     }
 }
 
+/// Replace an organisation's delegated LAN space.
+async fn set_delegation(
+    c: &ApiClient,
+    name: &Name,
+    prefixes: std::collections::BTreeSet<ipnet::IpNet>,
+) -> Result<OrgView> {
+    let req = UpdateOrg {
+        description: None,
+        lan_delegated: Some(prefixes),
+    };
+    c.patch(&format!("/v1/orgs/{name}"), &req).await
+}
+
 fn print_orgs(output: Output, os: &[OrgView], list: bool) -> Result<()> {
     let json: &dyn erased::Json = if list { &os } else { &os[0] };
     print_out(output, json, || {
-        let mut t = Table::new(&["ORGANISATION", "SITES", "CREATED", "DESCRIPTION"]);
+        let mut t = Table::new(&[
+            "ORGANISATION",
+            "SITES",
+            "LAN DELEGATED",
+            "CREATED",
+            "DESCRIPTION",
+        ]);
         for o in os {
+            let lans: Vec<String> = o.lan_delegated.iter().map(ToString::to_string).collect();
             t.row(vec![
                 o.name.to_string(),
                 o.sites.to_string(),
+                if lans.is_empty() {
+                    "-".to_owned()
+                } else {
+                    lans.join(",")
+                },
                 table::time(Some(o.created_at)),
                 o.description.clone(),
             ]);

@@ -45,6 +45,11 @@ pub struct StoredPolicy {
     /// The number the next rule gets: numbers only go up, a deleted
     /// rule's is never given again.
     pub next_rule_id: u64,
+    /// The LAN address space the NOC delegated to each organisation (only
+    /// organisations with some): a scoped token claims LAN prefixes only
+    /// inside its own. Kept with the policy, so replicas reload it when
+    /// the change log says the policy changed.
+    pub delegated: std::collections::BTreeMap<Name, BTreeSet<IpNet>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,12 +70,15 @@ pub fn default_org() -> Name {
 
 /// An organisation: a trust, a practice, an ambulance service. Its sites
 /// and the admin tokens scoped to it refer to it by name; it lives in the
-/// store only (nothing renders from it).
+/// store (nothing renders from it), its delegated LAN space also in
+/// [`StoredPolicy::delegated`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Org {
     pub name: Name,
     pub description: String,
     pub created_at: UnixTime,
+    /// The LAN address space the NOC delegated to it.
+    pub lan_delegated: BTreeSet<IpNet>,
 }
 
 /// What a site's config and every index of the model are built from: the

@@ -1,10 +1,12 @@
 //! Network-wide administration: regions and their hubs, organisations,
 //! admin tokens, the status summary and the audit log.
 
+use ipnet::IpNet;
+use wardnet_common::net::overlaps;
 use wardnet_common::policy::Source;
 use wardnet_common::token::{hash_secret, Secret, ADMIN_PREFIX};
 use wardnet_common::wire::{
-    AuditEntry, CreateOrg, CreateRegion, OrgView, RegionView, SiteState, StatusSummary,
+    AuditEntry, CreateOrg, CreateRegion, OrgView, RegionView, SiteState, StatusSummary, UpdateOrg,
 };
 use wardnet_common::{Name, Role};
 
@@ -246,15 +248,22 @@ impl Controller {
             name: req.name.clone(),
             description: req.description.clone(),
             created_at: self.now(),
+            lan_delegated: req.lan_delegated.clone(),
         };
         let (actor_id, new) = (actor.id.clone(), org.clone());
+        let net = self.settings.network.clone();
         self.change(move |tx| {
+            check_delegation(tx.model(), &net, &new.name, &new.lan_delegated)?;
             tx.insert_org(new.clone());
             tx.audit(
                 &actor_id,
                 "org.create",
                 new.name.as_str(),
-                Some(format!("description {:?}", new.description)),
+                Some(format!(
+                    "description {:?}, lan delegated [{}]",
+                    new.description,
+                    prefixes_text(&new.lan_delegated)
+                )),
                 Some(&new.name),
             );
             Ok(())
@@ -269,6 +278,57 @@ impl Controller {
         Ok(self.org_view(&org))
     }
 
+    /// Change an organisation's description or delegated LAN space.
+    pub async fn update_org(
+        &self,
+        actor: &Actor,
+        name: &Name,
+        req: UpdateOrg,
+    ) -> Result<OrgView, Error> {
+        actor.require_network_wide("changing an organisation")?;
+        let mut org = self
+            .store
+            .orgs()
+            .await?
+            .into_iter()
+            .find(|o| &o.name == name)
+            .ok_or_else(|| not_found_org(name))?;
+        let before = org.clone();
+        if let Some(d) = req.description {
+            org.description = d;
+        }
+        if let Some(l) = req.lan_delegated {
+            org.lan_delegated = l;
+        }
+        let (actor_id, after) = (actor.id.clone(), org.clone());
+        let net = self.settings.network.clone();
+        self.change(move |tx| {
+            check_delegation(tx.model(), &net, &after.name, &after.lan_delegated)?;
+            if after.description != before.description {
+                tx.describe_org(&after.name, &after.description);
+            }
+            if after.lan_delegated != before.lan_delegated {
+                tx.delegate_lans(&after.name, after.lan_delegated.clone());
+            }
+            tx.audit(
+                &actor_id,
+                "org.update",
+                after.name.as_str(),
+                Some(format!(
+                    "before: description {:?}, lan delegated [{}]; after: description {:?}, lan delegated [{}]",
+                    before.description,
+                    prefixes_text(&before.lan_delegated),
+                    after.description,
+                    prefixes_text(&after.lan_delegated)
+                )),
+                Some(&after.name),
+            );
+            Ok(())
+        })
+        .await?;
+        Ok(self.org_view(&org))
+    }
+
     fn org_view(&self, org: &Org) -> OrgView {
         let sites = self.with_model(|m| m.sites.values().filter(|s| s.org == org.name).count());
         OrgView {
@@ -276,6 +336,7 @@ impl Controller {
             description: org.description.clone(),
             sites: sites as u64,
             created_at: org.created_at,
+            lan_delegated: org.lan_delegated.clone(),
         }
     }
 
@@ -365,4 +426,63 @@ impl Controller {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+fn prefixes_text(p: &std::collections::BTreeSet<IpNet>) -> String {
+    p.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// LAN space delegated to organisation `org`: whole prefixes, inside the
+/// network's routed prefixes, outside the overlay, and no part of another
+/// organisation's (the NOC, the only one who delegates, is told whose).
+fn check_delegation(
+    m: &crate::model::Model,
+    net: &crate::model::NetworkSettings,
+    org: &Name,
+    prefixes: &std::collections::BTreeSet<IpNet>,
+) -> Result<(), Error> {
+    for p in prefixes {
+        if p.trunc() != *p {
+            return Err(Error::Unprocessable(format!(
+                "lan_delegated: {p} has host bits set; did you mean {}?",
+                p.trunc()
+            )));
+        }
+        if !net.routed_prefixes.iter().any(|r| r.contains(p)) {
+            return Err(Error::Unprocessable(format!(
+                "lan_delegated: {p} is outside network.routed_prefixes; delegate LAN space the network routes"
+            )));
+        }
+        if overlaps(p, &IpNet::V4(net.overlay_v4))
+            || net.overlay_v6.is_some_and(|v6| overlaps(p, &IpNet::V6(v6)))
+        {
+            return Err(Error::Unprocessable(format!(
+                "lan_delegated: {p} overlaps the overlay prefix"
+            )));
+        }
+        for (other, theirs) in &m.policy.delegated {
+            if other == org {
+                continue;
+            }
+            if let Some(q) = theirs.iter().find(|q| overlaps(p, q)) {
+                return Err(Error::Conflict(format!(
+                    "lan_delegated: {p} overlaps {q}, delegated to organisation {other}; take it back there first (`orgs undelegate {other} {q}`)"
+                )));
+            }
+        }
+        if let Some(s) = m
+            .sites
+            .values()
+            .find(|s| &s.org != org && s.lan_prefixes.iter().any(|q| overlaps(p, q)))
+        {
+            return Err(Error::Conflict(format!(
+                "lan_delegated: {p} overlaps a LAN prefix of site {} (organisation {}); delegate space no other organisation's site uses",
+                s.name, s.org
+            )));
+        }
+    }
+    Ok(())
 }

@@ -47,7 +47,7 @@ impl Controller {
                 return Err(Error::Conflict(format!("a site named {} already exists", req.name)));
             }
             let region = m.regions.get(&req.region).ok_or_else(|| not_found_region(&req.region))?.clone();
-            check_lan_prefixes(m, &net, &actor, &req.name, &req.lan_prefixes)?;
+            check_lan_prefixes(m, &net, &actor, &req.name, &org, &req.lan_prefixes)?;
             if req.role == Role::Hub && req.endpoint.is_none() {
                 return Err(Error::Unprocessable(format!(
                     "hub {} needs a reachable underlay endpoint: pass `endpoint` (IP:PORT) so its spokes can reach it",
@@ -140,7 +140,7 @@ impl Controller {
             let (m, name) = (tx.model(), &name);
             let mut after = visible_site(m, &actor, name)?.as_ref().clone();
             if let Some(lan) = &req.lan_prefixes {
-                check_lan_prefixes(m, &net, &actor, name, lan)?;
+                check_lan_prefixes(m, &net, &actor, name, &after.org, lan)?;
                 after.lan_prefixes = lan.clone();
             }
             if let Some(ep) = req.endpoint {
@@ -270,10 +270,20 @@ fn check_lan_prefixes(
     net: &crate::model::NetworkSettings,
     actor: &Actor,
     site: &Name,
+    org: &Name,
     lan: &BTreeSet<IpNet>,
 ) -> Result<(), Error> {
     let list: Vec<&IpNet> = lan.iter().collect();
+    let held = m.sites.get(site).map(|s| &s.lan_prefixes);
     for (i, p) in list.iter().enumerate() {
+        // What the site already has stays; what is new is claimed. A
+        // scoped token hears first whether it may claim there at all, so
+        // its refusals outside its own space are all alike (no map of
+        // who holds what); the NOC hears first whose LAN it clashes with.
+        let new = !held.is_some_and(|h| h.contains(*p));
+        if new && actor.org.is_some() {
+            check_claim(m, actor, org, p)?;
+        }
         if p.trunc() != **p {
             return Err(Error::Unprocessable(format!(
                 "lan_prefixes: {p} has host bits set; did you mean {}?",
@@ -323,6 +333,41 @@ fn check_lan_prefixes(
                      ask the NOC which prefixes your organisation's sites may use"
                 )
             }));
+        }
+        if new && actor.org.is_none() {
+            check_claim(m, actor, org, p)?;
+        }
+    }
+    Ok(())
+}
+
+/// A LAN prefix newly given to a site of organisation `org`: a scoped
+/// token claims only inside what the NOC delegated to its organisation,
+/// and nobody puts a site inside another organisation's delegation. The
+/// refusal to a scoped token names only its own delegation.
+fn check_claim(m: &Model, actor: &Actor, org: &Name, p: &IpNet) -> Result<(), Error> {
+    let own = m.policy.delegated.get(org);
+    if actor.org.is_some() && !own.is_some_and(|d| d.iter().any(|q| q.contains(p))) {
+        let list: Vec<String> = own.into_iter().flatten().map(ToString::to_string).collect();
+        return Err(Error::Unprocessable(format!(
+            "lan_prefixes: {p} is outside the LAN space delegated to organisation {org} ({}); \
+             ask the NOC to delegate it (`wardnet-controller orgs delegate {org} PREFIX`)",
+            if list.is_empty() {
+                "none yet".to_owned()
+            } else {
+                list.join(", ")
+            }
+        )));
+    }
+    for (other, theirs) in &m.policy.delegated {
+        if other == org {
+            continue;
+        }
+        if let Some(q) = theirs.iter().find(|q| overlaps(p, q)) {
+            return Err(Error::Conflict(format!(
+                "lan_prefixes: {p} overlaps {q}, delegated to organisation {other}; \
+                 use space delegated to organisation {org}, or move the delegation (`orgs undelegate`)"
+            )));
         }
     }
     Ok(())

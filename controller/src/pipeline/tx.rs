@@ -7,7 +7,10 @@
 //! pipeline rolls the model back ([`Tx::rollback`]), whatever the job
 //! changed before it refused.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use wardnet_common::policy::{RuleView, ServiceView};
 use wardnet_common::wire::UnixTime;
@@ -193,13 +196,42 @@ impl<'m> Tx<'m> {
     // ----- organisations and admin tokens (the store's only) -----------------
 
     pub(crate) fn insert_org(&mut self, org: Org) {
+        if !org.lan_delegated.is_empty() {
+            let p = self.policy_mut();
+            p.delegated
+                .insert(org.name.clone(), org.lan_delegated.clone());
+        }
         self.writes.push(Write::InsertOrg(org));
     }
 
     /// The store refuses it (`sites.org`, `admin_tokens.org`,
     /// `policy_rules.org`) while anything refers to the organisation.
     pub(crate) fn delete_org(&mut self, name: &Name) {
+        if self.model.policy.delegated.contains_key(name) {
+            self.policy_mut().delegated.remove(name);
+        }
         self.writes.push(Write::DeleteOrg(name.clone()));
+    }
+
+    pub(crate) fn describe_org(&mut self, org: &Name, description: &str) {
+        self.writes.push(Write::DescribeOrg {
+            org: org.clone(),
+            description: description.to_owned(),
+        });
+    }
+
+    /// Replace the LAN space delegated to organisation `org`.
+    pub(crate) fn delegate_lans(&mut self, org: &Name, prefixes: BTreeSet<IpNet>) {
+        let p = self.policy_mut();
+        if prefixes.is_empty() {
+            p.delegated.remove(org);
+        } else {
+            p.delegated.insert(org.clone(), prefixes.clone());
+        }
+        self.writes.push(Write::DelegateLans {
+            org: org.clone(),
+            prefixes,
+        });
     }
 
     /// An admin token, network-wide or scoped to `org`; its secret's hash.

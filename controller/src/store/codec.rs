@@ -387,13 +387,14 @@ pub(crate) fn admin_token(row: &(impl Row + ?Sized)) -> Result<AdminToken, Store
     })
 }
 
-pub(crate) const ORG_COLUMNS: &[&str] = &["name", "description", "created_at"];
+pub(crate) const ORG_COLUMNS: &[&str] = &["name", "description", "created_at", "lan_delegated"];
 
 pub(crate) fn org_values(o: &Org) -> Vec<Value> {
     vec![
         (&o.name).into(),
         o.description.as_str().into(),
         o.created_at.into(),
+        json(&o.lan_delegated),
     ]
 }
 
@@ -403,6 +404,7 @@ pub(crate) fn org(row: &(impl Row + ?Sized)) -> Result<Org, StoreError> {
         name: r.parse("organisation name")?,
         description: r.text("organisation description")?,
         created_at: r.int("organisation created_at")?,
+        lan_delegated: r.json("organisation lan_delegated")?,
     })
 }
 

@@ -150,6 +150,16 @@ pub enum Write {
     /// `admin_tokens.org` or `policy_rules.org`) while a site, an admin
     /// token or a policy rule refers to it.
     DeleteOrg(Name),
+    /// Replace an organisation's description.
+    DescribeOrg {
+        org: Name,
+        description: String,
+    },
+    /// Replace the LAN space delegated to an organisation.
+    DelegateLans {
+        org: Name,
+        prefixes: std::collections::BTreeSet<ipnet::IpNet>,
+    },
     /// Insert a policy rule; its id must be new (`policy_rules.id`).
     InsertRule(RuleView),
     DeleteRule(u64),
@@ -237,10 +247,24 @@ pub fn changes_policy(writes: &[Write]) -> bool {
             w,
             Write::InsertRule(_)
                 | Write::DeleteRule(_)
+                | Write::InsertOrg(_)
+                | Write::DeleteOrg(_)
+                | Write::DelegateLans { .. }
                 | Write::InsertService(_)
                 | Write::DeleteService(_)
         )
     })
+}
+
+/// The organisations' delegated LAN space, as the policy keeps it (only
+/// organisations with some).
+pub(crate) fn delegated(
+    orgs: Vec<Org>,
+) -> std::collections::BTreeMap<Name, std::collections::BTreeSet<ipnet::IpNet>> {
+    orgs.into_iter()
+        .filter(|o| !o.lan_delegated.is_empty())
+        .map(|o| (o.name, o.lan_delegated))
+        .collect()
 }
 
 /// The regions and sites a batch changes: what a change-log entry names.

@@ -189,6 +189,14 @@ fn push(w: &Write, out: &mut Vec<Statement>) -> Result<(), StoreError> {
         Write::DeleteOrg(name) => {
             Statement::new("DELETE FROM orgs WHERE name = $1", vec![name.into()])
         }
+        Write::DescribeOrg { org, description } => Statement::new(
+            "UPDATE orgs SET description = $2 WHERE name = $1",
+            vec![org.into(), description.as_str().into()],
+        ),
+        Write::DelegateLans { org, prefixes } => Statement::new(
+            "UPDATE orgs SET lan_delegated = $2 WHERE name = $1",
+            vec![org.into(), codec::json(prefixes)],
+        ),
         Write::InsertRule(r) => {
             out.push(Statement::new(&INSERT_RULE, codec::rule_values(r)));
             // Numbers only go up: the counter passes every number given.

@@ -226,6 +226,19 @@ impl TestController {
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
 
+    /// Delegate LAN space to organisation `org` (the NOC's token).
+    pub(crate) async fn delegate(&self, org: &str, prefixes: &[&str]) {
+        let (s, v) = self
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/orgs/{org}"),
+                Some(&self.admin.clone()),
+                Some(json!({"lan_delegated": prefixes})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
     /// An admin token scoped to organisation `org`: (id, secret).
     pub(crate) async fn scoped_token(&self, org: &str) -> (String, String) {
         self.controller

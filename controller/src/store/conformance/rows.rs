@@ -149,6 +149,7 @@ pub(super) async fn organisations_are_referred_to_and_held(s: &dyn Store) {
         name: n.parse().expect("name"),
         description: format!("{n} trust"),
         created_at: 3,
+        lan_delegated: ["10.1.0.0/16".parse().expect("prefix")].into(),
     };
     let names = |orgs: Vec<crate::model::Org>| -> Vec<String> {
         orgs.into_iter().map(|o| o.name.to_string()).collect()
@@ -162,6 +163,39 @@ pub(super) async fn organisations_are_referred_to_and_held(s: &dyn Store) {
     .expect("org");
     let dup = s.commit(vec![Write::InsertOrg(org("trust-a"))]).await;
     assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    // Its delegated LAN space reads back with the policy, and changes.
+    let trust: Name = "trust-a".parse().expect("name");
+    let delegated = |p: &str| -> std::collections::BTreeSet<ipnet::IpNet> {
+        [p.parse().expect("prefix")].into()
+    };
+    let policy = s.load().await.expect("load").policy;
+    assert_eq!(
+        policy.delegated,
+        [(trust.clone(), delegated("10.1.0.0/16"))].into()
+    );
+    s.commit(vec![
+        Write::DelegateLans {
+            org: trust.clone(),
+            prefixes: delegated("10.2.0.0/16"),
+        },
+        Write::DescribeOrg {
+            org: trust.clone(),
+            description: "renamed".into(),
+        },
+    ])
+    .await
+    .expect("delegate");
+    let policy = s.load().await.expect("load").policy;
+    assert_eq!(
+        policy.delegated,
+        [(trust.clone(), delegated("10.2.0.0/16"))].into()
+    );
+    let stored = s.orgs().await.expect("orgs");
+    let t = stored.iter().find(|o| o.name == trust).expect("trust-a");
+    assert_eq!(
+        (t.description.as_str(), &t.lan_delegated),
+        ("renamed", &delegated("10.2.0.0/16"))
+    );
 
     let mut lost = site("gp-lost", "north", "100.64.0.9");
     lost.org = "no-such-org".parse().expect("name");
@@ -258,6 +292,7 @@ pub(super) async fn policy_rules_and_services(s: &dyn Store) {
             name: org.clone(),
             description: String::new(),
             created_at: 1,
+            lan_delegated: Default::default(),
         }),
         Write::InsertRegion(region("north", "100.64.0.0/20")),
         Write::InsertSite(site("lth-1", "north", "100.64.0.10")),

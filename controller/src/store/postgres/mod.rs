@@ -274,15 +274,17 @@ async fn rows<C: GenericClient, T>(
 
 /// The policy, read through `c`.
 async fn policy_in<C: GenericClient>(c: &C) -> Result<StoredPolicy, StoreError> {
-    let (next, rules, services) = futures::try_join!(
+    let (next, rules, services, orgs) = futures::try_join!(
         async { c.query_one(statements::NEXT_RULE, &[]).await.map_err(pg) },
         rows(c, &statements::LOAD_RULES, &[], codec::rule),
         rows(c, &statements::LOAD_SERVICES, &[], codec::service),
+        rows(c, &statements::ORGS, &[], codec::org),
     )?;
     Ok(StoredPolicy {
         next_rule_id: get::<i64>(&next, 0)? as u64,
         rules,
         services,
+        delegated: super::delegated(orgs),
     })
 }
 

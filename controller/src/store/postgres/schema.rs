@@ -122,4 +122,9 @@ CREATE TABLE policy_services (
     r#"
 ALTER TABLE change_log ADD COLUMN policy BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
+    // The LAN address space the NOC delegates to each organisation (a
+    // JSON list of prefixes; none until the NOC delegates some).
+    r#"
+ALTER TABLE orgs ADD COLUMN lan_delegated TEXT NOT NULL DEFAULT '[]';
+"#,
 ];

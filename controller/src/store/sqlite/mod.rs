@@ -209,10 +209,12 @@ fn load_all(conn: &Connection) -> Result<Snapshot, StoreError> {
 /// The policy, inside `tx`.
 fn load_policy(tx: &Connection) -> Result<StoredPolicy, StoreError> {
     let next_rule_id: i64 = tx.query_row(statements::NEXT_RULE, [], |r| r.get(0))?;
+    let orgs = rows(tx, &statements::ORGS, [], |r| codec::org(r))?;
     Ok(StoredPolicy {
         rules: rows(tx, &statements::LOAD_RULES, [], |r| codec::rule(r))?,
         services: rows(tx, &statements::LOAD_SERVICES, [], |r| codec::service(r))?,
         next_rule_id: next_rule_id as u64,
+        delegated: super::delegated(orgs),
     })
 }
 

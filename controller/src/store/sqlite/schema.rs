@@ -155,4 +155,9 @@ CREATE TRIGGER orgs_delete_rules BEFORE DELETE ON orgs
     r#"
 ALTER TABLE change_log ADD COLUMN policy INTEGER NOT NULL DEFAULT 0;
 "#,
+    // The LAN address space the NOC delegates to each organisation (a
+    // JSON list of prefixes; none until the NOC delegates some).
+    r#"
+ALTER TABLE orgs ADD COLUMN lan_delegated TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
