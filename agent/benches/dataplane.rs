@@ -677,6 +677,7 @@ fn policy_filter(me: &str, admit: &str) -> Result<wardnet_common::filter::SiteFi
         org: name("trust-me")?,
         region: name("north")?,
         overlay: [addr(me)?].into(),
+        hub: false,
     };
     let mut rules = Vec::new();
     for i in 1..POLICY_RULES {

@@ -327,7 +327,7 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
         proto: Proto::Any,
         ports: Vec::new(),
     };
-    if to.org.as_str() == crate::policy::DEFAULT_ORG {
+    if to.unfiltered() {
         let rules = vec![FilterRule {
             reason: Reason::Unfiltered,
             from: everyone(),
@@ -340,20 +340,21 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
         proto,
         ports: ports.to_vec(),
     };
-    let mut out = vec![
-        FilterRule {
+    let mut out = Vec::new();
+    if to.same_org(to) {
+        out.push(FilterRule {
             reason: Reason::SameOrg,
             from: IpNet::aggregate(&sources(&Source::Org(to.org.clone()))),
             to: Vec::new(),
             traffic: vec![any],
-        },
-        FilterRule {
-            reason: Reason::Probe,
-            from: everyone(),
-            to: overlay,
-            traffic: vec![traffic(Proto::Icmp, &[])],
-        },
-    ];
+        });
+    }
+    out.push(FilterRule {
+        reason: Reason::Probe,
+        from: everyone(),
+        to: overlay,
+        traffic: vec![traffic(Proto::Icmp, &[])],
+    });
     let mut here: Vec<&Service> = services
         .iter()
         .map(AsRef::as_ref)
@@ -383,6 +384,7 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
     for r in into {
         let mine = traffic(r.proto, &r.ports);
         let (dst, what) = match &r.to {
+            crate::policy::Target::All => (Vec::new(), vec![mine]),
             crate::policy::Target::Org(o) if o == &to.org => (Vec::new(), vec![mine]),
             crate::policy::Target::Site(s) if s == &to.site => (Vec::new(), vec![mine]),
             crate::policy::Target::Service(n) => match here.iter().find(|s| &s.name == n) {
@@ -454,6 +456,7 @@ mod tests {
                 org: n(ORGS[org]),
                 region: n(REGIONS[region]),
                 overlay: overlay.into_iter().collect(),
+                hub: false,
             },
             lans,
         }
@@ -499,14 +502,24 @@ mod tests {
     const SITES: usize = 7;
 
     fn sites() -> impl Strategy<Value = Vec<TestSite>> {
-        prop::collection::vec((0..ORGS.len(), 0..REGIONS.len(), any::<bool>()), SITES).prop_map(
-            |v| {
-                v.into_iter()
-                    .enumerate()
-                    .map(|(i, (o, r, lan))| site(i, o, r, lan))
-                    .collect()
-            },
-        )
+        // Some sites are hubs (infrastructure: filtered in any
+        // organisation, `default` included).
+        let one = (
+            0..ORGS.len(),
+            0..REGIONS.len(),
+            any::<bool>(),
+            prop::bool::weighted(0.25),
+        );
+        prop::collection::vec(one, SITES).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (o, r, lan, hub))| {
+                    let mut s = site(i, o, r, lan);
+                    s.party.hub = hub;
+                    s
+                })
+                .collect()
+        })
     }
 
     fn source() -> impl Strategy<Value = Source> {
@@ -520,6 +533,7 @@ mod tests {
 
     fn target() -> impl Strategy<Value = Target> {
         prop_oneof![
+            Just(Target::All),
             (0..ORGS.len()).prop_map(|i| Target::Org(n(ORGS[i]))),
             (0..SITES).prop_map(|i| Target::Site(n(&format!("site-{i}")))),
             (0..3usize).prop_map(|i| Target::Service(n(&format!("svc-{i}")))),

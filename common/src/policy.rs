@@ -156,9 +156,11 @@ pub enum Source {
     Site(Name),
 }
 
-/// Where a rule admits traffic to: always something one organisation owns.
+/// Where a rule admits traffic to: something one organisation owns, or
+/// every site of the network (`all`: the NOC's, e.g. its monitoring).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
+    All,
     Org(Name),
     Site(Name),
     Service(Name),
@@ -178,6 +180,7 @@ impl fmt::Display for Source {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Target::All => f.write_str("all"),
             Target::Org(n) => write!(f, "org:{n}"),
             Target::Site(n) => write!(f, "site:{n}"),
             Target::Service(n) => write!(f, "service:{n}"),
@@ -228,7 +231,10 @@ impl FromStr for Target {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let kinds = "org, site, service";
+        if s == "all" {
+            return Ok(Target::All);
+        }
+        let kinds = "org, site, service; or all";
         match kind_and_name(s, kinds)? {
             (k, n) if k == "org" => Ok(Target::Org(n)),
             (k, n) if k == "site" => Ok(Target::Site(n)),
@@ -422,6 +428,24 @@ pub struct Party {
     pub region: Name,
     /// Its overlay addresses (ICMP to them is always allowed).
     pub overlay: BTreeSet<IpAddr>,
+    /// A hub: infrastructure, filtered whatever its organisation (it
+    /// admits probes and what rules and services name it, and, outside
+    /// `default`, its own organisation).
+    pub hub: bool,
+}
+
+impl Party {
+    /// Whether the site admits everything (a site of `default` that is not
+    /// a hub).
+    pub fn unfiltered(&self) -> bool {
+        self.org.as_str() == DEFAULT_ORG && !self.hub
+    }
+
+    /// Whether traffic from `from` is within the site's own organisation
+    /// (a hub in `default` has none: `default` is no organisation to it).
+    pub fn same_org(&self, from: &Party) -> bool {
+        from.org == self.org && !(self.hub && self.org.as_str() == DEFAULT_ORG)
+    }
 }
 
 /// A flow to decide: from one site to another (to address `dst` of it,
@@ -501,10 +525,10 @@ pub fn decide(rules: &[Rule], services: &[Service], flow: &Flow) -> Decision {
         allow: true,
         reason,
     };
-    if flow.from.org == flow.to.org {
+    if flow.to.same_org(&flow.from) {
         return allow(Reason::SameOrg);
     }
-    if flow.to.org.as_str() == DEFAULT_ORG {
+    if flow.to.unfiltered() {
         return allow(Reason::Unfiltered);
     }
     if flow.proto == Proto::Icmp && flow.dst.is_some_and(|d| flow.to.overlay.contains(&d)) {
@@ -523,6 +547,7 @@ pub fn decide(rules: &[Rule], services: &[Service], flow: &Flow) -> Decision {
     let to = |r: &Rule| {
         r.covers(flow.proto, flow.port)
             && match &r.to {
+                Target::All => true,
                 Target::Org(o) => o == &flow.to.org,
                 Target::Site(s) => s == &flow.to.site,
                 // Through a service: where it listens, and what both allow.
@@ -641,6 +666,7 @@ mod tests {
             org: n(org),
             region: n(region),
             overlay: BTreeSet::new(),
+            hub: false,
         }
     }
 
@@ -789,6 +815,7 @@ mod tests {
 
         fn target() -> impl Strategy<Value = Target> {
             prop_oneof![
+                Just(Target::All),
                 prop::sample::select(ORGS.to_vec()).prop_map(|o| Target::Org(n(o))),
                 prop::sample::select(SITES.to_vec()).prop_map(|s| Target::Site(n(s))),
                 Just(Target::Service(n("svc"))),
@@ -913,13 +940,10 @@ mod tests {
         for s in ["all", "org:leeds-trust", "region:north", "site:gp-1"] {
             assert_eq!(s.parse::<Source>().expect("source").to_string(), s);
         }
-        for s in ["org:leeds-trust", "site:gp-1", "service:spine"] {
+        for s in ["all", "org:leeds-trust", "site:gp-1", "service:spine"] {
             assert_eq!(s.parse::<Target>().expect("target").to_string(), s);
         }
-        assert!(
-            "all".parse::<Target>().is_err(),
-            "a destination is owned by someone"
-        );
+        assert!("region:north".parse::<Target>().is_err());
         assert!("service:x".parse::<Source>().is_err());
         assert!("org:Bad Name".parse::<Source>().is_err());
         let backwards: PortRange = "8080-80".parse().expect("reads");

@@ -255,8 +255,38 @@ async fn an_organisation_manages_only_what_admits_traffic_into_its_own_sites() {
     // lth-1 is offered to it by the rule from its region (ICMP only).
     let (s, v) = check(&t, &practice, "from=gp-1&to=lth-1&proto=tcp&port=104").await;
     assert_eq!((s, decided(&v).0), (StatusCode::OK, false), "{v}");
-    let (_, v) = check(&t, &practice, "from=gp-1&to=lth-1&proto=icmp").await;
+    let (_, v) = check(
+        &t,
+        &practice,
+        "from=gp-1&to=lth-1&proto=icmp&address=10.1.1.5",
+    )
+    .await;
     assert_eq!(decided(&v), (true, format!("rule {id}")));
+    // Without an address, ICMP goes to the overlay address: a probe, as
+    // the data plane has it.
+    let (_, v) = check(&t, &practice, "from=gp-1&to=lth-1&proto=icmp").await;
+    assert_eq!(
+        decided(&v),
+        (
+            true,
+            "ICMP to a site's overlay address is always allowed".into()
+        )
+    );
+    // Of a site merely offered to it, a token learns no LAN: an address
+    // outside the site is denied like any other, not refused as foreign.
+    for address in ["10.1.1.77", "10.1.99.1"] {
+        let (s, v) = check(
+            &t,
+            &practice,
+            &format!("from=gp-1&to=lth-1&proto=tcp&port=104&address={address}"),
+        )
+        .await;
+        assert_eq!(
+            (s, decided(&v).0),
+            (StatusCode::OK, false),
+            "{address}: {v}"
+        );
+    }
     let (s, _) = check(&t, &practice, "from=gp-1&to=spine-1&proto=tcp&port=443").await;
     assert_eq!(
         s,
@@ -272,7 +302,12 @@ async fn an_organisation_manages_only_what_admits_traffic_into_its_own_sites() {
             json!({"from": "everyone", "to": "org:leeds-trust"}),
             StatusCode::BAD_REQUEST,
         ),
-        (json!({"from": "all", "to": "all"}), StatusCode::BAD_REQUEST),
+        (
+            json!({"from": "all", "to": "region:north"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        // Into every site: the NOC's.
+        (json!({"from": "all", "to": "all"}), StatusCode::FORBIDDEN),
         (
             json!({"from": "all", "to": "org:leeds-trust", "proto": "icmp", "ports": ["80"]}),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -701,4 +736,65 @@ async fn rules_belong_to_the_sites_and_services_they_name_not_to_their_names() {
         let (s, e) = t.as_token(&noc, Method::DELETE, &path, None).await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{from}: {e}");
     }
+}
+
+/// Infrastructure is a service, not an open door: a hub (here in
+/// `default`) admits probes to its overlay address and nothing else by
+/// default, from any organisation, `default` included; the NOC's
+/// monitoring reaches every site through one rule `--to all`, which every
+/// organisation sees and only the NOC can delete.
+#[tokio::test]
+async fn hubs_admit_only_probes_and_one_rule_to_all_admits_the_noc_everywhere() {
+    let Network { t, trust, .. } = network().await;
+    let noc = t.admin.clone();
+    t.site(json!({"name": "hub-n", "region": "north", "role": "hub", "endpoint": "198.51.100.1:51820", "lan_prefixes": ["10.9.0.0/24"]}))
+        .await;
+    t.site(json!({"name": "old-1", "region": "north", "role": "spoke"}))
+        .await;
+    for (from, query, allow) in [
+        ("gp-1", "proto=tcp&port=22", false),
+        ("gp-1", "proto=tcp&port=22&address=10.9.0.5", false),
+        ("old-1", "proto=tcp&port=3389", false),
+        ("gp-1", "proto=icmp", true),
+        ("old-1", "proto=icmp", true),
+    ] {
+        let (s, v) = check(&t, &noc, &format!("from={from}&to=hub-n&{query}")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(decided(&v).0, allow, "{from} -> hub-n {query}: {v}");
+    }
+
+    // The NOC's monitoring (national) to every site's agent metrics.
+    let (s, rule) = t
+        .admin_post(
+            "/v1/policy/rules",
+            json!({"from": "org:national", "to": "all", "proto": "tcp", "ports": ["9586"], "description": "NOC monitoring"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{rule}");
+    let id = rule["rule"]["id"].as_u64().expect("id");
+    for to in ["lth-1", "gp-1", "hub-n", "old-1"] {
+        let (_, v) = check(
+            &t,
+            &noc,
+            &format!("from=spine-1&to={to}&proto=tcp&port=9586"),
+        )
+        .await;
+        assert!(decided(&v).0, "spine-1 -> {to}: {v}");
+        let (_, v) = check(&t, &noc, &format!("from=spine-1&to={to}&proto=tcp&port=22")).await;
+        assert_eq!(decided(&v).0, to == "old-1", "spine-1 -> {to} tcp/22: {v}");
+    }
+    let (_, seen) = t.as_token(&trust, Method::GET, "/v1/policy", None).await;
+    assert!(
+        seen["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .any(|r| r["rule"]["id"] == id),
+        "a rule into all sites is seen by every organisation: {seen}"
+    );
+    let path = format!("/v1/policy/rules/{id}");
+    let (s, _) = t.as_token(&trust, Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "only the NOC deletes it");
+    let (s, _) = t.as_token(&noc, Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
 }

@@ -215,6 +215,18 @@ fn unfiltered(local: &[&str]) -> serde_json::Value {
     })
 }
 
+/// The filter of a hub in the `default` organisation: infrastructure, it
+/// admits probes to its overlay addresses and nothing else unless a rule
+/// or service names it.
+fn hub_filter(overlay: &[&str], lans: &[&str]) -> serde_json::Value {
+    let local: Vec<&str> = overlay.iter().chain(lans).copied().collect();
+    json!({
+        "local": local,
+        "rules": [{"reason": {"by": "probe"}, "from": ["0.0.0.0/0", "::/0"], "to": overlay,
+                   "traffic": [{"proto": "icmp"}]}]
+    })
+}
+
 fn expected(v: serde_json::Value) -> SiteConfig {
     serde_json::from_value(v).expect("expected config is valid wire JSON")
 }
@@ -237,7 +249,7 @@ fn hub_north_golden() {
         ],
         "routes": ["100.64.0.2/32", "100.64.0.3/32", "fd7a:6e65::2/128", "fd7a:6e65::3/128", "10.1.1.0/24",
                    "100.64.16.0/20", "fd7a:6e65:0:1::/64", "10.2.1.0/24", "10.2.2.0/24"],
-        "filter": unfiltered(&["100.64.0.1/32", "fd7a:6e65::1/128", "10.1.0.0/24"])
+        "filter": hub_filter(&["100.64.0.1/32", "fd7a:6e65::1/128"], &["10.1.0.0/24"])
     }));
     assert_eq!(rendered(&model(), "hub-north"), want);
 }
@@ -262,7 +274,7 @@ fn hub_south_golden() {
         "routes": ["100.64.16.2/32", "fd7a:6e65:0:1::2/128", "10.2.1.0/24",
                    "100.64.16.3/32", "fd7a:6e65:0:1::3/128", "10.2.2.0/24",
                    "100.64.0.0/20", "fd7a:6e65::/64", "10.1.0.0/24", "10.1.1.0/24"],
-        "filter": unfiltered(&["100.64.16.1/32", "fd7a:6e65:0:1::1/128"])
+        "filter": hub_filter(&["100.64.16.1/32", "fd7a:6e65:0:1::1/128"], &[])
     }));
     assert_eq!(rendered(&model(), "hub-south"), want);
 }

@@ -93,6 +93,23 @@ pub fn build(step: &mut dyn FnMut(&str, &Fleet)) -> Result<Fleet> {
         f.add_site(name, region, *hub, *opts)?;
         step(name, &f);
     }
+    // Hubs admit only probes: the NOC's monitoring reaches every agent's
+    // metrics through one rule into all sites.
+    f.cli(&[
+        "policy",
+        "add-rule",
+        "--from",
+        &format!("site:{NOC}"),
+        "--to",
+        "all",
+        "--proto",
+        "tcp",
+        "--port",
+        "9586",
+        "--description",
+        "NOC monitoring",
+    ])?;
+    step("monitoring rule", &f);
     Ok(f)
 }
 

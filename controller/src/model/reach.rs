@@ -48,6 +48,7 @@ impl Model {
             org: s.org.clone(),
             region: s.region.clone(),
             overlay: s.addresses().iter().map(|p| p.addr()).collect(),
+            hub: s.role == wardnet_common::Role::Hub,
         }
     }
 
@@ -67,7 +68,8 @@ impl Model {
     /// unfiltered destination, a service at `b` shared with `a`'s
     /// organisation, a rule from `a` into `b`.
     pub fn reaches(&self, a: &Site, b: &Site) -> bool {
-        if a.org == b.org || b.org == default_org() {
+        let to = Self::party(b);
+        if to.same_org(&Self::party(a)) || to.unfiltered() {
             return true;
         }
         let here = |n: &Name| {
@@ -88,6 +90,7 @@ impl Model {
         self.policy.rules.iter().any(|r| {
             r.rule.from.matches(&party)
                 && match &r.rule.to {
+                    Target::All => true,
                     Target::Org(o) => o == &b.org,
                     Target::Site(s) => s == &b.name,
                     Target::Service(n) => here(n),
@@ -109,6 +112,7 @@ impl Model {
         services: impl Iterator<Item = &'a ServiceView>,
     ) -> Vec<Name> {
         match to {
+            Target::All => self.sites.keys().cloned().collect(),
             Target::Org(o) => self.by_org.get(o).into_iter().flatten().cloned().collect(),
             Target::Site(s) => vec![s.clone()],
             Target::Service(n) => services
@@ -145,6 +149,7 @@ impl Model {
         if s.org != default_org() {
             out.extend(self.by_org.get(&s.org).into_iter().flatten().cloned());
         }
+        // (A hub in `default` admits nothing by organisation.)
         let party = Self::party(s);
         for r in &self.policy.rules {
             if r.rule.from != Source::All && r.rule.from.matches(&party) {

@@ -13,10 +13,12 @@
 //! a new revision (its agent hears within the long-poll's wake-up). Each
 //! site's filter is compiled by [`crate::model::Model::filter`].
 
+use std::net::IpAddr;
 use wardnet_common::policy::{
     decide, CheckAnswer, CheckQuery, CreateRule, Flow, PolicyView, Reason, Rule, RuleView, Service,
     ServiceView, Source, Target,
 };
+
 use wardnet_common::Name;
 
 use super::views::{not_found_org, visible_site};
@@ -39,7 +41,7 @@ pub(crate) fn drop_rules_naming(tx: &mut Tx, actor: &str, site: Option<&Name>, s
             || match &r.to {
                 Target::Site(n) => by_site(n),
                 Target::Service(n) => services.contains(n),
-                Target::Org(_) => false,
+                Target::All | Target::Org(_) => false,
             }
     };
     let gone: Vec<u64> = tx
@@ -162,6 +164,12 @@ fn service_text(s: &Service) -> String {
     )
 }
 
+/// Whether `actor` may see a rule: its own organisation's, or one into
+/// all sites (it admits into its sites too). Only the owner deletes.
+fn sees_rule(actor: &Actor, r: &RuleView) -> bool {
+    actor.sees(&r.org) || r.rule.to == Target::All
+}
+
 /// Whether `actor` may see a service: its own, or one shared with it.
 fn sees_service(actor: &Actor, s: &ServiceView) -> bool {
     actor.sees(&s.org)
@@ -179,7 +187,7 @@ impl Controller {
             rules: p
                 .rules
                 .iter()
-                .filter(|r| actor.sees(&r.org))
+                .filter(|r| sees_rule(actor, r))
                 .cloned()
                 .collect(),
             services: p
@@ -200,6 +208,12 @@ impl Controller {
         policy: &StoredPolicy,
     ) -> Result<Name, Error> {
         match to {
+            // Into every organisation: the NOC's (its monitoring), owned
+            // by `default`, seen by every organisation it admits into.
+            Target::All => {
+                actor.require_network_wide("a rule into all sites")?;
+                Ok(crate::model::default_org())
+            }
             Target::Org(org) => {
                 let exists = self.org_exists(org).await?;
                 if !exists || !actor.sees(org) {
@@ -296,7 +310,7 @@ impl Controller {
         self.with_model(|m| m.policy.clone())
             .rules
             .iter()
-            .find(|r| r.rule.id == id && actor.sees(&r.org))
+            .find(|r| r.rule.id == id && sees_rule(actor, r))
             .cloned()
             .ok_or_else(|| not_found_rule(id))
     }
@@ -455,6 +469,7 @@ impl Controller {
                 || policy.rules.iter().any(|r| {
                     r.rule.from.matches(&source)
                         && match &r.rule.to {
+                            Target::All => true,
                             Target::Org(o) => o == &to.org,
                             Target::Site(n) => n == &to.name,
                             Target::Service(n) => serves(n),
@@ -469,7 +484,11 @@ impl Controller {
         if let Some(a) = q.address {
             let at_site = to.addresses().iter().any(|p| p.contains(&a))
                 || to.lan_prefixes.iter().any(|p| p.contains(&a));
-            if !at_site {
+            // Only of a site it sees is a token told what the site holds:
+            // of a site merely offered to it (a service there), an address
+            // elsewhere is denied like any other, so checks do not map the
+            // site's LANs.
+            if !at_site && actor.sees(&to.org) {
                 return Err(Error::Unprocessable(format!(
                     "address: {a} is not one of site {}'s addresses or LAN prefixes",
                     to.name
@@ -484,7 +503,9 @@ impl Controller {
             &Flow {
                 from: Model::party(&from),
                 to: Model::party(&to),
-                dst: q.address,
+                // Without an address: the site's own (overlay) one, which
+                // is where ICMP probes go.
+                dst: q.address.or(Some(IpAddr::V4(to.ipv4))),
                 proto: q.proto,
                 port: q.port,
             },
@@ -492,7 +513,7 @@ impl Controller {
         Ok(CheckAnswer {
             allow: d.allow,
             because: d.reason.to_string(),
-            enforced: to.org != crate::model::default_org() && !to.agentless,
+            enforced: !Model::party(&to).unfiltered() && !to.agentless,
             rule: match &d.reason {
                 Reason::Rule(id) => rules.iter().find(|r| r.id == *id).cloned(),
                 _ => None,

@@ -48,7 +48,8 @@ fn main() -> Result<()> {
 }
 
 fn run() -> Result<()> {
-    let f = demo::build(&mut |what, f: &Fleet| match what {
+    let f = demo::build(&mut |what, f: &Fleet| {
+        match what {
         "controller" => {
             step("started the controller (embedded SQLite store) in namespace wan, 198.51.100.254:8080");
             println!(
@@ -58,6 +59,10 @@ fn run() -> Result<()> {
             step("creating regions: north (hub-and-spoke) and south (mesh)");
         }
         "regions" => print!("{}", f.cli(&["regions", "list"]).unwrap_or_default()),
+        "monitoring rule" => step(
+            "policy: hubs admit only probes; the NOC's monitoring reaches every agent through one rule \
+             (`policy add-rule --from site:noc --to all --proto tcp --port 9586`)",
+        ),
         name => {
             let s = f.site(name);
             println!(
@@ -72,6 +77,7 @@ fn run() -> Result<()> {
                     .unwrap_or_default()
             );
         }
+    }
     })?;
 
     step("traffic: gp-a's LAN host -> gp-b's LAN host (north -> hub-north -> hub-south -> gp-b)");
