@@ -21,6 +21,18 @@
 //! random organisation into another, and prints how long each took to be
 //! durable and rendered (p50/p99) and the size of one filtered config.
 //!
+//! `--shape n3` gives the fleet the organisations of the real network
+//! instead: a few hundred trusts of 10–200 sites each (one region per
+//! trust) and one organisation per remaining site (GP practices), about
+//! 28,000 organisations over 51,000 sites; then national services shared
+//! with all (4 sites of `national`), 3 regional services per region
+//! shared with 10–50 organisations of the region, a NOC rule into all
+//! sites, and rules from practices into trusts. It prints enrolment as
+//! above, how long each policy change took to be durable and rendered
+//! and to reach every affected agent waiting on a long-poll (p50, p99,
+//! max), and every site's filter size (median, p99, largest, and the
+//! size of the organisation the largest belongs to).
+//!
 //! `--replicas R` runs R controller replicas on one throwaway PostgreSQL
 //! server (the Debian package's `initdb` and `postgres`, `fsync` and
 //! `synchronous_commit` on) instead of one controller on SQLite: every
@@ -91,6 +103,8 @@ struct Args {
     replicas: usize,
     /// Organisations the spokes belong to (0: all in `default`).
     orgs: usize,
+    /// The organisations of N3 (`--shape n3`).
+    shape_n3: bool,
 }
 
 fn args() -> Args {
@@ -105,6 +119,7 @@ fn args() -> Args {
         pause_secs: 0,
         replicas: 0,
         orgs: 0,
+        shape_n3: false,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -127,6 +142,7 @@ fn args() -> Args {
                 }
             }
             "--tls" => a.tls = true,
+            "--shape" => a.shape_n3 = next() == "n3",
             _ => {}
         }
         i += 1;
@@ -141,6 +157,43 @@ struct Agent {
     region: usize,
     hub: bool,
     credential: String,
+    /// Its organisation (`None`: `default`).
+    org: Option<String>,
+}
+
+/// Sites of trusts in all (N3: 51,000 sites, about 28,000 organisations;
+/// what trusts do not hold is one practice per site).
+const TRUST_SITES: usize = 23_300;
+
+/// The organisations of N3 over `spokes` sites: per spoke, its
+/// organisation and region. Trusts (10–200 sites, one region each) come
+/// first, then one practice per remaining site; each goes to the region
+/// with the fewest sites so far (a region's /20 holds 4,094), ties drawn
+/// at random.
+fn n3_shape(spokes: usize) -> Vec<(String, usize)> {
+    let trust_sites = TRUST_SITES * spokes / 51_000;
+    let mut load = [0usize; REGIONS];
+    let mut emptiest = |n: usize| {
+        let least = *load.iter().min().unwrap();
+        let ties: Vec<usize> = (0..REGIONS).filter(|&r| load[r] == least).collect();
+        let r = ties[rand::random::<usize>() % ties.len()];
+        load[r] += n;
+        r
+    };
+    let mut out = Vec::with_capacity(spokes);
+    let mut t = 0;
+    while out.len() < trust_sites {
+        let left = trust_sites - out.len();
+        let size = (10 + rand::random::<usize>() % 191).min(left);
+        let region = emptiest(size);
+        out.extend((0..size).map(|_| (format!("trust-{t}"), region)));
+        t += 1;
+    }
+    for p in 0..spokes - out.len() {
+        let region = emptiest(1);
+        out.push((format!("gp-{p}"), region));
+    }
+    out
 }
 
 fn lan(i: usize) -> String {
@@ -195,8 +248,10 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
             region: r,
             hub: true,
             credential,
+            org: None,
         });
     }
+    let shape = a.shape_n3.then(|| n3_shape(a.spokes));
 
     // Organisations, each within one region.
     let per_org = (a.spokes / a.orgs.max(1)).max(1);
@@ -207,14 +262,38 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
             format!("org-{n}")
         })
     };
-    for n in 0..a.orgs {
-        post(
-            &http,
-            &format!("{}/v1/orgs", c.url),
-            &c.token,
-            json!({"name": format!("org-{n}")}),
-        )
-        .await;
+    let mut org_names: Vec<String> = (0..a.orgs).map(|n| format!("org-{n}")).collect();
+    if let Some(shape) = &shape {
+        org_names = shape.iter().map(|(o, _)| o.clone()).collect();
+        org_names.dedup();
+        org_names.extend(["national".to_owned(), "noc".to_owned()]);
+    }
+    let t = Instant::now();
+    let sem = Arc::new(Semaphore::new(a.concurrency));
+    let mut tasks = Vec::new();
+    for name in &org_names {
+        let (http, url, token, sem) = (http.clone(), any_url(cs), c.token.clone(), sem.clone());
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            post(
+                &http,
+                &format!("{url}/v1/orgs"),
+                &token,
+                json!({"name": name}),
+            )
+            .await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    if !org_names.is_empty() {
+        println!(
+            "  organisations:   {} added in {:.1} s",
+            org_names.len(),
+            t.elapsed().as_secs_f64()
+        );
     }
 
     // Spokes, pending with tokens (not what is measured).
@@ -225,11 +304,10 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
         let (http, url, token, sem) = (http.clone(), any_url(cs), c.token.clone(), sem.clone());
         // An organisation's spokes are consecutive numbers; they share
         // the region of the first (sites of one trust are in one region).
-        let org = org_of(i);
-        let region = if a.orgs > 0 {
-            (i / per_org).min(a.orgs - 1) % REGIONS
-        } else {
-            i % REGIONS
+        let (org, region) = match &shape {
+            Some(s) => (Some(s[i].0.clone()), s[i].1),
+            None if a.orgs > 0 => (org_of(i), (i / per_org).min(a.orgs - 1) % REGIONS),
+            None => (None, i % REGIONS),
         };
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
@@ -238,11 +316,11 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
             if lans {
                 body["lan_prefixes"] = json!([lan(i)]);
             }
-            if let Some(org) = org {
+            if let Some(org) = &org {
                 body["org"] = json!(org);
             }
             let v = post(&http, &format!("{url}/v1/sites"), &token, body).await;
-            (name, region, v["token"].as_str().unwrap().to_owned())
+            (name, region, v["token"].as_str().unwrap().to_owned(), org)
         }));
     }
     let mut pending = Vec::new();
@@ -261,7 +339,7 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
     let cpu0 = cluster_cpu(cs);
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for (name, region, token) in pending {
+    for (name, region, token, org) in pending {
         let (http, url, sem) = (http.clone(), any_url(cs), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
@@ -272,6 +350,7 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
                     region,
                     hub: false,
                     credential,
+                    org,
                 },
                 took,
             )
@@ -319,7 +398,270 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
     if a.orgs > 1 {
         policy_changes(cs, a, &agents).await;
     }
+    if shape.is_some() {
+        n3_policy(cs, &mut agents).await;
+    }
     agents
+}
+
+/// A site's config now: (revision, filter size in bytes).
+async fn config_of(http: &reqwest::Client, url: &str, credential: &str) -> (u64, usize) {
+    let v: Value = http
+        .get(format!("{url}/v1/agent/config?revision=0"))
+        .bearer_auth(credential)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        v["revision"].as_u64().unwrap(),
+        v.get("filter").map_or(0, |f| f.to_string().len()),
+    )
+}
+
+/// Long-poll every agent of `agents` from its current revision; then make
+/// `change` and return how long it took to be durable and rendered and
+/// how long after it each agent had its answer.
+async fn delivered<F, Fut>(
+    cs: &[Controller],
+    agents: &[&Agent],
+    change: F,
+) -> (Duration, Vec<Duration>)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let http = cs[0].client([127, 0, 0, 1].into());
+    let mut polls = Vec::new();
+    let (go, _) = tokio::sync::broadcast::channel::<Instant>(1);
+    for g in agents {
+        let (http, url, cred) = (http.clone(), any_url(cs), g.credential.clone());
+        let (rev, _) = config_of(&http, &url, &cred).await;
+        let mut at = go.subscribe();
+        polls.push(tokio::spawn(async move {
+            let r = http
+                .get(format!(
+                    "{url}/v1/agent/config?revision={rev}&wait=60&deltas=true"
+                ))
+                .bearer_auth(&cred)
+                .send()
+                .await
+                .unwrap();
+            let done = Instant::now();
+            assert_eq!(r.status(), 200, "an affected agent was not answered");
+            let t0 = at.recv().await.unwrap();
+            done.saturating_duration_since(t0)
+        }));
+    }
+    // Every poll is waiting before the change.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    change().await;
+    let took = t0.elapsed();
+    let _ = go.send(t0);
+    let mut lat = Vec::new();
+    for p in polls {
+        lat.push(p.await.unwrap());
+    }
+    (took, lat)
+}
+
+/// The policy of N3 on the enrolled fleet: national services, regional
+/// services, the NOC's rule into all sites, rules from practices into
+/// trusts; then every site's filter size.
+async fn n3_policy(cs: &[Controller], agents: &mut Vec<Agent>) {
+    let c = &cs[0];
+    let http = c.client([127, 0, 0, 1].into());
+    let mut by_org: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, g) in agents.iter().enumerate() {
+        if let Some(o) = &g.org {
+            by_org.entry(o.clone()).or_default().push(i);
+        }
+    }
+    let trusts: Vec<String> = by_org
+        .keys()
+        .filter(|o| o.starts_with("trust-"))
+        .cloned()
+        .collect();
+    let practices: Vec<String> = by_org
+        .keys()
+        .filter(|o| o.starts_with("gp-"))
+        .cloned()
+        .collect();
+    let pick = |v: &[String]| v[rand::random::<usize>() % v.len()].clone();
+    let (mut made, mut reached) = (Vec::new(), Vec::new());
+
+    // National services: four sites of `national`, each shared with all.
+    for r in 0..4 {
+        let name = format!("spine-{r}");
+        let v = post(
+            &http,
+            &format!("{}/v1/sites", c.url),
+            &c.token,
+            json!({"name": name, "region": format!("r{r}"), "role": "spoke", "org": "national",
+                   "lan_prefixes": [format!("10.250.{r}.0/24")]}),
+        )
+        .await;
+        let (credential, _) = enrol(&http, &c.url, v["token"].as_str().unwrap()).await;
+        agents.push(Agent {
+            name: name.clone(),
+            region: r,
+            hub: false,
+            credential,
+            org: Some("national".into()),
+        });
+        let at = vec![&agents[agents.len() - 1]];
+        let (took, lat) = delivered(cs, &at, || async {
+            post(
+                &http,
+                &format!("{}/v1/policy/services", any_url(cs)),
+                &c.token,
+                json!({"name": format!("spine-{r}"), "site": name, "proto": "tcp", "ports": ["443"],
+                       "shared_with": "all"}),
+            )
+            .await;
+        })
+        .await;
+        made.push(took);
+        reached.extend(lat);
+    }
+    // Regional services: three per region at trust sites, each shared
+    // with 10–50 practices of the region.
+    for r in 0..REGIONS {
+        let here: Vec<&String> = trusts
+            .iter()
+            .filter(|t| agents[by_org[*t][0]].region == r)
+            .collect();
+        let local: Vec<&String> = practices
+            .iter()
+            .filter(|p| agents[by_org[*p][0]].region == r)
+            .collect();
+        if here.is_empty() || local.len() < 50 {
+            continue;
+        }
+        for k in 0..3 {
+            let trust = here[rand::random::<usize>() % here.len()];
+            let site = &agents[by_org[trust][0]];
+            let n = 10 + rand::random::<usize>() % 41;
+            let with: Vec<&String> = local
+                .choose_multiple(&mut rand::thread_rng(), n)
+                .copied()
+                .collect();
+            let (took, lat) = delivered(cs, &[site], || async {
+                post(
+                    &http,
+                    &format!("{}/v1/policy/services", any_url(cs)),
+                    &c.token,
+                    json!({"name": format!("svc-{r}-{k}"), "site": site.name, "proto": "tcp",
+                           "ports": ["8443"], "shared_with": with}),
+                )
+                .await;
+            })
+            .await;
+            made.push(took);
+            reached.extend(lat);
+        }
+    }
+    // Rules from practices into trusts: every site of the trust hears.
+    for k in 0..30 {
+        let trust = pick(&trusts);
+        let at: Vec<&Agent> = by_org[&trust].iter().map(|&i| &agents[i]).collect();
+        let from = pick(&practices);
+        let (took, lat) = delivered(cs, &at, || async {
+            post(
+                &http,
+                &format!("{}/v1/policy/rules", any_url(cs)),
+                &c.token,
+                json!({"from": format!("org:{from}"), "to": format!("org:{trust}"),
+                       "proto": "tcp", "ports": [format!("{}", 2000 + k)]}),
+            )
+            .await;
+        })
+        .await;
+        made.push(took);
+        reached.extend(lat);
+    }
+    made.sort();
+    reached.sort();
+    println!(
+        "  policy changes:  {} (4 national services, 3 regional services per region, 30 rules into trusts): durable and rendered p50 {:.1} ms, p99 {:.1} ms; every affected waiting agent answered ({} answers): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        made.len(),
+        ms(percentile(&made, 0.5)),
+        ms(percentile(&made, 0.99)),
+        reached.len(),
+        ms(percentile(&reached, 0.5)),
+        ms(percentile(&reached, 0.99)),
+        ms(*reached.last().unwrap()),
+    );
+
+    // The NOC's monitoring: one site, one rule into all sites; 2,000
+    // agents drawn at random wait for it.
+    let v = post(
+        &http,
+        &format!("{}/v1/sites", c.url),
+        &c.token,
+        json!({"name": "noc-1", "region": "r0", "role": "spoke", "org": "noc"}),
+    )
+    .await;
+    enrol(&http, &c.url, v["token"].as_str().unwrap()).await;
+    let sample: Vec<&Agent> = agents
+        .choose_multiple(&mut rand::thread_rng(), 2_000)
+        .collect();
+    let (took, mut lat) = delivered(cs, &sample, || async {
+        post(
+            &http,
+            &format!("{}/v1/policy/rules", any_url(cs)),
+            &c.token,
+            json!({"from": "org:noc", "to": "all", "proto": "tcp", "ports": ["9586"]}),
+        )
+        .await;
+    })
+    .await;
+    lat.sort();
+    println!(
+        "  NOC rule to all: every site's filter ({}) durable and rendered in {:.0} ms; 2,000 waiting agents drawn at random answered p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        agents.len() + 1,
+        ms(took),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(*lat.last().unwrap()),
+    );
+
+    // Every site's filter.
+    let sem = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for g in agents.iter() {
+        let (http, url, cred, sem) = (http.clone(), any_url(cs), g.credential.clone(), sem.clone());
+        let org_size = g
+            .org
+            .as_ref()
+            .map_or(0, |o| by_org.get(o).map_or(0, Vec::len));
+        let name = g.name.clone();
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            (config_of(&http, &url, &cred).await.1, org_size, name)
+        }));
+    }
+    let mut sizes = Vec::new();
+    for t in tasks {
+        sizes.push(t.await.unwrap());
+    }
+    sizes.sort();
+    let (largest, org_size, name) = sizes.last().unwrap().clone();
+    let at = |q: f64| sizes[((sizes.len() - 1) as f64 * q) as usize].0;
+    let median_trust = {
+        let mut t: Vec<usize> = sizes.iter().filter(|s| s.1 >= 10).map(|s| s.0).collect();
+        t.sort_unstable();
+        t.get(t.len() / 2).copied().unwrap_or(0)
+    };
+    println!(
+        "  filters:         {} sites: median {} bytes, p99 {} bytes, largest {largest} bytes ({name}, of an organisation of {org_size} sites); a trust site's median {median_trust} bytes",
+        sizes.len(),
+        at(0.5),
+        at(0.99),
+    );
 }
 
 /// 100 rules, one at a time, each from one random organisation into
@@ -770,6 +1112,7 @@ async fn waiter_child(source: &str, ready: usize) {
             region: 0,
             hub: false,
             credential: (*credential).to_owned(),
+            org: None,
         };
         spawn_waiter(
             http.clone(),

@@ -333,3 +333,94 @@ fn a_tunnel_delivers_only_what_the_site_owns_whatever_the_senders_allowed_ips() 
     f.appliance_down("mallory", &path);
     result
 }
+
+/// Whether `from`'s gateway fetches `url` within 2 s.
+fn fetches(f: &Fleet, from: &str, url: &str) -> bool {
+    f.site(from)
+        .gw
+        .exec(&["curl", "-sf", "--max-time", "2", "-o", "/dev/null", url])
+        .is_ok()
+}
+
+/// Hubs are infrastructure, and the NOC's monitoring is one rule: a GP
+/// site (its own organisation) pings the hub (a probe) but reaches
+/// neither the hub's metrics nor anything else on it; the NOC's site
+/// reaches every agent's metrics once the NOC adds one rule `--to all`,
+/// and the GP site still does not; the hub counts what it dropped.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn hubs_admit_probes_and_the_nocs_one_rule_to_all_sites() -> Result<()> {
+    let name = "hubs_admit_probes_and_the_nocs_one_rule_to_all_sites";
+    if !require_root(name) {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    for org in ["gp-chapeltown", "noc"] {
+        f.cli(&["orgs", "add", org])?;
+    }
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    let spoke = |org| SiteOpts {
+        lan: false,
+        endpoint: false,
+        org: Some(org),
+    };
+    f.add_site("gp-1", "north", false, spoke("gp-chapeltown"))?;
+    f.add_site("noc-1", "north", false, spoke("noc"))?;
+    for s in ["hub-n", "gp-1", "noc-1"] {
+        wait_for(Duration::from_secs(10), &format!("{s}'s filter"), || {
+            Ok((metric(&f, s, "wardnet_policy_enforced")? == 1.0).then_some(()))
+        })?;
+    }
+    let hub_metrics = format!("http://{}:9586/metrics", f.overlay("hub-n"));
+    let gp_metrics = format!("http://{}:9586/metrics", f.overlay("gp-1"));
+
+    assert!(
+        Fleet::ping(&f.site("gp-1").gw, f.overlay("hub-n"), 2),
+        "a probe"
+    );
+    let denied = "wardnet_policy_denied_packets_total{peer=\"gp-1\",region=\"north\",role=\"spoke\",rule=\"default\"}";
+    let before = metric(&f, "hub-n", denied)?;
+    assert!(
+        !fetches(&f, "gp-1", &hub_metrics),
+        "a GP site reads the hub's metrics"
+    );
+    assert!(
+        metric(&f, "hub-n", denied)? > before,
+        "dropped at the hub, counted"
+    );
+    assert!(!fetches(&f, "noc-1", &hub_metrics), "no rule yet");
+
+    f.cli(&[
+        "policy",
+        "add-rule",
+        "--from",
+        "org:noc",
+        "--to",
+        "all",
+        "--proto",
+        "tcp",
+        "--port",
+        "9586",
+        "--description",
+        "NOC monitoring",
+    ])?;
+    wait_for(
+        Duration::from_secs(10),
+        "the NOC to read the hub's metrics",
+        || Ok(fetches(&f, "noc-1", &hub_metrics).then_some(())),
+    )?;
+    wait_for(
+        Duration::from_secs(10),
+        "the NOC to read gp-1's metrics",
+        || Ok(fetches(&f, "noc-1", &gp_metrics).then_some(())),
+    )?;
+    assert!(
+        !fetches(&f, "gp-1", &hub_metrics),
+        "the rule is the NOC's only"
+    );
+    Ok(())
+}

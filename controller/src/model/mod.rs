@@ -180,7 +180,9 @@ pub struct Model {
     /// Region name -> names of its sites.
     pub by_region: BTreeMap<Name, OrdSet<Name>>,
     /// Organisation name -> names of its sites, any state.
-    pub by_org: BTreeMap<Name, OrdSet<Name>>,
+    /// (Persistent: N3 has some 28,000 organisations, and the model is
+    /// cloned for every group of changes.)
+    pub by_org: OrdMap<Name, OrdSet<Name>>,
     /// Names of all hub sites, any state.
     pub hubs: BTreeSet<Name>,
     /// Region name -> names of its hub sites, any state.
