@@ -714,6 +714,23 @@ allow_plain_http = {}
         Ok(())
     }
 
+    /// Delete a site as its admin would (`sites delete`) and take its
+    /// hosts away: its agent stops, its namespaces and state go.
+    pub fn delete_site(&mut self, name: &str) -> Result<()> {
+        self.stop_agent(name)?;
+        self.cli(&["sites", "delete", name])?;
+        let site = self
+            .sites
+            .remove(name)
+            .with_context(|| format!("no site {name} in this fleet"))?;
+        drop(site);
+        let state = self.dir.join(format!("state-{name}"));
+        if state.exists() {
+            std::fs::remove_dir_all(&state)?;
+        }
+        Ok(())
+    }
+
     /// Kill a site's agent with SIGKILL: no clean-up of any kind, as when
     /// its host dies (its TUN device goes with the process).
     pub fn kill_agent(&mut self, name: &str) -> Result<()> {

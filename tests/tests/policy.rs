@@ -424,3 +424,68 @@ fn hubs_admit_probes_and_the_nocs_one_rule_to_all_sites() -> Result<()> {
     );
     Ok(())
 }
+
+/// Identity, not names: a rule from gp-9 into lth-a's LAN goes with gp-9;
+/// another organisation's new site called gp-9, with a real agent, gets
+/// nothing of it.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_recreated_site_name_inherits_no_rule() -> Result<()> {
+    let name = "a_recreated_site_name_inherits_no_rule";
+    if !require_root(name) {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    for org in ["leeds-trust", "gp-chapeltown", "national"] {
+        f.cli(&["orgs", "add", org])?;
+    }
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    let site = |org, lan| SiteOpts {
+        lan,
+        endpoint: false,
+        org: Some(org),
+    };
+    f.add_site("lth-a", "north", false, site("leeds-trust", true))?;
+    f.add_site("gp-9", "north", false, site("gp-chapeltown", false))?;
+    let service = SocketAddr::from((f.lan("lth-a").host, 7000));
+    let _echo = Echo::start(&f.lan("lth-a").ns, service)?;
+    f.cli(&[
+        "policy",
+        "add-rule",
+        "--from",
+        "site:gp-9",
+        "--to",
+        "site:lth-a",
+        "--proto",
+        "udp",
+        "--port",
+        "7000",
+    ])?;
+    until_reach(&f, "gp-9", service, true, Duration::from_secs(10))?;
+
+    f.delete_site("gp-9")?;
+    let rules = f.cli_json(&["policy", "list"])?;
+    assert_eq!(
+        rules["rules"].as_array().map(Vec::len),
+        Some(0),
+        "the rule went with gp-9: {rules}"
+    );
+    f.add_site("gp-9", "north", false, site("national", false))?;
+    // Its tunnel works: a probe to lth-a's overlay address passes.
+    assert!(
+        Fleet::ping(&f.site("gp-9").gw, f.overlay("lth-a"), 3),
+        "the new gp-9 reaches lth-a at all"
+    );
+    // lth-a's filter is as it was made without the rule: nothing gets
+    // through, for as long as we try.
+    assert!(
+        !reaches(&f, "gp-9", service, Duration::from_secs(3)),
+        "the new gp-9 reached lth-a's LAN through the old gp-9's rule"
+    );
+    assert!(until_reach(&f, "gp-9", service, true, Duration::from_secs(2)).is_err());
+    Ok(())
+}
