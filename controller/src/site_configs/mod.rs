@@ -84,9 +84,10 @@ pub(crate) fn apply_to(
     model: &mut Model,
     configs: &mut OrdMap<Name, Arc<SiteRender>>,
     net: &NetworkSettings,
-    touches: Touches,
+    mut touches: Touches,
     target: &BTreeMap<Name, u64>,
 ) -> Vec<Bump> {
+    touches.settle(model);
     let mut bumps = Vec::new();
     for (name, touch) in touches.0 {
         let Some(site) = model.sites.get(&name) else {

@@ -33,9 +33,28 @@ pub(crate) struct Touch {
 
 /// The sites a group of changes touched, and how.
 #[derive(Debug, Default)]
-pub(crate) struct Touches(pub(super) BTreeMap<Name, Touch>);
+pub(crate) struct Touches(
+    pub(super) BTreeMap<Name, Touch>,
+    /// Sites (as before and after a change) whose prefixes moved in or
+    /// out of filters: the filters that hold them are looked up again in
+    /// the group's final model ([`Touches::settle`]). A later change of
+    /// the same group may bring back a rule an earlier one removed (the
+    /// policy then looks unchanged), so the model at the time of the
+    /// site's change is not enough.
+    Vec<Site>,
+);
 
 impl Touches {
+    /// Look up again, in the group's final model, the filters that hold
+    /// the prefixes of the sites the group moved (see the second field).
+    pub(super) fn settle(&mut self, model: &Model) {
+        for s in std::mem::take(&mut self.1) {
+            for t in model.filters_holding(&s) {
+                self.filter(&t);
+            }
+        }
+    }
+
     pub(super) fn full(&mut self, site: &Name) {
         self.0.entry(site.clone()).or_default().full = true;
     }
@@ -126,6 +145,7 @@ impl Touches {
                 for t in model.filters_holding(s) {
                     self.filter(&t);
                 }
+                self.1.push(s.clone());
             }
         }
         let mut regions_done = BTreeSet::new();
