@@ -341,7 +341,7 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
         ports: ports.to_vec(),
     };
     let mut out = Vec::new();
-    if to.same_org(to) {
+    if to.admits_own_org() {
         out.push(FilterRule {
             reason: Reason::SameOrg,
             from: IpNet::aggregate(&sources(&Source::Org(to.org.clone()))),

@@ -441,10 +441,15 @@ impl Party {
         self.org.as_str() == DEFAULT_ORG && !self.hub
     }
 
-    /// Whether traffic from `from` is within the site's own organisation
-    /// (a hub in `default` has none: `default` is no organisation to it).
+    /// Whether the site admits its own organisation's traffic (a hub in
+    /// `default` has none: `default` is no organisation to it).
+    pub fn admits_own_org(&self) -> bool {
+        !(self.hub && self.org.as_str() == DEFAULT_ORG)
+    }
+
+    /// Whether traffic from `from` is within the site's own organisation.
     pub fn same_org(&self, from: &Party) -> bool {
-        from.org == self.org && !(self.hub && self.org.as_str() == DEFAULT_ORG)
+        from.org == self.org && self.admits_own_org()
     }
 }
 

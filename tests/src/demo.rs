@@ -95,20 +95,7 @@ pub fn build(step: &mut dyn FnMut(&str, &Fleet)) -> Result<Fleet> {
     }
     // Hubs admit only probes: the NOC's monitoring reaches every agent's
     // metrics through one rule into all sites.
-    f.cli(&[
-        "policy",
-        "add-rule",
-        "--from",
-        &format!("site:{NOC}"),
-        "--to",
-        "all",
-        "--proto",
-        "tcp",
-        "--port",
-        "9586",
-        "--description",
-        "NOC monitoring",
-    ])?;
+    f.monitoring_rule(&format!("site:{NOC}"))?;
     step("monitoring rule", &f);
     Ok(f)
 }

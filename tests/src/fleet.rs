@@ -714,6 +714,25 @@ allow_plain_http = {}
         Ok(())
     }
 
+    /// The NOC's monitoring rule: TCP 9586 (agents' metrics) from `from`
+    /// (`site:NAME`, `org:NAME`) into all sites.
+    pub fn monitoring_rule(&self, from: &str) -> Result<String> {
+        self.cli(&[
+            "policy",
+            "add-rule",
+            "--from",
+            from,
+            "--to",
+            "all",
+            "--proto",
+            "tcp",
+            "--port",
+            "9586",
+            "--description",
+            "NOC monitoring",
+        ])
+    }
+
     /// Delete a site as its admin would (`sites delete`) and take its
     /// hosts away: its agent stops, its namespaces and state go.
     pub fn delete_site(&mut self, name: &str) -> Result<()> {

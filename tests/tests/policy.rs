@@ -394,20 +394,7 @@ fn hubs_admit_probes_and_the_nocs_one_rule_to_all_sites() -> Result<()> {
     );
     assert!(!fetches(&f, "noc-1", &hub_metrics), "no rule yet");
 
-    f.cli(&[
-        "policy",
-        "add-rule",
-        "--from",
-        "org:noc",
-        "--to",
-        "all",
-        "--proto",
-        "tcp",
-        "--port",
-        "9586",
-        "--description",
-        "NOC monitoring",
-    ])?;
+    f.monitoring_rule("org:noc")?;
     wait_for(
         Duration::from_secs(10),
         "the NOC to read the hub's metrics",

@@ -20,7 +20,7 @@
 //! A tunnel delivers only what the site owns: a packet to an address that
 //! is not the site's own (its overlay addresses and LANs) passes only when
 //! the data plane forwards it on (a hub, to another peer that owns the
-//! destination: the caller says, [`Onward`]). Anything else (the gateway's
+//! destination: the caller says, with an `onward` function). Anything else (the gateway's
 //! underlay, a LAN the site never listed, a spoke asked to relay) is
 //! dropped and counted as transit, whatever the sender's AllowedIPs say.
 //!
@@ -124,23 +124,12 @@ pub struct PolicyCounters {
     pub tracked: u64,
 }
 
-/// Where a packet out of a tunnel that is not to the site's own
-/// addresses may go on to.
-pub(crate) trait Onward {
-    /// Whether the data plane forwards a packet to `dst` on (a hub, to
-    /// another of its peers that owns `dst`).
-    fn forwards(&self, dst: IpAddr) -> bool;
-}
-
-impl<F: Fn(IpAddr) -> bool> Onward for F {
-    fn forwards(&self, dst: IpAddr) -> bool {
-        self(dst)
-    }
-}
-
 #[derive(Default)]
 pub(crate) struct PolicyFilter {
     filter: Option<Arc<SiteFilter>>,
+    /// The filter admits everything to the site (`default`): nothing to
+    /// judge or remember but whether a packet is the site's.
+    open: bool,
     /// Moves with every new filter: admitted verdicts of older ones are
     /// judged again.
     generation: u64,
@@ -164,6 +153,7 @@ impl PolicyFilter {
             self.fragments.clear();
         }
         self.counters.enforcing = filter.is_some();
+        self.open = filter.as_ref().is_some_and(SiteFilter::admits_everything);
         self.filter = filter.map(Arc::new);
     }
 
@@ -177,7 +167,7 @@ impl PolicyFilter {
             return;
         };
         let later_fragment = h.fragment.is_some_and(|f| !f.first);
-        if f.admits_everything() || h.icmp_error || later_fragment || !f.is_local(h.src) {
+        if self.open || h.icmp_error || later_fragment || !f.is_local(h.src) {
             return;
         }
         let key = FlowKey::reply_to(&h);
@@ -195,7 +185,12 @@ impl PolicyFilter {
     }
 
     /// A packet decrypted from a tunnel: whether it may go on to the TUN.
-    pub(crate) fn inbound(&mut self, packet: &[u8], now: Instant, onward: impl Onward) -> bool {
+    pub(crate) fn inbound(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        onward: impl Fn(IpAddr) -> bool,
+    ) -> bool {
         let seen = self.look(packet);
         self.judge(seen, now, onward)
     }
@@ -215,7 +210,12 @@ impl PolicyFilter {
 
     /// Whether a packet out of a tunnel, as [`Self::look`] saw it, may go on
     /// to the TUN.
-    pub(crate) fn judge(&mut self, seen: Option<Seen>, now: Instant, onward: impl Onward) -> bool {
+    pub(crate) fn judge(
+        &mut self,
+        seen: Option<Seen>,
+        now: Instant,
+        onward: impl Fn(IpAddr) -> bool,
+    ) -> bool {
         let Some(seen) = seen else {
             return true;
         };
@@ -254,8 +254,8 @@ impl PolicyFilter {
 
     /// A packet not to the site's own addresses: it passes only when the
     /// data plane forwards it on (its destination's site judges it there).
-    fn onward(&mut self, dst: IpAddr, onward: impl Onward) -> bool {
-        if onward.forwards(dst) {
+    fn onward(&mut self, dst: IpAddr, onward: impl Fn(IpAddr) -> bool) -> bool {
+        if onward(dst) {
             return true;
         }
         self.counters.transit += 1;
@@ -269,7 +269,7 @@ impl PolicyFilter {
         let Some(f) = &self.filter else {
             return true;
         };
-        if f.admits_everything() {
+        if self.open {
             // Unfiltered (the `default` organisation): nothing to remember.
             return true;
         }

@@ -36,17 +36,17 @@ pub(crate) struct Touch {
 pub(crate) struct Touches(
     pub(super) BTreeMap<Name, Touch>,
     /// Sites (as before and after a change) whose prefixes moved in or
-    /// out of filters: the filters that hold them are looked up again in
-    /// the group's final model ([`Touches::settle`]). A later change of
-    /// the same group may bring back a rule an earlier one removed (the
-    /// policy then looks unchanged), so the model at the time of the
-    /// site's change is not enough.
+    /// out of filters: the filters that hold them are looked up in the
+    /// group's final model ([`Touches::settle`]), not the model at the
+    /// time of the change. A later change of the same group may bring
+    /// back a rule an earlier one removed (the policy then looks
+    /// unchanged); a policy that does differ touches its targets anyway.
     Vec<Site>,
 );
 
 impl Touches {
-    /// Look up again, in the group's final model, the filters that hold
-    /// the prefixes of the sites the group moved (see the second field).
+    /// Look up, in the group's final model, the filters that hold the
+    /// prefixes of the sites the group moved (see the second field).
     pub(super) fn settle(&mut self, model: &Model) {
         for s in std::mem::take(&mut self.1) {
             for t in model.filters_holding(&s) {
@@ -141,12 +141,7 @@ impl Touches {
         };
         if before.map(in_filters) != after.map(in_filters) {
             self.filter(&x);
-            for s in before.into_iter().chain(after) {
-                for t in model.filters_holding(s) {
-                    self.filter(&t);
-                }
-                self.1.push(s.clone());
-            }
+            self.1.extend(before.into_iter().chain(after).cloned());
         }
         let mut regions_done = BTreeSet::new();
         for s in before.into_iter().chain(after) {

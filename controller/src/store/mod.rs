@@ -247,12 +247,11 @@ pub fn changes_policy(writes: &[Write]) -> bool {
             w,
             Write::InsertRule(_)
                 | Write::DeleteRule(_)
-                | Write::InsertOrg(_)
-                | Write::DeleteOrg(_)
-                | Write::DelegateLans { .. }
                 | Write::InsertService(_)
                 | Write::DeleteService(_)
-        )
+                | Write::DeleteOrg(_)
+                | Write::DelegateLans { .. }
+        ) || matches!(w, Write::InsertOrg(o) if !o.lan_delegated.is_empty())
     })
 }
 
