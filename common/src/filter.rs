@@ -305,10 +305,9 @@ fn everyone() -> Vec<IpNet> {
 
 /// The filter of the site `to` (with LAN prefixes `lans`), from the
 /// policy; `sources` gives the prefixes of an organisation, a region or a
-/// site (`Source::All` is never asked). A site of the `default`
-/// organisation admits everything to its own addresses (one entry,
-/// [`Reason::Unfiltered`]); like every site, it takes nothing else out of
-/// its tunnels.
+/// site (`Source::All` is never asked). Every site, in `default` as in
+/// any other organisation, takes nothing out of its tunnels that is not
+/// to its own addresses.
 ///
 /// The entries come in the order [`crate::policy::decide`] looks: the
 /// organisation's own sites, ICMP to the overlay addresses, the services
@@ -327,15 +326,6 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
         proto: Proto::Any,
         ports: Vec::new(),
     };
-    if to.unfiltered() {
-        let rules = vec![FilterRule {
-            reason: Reason::Unfiltered,
-            from: everyone(),
-            to: Vec::new(),
-            traffic: vec![any],
-        }];
-        return SiteFilter { local, rules };
-    }
     let traffic = |proto: Proto, ports: &[PortRange]| Traffic {
         proto,
         ports: ports.to_vec(),
@@ -660,14 +650,9 @@ mod tests {
                 let v = f.check(src, dst, proto, port);
                 prop_assert_ne!(v, Verdict::Transit);
                 prop_assert_eq!(matches!(v, Verdict::Allow(_)), spec.allow, "{:?}", v);
-                if f.admits_everything() {
-                    // A `default` site does not tell its own organisation
-                    // from others: it admits everything.
-                    prop_assert_eq!(dst_site.party.org.as_str(), "default");
-                    prop_assert!(matches!(spec.reason, Reason::SameOrg | Reason::Unfiltered));
-                } else {
-                    prop_assert_eq!(f.reason(v), Some(spec.reason));
-                }
+                // `default` included, no site admits everything.
+                prop_assert!(!f.admits_everything());
+                prop_assert_eq!(f.reason(v), Some(spec.reason));
                 // Nothing of another site's is this one's: its data plane
                 // forwards it on (a hub) or drops it.
                 for (i, other) in sites.iter().enumerate() {
@@ -783,34 +768,29 @@ mod tests {
     }
 
     #[test]
-    fn a_site_in_the_default_organisation_admits_everything_to_itself_and_the_rest_is_transit() {
-        let sites: Vec<TestSite> = (0..3).map(|i| site(i, i.min(1), 0, true)).collect();
+    fn a_site_in_the_default_organisation_is_filtered_like_any_other() {
+        // Sites 0 and 1 in `default`, site 2 in another organisation.
+        let sites: Vec<TestSite> = (0..3).map(|i| site(i, i / 2, 0, true)).collect();
         let (rules, services): (&[Rule], &[Service]) = (&[], &[]);
         let at = |t: &TestSite| compile(&t.party, &t.lans, rules, services, sources_of(&sites));
-        let open = at(&sites[0]);
-        assert!(open.admits_everything());
-        let first = IpAddr::from([100, 64, 0, 1]);
-        let v = open.check(IpAddr::from([100, 64, 0, 2]), first, Proto::Tcp, Some(22));
-        assert_eq!(open.reason(v), Some(Reason::Unfiltered));
-        assert_eq!(
-            open.check(first, IpAddr::from([100, 64, 0, 2]), Proto::Tcp, Some(22)),
-            Verdict::Transit
-        );
-        let f = at(&sites[1]);
+        let f = at(&sites[0]);
         assert!(!f.admits_everything());
-        let other = IpAddr::from([100, 64, 0, 3]);
+        let mine = IpAddr::from([100, 64, 0, 1]);
+        let v = f.check(IpAddr::from([100, 64, 0, 2]), mine, Proto::Tcp, Some(22));
+        assert_eq!(f.reason(v), Some(Reason::SameOrg));
+        let lan = IpAddr::from([100, 100, 0, 7]);
+        let v = f.check(IpAddr::from([100, 100, 1, 9]), lan, Proto::Udp, Some(161));
+        assert_eq!(f.reason(v), Some(Reason::SameOrg));
+        let foreign = IpAddr::from([100, 64, 0, 3]);
+        assert_eq!(f.check(foreign, mine, Proto::Tcp, Some(22)), Verdict::Deny);
+        assert_eq!(f.check(foreign, lan, Proto::Tcp, Some(3389)), Verdict::Deny);
         assert_eq!(
-            f.check(IpAddr::from([100, 64, 0, 1]), other, Proto::Tcp, Some(443)),
+            f.check(IpAddr::from([100, 64, 0, 2]), foreign, Proto::Tcp, Some(22)),
             Verdict::Transit
         );
-        let mine = IpAddr::from([100, 64, 0, 2]);
+        // Probes from anyone pass.
         assert_eq!(
-            f.check(IpAddr::from([100, 64, 0, 1]), mine, Proto::Tcp, Some(443)),
-            Verdict::Deny
-        );
-        // Probes always pass.
-        assert_eq!(
-            f.reason(f.check(IpAddr::from([100, 64, 0, 1]), mine, Proto::Icmp, None)),
+            f.reason(f.check(foreign, mine, Proto::Icmp, None)),
             Some(Reason::Probe)
         );
     }

@@ -8,10 +8,10 @@
 //! region or a site, to an organisation, a site or a service, for a
 //! protocol and ports. Replies to an allowed flow are allowed (the data
 //! plane tracks flows); ICMP to a site's own overlay address is always
-//! allowed (health probes, reachability checks). Sites of the `default`
+//! allowed (health probes, reachability checks). The `default`
 //! organisation (every site from before organisations, and sites created
-//! without one) are not filtered: they accept traffic as before, until
-//! they are put into an organisation of their own.
+//! without one) is filtered like any other: its sites reach each other,
+//! and nothing else reaches them unless a service or rule says so.
 //!
 //! [`decide`] is the specification; the data plane enforces the same
 //! answers with [`crate::filter`], which a property test holds to it.
@@ -435,12 +435,6 @@ pub struct Party {
 }
 
 impl Party {
-    /// Whether the site admits everything (a site of `default` that is not
-    /// a hub).
-    pub fn unfiltered(&self) -> bool {
-        self.org.as_str() == DEFAULT_ORG && !self.hub
-    }
-
     /// Whether the site admits its own organisation's traffic (a hub in
     /// `default` has none: `default` is no organisation to it).
     pub fn admits_own_org(&self) -> bool {
@@ -470,8 +464,9 @@ pub struct Flow {
 pub enum Reason {
     /// Both ends belong to one organisation.
     SameOrg,
-    /// The destination belongs to the `default` organisation, which is
-    /// not filtered.
+    /// The destination admits everything. No longer decided by anything
+    /// (`default` is filtered like any other organisation); kept so that a
+    /// filter from an older controller still reads.
     Unfiltered,
     /// ICMP to the destination's own overlay address (health probes).
     Probe,
@@ -487,9 +482,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::SameOrg => f.write_str("same organisation"),
-            Reason::Unfiltered => {
-                f.write_str("the destination's organisation is default, which is not filtered")
-            }
+            Reason::Unfiltered => f.write_str("the destination admits everything"),
             Reason::Probe => f.write_str("ICMP to a site's overlay address is always allowed"),
             Reason::Service(n) => write!(f, "service {n}"),
             Reason::Rule(id) => write!(f, "rule {id}"),
@@ -521,7 +514,7 @@ pub struct Decision {
 }
 
 /// Decides a flow. What allows it, in this order: one organisation at
-/// both ends; a destination in the unfiltered `default` organisation; ICMP
+/// both ends; ICMP
 /// to the destination's overlay address; a service at the destination
 /// shared with the source's organisation; the rule with the lowest id that
 /// matches. Otherwise denied (`Reason::Default`).
@@ -532,9 +525,6 @@ pub fn decide(rules: &[Rule], services: &[Service], flow: &Flow) -> Decision {
     };
     if flow.to.same_org(&flow.from) {
         return allow(Reason::SameOrg);
-    }
-    if flow.to.unfiltered() {
-        return allow(Reason::Unfiltered);
     }
     if flow.proto == Proto::Icmp && flow.dst.is_some_and(|d| flow.to.overlay.contains(&d)) {
         return allow(Reason::Probe);
@@ -647,8 +637,7 @@ pub struct CheckAnswer {
     /// What decided, for people ("rule 7", "same organisation", …).
     pub because: String,
     /// Whether the destination's data plane enforces the answer: false for
-    /// a site of `default` (not filtered) and for an agentless site (no
-    /// agent to filter).
+    /// an agentless site (no agent to filter).
     #[serde(default = "enforced_by_default")]
     pub enforced: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -898,7 +887,7 @@ mod tests {
                 let d = decide(&rules, &services, &flow);
                 match &d.reason {
                     Reason::SameOrg => prop_assert_eq!(&flow.from.org, &flow.to.org),
-                    Reason::Unfiltered => prop_assert_eq!(flow.to.org.as_str(), "default"),
+                    Reason::Unfiltered => prop_assert!(false, "nothing decides unfiltered"),
                     Reason::Probe => {
                         prop_assert_eq!(flow.proto, Proto::Icmp);
                         prop_assert!(flow.dst.is_some_and(|d| flow.to.overlay.contains(&d)));

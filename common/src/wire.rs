@@ -307,10 +307,11 @@ pub struct CreateOrg {
     /// Who the organisation is, for people (e.g. "Leeds Teaching Hospitals NHS Trust").
     #[serde(default)]
     pub description: String,
-    /// LAN address space delegated to it: its own admins may give its
-    /// sites LAN prefixes only inside these.
+    /// Address space delegated to it: overlay blocks (inside a region's
+    /// block), where its sites get their overlay addresses, and LAN space,
+    /// where its own admins may give its sites LAN prefixes.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub lan_delegated: BTreeSet<IpNet>,
+    pub delegated: BTreeSet<IpNet>,
 }
 
 /// `PATCH /v1/orgs/{name}` (a network-wide admin token only): what is
@@ -320,10 +321,10 @@ pub struct CreateOrg {
 pub struct UpdateOrg {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The whole delegated LAN space (an empty list takes it all back;
-    /// sites keep the prefixes they have).
+    /// The whole delegated address space (an empty list takes it all
+    /// back; sites keep the addresses and prefixes they have).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lan_delegated: Option<BTreeSet<IpNet>>,
+    pub delegated: Option<BTreeSet<IpNet>>,
 }
 
 /// An organisation as the admin API shows it.
@@ -336,9 +337,9 @@ pub struct OrgView {
     pub sites: u64,
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: UnixTime,
-    /// LAN address space delegated to it (see [`CreateOrg`]).
+    /// Address space delegated to it (see [`CreateOrg`]).
     #[serde(default)]
-    pub lan_delegated: BTreeSet<IpNet>,
+    pub delegated: BTreeSet<IpNet>,
 }
 
 /// `POST /v1/sites`. Without `public_key` the site is pending and the

@@ -93,9 +93,20 @@ pub fn allocate_region_blocks<'a>(
     Ok((v4, v6))
 }
 
-/// The lowest free host address of the region's IPv4 block (never its
-/// network or broadcast address) and, when the region has an IPv6 block, the
-/// lowest free address of that (never the subnet-router anycast `::0`).
+/// Where in a region the sites of one organisation take their addresses:
+/// the overlay blocks delegated to it (`own`) first; when they are full or
+/// there are none, the region's pool, which is what no block delegated to
+/// any organisation covers (`foreign`: the others').
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Blocks {
+    pub own: Vec<IpNet>,
+    pub foreign: Vec<IpNet>,
+}
+
+/// The lowest free host address for a site of an organisation with
+/// `blocks` in the region's IPv4 block (never its network or broadcast
+/// address) and, when the region has an IPv6 block, the same of that (never
+/// the subnet-router anycast `::0`).
 ///
 /// `used_*` are the addresses held by the region's sites in any state
 /// (revoked sites keep theirs until deleted; see [`used_addresses`]).
@@ -103,8 +114,16 @@ pub fn allocate_site_addresses(
     region: &Region,
     used_v4: &OrdSet<Ipv4Addr>,
     used_v6: &OrdSet<Ipv6Addr>,
+    blocks: &Blocks,
 ) -> Result<(Ipv4Addr, Option<Ipv6Addr>), IpamError> {
-    allocate_site_addresses_skipping(region, used_v4, used_v6, &BTreeSet::new(), &BTreeSet::new())
+    allocate_site_addresses_skipping(
+        region,
+        used_v4,
+        used_v6,
+        &BTreeSet::new(),
+        &BTreeSet::new(),
+        blocks,
+    )
 }
 
 /// [`allocate_site_addresses`] for a retry: `skip_*` are addresses the
@@ -116,23 +135,46 @@ pub fn allocate_site_addresses_skipping(
     used_v6: &OrdSet<Ipv6Addr>,
     skip_v4: &BTreeSet<Ipv4Addr>,
     skip_v6: &BTreeSet<Ipv6Addr>,
+    blocks: &Blocks,
 ) -> Result<(Ipv4Addr, Option<Ipv6Addr>), IpamError> {
     let exhausted = |block: IpNet| IpamError::RegionExhausted {
         region: region.name.clone(),
         block,
+    };
+    let ranges = |v4: bool, of: &[IpNet]| -> Vec<(u128, u128)> {
+        of.iter()
+            .filter_map(|p| match p {
+                IpNet::V4(b) if v4 => Some((
+                    u32::from(b.network()).into(),
+                    u32::from(b.broadcast()).into(),
+                )),
+                IpNet::V6(b) if !v4 => Some((b.network().into(), b.broadcast().into())),
+                _ => None,
+            })
+            .collect()
     };
 
     let block = region.ipv4_block;
     let v4 = if block.prefix_len() >= 31 {
         None
     } else {
-        let lo = Ipv4Addr::from(u32::from(block.network()) + 1);
-        let hi = Ipv4Addr::from(u32::from(block.broadcast()) - 1);
-        lowest_free(
-            u32::from(lo).into(),
-            u32::from(hi).into(),
-            used_v4.range(lo..=hi).map(|a| u32::from(*a).into()),
-            skip_v4.range(lo..=hi).map(|a| u32::from(*a).into()),
+        let lo = u32::from(block.network()) + 1;
+        let hi = u32::from(block.broadcast()) - 1;
+        let free_in = |a: u128, b: u128| {
+            let (a, b) = (Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32));
+            lowest_free(
+                u32::from(a).into(),
+                u32::from(b).into(),
+                used_v4.range(a..=b).map(|x| u32::from(*x).into()),
+                skip_v4.range(a..=b).map(|x| u32::from(*x).into()),
+            )
+        };
+        place(
+            lo.into(),
+            hi.into(),
+            &ranges(true, &blocks.own),
+            &ranges(true, &blocks.foreign),
+            free_in,
         )
     };
     let v4 = Ipv4Addr::from(v4.ok_or_else(|| exhausted(IpNet::V4(block)))? as u32);
@@ -143,13 +185,21 @@ pub fn allocate_site_addresses_skipping(
             let free = if block.prefix_len() >= 128 {
                 None
             } else {
-                let lo = Ipv6Addr::from(u128::from(block.network()) + 1);
-                let hi = block.broadcast();
-                lowest_free(
-                    lo.into(),
-                    hi.into(),
-                    used_v6.range(lo..=hi).map(|a| u128::from(*a)),
-                    skip_v6.range(lo..=hi).map(|a| u128::from(*a)),
+                let free_in = |a: u128, b: u128| {
+                    let (a, b) = (Ipv6Addr::from(a), Ipv6Addr::from(b));
+                    lowest_free(
+                        a.into(),
+                        b.into(),
+                        used_v6.range(a..=b).map(|x| u128::from(*x)),
+                        skip_v6.range(a..=b).map(|x| u128::from(*x)),
+                    )
+                };
+                place(
+                    u128::from(block.network()) + 1,
+                    block.broadcast().into(),
+                    &ranges(false, &blocks.own),
+                    &ranges(false, &blocks.foreign),
+                    free_in,
                 )
             };
             Some(Ipv6Addr::from(
@@ -158,6 +208,69 @@ pub fn allocate_site_addresses_skipping(
         }
     };
     Ok((v4, v6))
+}
+
+/// The address for a site in `[lo, hi]`: the lowest free one (`free_in`
+/// answers for a sub-range) inside the `own` ranges, else the lowest free
+/// one outside both `own` and `foreign`.
+fn place(
+    lo: u128,
+    hi: u128,
+    own: &[(u128, u128)],
+    foreign: &[(u128, u128)],
+    free_in: impl Fn(u128, u128) -> Option<u128>,
+) -> Option<u128> {
+    let mut own = own.to_vec();
+    own.sort_unstable();
+    for &(a, b) in &own {
+        let (a, b) = (a.max(lo), b.min(hi));
+        if a <= b {
+            if let Some(x) = free_in(a, b) {
+                return Some(x);
+            }
+        }
+    }
+    let mut holes: Vec<(u128, u128)> = own.iter().chain(foreign).copied().collect();
+    holes.sort_unstable();
+    let mut cand = lo;
+    for (a, b) in holes {
+        if b < cand {
+            continue;
+        }
+        if a > hi {
+            break;
+        }
+        if a > cand {
+            if let Some(x) = free_in(cand, a - 1) {
+                return Some(x);
+            }
+        }
+        cand = b.checked_add(1)?;
+    }
+    (cand <= hi).then(|| free_in(cand, hi)).flatten()
+}
+
+/// The overlay blocks delegated to organisations inside region `region`'s
+/// blocks, as [`Blocks`] for a site of `org`.
+pub fn blocks(model: &Model, org: &Name, region: &Region) -> Blocks {
+    let mut out = Blocks::default();
+    let inside = |p: &IpNet| match p {
+        IpNet::V4(_) => wardnet_common::net::overlaps(p, &IpNet::V4(region.ipv4_block)),
+        IpNet::V6(_) => region
+            .ipv6_block
+            .is_some_and(|r| wardnet_common::net::overlaps(p, &IpNet::V6(r))),
+    };
+    for (o, space) in &model.policy.delegated {
+        let mine = o == org;
+        for p in space.iter().filter(|p| inside(p)) {
+            if mine {
+                out.own.push(*p);
+            } else {
+                out.foreign.push(*p);
+            }
+        }
+    }
+    out
 }
 
 /// Addresses held by the region's sites, in any state: a revoked site's
@@ -365,14 +478,16 @@ mod tests {
         let none4 = OrdSet::new();
         let none6 = OrdSet::new();
         let skip6 = BTreeSet::new();
-        let (v4, v6) = allocate_site_addresses(&r, &none4, &none6).expect("free");
+        let (v4, v6) =
+            allocate_site_addresses(&r, &none4, &none6, &Blocks::default()).expect("free");
         assert_eq!(v4, a4("100.64.0.1"));
         assert_eq!(v6, Some("fd7a:6e65::1".parse().expect("v6")));
 
         let used: OrdSet<_> = [a4("100.64.0.1"), a4("100.64.0.3")].into_iter().collect();
         let skip: BTreeSet<_> = [a4("100.64.0.2")].into();
         let (v4, _) =
-            allocate_site_addresses_skipping(&r, &used, &none6, &skip, &skip6).expect("free");
+            allocate_site_addresses_skipping(&r, &used, &none6, &skip, &skip6, &Blocks::default())
+                .expect("free");
         assert_eq!(v4, a4("100.64.0.4"));
     }
 
@@ -380,14 +495,15 @@ mod tests {
     fn exhausted_region_says_what_to_do() {
         let r = region("north", "100.64.0.0/30", None);
         let used: OrdSet<_> = [a4("100.64.0.1"), a4("100.64.0.2")].into_iter().collect();
-        let e = allocate_site_addresses(&r, &used, &OrdSet::new()).expect_err("full");
+        let e = allocate_site_addresses(&r, &used, &OrdSet::new(), &Blocks::default())
+            .expect_err("full");
         assert_eq!(
             e.to_string(),
             "region north's block 100.64.0.0/30 has no free address; delete revoked sites or create another region"
         );
         // /31 and /32 blocks have no address that is neither network nor broadcast.
         let r = region("tiny", "100.64.0.0/31", None);
-        let e = allocate_site_addresses(&r, &OrdSet::new(), &OrdSet::new());
+        let e = allocate_site_addresses(&r, &OrdSet::new(), &OrdSet::new(), &Blocks::default());
         assert!(matches!(e, Err(IpamError::RegionExhausted { .. })));
     }
 
@@ -401,7 +517,8 @@ mod tests {
         let used6: OrdSet<Ipv6Addr> = (1..=4000u128)
             .map(|i| Ipv6Addr::from(u128::from("fd7a:6e65::".parse::<Ipv6Addr>().expect("v6")) + i))
             .collect();
-        let (v4, v6) = allocate_site_addresses(&r, &used4, &used6).expect("free");
+        let (v4, v6) =
+            allocate_site_addresses(&r, &used4, &used6, &Blocks::default()).expect("free");
         assert_eq!(v4, Ipv4Addr::from(base + 4000));
         assert_eq!(v6, Some("fd7a:6e65::fa1".parse().expect("v6")));
     }

@@ -116,16 +116,12 @@ async fn every_command_prints_json_with_output_json() {
         "orgs delegate",
         &["orgs", "delegate", "trust-a", "10.1.0.0/16", "10.3.0.0/16"],
     );
-    assert_eq!(
-        v["lan_delegated"],
-        json!(["10.1.0.0/16", "10.3.0.0/16"]),
-        "{v}"
-    );
+    assert_eq!(v["delegated"], json!(["10.1.0.0/16", "10.3.0.0/16"]), "{v}");
     let v = check(
         "orgs undelegate",
         &["orgs", "undelegate", "trust-a", "10.3.0.0/16"],
     );
-    assert_eq!(v["lan_delegated"], json!(["10.1.0.0/16"]), "{v}");
+    assert_eq!(v["delegated"], json!(["10.1.0.0/16"]), "{v}");
     assert_eq!(
         check("orgs delete", &["orgs", "delete", "gone-soon"])["kind"],
         "organisation"

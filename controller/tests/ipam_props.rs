@@ -3,12 +3,13 @@
 //! exhaustion error exactly when the block is full.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use wardnet_controller::ipam::{
-    allocate_region_blocks, allocate_site_addresses_skipping, IpamError,
+    allocate_region_blocks, allocate_site_addresses, allocate_site_addresses_skipping, Blocks,
+    IpamError,
 };
 use wardnet_controller::model::{NetworkSettings, Region};
 
@@ -58,7 +59,7 @@ proptest! {
 
         loop {
             let taken = used4.iter().chain(skip4.iter().filter(|a| !used4.contains(*a))).count() as u32;
-            match allocate_site_addresses_skipping(&r, &used4, &used6, &skip4, &BTreeSet::new()) {
+            match allocate_site_addresses_skipping(&r, &used4, &used6, &skip4, &BTreeSet::new(), &Default::default()) {
                 Ok((a, b)) => {
                     prop_assert!(taken < hosts, "allocated {a} from a full block {block}");
                     prop_assert!(block.contains(&a), "{a} outside {block}");
@@ -145,5 +146,50 @@ proptest! {
             }
         }
         prop_assert!(false, "more than {} blocks of /{} in a /10", capacity, len);
+    }
+
+    /// Organisations' overlay blocks: a site takes the lowest free address
+    /// of its organisation's blocks (in block order) while they have one,
+    /// else the lowest free address outside every block; never an address
+    /// in another organisation's block; exhausted only when neither has a
+    /// free address.
+    #[test]
+    fn a_site_takes_its_organisations_block_then_the_pool_never_anothers(
+        cuts in proptest::collection::vec((27u8..=30, 0u32..64, any::<bool>()), 0..5),
+        used in proptest::collection::vec(0u32..64, 0..40),
+    ) {
+        let block: Ipv4Net = "100.64.0.0/26".parse().expect("block");
+        let r = region(block, None);
+        let base = u32::from(block.network());
+        let mut blocks = Blocks::default();
+        let mut taken: Vec<Ipv4Net> = Vec::new();
+        for (len, n, own) in cuts {
+            let b = Ipv4Net::new(Ipv4Addr::from(base + n), len).expect("len").trunc();
+            if taken.iter().any(|t| t.contains(&b.network()) || b.contains(&t.network())) {
+                continue;
+            }
+            taken.push(b);
+            if own { blocks.own.push(IpNet::V4(b)) } else { blocks.foreign.push(IpNet::V4(b)) }
+        }
+        let used4: imbl::OrdSet<Ipv4Addr> = used.iter().map(|&i| Ipv4Addr::from(base + i)).collect();
+        let in_any = |a: Ipv4Addr, of: &[IpNet]| of.iter().any(|b| b.contains(&IpAddr::V4(a)));
+        let hosts: Vec<Ipv4Addr> = (base + 1..u32::from(block.broadcast())).map(Ipv4Addr::from).collect();
+        let free = |a: &Ipv4Addr| !used4.contains(a);
+        let mut own_sorted = blocks.own.clone();
+        own_sorted.sort();
+        let want = own_sorted
+            .iter()
+            .find_map(|b| hosts.iter().filter(|a| b.contains(&IpAddr::V4(**a))).find(|a| free(a)))
+            .or_else(|| hosts.iter().filter(|a| !in_any(**a, &blocks.own) && !in_any(**a, &blocks.foreign)).find(|a| free(a)))
+            .copied();
+        match allocate_site_addresses(&r, &used4, &imbl::OrdSet::new(), &blocks) {
+            Ok((a, _)) => {
+                prop_assert_eq!(Some(a), want);
+                prop_assert!(!in_any(a, &blocks.foreign), "{a} is another organisation's");
+            }
+            Err(e) => {
+                prop_assert_eq!(want, None, "exhausted early: {}", e);
+            }
+        }
     }
 }

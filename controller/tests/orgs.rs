@@ -523,7 +523,7 @@ async fn lan_space_is_claimed_only_inside_what_the_noc_delegated() {
             a,
             Method::PATCH,
             "/v1/orgs/trust-a",
-            Some(json!({"lan_delegated": ["10.0.0.0/8"]})),
+            Some(json!({"delegated": ["10.0.0.0/8"]})),
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
@@ -541,7 +541,7 @@ async fn lan_space_is_claimed_only_inside_what_the_noc_delegated() {
                 Method::PATCH,
                 &format!("/v1/orgs/{org}"),
                 Some(&t.admin.clone()),
-                Some(json!({"lan_delegated": [prefix]})),
+                Some(json!({"delegated": [prefix]})),
             )
             .await;
         assert!(s.is_client_error(), "{org} {prefix}: {v}");
@@ -567,7 +567,7 @@ async fn lan_space_is_claimed_only_inside_what_the_noc_delegated() {
     // Space taken back: what a-main holds stays, nothing new is claimed.
     t.delegate("trust-a", &["10.1.0.0/24"]).await;
     let (_, org) = t.as_token(a, Method::GET, "/v1/orgs/trust-a", None).await;
-    assert_eq!(org["lan_delegated"], json!(["10.1.0.0/24"]), "{org}");
+    assert_eq!(org["delegated"], json!(["10.1.0.0/24"]), "{org}");
     let (s, v) = patch(a, json!({"lan_prefixes": ["10.1.0.0/24", "10.1.5.0/24"]})).await;
     assert_eq!(s, StatusCode::OK, "what it holds stays: {v}");
     let (s, v) = patch(a, json!({"lan_prefixes": ["10.1.0.0/24", "10.1.6.0/24"]})).await;
@@ -580,8 +580,184 @@ async fn lan_space_is_claimed_only_inside_what_the_noc_delegated() {
             .iter()
             .any(|e| e["action"] == "org.update"
                 && e["detail"].as_str().is_some_and(|d| d.contains(
-                    "after: description \"trust-a for tests\", lan delegated [10.1.0.0/24]"
+                    "after: description \"trust-a for tests\", delegated [10.1.0.0/24]"
                 ))),
         "{audit}"
     );
+}
+
+/// Overlay blocks: the NOC delegates an organisation a block inside a
+/// region's (never over another organisation's delegation or sites, never
+/// outside a region), its new sites get their addresses there (and the
+/// region's pool once it is full; another organisation's never), its
+/// sites' filters hold the block as one prefix, and a site added inside it
+/// changes no other site's filter. A region holding a block is not deleted
+/// under it.
+#[tokio::test]
+async fn organisations_get_overlay_blocks_and_their_filters_stay_small() {
+    let World { t, a, b } = world().await;
+    let (a, b) = (a.1.as_str(), b.1.as_str());
+    let patch = |org: &str, space: Value| {
+        let (t, path) = (&t, format!("/v1/orgs/{org}"));
+        async move {
+            t.call(
+                Method::PATCH,
+                &path,
+                Some(&t.admin.clone()),
+                Some(json!({"delegated": space})),
+            )
+            .await
+        }
+    };
+    let (_, main) = t.admin_get("/v1/sites/a-main").await;
+    let main_v4 = main["addresses"][0].as_str().expect("address").to_owned();
+    let block = "100.64.4.0/30";
+    t.delegate("trust-a", &["10.1.0.0/16", block, "fd7a:6e65::4:0/126"])
+        .await;
+
+    // Refused, storing nothing: over trust-a's block, over a site of
+    // another organisation, outside every region, host bits.
+    refused(
+        patch("practice-b", json!(["10.2.0.0/16", "100.64.4.0/29"])).await,
+        StatusCode::CONFLICT,
+        "delegated to organisation trust-a",
+    );
+    let (_, bs) = t.admin_get("/v1/sites/b-surgery").await;
+    let b_v4 = bs["addresses"][0]
+        .as_str()
+        .expect("address")
+        .replace("/32", "/31");
+    let b_v4: ipnet::Ipv4Net = b_v4.parse().expect("prefix");
+    refused(
+        patch(
+            "trust-a",
+            json!(["10.1.0.0/16", block, b_v4.trunc().to_string()]),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "site b-surgery",
+    );
+    refused(
+        patch("trust-a", json!(["100.64.200.0/24"])).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "not inside one region's block",
+    );
+    let (_, org) = t.admin_get("/v1/orgs/trust-a").await;
+    assert_eq!(
+        org["delegated"],
+        json!(["10.1.0.0/16", block, "fd7a:6e65::4:0/126"]),
+        "nothing stored: {org}"
+    );
+
+    // trust-a's new sites fill its block, then the pool; practice-b's
+    // never enter it.
+    let inside = |v: &Value| {
+        let a: std::net::Ipv4Addr = v["site"]["addresses"][0]
+            .as_str()
+            .expect("address")
+            .trim_end_matches("/32")
+            .parse()
+            .expect("address");
+        let b: ipnet::Ipv4Net = block.parse().expect("block");
+        b.contains(&a)
+    };
+    let mut credentials = Vec::new();
+    for i in 0..5 {
+        let v = t
+            .site_as(
+                a,
+                json!({"name": format!("a-{i}"), "region": "north", "role": "spoke"}),
+            )
+            .await;
+        assert_eq!(inside(&v), i < 4, "a-{i}: {v}");
+        if i < 4 {
+            let v6 = v["site"]["addresses"][1].as_str().expect("v6");
+            assert!(v6.starts_with("fd7a:6e65::4:"), "the IPv6 block too: {v6}");
+        }
+        let token = v["token"].as_str().expect("token");
+        credentials.push(t.enrolled(token, None).await);
+        let v = t
+            .site_as(
+                b,
+                json!({"name": format!("b-{i}"), "region": "north", "role": "spoke"}),
+            )
+            .await;
+        assert!(!inside(&v), "b-{i}: {v}");
+    }
+
+    // The organisation's sources: its block, its LAN space, and what lies
+    // outside them (a-main, from before the block; a-4, the pool).
+    let (s, config) = t.agent_config(&credentials[0], 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{config}");
+    let own: Vec<&str> = config["filter"]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["reason"]["by"] == "same_org")
+        .and_then(|r| r["from"].as_array())
+        .expect("same organisation")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        own.contains(&"10.1.0.0/16") && own.contains(&block),
+        "{own:?}"
+    );
+    assert!(own.contains(&main_v4.as_str()), "{own:?}");
+    assert_eq!(
+        own.len(),
+        7,
+        "block, LAN space, fd7a block, a-main and a-4 (v4, v6): {own:?}"
+    );
+
+    // Taking a site out of the block and putting one in changes no other
+    // site's filter.
+    let (_, before) = t.admin_get("/v1/sites/a-0").await;
+    let (s, _) = t.as_token(a, Method::DELETE, "/v1/sites/a-1", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let v = t
+        .site_as(
+            a,
+            json!({"name": "a-5", "region": "north", "role": "spoke"}),
+        )
+        .await;
+    assert!(inside(&v), "a-5 takes a-1's place in the block: {v}");
+    let (_, after) = t.admin_get("/v1/sites/a-0").await;
+    assert_eq!(
+        before["revision"], after["revision"],
+        "a-0's config is untouched"
+    );
+
+    // A region whose block holds a delegation stays.
+    t.region("south", false).await;
+    let (_, south) = t.admin_get("/v1/regions/south").await;
+    let south_block: ipnet::Ipv4Net = south["ipv4_block"]
+        .as_str()
+        .expect("block")
+        .parse()
+        .expect("block");
+    let b_block = ipnet::Ipv4Net::new(south_block.network(), 28).expect("block");
+    t.delegate("practice-b", &["10.2.0.0/16", &b_block.to_string()])
+        .await;
+    refused(
+        t.call(
+            Method::DELETE,
+            "/v1/regions/south",
+            Some(&t.admin.clone()),
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "orgs undelegate practice-b",
+    );
+    t.delegate("practice-b", &["10.2.0.0/16"]).await;
+    let (s, v) = t
+        .call(
+            Method::DELETE,
+            "/v1/regions/south",
+            Some(&t.admin.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
 }

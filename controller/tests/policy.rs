@@ -430,6 +430,7 @@ async fn policy_changes_reach_the_filters_of_the_sites_they_admit_into_as_deltas
         ("lth-2", "leeds-trust", "10.1.2.0/24"),
         ("gp-1", "gp-chapeltown", "10.1.3.0/24"),
         ("old-1", "default", "10.1.4.0/24"),
+        ("old-2", "default", "10.1.5.0/24"),
     ] {
         let (s, created) = t
             .admin_post(
@@ -458,15 +459,24 @@ async fn policy_changes_reach_the_filters_of_the_sites_they_admit_into_as_deltas
     assert!(covered(&own, "10.1.2.0/24"), "{filter}");
     assert!(!covered(&own, &addresses["gp-1"]), "{filter}");
     assert!(!covered(&own, "10.1.3.0/24"), "{filter}");
-    // A `default` site admits everything to its own addresses, and only
-    // to them.
+    // A `default` site is filtered like any other: it admits its own
+    // organisation's sites, and nothing of another.
     let old = full("old-1").await;
+    let own = rule_sources(&old["filter"], "same_org", None);
+    assert!(covered(&own, &addresses["old-1"]), "{old}");
+    assert!(covered(&own, &addresses["old-2"]), "{old}");
+    assert!(covered(&own, "10.1.5.0/24"), "{old}");
+    for other in ["lth-1", "lth-2", "gp-1"] {
+        assert!(
+            !covered(&own, &addresses[other]),
+            "{other} is not in default: {old}"
+        );
+    }
     assert_eq!(
-        rule_sources(&old["filter"], "unfiltered", None),
-        ["0.0.0.0/0", "::/0"],
-        "{old}"
+        old["filter"]["rules"].as_array().map(Vec::len),
+        Some(2),
+        "same organisation, probes: {old}"
     );
-    assert_eq!(old["filter"]["rules"].as_array().map(Vec::len), Some(1));
     let local: Vec<String> = old["filter"]["local"]
         .as_array()
         .expect("local")
@@ -529,15 +539,16 @@ async fn policy_changes_reach_the_filters_of_the_sites_they_admit_into_as_deltas
     assert!(covered(&shared, &addresses["gp-1"]) && covered(&shared, "10.1.3.0/24"));
     assert!(!covered(&shared, &addresses["old-1"]), "{step}");
 
-    // `policy check` says whether the destination enforces its answer.
+    // `policy check` says whether the destination enforces its answer;
+    // `default` does, like any organisation.
     let (s, v) = check(&t, &t.admin, "from=gp-1&to=old-1&proto=tcp&port=22").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(
         (v["allow"].clone(), v["enforced"].clone()),
-        (json!(true), json!(false)),
+        (json!(false), json!(true)),
         "{v}"
     );
-    assert_eq!(v["decided_by"]["by"], "unfiltered");
+    assert_eq!(v["decided_by"]["by"], "default");
     let (_, v) = check(&t, &t.admin, "from=gp-1&to=lth-1&proto=tcp&port=22").await;
     assert_eq!(
         (v["allow"].clone(), v["enforced"].clone()),
@@ -781,7 +792,7 @@ async fn hubs_admit_only_probes_and_one_rule_to_all_admits_the_noc_everywhere() 
         .await;
         assert!(decided(&v).0, "spine-1 -> {to}: {v}");
         let (_, v) = check(&t, &noc, &format!("from=spine-1&to={to}&proto=tcp&port=22")).await;
-        assert_eq!(decided(&v).0, to == "old-1", "spine-1 -> {to} tcp/22: {v}");
+        assert!(!decided(&v).0, "spine-1 -> {to} tcp/22: {v}");
     }
     let (_, seen) = t.as_token(&trust, Method::GET, "/v1/policy", None).await;
     assert!(

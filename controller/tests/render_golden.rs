@@ -207,11 +207,24 @@ fn rendered(m: &Model, site: &str) -> SiteConfig {
 
 /// The filter of a site in the `default` organisation: everything to its
 /// own prefixes (`local`), nothing else.
-fn unfiltered(local: &[&str]) -> serde_json::Value {
+/// The filter of a spoke in the `default` organisation, filtered like any
+/// other: it admits its organisation's sites (every site of this model,
+/// hubs included, in any state), and probes from anyone.
+fn default_filter(overlay: &[&str], lans: &[&str]) -> serde_json::Value {
+    let local: Vec<&str> = overlay.iter().chain(lans).copied().collect();
     json!({
         "local": local,
-        "rules": [{"reason": {"by": "unfiltered"}, "from": ["0.0.0.0/0", "::/0"],
-                   "traffic": [{"proto": "any"}]}]
+        "rules": [
+            {"reason": {"by": "same_org"},
+             "from": ["10.1.0.0/23", "10.1.9.0/24", "10.2.1.0/24", "10.2.2.0/24", "10.2.9.0/24",
+                      "100.64.0.1/32", "100.64.0.2/31", "100.64.0.4/32",
+                      "100.64.16.1/32", "100.64.16.2/31", "100.64.16.4/32",
+                      "fd7a:6e65::1/128", "fd7a:6e65::2/127", "fd7a:6e65::4/128",
+                      "fd7a:6e65:0:1::1/128", "fd7a:6e65:0:1::2/127", "fd7a:6e65:0:1::4/128"],
+             "traffic": [{"proto": "any"}]},
+            {"reason": {"by": "probe"}, "from": ["0.0.0.0/0", "::/0"], "to": overlay,
+             "traffic": [{"proto": "icmp"}]}
+        ]
     })
 }
 
@@ -294,7 +307,7 @@ fn spoke_gp_a_golden() {
         // 10.0.0.0/8 contains gp-a's own LAN 10.1.1.0/24 and stays: the LAN's
         // connected route is more specific.
         "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"],
-        "filter": unfiltered(&["100.64.0.2/32", "fd7a:6e65::2/128", "10.1.1.0/24"])
+        "filter": default_filter(&["100.64.0.2/32", "fd7a:6e65::2/128"], &["10.1.1.0/24"])
     }));
     assert_eq!(rendered(&model(), "gp-a"), want);
 }
@@ -316,7 +329,7 @@ fn mesh_spoke_gp_c_golden() {
              "persistent_keepalive": 25}
         ],
         "routes": ["10.0.0.0/8", "100.64.0.0/10", "fd7a:6e65::/48"],
-        "filter": unfiltered(&["100.64.16.2/32", "fd7a:6e65:0:1::2/128", "10.2.1.0/24"])
+        "filter": default_filter(&["100.64.16.2/32", "fd7a:6e65:0:1::2/128"], &["10.2.1.0/24"])
     }));
     assert_eq!(rendered(&model(), "gp-c"), want);
 }

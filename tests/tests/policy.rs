@@ -412,6 +412,119 @@ fn hubs_admit_probes_and_the_nocs_one_rule_to_all_sites() -> Result<()> {
     Ok(())
 }
 
+/// `default` is filtered like any other organisation, and in a mesh
+/// region only sites the policy connects get a tunnel to each other: two
+/// `default` spokes reach each other directly; a practice whose overlay
+/// block the NOC delegated gets its address there, has no tunnel to them
+/// and reaches neither (dropped at the destination, counted) until a rule
+/// from its organisation admits it, which also brings the tunnel.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn the_default_organisation_is_filtered_and_mesh_tunnels_follow_the_policy() -> Result<()> {
+    let name = "the_default_organisation_is_filtered_and_mesh_tunnels_follow_the_policy";
+    if !require_root(name) {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("south", true)?;
+    f.cli(&["orgs", "add", "gp-chapeltown"])?;
+    // Inside south's block (the first region: 100.64.0.0/20).
+    f.cli(&["orgs", "delegate", "gp-chapeltown", "100.64.8.0/24"])?;
+    let in_block = |a: Ipv4Addr| a.octets()[..3] == [100, 64, 8];
+    f.add_site("hub-s", "south", true, SiteOpts::default())?;
+    let spoke = |org, lan| SiteOpts {
+        lan,
+        endpoint: true,
+        org,
+    };
+    f.add_site("d-1", "south", false, spoke(None, true))?;
+    f.add_site("d-2", "south", false, spoke(None, false))?;
+    f.add_site("g-1", "south", false, spoke(Some("gp-chapeltown"), false))?;
+    assert!(
+        in_block(f.overlay("g-1")),
+        "g-1's address {} is in its organisation's block",
+        f.overlay("g-1")
+    );
+    assert!(!in_block(f.overlay("d-1")), "a default site is not");
+    // Every site has applied what the controller serves it.
+    for s in ["d-1", "d-2", "g-1"] {
+        let served = f.cli_json(&["sites", "show", s])?["revision"]
+            .as_u64()
+            .context("revision")?;
+        wait_for(Duration::from_secs(10), &format!("{s}'s config"), || {
+            let applied = metric(&f, s, "wardnet_agent_config_revision")?;
+            let enforced = metric(&f, s, "wardnet_policy_enforced")?;
+            Ok((applied >= served as f64 && enforced == 1.0).then_some(()))
+        })?;
+    }
+    let lan = f.lan("d-1");
+    let service = SocketAddr::from((lan.host, 5000));
+    let _echo = Echo::start(&lan.ns, service)?;
+    let keys: Vec<String> = ["d-1", "d-2", "g-1"]
+        .iter()
+        .map(|s| f.public_key(s))
+        .collect::<Result<_>>()?;
+    let tunnels = |site: &str| -> Result<Vec<String>> {
+        Ok(f.wg_dump(site)?.into_iter().map(|p| p.public_key).collect())
+    };
+
+    // One organisation: reached, over a direct tunnel.
+    assert!(
+        reaches(&f, "d-2", service, Duration::from_secs(5)),
+        "d-2 reaches d-1's LAN: one organisation"
+    );
+    assert!(
+        tunnels("d-2")?.contains(&keys[0]),
+        "d-1 and d-2 have a mesh tunnel"
+    );
+    // Another organisation: no tunnel either way, and denied at d-1.
+    assert!(!tunnels("g-1")?.contains(&keys[0]), "no tunnel g-1 -> d-1");
+    assert!(!tunnels("d-1")?.contains(&keys[2]), "no tunnel d-1 -> g-1");
+    let denied = "wardnet_policy_denied_packets_total{peer=\"hub-s\",region=\"south\",role=\"hub\",rule=\"default\"}";
+    let before = metric(&f, "d-1", denied)?;
+    assert!(
+        !reaches(&f, "g-1", service, Duration::from_secs(2)),
+        "another organisation reaches a default site"
+    );
+    assert!(
+        metric(&f, "d-1", denied)? > before,
+        "dropped at d-1, counted"
+    );
+    let gw = SocketAddr::from((f.overlay("d-1"), 5001));
+    let _gw_echo = Echo::start(&f.site("d-1").gw, gw)?;
+    assert!(
+        !reaches(&f, "g-1", gw, Duration::from_secs(2)),
+        "another organisation reaches a default gateway"
+    );
+
+    // A rule from the practice's organisation (its block, one prefix):
+    // admitted, and the mesh tunnel comes with it.
+    f.cli(&[
+        "policy",
+        "add-rule",
+        "--from",
+        "org:gp-chapeltown",
+        "--to",
+        "site:d-1",
+        "--proto",
+        "udp",
+        "--port",
+        "5000",
+    ])?;
+    until_reach(&f, "g-1", service, true, Duration::from_secs(10))?;
+    wait_for(Duration::from_secs(10), "a mesh tunnel g-1 -> d-1", || {
+        Ok(tunnels("g-1")?.contains(&keys[0]).then_some(()))
+    })?;
+    assert!(
+        !reaches(&f, "g-1", gw, Duration::from_secs(2)),
+        "the rule admits udp/5000, not the gateway's 5001"
+    );
+    Ok(())
+}
+
 /// Identity, not names: a rule from gp-9 into lth-a's LAN goes with gp-9;
 /// another organisation's new site called gp-9, with a real agent, gets
 /// nothing of it.

@@ -275,12 +275,16 @@ pub enum OrgsCommand {
         /// Who it is, for people.
         #[arg(long, default_value = "")]
         description: String,
-        /// LAN address space its own admins may give its sites (repeatable).
+        /// Address space to delegate (repeatable): an overlay block inside a
+        /// region's block, where its sites get their addresses, or LAN space
+        /// its own admins may give its sites.
         #[arg(long = "delegate", value_name = "PREFIX")]
         delegate: Vec<ipnet::IpNet>,
     },
-    /// Delegate LAN address space to an organisation: its own admins may
-    /// give its sites LAN prefixes inside it (a network-wide token only).
+    /// Delegate address space to an organisation (a network-wide token
+    /// only): an overlay block inside a region's block, where its new sites
+    /// in that region get their addresses, or LAN space its own admins may
+    /// give its sites.
     Delegate {
         /// Organisation name.
         name: Name,
@@ -288,8 +292,8 @@ pub enum OrgsCommand {
         #[arg(required = true, value_name = "PREFIX")]
         prefixes: Vec<ipnet::IpNet>,
     },
-    /// Take delegated LAN address space back (its sites keep the prefixes
-    /// they have).
+    /// Take delegated address space back (its sites keep the addresses and
+    /// prefixes they have).
     Undelegate {
         /// Organisation name.
         name: Name,

@@ -101,21 +101,21 @@ async fn orgs(api: &ApiArgs, command: OrgsCommand) -> Result<()> {
             let req = CreateOrg {
                 name,
                 description,
-                lan_delegated: delegate.into_iter().collect(),
+                delegated: delegate.into_iter().collect(),
             };
             let o: OrgView = c.post("/v1/orgs", &req).await?;
             print_orgs(api.output, &[o], false)
         }
         OrgsCommand::Delegate { name, prefixes } => {
             let o: OrgView = c.get(&format!("/v1/orgs/{name}")).await?;
-            let mut now = o.lan_delegated;
+            let mut now = o.delegated;
             now.extend(prefixes);
             let o = set_delegation(&c, &name, now).await?;
             print_orgs(api.output, &[o], false)
         }
         OrgsCommand::Undelegate { name, prefixes } => {
             let o: OrgView = c.get(&format!("/v1/orgs/{name}")).await?;
-            let mut now = o.lan_delegated;
+            let mut now = o.delegated;
             for p in &prefixes {
                 if !now.remove(p) {
                     let had: Vec<String> = now.iter().map(ToString::to_string).collect();
@@ -147,7 +147,7 @@ async fn orgs(api: &ApiArgs, command: OrgsCommand) -> Result<()> {
     }
 }
 
-/// Replace an organisation's delegated LAN space.
+/// Replace an organisation's delegated address space.
 async fn set_delegation(
     c: &ApiClient,
     name: &Name,
@@ -155,7 +155,7 @@ async fn set_delegation(
 ) -> Result<OrgView> {
     let req = UpdateOrg {
         description: None,
-        lan_delegated: Some(prefixes),
+        delegated: Some(prefixes),
     };
     c.patch(&format!("/v1/orgs/{name}"), &req).await
 }
@@ -171,7 +171,7 @@ fn print_orgs(output: Output, os: &[OrgView], list: bool) -> Result<()> {
             "DESCRIPTION",
         ]);
         for o in os {
-            let lans: Vec<String> = o.lan_delegated.iter().map(ToString::to_string).collect();
+            let lans: Vec<String> = o.delegated.iter().map(ToString::to_string).collect();
             t.row(vec![
                 o.name.to_string(),
                 o.sites.to_string(),

@@ -70,7 +70,7 @@ pub fn default_org() -> Name {
 
 /// An organisation: a trust, a practice, an ambulance service. Its sites
 /// and the admin tokens scoped to it refer to it by name; it lives in the
-/// store (nothing renders from it), its delegated LAN space also in
+/// store (nothing renders from it), its delegated address space also in
 /// [`StoredPolicy::delegated`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Org {
@@ -78,7 +78,7 @@ pub struct Org {
     pub description: String,
     pub created_at: UnixTime,
     /// The LAN address space the NOC delegated to it.
-    pub lan_delegated: BTreeSet<IpNet>,
+    pub delegated: BTreeSet<IpNet>,
 }
 
 /// What a site's config and every index of the model are built from: the
@@ -201,6 +201,9 @@ pub struct Model {
     /// Region name -> overlay addresses its sites hold, any state (unique:
     /// the store's UNIQUE constraints see to it), for IPAM.
     region_addresses: BTreeMap<Name, (OrdSet<Ipv4Addr>, OrdSet<Ipv6Addr>)>,
+    /// Overlay address -> the site holding it, any state: who is inside an
+    /// organisation's overlay block.
+    by_address: OrdMap<std::net::IpAddr, Name>,
     /// Hashes of enrolment tokens redeemed since start: a second redemption
     /// is refused here without a database round trip (the database's
     /// conditional update stays the judge).
@@ -266,6 +269,10 @@ impl Model {
         let (v4, v6) = self.region_addresses.entry(s.region.clone()).or_default();
         v4.insert(s.ipv4);
         v6.extend(s.ipv6);
+        self.by_address.insert(s.ipv4.into(), s.name.clone());
+        if let Some(a) = s.ipv6 {
+            self.by_address.insert(a.into(), s.name.clone());
+        }
         for p in &s.lan_prefixes {
             self.lans
                 .entry(p.trunc())
@@ -309,6 +316,11 @@ impl Model {
                 v6.remove(a);
             }
         }
+        for a in std::iter::once(std::net::IpAddr::from(old.ipv4)).chain(old.ipv6.map(Into::into)) {
+            if self.by_address.get(&a) == Some(name) {
+                self.by_address.remove(&a);
+            }
+        }
         if let Some(k) = &old.public_key {
             if let Some(set) = self.by_key.get_mut(k) {
                 set.remove(name);
@@ -335,6 +347,15 @@ impl Model {
             .get(region)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The sites holding overlay addresses inside `p`, in address order.
+    pub fn sites_inside<'a>(&'a self, p: &IpNet) -> impl Iterator<Item = &'a Name> + 'a {
+        let (first, last): (std::net::IpAddr, std::net::IpAddr) = match p {
+            IpNet::V4(v) => (v.network().into(), v.broadcast().into()),
+            IpNet::V6(v) => (v.network().into(), v.broadcast().into()),
+        };
+        self.by_address.range(first..=last).map(|(_, n)| n)
     }
 
     /// How many active sites of `region` declare LAN prefix `p`.
@@ -368,38 +389,45 @@ impl Model {
     }
 
     /// A LAN prefix of a site other than `except` that overlaps `p`, as
-    /// (site, prefix as declared). O(prefix length × log N): a prefix
-    /// overlapping `p` either contains `p` (then it is `p` truncated to its
-    /// own, shorter or equal, length: one lookup per length) or lies inside
-    /// `p` (then its network address is in `p`: one range query).
+    /// (site, prefix as declared).
     pub fn lan_overlapping<'a>(
         &'a self,
         p: &IpNet,
         except: &Name,
     ) -> Option<(&'a Name, &'a IpNet)> {
+        self.lans_overlapping(p).find(|(n, _)| *n != except)
+    }
+
+    /// Every site's LAN prefix that overlaps `p`, as (site, prefix as
+    /// declared). O(prefix length × log N) to the first: a prefix
+    /// overlapping `p` either contains `p` (then it is `p` truncated to its
+    /// own, shorter or equal, length: one lookup per length) or lies inside
+    /// `p` (then its network address is in `p`: one range query).
+    pub fn lans_overlapping<'a>(
+        &'a self,
+        p: &IpNet,
+    ) -> impl Iterator<Item = (&'a Name, &'a IpNet)> + 'a {
         let p = p.trunc();
-        let other = |sites: &'a BTreeMap<Name, IpNet>| sites.iter().find(|(n, _)| *n != except);
-        for len in 0..=p.prefix_len() {
+        let containing = (0..=p.prefix_len()).filter_map(move |len| {
             // Invariant: len is at most p's own prefix length, so valid.
             let sup = match p {
                 IpNet::V4(v) => Ipv4Net::new(v.network(), len).map(|n| IpNet::V4(n.trunc())),
                 IpNet::V6(v) => Ipv6Net::new(v.network(), len).map(|n| IpNet::V6(n.trunc())),
             };
-            if let Some(hit) = sup.ok().and_then(|s| self.lans.get(&s)).and_then(other) {
-                return Some(hit);
-            }
-        }
+            // A prefix equal to `p` is also the range's first: counted there.
+            sup.ok().filter(|s| *s != p).and_then(|s| self.lans.get(&s))
+        });
         // Inside p: network address in [p.network, p.broadcast]; `IpNet`
         // orders by family, then address, then length.
         let last = match p {
             IpNet::V4(v) => Ipv4Net::new(v.broadcast(), 32).map(IpNet::V4),
             IpNet::V6(v) => Ipv6Net::new(v.broadcast(), 128).map(IpNet::V6),
         };
-        let last = last.ok()?;
-        self.lans
-            .range(p..=last)
-            .filter_map(|(_, sites)| other(sites))
-            .next()
+        let inside = last
+            .ok()
+            .into_iter()
+            .flat_map(move |last| self.lans.range(p..=last).map(|(_, sites)| sites));
+        containing.chain(inside).flat_map(|sites| sites.iter())
     }
 
     /// Sites of a region, in name order.

@@ -4,12 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use wardnet_common::filter::SiteFilter;
 use wardnet_common::policy::{Party, ServiceView, Source, Target};
 use wardnet_common::Name;
 
-use super::{default_org, Model, Site, StoredPolicy};
+use wardnet_common::net::overlaps;
+
+use super::{Model, Site, StoredPolicy};
 
 impl Model {
     /// Forget the services behind a deleted site (the store deletes them
@@ -22,9 +24,13 @@ impl Model {
         }
     }
 
-    /// The prefixes of the sites a policy source names (any state: an
-    /// address is the site's from its creation): each site's overlay
-    /// addresses and LAN prefixes, where its traffic comes from.
+    /// The prefixes a policy source names, where its traffic comes from.
+    /// An organisation: the address space delegated to it that only its
+    /// sites hold (overlay blocks, LAN space), and the overlay addresses
+    /// and LAN prefixes of its sites outside that space; so an
+    /// organisation's sites inside its blocks add nothing. A region or a
+    /// site: each site's overlay addresses and LAN prefixes (any state: an
+    /// address is the site's from its creation).
     pub fn sources(&self, source: &Source) -> Vec<IpNet> {
         let names: Box<dyn Iterator<Item = &Name>> = match source {
             Source::All => Box::new(self.sites.keys()),
@@ -32,13 +38,50 @@ impl Model {
             Source::Region(r) => Box::new(self.by_region.get(r).into_iter().flatten()),
             Source::Site(s) => Box::new(std::iter::once(s)),
         };
-        let mut out = Vec::new();
+        let blocks = match source {
+            Source::Org(o) => self.own_space(o),
+            _ => Vec::new(),
+        };
+        let mut out = blocks.clone();
         for s in names.filter_map(|n| self.sites.get(n)) {
-            out.push(IpNet::V4(Ipv4Net::from(s.ipv4)));
-            out.extend(s.ipv6.map(|a| IpNet::V6(Ipv6Net::from(a))));
-            out.extend(s.lan_prefixes.iter().copied());
+            let prefixes = s
+                .addresses()
+                .into_iter()
+                .chain(s.lan_prefixes.iter().copied());
+            out.extend(prefixes.filter(|p| !blocks.iter().any(|b| b.contains(p))));
         }
         out
+    }
+
+    /// The space delegated to organisation `org` that no other
+    /// organisation's site holds an overlay address or LAN prefix in. (The
+    /// controller never gives another organisation's site anything there;
+    /// a controller of an older version, running beside this one during
+    /// an upgrade, might, and then that block counts address by address.)
+    pub fn own_space(&self, org: &Name) -> Vec<IpNet> {
+        let foreign = |n: &Name| self.sites.get(n).is_some_and(|s| &s.org != org);
+        self.policy
+            .delegated
+            .get(org)
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                !self.sites_inside(p).any(foreign)
+                    && !self.lans_overlapping(p).any(|(n, _)| foreign(n))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Whether all of site `s`'s prefixes lie in its organisation's own
+    /// space: then its organisation's sources are the same with or without
+    /// it.
+    pub fn inside_own_space(&self, s: &Site) -> bool {
+        let space = self.own_space(&s.org);
+        s.addresses()
+            .iter()
+            .chain(&s.lan_prefixes)
+            .all(|p| space.iter().any(|b| b.contains(p)))
     }
 
     /// What the policy knows of a site.
@@ -69,7 +112,7 @@ impl Model {
     /// organisation, a rule from `a` into `b`.
     pub fn reaches(&self, a: &Site, b: &Site) -> bool {
         let to = Self::party(b);
-        if to.same_org(&Self::party(a)) || to.unfiltered() {
+        if to.same_org(&Self::party(a)) {
             return true;
         }
         let here = |n: &Name| {
@@ -137,28 +180,68 @@ impl Model {
                 out.extend(self.target_sites(&r.rule.to, services));
             }
         }
+        // The space delegated to an organisation is part of its sources.
+        for o in old.delegated.keys().chain(new.delegated.keys()) {
+            if old.delegated.get(o) != new.delegated.get(o) {
+                out.extend(self.org_holders(o));
+            }
+        }
         out
     }
 
-    /// The sites whose filters hold site `s`'s prefixes: its
-    /// organisation's (except `default`'s, which are not filtered), where
-    /// rules from it, its organisation or its region admit traffic into,
-    /// and the sites of services shared with its organisation.
+    /// The sites whose filters hold site `s`'s prefixes (looked up in the
+    /// model after the change): its organisation's and where rules from
+    /// its organisation admit traffic into, and the sites of services
+    /// shared with its organisation (all of them unless the site lies
+    /// wholly inside its organisation's own space, which they hold
+    /// already); where rules from it or its region admit traffic into;
+    /// and what holds any other organisation whose delegated space the
+    /// site is inside (that space no longer counts whole).
     pub fn filters_holding(&self, s: &Site) -> BTreeSet<Name> {
         let mut out = BTreeSet::new();
-        if s.org != default_org() {
-            out.extend(self.by_org.get(&s.org).into_iter().flatten().cloned());
+        if !self.inside_own_space(s) {
+            out.extend(self.org_holders(&s.org));
         }
-        // (A hub in `default` admits nothing by organisation.)
         let party = Self::party(s);
         for r in &self.policy.rules {
-            if r.rule.from != Source::All && r.rule.from.matches(&party) {
+            if matches!(r.rule.from, Source::Site(_) | Source::Region(_))
+                && r.rule.from.matches(&party)
+            {
+                out.extend(self.target_sites(&r.rule.to, self.policy.services.iter()));
+            }
+        }
+        let mine = s
+            .addresses()
+            .into_iter()
+            .chain(s.lan_prefixes.iter().copied());
+        let mine: Vec<IpNet> = mine.collect();
+        for (o, space) in &self.policy.delegated {
+            if o != &s.org && space.iter().any(|b| mine.iter().any(|p| overlaps(b, p))) {
+                out.extend(self.org_holders(o));
+            }
+        }
+        out
+    }
+
+    /// The sites whose filters hold organisation `org`'s sources: its own
+    /// sites, where rules from it admit traffic into, and the sites of
+    /// services shared with it.
+    pub fn org_holders(&self, org: &Name) -> BTreeSet<Name> {
+        let mut out: BTreeSet<Name> = self
+            .by_org
+            .get(org)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for r in &self.policy.rules {
+            if r.rule.from == Source::Org(org.clone()) {
                 out.extend(self.target_sites(&r.rule.to, self.policy.services.iter()));
             }
         }
         for x in &self.policy.services {
             if let wardnet_common::policy::SharedWith::Orgs(orgs) = &x.service.shared_with {
-                if orgs.contains(&s.org) {
+                if orgs.contains(org) {
                     out.insert(x.service.site.clone());
                 }
             }

@@ -111,6 +111,21 @@ impl Controller {
                 )));
             }
             super::rules::check_unnamed(&m.policy, &Source::Region(name.clone()))?;
+            if let Some(region) = m.regions.get(&name) {
+                let blocks = crate::ipam::blocks(m, &default_org(), region);
+                if let Some(b) = blocks.own.iter().chain(&blocks.foreign).next() {
+                    let holder = m
+                        .policy
+                        .delegated
+                        .iter()
+                        .find(|(_, d)| d.contains(b))
+                        .map(|(o, _)| o.to_string())
+                        .unwrap_or_default();
+                    return Err(Error::Conflict(format!(
+                        "region {name}'s block holds {b}, delegated to organisation {holder}; take it back first (`orgs undelegate {holder} {b}`)"
+                    )));
+                }
+            }
             tx.delete_region(&name);
             tx.audit(&actor.id, "region.delete", name.as_str(), None, None);
             Ok(())
@@ -248,21 +263,21 @@ impl Controller {
             name: req.name.clone(),
             description: req.description.clone(),
             created_at: self.now(),
-            lan_delegated: req.lan_delegated.clone(),
+            delegated: req.delegated.clone(),
         };
         let (actor_id, new) = (actor.id.clone(), org.clone());
         let net = self.settings.network.clone();
         self.change(move |tx| {
-            check_delegation(tx.model(), &net, &new.name, &new.lan_delegated)?;
+            check_delegation(tx.model(), &net, &new.name, &new.delegated)?;
             tx.insert_org(new.clone());
             tx.audit(
                 &actor_id,
                 "org.create",
                 new.name.as_str(),
                 Some(format!(
-                    "description {:?}, lan delegated [{}]",
+                    "description {:?}, delegated [{}]",
                     new.description,
-                    prefixes_text(&new.lan_delegated)
+                    prefixes_text(&new.delegated)
                 )),
                 Some(&new.name),
             );
@@ -278,7 +293,7 @@ impl Controller {
         Ok(self.org_view(&org))
     }
 
-    /// Change an organisation's description or delegated LAN space.
+    /// Change an organisation's description or delegated address space.
     pub async fn update_org(
         &self,
         actor: &Actor,
@@ -297,29 +312,29 @@ impl Controller {
         if let Some(d) = req.description {
             org.description = d;
         }
-        if let Some(l) = req.lan_delegated {
-            org.lan_delegated = l;
+        if let Some(l) = req.delegated {
+            org.delegated = l;
         }
         let (actor_id, after) = (actor.id.clone(), org.clone());
         let net = self.settings.network.clone();
         self.change(move |tx| {
-            check_delegation(tx.model(), &net, &after.name, &after.lan_delegated)?;
+            check_delegation(tx.model(), &net, &after.name, &after.delegated)?;
             if after.description != before.description {
                 tx.describe_org(&after.name, &after.description);
             }
-            if after.lan_delegated != before.lan_delegated {
-                tx.delegate_lans(&after.name, after.lan_delegated.clone());
+            if after.delegated != before.delegated {
+                tx.delegate_lans(&after.name, after.delegated.clone());
             }
             tx.audit(
                 &actor_id,
                 "org.update",
                 after.name.as_str(),
                 Some(format!(
-                    "before: description {:?}, lan delegated [{}]; after: description {:?}, lan delegated [{}]",
+                    "before: description {:?}, delegated [{}]; after: description {:?}, delegated [{}]",
                     before.description,
-                    prefixes_text(&before.lan_delegated),
+                    prefixes_text(&before.delegated),
                     after.description,
-                    prefixes_text(&after.lan_delegated)
+                    prefixes_text(&after.delegated)
                 )),
                 Some(&after.name),
             );
@@ -336,7 +351,7 @@ impl Controller {
             description: org.description.clone(),
             sites: sites as u64,
             created_at: org.created_at,
-            lan_delegated: org.lan_delegated.clone(),
+            delegated: org.delegated.clone(),
         }
     }
 
@@ -435,9 +450,12 @@ fn prefixes_text(p: &std::collections::BTreeSet<IpNet>) -> String {
         .join(" ")
 }
 
-/// LAN space delegated to organisation `org`: whole prefixes, inside the
-/// network's routed prefixes, outside the overlay, and no part of another
-/// organisation's (the NOC, the only one who delegates, is told whose).
+/// Space delegated to organisation `org`: whole prefixes, each either an
+/// overlay block inside one region's block that no other organisation's
+/// site holds an address in, or LAN space inside the network's routed
+/// prefixes that no other organisation's site uses; and no part of
+/// another organisation's (the NOC, the only one who delegates, is told
+/// whose).
 fn check_delegation(
     m: &crate::model::Model,
     net: &crate::model::NetworkSettings,
@@ -447,20 +465,38 @@ fn check_delegation(
     for p in prefixes {
         if p.trunc() != *p {
             return Err(Error::Unprocessable(format!(
-                "lan_delegated: {p} has host bits set; did you mean {}?",
+                "delegated: {p} has host bits set; did you mean {}?",
                 p.trunc()
             )));
         }
-        if !net.routed_prefixes.iter().any(|r| r.contains(p)) {
+        let overlay = overlaps(p, &IpNet::V4(net.overlay_v4))
+            || net.overlay_v6.is_some_and(|v6| overlaps(p, &IpNet::V6(v6)));
+        if overlay {
+            let in_region = m.regions.values().any(|r| {
+                IpNet::V4(r.ipv4_block).contains(p)
+                    || r.ipv6_block.is_some_and(|b| IpNet::V6(b).contains(p))
+            });
+            if !in_region {
+                return Err(Error::Unprocessable(format!(
+                    "delegated: {p} is in the overlay but not inside one region's block; \
+                     an organisation's overlay block lies inside a region's (`regions list` shows them)"
+                )));
+            }
+            let foreign = m
+                .sites_inside(p)
+                .filter_map(|n| m.sites.get(n))
+                .find(|s| &s.org != org);
+            if let Some(s) = foreign {
+                return Err(Error::Conflict(format!(
+                    "delegated: {p} holds the overlay address of site {} (organisation {}); \
+                     delegate a block no other organisation's site has an address in",
+                    s.name, s.org
+                )));
+            }
+        } else if !net.routed_prefixes.iter().any(|r| r.contains(p)) {
             return Err(Error::Unprocessable(format!(
-                "lan_delegated: {p} is outside network.routed_prefixes; delegate LAN space the network routes"
-            )));
-        }
-        if overlaps(p, &IpNet::V4(net.overlay_v4))
-            || net.overlay_v6.is_some_and(|v6| overlaps(p, &IpNet::V6(v6)))
-        {
-            return Err(Error::Unprocessable(format!(
-                "lan_delegated: {p} overlaps the overlay prefix"
+                "delegated: {p} is outside network.routed_prefixes and the overlay; \
+                 delegate LAN space the network routes, or an overlay block inside a region's"
             )));
         }
         for (other, theirs) in &m.policy.delegated {
@@ -469,17 +505,17 @@ fn check_delegation(
             }
             if let Some(q) = theirs.iter().find(|q| overlaps(p, q)) {
                 return Err(Error::Conflict(format!(
-                    "lan_delegated: {p} overlaps {q}, delegated to organisation {other}; take it back there first (`orgs undelegate {other} {q}`)"
+                    "delegated: {p} overlaps {q}, delegated to organisation {other}; take it back there first (`orgs undelegate {other} {q}`)"
                 )));
             }
         }
         if let Some(s) = m
-            .sites
-            .values()
-            .find(|s| &s.org != org && s.lan_prefixes.iter().any(|q| overlaps(p, q)))
+            .lans_overlapping(p)
+            .filter_map(|(n, _)| m.sites.get(n))
+            .find(|s| &s.org != org)
         {
             return Err(Error::Conflict(format!(
-                "lan_delegated: {p} overlaps a LAN prefix of site {} (organisation {}); delegate space no other organisation's site uses",
+                "delegated: {p} overlaps a LAN prefix of site {} (organisation {}); delegate space no other organisation's site uses",
                 s.name, s.org
             )));
         }

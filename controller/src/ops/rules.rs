@@ -513,7 +513,7 @@ impl Controller {
         Ok(CheckAnswer {
             allow: d.allow,
             because: d.reason.to_string(),
-            enforced: !Model::party(&to).unfiltered() && !to.agentless,
+            enforced: !to.agentless,
             rule: match &d.reason {
                 Reason::Rule(id) => rules.iter().find(|r| r.id == *id).cloned(),
                 _ => None,

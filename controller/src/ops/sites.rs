@@ -58,7 +58,8 @@ impl Controller {
                 check_key_unused(m, Some(&actor), &req.name, &k)?;
             }
             let (used4, used6) = ipam::used_addresses(m, &req.region);
-            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6)
+            let blocks = ipam::blocks(m, &org, &region);
+            let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6, &blocks)
                 .map_err(|e| Error::Conflict(e.to_string()))?;
             let agentless = req.public_key.is_some();
             let site = Site::new(SiteInputs {

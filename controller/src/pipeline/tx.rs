@@ -196,10 +196,9 @@ impl<'m> Tx<'m> {
     // ----- organisations and admin tokens (the store's only) -----------------
 
     pub(crate) fn insert_org(&mut self, org: Org) {
-        if !org.lan_delegated.is_empty() {
+        if !org.delegated.is_empty() {
             let p = self.policy_mut();
-            p.delegated
-                .insert(org.name.clone(), org.lan_delegated.clone());
+            p.delegated.insert(org.name.clone(), org.delegated.clone());
         }
         self.writes.push(Write::InsertOrg(org));
     }
@@ -220,7 +219,8 @@ impl<'m> Tx<'m> {
         });
     }
 
-    /// Replace the LAN space delegated to organisation `org`.
+    /// Replace the address space (overlay blocks, LAN space) delegated to
+    /// organisation `org`.
     pub(crate) fn delegate_lans(&mut self, org: &Name, prefixes: BTreeSet<IpNet>) {
         let p = self.policy_mut();
         if prefixes.is_empty() {

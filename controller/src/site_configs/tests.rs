@@ -120,6 +120,35 @@ enum Op {
     Policy {
         k: u8,
     },
+    /// Delegate space `k` to its organisation, or take it back. Nothing
+    /// checks that no other organisation's site is inside: such space
+    /// must count address by address, and coming or going inside it must
+    /// reach the filters holding it.
+    Delegate {
+        k: u8,
+    },
+}
+
+/// The space `Op::Delegate` toggles, with the organisation it goes to.
+const DELEGATIONS: [(&str, &str); 5] = [
+    ("org-a", "100.64.0.0/29"),
+    ("org-b", "100.64.16.0/30"),
+    ("org-a", "10.1.0.0/22"),
+    ("default", "fd7a:6e65:0:2::/125"),
+    ("org-b", "10.2.0.0/16"),
+];
+
+fn toggle_delegation(m: &mut Model, k: u8) {
+    let (org, p) = DELEGATIONS[usize::from(k)];
+    let p: IpNet = p.parse().expect("prefix");
+    let d = &mut Arc::make_mut(&mut m.policy).delegated;
+    let space = d.entry(name(org)).or_default();
+    if !space.remove(&p) {
+        space.insert(p);
+    }
+    if space.is_empty() {
+        d.remove(&name(org));
+    }
 }
 
 const POLICY_ITEMS: u8 = 6;
@@ -195,6 +224,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (ri.clone(), proptest::option::of(0u8..6)).prop_map(|((r, i), lan)| Op::Lan { r, i, lan }),
         2 => (ri, 1000u16..1010).prop_map(|((r, i), port)| Op::Endpoint { r, i, port }),
         2 => (0..POLICY_ITEMS).prop_map(|k| Op::Policy { k }),
+        2 => (0..DELEGATIONS.len() as u8).prop_map(|k| Op::Delegate { k }),
     ]
 }
 
@@ -236,6 +266,10 @@ fn run(m: &mut Model, op: &Op) -> Option<(Option<Site>, Option<Site>)> {
         }
         Op::Policy { k } => {
             toggle_policy(m, k);
+            None
+        }
+        Op::Delegate { k } => {
+            toggle_delegation(m, k);
             None
         }
         Op::Lan { r, i, lan } => {

@@ -394,7 +394,7 @@ pub(crate) fn org_values(o: &Org) -> Vec<Value> {
         (&o.name).into(),
         o.description.as_str().into(),
         o.created_at.into(),
-        json(&o.lan_delegated),
+        json(&o.delegated),
     ]
 }
 
@@ -404,7 +404,7 @@ pub(crate) fn org(row: &(impl Row + ?Sized)) -> Result<Org, StoreError> {
         name: r.parse("organisation name")?,
         description: r.text("organisation description")?,
         created_at: r.int("organisation created_at")?,
-        lan_delegated: r.json("organisation lan_delegated")?,
+        delegated: r.json("organisation lan_delegated")?,
     })
 }
 

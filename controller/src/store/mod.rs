@@ -251,7 +251,7 @@ pub fn changes_policy(writes: &[Write]) -> bool {
                 | Write::DeleteService(_)
                 | Write::DeleteOrg(_)
                 | Write::DelegateLans { .. }
-        ) || matches!(w, Write::InsertOrg(o) if !o.lan_delegated.is_empty())
+        ) || matches!(w, Write::InsertOrg(o) if !o.delegated.is_empty())
     })
 }
 
@@ -261,8 +261,8 @@ pub(crate) fn delegated(
     orgs: Vec<Org>,
 ) -> std::collections::BTreeMap<Name, std::collections::BTreeSet<ipnet::IpNet>> {
     orgs.into_iter()
-        .filter(|o| !o.lan_delegated.is_empty())
-        .map(|o| (o.name, o.lan_delegated))
+        .filter(|o| !o.delegated.is_empty())
+        .map(|o| (o.name, o.delegated))
         .collect()
 }
 

@@ -233,7 +233,7 @@ impl TestController {
                 reqwest::Method::PATCH,
                 &format!("/v1/orgs/{org}"),
                 Some(&self.admin.clone()),
-                Some(json!({"lan_delegated": prefixes})),
+                Some(json!({"delegated": prefixes})),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");

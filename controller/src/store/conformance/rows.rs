@@ -149,7 +149,7 @@ pub(super) async fn organisations_are_referred_to_and_held(s: &dyn Store) {
         name: n.parse().expect("name"),
         description: format!("{n} trust"),
         created_at: 3,
-        lan_delegated: ["10.1.0.0/16".parse().expect("prefix")].into(),
+        delegated: ["10.1.0.0/16".parse().expect("prefix")].into(),
     };
     let names = |orgs: Vec<crate::model::Org>| -> Vec<String> {
         orgs.into_iter().map(|o| o.name.to_string()).collect()
@@ -193,7 +193,7 @@ pub(super) async fn organisations_are_referred_to_and_held(s: &dyn Store) {
     let stored = s.orgs().await.expect("orgs");
     let t = stored.iter().find(|o| o.name == trust).expect("trust-a");
     assert_eq!(
-        (t.description.as_str(), &t.lan_delegated),
+        (t.description.as_str(), &t.delegated),
         ("renamed", &delegated("10.2.0.0/16"))
     );
 
@@ -292,7 +292,7 @@ pub(super) async fn policy_rules_and_services(s: &dyn Store) {
             name: org.clone(),
             description: String::new(),
             created_at: 1,
-            lan_delegated: Default::default(),
+            delegated: Default::default(),
         }),
         Write::InsertRegion(region("north", "100.64.0.0/20")),
         Write::InsertSite(site("lth-1", "north", "100.64.0.10")),
