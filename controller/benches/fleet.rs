@@ -50,7 +50,7 @@ fn args() -> Args {
 async fn main() {
     let a = args();
     support::prepare(a.waiters);
-    let c = start_controller("", "[long_poll]\ntimeout_secs = 300", false);
+    let c = start_controller("", "", "[long_poll]\ntimeout_secs = 300", false);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
         .timeout(Duration::from_secs(600))

@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 use support::{
-    cpu_secs, loadavg, metric, ms, percentile, post, rss_mib, start_controller, Controller,
+    cpu_secs, delegate, loadavg, metric, ms, percentile, post, rss_mib, start_controller,
+    Controller,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -296,6 +297,9 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
         );
     }
 
+    // Address space, as the NOC delegates it (not what is measured).
+    let lans_of = delegate_space(cs, a, shape.as_deref()).await;
+
     // Spokes, pending with tokens (not what is measured).
     let sem = Arc::new(Semaphore::new(a.concurrency));
     let t = Instant::now();
@@ -309,12 +313,13 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
             None if a.orgs > 0 => (org_of(i), (i / per_org).min(a.orgs - 1) % REGIONS),
             None => (None, i % REGIONS),
         };
+        let lan = lans_of.as_ref().map_or_else(|| lan(i), |l| l[i].clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
             let name = format!("gp-{region}-{i}");
             let mut body = json!({"name": name, "region": format!("r{region}"), "role": "spoke"});
             if lans {
-                body["lan_prefixes"] = json!([lan(i)]);
+                body["lan_prefixes"] = json!([lan]);
             }
             if let Some(org) = &org {
                 body["org"] = json!(org);
@@ -402,6 +407,120 @@ async fn build(cs: &[Controller], a: &Args, lans: bool) -> Vec<Agent> {
         n3_policy(cs, &mut agents).await;
     }
     agents
+}
+
+/// The NOC's delegations; the LAN prefix of each spoke when they decide
+/// it. All spokes in `default` (no `--orgs`, no `--shape`): `default` gets
+/// every region's blocks and the LAN space, so its sites' filters hold
+/// their organisation as a few prefixes. `--shape n3`: each trust gets an
+/// aligned overlay block of its region (IPv4, and IPv6 at the same
+/// offset) and an aligned block of /24s, each the smallest power of two
+/// that holds its sites, as a NOC sizing trusts would; practices (one site
+/// each) get none: their one address is their organisation. Trusts'
+/// LANs come first, the practices' after.
+async fn delegate_space(
+    cs: &[Controller],
+    a: &Args,
+    shape: Option<&[(String, usize)]>,
+) -> Option<Vec<String>> {
+    let c = &cs[0];
+    let http = c.client([127, 0, 0, 1].into());
+    let regions = http
+        .get(format!("{}/v1/regions", c.url))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let regions = regions.as_array().unwrap();
+    let Some(shape) = shape else {
+        if a.orgs == 0 {
+            let mut space: Vec<String> = regions
+                .iter()
+                .flat_map(|r| [r["ipv4_block"].clone(), r["ipv6_block"].clone()])
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            space.push("10.0.0.0/8".into());
+            delegate(&http, &c.url, &c.token, "default", &space).await;
+        }
+        return None;
+    };
+    let block = |r: usize, key: &str| -> u128 {
+        let v = regions
+            .iter()
+            .find(|x| x["name"] == format!("r{r}"))
+            .unwrap();
+        match v[key].as_str().unwrap().parse::<ipnet::IpNet>().unwrap() {
+            ipnet::IpNet::V4(b) => u32::from(b.network()).into(),
+            ipnet::IpNet::V6(b) => b.network().into(),
+        }
+    };
+    // Trusts are consecutive in `shape`: (name, region, first index, sites).
+    let mut trusts = Vec::new();
+    let mut i = 0;
+    while i < shape.len() && shape[i].0.starts_with("trust-") {
+        let n = shape[i..]
+            .iter()
+            .take_while(|(o, _)| *o == shape[i].0)
+            .count();
+        trusts.push((shape[i].0.clone(), shape[i].1, i, n));
+        i += n;
+    }
+    trusts.sort_by_key(|t| std::cmp::Reverse(t.3));
+    // Sorted by size, largest first, each block aligned at the cursor; the
+    // overlay cursor starts past the hub's address (a block of its own).
+    let mut next4 = [256u128; REGIONS];
+    let mut next_lan = 0u128;
+    let mut lans = vec![String::new(); shape.len()];
+    let mut tasks = Vec::new();
+    for (org, r, first, n) in &trusts {
+        let size = (*n as u128).next_power_of_two();
+        let bits = size.trailing_zeros();
+        let at = next4[*r];
+        next4[*r] += size;
+        let lan_at = next_lan;
+        next_lan += size;
+        for k in 0..*n {
+            let x = lan_at + k as u128;
+            lans[first + k] = format!("10.{}.{}.0/24", x / 256, x % 256);
+        }
+        let space = vec![
+            format!(
+                "{}/{}",
+                std::net::Ipv4Addr::from((block(*r, "ipv4_block") + at) as u32),
+                32 - bits
+            ),
+            format!(
+                "{}/{}",
+                std::net::Ipv6Addr::from(block(*r, "ipv6_block") + at),
+                128 - bits
+            ),
+            format!("10.{}.{}.0/{}", lan_at / 256, lan_at % 256, 24 - bits),
+        ];
+        let (http, url, token, org) = (http.clone(), any_url(cs), c.token.clone(), org.clone());
+        tasks.push(tokio::spawn(async move {
+            delegate(&http, &url, &token, &org, &space).await
+        }));
+    }
+    for lan in lans.iter_mut().filter(|l| l.is_empty()) {
+        *lan = format!("10.{}.{}.0/24", next_lan / 256, next_lan % 256);
+        next_lan += 1;
+    }
+    // (10.250.0.0/16 is the national services'.)
+    assert!(
+        next_lan <= 250 * 256,
+        "the LANs need {next_lan} /24s, below 10.250.0.0 are 64,000"
+    );
+    let count = tasks.len();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "  delegations:     {count} trusts, each an aligned overlay block and LAN block; {next_lan} /24s in all"
+    );
+    Some(lans)
 }
 
 /// A site's config now: (revision, filter size in bytes).
@@ -1185,15 +1304,22 @@ async fn main() {
             wardnet_pgtest::TempPostgres::start()
                 .expect("a PostgreSQL server (apt-get install postgresql)")
         });
+        // At N3's shape, trusts' blocks are aligned and need room: /19
+        // regions (8,190 addresses for ~3,900 sites).
+        let network = if a.shape_n3 {
+            "region_prefix_len_v4 = 19"
+        } else {
+            ""
+        };
         let cs: Vec<Controller> = match &pg {
-            None => vec![start_controller("", "", a.tls)],
+            None => vec![start_controller("", network, "", a.tls)],
             Some(pg) => {
                 let db = format!(
                     "[database]\nurl = {:?}\npool_size = 8\n",
                     pg.url("postgres")
                 );
                 (0..a.replicas)
-                    .map(|_| start_controller("", &db, a.tls))
+                    .map(|_| start_controller("", network, &db, a.tls))
                     .collect()
             }
         };

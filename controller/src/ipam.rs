@@ -254,16 +254,11 @@ fn place(
 /// blocks, as [`Blocks`] for a site of `org`.
 pub fn blocks(model: &Model, org: &Name, region: &Region) -> Blocks {
     let mut out = Blocks::default();
-    let inside = |p: &IpNet| match p {
-        IpNet::V4(_) => wardnet_common::net::overlaps(p, &IpNet::V4(region.ipv4_block)),
-        IpNet::V6(_) => region
-            .ipv6_block
-            .is_some_and(|r| wardnet_common::net::overlaps(p, &IpNet::V6(r))),
-    };
-    for (o, space) in &model.policy.delegated {
-        let mine = o == org;
-        for p in space.iter().filter(|p| inside(p)) {
-            if mine {
+    let region_blocks =
+        std::iter::once(IpNet::V4(region.ipv4_block)).chain(region.ipv6_block.map(IpNet::V6));
+    for b in region_blocks {
+        for (p, o) in model.policy.delegated.overlapping(&b) {
+            if o == org {
                 out.own.push(*p);
             } else {
                 out.foreign.push(*p);

@@ -117,7 +117,15 @@ pub(crate) fn prepare(waiters: usize) {
 
 /// Start the controller binary with the shipped defaults plus `extra`
 /// config lines (TOML, top level first), plain HTTP or TLS.
-pub(crate) fn start_controller(extra_top: &str, extra_tables: &str, tls: bool) -> Controller {
+/// A controller on a fresh SQLite store (or the database `extra_tables`
+/// names), with `extra_top` keys at the top of its config and `network`
+/// keys in its `[network]` table.
+pub(crate) fn start_controller(
+    extra_top: &str,
+    network: &str,
+    extra_tables: &str,
+    tls: bool,
+) -> Controller {
     let bin = env!("CARGO_BIN_EXE_wardnet-controller");
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -163,6 +171,7 @@ pub(crate) fn start_controller(extra_top: &str, extra_tables: &str, tls: bool) -
 overlay_ipv4 = "100.64.0.0/10"
 overlay_ipv6 = "fd7a:6e65::/48"
 routed_prefixes = ["10.0.0.0/8"]
+{network}
 {transport}
 {extra_tables}
 "#,
@@ -275,6 +284,29 @@ pub(crate) async fn post(http: &reqwest::Client, url: &str, token: &str, body: V
     let v: Value = r.json().await.unwrap_or(Value::Null);
     assert!(status.is_success(), "{url}: {status} {v}");
     v
+}
+
+/// Replace organisation `org`'s delegated space (the NOC's token).
+pub(crate) async fn delegate(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    org: &str,
+    space: &[String],
+) {
+    let r = http
+        .patch(format!("{url}/v1/orgs/{org}"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "delegated": space }))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert!(
+        status.is_success(),
+        "delegate to {org}: {status} {}",
+        r.text().await.unwrap_or_default()
+    );
 }
 
 /// The value of an unlabelled metric in the controller's /metrics.

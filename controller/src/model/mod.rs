@@ -12,6 +12,7 @@ use wardnet_common::wire::{HealthSummary, SiteState, UnixTime};
 use wardnet_common::{Endpoint, Name, PublicKey, Role};
 
 mod reach;
+pub use reach::SourceCache;
 #[cfg(test)]
 mod tests;
 
@@ -49,7 +50,99 @@ pub struct StoredPolicy {
     /// organisations with some): a scoped token claims LAN prefixes only
     /// inside its own. Kept with the policy, so replicas reload it when
     /// the change log says the policy changed.
-    pub delegated: std::collections::BTreeMap<Name, BTreeSet<IpNet>>,
+    pub delegated: Delegations,
+}
+
+/// The address space delegated to organisations (overlay blocks, LAN
+/// space), by organisation and indexed by prefix, so what overlaps a
+/// prefix is found without reading every organisation's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delegations {
+    by_org: BTreeMap<Name, BTreeSet<IpNet>>,
+    /// Every delegated prefix (truncated) -> its organisation.
+    index: OrdMap<IpNet, Name>,
+}
+
+impl Delegations {
+    /// What organisation `org` was delegated, if anything.
+    pub fn get(&self, org: &Name) -> Option<&BTreeSet<IpNet>> {
+        self.by_org.get(org)
+    }
+
+    /// Replace what organisation `org` was delegated (empty: nothing).
+    pub fn set(&mut self, org: &Name, space: BTreeSet<IpNet>) {
+        for p in self.by_org.remove(org).into_iter().flatten() {
+            if self.index.get(&p.trunc()) == Some(org) {
+                self.index.remove(&p.trunc());
+            }
+        }
+        if !space.is_empty() {
+            for p in &space {
+                self.index.insert(p.trunc(), org.clone());
+            }
+            self.by_org.insert(org.clone(), space);
+        }
+    }
+
+    /// Organisations with delegated space, and theirs.
+    pub fn iter(&self) -> impl Iterator<Item = (&Name, &BTreeSet<IpNet>)> {
+        self.by_org.iter()
+    }
+
+    /// Delegated prefixes that overlap `p`, with their organisation.
+    pub fn overlapping<'a>(
+        &'a self,
+        p: &IpNet,
+    ) -> impl Iterator<Item = (&'a IpNet, &'a Name)> + 'a {
+        overlapping_keys(&self.index, p)
+    }
+}
+
+impl FromIterator<(Name, BTreeSet<IpNet>)> for Delegations {
+    fn from_iter<I: IntoIterator<Item = (Name, BTreeSet<IpNet>)>>(iter: I) -> Self {
+        let mut d = Delegations::default();
+        for (org, space) in iter {
+            d.set(&org, space);
+        }
+        d
+    }
+}
+
+impl<const N: usize> From<[(Name, BTreeSet<IpNet>); N]> for Delegations {
+    fn from(v: [(Name, BTreeSet<IpNet>); N]) -> Self {
+        v.into_iter().collect()
+    }
+}
+
+/// Keys of `map` (truncated prefixes) that overlap `p`, with their values.
+/// O(prefix length × log N) to the first: a prefix overlapping `p` either
+/// contains `p` (then it is `p` truncated to its own, shorter or equal,
+/// length: one lookup per length) or lies inside `p` (then its network
+/// address is in `p`: one range query).
+fn overlapping_keys<'a, V>(
+    map: &'a OrdMap<IpNet, V>,
+    p: &IpNet,
+) -> impl Iterator<Item = (&'a IpNet, &'a V)> + 'a {
+    let p = p.trunc();
+    let containing = (0..p.prefix_len()).filter_map(move |len| {
+        // Invariant: len is below p's own prefix length, so valid.
+        let sup = match p {
+            IpNet::V4(v) => Ipv4Net::new(v.network(), len).map(|n| IpNet::V4(n.trunc())),
+            IpNet::V6(v) => Ipv6Net::new(v.network(), len).map(|n| IpNet::V6(n.trunc())),
+        };
+        sup.ok().and_then(|s| map.get_key_value(&s))
+    });
+    // Inside p (p itself included): network address in [p.network,
+    // p.broadcast]; `IpNet` orders by family, then address, then length.
+    let last = match p {
+        IpNet::V4(v) => Ipv4Net::new(v.broadcast(), 32).map(IpNet::V4),
+        IpNet::V6(v) => Ipv6Net::new(v.broadcast(), 128).map(IpNet::V6),
+    };
+    let inside = last
+        .ok()
+        .into_iter()
+        .flat_map(move |last| map.range(p..=last));
+    containing.chain(inside)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,35 +492,12 @@ impl Model {
     }
 
     /// Every site's LAN prefix that overlaps `p`, as (site, prefix as
-    /// declared). O(prefix length × log N) to the first: a prefix
-    /// overlapping `p` either contains `p` (then it is `p` truncated to its
-    /// own, shorter or equal, length: one lookup per length) or lies inside
-    /// `p` (then its network address is in `p`: one range query).
+    /// declared).
     pub fn lans_overlapping<'a>(
         &'a self,
         p: &IpNet,
     ) -> impl Iterator<Item = (&'a Name, &'a IpNet)> + 'a {
-        let p = p.trunc();
-        let containing = (0..=p.prefix_len()).filter_map(move |len| {
-            // Invariant: len is at most p's own prefix length, so valid.
-            let sup = match p {
-                IpNet::V4(v) => Ipv4Net::new(v.network(), len).map(|n| IpNet::V4(n.trunc())),
-                IpNet::V6(v) => Ipv6Net::new(v.network(), len).map(|n| IpNet::V6(n.trunc())),
-            };
-            // A prefix equal to `p` is also the range's first: counted there.
-            sup.ok().filter(|s| *s != p).and_then(|s| self.lans.get(&s))
-        });
-        // Inside p: network address in [p.network, p.broadcast]; `IpNet`
-        // orders by family, then address, then length.
-        let last = match p {
-            IpNet::V4(v) => Ipv4Net::new(v.broadcast(), 32).map(IpNet::V4),
-            IpNet::V6(v) => Ipv6Net::new(v.broadcast(), 128).map(IpNet::V6),
-        };
-        let inside = last
-            .ok()
-            .into_iter()
-            .flat_map(move |last| self.lans.range(p..=last).map(|(_, sites)| sites));
-        containing.chain(inside).flat_map(|sites| sites.iter())
+        overlapping_keys(&self.lans, p).flat_map(|(_, sites)| sites.iter())
     }
 
     /// Sites of a region, in name order.

@@ -9,9 +9,11 @@ use wardnet_common::filter::SiteFilter;
 use wardnet_common::policy::{Party, ServiceView, Source, Target};
 use wardnet_common::Name;
 
-use wardnet_common::net::overlaps;
-
 use super::{Model, Site, StoredPolicy};
+
+/// Sources a policy names, as prefixes, for one unchanging model.
+#[derive(Debug, Default)]
+pub struct SourceCache(std::collections::HashMap<Source, Vec<IpNet>>);
 
 impl Model {
     /// Forget the services behind a deleted site (the store deletes them
@@ -97,12 +99,25 @@ impl Model {
 
     /// The filter of site `s`'s data plane.
     pub fn filter(&self, s: &Site) -> SiteFilter {
+        self.filter_with(s, &mut SourceCache::default())
+    }
+
+    /// [`Model::filter`], with the sources a policy names looked up once
+    /// for every filter compiled from this model (the NOC's rule into all
+    /// sites compiles every filter; each names the same organisations).
+    pub fn filter_with(&self, s: &Site, cache: &mut SourceCache) -> SiteFilter {
         wardnet_common::filter::compile(
             &Self::party(s),
             &s.lan_prefixes,
             &self.policy.rules,
             &self.policy.services,
-            |src| self.sources(src),
+            |src| {
+                cache
+                    .0
+                    .entry(src.clone())
+                    .or_insert_with(|| IpNet::aggregate(&self.sources(src)))
+                    .clone()
+            },
         )
     }
 
@@ -181,7 +196,7 @@ impl Model {
             }
         }
         // The space delegated to an organisation is part of its sources.
-        for o in old.delegated.keys().chain(new.delegated.keys()) {
+        for (o, _) in old.delegated.iter().chain(new.delegated.iter()) {
             if old.delegated.get(o) != new.delegated.get(o) {
                 out.extend(self.org_holders(o));
             }
@@ -210,15 +225,18 @@ impl Model {
                 out.extend(self.target_sites(&r.rule.to, self.policy.services.iter()));
             }
         }
-        let mine = s
-            .addresses()
-            .into_iter()
-            .chain(s.lan_prefixes.iter().copied());
-        let mine: Vec<IpNet> = mine.collect();
-        for (o, space) in &self.policy.delegated {
-            if o != &s.org && space.iter().any(|b| mine.iter().any(|p| overlaps(b, p))) {
-                out.extend(self.org_holders(o));
-            }
+        let mut others = BTreeSet::new();
+        for p in s.addresses().iter().chain(&s.lan_prefixes) {
+            others.extend(
+                self.policy
+                    .delegated
+                    .overlapping(p)
+                    .map(|(_, o)| o)
+                    .filter(|o| **o != s.org),
+            );
+        }
+        for o in others {
+            out.extend(self.org_holders(o));
         }
         out
     }

@@ -117,9 +117,9 @@ impl Controller {
                     let holder = m
                         .policy
                         .delegated
-                        .iter()
-                        .find(|(_, d)| d.contains(b))
-                        .map(|(o, _)| o.to_string())
+                        .overlapping(b)
+                        .map(|(_, o)| o.to_string())
+                        .next()
                         .unwrap_or_default();
                     return Err(Error::Conflict(format!(
                         "region {name}'s block holds {b}, delegated to organisation {holder}; take it back first (`orgs undelegate {holder} {b}`)"
@@ -499,15 +499,10 @@ fn check_delegation(
                  delegate LAN space the network routes, or an overlay block inside a region's"
             )));
         }
-        for (other, theirs) in &m.policy.delegated {
-            if other == org {
-                continue;
-            }
-            if let Some(q) = theirs.iter().find(|q| overlaps(p, q)) {
-                return Err(Error::Conflict(format!(
-                    "delegated: {p} overlaps {q}, delegated to organisation {other}; take it back there first (`orgs undelegate {other} {q}`)"
-                )));
-            }
+        if let Some((q, other)) = m.policy.delegated.overlapping(p).find(|(_, o)| *o != org) {
+            return Err(Error::Conflict(format!(
+                "delegated: {p} overlaps {q}, delegated to organisation {other}; take it back there first (`orgs undelegate {other} {q}`)"
+            )));
         }
         if let Some(s) = m
             .lans_overlapping(p)

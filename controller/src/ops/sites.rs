@@ -360,16 +360,11 @@ fn check_claim(m: &Model, actor: &Actor, org: &Name, p: &IpNet) -> Result<(), Er
             }
         )));
     }
-    for (other, theirs) in &m.policy.delegated {
-        if other == org {
-            continue;
-        }
-        if let Some(q) = theirs.iter().find(|q| overlaps(p, q)) {
-            return Err(Error::Conflict(format!(
-                "lan_prefixes: {p} overlaps {q}, delegated to organisation {other}; \
-                 use space delegated to organisation {org}, or move the delegation (`orgs undelegate`)"
-            )));
-        }
+    if let Some((q, other)) = m.policy.delegated.overlapping(p).find(|(_, o)| *o != org) {
+        return Err(Error::Conflict(format!(
+            "lan_prefixes: {p} overlaps {q}, delegated to organisation {other}; \
+             use space delegated to organisation {org}, or move the delegation (`orgs undelegate`)"
+        )));
     }
     Ok(())
 }

@@ -197,8 +197,9 @@ impl<'m> Tx<'m> {
 
     pub(crate) fn insert_org(&mut self, org: Org) {
         if !org.delegated.is_empty() {
-            let p = self.policy_mut();
-            p.delegated.insert(org.name.clone(), org.delegated.clone());
+            self.policy_mut()
+                .delegated
+                .set(&org.name, org.delegated.clone());
         }
         self.writes.push(Write::InsertOrg(org));
     }
@@ -206,8 +207,8 @@ impl<'m> Tx<'m> {
     /// The store refuses it (`sites.org`, `admin_tokens.org`,
     /// `policy_rules.org`) while anything refers to the organisation.
     pub(crate) fn delete_org(&mut self, name: &Name) {
-        if self.model.policy.delegated.contains_key(name) {
-            self.policy_mut().delegated.remove(name);
+        if self.model.policy.delegated.get(name).is_some() {
+            self.policy_mut().delegated.set(name, Default::default());
         }
         self.writes.push(Write::DeleteOrg(name.clone()));
     }
@@ -222,12 +223,7 @@ impl<'m> Tx<'m> {
     /// Replace the address space (overlay blocks, LAN space) delegated to
     /// organisation `org`.
     pub(crate) fn delegate_lans(&mut self, org: &Name, prefixes: BTreeSet<IpNet>) {
-        let p = self.policy_mut();
-        if prefixes.is_empty() {
-            p.delegated.remove(org);
-        } else {
-            p.delegated.insert(org.clone(), prefixes.clone());
-        }
+        self.policy_mut().delegated.set(org, prefixes.clone());
         self.writes.push(Write::DelegateLans {
             org: org.clone(),
             prefixes,

@@ -89,6 +89,9 @@ pub(crate) fn apply_to(
 ) -> Vec<Bump> {
     touches.settle(model);
     let mut bumps = Vec::new();
+    // The policy and the sites' prefixes stay as they are while the
+    // touched sites render: each source is looked up once.
+    let mut sources = crate::model::SourceCache::default();
     for (name, touch) in touches.0 {
         let Some(site) = model.sites.get(&name) else {
             configs.remove(&name);
@@ -116,7 +119,7 @@ pub(crate) fn apply_to(
                     r.set_entry(peer, e, &mut d);
                 }
                 if touch.filter {
-                    let now = Some(Arc::new(model.filter(site)));
+                    let now = Some(Arc::new(model.filter_with(site, &mut sources)));
                     if now != r.filter {
                         r.filter.clone_from(&now);
                         d.filter = Some(now);

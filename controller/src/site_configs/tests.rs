@@ -142,13 +142,11 @@ fn toggle_delegation(m: &mut Model, k: u8) {
     let (org, p) = DELEGATIONS[usize::from(k)];
     let p: IpNet = p.parse().expect("prefix");
     let d = &mut Arc::make_mut(&mut m.policy).delegated;
-    let space = d.entry(name(org)).or_default();
+    let mut space = d.get(&name(org)).cloned().unwrap_or_default();
     if !space.remove(&p) {
         space.insert(p);
     }
-    if space.is_empty() {
-        d.remove(&name(org));
-    }
+    d.set(&name(org), space);
 }
 
 const POLICY_ITEMS: u8 = 6;

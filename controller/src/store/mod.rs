@@ -257,9 +257,7 @@ pub fn changes_policy(writes: &[Write]) -> bool {
 
 /// The organisations' delegated LAN space, as the policy keeps it (only
 /// organisations with some).
-pub(crate) fn delegated(
-    orgs: Vec<Org>,
-) -> std::collections::BTreeMap<Name, std::collections::BTreeSet<ipnet::IpNet>> {
+pub(crate) fn delegated(orgs: Vec<Org>) -> crate::model::Delegations {
     orgs.into_iter()
         .filter(|o| !o.delegated.is_empty())
         .map(|o| (o.name, o.delegated))
