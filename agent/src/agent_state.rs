@@ -182,12 +182,24 @@ impl AgentState {
         self.revoked
     }
 
-    /// The site's overlay IPv4 address (from its enrolment).
+    /// The site's overlay IPv4 address: the one it enrolled with while
+    /// the running config holds it, else the running config's (after the
+    /// site was renumbered).
     pub fn overlay_v4(&self) -> Option<Ipv4Addr> {
-        self.enrolment.addresses.iter().find_map(|a| match a {
+        let enrolled = self.enrolment.addresses.iter().find_map(|a| match a {
             ipnet::IpNet::V4(n) => Some(n.addr()),
             ipnet::IpNet::V6(_) => None,
-        })
+        });
+        let held = |a: &Ipv4Addr| {
+            self.running
+                .interface
+                .addresses
+                .iter()
+                .any(|p| p.addr() == std::net::IpAddr::V4(*a))
+        };
+        enrolled
+            .filter(|a| held(a) || self.running.interface.addresses.is_empty())
+            .or_else(|| source_v4(&self.running))
     }
 
     /// What the NOC's Prometheus should scrape (reported to the controller).

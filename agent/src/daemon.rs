@@ -183,18 +183,8 @@ pub(crate) async fn run(
         // The overlay address is on the interface now: serve the metrics
         // there, for the NOC's Prometheus to scrape through the tunnels.
         let state = eventloop.state();
-        if let Some(listen) = state.config().metrics_overlay(state.overlay_v4()) {
-            match tokio::net::TcpListener::bind(listen).await {
-                Ok(listener) => {
-                    tracing::info!(%listen, "metrics endpoint on the overlay address (/metrics, /healthz, /readyz)");
-                    tasks.spawn(serve_http(listener, agent.clone(), stop.clone(), true));
-                }
-                Err(e) => tracing::error!(
-                    error = %e, %listen,
-                    "cannot serve metrics on the overlay address; Prometheus will not reach this agent (set metrics_overlay_port = 0 to turn it off)"
-                ),
-            }
-        }
+        let first = state.config().metrics_overlay(state.overlay_v4());
+        tasks.spawn(serve_overlay_metrics(agent.clone(), first, stop.clone()));
         crate::notify::ready(&format!(
             "tunnels up on {} from the {} config",
             state.config().interface,
@@ -225,6 +215,53 @@ pub(crate) async fn run(
         tracing::warn!(error = ?e, "the data plane did not stop cleanly");
     }
     result
+}
+
+/// The metrics endpoint on the overlay address, following the address:
+/// a renumbered site's agent moves it to the new address once the old one
+/// has left its config (checked every few seconds).
+async fn serve_overlay_metrics(
+    agent: AgentHandle,
+    mut want: Option<std::net::SocketAddr>,
+    stop: CancellationToken,
+) {
+    let mut serving: Option<(std::net::SocketAddr, CancellationToken)> = None;
+    // An address that would not bind is tried again, and said once.
+    let mut failed = None;
+    loop {
+        if serving.as_ref().map(|(a, _)| *a) != want {
+            if let Some((old, s)) = serving.take() {
+                s.cancel();
+                tracing::info!(%old, "the overlay address moved: metrics endpoint closed there");
+            }
+            if let Some(listen) = want {
+                match tokio::net::TcpListener::bind(listen).await {
+                    Ok(listener) => {
+                        tracing::info!(%listen, "metrics endpoint on the overlay address (/metrics, /healthz, /readyz)");
+                        let s = stop.child_token();
+                        tokio::spawn(serve_http(listener, agent.clone(), s.clone(), true));
+                        serving = Some((listen, s));
+                    }
+                    Err(e) if failed != Some(listen) => {
+                        failed = Some(listen);
+                        tracing::error!(
+                            error = %e, %listen,
+                            "cannot serve metrics on the overlay address; Prometheus will not reach this agent (set metrics_overlay_port = 0 to turn it off)"
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        match agent.overlay_metrics().await {
+            Some(now) => want = now,
+            None => return,
+        }
+    }
 }
 
 async fn serve_http(

@@ -190,6 +190,9 @@ impl<D: Device, R: Routes> Eventloop<D, R> {
                 let snap = self.device.snapshot().await;
                 let _ = tx.send(self.state.metrics(&snap, SystemTime::now(), Instant::now()));
             }
+            Event::OverlayMetrics(tx) => {
+                let _ = tx.send(self.state.config().metrics_overlay(self.state.overlay_v4()));
+            }
             Event::ProbeReply(reply, at) => self.state.on_probe_reply(&reply, at),
             Event::Handshake(peer, at) => self.state.on_handshake(&peer, at, Instant::now()),
             Event::Reload => self.reload(),

@@ -29,6 +29,8 @@ pub(crate) enum Event {
     Health(oneshot::Sender<HealthSummary>),
     /// `/metrics` in the Prometheus text format.
     Metrics(oneshot::Sender<String>),
+    /// Where the metrics endpoint on the overlay address listens now.
+    OverlayMetrics(oneshot::Sender<Option<std::net::SocketAddr>>),
     /// An echo reply to one of our probes, and when it arrived.
     ProbeReply(EchoReply, Instant),
     /// A handshake with the peer completed, and when.
@@ -82,6 +84,12 @@ impl AgentHandle {
 
     pub async fn health(&self) -> Option<HealthSummary> {
         self.ask(Event::Health).await
+    }
+
+    /// Where the metrics endpoint on the overlay address should listen now
+    /// (it follows the site's address through a renumber).
+    pub async fn overlay_metrics(&self) -> Option<Option<std::net::SocketAddr>> {
+        self.ask(Event::OverlayMetrics).await
     }
 
     /// Re-read the config file, as SIGHUP does.

@@ -120,7 +120,7 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "wardnet_policy_enforced",
-        "1 when the data plane filters what comes out of the tunnels (the controller sent the site a filter: every site, `default` ones admitting everything to their own addresses).",
+        "1 when the data plane filters what comes out of the tunnels (the controller sent the site a filter: every site, from a controller of this version).",
         MetricType::GAUGE,
         &[],
     ),

@@ -378,6 +378,16 @@ pub struct UpdateSite {
     pub endpoint: Option<Option<Endpoint>>,
 }
 
+/// `POST /v1/sites/{name}/renumber`: move a site into its organisation's
+/// overlay block (`finish` false), or drop its old addresses once every
+/// agent carrying it has the new ones (`finish` true).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RenumberSite {
+    #[serde(default)]
+    pub finish: bool,
+}
+
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -414,6 +424,10 @@ pub struct SiteView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<PublicKey>,
     pub addresses: BTreeSet<IpNet>,
+    /// During `sites renumber`: the old addresses, still the site's (in
+    /// `addresses` too) until the move is finished.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub former_addresses: BTreeSet<IpNet>,
     /// Current revision of the site's rendered config.
     pub revision: u64,
     /// The revision the agent last reported applied.

@@ -141,73 +141,112 @@ pub fn allocate_site_addresses_skipping(
         region: region.name.clone(),
         block,
     };
-    let ranges = |v4: bool, of: &[IpNet]| -> Vec<(u128, u128)> {
-        of.iter()
-            .filter_map(|p| match p {
-                IpNet::V4(b) if v4 => Some((
-                    u32::from(b.network()).into(),
-                    u32::from(b.broadcast()).into(),
-                )),
-                IpNet::V6(b) if !v4 => Some((b.network().into(), b.broadcast().into())),
-                _ => None,
-            })
-            .collect()
-    };
-
-    let block = region.ipv4_block;
-    let v4 = if block.prefix_len() >= 31 {
-        None
-    } else {
-        let lo = u32::from(block.network()) + 1;
-        let hi = u32::from(block.broadcast()) - 1;
-        let free_in = |a: u128, b: u128| {
-            let (a, b) = (Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32));
-            lowest_free(
-                u32::from(a).into(),
-                u32::from(b).into(),
-                used_v4.range(a..=b).map(|x| u32::from(*x).into()),
-                skip_v4.range(a..=b).map(|x| u32::from(*x).into()),
-            )
-        };
-        place(
-            lo.into(),
-            hi.into(),
-            &ranges(true, &blocks.own),
-            &ranges(true, &blocks.foreign),
-            free_in,
-        )
-    };
-    let v4 = Ipv4Addr::from(v4.ok_or_else(|| exhausted(IpNet::V4(block)))? as u32);
-
+    let v4 = allocate_v4(region.ipv4_block, used_v4, skip_v4, blocks)
+        .ok_or_else(|| exhausted(IpNet::V4(region.ipv4_block)))?;
     let v6 = match region.ipv6_block {
         None => None,
-        Some(block) => {
-            let free = if block.prefix_len() >= 128 {
-                None
-            } else {
-                let free_in = |a: u128, b: u128| {
-                    let (a, b) = (Ipv6Addr::from(a), Ipv6Addr::from(b));
-                    lowest_free(
-                        a.into(),
-                        b.into(),
-                        used_v6.range(a..=b).map(|x| u128::from(*x)),
-                        skip_v6.range(a..=b).map(|x| u128::from(*x)),
-                    )
-                };
-                place(
-                    u128::from(block.network()) + 1,
-                    block.broadcast().into(),
-                    &ranges(false, &blocks.own),
-                    &ranges(false, &blocks.foreign),
-                    free_in,
-                )
-            };
-            Some(Ipv6Addr::from(
-                free.ok_or_else(|| exhausted(IpNet::V6(block)))?,
-            ))
-        }
+        Some(block) => Some(
+            allocate_v6(block, used_v6, skip_v6, blocks)
+                .ok_or_else(|| exhausted(IpNet::V6(block)))?,
+        ),
     };
     Ok((v4, v6))
+}
+
+/// Addresses for a site moving into its organisation's `own` blocks of
+/// the region: per family, the lowest free address inside them, or `None`
+/// when there is no such block of that family or it is full.
+pub fn allocate_in_blocks(
+    region: &Region,
+    used_v4: &OrdSet<Ipv4Addr>,
+    used_v6: &OrdSet<Ipv6Addr>,
+    own: &[IpNet],
+) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    // The whole region is another's: nothing outside `own` is taken.
+    let mut everything = vec![IpNet::V4(region.ipv4_block)];
+    everything.extend(region.ipv6_block.map(IpNet::V6));
+    let blocks = Blocks {
+        own: own.to_vec(),
+        foreign: everything,
+    };
+    let v4 = allocate_v4(region.ipv4_block, used_v4, &BTreeSet::new(), &blocks);
+    let v6 = region
+        .ipv6_block
+        .and_then(|b| allocate_v6(b, used_v6, &BTreeSet::new(), &blocks));
+    (v4, v6)
+}
+
+/// The range of a family's prefixes in `of`.
+fn ranges(v4: bool, of: &[IpNet]) -> Vec<(u128, u128)> {
+    of.iter()
+        .filter_map(|p| match p {
+            IpNet::V4(b) if v4 => Some((
+                u32::from(b.network()).into(),
+                u32::from(b.broadcast()).into(),
+            )),
+            IpNet::V6(b) if !v4 => Some((b.network().into(), b.broadcast().into())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The IPv4 address for a site of an organisation with `blocks` in the
+/// region's IPv4 `block` (never its network or broadcast address).
+fn allocate_v4(
+    block: Ipv4Net,
+    used: &OrdSet<Ipv4Addr>,
+    skip: &BTreeSet<Ipv4Addr>,
+    blocks: &Blocks,
+) -> Option<Ipv4Addr> {
+    if block.prefix_len() >= 31 {
+        return None;
+    }
+    let lo = u32::from(block.network()) + 1;
+    let hi = u32::from(block.broadcast()) - 1;
+    let free_in = |a: u128, b: u128| {
+        let (a, b) = (Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32));
+        lowest_free(
+            u32::from(a).into(),
+            u32::from(b).into(),
+            used.range(a..=b).map(|x| u32::from(*x).into()),
+            skip.range(a..=b).map(|x| u32::from(*x).into()),
+        )
+    };
+    let own = ranges(true, &blocks.own);
+    let foreign = ranges(true, &blocks.foreign);
+    place(lo.into(), hi.into(), &own, &foreign, free_in).map(|a| Ipv4Addr::from(a as u32))
+}
+
+/// The IPv6 address for a site of an organisation with `blocks` in the
+/// region's IPv6 `block` (never the subnet-router anycast `::0`).
+fn allocate_v6(
+    block: Ipv6Net,
+    used: &OrdSet<Ipv6Addr>,
+    skip: &BTreeSet<Ipv6Addr>,
+    blocks: &Blocks,
+) -> Option<Ipv6Addr> {
+    if block.prefix_len() >= 128 {
+        return None;
+    }
+    let free_in = |a: u128, b: u128| {
+        let (a, b) = (Ipv6Addr::from(a), Ipv6Addr::from(b));
+        lowest_free(
+            a.into(),
+            b.into(),
+            used.range(a..=b).map(|x| u128::from(*x)),
+            skip.range(a..=b).map(|x| u128::from(*x)),
+        )
+    };
+    let own = ranges(false, &blocks.own);
+    let foreign = ranges(false, &blocks.foreign);
+    place(
+        u128::from(block.network()) + 1,
+        block.broadcast().into(),
+        &own,
+        &foreign,
+        free_in,
+    )
+    .map(Ipv6Addr::from)
 }
 
 /// The address for a site in `[lo, hi]`: the lowest free one (`free_in`

@@ -263,6 +263,20 @@ async fn every_command_prints_json_with_output_json() {
             .is_some_and(|c| c.contains("[Interface]")),
         "{v}"
     );
+    check(
+        "orgs delegate",
+        &["orgs", "delegate", "trust-a", "100.64.8.0/24"],
+    );
+    let v = check("sites renumber", &["sites", "renumber", "gp-a"]);
+    assert_eq!(
+        v["former_addresses"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
+    assert_eq!(
+        check("sites renumber", &["sites", "renumber", "gp-a", "--finish"])["name"],
+        "gp-a"
+    );
     assert_eq!(
         check("sites revoke", &["sites", "revoke", "gp-a"])["state"],
         "revoked"

@@ -761,3 +761,120 @@ async fn organisations_get_overlay_blocks_and_their_filters_stay_small() {
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
 }
+
+/// Renumbering: a site from before its organisation's block moves into
+/// it with its old address beside the new (in its own config and the
+/// view), the old one goes only once its agent has applied the new, and
+/// every refusal says what to do. Another organisation's token finds no
+/// such site.
+#[tokio::test]
+async fn a_site_moves_into_its_organisations_block_old_and_new_side_by_side() {
+    let World { t, a, b } = world().await;
+    let (a, b) = (a.1.as_str(), b.1.as_str());
+    let v = t
+        .site_as(
+            a,
+            json!({"name": "a-old", "region": "north", "role": "spoke"}),
+        )
+        .await;
+    let old = v["site"]["addresses"][0]
+        .as_str()
+        .expect("address")
+        .to_owned();
+    let credential = t.enrolled(v["token"].as_str().expect("token"), None).await;
+    let renumber = |token: &str, finish: bool| {
+        let (t, token) = (&t, token.to_owned());
+        async move {
+            t.as_token(
+                &token,
+                Method::POST,
+                "/v1/sites/a-old/renumber",
+                Some(json!({ "finish": finish })),
+            )
+            .await
+        }
+    };
+    refused(
+        renumber(a, false).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "orgs delegate trust-a",
+    );
+    t.delegate("trust-a", &["10.1.0.0/16", "100.64.4.0/30"])
+        .await;
+    let (s, _) = renumber(b, false).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another organisation's site");
+
+    let (s, v) = renumber(a, false).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let addresses: Vec<&str> = v["addresses"]
+        .as_array()
+        .expect("addresses")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        addresses.contains(&"100.64.4.0/32"),
+        "the block's first free: {v}"
+    );
+    assert!(addresses.contains(&old.as_str()), "the old one stays: {v}");
+    assert_eq!(v["former_addresses"], json!([old]), "{v}");
+    let (_, config) = t.agent_config(&credential, 0, 0).await;
+    let on_interface = config["interface"]["addresses"].to_string();
+    assert!(
+        on_interface.contains("100.64.4.0/32") && on_interface.contains(&old),
+        "{config}"
+    );
+    refused(renumber(a, false).await, StatusCode::CONFLICT, "--finish");
+
+    // Not before the agent has applied the new address.
+    refused(
+        renumber(a, true).await,
+        StatusCode::CONFLICT,
+        "a-old (applied revision 0",
+    );
+    let revision = config["revision"].as_u64().expect("revision");
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/v1/agent/report",
+            Some(&credential),
+            Some(json!({ "applied_revision": revision })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, v) = renumber(a, true).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(
+        !v["addresses"].to_string().contains(&old),
+        "the old one is gone: {v}"
+    );
+    assert!(v.get("former_addresses").is_none(), "{v}");
+    let (_, config) = t.agent_config(&credential, 0, 0).await;
+    assert!(
+        !config["interface"]["addresses"].to_string().contains(&old),
+        "{config}"
+    );
+    refused(
+        renumber(a, true).await,
+        StatusCode::CONFLICT,
+        "not being renumbered",
+    );
+    refused(
+        renumber(a, false).await,
+        StatusCode::CONFLICT,
+        "already in its organisation's blocks",
+    );
+
+    let (_, audit) = t.as_token(a, Method::GET, "/v1/audit", None).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["object"] == "a-old")
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"site.renumber") && actions.contains(&"site.renumber.finish"),
+        "{audit}"
+    );
+}

@@ -75,6 +75,7 @@ fn site(s: S<'_>) -> Site {
             ipv6: Some(s.v6.parse().expect("ipv6")),
             created_at: 1_700_000_000,
             enrolled_at: None,
+            renumber: None,
             credential_hash: None,
         },
         revision: 3,

@@ -525,6 +525,114 @@ fn the_default_organisation_is_filtered_and_mesh_tunnels_follow_the_policy() -> 
     Ok(())
 }
 
+/// Renumbering with real agents: lth-a, from before its trust's overlay
+/// block, moves into it. While the move is under way its gateway answers
+/// on both addresses; `--finish` is refused until every agent carrying it
+/// has the new one, then the old address is gone, the new one answers and
+/// the agent's metrics endpoint moves to it. A stream between the trust's
+/// sites' LANs loses nothing throughout.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_site_renumbered_into_its_organisations_block_loses_nothing() -> Result<()> {
+    let name = "a_site_renumbered_into_its_organisations_block_loses_nothing";
+    if !require_root(name) {
+        return Ok(());
+    }
+    let mut f = Fleet::start()?;
+    f.region("north", false)?;
+    f.cli(&["orgs", "add", "leeds-trust"])?;
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    let trust = |lan| SiteOpts {
+        lan,
+        endpoint: false,
+        org: Some("leeds-trust"),
+    };
+    f.add_site("lth-a", "north", false, trust(true))?;
+    f.add_site("lth-b", "north", false, trust(true))?;
+    let old = f.overlay("lth-a");
+    let lan = f.lan("lth-a");
+    let target = SocketAddr::from((lan.host, 5000));
+    let stream = Stream::start(
+        &f.site("lth-b").gw,
+        &lan.ns,
+        target,
+        Duration::from_millis(5),
+    )?;
+    stream.wait_flowing(Duration::from_secs(10))?;
+    let v4_on = |site: &str| -> Result<String> {
+        let s = f.site(site);
+        s.gw.ip(&["-4", "-o", "addr", "show", "dev", &s.iface])
+    };
+
+    // The block comes after the sites: lth-a moves into it.
+    f.cli(&["orgs", "delegate", "leeds-trust", "100.64.8.0/24"])?;
+    let moved = f.cli_json(&["sites", "renumber", "lth-a"])?;
+    let new: Ipv4Addr = moved["addresses"]
+        .as_array()
+        .context("addresses")?
+        .iter()
+        .filter_map(|a| a.as_str()?.strip_suffix("/32")?.parse().ok())
+        .find(|a: &Ipv4Addr| a.octets()[..3] == [100, 64, 8])
+        .context("an address in the block")?;
+    wait_for(Duration::from_secs(10), "both addresses on lth-a", || {
+        let on = v4_on("lth-a")?;
+        Ok((on.contains(&format!("{old}/32")) && on.contains(&format!("{new}/32"))).then_some(()))
+    })?;
+    let b = &f.site("lth-b").gw;
+    wait_for(
+        Duration::from_secs(10),
+        "lth-a's new address to answer",
+        || Ok(Fleet::ping(b, new, 1).then_some(())),
+    )?;
+    assert!(Fleet::ping(b, old, 2), "the old address still answers");
+
+    wait_for(
+        Duration::from_secs(15),
+        "renumber --finish to be accepted",
+        || Ok(f.cli(&["sites", "renumber", "lth-a", "--finish"]).ok()),
+    )?;
+    wait_for(
+        Duration::from_secs(10),
+        "the old address to leave lth-a",
+        || Ok((!v4_on("lth-a")?.contains(&format!("{old}/32"))).then_some(())),
+    )?;
+    assert!(Fleet::ping(b, new, 2), "the new address answers");
+    assert!(!Fleet::ping(b, old, 2), "the old address is no site's");
+    let metrics = format!("http://{new}:9586/metrics");
+    wait_for(
+        Duration::from_secs(10),
+        "lth-a's metrics on its new address",
+        || {
+            Ok(f.site("lth-a")
+                .gw
+                .exec(&[
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "1",
+                    "-o",
+                    "/dev/null",
+                    &metrics,
+                ])
+                .ok())
+        },
+    )?;
+
+    let report = stream.finish(Duration::from_millis(500));
+    eprintln!(
+        "LAN stream through the renumber: sent {}, received {}, lost {}",
+        report.sent,
+        report.received,
+        report.lost()
+    );
+    assert!(report.sent > 100, "the stream ran: {report:?}");
+    assert_eq!(report.lost(), 0, "the LANs lost packets: {report:?}");
+    Ok(())
+}
+
 /// Identity, not names: a rule from gp-9 into lth-a's LAN goes with gp-9;
 /// another organisation's new site called gp-9, with a real agent, gets
 /// nothing of it.

@@ -284,6 +284,16 @@ pub(super) async fn delete_site(
     Ok(StatusCode::NO_CONTENT)
 }
 
+pub(super) async fn renumber_site(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path(n): Path<String>,
+    Json(req): Json<wardnet_common::wire::RenumberSite>,
+) -> ApiResult<Response> {
+    let site = name("site", &n)?;
+    Ok(axum::Json(c.renumber_site(&actor, &site, req.finish).await?).into_response())
+}
+
 pub(super) async fn revoke_site(
     State(c): Ctl,
     Admin(actor): Admin,

@@ -55,6 +55,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/sites/{name}"),
     ("DELETE", "/v1/sites/{name}"),
     ("POST", "/v1/sites/{name}/revoke"),
+    ("POST", "/v1/sites/{name}/renumber"),
     ("POST", "/v1/sites/{name}/token"),
     ("GET", "/v1/sites/{name}/config"),
     ("GET", "/v1/sites/{name}/wg-quick"),
@@ -102,6 +103,7 @@ pub fn router(controller: Arc<Controller>) -> Router {
                 .delete(h::delete_site),
         )
         .route("/v1/sites/{name}/revoke", post(h::revoke_site))
+        .route("/v1/sites/{name}/renumber", post(h::renumber_site))
         .route("/v1/sites/{name}/token", post(h::issue_token))
         .route("/v1/sites/{name}/config", get(h::site_config))
         .route("/v1/sites/{name}/wg-quick", get(h::wg_quick))

@@ -434,6 +434,17 @@ pub enum SitesCommand {
         #[arg(long)]
         clear_endpoint: bool,
     },
+    /// Move a site into its organisation's overlay block: it gets addresses
+    /// there and keeps its old ones beside them; with --finish, the old ones
+    /// go (once its agent and every agent carrying it have the new ones).
+    Renumber {
+        /// Site name.
+        name: Name,
+        /// Drop the old addresses (refused, naming who, until every agent
+        /// that carries the site has applied the new ones).
+        #[arg(long)]
+        finish: bool,
+    },
     /// Revoke a site: its credential stops working and every peer drops it.
     Revoke {
         /// Site name.

@@ -91,6 +91,15 @@ pub(super) async fn sites(api: &ApiArgs, command: SitesCommand) -> Result<()> {
                 .await?;
             print_out(api.output, &s, || table::site_detail(&s))
         }
+        SitesCommand::Renumber { name, finish } => {
+            let s: SiteView = c
+                .post(
+                    &format!("/v1/sites/{name}/renumber"),
+                    &wardnet_common::wire::RenumberSite { finish },
+                )
+                .await?;
+            print_out(api.output, &s, || table::site_detail(&s))
+        }
         SitesCommand::Delete { name } => {
             c.delete(&format!("/v1/sites/{name}")).await?;
             let done = Deleted { kind: "site", name };

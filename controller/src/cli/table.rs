@@ -48,10 +48,21 @@ pub(super) fn time(t: Option<UnixTime>) -> String {
     t.map_or_else(|| "-".into(), wardnet_common::time::format_rfc3339)
 }
 
+/// The site's addresses; during a renumber the old ones marked so.
 fn addresses(s: &SiteView) -> String {
     s.addresses
         .iter()
-        .map(|a| a.addr().to_string())
+        .map(|a| {
+            if s.former_addresses.contains(a) {
+                format!(
+                    "{} (old, until `sites renumber {} --finish`)",
+                    a.addr(),
+                    s.name
+                )
+            } else {
+                a.addr().to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -196,6 +196,22 @@ pub struct SiteInputs {
     pub credential_hash: Option<String>,
     pub created_at: UnixTime,
     pub enrolled_at: Option<UnixTime>,
+    /// A move into its organisation's overlay block under way (`sites
+    /// renumber`): the old addresses stay beside `ipv4` and `ipv6` until
+    /// the agents that carry the site have applied the new ones.
+    pub renumber: Option<Renumber>,
+}
+
+/// A site moving into its organisation's overlay block.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renumber {
+    /// The addresses it had, still its own until the move is finished.
+    pub former: BTreeSet<std::net::IpAddr>,
+    /// The sites whose configs carry it (itself, its region's hubs, its
+    /// mesh peers), with the revision each had before the move: each
+    /// applies a later one before the old addresses go.
+    pub carriers: BTreeMap<Name, u64>,
 }
 
 /// A site: its inputs, the revision of its config, and what its agent
@@ -243,14 +259,19 @@ impl Site {
 }
 
 impl SiteInputs {
-    /// The site's overlay addresses as host prefixes.
+    /// The site's overlay addresses as host prefixes (during a renumber,
+    /// the old ones too: the site still answers on them).
     pub fn addresses(&self) -> BTreeSet<IpNet> {
-        let mut out = BTreeSet::new();
-        out.insert(wardnet_common::net::host_prefix(self.ipv4.into()));
-        if let Some(v6) = self.ipv6 {
-            out.insert(wardnet_common::net::host_prefix(v6.into()));
-        }
-        out
+        self.overlay()
+            .map(wardnet_common::net::host_prefix)
+            .collect()
+    }
+
+    /// The site's overlay addresses, the old ones of a renumber included.
+    pub fn overlay(&self) -> impl Iterator<Item = std::net::IpAddr> + '_ {
+        std::iter::once(self.ipv4.into())
+            .chain(self.ipv6.map(Into::into))
+            .chain(self.renumber.iter().flat_map(|r| r.former.iter().copied()))
     }
 
     /// Whether the site takes part in other sites' configs.
@@ -360,11 +381,16 @@ impl Model {
             self.by_key.entry(k).or_default().insert(s.name.clone());
         }
         let (v4, v6) = self.region_addresses.entry(s.region.clone()).or_default();
-        v4.insert(s.ipv4);
-        v6.extend(s.ipv6);
-        self.by_address.insert(s.ipv4.into(), s.name.clone());
-        if let Some(a) = s.ipv6 {
-            self.by_address.insert(a.into(), s.name.clone());
+        for a in s.overlay() {
+            match a {
+                std::net::IpAddr::V4(a) => {
+                    v4.insert(a);
+                }
+                std::net::IpAddr::V6(a) => {
+                    v6.insert(a);
+                }
+            }
+            self.by_address.insert(a, s.name.clone());
         }
         for p in &s.lan_prefixes {
             self.lans
@@ -403,13 +429,17 @@ impl Model {
                 }
             }
         }
-        if let Some((v4, v6)) = self.region_addresses.get_mut(&old.region) {
-            v4.remove(&old.ipv4);
-            if let Some(a) = &old.ipv6 {
-                v6.remove(a);
+        for a in old.overlay() {
+            if let Some((v4, v6)) = self.region_addresses.get_mut(&old.region) {
+                match a {
+                    std::net::IpAddr::V4(a) => {
+                        v4.remove(&a);
+                    }
+                    std::net::IpAddr::V6(a) => {
+                        v6.remove(&a);
+                    }
+                }
             }
-        }
-        for a in std::iter::once(std::net::IpAddr::from(old.ipv4)).chain(old.ipv6.map(Into::into)) {
             if self.by_address.get(&a) == Some(name) {
                 self.by_address.remove(&a);
             }

@@ -21,6 +21,7 @@ fn site(n: &str, region: &str, state: SiteState, key: Option<u8>, lans: &[IpNet]
             ipv6: None,
             created_at: 0,
             enrolled_at: None,
+            renumber: None,
             credential_hash: None,
         },
         revision: 0,

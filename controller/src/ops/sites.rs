@@ -76,6 +76,7 @@ impl Controller {
                 ipv6,
                 created_at: now,
                 enrolled_at: agentless.then_some(now),
+                renumber: None,
                 credential_hash: None,
             });
             let mut out = SiteCreated {
@@ -158,6 +159,44 @@ impl Controller {
         })
         .await?;
         self.site(&Actor::local(), &owned_name)
+    }
+
+    /// Move a site into its organisation's overlay block. Started
+    /// (`finish` false), it gets addresses in the block and keeps its old
+    /// ones beside them, so that nothing using either breaks; finished, the
+    /// old ones go, once its agent and every agent that carries it (its
+    /// region's hubs, its mesh peers) has applied a config with the new.
+    pub async fn renumber_site(
+        &self,
+        actor: &Actor,
+        name: &Name,
+        finish: bool,
+    ) -> Result<SiteView, Error> {
+        let reports = if finish {
+            self.reports()
+        } else {
+            Default::default()
+        };
+        let (actor, owned) = (actor.clone(), name.clone());
+        self.change(move |tx| {
+            let (m, name) = (tx.model(), &owned);
+            let before = visible_site(m, &actor, name)?.as_ref().clone();
+            let after = if finish {
+                renumber_finished(m, &before, &reports)?
+            } else {
+                renumber_started(m, &before)?
+            };
+            tx.update_site(after);
+            let action = if finish {
+                "site.renumber.finish"
+            } else {
+                "site.renumber"
+            };
+            tx.audit_site(&actor.id, action, name);
+            Ok(())
+        })
+        .await?;
+        self.site(&Actor::local(), name)
     }
 
     pub async fn revoke_site(&self, actor: &Actor, name: &Name) -> Result<SiteView, Error> {
@@ -340,6 +379,124 @@ fn check_lan_prefixes(
         }
     }
     Ok(())
+}
+
+/// Site `s` with addresses in its organisation's blocks of its region, the
+/// old ones kept beside them, and the sites that carry it with the
+/// revisions they are at.
+fn renumber_started(m: &Model, s: &Site) -> Result<Site, Error> {
+    let name = &s.name;
+    if s.agentless {
+        return Err(Error::Unprocessable(format!(
+            "site {name} is agentless: no agent of ours would apply its new address; \
+             delete it and add it again (it then gets an address in its organisation's block), \
+             then export its config to the appliance again"
+        )));
+    }
+    if let Some(r) = &s.renumber {
+        let old: Vec<String> = r.former.iter().map(ToString::to_string).collect();
+        return Err(Error::Conflict(format!(
+            "site {name} is already moving from {}; finish that first (`sites renumber {name} --finish`)",
+            old.join(", ")
+        )));
+    }
+    let region = m
+        .regions
+        .get(&s.region)
+        .ok_or_else(|| not_found_region(&s.region))?;
+    let own = ipam::blocks(m, &s.org, region).own;
+    if own.is_empty() {
+        return Err(Error::Unprocessable(format!(
+            "organisation {} has no overlay block in region {}; the NOC delegates one first \
+             (`wardnet-controller orgs delegate {} PREFIX`, inside the region's block)",
+            s.org, s.region, s.org
+        )));
+    }
+    let inside = |a: std::net::IpAddr| own.iter().any(|b| b.contains(&a));
+    let (used4, used6) = ipam::used_addresses(m, &s.region);
+    let (new4, new6) = ipam::allocate_in_blocks(region, &used4, &used6, &own);
+    let mut after = s.clone();
+    let mut former = BTreeSet::new();
+    if !inside(s.ipv4.into()) {
+        if let Some(a) = new4 {
+            former.insert(s.ipv4.into());
+            after.ipv4 = a;
+        }
+    }
+    if let (Some(old), Some(new)) = (s.ipv6, new6) {
+        if !inside(old.into()) {
+            former.insert(old.into());
+            after.ipv6 = Some(new);
+        }
+    }
+    if former.is_empty() {
+        // Nothing moved: an address outside the blocks had no room there
+        // (IPv6 only counts where the organisation has an IPv6 block).
+        let has6 = own.iter().any(|b| matches!(b, IpNet::V6(_)));
+        let full = !inside(s.ipv4.into()) || (has6 && s.ipv6.is_some_and(|a| !inside(a.into())));
+        return Err(Error::Conflict(if full {
+            format!(
+                "organisation {}'s blocks in region {} have no free address for site {name}; \
+                 the NOC delegates a larger block",
+                s.org, s.region
+            )
+        } else {
+            format!("site {name}'s addresses are already in its organisation's blocks")
+        }));
+    }
+    let mut carriers: std::collections::BTreeMap<Name, u64> = [(name.clone(), s.revision)].into();
+    for h in m.region_hubs(&s.region).filter(|h| h.name != *name) {
+        carriers.insert(h.name.clone(), h.revision);
+    }
+    if s.role == Role::Spoke && region.mesh {
+        for t in m
+            .region_sites(&s.region)
+            .filter(|t| t.role == Role::Spoke && t.is_active() && t.name != *name)
+            .filter(|t| m.may_talk(s, t))
+        {
+            carriers.insert(t.name.clone(), t.revision);
+        }
+    }
+    after.renumber = Some(crate::model::Renumber { former, carriers });
+    Ok(after)
+}
+
+/// Site `s` without its old addresses, if every agent that carries it
+/// has applied a config after the renumber started.
+fn renumber_finished(
+    m: &Model,
+    s: &Site,
+    reports: &std::collections::HashMap<Name, Report>,
+) -> Result<Site, Error> {
+    let name = &s.name;
+    let Some(r) = &s.renumber else {
+        return Err(Error::Conflict(format!(
+            "site {name} is not being renumbered (`sites renumber {name}` starts it)"
+        )));
+    };
+    let waiting: Vec<String> = r
+        .carriers
+        .iter()
+        .filter_map(|(c, at)| {
+            let t = m.sites.get(c).filter(|t| t.is_active() && !t.agentless)?;
+            let applied = reports
+                .get(c)
+                .map_or(0, |r| r.applied_revision)
+                .max(t.applied_revision);
+            (applied <= *at)
+                .then(|| format!("{c} (applied revision {applied}, needs one after {at})"))
+        })
+        .collect();
+    if !waiting.is_empty() {
+        return Err(Error::Conflict(format!(
+            "not every agent that carries site {name} has applied its new address yet: {}; \
+             try again when they have (connected agents do within seconds)",
+            waiting.join(", ")
+        )));
+    }
+    let mut after = s.clone();
+    after.renumber = None;
+    Ok(after)
 }
 
 /// A LAN prefix newly given to a site of organisation `org`: a scoped

@@ -49,6 +49,12 @@ pub(crate) fn site_view(s: &Site, r: &Report) -> SiteView {
         endpoint: s.endpoint,
         public_key: s.public_key,
         addresses: s.addresses(),
+        former_addresses: s
+            .renumber
+            .iter()
+            .flat_map(|r| r.former.iter())
+            .map(|a| wardnet_common::net::host_prefix(*a))
+            .collect(),
         revision: s.revision,
         applied_revision: r.applied_revision,
         created_at: s.created_at,

@@ -325,7 +325,7 @@ impl<'m> Tx<'m> {
 fn site_fields(s: &Site) -> String {
     let lans: Vec<String> = s.lan_prefixes.iter().map(ToString::to_string).collect();
     format!(
-        "org {}, region {}, role {}, state {}, lan [{}], endpoint {}, address {}{}",
+        "org {}, region {}, role {}, state {}, lan [{}], endpoint {}, address {}{}{}",
         s.org,
         s.region,
         s.role,
@@ -334,7 +334,15 @@ fn site_fields(s: &Site) -> String {
         s.endpoint
             .map_or_else(|| "none".to_owned(), |e| e.to_string()),
         s.ipv4,
-        if s.agentless { ", agentless" } else { "" }
+        s.ipv6.map(|a| format!(" {a}")).unwrap_or_default(),
+        match &s.renumber {
+            Some(r) => {
+                let old: Vec<String> = r.former.iter().map(ToString::to_string).collect();
+                format!(", renumbering from {}", old.join(" "))
+            }
+            None if s.agentless => ", agentless".to_owned(),
+            None => String::new(),
+        }
     )
 }
 
@@ -397,6 +405,7 @@ pub(super) mod tests {
             credential_hash: None,
             created_at: 1,
             enrolled_at: None,
+            renumber: None,
         })
     }
 

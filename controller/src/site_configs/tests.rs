@@ -79,6 +79,7 @@ fn new_site(r: u8, i: u8, lan: Option<u8>, active: bool) -> Site {
             ipv6: Some(format!("fd7a:6e65:0:{r}::{}", i + 1).parse().expect("v6")),
             created_at: 0,
             enrolled_at: None,
+            renumber: None,
             credential_hash: None,
         },
         revision: 0,

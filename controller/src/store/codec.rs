@@ -283,6 +283,7 @@ pub(crate) const SITE_COLUMNS: &[&str] = &[
     "credential_hash",
     "created_at",
     "enrolled_at",
+    "renumber",
     "revision",
     "render_fingerprint",
     "applied_revision",
@@ -312,6 +313,7 @@ pub(crate) fn site_values(s: &Site) -> Vec<Value> {
         i.credential_hash.clone().into(),
         i.created_at.into(),
         i.enrolled_at.into(),
+        i.renumber.as_ref().map_or(Value::Null, json),
         s.revision.into(),
         s.render_fingerprint.clone().into(),
         s.applied_revision.into(),
@@ -337,6 +339,7 @@ pub(crate) fn site(row: &(impl Row + ?Sized)) -> Result<Site, StoreError> {
         credential_hash: r.opt_text()?,
         created_at: r.int("site created_at")?,
         enrolled_at: r.opt_int()?,
+        renumber: r.json_opt("renumber")?,
     };
     Ok(Site {
         inputs,

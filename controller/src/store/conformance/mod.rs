@@ -42,6 +42,7 @@ pub(super) fn site(name: &str, region: &str, ip: &str) -> Site {
             ipv6: None,
             created_at: 2,
             enrolled_at: None,
+            renumber: None,
             credential_hash: None,
         },
         revision: 0,

@@ -127,4 +127,10 @@ ALTER TABLE change_log ADD COLUMN policy BOOLEAN NOT NULL DEFAULT FALSE;
     r#"
 ALTER TABLE orgs ADD COLUMN lan_delegated TEXT NOT NULL DEFAULT '[]';
 "#,
+    // A site moving into its organisation's overlay block: its old
+    // addresses and the agents that must apply the new ones (JSON; NULL
+    // when none is under way).
+    r#"
+ALTER TABLE sites ADD COLUMN renumber TEXT;
+"#,
 ];

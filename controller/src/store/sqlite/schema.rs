@@ -160,4 +160,10 @@ ALTER TABLE change_log ADD COLUMN policy INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE orgs ADD COLUMN lan_delegated TEXT NOT NULL DEFAULT '[]';
 "#,
+    // A site moving into its organisation's overlay block: its old
+    // addresses and the agents that must apply the new ones (JSON; NULL
+    // when none is under way).
+    r#"
+ALTER TABLE sites ADD COLUMN renumber TEXT;
+"#,
 ];
