@@ -56,14 +56,32 @@ pub struct StoredPolicy {
 /// The address space delegated to organisations (overlay blocks, LAN
 /// space), by organisation and indexed by prefix, so what overlaps a
 /// prefix is found without reading every organisation's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Delegations {
     by_org: BTreeMap<Name, BTreeSet<IpNet>>,
     /// Every delegated prefix (truncated) -> its organisation.
     index: OrdMap<IpNet, Name>,
+    /// Changes with every change, and is never the same for two different
+    /// contents: the model's [`SpaceIndex`] says which one it was built for.
+    generation: u64,
 }
 
+impl PartialEq for Delegations {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_org == other.by_org
+    }
+}
+impl Eq for Delegations {}
+
+/// Generations of [`Delegations`], unique in the process.
+static DELEGATIONS_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl Delegations {
+    /// Which contents these are (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// What organisation `org` was delegated, if anything.
     pub fn get(&self, org: &Name) -> Option<&BTreeSet<IpNet>> {
         self.by_org.get(org)
@@ -71,6 +89,7 @@ impl Delegations {
 
     /// Replace what organisation `org` was delegated (empty: nothing).
     pub fn set(&mut self, org: &Name, space: BTreeSet<IpNet>) {
+        self.generation = DELEGATIONS_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for p in self.by_org.remove(org).into_iter().flatten() {
             if self.index.get(&p.trunc()) == Some(org) {
                 self.index.remove(&p.trunc());
@@ -325,6 +344,26 @@ pub struct Model {
     /// The policy between organisations (rules and services), which each
     /// site's filter is compiled from.
     pub policy: std::sync::Arc<StoredPolicy>,
+    /// What organisations' sources are made of, kept up to date as sites
+    /// come and go; see [`Model::refresh_space`].
+    space: SpaceIndex,
+}
+
+/// What the sources of organisations are made of, for the delegations of
+/// one generation: which delegated prefixes other organisations' sites
+/// reach into (such space counts address by address), and each
+/// organisation's sites' prefixes outside its delegated space. For any
+/// other generation (the policy changed and nobody refreshed it) the
+/// model reads the sites instead: slower, never wrong.
+#[derive(Debug, Clone, Default)]
+struct SpaceIndex {
+    generation: Option<u64>,
+    /// Delegated prefix -> how many prefixes of sites of other
+    /// organisations overlap it.
+    foreign: OrdMap<IpNet, u32>,
+    /// Organisation -> prefixes of its sites outside its delegated space,
+    /// with how many of its sites hold each.
+    outside: OrdMap<Name, OrdMap<IpNet, u32>>,
 }
 
 impl Model {
@@ -340,7 +379,82 @@ impl Model {
         for s in sites {
             m.upsert_site(s);
         }
+        m.refresh_space();
         m
+    }
+
+    /// Build the index of what organisations' sources are made of for the
+    /// delegations the policy holds now. Whoever changes the delegations
+    /// calls it; until then the sources are read from the sites.
+    pub fn refresh_space(&mut self) {
+        self.space = SpaceIndex {
+            generation: Some(self.policy.delegated.generation()),
+            ..SpaceIndex::default()
+        };
+        let sites: Vec<std::sync::Arc<Site>> = self.sites.values().cloned().collect();
+        for s in &sites {
+            self.count_space(s, true);
+        }
+    }
+
+    /// [`Model::refresh_space`] unless the index is current already.
+    pub fn ensure_space(&mut self) {
+        if !self.space_current() {
+            self.refresh_space();
+        }
+    }
+
+    /// Whether the space index is built for the delegations the policy
+    /// holds now.
+    fn space_current(&self) -> bool {
+        self.space.generation == Some(self.policy.delegated.generation())
+    }
+
+    /// Add (or take away) site `s`'s part of the space index.
+    fn count_space(&mut self, s: &Site, add: bool) {
+        if !self.space_current() {
+            return;
+        }
+        let step = |n: &mut u32| {
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+            }
+        };
+        let own = self
+            .policy
+            .delegated
+            .get(&s.org)
+            .cloned()
+            .unwrap_or_default();
+        for p in s.addresses().iter().chain(&s.lan_prefixes) {
+            let foreign: Vec<IpNet> = self
+                .policy
+                .delegated
+                .overlapping(p)
+                .filter(|(_, o)| **o != s.org)
+                .map(|(b, _)| *b)
+                .collect();
+            for b in foreign {
+                let n = self.space.foreign.entry(b).or_default();
+                step(n);
+                if *n == 0 {
+                    self.space.foreign.remove(&b);
+                }
+            }
+            if !own.iter().any(|b| b.contains(p)) {
+                let mine = self.space.outside.entry(s.org.clone()).or_default();
+                let n = mine.entry(*p).or_default();
+                step(n);
+                if *n == 0 {
+                    mine.remove(p);
+                    if mine.is_empty() {
+                        self.space.outside.remove(&s.org);
+                    }
+                }
+            }
+        }
     }
 
     pub fn upsert_region(&mut self, r: Region) {
@@ -356,6 +470,7 @@ impl Model {
     /// Insert or replace a site, keeping the indexes in step.
     pub fn upsert_site(&mut self, s: Site) -> Option<Site> {
         let old = self.remove_site(&s.name);
+        self.count_space(&s, true);
         self.by_region
             .entry(s.region.clone())
             .or_default()
@@ -404,6 +519,7 @@ impl Model {
 
     pub fn remove_site(&mut self, name: &Name) -> Option<Site> {
         let old = std::sync::Arc::unwrap_or_clone(self.sites.remove(name)?);
+        self.count_space(&old, false);
         if let Some(set) = self.by_region.get_mut(&old.region) {
             set.remove(name);
         }

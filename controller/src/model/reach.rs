@@ -34,6 +34,11 @@ impl Model {
     /// site: each site's overlay addresses and LAN prefixes (any state: an
     /// address is the site's from its creation).
     pub fn sources(&self, source: &Source) -> Vec<IpNet> {
+        if let Source::Org(o) = source {
+            if let Some(out) = self.indexed_sources(o) {
+                return out;
+            }
+        }
         let names: Box<dyn Iterator<Item = &Name>> = match source {
             Source::All => Box::new(self.sites.keys()),
             Source::Org(o) => Box::new(self.by_org.get(o).into_iter().flatten()),
@@ -55,6 +60,37 @@ impl Model {
         out
     }
 
+    /// [`Model::sources`] of an organisation from the space index, when it
+    /// is current and none of the organisation's space is reached into by
+    /// another's site (then only its sites tell).
+    fn indexed_sources(&self, org: &Name) -> Option<Vec<IpNet>> {
+        if !self.space_current() {
+            return None;
+        }
+        let mut out: Vec<IpNet> = self
+            .policy
+            .delegated
+            .get(org)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        if out
+            .iter()
+            .any(|p| self.space.foreign.contains_key(&p.trunc()))
+        {
+            return None;
+        }
+        out.extend(
+            self.space
+                .outside
+                .get(org)
+                .into_iter()
+                .flat_map(|m| m.keys().copied()),
+        );
+        Some(out)
+    }
+
     /// The space delegated to organisation `org` that no other
     /// organisation's site holds an overlay address or LAN prefix in. (The
     /// controller never gives another organisation's site anything there;
@@ -62,17 +98,30 @@ impl Model {
     /// an upgrade, might, and then that block counts address by address.)
     pub fn own_space(&self, org: &Name) -> Vec<IpNet> {
         let foreign = |n: &Name| self.sites.get(n).is_some_and(|s| &s.org != org);
+        let current = self.space_current();
         self.policy
             .delegated
             .get(org)
             .into_iter()
             .flatten()
             .filter(|p| {
+                if current {
+                    return !self.space.foreign.contains_key(&p.trunc());
+                }
                 !self.sites_inside(p).any(foreign)
                     && !self.lans_overlapping(p).any(|(n, _)| foreign(n))
             })
             .copied()
             .collect()
+    }
+
+    /// [`Model::sources`] of every organisation read from the sites, never
+    /// from the space index (for tests that hold the two to each other).
+    #[cfg(test)]
+    pub(crate) fn sources_read(&self, org: &Name) -> Vec<IpNet> {
+        let mut m = self.clone();
+        m.space = Default::default();
+        IpNet::aggregate(&m.sources(&Source::Org(org.clone())))
     }
 
     /// Whether all of site `s`'s prefixes lie in its organisation's own

@@ -30,6 +30,7 @@ pub(super) fn absorb(base: &World, changes: Changes, net: &NetworkSettings) -> P
     let mut deleted = Vec::new();
     if let Some(p) = changes.policy {
         let old = std::mem::replace(&mut world.model.policy, Arc::new(p));
+        world.model.ensure_space();
         for t in world.model.policy_touches(&old, &world.model.policy) {
             touches.policy_target(&world.model, &t);
         }

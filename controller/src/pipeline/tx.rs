@@ -91,7 +91,10 @@ impl<'m> Tx<'m> {
                 Undo::Region(name, None) => {
                     self.model.remove_region(&name);
                 }
-                Undo::Policy(p) => self.model.policy = p,
+                Undo::Policy(p) => {
+                    self.model.policy = p;
+                    self.model.ensure_space();
+                }
                 Undo::Consumed(hash) => {
                     self.model.consumed_tokens.remove(&hash);
                 }
@@ -197,9 +200,7 @@ impl<'m> Tx<'m> {
 
     pub(crate) fn insert_org(&mut self, org: Org) {
         if !org.delegated.is_empty() {
-            self.policy_mut()
-                .delegated
-                .set(&org.name, org.delegated.clone());
+            self.set_delegation(&org.name, org.delegated.clone());
         }
         self.writes.push(Write::InsertOrg(org));
     }
@@ -208,7 +209,7 @@ impl<'m> Tx<'m> {
     /// `policy_rules.org`) while anything refers to the organisation.
     pub(crate) fn delete_org(&mut self, name: &Name) {
         if self.model.policy.delegated.get(name).is_some() {
-            self.policy_mut().delegated.set(name, Default::default());
+            self.set_delegation(name, Default::default());
         }
         self.writes.push(Write::DeleteOrg(name.clone()));
     }
@@ -220,10 +221,17 @@ impl<'m> Tx<'m> {
         });
     }
 
+    /// The model's delegations, and the index of what organisations'
+    /// sources are made of with them.
+    fn set_delegation(&mut self, org: &Name, space: BTreeSet<IpNet>) {
+        self.policy_mut().delegated.set(org, space);
+        self.model.refresh_space();
+    }
+
     /// Replace the address space (overlay blocks, LAN space) delegated to
     /// organisation `org`.
     pub(crate) fn delegate_lans(&mut self, org: &Name, prefixes: BTreeSet<IpNet>) {
-        self.policy_mut().delegated.set(org, prefixes.clone());
+        self.set_delegation(org, prefixes.clone());
         self.writes.push(Write::DelegateLans {
             org: org.clone(),
             prefixes,

@@ -6,6 +6,7 @@ use wardnet_common::wire::SiteState;
 
 use super::*;
 use crate::model::Region;
+use wardnet_common::policy::Source;
 use wardnet_common::wire::Role;
 use wardnet_common::PublicKey;
 
@@ -269,6 +270,11 @@ fn run(m: &mut Model, op: &Op) -> Option<(Option<Site>, Option<Site>)> {
         }
         Op::Delegate { k } => {
             toggle_delegation(m, k);
+            // Half the time as the writer does, half as if nobody had:
+            // sources read from the sites then, which must agree.
+            if k % 2 == 0 {
+                m.refresh_space();
+            }
             None
         }
         Op::Lan { r, i, lan } => {
@@ -337,6 +343,11 @@ proptest! {
             let revisions: HashMap<Name, u64> =
                 model.sites.values().map(|s| (s.name.clone(), s.revision)).collect();
             apply(&mut model, &mut configs, &net, touches);
+            for org in ["default", "org-a", "org-b"] {
+                let org = name(org);
+                let indexed = IpNet::aggregate(&model.sources(&Source::Org(org.clone())));
+                prop_assert_eq!(indexed, model.sources_read(&org), "organisation {}", org);
+            }
             for site in model.sites.values() {
                 let want = render(&model, &net, &site.name);
                 let got = configs.get(&site.name).map(|r| r.to_config());
