@@ -378,10 +378,31 @@ timeout_secs = 20
 
     /// Run the admin CLI against controller `i`.
     pub fn cli_at(&self, i: usize, args: &[&str]) -> Result<String> {
+        self.cli_with(i, &self.token, args)
+    }
+
+    /// An admin token scoped to organisation `org`, made as the NOC makes
+    /// one (`admin-token create --org` on the controller's host).
+    pub fn scoped_token(&self, org: &str) -> Result<String> {
+        let out = run(self
+            .wan
+            .command(&self.bins.controller)
+            .args(["admin-token", "create", "--org", org, "--config"])
+            .arg(&self.controller_configs[0])
+            .env("WARDNET_LOG", "warn"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Run the admin CLI with admin token `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Result<String> {
+        self.cli_with(0, token, args)
+    }
+
+    fn cli_with(&self, i: usize, token: &str, args: &[&str]) -> Result<String> {
         let mut cmd = self.wan.command(&self.bins.controller);
         cmd.args(args)
             .env("WARDNET_URL", &self.urls[i])
-            .env("WARDNET_TOKEN", &self.token);
+            .env("WARDNET_TOKEN", token);
         if let Some(ca) = &self.ca_cert {
             cmd.env("WARDNET_CA_CERT", ca);
         }

@@ -432,7 +432,13 @@ fn the_default_organisation_is_filtered_and_mesh_tunnels_follow_the_policy() -> 
     f.region("south", true)?;
     f.cli(&["orgs", "add", "gp-chapeltown"])?;
     // Inside south's block (the first region: 100.64.0.0/20).
-    f.cli(&["orgs", "delegate", "gp-chapeltown", "100.64.8.0/24"])?;
+    f.cli(&[
+        "orgs",
+        "delegate",
+        "gp-chapeltown",
+        "100.64.8.0/24",
+        "100.100.50.0/24",
+    ])?;
     let in_block = |a: Ipv4Addr| a.octets()[..3] == [100, 64, 8];
     f.add_site("hub-s", "south", true, SiteOpts::default())?;
     let spoke = |org, lan| SiteOpts {
@@ -449,6 +455,23 @@ fn the_default_organisation_is_filtered_and_mesh_tunnels_follow_the_policy() -> 
         f.overlay("g-1")
     );
     assert!(!in_block(f.overlay("d-1")), "a default site is not");
+    // The practice's own admins claim LAN space only inside what the NOC
+    // delegated to it.
+    let practice = f.scoped_token("gp-chapeltown")?;
+    let squat = f.cli_as(
+        &practice,
+        &["sites", "update", "g-1", "--lan", "100.100.128.0/17"],
+    );
+    assert!(
+        squat
+            .as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("outside the LAN space delegated")),
+        "a claim outside the delegation: {squat:?}"
+    );
+    f.cli_as(
+        &practice,
+        &["sites", "update", "g-1", "--lan", "100.100.50.0/24"],
+    )?;
     // Every site has applied what the controller serves it.
     for s in ["d-1", "d-2", "g-1"] {
         let served = f.cli_json(&["sites", "show", s])?["revision"]
