@@ -760,6 +760,32 @@ async fn organisations_get_overlay_blocks_and_their_filters_stay_small() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+
+    // A region all delegated to one organisation has no room for
+    // another's site, and the refusal says what to do (naming no one).
+    t.region("west", false).await;
+    let (_, west) = t.admin_get("/v1/regions/west").await;
+    let west_block = west["ipv4_block"].as_str().expect("block").to_owned();
+    t.delegate(
+        "trust-a",
+        &["10.1.0.0/16", block, "fd7a:6e65::4:0/126", &west_block],
+    )
+    .await;
+    let (s, v) = t
+        .as_token(
+            b,
+            Method::POST,
+            "/v1/sites",
+            Some(json!({"name": "b-west", "region": "west", "role": "spoke"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let message = v["message"].as_str().expect("message");
+    assert!(message.contains("orgs delegate practice-b"), "{v}");
+    assert!(
+        !message.contains("trust-a"),
+        "names no other organisation: {v}"
+    );
 }
 
 /// Renumbering: a site from before its organisation's block moves into

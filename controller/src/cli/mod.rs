@@ -166,7 +166,7 @@ fn print_orgs(output: Output, os: &[OrgView], list: bool) -> Result<()> {
         let mut t = Table::new(&[
             "ORGANISATION",
             "SITES",
-            "LAN DELEGATED",
+            "DELEGATED",
             "CREATED",
             "DESCRIPTION",
         ]);

@@ -60,7 +60,7 @@ impl Controller {
             let (used4, used6) = ipam::used_addresses(m, &req.region);
             let blocks = ipam::blocks(m, &org, &region);
             let (ipv4, ipv6) = ipam::allocate_site_addresses(&region, &used4, &used6, &blocks)
-                .map_err(|e| Error::Conflict(e.to_string()))?;
+                .map_err(|e| exhausted(e, &org, &region.name, &blocks))?;
             let agentless = req.public_key.is_some();
             let site = Site::new(SiteInputs {
                 name: req.name.clone(),
@@ -379,6 +379,24 @@ fn check_lan_prefixes(
         }
     }
     Ok(())
+}
+
+/// A region with no address for a site of `org`: what to do depends on
+/// whether blocks of other organisations took the rest.
+fn exhausted(e: ipam::IpamError, org: &Name, region: &Name, blocks: &ipam::Blocks) -> Error {
+    if blocks.foreign.is_empty() {
+        return Error::Conflict(e.to_string());
+    }
+    let whose = if blocks.own.is_empty() {
+        format!("organisation {org} has no block there")
+    } else {
+        format!("organisation {org}'s blocks there are full")
+    };
+    Error::Conflict(format!(
+        "region {region} has no free address for a site of organisation {org}: {whose}, and the rest \
+         of the region is delegated to other organisations; the NOC delegates {org} a block \
+         (`wardnet-controller orgs delegate {org} PREFIX`) or takes back part of another's"
+    ))
 }
 
 /// Site `s` with addresses in its organisation's blocks of its region, the
