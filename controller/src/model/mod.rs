@@ -545,7 +545,15 @@ impl Model {
                 }
             }
         }
+        // An address is free again only if this site was its holder: a
+        // replica catching up may have applied the site that took the
+        // address over before the deletion of the one that had it, and
+        // must not then give it out a third time.
         for a in old.overlay() {
+            if self.by_address.get(&a) != Some(name) {
+                continue;
+            }
+            self.by_address.remove(&a);
             if let Some((v4, v6)) = self.region_addresses.get_mut(&old.region) {
                 match a {
                     std::net::IpAddr::V4(a) => {
@@ -555,9 +563,6 @@ impl Model {
                         v6.remove(&a);
                     }
                 }
-            }
-            if self.by_address.get(&a) == Some(name) {
-                self.by_address.remove(&a);
             }
         }
         if let Some(k) = &old.public_key {

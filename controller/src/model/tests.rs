@@ -36,6 +36,21 @@ fn net(s: &str) -> IpNet {
     s.parse().expect("prefix")
 }
 
+/// A replica catching up applies a new site that took a deleted site's
+/// address before the deletion: the address stays taken.
+#[test]
+fn an_address_taken_over_stays_taken_whatever_order_the_changes_come_in() {
+    let mut m = Model::default();
+    m.upsert_site(site("zz", "north", SiteState::Active, Some(1), &[]));
+    m.upsert_site(site("aa", "north", SiteState::Active, Some(2), &[]));
+    m.remove_site(&name("zz"));
+    let (v4, _) = m.region_addresses(&name("north"));
+    assert!(v4.contains(&Ipv4Addr::new(100, 64, 0, 1)), "aa holds it");
+    m.remove_site(&name("aa"));
+    let (v4, _) = m.region_addresses(&name("north"));
+    assert!(v4.is_empty(), "free once its holder is gone");
+}
+
 #[test]
 fn region_lans_count_only_active_sites_and_follow_changes() {
     let mut m = Model::default();
