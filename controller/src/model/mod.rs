@@ -422,28 +422,22 @@ impl Model {
                 *n = n.saturating_sub(1);
             }
         };
-        let own = self
-            .policy
-            .delegated
-            .get(&s.org)
-            .cloned()
-            .unwrap_or_default();
+        // The policy is shared, not copied: the index changes beside it.
+        let policy = std::sync::Arc::clone(&self.policy);
+        let own = policy.delegated.get(&s.org);
         for p in s.addresses().iter().chain(&s.lan_prefixes) {
-            let foreign: Vec<IpNet> = self
-                .policy
+            for (b, _) in policy
                 .delegated
                 .overlapping(p)
                 .filter(|(_, o)| **o != s.org)
-                .map(|(b, _)| *b)
-                .collect();
-            for b in foreign {
-                let n = self.space.foreign.entry(b).or_default();
+            {
+                let n = self.space.foreign.entry(*b).or_default();
                 step(n);
                 if *n == 0 {
-                    self.space.foreign.remove(&b);
+                    self.space.foreign.remove(b);
                 }
             }
-            if !own.iter().any(|b| b.contains(p)) {
+            if !own.is_some_and(|d| d.iter().any(|b| b.contains(p))) {
                 let mine = self.space.outside.entry(s.org.clone()).or_default();
                 let n = mine.entry(*p).or_default();
                 step(n);
