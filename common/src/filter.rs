@@ -377,7 +377,8 @@ pub fn compile<R: AsRef<Rule>, S: AsRef<Service>>(
             crate::policy::Target::All => (Vec::new(), vec![mine]),
             crate::policy::Target::Org(o) if o == &to.org => (Vec::new(), vec![mine]),
             crate::policy::Target::Site(s) if s == &to.site => (Vec::new(), vec![mine]),
-            crate::policy::Target::Service(n) => match here.iter().find(|s| &s.name == n) {
+            crate::policy::Target::Service(r) => match here.iter().find(|s| r.is(&to.org, &s.name))
+            {
                 Some(s) => (
                     s.prefixes.iter().copied().collect(),
                     vec![mine, traffic(s.proto, &s.ports)],
@@ -405,7 +406,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::{decide, Flow, Target};
+    use crate::policy::{decide, Flow, ServiceRef, Target};
     use crate::Name;
 
     fn n(s: &str) -> Name {
@@ -526,7 +527,14 @@ mod tests {
             Just(Target::All),
             (0..ORGS.len()).prop_map(|i| Target::Org(n(ORGS[i]))),
             (0..SITES).prop_map(|i| Target::Site(n(&format!("site-{i}")))),
-            (0..3usize).prop_map(|i| Target::Service(n(&format!("svc-{i}")))),
+            // Services are named within an organisation: the same name in
+            // two, qualified or not.
+            (0..3usize, prop::option::of(0..ORGS.len())).prop_map(|(i, o)| {
+                Target::Service(ServiceRef {
+                    org: o.map(|o| n(ORGS[o])),
+                    name: n(&format!("svc-{i}")),
+                })
+            }),
         ]
     }
 
@@ -575,9 +583,13 @@ mod tests {
         )
     }
 
+    /// Names repeat (`svc-0`, `svc-1`, `svc-0`): two organisations may
+    /// each have a service of one name, one organisation only one.
     fn build_services(sites: &[TestSite], raw: Vec<RawService>) -> Vec<Service> {
+        let mut taken = BTreeSet::new();
         raw.into_iter()
             .enumerate()
+            .filter(|(i, (s, ..))| taken.insert((sites[*s].party.org.clone(), i % 2)))
             .map(|(i, (s, at, proto, ports, with))| {
                 let t = &sites[s];
                 let prefixes = match at {
@@ -586,7 +598,7 @@ mod tests {
                     _ => t.lans.clone(),
                 };
                 Service {
-                    name: n(&format!("svc-{i}")),
+                    name: n(&format!("svc-{}", i % 2)),
                     site: t.party.site.clone(),
                     prefixes,
                     proto,

@@ -163,7 +163,64 @@ pub enum Target {
     All,
     Org(Name),
     Site(Name),
-    Service(Name),
+    Service(ServiceRef),
+}
+
+/// A service as a rule or a request names it. Services are named within
+/// their organisation (`ORG/NAME`), so two organisations may each have
+/// one called `pacs` and neither learns of the other's. Without the
+/// organisation (`NAME`) it means the one service of that name the asker
+/// may name; the controller stores rules with it qualified.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    pub org: Option<Name>,
+    pub name: Name,
+}
+
+impl ServiceRef {
+    pub fn new(org: &Name, name: &Name) -> Self {
+        ServiceRef {
+            org: Some(org.clone()),
+            name: name.clone(),
+        }
+    }
+
+    /// Whether this names organisation `org`'s service `name` (an
+    /// unqualified one, from an older controller when names were unique
+    /// network-wide, names it by name alone).
+    pub fn is(&self, org: &Name, name: &Name) -> bool {
+        &self.name == name && self.org.as_ref().is_none_or(|o| o == org)
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.org {
+            Some(o) => write!(f, "{o}/{}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+impl FromStr for ServiceRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name = |n: &str| {
+            n.parse::<Name>()
+                .map_err(|e| format!("service {s:?}: {}; a service is NAME or ORG/NAME", e.0))
+        };
+        match s.split_once('/') {
+            Some((o, n)) => Ok(ServiceRef {
+                org: Some(name(o)?),
+                name: name(n)?,
+            }),
+            None => Ok(ServiceRef {
+                org: None,
+                name: name(s)?,
+            }),
+        }
+    }
 }
 
 impl fmt::Display for Source {
@@ -235,10 +292,12 @@ impl FromStr for Target {
             return Ok(Target::All);
         }
         let kinds = "org, site, service; or all";
+        if let Some(r) = s.strip_prefix("service:") {
+            return r.parse().map(Target::Service);
+        }
         match kind_and_name(s, kinds)? {
             (k, n) if k == "org" => Ok(Target::Org(n)),
             (k, n) if k == "site" => Ok(Target::Site(n)),
-            (k, n) if k == "service" => Ok(Target::Service(n)),
             (k, _) => Err(format!("{s:?}: a rule's destination is {kinds}, not {k}")),
         }
     }
@@ -263,6 +322,7 @@ macro_rules! string_serde {
 
 string_serde!(Source);
 string_serde!(Target);
+string_serde!(ServiceRef);
 
 /// What a rule or a service lets through: `proto` and, for TCP and UDP,
 /// `ports` (none listed: all of them). True when a packet of `packet`
@@ -546,7 +606,11 @@ pub fn decide(rules: &[Rule], services: &[Service], flow: &Flow) -> Decision {
                 Target::Org(o) => o == &flow.to.org,
                 Target::Site(s) => s == &flow.to.site,
                 // Through a service: where it listens, and what both allow.
-                Target::Service(n) => services.iter().filter(at_destination).any(|s| &s.name == n),
+                // (the destination's services are its organisation's)
+                Target::Service(r) => services
+                    .iter()
+                    .filter(at_destination)
+                    .any(|s| r.is(&flow.to.org, &s.name)),
             }
     };
     match rules
@@ -812,7 +876,12 @@ mod tests {
                 Just(Target::All),
                 prop::sample::select(ORGS.to_vec()).prop_map(|o| Target::Org(n(o))),
                 prop::sample::select(SITES.to_vec()).prop_map(|s| Target::Site(n(s))),
-                Just(Target::Service(n("svc"))),
+                prop::option::of(prop::sample::select(ORGS.to_vec())).prop_map(|o| {
+                    Target::Service(ServiceRef {
+                        org: o.map(n),
+                        name: n("svc"),
+                    })
+                }),
             ]
         }
 

@@ -749,6 +749,161 @@ async fn rules_belong_to_the_sites_and_services_they_name_not_to_their_names() {
     }
 }
 
+/// Services are named within their organisation: the practice may call
+/// one `pacs` though the trust has one, and learns nothing of the trust's
+/// from trying (what a name taken elsewhere answers is what a free one
+/// does). A rule into `service:pacs` binds the one the asker may name,
+/// stored as `ORG/NAME`, and admits traffic into that one only; where
+/// several could be meant, the answer names only ones the asker sees.
+#[tokio::test]
+async fn service_names_are_each_organisations_own_and_reveal_nothing_of_others() {
+    let Network { t, trust, practice } = network().await;
+    let noc = t.admin.clone();
+    let publish = |token: &String, site: &str, shared: Value| {
+        let (token, body) = (
+            token.clone(),
+            json!({"name": "pacs", "site": site, "proto": "tcp", "ports": ["104"], "shared_with": shared}),
+        );
+        let t = &t;
+        async move {
+            t.as_token(&token, Method::POST, "/v1/policy/services", Some(body))
+                .await
+        }
+    };
+
+    // The trust's pacs is shared with no one; the practice publishes its
+    // own pacs: created, as a name no one has would be.
+    let (s, v) = publish(&trust, "lth-1", json!(["national"])).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = publish(&practice, "gp-1", json!("all")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["org"], "gp-chapeltown", "{v}");
+    // Its own name again: refused, naming only its own organisation.
+    let (s, v) = publish(&practice, "gp-1", json!("all")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let m = v["message"].as_str().expect("message");
+    assert!(m.contains("gp-chapeltown") && !m.contains("leeds"), "{m}");
+
+    // By name alone each token finds its own; the trust's under the
+    // practice's token reads exactly as a service that does not exist.
+    let (s, v) = t
+        .as_token(&practice, Method::GET, "/v1/policy/services/pacs", None)
+        .await;
+    assert_eq!(
+        (s, v["org"].clone()),
+        (StatusCode::OK, json!("gp-chapeltown")),
+        "{v}"
+    );
+    let (s, v) = t
+        .as_token(&trust, Method::GET, "/v1/policy/services/pacs", None)
+        .await;
+    assert_eq!(
+        (s, v["org"].clone()),
+        (StatusCode::OK, json!("leeds-trust")),
+        "{v}"
+    );
+    let mut answers = Vec::new();
+    for path in [
+        "/v1/policy/services/leeds-trust/pacs",
+        "/v1/policy/services/leeds-trust/nothing",
+        "/v1/policy/services/no-such-org/pacs",
+    ] {
+        for method in [Method::GET, Method::DELETE] {
+            let (s, v) = t.as_token(&practice, method.clone(), path, None).await;
+            let m = v["message"].as_str().expect("message");
+            let (_, rest) = path.rsplit_once("services/").expect("path");
+            answers.push((s, m.replace(rest, "X")));
+        }
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(answers[0].0, StatusCode::NOT_FOUND);
+
+    // The NOC sees both: by name alone it is told to choose, by
+    // ORG/NAME it gets the one.
+    let (s, v) = t
+        .as_token(&noc, Method::GET, "/v1/policy/services/pacs", None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let m = v["message"].as_str().expect("message");
+    assert!(
+        m.contains("gp-chapeltown/pacs") && m.contains("leeds-trust/pacs"),
+        "{m}"
+    );
+    let (s, v) = t
+        .admin_post(
+            "/v1/policy/rules",
+            json!({"from": "org:national", "to": "service:pacs", "proto": "tcp"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = t
+        .as_token(
+            &noc,
+            Method::GET,
+            "/v1/policy/services/leeds-trust/pacs",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["service"]["site"].clone()),
+        (StatusCode::OK, json!("lth-1")),
+        "{v}"
+    );
+
+    // A rule into `service:pacs` from the practice's token is into its
+    // own, stored qualified; it admits into gp-1 and not into lth-1.
+    t.org("visitors").await;
+    t.site(json!({"name": "vis-1", "region": "north", "role": "spoke", "org": "visitors"}))
+        .await;
+    let (s, r) = t
+        .as_token(
+            &practice,
+            Method::POST,
+            "/v1/policy/rules",
+            Some(json!({"from": "org:visitors", "to": "service:pacs", "proto": "tcp", "ports": ["104"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    assert_eq!(r["rule"]["to"], "service:gp-chapeltown/pacs", "{r}");
+    let (_, v) = check(&t, &noc, "from=vis-1&to=gp-1&proto=tcp&port=104").await;
+    assert!(decided(&v).0, "{v}");
+    let (_, v) = check(&t, &noc, "from=vis-1&to=lth-1&proto=tcp&port=104").await;
+    assert!(
+        !decided(&v).0,
+        "the trust's pacs is not the practice's: {v}"
+    );
+    // National reaches the trust's pacs, shared with it, not the
+    // practice's through the practice's rule.
+    let (_, v) = check(&t, &noc, "from=spine-1&to=lth-1&proto=tcp&port=104").await;
+    assert_eq!(decided(&v), (true, "service pacs".to_owned()), "{v}");
+    assert_eq!(v["service"]["site"], "lth-1", "{v}");
+
+    // The trust withdraws its pacs: the practice's rule stays.
+    let (s, v) = t
+        .as_token(&trust, Method::DELETE, "/v1/policy/services/pacs", None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let path = format!("/v1/policy/rules/{}", r["rule"]["id"]);
+    let (s, v) = t.as_token(&practice, Method::GET, &path, None).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "another organisation's pacs took no rule with it: {v}"
+    );
+    // The NOC withdraws the practice's by ORG/NAME, and its rule goes.
+    let (s, v) = t
+        .as_token(
+            &noc,
+            Method::DELETE,
+            "/v1/policy/services/gp-chapeltown/pacs",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, _) = t.as_token(&practice, Method::GET, &path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the rule went with its service");
+}
+
 /// Infrastructure is a service, not an open door: a hub (here in
 /// `default`) admits probes to its overlay address and nothing else by
 /// default, from any organisation, `default` included; the NOC's

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use wardnet_common::policy::{CheckQuery, CreateRule, Service};
+use wardnet_common::policy::{CheckQuery, CreateRule, Service, ServiceRef};
 use wardnet_common::wire::{
     AgentReport, ConfigQuery, CreateOrg, CreateRegion, CreateSite, EnrollRequest, SiteState,
     UpdateOrg, UpdateSite,
@@ -175,12 +175,30 @@ pub(super) async fn create_service(
     Ok((StatusCode::CREATED, axum::Json(s)).into_response())
 }
 
+/// A service by name alone (`/services/{name}`: the one of that name the
+/// token sees) or within its organisation (`/services/{org}/{name}`).
+fn service_ref(org: Option<&str>, n: &str) -> ApiResult<ServiceRef> {
+    let r = ServiceRef {
+        org: org.map(|o| name("organisation", o)).transpose()?,
+        name: name("service", n)?,
+    };
+    Ok(r)
+}
+
 pub(super) async fn show_service(
     State(c): Ctl,
     Admin(actor): Admin,
     Path(n): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(axum::Json(c.service(&actor, &name("service", &n)?).await?).into_response())
+    Ok(axum::Json(c.service(&actor, &service_ref(None, &n)?).await?).into_response())
+}
+
+pub(super) async fn show_org_service(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path((o, n)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    Ok(axum::Json(c.service(&actor, &service_ref(Some(&o), &n)?).await?).into_response())
 }
 
 pub(super) async fn delete_service(
@@ -188,7 +206,17 @@ pub(super) async fn delete_service(
     Admin(actor): Admin,
     Path(n): Path<String>,
 ) -> ApiResult<StatusCode> {
-    c.delete_service(&actor, &name("service", &n)?).await?;
+    c.delete_service(&actor, &service_ref(None, &n)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn delete_org_service(
+    State(c): Ctl,
+    Admin(actor): Admin,
+    Path((o, n)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    c.delete_service(&actor, &service_ref(Some(&o), &n)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -44,6 +44,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/policy/services"),
     ("GET", "/v1/policy/services/{name}"),
     ("DELETE", "/v1/policy/services/{name}"),
+    ("GET", "/v1/policy/services/{org}/{name}"),
+    ("DELETE", "/v1/policy/services/{org}/{name}"),
     ("GET", "/v1/policy/check"),
     ("GET", "/v1/regions"),
     ("POST", "/v1/regions"),
@@ -88,6 +90,10 @@ pub fn router(controller: Arc<Controller>) -> Router {
         .route(
             "/v1/policy/services/{name}",
             get(h::show_service).delete(h::delete_service),
+        )
+        .route(
+            "/v1/policy/services/{org}/{name}",
+            get(h::show_org_service).delete(h::delete_org_service),
         )
         .route("/v1/policy/check", get(h::check_policy))
         .route("/v1/regions", get(h::list_regions).post(h::create_region))

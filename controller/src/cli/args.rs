@@ -179,7 +179,8 @@ pub enum PolicyCommand {
     List,
     /// Show one rule (by number) or service (by name).
     Show {
-        /// A rule's number or a service's name.
+        /// A rule's number, or a service's name: NAME, or ORG/NAME where
+        /// several organisations the token sees have one of that name.
         what: String,
     },
     /// Would traffic from site FROM to site TO be allowed, and what decides?
@@ -205,7 +206,8 @@ pub enum PolicyCommand {
         /// Where from: all, org:NAME, region:NAME or site:NAME.
         #[arg(long)]
         from: Source,
-        /// Where to: org:NAME, site:NAME or service:NAME.
+        /// Where to: org:NAME, site:NAME, or service:NAME (service:ORG/NAME
+        /// where organisations' services share a name); `all` (the NOC).
         #[arg(long)]
         to: Target,
         /// The protocol.
@@ -250,8 +252,9 @@ pub enum PolicyCommand {
     },
     /// Withdraw a service.
     DeleteService {
-        /// The service's name.
-        name: Name,
+        /// The service's name: NAME, or ORG/NAME (a network-wide token,
+        /// where several organisations have a service of that name).
+        name: ServiceRef,
     },
 }
 

@@ -29,8 +29,8 @@ use sites::{sites, Deleted};
 use table::Table;
 
 use wardnet_common::policy::{
-    CheckAnswer, CreateRule, PolicyView, PortRange, Proto, RuleView, Service, ServiceView,
-    SharedWith, Source, Target,
+    CheckAnswer, CreateRule, PolicyView, PortRange, Proto, RuleView, Service, ServiceRef,
+    ServiceView, SharedWith, Source, Target,
 };
 
 pub use wardnet_service::docs::generate_docs;

@@ -16,8 +16,10 @@ pub(super) async fn policy(api: &ApiArgs, command: PolicyCommand) -> Result<()> 
                     table::policy(std::slice::from_ref(&r), &[])
                 })
             } else {
-                let name: Name = what.parse().map_err(|_| {
-                    anyhow::anyhow!("{what:?} is neither a rule's number nor a service's name")
+                let name: ServiceRef = what.parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{what:?} is neither a rule's number nor a service's name (NAME or ORG/NAME)"
+                    )
                 })?;
                 let s: ServiceView = c.get(&format!("/v1/policy/services/{name}")).await?;
                 print_out(api.output, &s, || {
@@ -129,11 +131,12 @@ pub(super) async fn policy(api: &ApiArgs, command: PolicyCommand) -> Result<()> 
         }
         PolicyCommand::DeleteService { name } => {
             c.delete(&format!("/v1/policy/services/{name}")).await?;
-            let done = Deleted {
-                kind: "service",
-                name,
-            };
-            print_out(api.output, &done, || done.table())
+            let done = serde_json::json!({"kind": "service", "name": name.to_string()});
+            print_out(api.output, &done, || {
+                let mut t = Table::new(&["DELETED", "NAME"]);
+                t.row(vec!["service".into(), name.to_string()]);
+                t
+            })
         }
     }
 }

@@ -289,7 +289,7 @@ pub(super) fn policy(
             at = format!("{at} {}", p.join(","));
         }
         t.row(vec![
-            format!("service {}", svc.name),
+            format!("service {}/{}", s.org, svc.name),
             shared,
             at,
             traffic_text(svc.proto, &svc.ports),

@@ -37,7 +37,13 @@ pub struct NetworkSettings {
     pub persistent_keepalive: u16,
 }
 
-/// The whole policy: rules by id, services by name, each as the API shows
+/// The order services are kept in: by organisation, then name (a name is
+/// unique within its organisation).
+pub fn by_service(a: &ServiceView, b: &ServiceView) -> std::cmp::Ordering {
+    (&a.org, &a.service.name).cmp(&(&b.org, &b.service.name))
+}
+
+/// The whole policy: rules by id, services by organisation and name, each as the API shows
 /// it (with the organisation that owns it and when it was made).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredPolicy {

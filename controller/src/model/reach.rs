@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 use wardnet_common::filter::SiteFilter;
-use wardnet_common::policy::{Party, ServiceView, Source, Target};
+use wardnet_common::policy::{Party, ServiceRef, ServiceView, Source, Target};
 use wardnet_common::Name;
 
 use super::{Model, Site, StoredPolicy};
@@ -179,11 +179,11 @@ impl Model {
         if to.same_org(&Self::party(a)) {
             return true;
         }
-        let here = |n: &Name| {
+        let here = |r: &ServiceRef| {
             self.policy
                 .services
                 .iter()
-                .any(|s| &s.service.name == n && s.service.site == b.name)
+                .any(|s| r.is(&s.org, &s.service.name) && s.service.site == b.name)
         };
         if self
             .policy
@@ -200,7 +200,7 @@ impl Model {
                     Target::All => true,
                     Target::Org(o) => o == &b.org,
                     Target::Site(s) => s == &b.name,
-                    Target::Service(n) => here(n),
+                    Target::Service(r) => here(r),
                 }
         })
     }
@@ -222,8 +222,8 @@ impl Model {
             Target::All => self.sites.keys().cloned().collect(),
             Target::Org(o) => self.by_org.get(o).into_iter().flatten().cloned().collect(),
             Target::Site(s) => vec![s.clone()],
-            Target::Service(n) => services
-                .filter(|s| &s.service.name == n)
+            Target::Service(r) => services
+                .filter(|s| r.is(&s.org, &s.service.name))
                 .map(|s| s.service.site.clone())
                 .collect(),
         }

@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 use wardnet_common::policy::{
     decide, CheckAnswer, CheckQuery, CreateRule, Flow, PolicyView, Reason, Rule, RuleView, Service,
-    ServiceView, Source, Target,
+    ServiceRef, ServiceView, Source, Target,
 };
 
 use wardnet_common::Name;
@@ -33,14 +33,19 @@ use crate::store::StoredPolicy;
 /// one that exists, and goes when it does (with an audit entry), so a
 /// site or service that takes the name later never inherits it. A new
 /// site or service also drops rules left naming its name (made before
-/// this was so): it starts with none.
-pub(crate) fn drop_rules_naming(tx: &mut Tx, actor: &str, site: Option<&Name>, services: &[Name]) {
+/// this was so): it starts with none. `services` are qualified (`ORG/NAME`).
+pub(crate) fn drop_rules_naming(
+    tx: &mut Tx,
+    actor: &str,
+    site: Option<&Name>,
+    services: &[ServiceRef],
+) {
     let names_it = |r: &Rule| {
         let by_site = |n: &Name| site == Some(n);
         matches!(&r.from, Source::Site(n) if by_site(n))
             || match &r.to {
                 Target::Site(n) => by_site(n),
-                Target::Service(n) => services.contains(n),
+                Target::Service(r) => services.contains(r),
                 Target::All | Target::Org(_) => false,
             }
     };
@@ -57,7 +62,7 @@ pub(crate) fn drop_rules_naming(tx: &mut Tx, actor: &str, site: Option<&Name>, s
             continue;
         };
         let why = match (&before.rule.from, &before.rule.to) {
-            (_, Target::Service(n)) if services.contains(n) => format!("service {n}"),
+            (_, Target::Service(r)) if services.contains(r) => format!("service {r}"),
             _ => format!("site {}", site.map(Name::as_str).unwrap_or_default()),
         };
         tx.audit(
@@ -90,17 +95,17 @@ pub(crate) fn check_unnamed(policy: &StoredPolicy, source: &Source) -> Result<()
         )));
     }
     if let Source::Org(org) = source {
-        let shared: Vec<&str> = policy
+        let shared: Vec<String> = policy
             .services
             .iter()
             .filter(|s| {
                 matches!(&s.service.shared_with, wardnet_common::policy::SharedWith::Orgs(o) if o.contains(org))
             })
-            .map(|s| s.service.name.as_str())
+            .map(|s| ServiceRef::new(&s.org, &s.service.name).to_string())
             .collect();
         if !shared.is_empty() {
             return Err(Error::Conflict(format!(
-                "services {} are shared with organisation {org}; delete them first (`policy delete-service NAME`) and publish them again without it",
+                "services {} are shared with organisation {org}; delete them first (`policy delete-service ORG/NAME`) and publish them again without it",
                 shared.join(", ")
             )));
         }
@@ -132,10 +137,45 @@ fn not_found_rule(id: u64) -> Error {
     Error::NotFound(format!("no rule {id}; `policy list` shows the rules"))
 }
 
-fn not_found_service(name: &Name) -> Error {
+fn not_found_service(name: &ServiceRef) -> Error {
     Error::NotFound(format!(
         "no service named {name}; `policy list` shows the services"
     ))
+}
+
+/// The service `r` names among those `may` admits to `actor`: qualified
+/// (`ORG/NAME`), that one; by name alone, a scoped token's own of that
+/// name, else the one of that name, and when several organisations have
+/// one, an error listing them (all of them ones the asker may see) to
+/// name one as `ORG/NAME`.
+fn find_service<'a>(
+    policy: &'a StoredPolicy,
+    actor: &Actor,
+    r: &ServiceRef,
+    may: impl Fn(&ServiceView) -> bool,
+) -> Result<&'a ServiceView, Error> {
+    let mut found: Vec<&ServiceView> = policy
+        .services
+        .iter()
+        .filter(|s| r.is(&s.org, &s.service.name) && may(s))
+        .collect();
+    if let Some(own) = found.iter().find(|s| actor.org.as_ref() == Some(&s.org)) {
+        found = vec![*own];
+    }
+    match found.as_slice() {
+        [one] => Ok(one),
+        [] => Err(not_found_service(r)),
+        several => {
+            let names: Vec<String> = several
+                .iter()
+                .map(|s| ServiceRef::new(&s.org, &s.service.name).to_string())
+                .collect();
+            Err(Error::Conflict(format!(
+                "several organisations have a service named {r}: {}; name one as ORG/NAME",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 /// How a rule reads in the audit log.
@@ -200,14 +240,20 @@ impl Controller {
     }
 
     /// The organisation a rule to `to` admits traffic into, if `actor` may
-    /// manage such rules.
+    /// manage such rules, and the destination as stored (a service
+    /// qualified with its organisation).
     async fn rule_owner(
         &self,
         actor: &Actor,
         to: &Target,
         policy: &StoredPolicy,
-    ) -> Result<Name, Error> {
-        match to {
+    ) -> Result<(Name, Target), Error> {
+        if let Target::Service(r) = to {
+            let s = find_service(policy, actor, r, |s| actor.sees(&s.org))?;
+            let r = ServiceRef::new(&s.org, &s.service.name);
+            return Ok((s.org.clone(), Target::Service(r)));
+        }
+        let org = match to {
             // Into every organisation: the NOC's (its monitoring), owned
             // by `default`, seen by every organisation it admits into.
             Target::All => {
@@ -224,13 +270,9 @@ impl Controller {
             Target::Site(site) => {
                 self.with_model(|m| visible_site(m, actor, site).map(|s| s.org.clone()))
             }
-            Target::Service(name) => policy
-                .services
-                .iter()
-                .find(|s| &s.service.name == name && actor.sees(&s.org))
-                .map(|s| s.org.clone())
-                .ok_or_else(|| not_found_service(name)),
-        }
+            Target::Service(_) => unreachable!("a service is looked up above"),
+        }?;
+        Ok((org, to.clone()))
     }
 
     /// A rule's source must name an organisation or a region that exists
@@ -264,7 +306,7 @@ impl Controller {
         wardnet_common::policy::check_ports(req.proto, &req.ports).map_err(Error::Unprocessable)?;
         self.check_source(&req.from).await?;
         let policy = self.with_model(|m| m.policy.clone());
-        let org = self.rule_owner(actor, &req.to, &policy).await?;
+        let (org, to) = self.rule_owner(actor, &req.to, &policy).await?;
         let actor = actor.clone();
         let missing = not_found_org(&org);
         // Numbers come from a counter that only goes up (in the model and
@@ -276,7 +318,7 @@ impl Controller {
                 rule: Rule {
                     id,
                     from: req.from.clone(),
-                    to: req.to.clone(),
+                    to: to.clone(),
                     proto: req.proto,
                     ports: req.ports.clone(),
                     description: req.description.clone(),
@@ -368,13 +410,15 @@ impl Controller {
         let org = site.org.clone();
         self.change(move |tx| {
             let (m, now) = (tx.model(), tx.now());
+            // Named within the organisation: another's of the same name is
+            // no concern of this one (nor is it told of it).
             if m.policy
                 .services
                 .iter()
-                .any(|s| s.service.name == service.name)
+                .any(|s| s.org == org && s.service.name == service.name)
             {
                 return Err(Error::Conflict(format!(
-                    "a service named {} already exists",
+                    "organisation {org} already has a service named {}; `policy list` shows it",
                     service.name
                 )));
             }
@@ -386,12 +430,13 @@ impl Controller {
                 org: org.clone(),
                 created_at: now,
             };
-            drop_rules_naming(tx, &actor.id, None, std::slice::from_ref(&service.name));
+            let named = ServiceRef::new(&org, &service.name);
+            drop_rules_naming(tx, &actor.id, None, std::slice::from_ref(&named));
             tx.insert_service(stored.clone());
             tx.audit(
                 &actor.id,
                 "policy.service.create",
-                stored.service.name.as_str(),
+                &named.to_string(),
                 Some(format!("after: {}", service_text(&stored.service))),
                 Some(&org),
             );
@@ -401,33 +446,26 @@ impl Controller {
     }
 
     /// A service `actor` may see (its own, or shared with it).
-    pub async fn service(&self, actor: &Actor, name: &Name) -> Result<ServiceView, Error> {
-        self.with_model(|m| m.policy.clone())
-            .services
-            .iter()
-            .find(|s| &s.service.name == name && sees_service(actor, s))
-            .cloned()
-            .ok_or_else(|| not_found_service(name))
+    pub async fn service(&self, actor: &Actor, name: &ServiceRef) -> Result<ServiceView, Error> {
+        self.with_model(|m| {
+            find_service(&m.policy, actor, name, |s| sees_service(actor, s)).cloned()
+        })
     }
 
-    pub async fn delete_service(&self, actor: &Actor, name: &Name) -> Result<(), Error> {
+    /// Delete one of `actor`'s services, and the rules into it.
+    pub async fn delete_service(&self, actor: &Actor, name: &ServiceRef) -> Result<(), Error> {
         let (actor, name) = (actor.clone(), name.clone());
         self.change(move |tx| {
-            let visible = tx
-                .model()
-                .policy
-                .services
-                .iter()
-                .any(|s| s.service.name == name && actor.sees(&s.org));
-            let before = visible
-                .then(|| tx.delete_service(&name))
-                .flatten()
+            let found = find_service(&tx.model().policy, &actor, &name, |s| actor.sees(&s.org))?;
+            let named = ServiceRef::new(&found.org, &found.service.name);
+            let before = tx
+                .delete_service(&found.org.clone(), &named.name)
                 .ok_or_else(|| not_found_service(&name))?;
-            drop_rules_naming(tx, &actor.id, None, std::slice::from_ref(&name));
+            drop_rules_naming(tx, &actor.id, None, std::slice::from_ref(&named));
             tx.audit(
                 &actor.id,
                 "policy.service.delete",
-                name.as_str(),
+                &named.to_string(),
                 Some(format!("before: {}", service_text(&before.service))),
                 Some(&before.org),
             );
@@ -456,11 +494,11 @@ impl Controller {
         let from = self.with_model(|m| visible_site(m, actor, &q.from).cloned())?;
         let offered = |to: &Site| {
             let source = Model::party(&from);
-            let serves = |name: &Name| {
+            let serves = |r: &ServiceRef| {
                 policy
                     .services
                     .iter()
-                    .any(|s| &s.service.name == name && s.service.site == to.name)
+                    .any(|s| r.is(&s.org, &s.service.name) && s.service.site == to.name)
             };
             policy
                 .services
@@ -472,7 +510,7 @@ impl Controller {
                             Target::All => true,
                             Target::Org(o) => o == &to.org,
                             Target::Site(n) => n == &to.name,
-                            Target::Service(n) => serves(n),
+                            Target::Service(r) => serves(r),
                         }
                 })
         };
@@ -519,7 +557,11 @@ impl Controller {
                 _ => None,
             },
             service: match &d.reason {
-                Reason::Service(n) => services.iter().find(|s| &s.name == n).cloned(),
+                // (named within the destination's organisation)
+                Reason::Service(n) => services
+                    .iter()
+                    .find(|s| &s.name == n && s.site == to.name)
+                    .cloned(),
                 _ => None,
             },
             decided_by: d.reason,

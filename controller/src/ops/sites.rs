@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 use wardnet_common::net::overlaps;
+use wardnet_common::policy::ServiceRef;
 use wardnet_common::token::{Secret, ENROLMENT_PREFIX};
 use wardnet_common::wire::{CreateSite, SiteConfig, SiteCreated, SiteState, SiteView, UpdateSite};
 use wardnet_common::{Name, Role};
@@ -226,13 +227,13 @@ impl Controller {
         self.change(move |tx| {
             let name = &owned;
             visible_site(tx.model(), &actor, name)?;
-            let services: Vec<Name> = tx
+            let services: Vec<ServiceRef> = tx
                 .model()
                 .policy
                 .services
                 .iter()
                 .filter(|s| &s.service.site == name)
-                .map(|s| s.service.name.clone())
+                .map(|s| ServiceRef::new(&s.org, &s.service.name))
                 .collect();
             super::rules::drop_rules_naming(tx, &actor.id, Some(name), &services);
             tx.delete_site(name);

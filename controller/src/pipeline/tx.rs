@@ -281,16 +281,22 @@ impl<'m> Tx<'m> {
     pub(crate) fn insert_service(&mut self, service: ServiceView) {
         let p = self.policy_mut();
         p.services.push(service.clone());
-        p.services
-            .sort_by(|a, b| a.service.name.cmp(&b.service.name));
+        p.services.sort_by(crate::model::by_service);
         self.writes.push(Write::InsertService(service));
     }
 
-    pub(crate) fn delete_service(&mut self, name: &Name) -> Option<ServiceView> {
+    /// Delete organisation `org`'s service `name`.
+    pub(crate) fn delete_service(&mut self, org: &Name, name: &Name) -> Option<ServiceView> {
         let p = self.policy_mut();
-        let i = p.services.iter().position(|s| &s.service.name == name)?;
+        let i = p
+            .services
+            .iter()
+            .position(|s| &s.org == org && &s.service.name == name)?;
         let before = p.services.remove(i);
-        self.writes.push(Write::DeleteService(name.clone()));
+        self.writes.push(Write::DeleteService {
+            org: org.clone(),
+            name: name.clone(),
+        });
         Some(before)
     }
 

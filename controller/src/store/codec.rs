@@ -12,7 +12,7 @@
 
 use std::str::FromStr;
 
-use wardnet_common::policy::{Rule, RuleView, Service, ServiceView};
+use wardnet_common::policy::{Rule, RuleView, Service, ServiceView, Target};
 use wardnet_common::wire::{AuditEntry, SiteState};
 use wardnet_common::{Name, Role};
 
@@ -467,7 +467,7 @@ pub(crate) fn rule_values(v: &RuleView) -> Vec<Value> {
 
 pub(crate) fn rule(row: &(impl Row + ?Sized)) -> Result<RuleView, StoreError> {
     let mut r = Reader::new(row);
-    Ok(RuleView {
+    let mut v = RuleView {
         rule: Rule {
             id: r.int("rule id")? as u64,
             from: r.parse("rule source")?,
@@ -478,7 +478,13 @@ pub(crate) fn rule(row: &(impl Row + ?Sized)) -> Result<RuleView, StoreError> {
         },
         org: r.parse("rule organisation")?,
         created_at: r.int("rule created_at")?,
-    })
+    };
+    // A rule into a service is its organisation's: one written by an older
+    // controller (names were unique network-wide) names it unqualified.
+    if let Target::Service(s) = &mut v.rule.to {
+        s.org.get_or_insert_with(|| v.org.clone());
+    }
+    Ok(v)
 }
 
 pub(crate) const SERVICE_COLUMNS: &[&str] = &[

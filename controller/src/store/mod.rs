@@ -163,10 +163,13 @@ pub enum Write {
     /// Insert a policy rule; its id must be new (`policy_rules.id`).
     InsertRule(RuleView),
     DeleteRule(u64),
-    /// Insert a service; its name must be new (`policy_services.name`). It
-    /// goes with its site.
+    /// Insert a service; its name must be new in its organisation
+    /// (`policy_services.name`). It goes with its site.
     InsertService(ServiceView),
-    DeleteService(Name),
+    DeleteService {
+        org: Name,
+        name: Name,
+    },
     Audit(NewAudit),
     /// Fails its batch with [`StoreError::Commit`] after the writes before it
     /// ran: fault injection for tests (`faulty::FaultyStore`), which checks
@@ -248,7 +251,7 @@ pub fn changes_policy(writes: &[Write]) -> bool {
             Write::InsertRule(_)
                 | Write::DeleteRule(_)
                 | Write::InsertService(_)
-                | Write::DeleteService(_)
+                | Write::DeleteService { .. }
                 | Write::DeleteOrg(_)
                 | Write::DelegateLans { .. }
         ) || matches!(w, Write::InsertOrg(o) if !o.delegated.is_empty())

@@ -211,9 +211,9 @@ fn push(w: &Write, out: &mut Vec<Statement>) -> Result<(), StoreError> {
             Statement::new("DELETE FROM policy_rules WHERE id = $1", vec![(*id).into()])
         }
         Write::InsertService(s) => Statement::new(&INSERT_SERVICE, codec::service_values(s)),
-        Write::DeleteService(name) => Statement::new(
-            "DELETE FROM policy_services WHERE name = $1",
-            vec![name.into()],
+        Write::DeleteService { org, name } => Statement::new(
+            "DELETE FROM policy_services WHERE org = $1 AND name = $2",
+            vec![org.into(), name.into()],
         ),
         Write::Audit(NewAudit {
             at,
@@ -252,8 +252,12 @@ pub(crate) static LOAD_SITES: LazyLock<String> =
     LazyLock::new(|| select(codec::SITE_COLUMNS, "FROM sites ORDER BY name"));
 pub(crate) static LOAD_RULES: LazyLock<String> =
     LazyLock::new(|| select(codec::RULE_COLUMNS, "FROM policy_rules ORDER BY id"));
-pub(crate) static LOAD_SERVICES: LazyLock<String> =
-    LazyLock::new(|| select(codec::SERVICE_COLUMNS, "FROM policy_services ORDER BY name"));
+pub(crate) static LOAD_SERVICES: LazyLock<String> = LazyLock::new(|| {
+    select(
+        codec::SERVICE_COLUMNS,
+        "FROM policy_services ORDER BY org, name",
+    )
+});
 pub(crate) const NEXT_RULE: &str = "SELECT next_rule FROM policy_counter WHERE id = 1";
 pub(crate) const HEAD: &str = "SELECT seq FROM change_head WHERE id = 1";
 pub(crate) static REPORTS_SINCE: LazyLock<String> =

@@ -127,6 +127,44 @@ async fn sqlite_reopen_keeps_data_and_migrations_are_idempotent() {
     assert_eq!(s.load().await.expect("load").regions.len(), 1);
 }
 
+/// A database from before services were named within organisations: its
+/// rules into services name them unqualified. They read qualified with
+/// the rule's organisation (the service's), and the migration rewrites
+/// them so; the services themselves are kept.
+#[tokio::test]
+async fn sqlite_rules_into_services_from_an_older_schema_read_qualified() {
+    use wardnet_common::policy::Target;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("w.db");
+    {
+        let s = SqliteStore::open(&path).expect("open");
+        policy_with_a_service(&s).await;
+    }
+    let sql = |q: &str| {
+        rusqlite::Connection::open(&path)
+            .and_then(|c| c.execute_batch(q))
+            .expect("sql");
+    };
+    let target = |p: &crate::model::StoredPolicy| p.rules[0].rule.to.clone();
+    let qualified: Target = "service:default/pacs".parse().expect("target");
+    // Written unqualified (as an older controller did): read qualified.
+    sql("UPDATE policy_rules SET target = 'service:pacs'");
+    let s = SqliteStore::open(&path).expect("reopen");
+    let p = s.load().await.expect("load").policy;
+    assert_eq!((target(&p), p.services.len()), (qualified.clone(), 1));
+    drop(s);
+    // The migration from that schema rewrites it, and keeps the service.
+    sql("DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations);
+         UPDATE policy_rules SET target = 'service:pacs'");
+    let s = SqliteStore::open(&path).expect("migrate");
+    let p = s.load().await.expect("load").policy;
+    assert_eq!((target(&p), p.services.len()), (qualified, 1));
+    let stored: String = rusqlite::Connection::open(&path)
+        .and_then(|c| c.query_row("SELECT target FROM policy_rules", [], |r| r.get(0)))
+        .expect("read");
+    assert_eq!(stored, "service:default/pacs");
+}
+
 #[tokio::test]
 async fn sqlite_the_change_log_orders_changes() {
     let (_d, s) = sqlite();

@@ -350,6 +350,25 @@ pub(super) async fn policy_rules_and_services(s: &dyn Store) {
     }
     let dup = s.commit(vec![Write::InsertService(service.clone())]).await;
     assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    // Named within an organisation: another's pacs is another service,
+    // and deleting one leaves the other.
+    let mut theirs = service.clone();
+    theirs.org = org.clone();
+    theirs.created_at = 4;
+    s.commit(vec![Write::InsertService(theirs.clone())])
+        .await
+        .expect("the same name in another organisation");
+    assert_eq!(
+        s.load().await.expect("read").policy.services,
+        vec![service.clone(), theirs.clone()]
+    );
+    s.commit(vec![Write::DeleteService {
+        org: service.org.clone(),
+        name: service.service.name.clone(),
+    }])
+    .await
+    .expect("delete one");
+    assert_eq!(s.load().await.expect("read").policy.services, vec![theirs]);
     match s.commit(vec![Write::DeleteOrg(org.clone())]).await {
         Err(StoreError::Conflict { what }) => assert_eq!(what, "policy_rules.org"),
         other => panic!("deleting an organisation a rule admits into: {other:?}"),
@@ -366,6 +385,43 @@ pub(super) async fn policy_rules_and_services(s: &dyn Store) {
     s.commit(vec![Write::DeleteOrg(org)])
         .await
         .expect("nothing holds it now");
+}
+
+/// Site lth-1 (of `default`) with service pacs, and a rule into it.
+pub(super) async fn policy_with_a_service(s: &dyn Store) {
+    use wardnet_common::policy::{Rule, Service, SharedWith};
+    let default: Name = "default".parse().expect("name");
+    s.commit(vec![
+        Write::InsertRegion(region("north", "100.64.0.0/20")),
+        Write::InsertSite(site("lth-1", "north", "100.64.0.10")),
+        Write::InsertService(ServiceView {
+            service: Service {
+                name: "pacs".parse().expect("name"),
+                site: "lth-1".parse().expect("name"),
+                prefixes: Default::default(),
+                proto: "tcp".parse().expect("proto"),
+                ports: vec!["104".parse().expect("port")],
+                shared_with: SharedWith::All,
+                description: String::new(),
+            },
+            org: default.clone(),
+            created_at: 1,
+        }),
+        Write::InsertRule(RuleView {
+            rule: Rule {
+                id: 1,
+                from: "all".parse().expect("source"),
+                to: "service:default/pacs".parse().expect("target"),
+                proto: "tcp".parse().expect("proto"),
+                ports: Vec::new(),
+                description: String::new(),
+            },
+            org: default,
+            created_at: 2,
+        }),
+    ])
+    .await
+    .expect("write");
 }
 
 pub(super) async fn audit_and_admin_tokens(s: &dyn Store) {

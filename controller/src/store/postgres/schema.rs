@@ -133,4 +133,12 @@ ALTER TABLE orgs ADD COLUMN lan_delegated TEXT NOT NULL DEFAULT '[]';
     r#"
 ALTER TABLE sites ADD COLUMN renumber TEXT;
 "#,
+    // Services are named within their organisation, and rules name them
+    // as ORG/NAME (a rule into a service is its organisation's).
+    r#"
+ALTER TABLE policy_services DROP CONSTRAINT "policy_services.name";
+ALTER TABLE policy_services ADD CONSTRAINT "policy_services.name" PRIMARY KEY (org, name);
+UPDATE policy_rules SET target = 'service:' || org || '/' || substr(target, 9)
+    WHERE target LIKE 'service:%' AND strpos(target, '/') = 0;
+"#,
 ];

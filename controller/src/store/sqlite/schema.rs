@@ -166,4 +166,25 @@ ALTER TABLE orgs ADD COLUMN lan_delegated TEXT NOT NULL DEFAULT '[]';
     r#"
 ALTER TABLE sites ADD COLUMN renumber TEXT;
 "#,
+    // Services are named within their organisation, and rules name them
+    // as ORG/NAME (a rule into a service is its organisation's).
+    r#"
+CREATE TABLE policy_services_by_org (
+    name        TEXT NOT NULL,
+    site        TEXT NOT NULL REFERENCES sites(name) ON DELETE CASCADE,
+    prefixes    TEXT NOT NULL,
+    proto       TEXT NOT NULL,
+    ports       TEXT NOT NULL,
+    shared_with TEXT NOT NULL,
+    description TEXT NOT NULL,
+    org         TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (org, name)
+);
+INSERT INTO policy_services_by_org SELECT name, site, prefixes, proto, ports, shared_with, description, org, created_at FROM policy_services;
+DROP TABLE policy_services;
+ALTER TABLE policy_services_by_org RENAME TO policy_services;
+UPDATE policy_rules SET target = 'service:' || org || '/' || substr(target, 9)
+    WHERE target LIKE 'service:%' AND instr(target, '/') = 0;
+"#,
 ];
