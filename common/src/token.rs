@@ -19,6 +19,33 @@ impl Secret {
         OsRng.fill_bytes(&mut bytes);
         Self(format!("{prefix}{}", B64URL.encode(bytes)))
     }
+    /// The secret sealed with `key` for `context`: XORed with the
+    /// HMAC-SHA256 of `context` under `key`, a one-time pad as long as the
+    /// key is used for one context only. An agent's credential is stored
+    /// sealed with its enrolment token, so the same enrolment again (its
+    /// answer lost) gets the same credential, and no one without the token
+    /// reads it.
+    pub fn seal(&self, key: &str, context: &[u8]) -> Option<String> {
+        let (_, body) = self.0.split_at_checked(4)?;
+        let bytes = B64URL.decode(body).ok()?;
+        let pad = pad(key, context);
+        (bytes.len() == pad.len()).then(|| {
+            let sealed: Vec<u8> = bytes.iter().zip(pad).map(|(a, b)| a ^ b).collect();
+            B64URL.encode(sealed)
+        })
+    }
+
+    /// What [`Secret::seal`] sealed, with the same key and context; with
+    /// any other, a secret that is not it.
+    pub fn unseal(prefix: &str, key: &str, context: &[u8], sealed: &str) -> Option<Self> {
+        let bytes = B64URL.decode(sealed).ok()?;
+        let pad = pad(key, context);
+        (bytes.len() == pad.len()).then(|| {
+            let open: Vec<u8> = bytes.iter().zip(pad).map(|(a, b)| a ^ b).collect();
+            Self(format!("{prefix}{}", B64URL.encode(open)))
+        })
+    }
+
     /// The secret itself, to hand to its owner once.
     pub fn expose(&self) -> &str {
         &self.0
@@ -32,6 +59,14 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+fn pad(key: &str, context: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
+    mac.update(context);
+    mac.finalize().into_bytes().into()
 }
 
 /// The stored form of a secret: hex SHA-256. 256-bit random secrets need no
@@ -58,5 +93,20 @@ mod tests {
         assert_eq!(a.hash(), hash_secret(a.expose()));
         assert_eq!(a.hash().len(), 64);
         assert_eq!(format!("{a:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_with_its_key_and_context_only() {
+        let c = Secret::generate(AGENT_PREFIX);
+        let sealed = c.seal("wne_a", b"k1").expect("sealed");
+        assert!(!sealed.contains(&c.expose()[4..]));
+        let open = |k: &str, ctx: &[u8]| Secret::unseal(AGENT_PREFIX, k, ctx, &sealed);
+        assert_eq!(open("wne_a", b"k1"), Some(c.clone()));
+        assert_ne!(open("wne_a", b"k2"), Some(c.clone()));
+        assert_ne!(open("wne_b", b"k1"), Some(c.clone()));
+        assert_eq!(
+            Secret::unseal(AGENT_PREFIX, "wne_a", b"k1", "not base64!"),
+            None
+        );
     }
 }

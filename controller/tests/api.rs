@@ -82,6 +82,76 @@ async fn enrolment_happy_path_gives_addresses_and_a_config() {
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
 
+/// An agent whose enrolment answer was lost sends it again: the same
+/// token with the same key gets the same answer, and its credential
+/// works; another key gets 409 saying what to do. Once the site's
+/// credential changed (a new token enrolled it), the old token gives
+/// nothing, with any key.
+#[tokio::test]
+async fn the_same_enrolment_again_gets_the_same_answer_another_key_is_told_what_to_do() {
+    let t = TestController::start().await;
+    t.region("north", false).await;
+    let token = t
+        .site(json!({"name": "gp-a", "region": "north", "role": "spoke"}))
+        .await
+        .expect("token");
+    let key = wardnet_common::PrivateKey::generate().public_key();
+    let enrol = |token: &str, key: wardnet_common::PublicKey| {
+        t.call(
+            Method::POST,
+            "/v1/enroll",
+            None,
+            Some(json!({"token": token, "public_key": key.to_string()})),
+        )
+    };
+    let (s, first) = enrol(&token, key).await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let (s, again) = enrol(&token, key).await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    assert_eq!(again, first, "the same answer, credential included");
+    let cred = again["credential"].as_str().expect("credential");
+    let (s, cfg) = t.agent_config(cred, 0, 0).await;
+    assert_eq!(
+        (s, cfg["site"].clone()),
+        (StatusCode::OK, json!("gp-a")),
+        "{cfg}"
+    );
+
+    let other = wardnet_common::PrivateKey::generate().public_key();
+    let (s, v) = enrol(&token, other).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let m = v["message"].as_str().expect("message");
+    assert!(
+        m.contains("another key") && m.contains("sites token gp-a") && m.contains("enroll --force"),
+        "{m}"
+    );
+    assert!(!m.contains("Unix time"), "times read as RFC 3339: {m}");
+    let (_, site) = t.admin_get("/v1/sites/gp-a").await;
+    assert_eq!(
+        site["public_key"],
+        key.to_string(),
+        "nothing changed: {site}"
+    );
+
+    // A new token re-enrols the gateway with a new key: the first token
+    // now gives nothing, not even with the key it enrolled.
+    let (s, v) = t.admin_post("/v1/sites/gp-a/token", json!({})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let fresh = v["token"].as_str().expect("token").to_owned();
+    let (s, v) = enrol(&fresh, other).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = enrol(&token, key).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, _) = t.agent_config(cred, 0, 0).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the first credential is gone");
+    let (_, m) = t.call(Method::GET, "/metrics", None, None).await;
+    let m = m.as_str().unwrap_or_default().to_owned();
+    assert!(
+        m.contains(r#"wardnet_controller_enrolments_total{result="repeated"} 1"#),
+        "{m}"
+    );
+}
+
 #[tokio::test]
 async fn token_reuse_is_rejected_also_when_two_redemptions_race() {
     let t = TestController::start().await;

@@ -332,6 +332,53 @@ async fn an_agent_waiting_on_one_replica_is_online_on_the_others() {
     poll.abort();
 }
 
+/// The answer to an enrolment through replica A is lost; the agent sends
+/// it again to B at once: B answers as A did, and the credential works on
+/// both. Another key at B is refused as the token's reuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_sent_again_to_another_replica_gets_the_same_answer() {
+    let Some((_pg, r)) = replicas(
+        "an_enrolment_sent_again_to_another_replica_gets_the_same_answer",
+        2,
+    )
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&r[0], &r[1]);
+    a.region("north", false).await;
+    for i in 0..10 {
+        let name = format!("gp-{i}");
+        let tok = a
+            .site(json!({"name": name, "region": "north", "role": "spoke"}))
+            .await
+            .expect("token");
+        let key = wardnet_common::PrivateKey::generate().public_key();
+        let body = json!({"token": tok, "public_key": key.to_string()});
+        let (s, lost) = a
+            .call(Method::POST, "/v1/enroll", None, Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{lost}");
+        let (s, again) = b.call(Method::POST, "/v1/enroll", None, Some(body)).await;
+        assert_eq!((s, &again), (StatusCode::CREATED, &lost), "{name}");
+        let cred = again["credential"].as_str().expect("credential");
+        for t in [a, b] {
+            let (s, v) = t.agent_config(cred, 0, 0).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+        let other = wardnet_common::PrivateKey::generate().public_key();
+        let (s, v) = b
+            .call(
+                Method::POST,
+                "/v1/enroll",
+                None,
+                Some(json!({"token": tok, "public_key": other.to_string()})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    }
+}
+
 /// A rule added through one replica reaches the filter of a site whose
 /// agent long-polls another, and every replica then serves the same
 /// config and lists the same policy; a site deleted through one replica

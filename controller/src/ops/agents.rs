@@ -26,8 +26,17 @@ pub struct AgentIdentity {
 /// these, never from message text).
 enum EnrolFailure {
     UnknownToken,
-    Expired { site: Name, at: UnixTime },
-    Used { site: Name, at: UnixTime },
+    Expired {
+        site: Name,
+        at: UnixTime,
+    },
+    Used {
+        site: Name,
+        at: UnixTime,
+    },
+    /// The same enrolment again (same token, same key): answered as the
+    /// first time, a success.
+    Repeated(EnrollResponse),
     Other(Error),
 }
 
@@ -37,6 +46,7 @@ impl EnrolFailure {
             EnrolFailure::UnknownToken => "unknown_token",
             EnrolFailure::Expired { .. } => "expired_token",
             EnrolFailure::Used { .. } => "token_reused",
+            EnrolFailure::Repeated(_) => "repeated",
             EnrolFailure::Other(Error::Conflict(_)) => "conflict",
             EnrolFailure::Other(Error::BadRequest(_) | Error::Unprocessable(_)) => "bad_request",
             EnrolFailure::Other(Error::Unavailable(_)) => "unavailable",
@@ -57,6 +67,9 @@ impl EnrolFailure {
                 wardnet_common::time::format_rfc3339(at)
             )),
             EnrolFailure::Used { site, at } => used_error(&site, at),
+            EnrolFailure::Repeated(_) => {
+                unreachable!("a repeated enrolment is answered, not refused")
+            }
             EnrolFailure::Other(e) => e,
         }
     }
@@ -82,7 +95,59 @@ impl Controller {
             Err(f) => f.label(),
         };
         self.metrics.enrolments.with_label_values(&[label]).inc();
-        result.map_err(EnrolFailure::into_api)
+        match result {
+            Ok(r) | Err(EnrolFailure::Repeated(r)) => Ok(r),
+            Err(f) => Err(f.into_api()),
+        }
+    }
+
+    /// A used token again. With the key it enrolled (the agent retrying
+    /// after its answer was lost, here or at another replica), and while
+    /// the token would still be valid and the site still has the
+    /// credential it got: the same answer. Otherwise refused as used.
+    async fn enrolled_before(&self, hash: &str, req: &EnrollRequest) -> EnrolFailure {
+        // Read again: the redemption that came first may be a moment old.
+        let token = match self.store.enrol_token(hash).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return EnrolFailure::UnknownToken,
+            Err(e) => return EnrolFailure::Other(e.into()),
+        };
+        let used_error = || EnrolFailure::Used {
+            site: token.site.clone(),
+            at: token.used_at.unwrap_or(token.created_at),
+        };
+        let credential = token.sealed.as_deref().and_then(|sealed| {
+            Secret::unseal(
+                AGENT_PREFIX,
+                req.token.trim(),
+                &credential_context(&token.site, &req.public_key),
+                sealed,
+            )
+        });
+        let Some(credential) = credential.filter(|_| token.expires_at > self.now()) else {
+            return used_error();
+        };
+        // Committed elsewhere: this replica reads it before answering.
+        if let Err(e) = self.sync().await {
+            return EnrolFailure::Other(e);
+        }
+        let hash = credential.hash();
+        self.with_model(|m| match m.sites.get(&token.site) {
+            Some(s)
+                if s.state == SiteState::Active
+                    && s.public_key == Some(req.public_key)
+                    && s.credential_hash.as_deref() == Some(hash.as_str()) =>
+            {
+                EnrolFailure::Repeated(EnrollResponse {
+                    site: s.name.clone(),
+                    region: s.region.clone(),
+                    role: s.role,
+                    addresses: s.addresses(),
+                    credential: credential.expose().to_owned(),
+                })
+            }
+            _ => used_error(),
+        })
     }
 
     async fn enroll_inner(&self, req: EnrollRequest) -> Result<EnrollResponse, EnrolFailure> {
@@ -93,11 +158,8 @@ impl Controller {
             .await?
             .ok_or(EnrolFailure::UnknownToken)?;
         let now = self.now();
-        if let Some(used) = token.used_at {
-            return Err(EnrolFailure::Used {
-                site: token.site,
-                at: used,
-            });
+        if token.used_at.is_some() {
+            return Err(self.enrolled_before(&hash, &req).await);
         }
         if token.expires_at <= now {
             return Err(EnrolFailure::Expired {
@@ -106,9 +168,20 @@ impl Controller {
             });
         }
         let credential = Secret::generate(AGENT_PREFIX);
+        // Kept with the token, sealed with it, for the same enrolment again.
+        let sealed = credential
+            .seal(
+                req.token.trim(),
+                &credential_context(&token.site, &req.public_key),
+            )
+            .ok_or_else(|| {
+                Error::Internal(anyhow::anyhow!("a generated credential did not seal"))
+            })?;
         let site_name = token.site.clone();
+        let (asked, token_hash) = (req.clone(), hash.clone());
         let result = self
             .change(move |tx| {
+                let req = &asked;
                 let (m, now) = (tx.model(), tx.now());
                 if m.consumed_tokens.contains(&hash) {
                     // Redeemed by a request committed before this one.
@@ -143,7 +216,7 @@ impl Controller {
                     addresses: after.addresses(),
                     credential: credential.expose().to_owned(),
                 };
-                tx.consume_enrol_token(&site_name, hash.clone());
+                tx.consume_enrol_token(&site_name, hash.clone(), sealed.clone());
                 tx.update_site(after);
                 tx.audit(
                     &format!("agent:{site_name}"),
@@ -156,11 +229,9 @@ impl Controller {
             })
             .await;
         match result {
-            // Another redemption (here or on another replica) won the race.
-            Err(Error::Precondition(_)) => Err(EnrolFailure::Used {
-                site: token.site,
-                at: now,
-            }),
+            // Another redemption (here or on another replica) won the
+            // race: this one's own, maybe (the agent sent it twice).
+            Err(Error::Precondition(_)) => Err(self.enrolled_before(&token_hash, &req).await),
             Err(e) => Err(EnrolFailure::Other(e)),
             Ok(r) => Ok(r),
         }
@@ -318,10 +389,18 @@ impl Controller {
     }
 }
 
+/// What an agent's credential is sealed for: its site and key.
+fn credential_context(site: &Name, key: &wardnet_common::PublicKey) -> Vec<u8> {
+    format!("wardnet agent credential\0{site}\0{key}").into_bytes()
+}
+
 fn used_error(site: &Name, at: i64) -> Error {
     Error::Conflict(format!(
-        "enrolment token for site {site} was already used (at {at}, Unix time); each token enrols one gateway. \
-         Ask the NOC for a new one (`wardnet-controller sites token {site}`)"
+        "enrolment token for site {site} was already used (at {}) by a gateway with another key; each token \
+         enrols one gateway (the same gateway again, with its key, gets the same answer until the token \
+         would have expired). To enrol this gateway instead, ask the NOC for a new token \
+         (`wardnet-controller sites token {site}`) and run `wardnet-agent enroll --force` with it",
+        wardnet_common::time::format_rfc3339(at)
     ))
 }
 

@@ -185,7 +185,7 @@ impl<'m> Tx<'m> {
 
     /// Redeem a token: the store refuses it (a precondition) when another
     /// redemption, here or on another replica, came first.
-    pub(crate) fn consume_enrol_token(&mut self, site: &Name, hash: String) {
+    pub(crate) fn consume_enrol_token(&mut self, site: &Name, hash: String, sealed: String) {
         if self.model.consumed_tokens.insert(hash.clone()).is_none() {
             self.undo.push(Undo::Consumed(hash.clone()));
         }
@@ -193,6 +193,7 @@ impl<'m> Tx<'m> {
             hash,
             site: site.clone(),
             now: self.now,
+            sealed,
         });
     }
 
@@ -455,7 +456,7 @@ pub(super) mod tests {
         tx.delete_site(&name("a"));
         tx.insert_region(region("s", "100.64.16.0/20"));
         tx.delete_region(&name("r"));
-        tx.consume_enrol_token(&name("b"), "hash".into());
+        tx.consume_enrol_token(&name("b"), "hash".into(), "sealed".into());
         tx.insert_rule(RuleView {
             rule: wardnet_common::policy::Rule {
                 id: 1,

@@ -366,7 +366,8 @@ pub(crate) fn report(row: &(impl Row + ?Sized)) -> Result<StoredReport, StoreErr
 
 // ----- tokens, organisations, audit ---------------------------------------
 
-pub(crate) const ENROL_TOKEN_COLUMNS: &[&str] = &["site", "created_at", "expires_at", "used_at"];
+pub(crate) const ENROL_TOKEN_COLUMNS: &[&str] =
+    &["site", "created_at", "expires_at", "used_at", "sealed"];
 
 pub(crate) fn enrol_token(row: &(impl Row + ?Sized)) -> Result<EnrolToken, StoreError> {
     let mut r = Reader::new(row);
@@ -375,6 +376,7 @@ pub(crate) fn enrol_token(row: &(impl Row + ?Sized)) -> Result<EnrolToken, Store
         created_at: r.int("token created_at")?,
         expires_at: r.int("token expires_at")?,
         used_at: r.opt_int()?,
+        sealed: r.opt_text()?,
     })
 }
 

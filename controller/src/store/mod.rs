@@ -128,6 +128,9 @@ pub enum Write {
         hash: String,
         site: Name,
         now: UnixTime,
+        /// The credential it gave, sealed with the token
+        /// (`wardnet_common::token::Secret::seal`).
+        sealed: String,
     },
     /// What an agent reported with its sync.
     Report {
@@ -198,6 +201,8 @@ pub struct EnrolToken {
     pub created_at: UnixTime,
     pub expires_at: UnixTime,
     pub used_at: Option<UnixTime>,
+    /// Once used: the credential it gave, sealed with the token.
+    pub sealed: Option<String>,
 }
 
 /// An admin API token as stored (never the secret).

@@ -145,10 +145,20 @@ fn push(w: &Write, out: &mut Vec<Statement>) -> Result<(), StoreError> {
             "DELETE FROM enrol_tokens WHERE site = $1 AND used_at IS NULL",
             vec![site.into()],
         ),
-        Write::ConsumeEnrolToken { hash, site, now } => Statement::new(
-            "UPDATE enrol_tokens SET used_at = $3
+        Write::ConsumeEnrolToken {
+            hash,
+            site,
+            now,
+            sealed,
+        } => Statement::new(
+            "UPDATE enrol_tokens SET used_at = $3, sealed = $4
              WHERE hash = $1 AND site = $2 AND used_at IS NULL AND expires_at > $3",
-            vec![hash.as_str().into(), site.into(), (*now).into()],
+            vec![
+                hash.as_str().into(),
+                site.into(),
+                (*now).into(),
+                sealed.as_str().into(),
+            ],
         )
         .exactly_one("enrolment token already used or expired".into()),
         Write::Report {

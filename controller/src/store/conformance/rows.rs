@@ -114,10 +114,11 @@ pub(super) async fn tokens_are_single_use_and_expire(s: &dyn Store) {
     .expect("setup");
     let t = s.enrol_token("h1").await.expect("read").expect("exists");
     assert_eq!(t.used_at, None);
-    let consume = |now| Write::ConsumeEnrolToken {
+    let consume = |now: i64| Write::ConsumeEnrolToken {
         hash: "h1".into(),
         site: "a".parse().expect("name"),
         now,
+        sealed: format!("sealed-{now}"),
     };
     assert!(
         matches!(
@@ -131,13 +132,13 @@ pub(super) async fn tokens_are_single_use_and_expire(s: &dyn Store) {
         a.is_ok() != b.is_ok(),
         "exactly one racing redemption wins: {a:?} {b:?}"
     );
-    assert!(s
-        .enrol_token("h1")
-        .await
-        .expect("read")
-        .expect("exists")
-        .used_at
-        .is_some());
+    let used = s.enrol_token("h1").await.expect("read").expect("exists");
+    let won = if a.is_ok() { 50 } else { 51 };
+    assert_eq!(
+        (used.used_at, used.sealed),
+        (Some(won), Some(format!("sealed-{won}"))),
+        "the winner's credential is kept, sealed"
+    );
     assert!(s.enrol_token("nope").await.expect("read").is_none());
 }
 

@@ -141,4 +141,9 @@ ALTER TABLE policy_services ADD CONSTRAINT "policy_services.name" PRIMARY KEY (o
 UPDATE policy_rules SET target = 'service:' || org || '/' || substr(target, 9)
     WHERE target LIKE 'service:%' AND strpos(target, '/') = 0;
 "#,
+    // A used enrolment token keeps the credential it gave, sealed with
+    // the token: the same enrolment again gets the same answer.
+    r#"
+ALTER TABLE enrol_tokens ADD COLUMN sealed TEXT;
+"#,
 ];
