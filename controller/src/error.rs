@@ -51,7 +51,7 @@ impl From<StoreError> for Error {
             StoreError::Conflict { what } => Error::Taken { what },
             StoreError::Precondition(m) => Error::Precondition(m),
             e @ (StoreError::Unavailable(_) | StoreError::Commit(_)) => {
-                tracing::error!(error = %e, "the database failed; the change is not stored");
+                tracing::error!(error = %e, "the database failed");
                 Error::Unavailable(format!(
                     "the database failed ({e}); nothing was changed. Retry; if it keeps failing, \
                      check the controller's log and its database's disk"

@@ -379,6 +379,122 @@ async fn an_enrolment_sent_again_to_another_replica_gets_the_same_answer() {
     }
 }
 
+/// PostgreSQL goes away: a replica keeps answering admin reads from its
+/// own state, marked stale (the `wardnet-stale` header says why and as
+/// of which change), and agents' long-polls; writes answer 503 naming the
+/// database; a token it never saw confirmed is not taken on its word.
+/// When the database is back, answers are fresh again and writes work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_away_reads_are_answered_stale_and_writes_say_why_they_fail() {
+    let Some((mut pg, r)) = replicas(
+        "with_the_database_away_reads_are_answered_stale_and_writes_say_why_they_fail",
+        2,
+    )
+    .await
+    else {
+        return;
+    };
+    let (a, b) = (&r[0], &r[1]);
+    a.region("north", false).await;
+    let tok = a
+        .site(json!({"name": "gp-1", "region": "north", "role": "spoke"}))
+        .await
+        .expect("token");
+    let cred = a.enrolled(&tok, None).await;
+    let (_, fresh) = b.admin_get("/v1/sites").await;
+    let get = |t: &TestController, path: &str, token: &str| {
+        let (url, token) = (format!("{}{path}", t.url), token.to_owned());
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("answer");
+            let stale = r
+                .headers()
+                .get("wardnet-stale")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            (
+                r.status(),
+                stale,
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, stale, _) = get(b, "/v1/sites", &b.admin).await;
+    assert_eq!((s, stale), (StatusCode::OK, None), "fresh while it answers");
+
+    pg.stop().expect("stop postgres");
+    for path in [
+        "/v1/sites",
+        "/v1/sites/gp-1",
+        "/v1/status",
+        "/v1/policy",
+        "/v1/health",
+    ] {
+        let (s, stale, v) = get(b, path, &b.admin).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+        let why = stale.unwrap_or_else(|| panic!("{path}: not marked stale"));
+        assert!(
+            why.contains("database") && why.contains("as of change"),
+            "{why}"
+        );
+        if path == "/v1/sites" {
+            assert_eq!(v, fresh, "what it had");
+        }
+    }
+    for path in ["/v1/audit", "/v1/orgs"] {
+        let (s, _, v) = get(b, path, &b.admin).await;
+        assert_eq!(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "only the database has it: {v}"
+        );
+    }
+    let (s, v) = b.agent_config(&cred, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "an agent is answered: {v}");
+    let (s, v) = b
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "gp-2", "region": "north", "role": "spoke"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("database")),
+        "{v}"
+    );
+    let (s, _, v) = get(b, "/v1/sites", "wnt_never-seen").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("has not seen this admin token")),
+        "{v}"
+    );
+
+    pg.restart().expect("restart postgres");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, stale, _) = get(b, "/v1/sites", &b.admin).await;
+        if s == StatusCode::OK && stale.is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {s} {stale:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = b
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "gp-2", "region": "north", "role": "spoke"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
 /// A rule added through one replica reaches the filter of a site whose
 /// agent long-polls another, and every replica then serves the same
 /// config and lists the same policy; a site deleted through one replica

@@ -70,6 +70,39 @@ fn unprivileged() -> Option<(u32, u32)> {
     Some((65534, 65534))
 }
 
+/// Start `postgres` on the data directory under `dir`, logging to
+/// `dir/postgres.log` (appended: a restart keeps the earlier log).
+fn spawn_server(bin: &Path, dir: &Path, ids: Option<(u32, u32)>) -> Result<Child, String> {
+    let data = dir.join("data");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .map_err(|e| format!("cannot open the server log: {e}"))?;
+    if let Some((uid, gid)) = ids {
+        chown(&dir.join("postgres.log"), uid, gid)?;
+    }
+    let mut postgres = Command::new(bin.join("postgres"));
+    postgres
+        .arg("-D")
+        .arg(&data)
+        .arg("-k")
+        .arg(dir)
+        .args(["-p", &PORT.to_string()])
+        .args(["-c", "listen_addresses="])
+        .args(["-c", "max_connections=300"])
+        // Durability as in production: a commit is on disk before it
+        // is answered.
+        .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    as_user(&mut postgres, ids);
+    postgres
+        .spawn()
+        .map_err(|e| format!("cannot start postgres: {e}"))
+}
+
 impl TempPostgres {
     /// `initdb` and start a server; ready to accept connections when this
     /// returns.
@@ -103,30 +136,7 @@ impl TempPostgres {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let log = std::fs::File::create(dir.path().join("postgres.log"))
-            .map_err(|e| format!("cannot create the server log: {e}"))?;
-        if let Some((uid, gid)) = ids {
-            chown(&dir.path().join("postgres.log"), uid, gid)?;
-        }
-        let mut postgres = Command::new(bin.join("postgres"));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-p", &PORT.to_string()])
-            .args(["-c", "listen_addresses="])
-            .args(["-c", "max_connections=300"])
-            // Durability as in production: a commit is on disk before it
-            // is answered.
-            .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        as_user(&mut postgres, ids);
-        let server = postgres
-            .spawn()
-            .map_err(|e| format!("cannot start postgres: {e}"))?;
+        let server = spawn_server(&bin, dir.path(), ids)?;
         let mut me = TempPostgres {
             dir,
             server: Some(server),
@@ -203,6 +213,30 @@ impl TempPostgres {
     /// The server's process id.
     pub fn pid(&self) -> Option<u32> {
         self.server.as_ref().map(Child::id)
+    }
+
+    /// Stop the server (a fast shutdown: sessions are ended, the data
+    /// stays), as an operator or a crash would take the database away.
+    pub fn stop(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.server.take() else {
+            return Ok(());
+        };
+        // SAFETY: kill on the pid of a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+        child
+            .wait()
+            .map(|_| ())
+            .map_err(|e| format!("waiting for postgres to stop: {e}"))
+    }
+
+    /// Start the server again on the same data, ready when this returns.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop()?;
+        let bin = bindir().ok_or("PostgreSQL is not installed")?;
+        self.server = Some(spawn_server(&bin, self.dir.path(), unprivileged())?);
+        self.wait_ready(&bin)
     }
 }
 

@@ -140,10 +140,15 @@ impl FromRequestParts<Arc<Controller>> for Admin {
             Err(e) => Err(e),
         };
         match result {
-            Ok(token) => Ok(Admin(Actor {
-                id: token.id,
-                org: token.org,
-            })),
+            Ok((token, stale)) => {
+                if let (Some(why), Some(note)) = (stale, parts.extensions.get::<super::Stale>()) {
+                    let _ = note.0.set(why);
+                }
+                Ok(Admin(Actor {
+                    id: token.id,
+                    org: token.org,
+                }))
+            }
             Err(e) => Err(refused(parts, "admin", e)),
         }
     }

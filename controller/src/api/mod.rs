@@ -135,13 +135,41 @@ async fn observe(State(c): State<Arc<Controller>>, req: Request, next: Next) -> 
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let resp = next.run(req).await;
+    let stale = Stale::default();
+    let mut req = req;
+    req.extensions_mut().insert(stale.clone());
+    let mut resp = next.run(req).await;
+    if let Some(why) = stale.0.get() {
+        // Header values are visible ASCII: anything else reads as '?'.
+        let clean: String = why
+            .chars()
+            .map(|c| {
+                if c == ' ' || c.is_ascii_graphic() {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&clean) {
+            resp.headers_mut().insert(STALE_HEADER, v);
+        }
+    }
     c.metrics
         .http_requests
         .with_label_values(&[&method, &route, resp.status().as_str()])
         .observe(start.elapsed().as_secs_f64());
     resp
 }
+
+/// The header of an admin answer given from a replica's own state because
+/// the database did not answer: why, and as of which change.
+pub const STALE_HEADER: &str = "wardnet-stale";
+
+/// Set by the admin extractor when the request is answered from this
+/// replica's state (see [`STALE_HEADER`]).
+#[derive(Clone, Default)]
+pub(crate) struct Stale(Arc<std::sync::OnceLock<String>>);
 
 /// How the listener is wrapped.
 pub enum Tls {

@@ -94,6 +94,14 @@ impl ApiClient {
                 },
             }
         })?;
+        if let Some(why) = resp.headers().get("wardnet-stale") {
+            // On standard error: standard output stays the answer (JSON
+            // included), and a person sees that it may be behind.
+            eprintln!(
+                "warning: this answer may be out of date: {}",
+                String::from_utf8_lossy(why.as_bytes())
+            );
+        }
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -1,6 +1,8 @@
 //! Network-wide administration: regions and their hubs, organisations,
 //! admin tokens, the status summary and the audit log.
 
+use std::sync::atomic::Ordering;
+
 use ipnet::IpNet;
 use wardnet_common::net::overlaps;
 use wardnet_common::policy::Source;
@@ -18,7 +20,11 @@ use crate::ipam;
 use crate::model::{default_org, Org, Region};
 use crate::pipeline::Controller;
 use crate::reports::Report;
-use crate::store::AdminToken;
+use crate::store::{AdminToken, StoreError};
+
+/// How long after the database last confirmed an admin token a replica
+/// takes it on its own word while the database does not answer.
+const RECALL_ADMINS_SECS: i64 = 24 * 3600;
 
 impl Controller {
     // ----- regions -------------------------------------------------------
@@ -423,22 +429,96 @@ impl Controller {
         })
     }
 
-    pub async fn authenticate_admin(&self, bearer: Option<&str>) -> Result<AdminToken, Error> {
+    /// The admin token a request bears, and, when the database did not
+    /// answer, why the request is answered from this replica's state
+    /// (reads then see everything this replica has published, perhaps not
+    /// the newest; writes fail with 503 naming the database). A token is
+    /// then taken on this replica's word if the database confirmed it
+    /// within [`RECALL_ADMINS_SECS`].
+    pub async fn authenticate_admin(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<(AdminToken, Option<String>), Error> {
         let token = bearer.ok_or_else(|| {
             Error::Unauthorized(
                 "missing admin token: send `Authorization: Bearer <token>` (create one with `wardnet-controller admin-token create`)"
                     .into(),
             )
         })?;
-        match self.store.admin_token(&hash_secret(token)).await {
+        let hash = hash_secret(token);
+        match self.store.admin_token(&hash).await {
             Ok(Some(t)) => {
+                self.admins_seen
+                    .lock()
+                    .insert(hash, (t.clone(), self.now()));
                 // Read-your-writes across replicas: an admin sees every
                 // change committed before the request, through any replica.
-                self.sync().await?;
-                Ok(t)
+                match self.sync().await {
+                    Ok(()) => {
+                        self.database_answers();
+                        Ok((t, None))
+                    }
+                    Err(Error::Unavailable(why)) => Ok((t, Some(self.stale(&why)))),
+                    Err(e) => Err(e),
+                }
             }
-            Ok(None) => Err(Error::Unauthorized("admin token not recognised".into())),
+            Ok(None) => {
+                self.admins_seen.lock().remove(&hash);
+                self.database_answers();
+                Err(Error::Unauthorized("admin token not recognised".into()))
+            }
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Commit(_))) => {
+                let why = format!("the database did not answer ({e})");
+                let seen = self.admins_seen.lock().get(&hash).cloned();
+                match seen {
+                    Some((t, at)) if self.now() - at <= RECALL_ADMINS_SECS => {
+                        Ok((t, Some(self.stale(&why))))
+                    }
+                    _ => {
+                        self.stale(&why);
+                        Err(Error::Unavailable(format!(
+                            "{why}, and this replica has not seen this admin token in the last {} hours, \
+                             so it cannot check it; try another replica, or again when the database answers",
+                            RECALL_ADMINS_SECS / 3600
+                        )))
+                    }
+                }
+            }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The database did not answer: say so in the log once per outage,
+    /// and what an answer given from this replica's state is.
+    fn stale(&self, why: &str) -> String {
+        let now = self.now();
+        let since =
+            match self
+                .database_away
+                .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => {
+                    tracing::warn!(
+                    reason = why,
+                    "the database does not answer: admin reads are answered from this replica's \
+                     state, writes fail until it answers"
+                );
+                    now
+                }
+                Err(since) => since,
+            };
+        let world = self.snapshot();
+        format!(
+            "{why}; answered from this replica's state as of change {} (the database has not answered since {})",
+            world.seq,
+            wardnet_common::time::format_rfc3339(since)
+        )
+    }
+
+    fn database_answers(&self) {
+        let since = self.database_away.swap(0, Ordering::SeqCst);
+        if since != 0 {
+            tracing::info!(away_secs = self.now() - since, "the database answers again");
         }
     }
 }

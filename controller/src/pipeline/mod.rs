@@ -125,6 +125,13 @@ pub struct Controller {
     published_seq: watch::Sender<u64>,
     /// Asks the writer to catch up now (see [`Controller::sync`]).
     catch_up_now: Notify,
+    /// Admin tokens the database confirmed, by hash, and when: while the
+    /// database does not answer, they are taken on this replica's word
+    /// (see [`Controller::authenticate_admin`]).
+    pub(crate) admins_seen:
+        parking_lot::Mutex<HashMap<String, (crate::store::AdminToken, UnixTime)>>,
+    /// Since when the database has not answered (0: it answers).
+    pub(crate) database_away: AtomicI64,
 }
 
 impl Controller {
@@ -199,6 +206,8 @@ impl Controller {
             replicated: heads.is_some(),
             published_seq: watch::Sender::new(seq),
             catch_up_now: Notify::new(),
+            admins_seen: parking_lot::Mutex::new(HashMap::new()),
+            database_away: AtomicI64::new(0),
             settings,
         });
         tokio::spawn(writer::writer(Arc::downgrade(&controller), rx, heads));
@@ -236,7 +245,13 @@ impl Controller {
         if !self.replicated {
             return Ok(());
         }
-        let head = self.store.head().await?;
+        // (A read: the database not answering is no change lost.)
+        let head = self.store.head().await.map_err(|e| match e {
+            StoreError::Unavailable(_) | StoreError::Commit(_) => {
+                Error::Unavailable(format!("the database did not answer ({e})"))
+            }
+            other => other.into(),
+        })?;
         let mut seen = self.published_seq.subscribe();
         if *seen.borrow() >= head {
             return Ok(());
