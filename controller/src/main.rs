@@ -107,14 +107,6 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             let config = Config::load(&config, |k| std::env::var(k).ok())?;
-            match wardnet_service::limits::raise_nofile() {
-                Ok(n) if n < 65_536 => tracing::warn!(
-                    limit = n,
-                    "the open-file limit is low: each waiting agent holds one; raise LimitNOFILE"
-                ),
-                Ok(n) => tracing::debug!(limit = n, "open-file limit"),
-                Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
-            }
             let controller = open(&config).await?;
             let (id, secret) = controller
                 .create_admin_token(&Actor::local(), &description, org.as_ref())
@@ -203,6 +195,17 @@ async fn open(config: &Config) -> Result<Arc<Controller>> {
 async fn serve(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path, |k| std::env::var(k).ok())?;
     logging::init(config.log_format);
+    // Each waiting agent holds a descriptor: the soft limit a shell gives
+    // (1,024) would make a controller run by hand stall at ~1,000 agents.
+    match wardnet_service::limits::raise_nofile() {
+        Ok(n) if n < 65_536 => tracing::warn!(
+            limit = n,
+            "the open-file limit is low: each waiting agent holds one connection; raise the hard \
+             limit (LimitNOFILE= in the unit, or `ulimit -Hn` before starting)"
+        ),
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
     // Before READY=1: a stop that follows at once must be a clean shutdown.
     let stop =
         wardnet_service::shutdown::on_signal().context("failed to install the SIGTERM handler")?;

@@ -73,6 +73,12 @@ fn free_port() -> SocketAddr {
 }
 
 fn start(extra: &str, files: u64) -> Controller {
+    let (_, hard) = nofile();
+    start_limited(extra, files.min(hard), files.min(hard))
+}
+
+/// The controller, run with a soft and a hard open-file limit.
+fn start_limited(extra: &str, soft: u64, hard: u64) -> Controller {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = free_port();
     let config = dir.path().join("controller.toml");
@@ -105,10 +111,9 @@ fn start(extra: &str, files: u64) -> Controller {
         .env("WARDNET_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    let (_, hard) = nofile();
     let limit = libc::rlimit {
-        rlim_cur: files.min(hard),
-        rlim_max: files.min(hard),
+        rlim_cur: soft,
+        rlim_max: hard,
     };
     // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
     unsafe {
@@ -331,5 +336,50 @@ fn idle_keep_alive_connections_close_but_long_polls_do_not() {
     assert!(
         took >= Duration::from_millis(1_500),
         "closed too early: {took:?}"
+    );
+}
+
+/// Run by hand as the README shows, from a shell whose soft open-file
+/// limit is 1,024: `serve` raises it to the hard limit. And a kept-alive
+/// connection idle for longer than the header timeout (but not the idle
+/// timeout) is still open for its next request.
+#[test]
+fn serve_raises_its_open_file_limit_and_keep_alive_outlasts_the_header_timeout() {
+    let (_, hard) = nofile();
+    let c = start_limited(
+        "[http]\nheader_read_timeout_secs = 1\nidle_timeout_secs = 8",
+        1024.min(hard),
+        hard,
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", c.child.id())).expect("limits");
+    let files: Vec<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a line for open files")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(files, vec![hard, hard], "{limits}");
+
+    let mut s = TcpStream::connect(c.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut ask = |s: &mut TcpStream| {
+        write!(
+            s,
+            "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+            c.admin
+        )
+        .expect("write");
+        let mut buf = [0u8; 8192];
+        let n = s.read(&mut buf).expect("answer");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(ask(&mut s).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_secs(3));
+    let again = ask(&mut s);
+    assert!(
+        again.starts_with("HTTP/1.1 200"),
+        "closed after the 1 s header timeout though idle_timeout_secs is 8: {again:?}"
     );
 }

@@ -252,7 +252,12 @@ async fn http1<IO>(
     let activity = Arc::new(Activity::new());
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read)
+        // hyper's header timer also runs while a kept-alive connection
+        // waits for its next request: at the header timeout it would close
+        // every idle connection long before the idle timeout. The
+        // watchdog bounds a connection's first request by the header
+        // timeout; later ones by the idle timeout.
+        .header_read_timeout(limits.header_read.max(limits.idle))
         .serve_connection(TokioIo::new(io), service(peer, app, &activity));
     drive(conn, activity, peer, limits, stop).await;
 }
@@ -336,6 +341,13 @@ async fn drive(
                     .idle_deadline(&limits)
                     .is_some_and(|d| d <= Instant::now())
                 {
+                    if !activity.started.load(Ordering::Acquire) {
+                        // No request ever began (nothing sent, or headers
+                        // trickling in): nothing to finish gracefully, and
+                        // hyper would wait for those headers. Drop it.
+                        tracing::trace!(%peer, "closing a connection that sent no request in time");
+                        return;
+                    }
                     tracing::trace!(%peer, "closing an idle connection");
                     conn.as_mut().graceful_shutdown();
                     closing = true;
