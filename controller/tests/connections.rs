@@ -364,7 +364,7 @@ fn serve_raises_its_open_file_limit_and_keep_alive_outlasts_the_header_timeout()
     let mut s = TcpStream::connect(c.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let mut ask = |s: &mut TcpStream| {
+    let ask = |s: &mut TcpStream| {
         write!(
             s,
             "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
