@@ -98,6 +98,18 @@ impl SyncPolicy {
             }
     }
 
+    /// Whether to end a waiting long-poll to report: only for something
+    /// new (the revision, the health's shape, an outage behind). Age alone
+    /// waits for the poll's own end: ending it early would, over HTTP/1.1,
+    /// close the agent's connection and open another each time.
+    pub fn worth_interrupting(&self, revision: u64, shape: &HealthShape) -> bool {
+        self.failed
+            || match &self.reported {
+                None => true,
+                Some((r, s, _)) => *r != revision || s != shape,
+            }
+    }
+
     pub fn reported(&mut self, revision: u64, shape: HealthShape, now: Instant) {
         self.reported = Some((revision, shape, now));
         self.succeeded();
@@ -195,7 +207,10 @@ pub(crate) async fn sync_loop(
         }
         let health = agent.health().await;
         let shape = HealthShape::of(health.as_ref());
-        if policy.should_report(known, &shape, Instant::now()) {
+        // Old by the end of the next long-poll (which age does not cut):
+        // report now, so reports stay at most REPORT_REFRESH apart.
+        let by_then = Instant::now() + Duration::from_secs(long_poll_secs);
+        if policy.should_report(known, &shape, by_then) {
             let report = AgentReport {
                 applied_revision: known,
                 health,
@@ -231,7 +246,7 @@ pub(crate) async fn sync_loop(
                 // the NOC hears of it now, not when the poll ends.
                 _ = check.tick() => {
                     let shape = HealthShape::of(agent.health().await.as_ref());
-                    if policy.should_report(known, &shape, Instant::now()) {
+                    if policy.worth_interrupting(known, &shape) {
                         break None;
                     }
                 }
@@ -328,6 +343,13 @@ mod tests {
         p.reported(1, shape(3), t0);
         assert!(!p.should_report(1, &shape(3), t0 + Duration::from_secs(10)));
         assert!(p.should_report(2, &shape(3), t0), "new revision");
+        assert!(p.worth_interrupting(2, &shape(3)), "new revision");
+        assert!(p.worth_interrupting(1, &shape(2)), "a link went down");
+        // Old, but nothing new: reported when the long-poll ends, which is
+        // not cut for it.
+        let later = t0 + REPORT_REFRESH + Duration::from_secs(1);
+        assert!(p.should_report(1, &shape(3), later));
+        assert!(!p.worth_interrupting(1, &shape(3)));
         assert!(p.should_report(1, &shape(2), t0), "a link went down");
         assert!(p.should_report(1, &shape(3), t0 + REPORT_REFRESH), "stale");
         // An outage: the first exchange that works reports at once.
