@@ -162,11 +162,19 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
         password,
         pool_size: pg.pool_size,
     };
-    let store = PostgresStore::open(&settings).await.with_context(|| {
-        format!(
-            "failed to open the PostgreSQL store (database.url = {:?})",
+    let no_password = settings.password.is_none();
+    let store = PostgresStore::open(&settings).await.map_err(|e| {
+        let why = e.to_string();
+        let hint = if no_password && why.contains("password") {
+            "; no password was given: set database.password_file or \
+             WARDNET_DATABASE_PASSWORD_FILE, or run under the unit's credential database-password"
+        } else {
+            ""
+        };
+        anyhow::Error::new(e).context(format!(
+            "failed to open the PostgreSQL store (database.url = {:?}){hint}",
             pg.url
-        )
+        ))
     })?;
     Ok(Arc::new(store))
 }
@@ -192,6 +200,17 @@ async fn open(config: &Config) -> Result<Arc<Controller>> {
         .context("failed to load the store")
 }
 
+/// Whether opening failed because the database did not answer (as opposed
+/// to refusing: a wrong password, a schema too new).
+fn database_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<wardnet_controller::store::StoreError>(),
+            Some(wardnet_controller::store::StoreError::Unavailable(_))
+        )
+    })
+}
+
 async fn serve(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path, |k| std::env::var(k).ok())?;
     logging::init(config.log_format);
@@ -207,13 +226,9 @@ async fn serve(path: &std::path::Path) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
     // Before READY=1: a stop that follows at once must be a clean shutdown.
-    let stop =
-        wardnet_service::shutdown::on_signal().context("failed to install the SIGTERM handler")?;
-    let shutdown = async move {
-        stop.await;
-        notify::stopping();
-        tracing::info!("shutting down");
-    };
+    let mut stop = Box::pin(
+        wardnet_service::shutdown::on_signal().context("failed to install the SIGTERM handler")?,
+    );
     // The certificate first: a controller that cannot serve must not create
     // its data directory and database on the way to failing.
     let tls = match &config.transport {
@@ -226,7 +241,32 @@ async fn serve(path: &std::path::Path) -> Result<()> {
             wardnet_controller::api::Tls::None
         }
     };
-    let controller = open(&config).await?;
+    // A database that does not answer yet (the host booting, a failover)
+    // is waited for: exiting would have systemd restart the controller
+    // every 2 s until its start limit gives up on it.
+    let controller = loop {
+        match open(&config).await {
+            Ok(c) => break c,
+            Err(e) if config.postgres.is_some() && database_unavailable(&e) => {
+                let why = format!("{e:#}");
+                tracing::warn!(error = why, "waiting for the database; trying again in 2 s");
+                notify::status(&format!("waiting for the database: {why}"));
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = &mut stop => {
+                        tracing::info!("stopped while waiting for the database");
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let shutdown = async move {
+        stop.await;
+        notify::stopping();
+        tracing::info!("shutting down");
+    };
     let listener = wardnet_controller::api::listen(config.listen)
         .with_context(|| format!("failed to listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, store = %store_label(&config), "controller serving");

@@ -235,7 +235,10 @@ impl Heartbeats {
     /// The writes for every report changed since the last persist.
     pub(crate) fn take_dirty(&self) -> (Vec<Name>, Vec<Write>) {
         let mut i = self.0.lock();
-        let names: Vec<Name> = i.dirty.drain().collect();
+        // In name order: replicas that persist overlapping sites (an agent
+        // that moved) lock the rows in one order, so they never deadlock.
+        let mut names: Vec<Name> = i.dirty.drain().collect();
+        names.sort_unstable();
         for n in &names {
             if let Some(t) = i.live.get(n).and_then(|r| r.last_seen) {
                 i.seen_written.insert(n.clone(), t);
@@ -297,5 +300,34 @@ mod tests {
         h.leave(&a, 210);
         assert_eq!(h.get(&a, 500), Report::default());
         assert!(h.all(500).is_empty());
+    }
+
+    /// Reports are written in site order, whatever order they came in:
+    /// two replicas persisting overlapping sites lock rows in one order.
+    #[test]
+    fn reports_are_persisted_in_site_order() {
+        let h = Heartbeats::default();
+        let names: Vec<Name> = (0..200).rev().map(|i| name(&format!("gp-{i}"))).collect();
+        for n in &names {
+            h.record(
+                n,
+                Report {
+                    applied_revision: 1,
+                    last_seen: Some(100),
+                    health: None,
+                },
+            );
+        }
+        let (taken, writes) = h.take_dirty();
+        let sites: Vec<Name> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Report { site, .. } => site.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!((taken, sites), (sorted.clone(), sorted));
     }
 }

@@ -201,6 +201,27 @@ fn pg_settings(pg: &wardnet_pgtest::TempPostgres) -> PostgresSettings {
     }
 }
 
+/// What the server said is in the error: a database that does not exist
+/// (as a missing pg_hba.conf entry) read only "db error" before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connection_errors_say_what_the_server_said() {
+    let Some(pg) =
+        wardnet_pgtest::start_or_skip("postgres_connection_errors_say_what_the_server_said")
+    else {
+        return;
+    };
+    let mut settings = pg_settings(&pg);
+    settings.url = pg.url("no-such-db");
+    let e = match PostgresStore::open(&settings).await {
+        Ok(_) => panic!("opened a database that does not exist"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("no-such-db") && e.contains("does not exist"),
+        "{e}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unique_constraints_name_the_clash() {
     let Some((_pg, s)) = postgres("postgres_unique_constraints_name_the_clash").await else {

@@ -124,11 +124,44 @@ fn classify(e: &tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable("the database connection closed".into());
     }
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(reason(e))
+}
+
+/// An error with its causes ("db error" alone says nothing: the server's
+/// own message, such as a missing pg_hba.conf entry, is its cause).
+pub(super) fn reason(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string().replace('\n', "; ");
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    parts.join(": ")
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(format!("cannot reach the database: {e}"))
+    let (why, refused) = match &e {
+        deadpool_postgres::PoolError::Backend(b) => (reason(b), refuses(b)),
+        other => (reason(other), false),
+    };
+    if refused {
+        // Waiting would not help: the server answered, and said no.
+        return StoreError::Postgres(format!("the database refused the connection: {why}"));
+    }
+    StoreError::Unavailable(format!("cannot reach the database: {why}"))
+}
+
+/// Whether the server refused the connection for good: authentication (a
+/// wrong password, no pg_hba.conf entry), a database that does not exist,
+/// no privilege.
+fn refuses(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        let code = db.code().code();
+        code.starts_with("28") || code == "3D000" || code == "42501"
+    })
 }
 
 impl PostgresStore {
