@@ -42,6 +42,14 @@ impl ClientError {
     }
 }
 
+/// A connection sending nothing for this long is PINGed (HTTP/2); only a
+/// waiting long-poll's connection is ever this quiet.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+/// An unanswered PING closes the connection after this: with the first
+/// retry's backoff (at most 1 s), an agent leaves a silent controller
+/// within 10 s.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// A client of one or several controllers (replicas of one fleet). It talks
 /// to one at a time; when that one cannot be reached or answers that it
 /// cannot serve (5xx, 429), the call fails as before (the caller backs off
@@ -65,7 +73,9 @@ impl ControllerClient {
         Self::with_urls(&[url.to_owned()], ca_cert, allow_plain_http)
     }
 
-    /// A client of the controllers at `urls`, used in turn.
+    /// A client of the controllers at `urls`, used in turn. Needs a
+    /// controller that speaks HTTP/2 (over plain HTTP too: this version or
+    /// later).
     pub fn with_urls(
         urls: &[String],
         ca_cert: Option<&Path>,
@@ -83,6 +93,14 @@ impl ControllerClient {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .tcp_keepalive(Duration::from_secs(30))
+            // HTTP/2 (negotiated over TLS, with prior knowledge over plain
+            // HTTP), for its PINGs: a controller that stops answering (its
+            // process paused, its host cut off) leaves a long-poll waiting
+            // on an open connection; an unanswered PING closes it, and the
+            // agent moves to the next controller within LIVENESS.
+            .http2_prior_knowledge()
+            .http2_keep_alive_interval(PING_EVERY)
+            .http2_keep_alive_timeout(PING_TIMEOUT)
             .user_agent(concat!("wardnet-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path).map_err(|e| {

@@ -371,6 +371,29 @@ timeout_secs = 20
         Ok(())
     }
 
+    /// Pause controller `i` (SIGSTOP): its process alive and its
+    /// connections open, it answers nothing, as a hung or frozen host.
+    pub fn pause_replica(&self, i: usize) -> Result<()> {
+        self.signal_replica(i, libc::SIGSTOP)
+    }
+
+    /// Let a paused controller `i` run again (SIGCONT).
+    pub fn resume_replica(&self, i: usize) -> Result<()> {
+        self.signal_replica(i, libc::SIGCONT)
+    }
+
+    fn signal_replica(&self, i: usize, signal: libc::c_int) -> Result<()> {
+        let c = self.controllers[i]
+            .as_ref()
+            .with_context(|| format!("controller {i} is not running"))?;
+        let pid = libc::pid_t::try_from(c.pid()).context("pid")?;
+        // SAFETY: kill on the pid of a child this fleet started and holds.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("kill");
+        }
+        Ok(())
+    }
+
     /// Run the admin CLI against the controller.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
         self.cli_at(0, args)

@@ -156,3 +156,75 @@ fn killing_the_replica_agents_use_loses_no_traffic_and_they_move_on() -> Result<
     drop(pg);
     Ok(())
 }
+
+/// A replica that stops answering without going away (SIGSTOP: its
+/// process alive, its connections open, as a hung host): the agents that
+/// long-poll it notice through HTTP/2 PINGs and move to another within
+/// 10 s, and traffic between the sites does not notice at all.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_silent_replica_is_left_within_ten_seconds() -> Result<()> {
+    if !require_root("a_silent_replica_is_left_within_ten_seconds") {
+        return Ok(());
+    }
+    let Some(pg) = wardnet_pgtest::start_or_skip("a_silent_replica_is_left_within_ten_seconds")
+    else {
+        return Ok(());
+    };
+    let mut f = Fleet::start_replicas(2, &pg.url("postgres"))?;
+    f.cli_at(1, &["regions", "add", "north"])?;
+    f.add_site("hub-n", "north", true, SiteOpts::default())?;
+    f.add_site("gp-a", "north", false, LAN)?;
+    f.add_site("gp-b", "north", false, LAN)?;
+    let sites = ["hub-n", "gp-a", "gp-b"];
+    let first = f.urls[0].clone();
+    wait_for(
+        Duration::from_secs(10),
+        "agents on the first replica",
+        || {
+            let a = attachments(&f, &sites)?;
+            Ok(a.iter().all(|(u, ok)| *u == first && *ok).then_some(()))
+        },
+    )?;
+    let a_host = f.lan("gp-a").host;
+    let stream = Stream::start(
+        &f.lan("gp-b").ns,
+        &f.lan("gp-a").ns,
+        SocketAddr::from((a_host, 7300)),
+        Duration::from_millis(20),
+    )?;
+    stream.wait_flowing(Duration::from_secs(10))?;
+
+    // Steady state: links up, the reports that said so answered (a report
+    // still in flight when the replica froze would time out and move its
+    // agent by itself); only long-polls wait on replica 0. It freezes.
+    std::thread::sleep(Duration::from_secs(16));
+    let paused = Instant::now();
+    f.pause_replica(0)?;
+    // 10 s is the goal; 12 s leaves room for a loaded machine (without
+    // PINGs it took 17-44 s).
+    let moved = wait_for(
+        Duration::from_secs(12),
+        "every agent to leave the silent replica",
+        || {
+            let a = attachments(&f, &sites)?;
+            Ok(a.iter()
+                .all(|(u, ok)| *u != first && !u.is_empty() && *ok)
+                .then(|| paused.elapsed()))
+        },
+    );
+    f.resume_replica(0)?;
+    let moved = moved?;
+    eprintln!("agents left the silent replica {moved:?} after it froze");
+    // The replica they moved to serves them: a change reaches the hub.
+    f.add_site("gp-c", "north", false, SiteOpts::default())?;
+    let report = stream.finish(Duration::from_millis(500));
+    assert!(report.sent > 100, "{report:?}");
+    assert_eq!(report.lost(), 0, "{report:?}");
+    drop(f);
+    drop(pg);
+    Ok(())
+}

@@ -105,7 +105,22 @@ pub(super) async fn run(
         // (thousands of them wait at once; see docs/benchmarks.md).
         match &tls {
             None => {
-                tracker.spawn(http1(stream, peer, app, limits, stop));
+                // Plain HTTP: HTTP/2 with prior knowledge (agents, for the
+                // PINGs that find a silent controller) or HTTP/1.1, told
+                // apart by the first bytes.
+                let tasks = tracker.clone();
+                tracker.spawn(async move {
+                    match tokio::time::timeout(limits.header_read, speaks_h2(&stream)).await {
+                        Ok(Ok(true)) => {
+                            tasks.spawn(http2(stream, peer, app, limits, stop));
+                        }
+                        Ok(Ok(false)) => {
+                            tasks.spawn(http1(stream, peer, app, limits, stop));
+                        }
+                        Ok(Err(e)) => tracing::trace!(%peer, error = %e, "connection failed"),
+                        Err(_) => tracing::trace!(%peer, "nothing sent in time"),
+                    }
+                });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -141,6 +156,30 @@ pub(super) async fn run(
         tracing::warn!("closing connections whose requests did not finish in time");
     }
     Ok(())
+}
+
+/// Whether a plain connection opens with HTTP/2's preface (`PRI * HTTP/2.0`:
+/// no HTTP/1 request starts with `PRI `), looking without taking.
+async fn speaks_h2(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+    let mut buf = [0u8; 16];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let seen = &buf[..n.min(PREFACE.len())];
+        if !PREFACE.starts_with(seen) {
+            return Ok(false);
+        }
+        if seen.len() == PREFACE.len() {
+            return Ok(true);
+        }
+        // A prefix of it so far: wait for more (peek returns at once with
+        // what is there).
+        stream.readable().await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// When a connection last finished a request, and how many it has in flight.
