@@ -42,6 +42,10 @@ pub(crate) struct FailoverConfig {
     /// A hub not heard from at all since it joined the group is failed
     /// after this (it may simply not be up yet).
     pub startup_grace: Duration,
+    /// Traffic goes back to the preferred hub only if it answered within
+    /// this (it is probed at the fast pace while traffic is away from it),
+    /// never on the strength of an answer from before it went silent.
+    pub fresh: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -51,6 +55,7 @@ impl Default for FailoverConfig {
             hold_down: Duration::from_secs(30),
             max_hold_down: Duration::from_secs(600),
             startup_grace: Duration::from_secs(10),
+            fresh: Duration::from_secs(1),
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct HubView {
     /// Since when every probe was answered (`None`: the last one was lost,
     /// or none was ever answered).
     pub ok_since: Option<Instant>,
+    /// When a probe was last answered (`None`: never, since it joined).
+    pub last_answer: Option<Instant>,
 }
 
 /// Why traffic moved.
@@ -172,9 +179,15 @@ impl Failover {
         }
     }
 
-    /// The hubs probed at the fast pace: each group's active one.
+    /// The hubs probed at the fast pace: each group's active one, and
+    /// while traffic is away from it, its preferred one (traffic goes back
+    /// only on a fresh answer).
     pub(crate) fn active_hubs(&self) -> BTreeSet<Name> {
-        self.groups.values().map(|g| g.active.clone()).collect()
+        self.groups
+            .values()
+            .flat_map(|g| std::iter::once(&g.active).chain(g.hubs.first()))
+            .cloned()
+            .collect()
     }
 
     /// The active hub of `region`'s group.
@@ -194,11 +207,13 @@ impl Failover {
             }
             forget_before(&mut g.recent, now);
             let joined = |h: &Name| g.joined.get(h).copied().unwrap_or(now);
+            // Missed `misses` probes in a row, or never answered at all
+            // through the startup grace. One lost probe is not a failure.
             let failed = |h: &Name| {
                 let v = view(h);
                 v.probed
                     && (v.lost_streak >= cfg.misses
-                        || (v.ok_since.is_none()
+                        || (v.last_answer.is_none()
                             && now.saturating_duration_since(joined(h)) >= cfg.startup_grace))
             };
             let answering = |h: &Name| {
@@ -239,7 +254,9 @@ impl Failover {
             let settled = !v.probed
                 || (v.lost_streak == 0
                     && v.ok_since
-                        .is_some_and(|s| now.saturating_duration_since(s) >= hold));
+                        .is_some_and(|s| now.saturating_duration_since(s) >= hold)
+                    && v.last_answer
+                        .is_some_and(|a| now.saturating_duration_since(a) <= cfg.fresh));
             if settled {
                 g.active = preferred.clone();
                 moves.push(Move {

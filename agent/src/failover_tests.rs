@@ -21,23 +21,37 @@ fn group(hubs: &[&str]) -> FailoverGroup {
     }
 }
 
-/// The probes' view of each hub, as a test sets it.
-struct Probes(RefCell<BTreeMap<Name, HubView>>);
+/// The probes' view of each hub, as a test sets it. A hub with no loss
+/// since it last answered answers every probe (its last answer is now),
+/// unless it went quiet (answered last at a time the test says, its
+/// missing answer not yet counted lost).
+struct Probes(
+    RefCell<BTreeMap<Name, HubView>>,
+    RefCell<BTreeMap<Name, Instant>>,
+);
 
 impl Probes {
     fn new(hubs: &[&str], t0: Instant) -> Self {
-        Probes(RefCell::new(
-            hubs.iter()
-                .map(|h| {
-                    let v = HubView {
-                        probed: true,
-                        lost_streak: 0,
-                        ok_since: Some(t0),
-                    };
-                    (name(h), v)
-                })
-                .collect(),
-        ))
+        Probes(
+            RefCell::new(
+                hubs.iter()
+                    .map(|h| {
+                        let v = HubView {
+                            probed: true,
+                            lost_streak: 0,
+                            ok_since: Some(t0),
+                            last_answer: Some(t0),
+                        };
+                        (name(h), v)
+                    })
+                    .collect(),
+            ),
+            RefCell::new(BTreeMap::new()),
+        )
+    }
+    /// The hub stops answering after `last`; no probe counted lost yet.
+    fn go_quiet(&self, hub: &str, last: Instant) {
+        self.1.borrow_mut().insert(name(hub), last);
     }
     fn lose(&self, hub: &str, n: u32) {
         let mut m = self.0.borrow_mut();
@@ -50,9 +64,19 @@ impl Probes {
         let v = m.get_mut(&name(hub)).expect("hub");
         v.lost_streak = 0;
         v.ok_since.get_or_insert(at);
+        v.last_answer = Some(at);
+        self.1.borrow_mut().remove(&name(hub));
     }
-    fn view(&self) -> impl Fn(&Name) -> HubView + '_ {
-        |h| self.0.borrow().get(h).copied().unwrap_or_default()
+    fn view_at(&self, now: Instant) -> impl Fn(&Name) -> HubView + '_ {
+        move |h| {
+            let mut v = self.0.borrow().get(h).copied().unwrap_or_default();
+            if let Some(last) = self.1.borrow().get(h) {
+                v.last_answer = Some(*last);
+            } else if v.lost_streak == 0 && v.ok_since.is_some() {
+                v.last_answer = Some(now);
+            }
+            v
+        }
     }
 }
 
@@ -68,11 +92,13 @@ fn the_active_hub_fails_after_the_configured_misses_and_not_before() {
     let probes = Probes::new(&["hub-a", "hub-b"], t0);
 
     probes.lose("hub-a", 3);
-    assert!(f.evaluate(t0 + secs(1), probes.view()).is_empty());
+    assert!(f
+        .evaluate(t0 + secs(1), probes.view_at(t0 + secs(1)))
+        .is_empty());
     assert_eq!(f.active(&name("north")), Some(&name("hub-a")));
 
     probes.lose("hub-a", 1);
-    let moves = f.evaluate(t0 + secs(1), probes.view());
+    let moves = f.evaluate(t0 + secs(1), probes.view_at(t0 + secs(1)));
     assert_eq!(
         moves,
         [Move {
@@ -94,11 +120,13 @@ fn with_no_other_hub_answering_traffic_stays_and_moves_once_one_answers() {
     let probes = Probes::new(&["hub-a", "hub-b"], t0);
     probes.lose("hub-a", 10);
     probes.lose("hub-b", 10);
-    assert!(f.evaluate(t0 + secs(3), probes.view()).is_empty());
+    assert!(f
+        .evaluate(t0 + secs(3), probes.view_at(t0 + secs(3)))
+        .is_empty());
     assert_eq!(f.active(&name("north")), Some(&name("hub-a")));
 
     probes.answer("hub-b", t0 + secs(4));
-    let moves = f.evaluate(t0 + secs(4), probes.view());
+    let moves = f.evaluate(t0 + secs(4), probes.view_at(t0 + secs(4)));
     assert_eq!(moves.len(), 1);
     assert_eq!(moves[0].to, name("hub-b"));
 }
@@ -111,18 +139,25 @@ fn failback_waits_for_the_hold_down_and_a_loss_restarts_it() {
     f.set_groups(&[group(&["hub-a", "hub-b"])], t0);
     let probes = Probes::new(&["hub-a", "hub-b"], t0);
     probes.lose("hub-a", 4);
-    assert_eq!(f.evaluate(t0 + secs(1), probes.view()).len(), 1);
+    assert_eq!(
+        f.evaluate(t0 + secs(1), probes.view_at(t0 + secs(1))).len(),
+        1
+    );
 
     // Back at 10 s; a loss at 20 s starts the count again.
     probes.answer("hub-a", t0 + secs(10));
-    assert!(f.evaluate(t0 + secs(19), probes.view()).is_empty());
+    assert!(f
+        .evaluate(t0 + secs(19), probes.view_at(t0 + secs(19)))
+        .is_empty());
     probes.lose("hub-a", 1);
     probes.answer("hub-a", t0 + secs(20));
     let hold = hold_down(cfg, 1, f.spread);
     assert!(hold >= cfg.hold_down && hold < cfg.hold_down * 3 / 2);
     let just_before = t0 + secs(20) + hold - Duration::from_millis(1);
-    assert!(f.evaluate(just_before, probes.view()).is_empty());
-    let moves = f.evaluate(t0 + secs(20) + hold, probes.view());
+    assert!(f
+        .evaluate(just_before, probes.view_at(just_before))
+        .is_empty());
+    let moves = f.evaluate(t0 + secs(20) + hold, probes.view_at(t0 + secs(20) + hold));
     assert_eq!(
         moves,
         [Move {
@@ -147,7 +182,7 @@ fn a_flapping_hub_gets_a_longer_hold_down_each_time_within_the_hour() {
     for _ in 0..4 {
         now += secs(1);
         probes.lose("hub-a", 4);
-        let m = f.evaluate(now, probes.view());
+        let m = f.evaluate(now, probes.view_at(now));
         assert_eq!(m.len(), 1, "fails over");
         // Back at once: count how long until traffic returns.
         now += secs(1);
@@ -155,7 +190,7 @@ fn a_flapping_hub_gets_a_longer_hold_down_each_time_within_the_hour() {
         probes.answer("hub-a", back);
         loop {
             now += secs(1);
-            if !f.evaluate(now, probes.view()).is_empty() {
+            if !f.evaluate(now, probes.view_at(now)).is_empty() {
                 break;
             }
             assert!(now - back < secs(3600), "never came back");
@@ -172,10 +207,14 @@ fn a_flapping_hub_gets_a_longer_hold_down_each_time_within_the_hour() {
     // An hour later the hub's record is clean again.
     let later = now + secs(3601);
     probes.lose("hub-a", 4);
-    assert_eq!(f.evaluate(later, probes.view()).len(), 1);
+    assert_eq!(f.evaluate(later, probes.view_at(later)).len(), 1);
     probes.answer("hub-a", later);
     let first_hold = hold_down(cfg, 1, f.spread);
-    assert_eq!(f.evaluate(later + first_hold, probes.view()).len(), 1);
+    assert_eq!(
+        f.evaluate(later + first_hold, probes.view_at(later + first_hold))
+            .len(),
+        1
+    );
     assert_eq!(f.status(later + first_hold)[0].failovers_last_hour, 1);
 }
 
@@ -203,11 +242,19 @@ fn a_hub_never_heard_from_fails_after_the_startup_grace() {
             probed: true,
             lost_streak: 0,
             ok_since: None,
+            last_answer: None,
         },
     );
     let before = t0 + cfg.startup_grace - Duration::from_millis(1);
-    assert!(f.evaluate(before, probes.view()).is_empty());
-    assert_eq!(f.evaluate(t0 + cfg.startup_grace, probes.view()).len(), 1);
+    assert!(f.evaluate(before, probes.view_at(before)).is_empty());
+    assert_eq!(
+        f.evaluate(
+            t0 + cfg.startup_grace,
+            probes.view_at(t0 + cfg.startup_grace)
+        )
+        .len(),
+        1
+    );
 }
 
 #[test]
@@ -227,11 +274,14 @@ fn with_three_hubs_traffic_goes_to_the_next_that_answers_and_back_to_the_first()
     let probes = Probes::new(&["hub-a", "hub-b", "hub-c"], t0);
     probes.lose("hub-a", 4);
     probes.lose("hub-b", 4);
-    let m = f.evaluate(t0 + secs(1), probes.view());
+    let m = f.evaluate(t0 + secs(1), probes.view_at(t0 + secs(1)));
     assert_eq!(m[0].to, name("hub-c"));
     probes.answer("hub-a", t0 + secs(2));
     probes.answer("hub-b", t0 + secs(2));
-    let m = f.evaluate(t0 + secs(2) + Duration::from_secs(3600), probes.view());
+    let m = f.evaluate(
+        t0 + secs(2) + Duration::from_secs(3600),
+        probes.view_at(t0 + secs(2) + Duration::from_secs(3600)),
+    );
     assert_eq!(
         m[0].to,
         name("hub-a"),
@@ -246,7 +296,7 @@ fn new_groups_keep_the_active_hub_while_it_stays_a_member() {
     f.set_groups(&[group(&["hub-a", "hub-b"])], t0);
     let probes = Probes::new(&["hub-a", "hub-b"], t0);
     probes.lose("hub-a", 4);
-    f.evaluate(t0 + secs(1), probes.view());
+    f.evaluate(t0 + secs(1), probes.view_at(t0 + secs(1)));
     f.set_groups(&[group(&["hub-a", "hub-b", "hub-c"])], t0 + secs(2));
     assert_eq!(f.active(&name("north")), Some(&name("hub-b")));
     f.set_groups(&[group(&["hub-a", "hub-c"])], t0 + secs(3));
@@ -308,7 +358,7 @@ fn the_effective_config_moves_the_group_prefixes_but_not_host_addresses() {
 
     let probes = Probes::new(&["hub-a", "hub-bb"], t0);
     probes.lose("hub-a", 4);
-    f.evaluate(t0 + secs(1), probes.view());
+    f.evaluate(t0 + secs(1), probes.view_at(t0 + secs(1)));
     let eff = f.effective(&desired);
     let ips = |i: usize| -> Vec<String> {
         eff.peers[i]
@@ -331,4 +381,66 @@ fn the_effective_config_moves_the_group_prefixes_but_not_host_addresses() {
         .peer_ops
         .iter()
         .all(|op| matches!(op, crate::reconcile::PeerOp::UpdatePeer(_))));
+}
+
+/// Long after start, one lost probe is not a failure, whatever `misses`
+/// says: only `misses` in a row are. (The rule read "the last probe was
+/// lost" as "never answered" and failed the hub at once once the startup
+/// grace had passed: 2 % loss moved spokes, `failover_misses = 100` too.)
+#[test]
+fn after_the_startup_grace_a_lost_probe_is_not_a_failure() {
+    let t0 = Instant::now();
+    let mut f = Failover::new(
+        FailoverConfig {
+            misses: 100,
+            ..FailoverConfig::default()
+        },
+        &name("gp-1"),
+    );
+    f.set_groups(&[group(&["hub-a", "hub-b"])], t0);
+    let probes = Probes::new(&["hub-a", "hub-b"], t0);
+    let later = t0 + secs(600);
+    probes.lose("hub-a", 1);
+    assert!(f.evaluate(later, probes.view_at(later)).is_empty());
+    probes.lose("hub-a", 98);
+    assert!(f.evaluate(later, probes.view_at(later)).is_empty());
+    probes.lose("hub-a", 1);
+    assert_eq!(f.evaluate(later, probes.view_at(later)).len(), 1);
+}
+
+/// While traffic is away from the preferred hub, that hub is probed at
+/// the fast pace, and traffic goes back only on an answer from now: not
+/// to a hub that answered through its hold-down and then went silent
+/// (its missing answer not counted lost yet, as with the slow pace of a
+/// standby hub).
+#[test]
+fn traffic_goes_back_only_to_a_preferred_hub_that_answers_now() {
+    let t0 = Instant::now();
+    let mut f = failover("gp-1");
+    f.set_groups(&[group(&["hub-a", "hub-b"])], t0);
+    let probes = Probes::new(&["hub-a", "hub-b"], t0);
+    assert_eq!(f.active_hubs(), [name("hub-a")].into());
+    probes.lose("hub-a", 4);
+    assert_eq!(
+        f.evaluate(t0 + secs(1), probes.view_at(t0 + secs(1))).len(),
+        1
+    );
+    assert_eq!(
+        f.active_hubs(),
+        [name("hub-a"), name("hub-b")].into(),
+        "the preferred hub is probed fast while traffic is away"
+    );
+    probes.answer("hub-a", t0 + secs(2));
+    // Through its hold-down (30 s and this site's share), then silent.
+    let after_hold = t0 + secs(2) + f.config.hold_down * 2;
+    probes.go_quiet("hub-a", after_hold - secs(5));
+    assert!(
+        f.evaluate(after_hold, probes.view_at(after_hold))
+            .is_empty(),
+        "no failback on an answer 5 s old"
+    );
+    probes.answer("hub-a", after_hold + secs(1));
+    let back = f.evaluate(after_hold + secs(1), probes.view_at(after_hold + secs(1)));
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].reason, Reason::Failback);
 }

@@ -149,6 +149,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &["region"],
     ),
     (
+        "wardnet_failovers_last_hour",
+        "Times this site moved a region's traffic away from a hub that stopped answering, in the last hour (exact: what the hub hold-down and the flapping alert count).",
+        MetricType::GAUGE,
+        &["region"],
+    ),
+    (
         "wardnet_failovers_total",
         "Times this site moved a region's traffic away from a hub that stopped answering its probes (failbacks not counted).",
         MetricType::COUNTER,
@@ -394,6 +400,12 @@ impl Collector for ScrapeCollector {
                     for g in &s.failover {
                         let l = [("region", g.region.as_str())];
                         samples.push(sample(kind, &l, g.hubs.len() as f64));
+                    }
+                }
+                "wardnet_failovers_last_hour" => {
+                    for g in &s.failover {
+                        let l = [("region", g.region.as_str())];
+                        samples.push(sample(kind, &l, g.failovers_last_hour as f64));
                     }
                 }
                 "wardnet_failovers_total" => {

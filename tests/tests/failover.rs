@@ -299,6 +299,10 @@ fn survive(failure: Failure, controller_up: bool) -> Result<()> {
             metrics.contains("wardnet_failovers_total{region=\"north\"} 1"),
             "{metrics}"
         );
+        assert!(
+            metrics.contains("wardnet_failovers_last_hour{region=\"north\"} 1"),
+            "{metrics}"
+        );
 
         if controller_up {
             // The NOC sees the spoke on the standby hub, and every spoke of

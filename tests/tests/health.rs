@@ -411,3 +411,61 @@ fn shipped_alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The flapping alert fires above three failovers in an hour, not at
+/// three (`promtool test rules` on the shipped rules).
+#[test]
+fn the_flapping_alert_fires_above_three_failovers_in_an_hour() {
+    let rules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/prometheus/wardnet-alerts.yml"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let test = dir.path().join("flapping.yml");
+    std::fs::write(
+        &test,
+        format!(
+            r#"rule_files: ["{rules}"]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'wardnet_failovers_last_hour{{site="gp-3",region="north"}}'
+        values: '0 1 2 3 3 3 3 3 3 3'
+      - series: 'wardnet_failovers_last_hour{{site="gp-4",region="north"}}'
+        values: '0 1 2 3 4 4 4 4 4 4'
+    alert_rule_test:
+      - eval_time: 9m
+        alertname: WardnetHubFailoverFlapping
+        exp_alerts:
+          - exp_labels: {{site: gp-4, region: north, severity: warning}}
+            exp_annotations:
+              summary: "gp-4: 4 hub failovers in region north in the last hour"
+              description: "Site gp-4 failed over away from a hub of region north more than 3 times in an hour; the hold-down keeps traffic off a flapping hub longer each time. Check the hub's uplink and `wardnet_peer_probes_lost_total` of the path."
+"#
+        ),
+    )
+    .expect("write");
+    let out = match std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&test)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            wardnet_e2e::require(
+                "the_flapping_alert_fires_above_three_failovers_in_an_hour",
+                Err(format!(
+                    "promtool not installed ({e}; apt-get install prometheus)"
+                )),
+            );
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "promtool test rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

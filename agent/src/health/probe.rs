@@ -412,6 +412,7 @@ impl Scheduler {
             probed: p.target.address.is_some(),
             lost_streak: p.lost_streak,
             ok_since: p.ok_since,
+            last_answer: p.last_success,
         })
     }
 
