@@ -322,7 +322,6 @@ impl ControllerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A loopback URL where nothing listens.
     fn closed() -> String {
@@ -330,29 +329,23 @@ mod tests {
         format!("http://{}", l.local_addr().expect("addr"))
     }
 
-    /// A loopback HTTP server that answers every request with `status`.
+    /// A loopback HTTP server (HTTP/1.1 and HTTP/2, as the controller)
+    /// that answers every request with `status`.
     async fn answering(status: &'static str) -> String {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", l.local_addr().expect("addr"));
+        let code: u16 = status[..3].parse().expect("status");
+        let app = axum::Router::new().fallback(move || async move {
+            (
+                axum::http::StatusCode::from_u16(code).expect("status"),
+                [("content-type", "application/json")],
+                r#"{"error":"x","message":"said no"}"#,
+            )
+        });
         tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = s.read(&mut buf).await;
-                    let body = r#"{"error":"x","message":"said no"}"#;
-                    let _ = s
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
-                });
-            }
+            let _ = axum::serve(l, app).await;
         });
         url
     }
