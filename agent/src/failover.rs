@@ -54,7 +54,13 @@ impl Default for FailoverConfig {
             misses: 4,
             hold_down: Duration::from_secs(30),
             max_hold_down: Duration::from_secs(600),
-            startup_grace: Duration::from_secs(10),
+            // A hub that has not answered 3 s after joining (an agent
+            // restarted while its hub is dead: no session, so no probes to
+            // count lost) is failed, if another answers; a live hub
+            // answers within a round trip of its handshake, and moving
+            // early costs nothing (any hub of a region delivers, and
+            // traffic goes back after the hold-down).
+            startup_grace: Duration::from_secs(3),
             fresh: Duration::from_secs(1),
         }
     }
