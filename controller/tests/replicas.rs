@@ -495,6 +495,86 @@ async fn with_the_database_away_reads_are_answered_stale_and_writes_say_why_they
     assert_eq!(s, StatusCode::CREATED, "{v}");
 }
 
+/// A replica started with other `[network]` settings (another MTU) takes
+/// over: every site gets a new revision rendered with them. The replica
+/// still running with the old ones finds itself out of date: it answers
+/// agents and changes 503 saying why (agents move to the other), so no
+/// agent is served two configs at one revision; reads still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_other_network_settings_takes_over_and_the_old_one_stands_aside() {
+    let Some((pg, r)) = replicas(
+        "a_replica_with_other_network_settings_takes_over_and_the_old_one_stands_aside",
+        1,
+    )
+    .await
+    else {
+        return;
+    };
+    let a = &r[0];
+    a.region("north", false).await;
+    let tok = a
+        .site(json!({"name": "gp-1", "region": "north", "role": "spoke"}))
+        .await
+        .expect("token");
+    let cred = a.enrolled(&tok, None).await;
+    let (s, before) = a.agent_config(&cred, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{before}");
+
+    let mut other = settings();
+    other.network.mtu = 1380;
+    let store = PostgresStore::open(&PostgresSettings {
+        url: pg.url("postgres"),
+        password: None,
+        pool_size: 4,
+    })
+    .await
+    .expect("open");
+    let b = TestController::start_with(
+        Arc::new(store) as Arc<dyn Store>,
+        other,
+        "unused-with-postgres".into(),
+        a.clock.clone(),
+        Some(a.admin.clone()),
+    )
+    .await;
+    let (s, now) = b.agent_config(&cred, 0, 0).await;
+    assert_eq!(s, StatusCode::OK, "{now}");
+    assert_eq!(now["interface"]["mtu"], 1380, "{now}");
+    assert!(now["revision"].as_u64() > before["revision"].as_u64());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        let (s, v) = a.agent_config(&cred, 0, 0).await;
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            break v;
+        }
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(
+            Instant::now() < deadline,
+            "A still serves its own configs: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let m = refusal["message"].as_str().expect("message");
+    assert!(m.contains("out of date") && m.contains("1380"), "{m}");
+    let (s, v) = a
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "gp-2", "region": "north", "role": "spoke"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let (s, v) = a.admin_get("/v1/sites/gp-1").await;
+    assert_eq!(s, StatusCode::OK, "reads still work: {v}");
+    let (s, v) = b
+        .admin_post(
+            "/v1/sites",
+            json!({"name": "gp-2", "region": "north", "role": "spoke"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
 /// A rule added through one replica reaches the filter of a site whose
 /// agent long-polls another, and every replica then serves the same
 /// config and lists the same policy; a site deleted through one replica

@@ -311,6 +311,9 @@ impl Controller {
             changed.as_mut().enable();
             let world = self.published.load();
             self.still_valid(&world, who)?;
+            // Out of date: another replica renders the network's configs
+            // now; the agent goes there.
+            self.require_current()?;
             let Some(render) = world.configs.get(&who.site) else {
                 return Err(Error::Forbidden(format!(
                     "site {} has no config (not active)",

@@ -134,7 +134,10 @@ impl Controller {
     pub(super) async fn catch_up(&self) {
         let base = self.published.load_full();
         match self.store.changes_since(base.seq).await {
-            Ok(c) => self.follow(&base, c),
+            Ok(c) => {
+                self.follow(&base, c);
+                self.check_network().await;
+            }
             Err(e) => {
                 self.metrics
                     .store_failures
@@ -150,6 +153,11 @@ impl Controller {
     pub(super) fn follow(&self, base: &World, c: CatchUp) {
         match c {
             CatchUp::Changes(c) => {
+                self.doubt_network(
+                    c.sites
+                        .iter()
+                        .map(|(_, r)| r.as_ref().and_then(|s| s.render_fingerprint.as_deref())),
+                );
                 if c.head > base.seq {
                     let n = c.sites.len() + c.regions.len();
                     let p = absorb(base, c, &self.settings.network);
@@ -164,6 +172,7 @@ impl Controller {
                 }
             }
             CatchUp::Reload(snap) => {
+                self.doubt_network(snap.sites.iter().map(|s| s.render_fingerprint.as_deref()));
                 tracing::info!(
                     from = base.seq,
                     to = snap.seq,

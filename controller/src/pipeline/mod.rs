@@ -132,6 +132,12 @@ pub struct Controller {
         parking_lot::Mutex<HashMap<String, (crate::store::AdminToken, UnixTime)>>,
     /// Since when the database has not answered (0: it answers).
     pub(crate) database_away: AtomicI64,
+    /// A change followed from another replica was rendered with other
+    /// settings than this one's: look at the network's (`check_network`).
+    network_doubt: std::sync::atomic::AtomicBool,
+    /// Why this replica is out of date (another started since with other
+    /// `[network]` settings): it then serves neither agents nor changes.
+    out_of_date: parking_lot::Mutex<Option<String>>,
 }
 
 impl Controller {
@@ -144,10 +150,34 @@ impl Controller {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Self>, StoreError> {
         let fingerprint = site_configs::fingerprint(&settings.network);
+        let ours = crate::store::StoredNetwork {
+            fingerprint: fingerprint.clone(),
+            settings: format!("{:?}", settings.network),
+            set_at: clock.now(),
+        };
         let mut attempts = 0;
         let (snap, seq) = loop {
             let mut snap = store.load().await?;
             let mut writes = Vec::new();
+            // The network's settings become this replica's: the last to
+            // start is right, and any other replica with other settings
+            // finds itself out of date (see `check_network`).
+            match store.network_settings().await? {
+                Some(n) if n.fingerprint == fingerprint => {}
+                stored => {
+                    if let Some(n) = &stored {
+                        tracing::warn!(
+                            network = %n.settings,
+                            here = %ours.settings,
+                            "this replica renders configs with other [network] settings (or another \
+                             wardnet version) than the network's: it takes over, and every site gets a \
+                             new revision; a replica still running with the old ones stops serving \
+                             agents and changes until it is restarted with these"
+                        );
+                    }
+                    writes.push(Write::SetNetwork(ours.clone()));
+                }
+            }
             for site in snap.sites.iter_mut() {
                 if site.is_active() && site.render_fingerprint.as_deref() != Some(&fingerprint) {
                     site.revision += 1;
@@ -165,7 +195,10 @@ impl Controller {
             }
             // A new revision, and (no steps kept across a restart) a full
             // config, for each.
-            let n = writes.len();
+            let n = writes
+                .iter()
+                .filter(|w| matches!(w, Write::SetRevision { .. }))
+                .count();
             match store.submit_change(snap.seq, writes).await {
                 Ok(seq) => {
                     tracing::info!(
@@ -208,6 +241,8 @@ impl Controller {
             catch_up_now: Notify::new(),
             admins_seen: parking_lot::Mutex::new(HashMap::new()),
             database_away: AtomicI64::new(0),
+            network_doubt: std::sync::atomic::AtomicBool::new(false),
+            out_of_date: parking_lot::Mutex::new(None),
             settings,
         });
         tokio::spawn(writer::writer(Arc::downgrade(&controller), rx, heads));
@@ -268,6 +303,60 @@ impl Controller {
              try again or use another replica",
             *self.published_seq.borrow()
         )))
+    }
+
+    /// Refuses (503) while this replica is out of date: the network's
+    /// configs are rendered with other `[network]` settings than its own,
+    /// so what it would serve an agent differs from what the others serve
+    /// at the same revision. The agent moves to another replica.
+    pub fn require_current(&self) -> Result<(), Error> {
+        match self.out_of_date.lock().as_ref() {
+            None => Ok(()),
+            Some(why) => Err(Error::Unavailable(why.clone())),
+        }
+    }
+
+    /// A site row rendered with another fingerprint was followed: see
+    /// whether the network's settings are still this replica's.
+    pub(crate) fn doubt_network<'a>(
+        &self,
+        mut fingerprints: impl Iterator<Item = Option<&'a str>>,
+    ) {
+        if fingerprints.any(|f| f.is_some_and(|f| f != self.fingerprint)) {
+            self.network_doubt.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) async fn check_network(&self) {
+        if !self.network_doubt.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match self.store.network_settings().await {
+            Ok(Some(n)) if n.fingerprint != self.fingerprint => {
+                let mut out = self.out_of_date.lock();
+                if out.is_none() {
+                    let why = format!(
+                        "this replica is out of date: a replica started at {} renders the network's configs \
+                         with other [network] settings or another wardnet version ({}; here: {:?}); \
+                         restart this one with the same settings and version",
+                        wardnet_common::time::format_rfc3339(n.set_at),
+                        n.settings,
+                        self.settings.network
+                    );
+                    tracing::error!("{why}; it serves neither agents nor changes until then");
+                    *out = Some(why);
+                    // Waiting long-polls hear it now, and their agents move.
+                    for n in self.watchers.lock().values() {
+                        n.notify_waiters();
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the network's settings");
+                self.network_doubt.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The published world: committed state only.

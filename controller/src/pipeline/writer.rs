@@ -50,6 +50,7 @@ impl Controller {
         T: Send + 'static,
         F: FnMut(&mut Tx<'_>) -> Result<T, Error> + Send + 'static,
     {
+        self.require_current()?;
         let (reply, rx) = oneshot::channel();
         let job = TypedJob {
             f,

@@ -380,6 +380,15 @@ pub(crate) fn enrol_token(row: &(impl Row + ?Sized)) -> Result<EnrolToken, Store
     })
 }
 
+pub(crate) fn network(row: &(impl Row + ?Sized)) -> Result<super::StoredNetwork, StoreError> {
+    let mut r = Reader::new(row);
+    Ok(super::StoredNetwork {
+        fingerprint: r.text("network fingerprint")?,
+        settings: r.text("network settings")?,
+        set_at: r.int("network set_at")?,
+    })
+}
+
 pub(crate) const ADMIN_TOKEN_COLUMNS: &[&str] = &["id", "description", "created_at", "org"];
 
 pub(crate) fn admin_token(row: &(impl Row + ?Sized)) -> Result<AdminToken, StoreError> {

@@ -167,6 +167,10 @@ impl Store for FaultyStore {
         self.inner.admin_token(hash).await
     }
 
+    async fn network_settings(&self) -> Result<Option<super::StoredNetwork>, StoreError> {
+        self.inner.network_settings().await
+    }
+
     async fn orgs(&self) -> Result<Vec<crate::model::Org>, StoreError> {
         self.inner.orgs().await
     }

@@ -132,6 +132,8 @@ pub enum Write {
         /// (`wardnet_common::token::Secret::seal`).
         sealed: String,
     },
+    /// The `[network]` settings the configs are rendered with now.
+    SetNetwork(StoredNetwork),
     /// What an agent reported with its sync.
     Report {
         site: Name,
@@ -203,6 +205,16 @@ pub struct EnrolToken {
     pub used_at: Option<UnixTime>,
     /// Once used: the credential it gave, sealed with the token.
     pub sealed: Option<String>,
+}
+
+/// The `[network]` settings configs are rendered with, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNetwork {
+    /// `site_configs::fingerprint` of the settings (and render version).
+    pub fingerprint: String,
+    /// The settings, for people (what differs).
+    pub settings: String,
+    pub set_at: UnixTime,
 }
 
 /// An admin API token as stored (never the secret).
@@ -377,6 +389,9 @@ pub trait Store: Send + Sync + 'static {
     /// (replicas learn of each other's agents this way).
     async fn reports_since(&self, since: UnixTime) -> Result<Vec<StoredReport>, StoreError>;
     async fn enrol_token(&self, hash: &str) -> Result<Option<EnrolToken>, StoreError>;
+    /// The `[network]` settings the network's configs are rendered with:
+    /// those of the controller that started last (`None` before any).
+    async fn network_settings(&self) -> Result<Option<StoredNetwork>, StoreError>;
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError>;
     /// Every organisation, by name.
     async fn orgs(&self) -> Result<Vec<Org>, StoreError>;

@@ -161,6 +161,16 @@ fn push(w: &Write, out: &mut Vec<Statement>) -> Result<(), StoreError> {
             ],
         )
         .exactly_one("enrolment token already used or expired".into()),
+        Write::SetNetwork(n) => Statement::new(
+            "INSERT INTO network_settings (id, fingerprint, settings, set_at) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint,
+                 settings = excluded.settings, set_at = excluded.set_at",
+            vec![
+                n.fingerprint.as_str().into(),
+                n.settings.as_str().into(),
+                n.set_at.into(),
+            ],
+        ),
         Write::Report {
             site,
             applied_revision,
@@ -272,6 +282,8 @@ pub(crate) const NEXT_RULE: &str = "SELECT next_rule FROM policy_counter WHERE i
 pub(crate) const HEAD: &str = "SELECT seq FROM change_head WHERE id = 1";
 pub(crate) static REPORTS_SINCE: LazyLock<String> =
     LazyLock::new(|| select(codec::REPORT_COLUMNS, "FROM sites WHERE last_seen >= $1"));
+pub(crate) const NETWORK_SETTINGS: &str =
+    "SELECT fingerprint, settings, set_at FROM network_settings WHERE id = 1";
 pub(crate) static ENROL_TOKEN: LazyLock<String> = LazyLock::new(|| {
     select(
         codec::ENROL_TOKEN_COLUMNS,

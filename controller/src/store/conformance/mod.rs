@@ -154,10 +154,11 @@ async fn sqlite_rules_into_services_from_an_older_schema_read_qualified() {
     assert_eq!((target(&p), p.services.len()), (qualified.clone(), 1));
     drop(s);
     // The migration from that schema rewrites it, and keeps the service.
-    // (Back to schema 8: undo 10, which added a column, and 9 is
-    // rerun on the table as it is.)
+    // (Back to schema 8: undo 10 and 11, which added a column and a
+    // table, and 9 is rerun on the table as it is.)
     sql("DELETE FROM schema_migrations WHERE version >= 9;
          ALTER TABLE enrol_tokens DROP COLUMN sealed;
+         DROP TABLE network_settings;
          UPDATE policy_rules SET target = 'service:pacs'");
     let s = SqliteStore::open(&path).expect("migrate");
     let p = s.load().await.expect("load").policy;

@@ -522,6 +522,15 @@ impl Store for PostgresStore {
         row.as_ref().map(codec::enrol_token).transpose()
     }
 
+    async fn network_settings(&self) -> Result<Option<super::StoredNetwork>, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(statements::NETWORK_SETTINGS, &[])
+            .await
+            .map_err(pg)?;
+        row.as_ref().map(codec::network).transpose()
+    }
+
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError> {
         let c = self.client().await?;
         let row = c

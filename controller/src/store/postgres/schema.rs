@@ -146,4 +146,15 @@ UPDATE policy_rules SET target = 'service:' || org || '/' || substr(target, 9)
     r#"
 ALTER TABLE enrol_tokens ADD COLUMN sealed TEXT;
 "#,
+    // The [network] settings configs are rendered with (those of the
+    // replica that started last): a replica with others knows it is out
+    // of date.
+    r#"
+CREATE TABLE network_settings (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    fingerprint TEXT NOT NULL,
+    settings    TEXT NOT NULL,
+    set_at      BIGINT NOT NULL
+);
+"#,
 ];

@@ -378,6 +378,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn network_settings(&self) -> Result<Option<super::StoredNetwork>, StoreError> {
+        self.read(|c| one(c, statements::NETWORK_SETTINGS, [], |r| codec::network(r)))
+            .await
+    }
+
     async fn admin_token(&self, hash: &str) -> Result<Option<AdminToken>, StoreError> {
         let hash = hash.to_owned();
         self.read(move |c| {
