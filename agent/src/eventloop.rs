@@ -108,12 +108,7 @@ impl<D: Device, R: Routes> Eventloop<D, R> {
     pub async fn start(&mut self, first: SiteConfig, source: ConfigSource) -> Result<()> {
         let plan = self.state.plan(first)?;
         self.apply(plan, Some(source)).await?;
-        if self.state.role() == Role::Hub {
-            check_forwarding(
-                self.state.config().enable_ip_forwarding,
-                self.state.running(),
-            );
-        }
+        self.check_forwarding_if_needed(true);
         self.handle.set_ready(true);
         Ok(())
     }
@@ -157,10 +152,15 @@ impl<D: Device, R: Routes> Eventloop<D, R> {
     async fn event(&mut self, ev: Event) {
         match ev {
             Event::Config { config, done } => {
+                let lans_before = own_lans(self.state.running());
                 let result = match self.state.plan(config) {
                     Ok(plan) => self.apply(plan, Some(ConfigSource::Controller)).await,
                     Err(e) => Err(e.into()),
                 };
+                // A LAN newly routed here needs forwarding too.
+                if result.is_ok() && own_lans(self.state.running()) != lans_before {
+                    self.check_forwarding_if_needed(false);
+                }
                 if let Err(e) = &result {
                     tracing::error!(error = ?e, "failed to apply the new config; keeping what runs and asking again");
                     self.state.apply_failed(format!("{e:#}"));
@@ -331,11 +331,8 @@ impl<D: Device, R: Routes> Eventloop<D, R> {
                     // The NOC's target list follows now, not at the next sync.
                     self.report_now.notify_one();
                 }
-                if changed.forwarding && self.state.role() == Role::Hub {
-                    check_forwarding(
-                        self.state.config().enable_ip_forwarding,
-                        self.state.running(),
-                    );
+                if changed.forwarding {
+                    self.check_forwarding_if_needed(true);
                 }
                 tracing::info!(
                     probe_interval_ms = self.state.config().probe_interval.as_millis() as u64,
@@ -374,6 +371,58 @@ pub fn controller_client(
 
 /// A hub forwards between its spokes: say what to do when the host does
 /// not (or do it, with `enable_ip_forwarding`).
+impl<D: Device, R: Routes> Eventloop<D, R> {
+    /// A hub forwards between its spokes, a site with a LAN between the
+    /// LAN and its tunnels: check (and with `enable_ip_forwarding`, turn
+    /// on) forwarding for either. `hub_too`: a hub's check as well (at
+    /// start and on reload; a new config only adds LANs).
+    fn check_forwarding_if_needed(&self, hub_too: bool) {
+        let enable = self.state.config().enable_ip_forwarding;
+        let cfg = self.state.running();
+        if self.state.role() == Role::Hub {
+            if hub_too {
+                check_forwarding(enable, cfg);
+            }
+            return;
+        }
+        let lans = own_lans(cfg);
+        if lans.is_empty() {
+            return;
+        }
+        match crate::forwarding::ip_forwarding() {
+            Ok((v4, v6)) => {
+                if let Some(help) = crate::forwarding::lan_forwarding_help(&lans, v4, v6) {
+                    if enable {
+                        match crate::forwarding::enable_ip_forwarding() {
+                            Ok(()) => tracing::info!(
+                                "enabled IP forwarding for the site's LAN (enable_ip_forwarding = true)"
+                            ),
+                            Err(e) => tracing::error!(error = ?e, "{help}"),
+                        }
+                    } else {
+                        tracing::error!("{help}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "cannot read the IP forwarding setting"),
+        }
+    }
+}
+
+/// The LAN prefixes this site routes through the overlay: what its filter
+/// holds as its own besides its overlay addresses (none known from a
+/// controller that sends no filter).
+fn own_lans(cfg: &SiteConfig) -> Vec<ipnet::IpNet> {
+    let Some(f) = &cfg.filter else {
+        return Vec::new();
+    };
+    f.local
+        .iter()
+        .filter(|p| !cfg.interface.addresses.contains(p))
+        .copied()
+        .collect()
+}
+
 fn check_forwarding(enable: bool, cfg: &SiteConfig) {
     let uses_v6 = cfg
         .interface

@@ -88,6 +88,35 @@ or set `enable_ip_forwarding = true` in agent.toml";
 /// families in use are forwarded. `uses_v6` says whether the overlay carries
 /// IPv6 (IPv6 forwarding then matters too).
 pub fn hub_forwarding_help(v4: bool, v6: bool, uses_v6: bool) -> Option<String> {
+    forwarding_help(
+        "this site is a hub",
+        "traffic between its spokes",
+        v4,
+        v6,
+        uses_v6,
+    )
+}
+
+/// The same for a spoke that routes its LAN through the overlay: without
+/// forwarding, what its LAN sends into the tunnels (and what comes back)
+/// is dropped at the gateway.
+pub fn lan_forwarding_help(lans: &[ipnet::IpNet], v4: bool, v6: bool) -> Option<String> {
+    let uses_v4 = lans.iter().any(|p| matches!(p, ipnet::IpNet::V4(_)));
+    let uses_v6 = lans.iter().any(|p| matches!(p, ipnet::IpNet::V6(_)));
+    let list: Vec<String> = lans.iter().map(ToString::to_string).collect();
+    forwarding_help(
+        &format!(
+            "this site routes its LAN ({}) through the overlay",
+            list.join(", ")
+        ),
+        "its LAN's traffic through the tunnels",
+        v4 || !uses_v4,
+        v6,
+        uses_v6,
+    )
+}
+
+fn forwarding_help(what: &str, dropped: &str, v4: bool, v6: bool, uses_v6: bool) -> Option<String> {
     let mut off = Vec::new();
     if !v4 {
         off.push(("IPv4", "net.ipv4.ip_forward=1"));
@@ -101,7 +130,7 @@ pub fn hub_forwarding_help(v4: bool, v6: bool, uses_v6: bool) -> Option<String> 
     let families: Vec<&str> = off.iter().map(|(f, _)| *f).collect();
     let sysctls: Vec<&str> = off.iter().map(|(_, s)| *s).collect();
     Some(format!(
-        "this site is a hub: {} forwarding {} off, so traffic between its spokes is dropped; \
+        "{what}: {} forwarding {} off, so {dropped} is dropped; \
          enable it with `sysctl -w {}` (and persist it in /etc/sysctl.d/), \
          or set `enable_ip_forwarding = true` in agent.toml",
         families.join(" and "),
@@ -121,6 +150,30 @@ fn read_flag(path: &'static str) -> Result<bool, ForwardingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spoke with a LAN needs forwarding as a hub does (its LAN's
+    /// traffic crosses the gateway into the tunnels): the help names the
+    /// LAN, and only the families it uses.
+    #[test]
+    fn a_site_with_a_lan_is_told_to_forward_too() {
+        let v4: Vec<ipnet::IpNet> = vec!["10.1.0.0/24".parse().expect("prefix")];
+        assert_eq!(lan_forwarding_help(&v4, true, false), None);
+        let msg = lan_forwarding_help(&v4, false, false).expect("v4 off");
+        assert!(
+            msg.starts_with("this site routes its LAN (10.1.0.0/24) through the overlay: IPv4 forwarding is off")
+                && msg.contains("net.ipv4.ip_forward=1")
+                && !msg.contains("ipv6")
+                && msg.contains("enable_ip_forwarding = true"),
+            "{msg}"
+        );
+        let v6: Vec<ipnet::IpNet> = vec!["2001:db8:1::/64".parse().expect("prefix")];
+        let msg = lan_forwarding_help(&v6, false, false).expect("v6 off");
+        assert!(
+            msg.contains("IPv6 forwarding is off") && !msg.contains("IPv4"),
+            "{msg}"
+        );
+        assert_eq!(lan_forwarding_help(&v6, false, true), None);
+    }
 
     #[test]
     fn help_names_the_sysctl_and_the_config_key() {

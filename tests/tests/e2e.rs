@@ -859,3 +859,62 @@ fn a_hub_turns_icmp_redirects_off_only_when_asked_and_says_so_otherwise() -> Res
     assert!(log(&f).contains("turned off ICMP redirects"), "{}", log(&f));
     Ok(())
 }
+
+/// A spoke with a LAN forwards between its LAN and its tunnels: with IP
+/// forwarding off on its gateway the agent says what to set (its LAN's
+/// traffic was dropped without a word), and with `enable_ip_forwarding =
+/// true` turns it on, and the LANs reach each other again.
+#[test]
+#[cfg_attr(
+    not(wardnet_root_tests),
+    ignore = "needs root (network namespaces, TUN devices): run the tests as root"
+)]
+fn a_spoke_with_a_lan_checks_ip_forwarding_and_turns_it_on_when_asked() -> Result<()> {
+    if !require_root("a_spoke_with_a_lan_checks_ip_forwarding_and_turns_it_on_when_asked") {
+        return Ok(());
+    }
+    let mut f = north()?;
+    let forwarding = |f: &Fleet| -> Result<String> {
+        Ok(f.site("gp-a")
+            .gw
+            .exec(&["cat", "/proc/sys/net/ipv4/ip_forward"])?
+            .trim()
+            .to_owned())
+    };
+    let log = |f: &Fleet| {
+        f.site("gp-a")
+            .agent
+            .as_ref()
+            .map(|a| a.log())
+            .unwrap_or_default()
+    };
+    f.site("gp-a")
+        .gw
+        .exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])?;
+    f.stop_agent("gp-a")?;
+    f.start_agent("gp-a")?;
+    assert_eq!(forwarding(&f)?, "0", "no host setting is changed unasked");
+    assert!(
+        log(&f).contains("this site routes its LAN") && log(&f).contains("net.ipv4.ip_forward=1"),
+        "the site's admin is told:\n{}",
+        log(&f)
+    );
+
+    let config = f.site("gp-a").config.clone();
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, format!("enable_ip_forwarding = true\n{text}"))?;
+    f.stop_agent("gp-a")?;
+    f.start_agent("gp-a")?;
+    assert_eq!(forwarding(&f)?, "1", "turned on when asked:\n{}", log(&f));
+    let echo = Echo::start(
+        &f.lan("gp-b").ns,
+        SocketAddr::from((f.lan("gp-b").host, 7000)),
+    )?;
+    udp_round_trip(
+        &f.lan("gp-a").ns,
+        echo.addr,
+        vec![7; 16],
+        Duration::from_secs(10),
+    )?;
+    Ok(())
+}
