@@ -84,7 +84,9 @@ fn main() -> Result<()> {
         for (chain, hook) in [("in", "input"), ("out", "output")] {
             gw.exec(&[
                 "nft",
-                &format!("add chain inet wnloss {chain} {{ type filter hook {hook} priority 0 ; }}"),
+                &format!(
+                    "add chain inet wnloss {chain} {{ type filter hook {hook} priority 0 ; }}"
+                ),
             ])?;
             gw.exec(&[
                 "nft",
