@@ -26,26 +26,35 @@ async fn replicas(
     let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000)));
     let mut out: Vec<TestController> = Vec::new();
     for _ in 0..n {
-        let store = PostgresStore::open(&PostgresSettings {
-            url: pg.url("postgres"),
-            password: None,
-            pool_size: 8,
-        })
-        .await
-        .expect("open");
         let admin = out.first().map(|t| t.admin.clone());
-        out.push(
-            TestController::start_with(
-                Arc::new(store) as Arc<dyn Store>,
-                settings(),
-                "unused-with-postgres".into(),
-                clock.clone(),
-                admin,
-            )
-            .await,
-        );
+        out.push(replica(&pg, settings(), clock.clone(), admin).await);
     }
     Some((pg, out))
+}
+
+/// One replica on `pg`'s database, with `settings`, sharing `clock` and
+/// (when given) the admin token of a replica started before.
+async fn replica(
+    pg: &wardnet_pgtest::TempPostgres,
+    settings: wardnet_controller::ServiceSettings,
+    clock: Arc<ManualClock>,
+    admin: Option<String>,
+) -> TestController {
+    let store = PostgresStore::open(&PostgresSettings {
+        url: pg.url("postgres"),
+        password: None,
+        pool_size: 8,
+    })
+    .await
+    .expect("open");
+    TestController::start_with(
+        Arc::new(store) as Arc<dyn Store>,
+        settings,
+        "unused-with-postgres".into(),
+        clock,
+        admin,
+    )
+    .await
 }
 
 async fn sites(t: &TestController) -> Vec<Value> {
@@ -522,21 +531,7 @@ async fn a_replica_with_other_network_settings_takes_over_and_the_old_one_stands
 
     let mut other = settings();
     other.network.mtu = 1380;
-    let store = PostgresStore::open(&PostgresSettings {
-        url: pg.url("postgres"),
-        password: None,
-        pool_size: 4,
-    })
-    .await
-    .expect("open");
-    let b = TestController::start_with(
-        Arc::new(store) as Arc<dyn Store>,
-        other,
-        "unused-with-postgres".into(),
-        a.clock.clone(),
-        Some(a.admin.clone()),
-    )
-    .await;
+    let b = replica(&pg, other, a.clock.clone(), Some(a.admin.clone())).await;
     let (s, now) = b.agent_config(&cred, 0, 0).await;
     assert_eq!(s, StatusCode::OK, "{now}");
     assert_eq!(now["interface"]["mtu"], 1380, "{now}");

@@ -105,13 +105,11 @@ impl Controller {
     /// after its answer was lost, here or at another replica), and while
     /// the token would still be valid and the site still has the
     /// credential it got: the same answer. Otherwise refused as used.
-    async fn enrolled_before(&self, hash: &str, req: &EnrollRequest) -> EnrolFailure {
-        // Read again: the redemption that came first may be a moment old.
-        let token = match self.store.enrol_token(hash).await {
-            Ok(Some(t)) => t,
-            Ok(None) => return EnrolFailure::UnknownToken,
-            Err(e) => return EnrolFailure::Other(e.into()),
-        };
+    async fn enrolled_before(
+        &self,
+        token: crate::store::EnrolToken,
+        req: &EnrollRequest,
+    ) -> EnrolFailure {
         let used_error = || EnrolFailure::Used {
             site: token.site.clone(),
             at: token.used_at.unwrap_or(token.created_at),
@@ -159,7 +157,7 @@ impl Controller {
             .ok_or(EnrolFailure::UnknownToken)?;
         let now = self.now();
         if token.used_at.is_some() {
-            return Err(self.enrolled_before(&hash, &req).await);
+            return Err(self.enrolled_before(token, &req).await);
         }
         if token.expires_at <= now {
             return Err(EnrolFailure::Expired {
@@ -231,7 +229,12 @@ impl Controller {
         match result {
             // Another redemption (here or on another replica) won the
             // race: this one's own, maybe (the agent sent it twice).
-            Err(Error::Precondition(_)) => Err(self.enrolled_before(&token_hash, &req).await),
+            // Read again: the token as it was read above is unused.
+            Err(Error::Precondition(_)) => match self.store.enrol_token(&token_hash).await {
+                Ok(Some(t)) => Err(self.enrolled_before(t, &req).await),
+                Ok(None) => Err(EnrolFailure::UnknownToken),
+                Err(e) => Err(EnrolFailure::Other(e.into())),
+            },
             Err(e) => Err(EnrolFailure::Other(e)),
             Ok(r) => Ok(r),
         }
